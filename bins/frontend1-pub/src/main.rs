@@ -1,0 +1,16 @@
+//! frontend1-pub: publisher-core with frontend 1's device, topic and client id.
+
+use std::process::ExitCode;
+
+use publisher_core::Preset;
+
+const PRESET: Preset = Preset {
+    name: "frontend1-pub",
+    about: "Publishes frontend 1's device data points to MQTT at an exact rate and reports what the broker got",
+    device_id: "frontend1_ultra_high_perf_device",
+    client_id: "1",
+};
+
+fn main() -> ExitCode {
+    publisher_core::main(PRESET)
+}

@@ -1,0 +1,265 @@
+//! Command-line flags, defined once and flattened into every binary.
+//!
+//! Each flag can also come from a TOML file (`--config`) or an environment variable
+//! (`LOADGEN_<FLAG>`); [`crate::config`] layers them. Values are checked for shape here
+//! (numbers, durations, enums) and for meaning in [`crate::plan`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, ValueEnum};
+
+/// Every flag a publisher takes.
+#[derive(Debug, Clone, Args)]
+pub struct PublisherArgs {
+    /// TOML file with flag values (keys are flag names, e.g. `rate = "10k"`); precedence:
+    /// defaults < file < environment < command line
+    #[arg(long, value_name = "FILE", env = "LOADGEN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How to reach the broker. Shared by every tool that opens an MQTT connection.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionArgs {
+    /// Broker: mqtt://host:port, host:port, `embedded` (in-process rumqttd) or `auto`
+    /// (localhost:1883 when something listens there, else embedded)
+    #[arg(long, value_name = "URL", default_value = "auto", env = "LOADGEN_BROKER")]
+    pub broker: String,
+
+    /// MQTT client id [default: the preset's]
+    #[arg(long, value_name = "ID", env = "LOADGEN_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// User name; the password comes from LOADGEN_PASSWORD or --password-file, never a flag
+    #[arg(long, value_name = "NAME", env = "LOADGEN_USERNAME")]
+    pub username: Option<String>,
+
+    /// File whose first line is the password
+    #[arg(long, value_name = "FILE", env = "LOADGEN_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// MQTT keep-alive interval (0 disables, else at least 1s)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "LOADGEN_KEEP_ALIVE")]
+    pub keep_alive: Duration,
+
+    /// How long connecting (TCP and CONNACK) may take before the run fails with exit code 3
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "LOADGEN_CONNECT_TIMEOUT")]
+    pub connect_timeout: Duration,
+
+    /// Disable Nagle's algorithm on the connection
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_TCP_NODELAY")]
+    pub tcp_nodelay: bool,
+
+    /// Largest MQTT packet sent or accepted (accepts 10k, 4M) [default: sized to the batch]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, env = "LOADGEN_MAX_PACKET_SIZE")]
+    pub max_packet_size: Option<u64>,
+}
+
+/// What to send and how fast.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Load")]
+pub struct LoadArgs {
+    /// Device id written into every point [default: the preset's]
+    #[arg(long, value_name = "ID", env = "LOADGEN_DEVICE_ID")]
+    pub device_id: Option<String>,
+
+    /// Topic to publish to; `{device_id}` is replaced by the device id
+    #[arg(long, value_name = "TEMPLATE", default_value = "device_data/{device_id}", env = "LOADGEN_TOPIC")]
+    pub topic: String,
+
+    /// Points per second on an absolute schedule (accepts 10k, 1.5M); 0 or `max` = as fast as possible
+    #[arg(long, value_name = "POINTS_PER_S", default_value = "10000", value_parser = parse_rate, env = "LOADGEN_RATE")]
+    pub rate: Rate,
+
+    /// Points per MQTT message: 1 sends the legacy single JSON object, N > 1 a JSON array of N points
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = parse_count, env = "LOADGEN_BATCH")]
+    pub batch: u64,
+
+    /// Points to send [default: 100000, or unlimited when --duration is given]
+    #[arg(long, value_name = "N", value_parser = parse_count, env = "LOADGEN_TOTAL")]
+    pub total: Option<u64>,
+
+    /// Stop generating after this long (30s, 5m); with --total, whichever comes first
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOADGEN_DURATION")]
+    pub duration: Option<Duration>,
+
+    /// MQTT quality of service
+    #[arg(long, value_enum, default_value = "0", env = "LOADGEN_QOS")]
+    pub qos: Qos,
+
+    /// QoS 1 window: messages sent and not yet acknowledged (1..=65535) [default: 50000, capped
+    /// so the window's payloads fit in 64 MiB]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), env = "LOADGEN_MAX_INFLIGHT")]
+    pub max_inflight: Option<u16>,
+
+    /// Messages the client may queue before generation waits [default: what fits in 16 MiB]
+    #[arg(long, value_name = "N", value_parser = parse_count, env = "LOADGEN_MAX_QUEUED")]
+    pub max_queued: Option<u64>,
+
+    /// After generation ends, how long to wait for the last writes and acknowledgements;
+    /// what is still missing then is reported as failed
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "LOADGEN_DRAIN_TIMEOUT")]
+    pub drain_timeout: Duration,
+
+    /// Include the optional sensor fields `temperature` and `humidity` in every point
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_SENSOR_FIELDS")]
+    pub sensor_fields: bool,
+
+    /// Seed of the value generator (same seed, same values)
+    #[arg(long, value_name = "N", default_value_t = 1, env = "LOADGEN_SEED")]
+    pub seed: u64,
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// Write the final report as JSON to this file (`-` = stdout; the text summary then goes to stderr)
+    #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_JSON")]
+    pub report_json: Option<PathBuf>,
+
+    /// No progress lines on stderr
+    #[arg(long, short, action = ArgAction::SetTrue, env = "LOADGEN_QUIET")]
+    pub quiet: bool,
+}
+
+/// MQTT QoS levels the publisher supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Qos {
+    /// At most once: no acknowledgement
+    #[value(name = "0")]
+    AtMostOnce,
+    /// At least once: every message is acknowledged by a PUBACK
+    #[value(name = "1")]
+    AtLeastOnce,
+}
+
+impl Qos {
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+        }
+    }
+}
+
+/// A target rate in points per second, or as fast as possible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    Unlimited,
+    PerSecond(f64),
+}
+
+fn split_suffix(s: &str) -> (&str, &str) {
+    let idx = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    (&s[..idx], &s[idx..])
+}
+
+fn parse_scaled(s: &str, binary: bool) -> Result<f64, String> {
+    let cleaned: String = s.trim().chars().filter(|c| *c != '_').collect();
+    let (num, suffix) = split_suffix(&cleaned);
+    let base: f64 = if binary { 1024.0 } else { 1000.0 };
+    let mult = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => base,
+        "m" | "mb" | "mib" => base * base,
+        "g" | "gb" | "gib" => base * base * base,
+        other => return Err(format!("unknown suffix '{other}' in '{s}'; use a number with optional k, M or G")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number; use e.g. 1000, 10k or 1.5M"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("'{s}' must be a non-negative number"));
+    }
+    Ok(v * mult)
+}
+
+/// Parses a count such as `100000`, `100k`, `1.5M` or `1_000_000`.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let v = parse_scaled(s, false)?;
+    if v.fract() != 0.0 || v > u64::MAX as f64 {
+        return Err(format!("'{s}' is not a whole number"));
+    }
+    Ok(v as u64)
+}
+
+/// Parses a size in bytes: `10240`, `10k` (KiB), `4M` (MiB).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let v = parse_scaled(s, true)?;
+    Ok(v.round() as u64)
+}
+
+/// Parses a rate: `0`, `max` or `unlimited` mean as fast as possible; else points per second.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "max" | "unlimited" | "0" => Ok(Rate::Unlimited),
+        _ => {
+            let v = parse_scaled(s, false)?;
+            if v == 0.0 {
+                Ok(Rate::Unlimited)
+            } else {
+                Ok(Rate::PerSecond(v))
+            }
+        }
+    }
+}
+
+/// Parses a duration such as `30s`, `1m30s`, `500ms`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(t).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30s, 500ms or 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_accept_suffixes_and_underscores() {
+        assert_eq!(parse_count("100000"), Ok(100_000));
+        assert_eq!(parse_count("10k"), Ok(10_000));
+        assert_eq!(parse_count("1.5M"), Ok(1_500_000));
+        assert_eq!(parse_count("1_000"), Ok(1_000));
+        assert!(parse_count("1.5").is_err());
+        assert!(parse_count("ten").is_err());
+        assert!(parse_count("-3").is_err());
+        assert!(parse_count("5x").is_err());
+    }
+
+    #[test]
+    fn rates_accept_max_and_zero_as_unlimited() {
+        assert_eq!(parse_rate("max"), Ok(Rate::Unlimited));
+        assert_eq!(parse_rate("0"), Ok(Rate::Unlimited));
+        assert_eq!(parse_rate("10k"), Ok(Rate::PerSecond(10_000.0)));
+        assert_eq!(parse_rate("0.5"), Ok(Rate::PerSecond(0.5)));
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn sizes_are_binary_and_durations_accept_units() {
+        assert_eq!(parse_bytes("10k"), Ok(10 * 1024));
+        assert_eq!(parse_bytes("4M"), Ok(4 * 1024 * 1024));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! Layering of flag values: defaults < config file < environment < command line.
+//!
+//! clap already puts the environment under the command line. The file goes in between by
+//! parsing twice: the first parse finds `--config` and which flags the command line or the
+//! environment set; the file's values for every other flag are then passed as `--flag=value`
+//! ahead of the real arguments, and the second parse yields the final values. Keys are flag
+//! names (`max-inflight` or `max_inflight`), so a new flag is configurable without code here.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command, FromArgMatches};
+
+use crate::error::Error;
+
+/// What parsing the command line ended in, besides a value.
+#[derive(Debug)]
+pub enum ParseExit {
+    /// `--help` or `--version`: print and exit 0.
+    Info(clap::Error),
+    /// Bad input: a one-line message and exit code 2.
+    Usage(String),
+}
+
+impl From<Error> for ParseExit {
+    fn from(e: Error) -> Self {
+        ParseExit::Usage(e.to_string())
+    }
+}
+
+/// Parses `argv` with `cmd` into `T`, layering in the `--config` file (the `config` arg).
+pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Result<T, ParseExit> {
+    let first = cmd.clone().try_get_matches_from(&argv).map_err(clap_exit)?;
+    let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+        return T::from_arg_matches(&first).map_err(clap_exit);
+    };
+    let injected = file_args(&cmd, &first, &path)?;
+    let mut layered = Vec::with_capacity(argv.len() + injected.len());
+    layered.extend(argv.first().cloned());
+    layered.extend(injected.into_iter().map(OsString::from));
+    layered.extend(argv.into_iter().skip(1));
+    let matches = cmd.try_get_matches_from(layered).map_err(|e| match clap_exit(e) {
+        ParseExit::Usage(msg) => ParseExit::Usage(format!("in config file {}: {msg}", path.display())),
+        info => info,
+    })?;
+    T::from_arg_matches(&matches).map_err(clap_exit)
+}
+
+/// The `--flag=value` arguments a config file contributes for flags nothing else set.
+fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<String>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::usage(format!("cannot read config file {}: {e}; fix --config", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| Error::usage(format!("config file {} is not valid TOML: {}", path.display(), one_line(&e.to_string()))))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config" && long != "help" && long != "version")
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "config file {}: unknown key '{key}'; keys are flag names such as rate, batch, qos, broker",
+                    path.display()
+                ))
+            })?;
+        let set_elsewhere = matches!(
+            first.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+        );
+        if set_elsewhere {
+            continue;
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            single => vec![single],
+        };
+        for v in values {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(Error::usage(format!(
+                        "config file {}: key '{key}' has a {} value; use a string, number or boolean",
+                        path.display(),
+                        other.type_str()
+                    )))
+                }
+            };
+            out.push(format!("--{long}={text}"));
+        }
+    }
+    Ok(out)
+}
+
+fn clap_exit(e: clap::Error) -> ParseExit {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            ParseExit::Info(e)
+        }
+        _ => ParseExit::Usage(one_line(&e.to_string())),
+    }
+}
+
+/// Folds clap's multi-line error into one line, dropping the usage and help hints.
+pub fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{PublisherArgs, Rate};
+    use clap::{Args, Parser};
+    use std::io::Write;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PublisherArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<PublisherArgs, ParseExit> {
+        let cmd = PublisherArgs::augment_args(Command::new("t"));
+        let argv = std::iter::once("t").chain(argv.iter().copied()).map(OsString::from).collect();
+        parse_layered::<Cli>(cmd, argv).map(|c| c.args)
+    }
+
+    fn config_file(text: &str) -> tempfile_like::TempPath {
+        tempfile_like::write(text)
+    }
+
+    /// A tiny temp-file helper, enough for these tests.
+    mod tempfile_like {
+        use super::*;
+        pub struct TempPath(pub PathBuf);
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        pub fn write(text: &str) -> TempPath {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("loadgen-cfg-{}-{n}.toml", std::process::id()));
+            std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+            TempPath(p)
+        }
+    }
+
+    // Environment variables are process-wide: every test that sets one goes through this
+    // lock, and uses a variable no other test reads.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn file_values_override_defaults() {
+        let f = config_file("rate = \"20k\"\nbatch = 10\nqos = 1\ntcp-nodelay = false\n");
+        let a = parse(&["--config", f.0.to_str().unwrap()]).unwrap();
+        assert_eq!(a.load.rate, Rate::PerSecond(20_000.0));
+        assert_eq!(a.load.batch, 10);
+        assert_eq!(a.load.qos, crate::args::Qos::AtLeastOnce);
+        assert!(!a.connection.tcp_nodelay);
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let f = config_file("batch = 10\nmax_inflight = 100\n");
+        let a = parse(&["--config", f.0.to_str().unwrap(), "--batch", "7"]).unwrap();
+        assert_eq!(a.load.batch, 7);
+        assert_eq!(a.load.max_inflight, Some(100));
+    }
+
+    #[test]
+    fn environment_overrides_file_and_command_line_overrides_environment() {
+        let _g = ENV.lock().unwrap();
+        let f = config_file("seed = 5\n");
+        std::env::set_var("LOADGEN_SEED", "6");
+        let from_env = parse(&["--config", f.0.to_str().unwrap()]);
+        let from_cli = parse(&["--config", f.0.to_str().unwrap(), "--seed", "7"]);
+        std::env::remove_var("LOADGEN_SEED");
+        assert_eq!(from_env.unwrap().load.seed, 6);
+        assert_eq!(from_cli.unwrap().load.seed, 7);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_in_file_are_usage_errors() {
+        let f = config_file("rat = 5\n");
+        match parse(&["--config", f.0.to_str().unwrap()]) {
+            Err(ParseExit::Usage(m)) => assert!(m.contains("unknown key 'rat'"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let f = config_file("qos = 3\n");
+        match parse(&["--config", f.0.to_str().unwrap()]) {
+            Err(ParseExit::Usage(m)) => {
+                assert!(m.contains("in config file") && m.contains("--qos"), "{m}");
+                assert!(!m.contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_errors_fold_to_one_line() {
+        match parse(&["--qos", "3"]) {
+            Err(ParseExit::Usage(m)) => {
+                assert!(!m.contains('\n'), "{m}");
+                assert!(m.contains("'3'") && m.contains("possible values"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

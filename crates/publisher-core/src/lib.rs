@@ -1,0 +1,185 @@
+//! publisher-core: the MQTT load publisher behind `frontend1-pub` and `frontend2-pub`.
+//!
+//! Data flows one way, one module per stage:
+//!
+//! ```text
+//! args + config --> plan --> broker --> mqtt (connect)
+//!                     |
+//!                     +--> session: pace -> source -> Encoder (point-format) -> rumqttc
+//!                     |             driver: writes and PUBACKs -> stats
+//!                     +--> report (text summary, JSON) <-- stats
+//! ```
+//!
+//! - [`args`]: every flag, defined once; [`config`]: defaults < file < environment < CLI.
+//! - [`plan`]: the validated, typed plan; bad input stops here with a usage error.
+//! - [`broker`]: the broker to use, starting the embedded rumqttd when needed.
+//! - [`mqtt`]: the connection and its failure modes.
+//! - [`session`]: the producer (pacing, generation, encoding) and the connection driver
+//!   (counting writes and acknowledgements).
+//! - [`stats`]: counters and HdrHistograms; [`report`]: the summary and the JSON report.
+//! - [`progress`], [`shutdown`]: the progress line and signal handling.
+//!
+//! A binary is a [`Preset`] and a call to [`main`].
+
+pub mod args;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod mqtt;
+pub mod pace;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod session;
+pub mod shutdown;
+pub mod source;
+pub mod stats;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Command, FromArgMatches};
+use tokio_util::sync::CancellationToken;
+
+pub use args::PublisherArgs;
+pub use error::Error;
+pub use plan::Plan;
+pub use report::Report;
+
+use config::ParseExit;
+use shutdown::Shutdown;
+
+/// What distinguishes one publisher binary from another: its name and defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub device_id: &'static str,
+    pub client_id: &'static str,
+}
+
+/// The clap command of a preset: every flag from [`PublisherArgs`], the preset's name.
+pub fn command(preset: &Preset) -> Command {
+    let cmd = Command::new(preset.name)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(preset.about)
+        .after_help(
+            "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
+             4 broker refused the connection, 130 SIGINT, 143 SIGTERM.",
+        );
+    PublisherArgs::augment_args(cmd)
+        .mut_arg("device_id", |a| a.help(format!("Device id written into every point [default: {}]", preset.device_id)))
+        .mut_arg("client_id", |a| a.help(format!("MQTT client id [default: {}]", preset.client_id)))
+}
+
+struct Parsed(PublisherArgs);
+
+impl FromArgMatches for Parsed {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        PublisherArgs::from_arg_matches(m).map(Parsed)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
+    }
+}
+
+/// Parses the process's arguments for `preset` into a plan.
+pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan, ParseExit> {
+    let Parsed(args) = config::parse_layered(command(preset), argv)?;
+    Ok(Plan::from_args(args, preset)?)
+}
+
+/// The whole program of a publisher binary: parse, run, report, exit code.
+pub fn main(preset: Preset) -> ExitCode {
+    init_tracing();
+    let plan = match parse_plan(&preset, std::env::args_os().collect()) {
+        Ok(p) => p,
+        Err(ParseExit::Info(e)) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(ParseExit::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::from_signals().map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+        run(&preset, &plan, &shutdown).await
+    });
+    // Background tasks (progress, signals, the embedded broker) end with the process.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Runs `plan` and prints its report; the exit code says how it ended.
+pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let (report, signal) = execute(preset, plan, shutdown).await?;
+    let text = report.render_text();
+    match &plan.report_json {
+        Some(p) if p.as_os_str() == "-" => eprint!("{text}"),
+        _ => print!("{text}"),
+    }
+    if let Some(p) = &plan.report_json {
+        report.write_json(p)?;
+    }
+    if let Some(sig) = signal {
+        return Ok(ExitCode::from(sig.exit_code()));
+    }
+    match report.error {
+        Some(e) => Err(Error::Incomplete(e)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Connects, publishes and builds the report, without printing it.
+pub async fn execute(
+    preset: &Preset,
+    plan: &Plan,
+    shutdown: &Shutdown,
+) -> Result<(Report, Option<shutdown::Signal>), Error> {
+    let choice = plan.connect.broker.clone();
+    let max_packet = plan.connect.max_packet_size;
+    let target = tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet))
+        .await
+        .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    let (client, eventloop) = mqtt::connect(&plan.connect, &target, plan.max_inflight, plan.max_queued).await?;
+    let counters = Arc::new(stats::Counters::default());
+    let progress_stop = CancellationToken::new();
+    let progress = (!plan.quiet).then(|| {
+        tokio::spawn(progress::run(
+            counters.clone(),
+            plan.total,
+            plan.qos == args::Qos::AtLeastOnce,
+            Duration::from_secs(1),
+            progress_stop.clone(),
+        ))
+    });
+    let result = session::run(plan, client, eventloop, counters, shutdown).await;
+    progress_stop.cancel();
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    let signal = shutdown.signal();
+    Ok((Report::build(preset.name, plan, &target, &result, signal), signal))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,344 @@
+//! A run's typed, validated plan: everything decided before the first byte is sent.
+//!
+//! [`Plan::from_args`] turns flags into a plan or a usage error that says what to change, so
+//! the later stages never meet bad input.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use point_format::Encoder;
+
+use crate::args::{ConnectionArgs, LoadArgs, PublisherArgs, Qos, Rate};
+use crate::error::Error;
+use crate::Preset;
+
+/// MQTT's own limit on a packet's size (the remaining-length field's maximum plus header).
+pub const MQTT_MAX_PACKET: u64 = 268_435_455;
+/// Payload bytes the QoS 1 window may hold when `--max-inflight` is not given.
+const INFLIGHT_BUDGET: usize = 64 << 20;
+/// Payload bytes the client queue may hold when `--max-queued` is not given.
+const QUEUE_BUDGET: usize = 16 << 20;
+/// Default QoS 1 window, as in the seed publishers.
+const DEFAULT_INFLIGHT: usize = 50_000;
+/// Default `--total` when neither it nor `--duration` is given.
+pub const DEFAULT_TOTAL: u64 = 100_000;
+/// The environment variable that holds the broker password.
+pub const PASSWORD_ENV: &str = "LOADGEN_PASSWORD";
+/// The environment variable that changes the address `--broker auto` probes.
+pub const AUTO_PROBE_ENV: &str = "LOADGEN_AUTO_BROKER";
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// Probe `host:port`; when nothing accepts connections there, start the embedded broker.
+    Auto { host: String, port: u16 },
+    /// Always start the embedded broker.
+    Embedded,
+    /// This broker, or fail.
+    Remote { host: String, port: u16 },
+}
+
+/// A password that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Connection settings, shared with every tool that talks MQTT.
+#[derive(Debug, Clone)]
+pub struct ConnectPlan {
+    pub broker: BrokerChoice,
+    pub client_id: String,
+    pub credentials: Option<(String, Option<Secret>)>,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub tcp_nodelay: bool,
+    /// Limit for packets in both directions.
+    pub max_packet_size: usize,
+}
+
+/// Everything a publisher run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub connect: ConnectPlan,
+    pub device_id: String,
+    pub topic: String,
+    pub qos: Qos,
+    pub batch: usize,
+    /// Points to send; `None` = until `duration` ends.
+    pub total: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Points per second; `None` = as fast as possible.
+    pub rate: Option<f64>,
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub drain_timeout: Duration,
+    pub sensor_fields: bool,
+    pub seed: u64,
+    /// Upper bound of one message's payload.
+    pub max_payload: usize,
+    pub report_json: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl Plan {
+    pub fn from_args(args: PublisherArgs, preset: &Preset) -> Result<Plan, Error> {
+        let PublisherArgs { connection, load, output, .. } = args;
+        let LoadArgs {
+            device_id,
+            topic,
+            rate,
+            batch,
+            total,
+            duration,
+            qos,
+            max_inflight,
+            max_queued,
+            drain_timeout,
+            sensor_fields,
+            seed,
+        } = load;
+        let device_id = device_id.unwrap_or_else(|| preset.device_id.to_string());
+        let topic = render_topic(&topic, &device_id)?;
+
+        if batch == 0 {
+            return Err(Error::usage("--batch must be at least 1"));
+        }
+        if total == Some(0) {
+            return Err(Error::usage("--total must be at least 1"));
+        }
+        if duration == Some(Duration::ZERO) {
+            return Err(Error::usage("--duration must be longer than 0s"));
+        }
+        let total = match (total, duration) {
+            (None, None) => Some(DEFAULT_TOTAL),
+            (t, _) => t,
+        };
+        let batch = usize::try_from(batch).map_err(|_| Error::usage("--batch is too large"))?;
+        let max_payload = Encoder::new(&device_id).max_payload_len(batch);
+        // fixed header (5) + topic length prefix (2) + topic + packet id (2)
+        let packet_needed = (max_payload + topic.len() + 9) as u64;
+        if packet_needed > MQTT_MAX_PACKET {
+            return Err(Error::usage(format!(
+                "--batch {batch} makes messages of up to {packet_needed} bytes, above MQTT's limit of {MQTT_MAX_PACKET}; lower --batch"
+            )));
+        }
+        let connect = connect_plan(connection, preset, packet_needed, batch)?;
+
+        let max_inflight = match max_inflight {
+            Some(n) => n,
+            None => (INFLIGHT_BUDGET / max_payload).clamp(1, DEFAULT_INFLIGHT) as u16,
+        };
+        let max_queued = match max_queued {
+            Some(0) => return Err(Error::usage("--max-queued must be at least 1")),
+            Some(n) => usize::try_from(n).map_err(|_| Error::usage("--max-queued is too large"))?,
+            None => (QUEUE_BUDGET / (max_payload + 256)).clamp(16, 1_000_000),
+        };
+        let rate = match rate {
+            Rate::Unlimited => None,
+            Rate::PerSecond(r) => Some(r),
+        };
+        let report_json = output.report_json;
+        if let Some(p) = &report_json {
+            if p.as_os_str().is_empty() {
+                return Err(Error::usage("--report-json needs a path, or - for stdout"));
+            }
+        }
+        Ok(Plan {
+            connect,
+            device_id,
+            topic,
+            qos,
+            batch,
+            total,
+            duration,
+            rate,
+            max_inflight,
+            max_queued,
+            drain_timeout,
+            sensor_fields,
+            seed,
+            max_payload,
+            report_json,
+            quiet: output.quiet,
+        })
+    }
+}
+
+/// Validates connection flags; `packet_needed` is the largest packet the tool will send.
+pub fn connect_plan(c: ConnectionArgs, preset: &Preset, packet_needed: u64, batch: usize) -> Result<ConnectPlan, Error> {
+    let broker = parse_broker(&c.broker)?;
+    if !c.keep_alive.is_zero() && c.keep_alive < Duration::from_secs(1) {
+        return Err(Error::usage("--keep-alive must be 0 (off) or at least 1s"));
+    }
+    if c.keep_alive > Duration::from_secs(u16::MAX as u64) {
+        return Err(Error::usage("--keep-alive must be at most 65535s"));
+    }
+    if c.connect_timeout < Duration::from_millis(10) {
+        return Err(Error::usage("--connect-timeout must be at least 10ms"));
+    }
+    let max_packet_size = match c.max_packet_size {
+        Some(limit) if limit < packet_needed => {
+            return Err(Error::usage(format!(
+                "--batch {batch} makes messages of up to {packet_needed} bytes but --max-packet-size is {limit}; raise --max-packet-size or lower --batch"
+            )))
+        }
+        Some(limit) if limit > MQTT_MAX_PACKET => {
+            return Err(Error::usage(format!("--max-packet-size must be at most {MQTT_MAX_PACKET} (MQTT's limit)")))
+        }
+        Some(limit) => limit as usize,
+        // Room for what we send, and at least 1 MiB for what we may receive.
+        None => packet_needed.max(1 << 20) as usize,
+    };
+    let password = read_password(c.password_file.as_deref())?;
+    let credentials = match (c.username, password) {
+        (Some(u), p) => Some((u, p)),
+        (None, Some(_)) => {
+            return Err(Error::usage(format!(
+                "a password is set ({PASSWORD_ENV} or --password-file) but no --username; add --username"
+            )))
+        }
+        (None, None) => None,
+    };
+    let client_id = c.client_id.unwrap_or_else(|| preset.client_id.to_string());
+    if client_id.len() > u16::MAX as usize {
+        return Err(Error::usage("--client-id is longer than MQTT allows (65535 bytes)"));
+    }
+    Ok(ConnectPlan {
+        broker,
+        client_id,
+        credentials,
+        keep_alive: c.keep_alive,
+        connect_timeout: c.connect_timeout,
+        tcp_nodelay: c.tcp_nodelay,
+        max_packet_size,
+    })
+}
+
+fn read_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Error> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!("cannot read --password-file {}: {e}", path.display()))
+        })?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        return Ok(Some(Secret(line)));
+    }
+    Ok(std::env::var(PASSWORD_ENV).ok().map(Secret))
+}
+
+/// Renders the topic template and checks it is a valid topic to publish to.
+pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
+    let topic = template.replace("{device_id}", device_id);
+    if topic.is_empty() {
+        return Err(Error::usage("--topic is empty; give a topic such as device_data/{device_id}"));
+    }
+    if topic.contains(['+', '#']) {
+        return Err(Error::usage(format!(
+            "--topic '{topic}' contains a wildcard ('+' or '#'); publish topics must name one topic"
+        )));
+    }
+    if topic.contains('\0') {
+        return Err(Error::usage("--topic must not contain a NUL character"));
+    }
+    if topic.len() > u16::MAX as usize {
+        return Err(Error::usage("--topic is longer than MQTT allows (65535 bytes)"));
+    }
+    Ok(topic)
+}
+
+/// Parses `--broker`: `auto`, `embedded`, `mqtt://host:port`, `tcp://host:port` or `host[:port]`.
+pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
+    let s = s.trim();
+    match s {
+        "auto" | "" => {
+            let probe = std::env::var(AUTO_PROBE_ENV).unwrap_or_else(|_| "127.0.0.1:1883".into());
+            let (host, port) = host_port(&probe, AUTO_PROBE_ENV)?;
+            return Ok(BrokerChoice::Auto { host, port });
+        }
+        "embedded" => return Ok(BrokerChoice::Embedded),
+        _ => {}
+    }
+    let rest = match s.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(Error::usage(format!(
+                "--broker scheme '{scheme}://' is not supported; use mqtt://host:port, host:port, auto or embedded"
+            )))
+        }
+        None => s,
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = host_port(rest, "--broker")?;
+    Ok(BrokerChoice::Remote { host, port })
+}
+
+fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
+    let bad = || Error::usage(format!("{what} '{s}' is not host:port; use e.g. mqtt://localhost:1883"));
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        // [v6addr]:port
+        let (h, p) = rest.split_once(']').ok_or_else(bad)?;
+        (h.to_string(), p.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (s.to_string(), None),
+        }
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    let port = match port {
+        None => 1883,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+    };
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_parse() {
+        assert_eq!(
+            parse_broker("mqtt://localhost:1884").unwrap(),
+            BrokerChoice::Remote { host: "localhost".into(), port: 1884 }
+        );
+        assert_eq!(
+            parse_broker("10.0.0.1").unwrap(),
+            BrokerChoice::Remote { host: "10.0.0.1".into(), port: 1883 }
+        );
+        assert_eq!(
+            parse_broker("[::1]:1999").unwrap(),
+            BrokerChoice::Remote { host: "::1".into(), port: 1999 }
+        );
+        assert_eq!(parse_broker("embedded").unwrap(), BrokerChoice::Embedded);
+        assert!(parse_broker("http://x:1").is_err());
+        assert!(parse_broker("host:notaport").is_err());
+        assert!(parse_broker("host:0").is_err());
+    }
+
+    #[test]
+    fn topics_with_wildcards_are_refused() {
+        assert_eq!(render_topic("device_data/{device_id}", "d1").unwrap(), "device_data/d1");
+        assert!(render_topic("a/+/b", "d").is_err());
+        assert!(render_topic("a/#", "d").is_err());
+        assert!(render_topic("{device_id}", "").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+}
