@@ -241,7 +241,16 @@ mod tests {
 
     #[test]
     fn odd_device_ids_are_escaped_and_round_trip() {
-        for id in ["quote\"d", "back\\slash", "new\nline", "tab\t", "nul\u{0}", "ctl\u{1f}", "ünï😀", ""] {
+        for id in [
+            "quote\"d",
+            "back\\slash",
+            "new\nline",
+            "tab\t",
+            "nul\u{0}",
+            "ctl\u{1f}",
+            "ünï😀",
+            "",
+        ] {
             let enc = Encoder::new(id);
             let bytes = encode(&enc, &[sample(1)]);
             let p: Point = serde_json::from_slice(&bytes)
@@ -253,7 +262,11 @@ mod tests {
     #[test]
     fn optional_sensor_fields_may_be_absent() {
         let enc = Encoder::new("d");
-        let s = Sample { temperature_centi: None, humidity_deci: None, ..sample(0) };
+        let s = Sample {
+            temperature_centi: None,
+            humidity_deci: None,
+            ..sample(0)
+        };
         let bytes = encode(&enc, &[s]);
         let p: Point = serde_json::from_slice(&bytes).unwrap();
         assert_eq!((p.temperature, p.humidity), (None, None));
@@ -270,7 +283,12 @@ mod tests {
             humidity_deci: Some(i64::MIN),
         };
         let one = encode(&enc, &[widest]);
-        assert!(one.len() <= enc.max_point_len(), "{} > {}", one.len(), enc.max_point_len());
+        assert!(
+            one.len() <= enc.max_point_len(),
+            "{} > {}",
+            one.len(),
+            enc.max_point_len()
+        );
         let many = encode(&enc, &[widest; 10]);
         assert!(many.len() <= enc.max_payload_len(10));
     }

@@ -33,7 +33,12 @@ pub struct PublisherArgs {
 pub struct ConnectionArgs {
     /// Broker: mqtt://host:port, host:port, `embedded` (in-process rumqttd) or `auto`
     /// (localhost:1883 when something listens there, else embedded)
-    #[arg(long, value_name = "URL", default_value = "auto", env = "LOADGEN_BROKER")]
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "auto",
+        env = "LOADGEN_BROKER"
+    )]
     pub broker: String,
 
     /// MQTT client id [default: the preset's]
@@ -61,6 +66,19 @@ pub struct ConnectionArgs {
           num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_TCP_NODELAY")]
     pub tcp_nodelay: bool,
 
+    /// Port of the embedded broker on 127.0.0.1 (0 = any free port)
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        env = "LOADGEN_EMBEDDED_PORT"
+    )]
+    pub embedded_port: u16,
+
+    /// After the run, keep the embedded broker up this long so subscribers get the last messages
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, env = "LOADGEN_EMBEDDED_LINGER")]
+    pub embedded_linger: Duration,
+
     /// Largest MQTT packet sent or accepted (accepts 10k, 4M) [default: sized to the batch]
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, env = "LOADGEN_MAX_PACKET_SIZE")]
     pub max_packet_size: Option<u64>,
@@ -75,7 +93,12 @@ pub struct LoadArgs {
     pub device_id: Option<String>,
 
     /// Topic to publish to; `{device_id}` is replaced by the device id
-    #[arg(long, value_name = "TEMPLATE", default_value = "device_data/{device_id}", env = "LOADGEN_TOPIC")]
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "device_data/{device_id}",
+        env = "LOADGEN_TOPIC"
+    )]
     pub topic: String,
 
     /// Points per second on an absolute schedule (accepts 10k, 1.5M); 0 or `max` = as fast as possible
@@ -111,6 +134,10 @@ pub struct LoadArgs {
     /// what is still missing then is reported as failed
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "LOADGEN_DRAIN_TIMEOUT")]
     pub drain_timeout: Duration,
+
+    /// Wait this long after connecting before generating (lets subscribers attach first)
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, env = "LOADGEN_START_DELAY")]
+    pub start_delay: Duration,
 
     /// Include the optional sensor fields `temperature` and `humidity` in every point
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
@@ -176,7 +203,11 @@ fn parse_scaled(s: &str, binary: bool) -> Result<f64, String> {
         "k" | "kb" | "kib" => base,
         "m" | "mb" | "mib" => base * base,
         "g" | "gb" | "gib" => base * base * base,
-        other => return Err(format!("unknown suffix '{other}' in '{s}'; use a number with optional k, M or G")),
+        other => {
+            return Err(format!(
+                "unknown suffix '{other}' in '{s}'; use a number with optional k, M or G"
+            ))
+        }
     };
     let v: f64 = num
         .parse()
@@ -225,7 +256,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             return Ok(Duration::from_secs_f64(secs));
         }
     }
-    humantime::parse_duration(t).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30s, 500ms or 5m"))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30s, 500ms or 5m"))
 }
 
 #[cfg(test)]

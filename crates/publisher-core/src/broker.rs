@@ -43,14 +43,26 @@ impl fmt::Display for BrokerTarget {
 
 /// Turns the plan's choice into a broker to connect to, starting the embedded one if needed.
 /// `max_packet` sizes the embedded broker's limits. Announces an embedded broker on stderr.
-pub fn resolve(choice: &BrokerChoice, max_packet: usize) -> Result<BrokerTarget, Error> {
+pub fn resolve(
+    choice: &BrokerChoice,
+    max_packet: usize,
+    embedded_port: u16,
+) -> Result<BrokerTarget, Error> {
     match choice {
-        BrokerChoice::Remote { host, port } => Ok(BrokerTarget { host: host.clone(), port: *port, embedded: false }),
+        BrokerChoice::Remote { host, port } => Ok(BrokerTarget {
+            host: host.clone(),
+            port: *port,
+            embedded: false,
+        }),
         BrokerChoice::Auto { host, port } => {
             if accepts_connections(host, *port, Duration::from_millis(500)) {
-                Ok(BrokerTarget { host: host.clone(), port: *port, embedded: false })
+                Ok(BrokerTarget {
+                    host: host.clone(),
+                    port: *port,
+                    embedded: false,
+                })
             } else {
-                let b = start_embedded(max_packet)?;
+                let b = start_embedded(max_packet, embedded_port)?;
                 eprintln!(
                     "no broker at {host}:{port} and no --broker given: started an embedded broker (rumqttd) at {}",
                     b.url()
@@ -59,7 +71,7 @@ pub fn resolve(choice: &BrokerChoice, max_packet: usize) -> Result<BrokerTarget,
             }
         }
         BrokerChoice::Embedded => {
-            let b = start_embedded(max_packet)?;
+            let b = start_embedded(max_packet, embedded_port)?;
             eprintln!("started an embedded broker (rumqttd) at {}", b.url());
             Ok(b)
         }
@@ -67,13 +79,32 @@ pub fn resolve(choice: &BrokerChoice, max_packet: usize) -> Result<BrokerTarget,
 }
 
 fn accepts_connections(host: &str, port: u16, timeout: Duration) -> bool {
-    let Ok(addrs) = (host, port).to_socket_addrs() else { return false };
-    addrs.into_iter().any(|a| TcpStream::connect_timeout(&a, timeout).is_ok())
+    let Ok(addrs) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|a| TcpStream::connect_timeout(&a, timeout).is_ok())
 }
 
 /// Starts rumqttd on 127.0.0.1 and a free port; it lives as long as the process.
-pub fn start_embedded(max_packet: usize) -> Result<BrokerTarget, Error> {
-    let port = free_port().map_err(|e| Error::Other(format!("cannot find a free port for the embedded broker: {e}")))?;
+/// `port` 0 picks a free one.
+pub fn start_embedded(max_packet: usize, port: u16) -> Result<BrokerTarget, Error> {
+    let port = match port {
+        0 => free_port().map_err(|e| {
+            Error::Other(format!(
+                "cannot find a free port for the embedded broker: {e}"
+            ))
+        })?,
+        p => {
+            TcpListener::bind(("127.0.0.1", p)).map_err(|e| {
+                Error::usage(format!(
+                    "--embedded-port {p} is not free ({e}); choose another or 0 for any"
+                ))
+            })?;
+            p
+        }
+    };
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let config = embedded_config(listen, max_packet);
     std::thread::Builder::new()
@@ -89,11 +120,17 @@ pub fn start_embedded(max_packet: usize) -> Result<BrokerTarget, Error> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&listen, Duration::from_millis(100)).is_ok() {
-            return Ok(BrokerTarget { host: "127.0.0.1".into(), port, embedded: true });
+            return Ok(BrokerTarget {
+                host: "127.0.0.1".into(),
+                port,
+                embedded: true,
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(Error::Other(format!("the embedded broker did not start listening on {listen} within 5s")))
+    Err(Error::Other(format!(
+        "the embedded broker did not start listening on {listen} within 5s"
+    )))
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -40,20 +40,32 @@ pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Re
     layered.extend(argv.first().cloned());
     layered.extend(injected.into_iter().map(OsString::from));
     layered.extend(argv.into_iter().skip(1));
-    let matches = cmd.try_get_matches_from(layered).map_err(|e| match clap_exit(e) {
-        ParseExit::Usage(msg) => ParseExit::Usage(format!("in config file {}: {msg}", path.display())),
-        info => info,
-    })?;
+    let matches = cmd
+        .try_get_matches_from(layered)
+        .map_err(|e| match clap_exit(e) {
+            ParseExit::Usage(msg) => {
+                ParseExit::Usage(format!("in config file {}: {msg}", path.display()))
+            }
+            info => info,
+        })?;
     T::from_arg_matches(&matches).map_err(clap_exit)
 }
 
 /// The `--flag=value` arguments a config file contributes for flags nothing else set.
 fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<String>, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::usage(format!("cannot read config file {}: {e}; fix --config", path.display())))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| Error::usage(format!("config file {} is not valid TOML: {}", path.display(), one_line(&e.to_string()))))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::usage(format!(
+            "cannot read config file {}: {e}; fix --config",
+            path.display()
+        ))
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        Error::usage(format!(
+            "config file {} is not valid TOML: {}",
+            path.display(),
+            one_line(&e.to_string())
+        ))
+    })?;
     let mut out = Vec::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
@@ -85,10 +97,10 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
                     return Err(Error::usage(format!(
-                        "config file {}: key '{key}' has a {} value; use a string, number or boolean",
-                        path.display(),
-                        other.type_str()
-                    )))
+                    "config file {}: key '{key}' has a {} value; use a string, number or boolean",
+                    path.display(),
+                    other.type_str()
+                )))
                 }
             };
             out.push(format!("--{long}={text}"));
@@ -100,9 +112,9 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
 fn clap_exit(e: clap::Error) -> ParseExit {
     use clap::error::ErrorKind;
     match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            ParseExit::Info(e)
-        }
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ParseExit::Info(e),
         _ => ParseExit::Usage(one_line(&e.to_string())),
     }
 }
@@ -111,7 +123,9 @@ fn clap_exit(e: clap::Error) -> ParseExit {
 pub fn one_line(msg: &str) -> String {
     msg.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join(" ")
@@ -132,7 +146,10 @@ mod tests {
 
     fn parse(argv: &[&str]) -> Result<PublisherArgs, ParseExit> {
         let cmd = PublisherArgs::augment_args(Command::new("t"));
-        let argv = std::iter::once("t").chain(argv.iter().copied()).map(OsString::from).collect();
+        let argv = std::iter::once("t")
+            .chain(argv.iter().copied())
+            .map(OsString::from)
+            .collect();
         parse_layered::<Cli>(cmd, argv).map(|c| c.args)
     }
 
@@ -152,8 +169,12 @@ mod tests {
         pub fn write(text: &str) -> TempPath {
             static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("loadgen-cfg-{}-{n}.toml", std::process::id()));
-            std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+            let p =
+                std::env::temp_dir().join(format!("loadgen-cfg-{}-{n}.toml", std::process::id()));
+            std::fs::File::create(&p)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             TempPath(p)
         }
     }

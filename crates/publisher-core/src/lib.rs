@@ -61,14 +61,13 @@ pub struct Preset {
 
 /// The clap command of a preset: every flag from [`PublisherArgs`], the preset's name.
 pub fn command(preset: &Preset) -> Command {
-    let cmd = Command::new(preset.name)
-        .version(env!("CARGO_PKG_VERSION"))
+    let cmd = Command::new(preset.name).version(env!("CARGO_PKG_VERSION"));
+    PublisherArgs::augment_args(cmd)
         .about(preset.about)
         .after_help(
             "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
              4 broker refused the connection, 130 SIGINT, 143 SIGTERM.",
-        );
-    PublisherArgs::augment_args(cmd)
+        )
         .mut_arg("device_id", |a| a.help(format!("Device id written into every point [default: {}]", preset.device_id)))
         .mut_arg("client_id", |a| a.help(format!("MQTT client id [default: {}]", preset.client_id)))
 }
@@ -104,7 +103,10 @@ pub fn main(preset: Preset) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -112,7 +114,8 @@ pub fn main(preset: Preset) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let shutdown = Shutdown::from_signals().map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+        let shutdown = Shutdown::from_signals()
+            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
         run(&preset, &plan, &shutdown).await
     });
     // Background tasks (progress, signals, the embedded broker) end with the process.
@@ -154,10 +157,13 @@ pub async fn execute(
 ) -> Result<(Report, Option<shutdown::Signal>), Error> {
     let choice = plan.connect.broker.clone();
     let max_packet = plan.connect.max_packet_size;
-    let target = tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet))
-        .await
-        .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    let (client, eventloop) = mqtt::connect(&plan.connect, &target, plan.max_inflight, plan.max_queued).await?;
+    let embedded_port = plan.connect.embedded_port;
+    let target =
+        tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, embedded_port))
+            .await
+            .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    let (client, eventloop) =
+        mqtt::connect(&plan.connect, &target, plan.max_inflight, plan.max_queued).await?;
     let counters = Arc::new(stats::Counters::default());
     let progress_stop = CancellationToken::new();
     let progress = (!plan.quiet).then(|| {
@@ -174,12 +180,25 @@ pub async fn execute(
     if let Some(p) = progress {
         let _ = p.await;
     }
+    if target.embedded && !plan.connect.embedded_linger.is_zero() {
+        // Subscribers of the embedded broker may still be reading; it dies with this process.
+        tokio::select! {
+            _ = tokio::time::sleep(plan.connect.embedded_linger) => {}
+            _ = shutdown.abort.cancelled() => {}
+        }
+    }
     let signal = shutdown.signal();
-    Ok((Report::build(preset.name, plan, &target, &result, signal), signal))
+    Ok((
+        Report::build(preset.name, plan, &target, &result, signal),
+        signal,
+    ))
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

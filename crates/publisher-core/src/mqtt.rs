@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Packet};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions,
+    Packet,
+};
 
 use crate::broker::BrokerTarget;
 use crate::error::Error;
@@ -22,22 +25,36 @@ pub async fn connect(
         .set_inflight(inflight.max(1))
         .set_clean_session(true);
     if let Some((user, password)) = &cp.credentials {
-        opts.set_credentials(user.clone(), password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+        opts.set_credentials(
+            user.clone(),
+            password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+        );
     }
     let (client, mut eventloop) = AsyncClient::new(opts, queue.max(1));
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(cp.tcp_nodelay);
-    net.set_connection_timeout(cp.connect_timeout.as_secs().max(1));
+    // rumqttc uses this for TCP connect and for every flush. Our own timeout below bounds
+    // connecting; mid-run, a broker that stalls for a few seconds must not kill the run.
+    net.set_connection_timeout(cp.connect_timeout.as_secs().saturating_add(1).max(30));
     eventloop.set_network_options(net);
 
     let broker = target.url();
+    let timed_out = || Error::Unreachable {
+        broker: target.url(),
+        reason: format!(
+            "no CONNACK within {} (--connect-timeout)",
+            humantime::format_duration(round_ms(cp.connect_timeout))
+        ),
+    };
     match tokio::time::timeout(cp.connect_timeout, eventloop.poll()).await {
-        Err(_) => Err(Error::Unreachable {
-            broker,
-            reason: format!("no CONNACK within {} (--connect-timeout)", humantime::format_duration(round_ms(cp.connect_timeout))),
-        }),
+        Err(_) | Ok(Err(ConnectionError::NetworkTimeout)) => Err(timed_out()),
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok((client, eventloop)),
-        Ok(Ok(other)) => Err(Error::Other(format!("broker {broker} answered CONNECT with {other:?}"))),
+        Ok(Ok(other)) => Err(Error::Other(format!(
+            "broker {broker} answered CONNECT with {other:?}"
+        ))),
         Ok(Err(e)) => Err(connect_error(broker, e)),
     }
 }
@@ -48,10 +65,18 @@ fn round_ms(d: Duration) -> Duration {
 
 fn connect_error(broker: String, e: ConnectionError) -> Error {
     match e {
-        ConnectionError::ConnectionRefused(code) => Error::Refused { broker, reason: refusal(code).into() },
-        ConnectionError::Io(io) => Error::Unreachable { broker, reason: io.to_string() },
-        ConnectionError::NetworkTimeout => Error::Unreachable { broker, reason: "connect timed out".into() },
-        ConnectionError::MqttState(rumqttc::StateError::Io(io)) => Error::Unreachable { broker, reason: io.to_string() },
+        ConnectionError::ConnectionRefused(code) => Error::Refused {
+            broker,
+            reason: refusal(code).into(),
+        },
+        ConnectionError::Io(io) => Error::Unreachable {
+            broker,
+            reason: io.to_string(),
+        },
+        ConnectionError::MqttState(rumqttc::StateError::Io(io)) => Error::Unreachable {
+            broker,
+            reason: io.to_string(),
+        },
         ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => Error::Unreachable {
             broker,
             reason: "the connection closed before CONNACK (is it an MQTT broker?)".into(),

@@ -33,8 +33,9 @@ impl Pacer {
     /// When the message whose last point is point number `points_through` (1-based count of
     /// points sent once it is out) is due, or `None` when unpaced.
     pub fn deadline(&self, points_through: u64) -> Option<Instant> {
-        self.rate
-            .map(|r| self.start + Duration::from_nanos((points_through as f64 * 1e9 / r).round() as u64))
+        self.rate.map(|r| {
+            self.start + Duration::from_nanos((points_through as f64 * 1e9 / r).round() as u64)
+        })
     }
 
     /// Waits until the message ending at `points_through` is due and returns its scheduled
@@ -87,9 +88,15 @@ mod tests {
         let p = Pacer::new(start, Some(1_000_000.0));
         // batch 100 at 1M points/s: every 100 µs
         assert_eq!(p.deadline(100).unwrap() - start, Duration::from_micros(100));
-        assert_eq!(p.deadline(1_000_000).unwrap() - start, Duration::from_secs(1));
+        assert_eq!(
+            p.deadline(1_000_000).unwrap() - start,
+            Duration::from_secs(1)
+        );
         let p = Pacer::new(start, Some(3.0));
-        assert_eq!(p.deadline(1).unwrap() - start, Duration::from_nanos(333_333_333));
+        assert_eq!(
+            p.deadline(1).unwrap() - start,
+            Duration::from_nanos(333_333_333)
+        );
     }
 
     #[tokio::test(start_paused = true)]

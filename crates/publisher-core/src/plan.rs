@@ -66,6 +66,10 @@ pub struct ConnectPlan {
     pub tcp_nodelay: bool,
     /// Limit for packets in both directions.
     pub max_packet_size: usize,
+    /// Port of the embedded broker (0 = any free port).
+    pub embedded_port: u16,
+    /// How long the embedded broker outlives the run.
+    pub embedded_linger: Duration,
 }
 
 /// Everything a publisher run needs, validated.
@@ -84,6 +88,7 @@ pub struct Plan {
     pub max_inflight: u16,
     pub max_queued: usize,
     pub drain_timeout: Duration,
+    pub start_delay: Duration,
     pub sensor_fields: bool,
     pub seed: u64,
     /// Upper bound of one message's payload.
@@ -94,7 +99,12 @@ pub struct Plan {
 
 impl Plan {
     pub fn from_args(args: PublisherArgs, preset: &Preset) -> Result<Plan, Error> {
-        let PublisherArgs { connection, load, output, .. } = args;
+        let PublisherArgs {
+            connection,
+            load,
+            output,
+            ..
+        } = args;
         let LoadArgs {
             device_id,
             topic,
@@ -106,6 +116,7 @@ impl Plan {
             max_inflight,
             max_queued,
             drain_timeout,
+            start_delay,
             sensor_fields,
             seed,
         } = load;
@@ -167,6 +178,7 @@ impl Plan {
             max_inflight,
             max_queued,
             drain_timeout,
+            start_delay,
             sensor_fields,
             seed,
             max_payload,
@@ -177,7 +189,12 @@ impl Plan {
 }
 
 /// Validates connection flags; `packet_needed` is the largest packet the tool will send.
-pub fn connect_plan(c: ConnectionArgs, preset: &Preset, packet_needed: u64, batch: usize) -> Result<ConnectPlan, Error> {
+pub fn connect_plan(
+    c: ConnectionArgs,
+    preset: &Preset,
+    packet_needed: u64,
+    batch: usize,
+) -> Result<ConnectPlan, Error> {
     let broker = parse_broker(&c.broker)?;
     if !c.keep_alive.is_zero() && c.keep_alive < Duration::from_secs(1) {
         return Err(Error::usage("--keep-alive must be 0 (off) or at least 1s"));
@@ -213,7 +230,9 @@ pub fn connect_plan(c: ConnectionArgs, preset: &Preset, packet_needed: u64, batc
     };
     let client_id = c.client_id.unwrap_or_else(|| preset.client_id.to_string());
     if client_id.len() > u16::MAX as usize {
-        return Err(Error::usage("--client-id is longer than MQTT allows (65535 bytes)"));
+        return Err(Error::usage(
+            "--client-id is longer than MQTT allows (65535 bytes)",
+        ));
     }
     Ok(ConnectPlan {
         broker,
@@ -223,13 +242,18 @@ pub fn connect_plan(c: ConnectionArgs, preset: &Preset, packet_needed: u64, batc
         connect_timeout: c.connect_timeout,
         tcp_nodelay: c.tcp_nodelay,
         max_packet_size,
+        embedded_port: c.embedded_port,
+        embedded_linger: c.embedded_linger,
     })
 }
 
 fn read_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Error> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::usage(format!("cannot read --password-file {}: {e}", path.display()))
+            Error::usage(format!(
+                "cannot read --password-file {}: {e}",
+                path.display()
+            ))
         })?;
         let line = text.lines().next().unwrap_or("").to_string();
         return Ok(Some(Secret(line)));
@@ -241,7 +265,9 @@ fn read_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Error
 pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
     let topic = template.replace("{device_id}", device_id);
     if topic.is_empty() {
-        return Err(Error::usage("--topic is empty; give a topic such as device_data/{device_id}"));
+        return Err(Error::usage(
+            "--topic is empty; give a topic such as device_data/{device_id}",
+        ));
     }
     if topic.contains(['+', '#']) {
         return Err(Error::usage(format!(
@@ -252,7 +278,9 @@ pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
         return Err(Error::usage("--topic must not contain a NUL character"));
     }
     if topic.len() > u16::MAX as usize {
-        return Err(Error::usage("--topic is longer than MQTT allows (65535 bytes)"));
+        return Err(Error::usage(
+            "--topic is longer than MQTT allows (65535 bytes)",
+        ));
     }
     Ok(topic)
 }
@@ -284,7 +312,11 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
 }
 
 fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
-    let bad = || Error::usage(format!("{what} '{s}' is not host:port; use e.g. mqtt://localhost:1883"));
+    let bad = || {
+        Error::usage(format!(
+            "{what} '{s}' is not host:port; use e.g. mqtt://localhost:1883"
+        ))
+    };
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         // [v6addr]:port
         let (h, p) = rest.split_once(']').ok_or_else(bad)?;
@@ -313,15 +345,24 @@ mod tests {
     fn broker_urls_parse() {
         assert_eq!(
             parse_broker("mqtt://localhost:1884").unwrap(),
-            BrokerChoice::Remote { host: "localhost".into(), port: 1884 }
+            BrokerChoice::Remote {
+                host: "localhost".into(),
+                port: 1884
+            }
         );
         assert_eq!(
             parse_broker("10.0.0.1").unwrap(),
-            BrokerChoice::Remote { host: "10.0.0.1".into(), port: 1883 }
+            BrokerChoice::Remote {
+                host: "10.0.0.1".into(),
+                port: 1883
+            }
         );
         assert_eq!(
             parse_broker("[::1]:1999").unwrap(),
-            BrokerChoice::Remote { host: "::1".into(), port: 1999 }
+            BrokerChoice::Remote {
+                host: "::1".into(),
+                port: 1999
+            }
         );
         assert_eq!(parse_broker("embedded").unwrap(), BrokerChoice::Embedded);
         assert!(parse_broker("http://x:1").is_err());
@@ -331,7 +372,10 @@ mod tests {
 
     #[test]
     fn topics_with_wildcards_are_refused() {
-        assert_eq!(render_topic("device_data/{device_id}", "d1").unwrap(), "device_data/d1");
+        assert_eq!(
+            render_topic("device_data/{device_id}", "d1").unwrap(),
+            "device_data/d1"
+        );
         assert!(render_topic("a/+/b", "d").is_err());
         assert!(render_topic("a/#", "d").is_err());
         assert!(render_topic("{device_id}", "").is_err());

@@ -10,7 +10,13 @@ use crate::report::fmt_int;
 use crate::stats::Counters;
 
 /// Prints progress every `every` until `stop` is cancelled.
-pub async fn run(counters: Arc<Counters>, total: Option<u64>, qos1: bool, every: Duration, stop: CancellationToken) {
+pub async fn run(
+    counters: Arc<Counters>,
+    total: Option<u64>,
+    qos1: bool,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let start = Instant::now();
     let mut tick = tokio::time::interval_at(start + every, every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -27,10 +33,18 @@ pub async fn run(counters: Arc<Counters>, total: Option<u64>, qos1: bool, every:
         let point_rate = (t.points_sent - last.points_sent) as f64 / dt;
         let msg_rate = (t.messages_sent - last.messages_sent) as f64 / dt;
         let of_total = match total {
-            Some(total) => format!("/{} ({:.1}%)", fmt_int(total), 100.0 * t.points_sent as f64 / total as f64),
+            Some(total) => format!(
+                "/{} ({:.1}%)",
+                fmt_int(total),
+                100.0 * t.points_sent as f64 / total as f64
+            ),
             None => String::new(),
         };
-        let acked = if qos1 { format!("  acked {}", fmt_int(t.points_acked)) } else { String::new() };
+        let acked = if qos1 {
+            format!("  acked {}", fmt_int(t.points_acked))
+        } else {
+            String::new()
+        };
         eprintln!(
             "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}",
             (now - start).as_secs_f64(),

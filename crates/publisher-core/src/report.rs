@@ -68,20 +68,39 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn build(tool: &str, plan: &Plan, target: &BrokerTarget, s: &SessionResult, signal: Option<Signal>) -> Report {
+    pub fn build(
+        tool: &str,
+        plan: &Plan,
+        target: &BrokerTarget,
+        s: &SessionResult,
+        signal: Option<Signal>,
+    ) -> Report {
         let t = s.totals;
         let qos1 = plan.qos == Qos::AtLeastOnce;
         let elapsed = (s.finished - s.started).as_secs_f64();
-        let per_s = |n: u64| if elapsed > 0.0 { n as f64 / elapsed } else { 0.0 };
+        let per_s = |n: u64| {
+            if elapsed > 0.0 {
+                n as f64 / elapsed
+            } else {
+                0.0
+            }
+        };
         let point_rate = per_s(t.points_sent);
-        let points_failed = if qos1 { t.points_sent - t.points_acked } else { 0 };
+        let points_failed = if qos1 {
+            t.points_sent - t.points_acked
+        } else {
+            0
+        };
         let points_unsent = t.points_enqueued - t.points_sent;
         let mut problems = Vec::new();
         if let Some(e) = &s.connection_error {
             problems.push(e.clone());
         }
         if points_unsent > 0 {
-            problems.push(format!("{} points were never written to the socket", fmt_int(points_unsent)));
+            problems.push(format!(
+                "{} points were never written to the socket",
+                fmt_int(points_unsent)
+            ));
         }
         if points_failed > 0 {
             problems.push(format!(
@@ -126,8 +145,16 @@ impl Report {
             message_rate: round3(per_s(t.messages_sent)),
             bytes_per_s: round3(per_s(t.bytes_sent)),
             target_pct: plan.rate.map(|r| round3(100.0 * point_rate / r)),
-            latency_us: if qos1 { Percentiles::of(&s.latencies.ack_us) } else { None },
-            schedule_lag_us: if s.paced { Percentiles::of(&s.latencies.lag_us) } else { None },
+            latency_us: if qos1 {
+                Percentiles::of(&s.latencies.ack_us)
+            } else {
+                None
+            },
+            schedule_lag_us: if s.paced {
+                Percentiles::of(&s.latencies.lag_us)
+            } else {
+                None
+            },
             outcome: outcome.into(),
             interrupted_by: signal.map(|s| s.name().to_string()),
             error,
@@ -139,10 +166,24 @@ impl Report {
         let mut o = String::new();
         let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
         line(&format!("== {} summary", self.tool), String::new());
-        line("broker", format!("{}{}", self.broker, if self.broker_embedded { " (embedded rumqttd)" } else { "" }));
+        line(
+            "broker",
+            format!(
+                "{}{}",
+                self.broker,
+                if self.broker_embedded {
+                    " (embedded rumqttd)"
+                } else {
+                    ""
+                }
+            ),
+        );
         line("topic", self.topic.clone());
         line("qos", self.qos.to_string());
-        line("batch", format!("{} points per message", fmt_int(self.batch)));
+        line(
+            "batch",
+            format!("{} points per message", fmt_int(self.batch)),
+        );
         line(
             "points",
             match self.points_acked {
@@ -153,24 +194,47 @@ impl Report {
                     fmt_int(self.points_failed),
                     fmt_int(self.points_unsent)
                 ),
-                None => format!("{} sent, {} unsent", fmt_int(self.points_sent), fmt_int(self.points_unsent)),
+                None => format!(
+                    "{} sent, {} unsent",
+                    fmt_int(self.points_sent),
+                    fmt_int(self.points_unsent)
+                ),
             },
         );
         line(
             "messages",
             match self.messages_acked {
-                Some(acked) => format!("{} sent, {} acknowledged", fmt_int(self.messages_sent), fmt_int(acked)),
+                Some(acked) => format!(
+                    "{} sent, {} acknowledged",
+                    fmt_int(self.messages_sent),
+                    fmt_int(acked)
+                ),
                 None => format!("{} sent", fmt_int(self.messages_sent)),
             },
         );
-        line("bytes", format!("{} payload bytes ({:.1} MB/s)", fmt_int(self.bytes_sent), self.bytes_per_s / 1e6));
+        line(
+            "bytes",
+            format!(
+                "{} payload bytes ({:.1} MB/s)",
+                fmt_int(self.bytes_sent),
+                self.bytes_per_s / 1e6
+            ),
+        );
         line("elapsed", format!("{:.3} s", self.elapsed_s));
-        line("point rate", format!("{} points/s", fmt_int(self.point_rate.round() as u64)));
-        line("message rate", format!("{} messages/s", fmt_rate(self.message_rate)));
+        line(
+            "point rate",
+            format!("{} points/s", fmt_int(self.point_rate.round() as u64)),
+        );
+        line(
+            "message rate",
+            format!("{} messages/s", fmt_rate(self.message_rate)),
+        );
         line(
             "target",
             match (self.target_rate, self.target_pct) {
-                (Some(r), Some(pct)) => format!("{} points/s, achieved {pct:.2}%", fmt_int(r.round() as u64)),
+                (Some(r), Some(pct)) => {
+                    format!("{} points/s, achieved {pct:.2}%", fmt_int(r.round() as u64))
+                }
                 _ => "as fast as possible".into(),
             },
         );
@@ -191,13 +255,19 @@ impl Report {
 
     /// Writes the JSON report to `path` (`-` = stdout).
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Other(format!("cannot encode the report: {e}")))?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Other(format!("cannot encode the report: {e}")))?;
         if path.as_os_str() == "-" {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{json}").map_err(|e| Error::Other(format!("cannot write the report to stdout: {e}")))
+            writeln!(out, "{json}")
+                .map_err(|e| Error::Other(format!("cannot write the report to stdout: {e}")))
         } else {
-            std::fs::write(path, json + "\n")
-                .map_err(|e| Error::Other(format!("cannot write --report-json {}: {e}", path.display())))
+            std::fs::write(path, json + "\n").map_err(|e| {
+                Error::Other(format!(
+                    "cannot write --report-json {}: {e}",
+                    path.display()
+                ))
+            })
         }
     }
 }

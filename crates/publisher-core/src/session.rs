@@ -85,8 +85,18 @@ pub async fn run(
     let qos1 = plan.qos == Qos::AtLeastOnce;
     let stop_driver = CancellationToken::new();
     let driver_done = CancellationToken::new();
-    let driver = tokio::spawn(drive(eventloop, shared.clone(), qos1, stop_driver.clone(), driver_done.clone()));
+    let driver = tokio::spawn(drive(
+        eventloop,
+        shared.clone(),
+        qos1,
+        stop_driver.clone(),
+        driver_done.clone(),
+    ));
 
+    tokio::select! {
+        _ = tokio::time::sleep(plan.start_delay) => {}
+        _ = shutdown.stop.cancelled() => {}
+    }
     let started = Instant::now();
     produce(plan, &client, &shared, started, shutdown, &driver_done).await;
 
@@ -118,7 +128,10 @@ pub async fn run(
     stop_driver.cancel();
     let out = match driver.await {
         Ok(out) => out,
-        Err(e) => DriverOut { error: Some(format!("connection driver failed: {e}")), ..DriverOut::default() },
+        Err(e) => DriverOut {
+            error: Some(format!("connection driver failed: {e}")),
+            ..DriverOut::default()
+        },
     };
     let finished = out.last_progress.unwrap_or(started);
     SessionResult {
@@ -142,7 +155,10 @@ async fn produce(
     driver_done: &CancellationToken,
 ) {
     let pacer = Pacer::new(started, plan.rate);
-    let wall_start_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let wall_start_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     let end_at = plan.duration.map(|d| started + d);
     let qos = match plan.qos {
         Qos::AtMostOnce => QoS::AtMostOnce,
@@ -187,7 +203,11 @@ async fn produce(
         }
         encoder.write_message(&mut buf, &samples);
         let payload = buf.split().freeze();
-        let meta = MsgMeta { scheduled, points: n as u32, bytes: payload.len() as u32 };
+        let meta = MsgMeta {
+            scheduled,
+            points: n as u32,
+            bytes: payload.len() as u32,
+        };
         // The driver pops this when rumqttc reports the write, so it goes in first.
         shared.pending().push_back(meta);
         let enqueued = tokio::select! {
@@ -247,7 +267,10 @@ async fn drive(
                 c.bytes_sent.fetch_add(m.bytes as u64, Relaxed);
                 c.messages_sent.fetch_add(1, Relaxed);
                 if qos1 {
-                    if inflight[pkid as usize].replace((m.scheduled, m.points)).is_some() {
+                    if inflight[pkid as usize]
+                        .replace((m.scheduled, m.points))
+                        .is_some()
+                    {
                         tracing::warn!(pkid, "packet id reused before its PUBACK");
                     }
                 } else {
@@ -282,7 +305,8 @@ fn describe(e: &ConnectionError) -> String {
             format!("connection to the broker lost: {io}")
         }
         ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => {
-            "the broker closed the connection (a message over its packet size limit, or a policy?)".into()
+            "the broker closed the connection (a message over its packet size limit, or a policy?)"
+                .into()
         }
         other => format!("connection to the broker failed: {other}"),
     }

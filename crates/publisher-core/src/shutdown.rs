@@ -63,7 +63,10 @@ impl Shutdown {
     /// Records `sig` and stops the run; a second request aborts the flush.
     pub fn request(&self, sig: Signal) {
         if self.stop.is_cancelled() {
-            eprintln!("{}: second signal, abandoning what is not yet flushed", sig.name());
+            eprintln!(
+                "{}: second signal, abandoning what is not yet flushed",
+                sig.name()
+            );
             self.abort.cancel();
             return;
         }
@@ -71,8 +74,13 @@ impl Shutdown {
             Signal::Interrupt => 1,
             Signal::Terminate => 2,
         };
-        let _ = self.signal.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        eprintln!("{}: stopping, flushing what was generated (again to abandon it)", sig.name());
+        let _ = self
+            .signal
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        eprintln!(
+            "{}: stopping, flushing what was generated (again to abandon it)",
+            sig.name()
+        );
         self.stop.cancel();
     }
 

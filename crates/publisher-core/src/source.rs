@@ -1,6 +1,9 @@
 //! Generates realistic device readings: slow random walks for `value`, `temperature` and
 //! `humidity`, with `seq` counting up from 0. Deterministic for a seed; no allocation per point.
 
+// Fixed-point literals are grouped at the decimal point: `21_50` is 21.50 in hundredths.
+#![allow(clippy::inconsistent_digit_grouping)]
+
 use point_format::Sample;
 
 /// Produces the samples of one device, in `seq` order.
@@ -54,7 +57,8 @@ impl PointSource {
         for _ in 0..n {
             self.value_centi = (self.value_centi + self.step(50)).clamp(0, 100_00);
             let (temperature_centi, humidity_deci) = if self.sensor_fields {
-                self.temperature_centi = (self.temperature_centi + self.step(5)).clamp(15_00, 35_00);
+                self.temperature_centi =
+                    (self.temperature_centi + self.step(5)).clamp(15_00, 35_00);
                 self.humidity_deci = (self.humidity_deci + self.step(3)).clamp(20_0, 80_0);
                 (Some(self.temperature_centi), Some(self.humidity_deci))
             } else {

@@ -77,8 +77,14 @@ pub struct Latencies {
 
 impl Default for Latencies {
     fn default() -> Self {
-        let h = || Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid");
-        Latencies { ack_us: h(), lag_us: h() }
+        let h = || {
+            Histogram::new_with_bounds(1, MAX_TRACKED_US, 3)
+                .expect("static histogram bounds are valid")
+        };
+        Latencies {
+            ack_us: h(),
+            lag_us: h(),
+        }
     }
 }
 

@@ -1,1 +1,360 @@
-//! test helpers
+//! Real parts for the tests: a Mosquitto process started on a free port from the project's
+//! `mosquitto/mosquitto.conf`, a subscriber that decodes and counts every point it receives,
+//! and paths to the workspace's binaries.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use point_format::Point;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A private directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("loadgen-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A mosquitto process on 127.0.0.1 and a free port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto with the project's config.
+    pub fn start() -> Mosquitto {
+        Self::start_with(&[])
+    }
+
+    /// Starts mosquitto with the project's config plus `extra` lines (which replace
+    /// settings of the same name).
+    pub fn start_with(extra: &[String]) -> Mosquitto {
+        for _attempt in 0..5 {
+            let dir = TempDir::new("mosquitto");
+            let port = free_port();
+            let base = std::fs::read_to_string(workspace_root().join("mosquitto/mosquitto.conf"))
+                .expect("mosquitto/mosquitto.conf");
+            let overridden: Vec<&str> = extra
+                .iter()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            let mut conf = String::new();
+            for line in base.lines() {
+                let key = line.split_whitespace().next().unwrap_or("");
+                if key == "listener" {
+                    conf.push_str(&format!("listener {port} 127.0.0.1\n"));
+                } else if !overridden.contains(&key) {
+                    conf.push_str(line);
+                    conf.push('\n');
+                }
+            }
+            for l in extra {
+                conf.push_str(l);
+                conf.push('\n');
+            }
+            let conf_path = dir.path("mosquitto.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let log = std::fs::File::create(dir.path("mosquitto.log")).unwrap();
+            let child = Command::new(mosquitto_binary())
+                .arg("-c")
+                .arg(&conf_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn mosquitto");
+            let mut m = Mosquitto {
+                port,
+                child,
+                _dir: dir,
+            };
+            if wait_for_port(port, Duration::from_secs(5)) {
+                return m;
+            }
+            // Lost the port to someone else, or mosquitto failed: try another port.
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+            let log = std::fs::read_to_string(m._dir.path("mosquitto.log")).unwrap_or_default();
+            eprintln!("mosquitto did not come up on port {port}: {log}");
+        }
+        panic!("mosquitto did not start in 5 attempts")
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the broker process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+    {
+        let p = Path::new(dir).join("mosquitto");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("mosquitto is not installed: run the README's test command, which installs it")
+}
+
+/// Writes a mosquitto password file with one user, using mosquitto_passwd.
+pub fn mosquitto_password_file(dir: &TempDir, user: &str, password: &str) -> PathBuf {
+    let path = dir.path("passwd");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(b"")
+        .unwrap();
+    let tool = mosquitto_binary().with_file_name("mosquitto_passwd");
+    let tool = if tool.is_file() {
+        tool
+    } else {
+        PathBuf::from("mosquitto_passwd")
+    };
+    let st = Command::new(tool)
+        .arg("-b")
+        .arg(&path)
+        .arg(user)
+        .arg(password)
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(st.success());
+    path
+}
+
+/// What a subscriber received.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    pub messages: u64,
+    /// Messages that were a single JSON object.
+    pub legacy_messages: u64,
+    /// Messages that were a JSON array.
+    pub batch_messages: u64,
+    /// Messages that were not valid points.
+    pub invalid_messages: u64,
+    pub points: u64,
+    /// Device id -> every seq received, in arrival order.
+    pub seqs: HashMap<String, Vec<u64>>,
+    /// Topic -> messages.
+    pub topics: HashMap<String, u64>,
+}
+
+impl Received {
+    fn take(&mut self, topic: &str, payload: &[u8]) {
+        self.messages += 1;
+        *self.topics.entry(topic.to_string()).or_default() += 1;
+        let first = payload.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        let points: Result<Vec<Point>, _> = match first {
+            Some(b'[') => serde_json::from_slice(payload),
+            _ => serde_json::from_slice::<Point>(payload).map(|p| vec![p]),
+        };
+        match points {
+            Ok(points) => {
+                if first == Some(b'[') {
+                    self.batch_messages += 1;
+                } else {
+                    self.legacy_messages += 1;
+                }
+                for p in points {
+                    self.points += 1;
+                    self.seqs
+                        .entry(p.device_id.into_owned())
+                        .or_default()
+                        .push(p.seq);
+                }
+            }
+            Err(_) => self.invalid_messages += 1,
+        }
+    }
+
+    /// Asserts that `device` delivered seq 0..n exactly once each, and nothing else arrived.
+    pub fn assert_exactly_once(&self, device: &str, n: u64) {
+        assert_eq!(self.invalid_messages, 0, "invalid payloads arrived");
+        let seqs = self
+            .seqs
+            .get(device)
+            .unwrap_or_else(|| panic!("no points from {device}: {:?}", self.seqs.keys()));
+        let mut seen = vec![0u32; n as usize];
+        for &s in seqs {
+            assert!(s < n, "{device}: seq {s} is outside 0..{n}");
+            seen[s as usize] += 1;
+        }
+        let missing = seen.iter().filter(|c| **c == 0).count();
+        let dup = seen.iter().filter(|c| **c > 1).count();
+        assert_eq!(
+            (missing, dup),
+            (0, 0),
+            "{device}: {missing} seqs missing, {dup} duplicated"
+        );
+        assert_eq!(seqs.len() as u64, n);
+        assert_eq!(self.points, n, "points from other devices arrived");
+    }
+}
+
+/// A subscriber on its own thread, counting what arrives.
+pub struct Subscriber {
+    received: Arc<Mutex<Received>>,
+    stop: Arc<AtomicBool>,
+    last_arrival: Arc<Mutex<Instant>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Subscriber {
+    /// Connects to 127.0.0.1:`port` (retrying for up to 10 s, for a broker that is still
+    /// starting) and subscribes to `filter` at QoS 1; returns once the broker confirmed.
+    pub fn start(port: u16, filter: &str) -> Subscriber {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_arrival = Arc::new(Mutex::new(Instant::now()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (r, s, l) = (received.clone(), stop.clone(), last_arrival.clone());
+        let filter = filter.to_string();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let id = format!("test-sub-{}-{}", std::process::id(), free_port());
+            let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+            opts.set_max_packet_size(256 << 20, 256 << 20)
+                .set_keep_alive(Duration::from_secs(30));
+            let (client, mut conn) = Client::new(opts, 64);
+            client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+            let mut ready = Some(ready_tx);
+            while !s.load(Ordering::Relaxed) {
+                match conn.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        r.lock().unwrap().take(&p.topic, &p.payload);
+                        *l.lock().unwrap() = Instant::now();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => {
+                        if ready.is_some() && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue; // broker not up yet: rumqttc reconnects on the next poll
+                        }
+                        if ready.is_some() {
+                            panic!("subscriber could not connect to 127.0.0.1:{port}");
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(_) => {}
+                }
+            }
+            let _ = client.disconnect();
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("subscriber never got its SUBACK");
+        Subscriber {
+            received,
+            stop,
+            last_arrival,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn snapshot(&self) -> Received {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `points` points arrived (then a little longer, to catch duplicates) or
+    /// nothing arrived for `idle`; stops and returns what arrived.
+    pub fn finish(mut self, points: u64, idle: Duration) -> Received {
+        loop {
+            let got = self.received.lock().unwrap().points;
+            let quiet_for = self.last_arrival.lock().unwrap().elapsed();
+            if got >= points || quiet_for >= idle {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.snapshot()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

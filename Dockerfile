@@ -1,0 +1,11 @@
+# Builds the workspace and ships the publisher binaries in a slim image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin frontend1-pub --bin frontend2-pub
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/frontend1-pub /src/target/release/frontend2-pub /usr/local/bin/
+COPY configs /etc/mqtt-loadgen
+USER nobody
+ENTRYPOINT []

@@ -1,0 +1,116 @@
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use test_support::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_frontend1-pub");
+pub const DEVICE: &str = "frontend1_ultra_high_perf_device";
+pub const TOPIC: &str = "device_data/frontend1_ultra_high_perf_device";
+
+/// How a publisher process ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub wall: Duration,
+    pub report: Option<Value>,
+}
+
+impl Outcome {
+    pub fn report(&self) -> &Value {
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no JSON report; stderr:\n{}", self.stderr))
+    }
+
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
+    }
+}
+
+/// A publisher process started with a JSON report file.
+pub struct Running {
+    pub child: Child,
+    started: Instant,
+    dir: TempDir,
+}
+
+pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let dir = TempDir::new("pub");
+    let report = dir.path("report.json");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--report-json")
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().expect("spawn publisher");
+    Running {
+        child,
+        started,
+        dir,
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn wait(self) -> Outcome {
+        let Running {
+            child,
+            started,
+            dir,
+        } = self;
+        let out = child.wait_with_output().expect("wait publisher");
+        let wall = started.elapsed();
+        let report = std::fs::read_to_string(dir.path("report.json"))
+            .ok()
+            .map(|t| serde_json::from_str(&t).expect("report is JSON"));
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            wall,
+            report,
+        }
+    }
+}
+
+/// Runs the publisher to the end.
+pub fn publish(args: &[&str]) -> Outcome {
+    spawn(args, &[]).wait()
+}
+
+pub fn publish_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    spawn(args, env).wait()
+}
+
+/// A JSON number as u64.
+pub fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v:#}"))
+}

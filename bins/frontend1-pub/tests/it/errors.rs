@@ -1,0 +1,139 @@
+//! Bad input and unreachable or refusing brokers: one line, the documented exit code, no panic.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use test_support::{free_port, mosquitto_password_file, Mosquitto, TempDir};
+
+use crate::common::{n, publish, publish_env};
+
+/// Asserts exit `code` and a single `error:` line on stderr that contains `needle`.
+fn assert_one_line_error(args: &[&str], code: i32, needle: &str) -> String {
+    let out = publish(args);
+    out.assert_code(code);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{}", out.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    assert!(lines[0].contains(needle), "'{}' lacks '{needle}'", lines[0]);
+    lines[0].to_string()
+}
+
+#[test]
+fn qos_3_is_a_usage_error() {
+    assert_one_line_error(&["--qos", "3"], 2, "--qos");
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    assert_one_line_error(&["--ratez", "5"], 2, "--ratez");
+}
+
+#[test]
+fn malformed_values_are_usage_errors() {
+    assert_one_line_error(&["--rate", "fast"], 2, "--rate");
+    assert_one_line_error(&["--batch", "0"], 2, "--batch");
+    assert_one_line_error(&["--duration", "soon"], 2, "--duration");
+    assert_one_line_error(&["--broker", "http://localhost:1883"], 2, "--broker");
+    assert_one_line_error(&["--max-inflight", "70000"], 2, "--max-inflight");
+}
+
+#[test]
+fn batch_larger_than_the_packet_limit_is_a_usage_error() {
+    let line = assert_one_line_error(
+        &["--batch", "1000", "--max-packet-size", "10k"],
+        2,
+        "--max-packet-size",
+    );
+    assert!(line.contains("--batch"), "{line}");
+}
+
+#[test]
+fn wildcard_topic_is_a_usage_error() {
+    assert_one_line_error(&["--topic", "device_data/#"], 2, "wildcard");
+    assert_one_line_error(&["--topic", "a/+/b"], 2, "wildcard");
+}
+
+#[test]
+fn refused_tcp_connection_is_unreachable() {
+    let url = format!("mqtt://127.0.0.1:{}", free_port());
+    let out = publish(&["--broker", &url, "--connect-timeout", "2s"]);
+    out.assert_code(3);
+    assert!(out.stderr.contains("cannot reach broker"), "{}", out.stderr);
+    assert!(out.wall < Duration::from_secs(3), "took {:?}", out.wall);
+}
+
+#[test]
+fn silent_broker_fails_within_the_connect_timeout() {
+    // Accepts TCP connections but never answers CONNECT.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("mqtt://{}", listener.local_addr().unwrap());
+    let out = publish(&["--broker", &url, "--connect-timeout", "1s"]);
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("no CONNACK within 1s"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.wall < Duration::from_secs(3), "took {:?}", out.wall);
+    drop(listener);
+}
+
+#[test]
+fn wrong_password_is_refused_and_right_password_works_without_leaking() {
+    let dir = TempDir::new("auth");
+    let secret = "s3cr3t-Pa55";
+    let pw = mosquitto_password_file(&dir, "loader", secret);
+    let m = Mosquitto::start_with(&[
+        "allow_anonymous false".into(),
+        format!("password_file {}", pw.display()),
+    ]);
+
+    let wrong = publish_env(
+        &[
+            "--broker",
+            &m.url(),
+            "--username",
+            "loader",
+            "--total",
+            "1000",
+        ],
+        &[("LOADGEN_PASSWORD", "wrong")],
+    );
+    wrong.assert_code(4);
+    assert!(
+        wrong.stderr.contains("refused the connection"),
+        "{}",
+        wrong.stderr
+    );
+
+    let file = dir.path("pw.txt");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let right = publish(&[
+        "--broker",
+        &m.url(),
+        "--username",
+        "loader",
+        "--password-file",
+        file.to_str().unwrap(),
+        "--total",
+        "1000",
+        "--rate",
+        "0",
+    ]);
+    right.assert_code(0);
+    assert_eq!(n(right.report(), "points_sent"), 1000);
+    for text in [&right.stdout, &right.stderr, &right.report().to_string()] {
+        assert!(!text.contains(secret), "password leaked: {text}");
+    }
+}
+
+#[test]
+fn password_without_user_is_a_usage_error() {
+    let out = publish_env(&["--total", "1"], &[("LOADGEN_PASSWORD", "x")]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("--username"), "{}", out.stderr);
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests of the publisher binary against real brokers: a Mosquitto process each
+//! test starts on a free port from `mosquitto/mosquitto.conf`, and the embedded rumqttd.
+//! A subscriber in the test decodes every message and checks each `seq` arrived once.
+
+mod common;
+mod delivery;
+mod embedded;
+mod errors;
+mod files;
+mod report;
+mod signals;
