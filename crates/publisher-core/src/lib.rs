@@ -194,7 +194,8 @@ pub async fn execute(
     ))
 }
 
-fn init_tracing() {
+/// Logs to stderr; `LOADGEN_LOG` takes an env-filter (default: warnings, rumqttd silent).
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
     let _ = tracing_subscriber::fmt()

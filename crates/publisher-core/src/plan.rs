@@ -145,7 +145,12 @@ impl Plan {
                 "--batch {batch} makes messages of up to {packet_needed} bytes, above MQTT's limit of {MQTT_MAX_PACKET}; lower --batch"
             )));
         }
-        let connect = connect_plan(connection, preset, packet_needed, batch)?;
+        let connect = connect_plan(
+            connection,
+            preset.client_id,
+            packet_needed,
+            &format!("--batch {batch}"),
+        )?;
 
         let max_inflight = match max_inflight {
             Some(n) => n,
@@ -188,12 +193,13 @@ impl Plan {
     }
 }
 
-/// Validates connection flags; `packet_needed` is the largest packet the tool will send.
+/// Validates connection flags. `packet_needed` is the largest packet the tool will send,
+/// and `cause` names the flag that makes it that large, for the error message.
 pub fn connect_plan(
     c: ConnectionArgs,
-    preset: &Preset,
+    default_client_id: &str,
     packet_needed: u64,
-    batch: usize,
+    cause: &str,
 ) -> Result<ConnectPlan, Error> {
     let broker = parse_broker(&c.broker)?;
     if !c.keep_alive.is_zero() && c.keep_alive < Duration::from_secs(1) {
@@ -208,7 +214,8 @@ pub fn connect_plan(
     let max_packet_size = match c.max_packet_size {
         Some(limit) if limit < packet_needed => {
             return Err(Error::usage(format!(
-                "--batch {batch} makes messages of up to {packet_needed} bytes but --max-packet-size is {limit}; raise --max-packet-size or lower --batch"
+                "{cause} makes messages of up to {packet_needed} bytes but --max-packet-size is {limit}; raise --max-packet-size or lower {cause_flag}",
+                cause_flag = cause.split_whitespace().next().unwrap_or(cause)
             )))
         }
         Some(limit) if limit > MQTT_MAX_PACKET => {
@@ -228,7 +235,7 @@ pub fn connect_plan(
         }
         (None, None) => None,
     };
-    let client_id = c.client_id.unwrap_or_else(|| preset.client_id.to_string());
+    let client_id = c.client_id.unwrap_or_else(|| default_client_id.to_string());
     if client_id.len() > u16::MAX as usize {
         return Err(Error::usage(
             "--client-id is longer than MQTT allows (65535 bytes)",

@@ -1,0 +1,315 @@
+//! backend-core: the verifying backend behind `backend-sub`.
+//!
+//! ```text
+//! args + config --> Plan --> broker/mqtt (publisher-core) --> receive: subscribe
+//!     --> decode (simd-json into point_format::Point) --> route (device -> frontend)
+//!     --> verify (per-device seq ranges) --> report (text, JSON) --> exit code
+//! ```
+//!
+//! It shares the point definition with the publishers through `point-format`, and the
+//! connection flags, broker handling and signals through `publisher-core`.
+
+pub mod decode;
+pub mod receive;
+pub mod report;
+pub mod route;
+pub mod verify;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Command, FromArgMatches};
+use publisher_core::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
+use publisher_core::config::{self, ParseExit};
+use publisher_core::plan::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
+use publisher_core::report::fmt_int;
+use publisher_core::shutdown::Shutdown;
+use publisher_core::{broker, mqtt, Error};
+use tokio_util::sync::CancellationToken;
+
+pub use report::Report;
+
+/// Exit code when verification fails.
+pub const EXIT_VERIFY_FAILED: u8 = 5;
+
+/// Every flag of the backend.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// TOML file with flag values (keys are flag names; `route = ["dev=frontend1"]`);
+    /// precedence: defaults < file < environment < command line
+    #[arg(long, value_name = "FILE", env = "LOADGEN_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    #[command(flatten)]
+    pub subscribe: SubscribeArgs,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Subscription")]
+pub struct SubscribeArgs {
+    /// Topic filter to subscribe to (repeatable)
+    #[arg(long = "topic", value_name = "FILTER", default_values_t = [String::from("device_data/#")])]
+    pub topics: Vec<String>,
+
+    /// QoS of the subscription (1 makes the broker queue for this backend)
+    #[arg(long, value_name = "QOS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+
+    /// Subscribe as `$share/NAME/<filter>` so several backends split the load; missing points
+    /// are then not judged here (they went to the other members): merge the reports
+    #[arg(long, value_name = "NAME")]
+    pub share_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Verification")]
+pub struct VerifyArgs {
+    /// Route a device to a frontend: DEVICE=FRONTEND (repeatable; wins over prefixes)
+    #[arg(long = "route", value_name = "DEVICE=FRONTEND", value_parser = route::parse_pair)]
+    pub routes: Vec<(String, String)>,
+
+    /// Route devices whose id starts with PREFIX: PREFIX=FRONTEND (repeatable)
+    #[arg(long = "route-prefix", value_name = "PREFIX=FRONTEND", value_parser = route::parse_pair,
+          default_values = ["frontend1=frontend1", "frontend2=frontend2"])]
+    pub route_prefixes: Vec<(String, String)>,
+
+    /// Stop as soon as this many unique points arrived; each device's seqs are then expected
+    /// from 0 (accepts 100k)
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub expect: Option<u64>,
+
+    /// Stop when no message arrived for this long
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Stop when no message at all arrived this long after subscribing
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub first_message_timeout: Duration,
+
+    /// Stop after this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// A validated backend run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub connect: ConnectPlan,
+    pub topics: Vec<String>,
+    pub qos: u8,
+    pub share_group: Option<String>,
+    pub routes: Vec<(String, String)>,
+    pub route_prefixes: Vec<(String, String)>,
+    pub expect: Option<u64>,
+    pub idle_timeout: Duration,
+    pub first_message_timeout: Duration,
+    pub duration: Option<Duration>,
+    pub report_json: Option<std::path::PathBuf>,
+    pub quiet: bool,
+}
+
+impl Plan {
+    pub fn from_args(a: BackendArgs) -> Result<Plan, Error> {
+        let explicit_limit = a.connection.max_packet_size.is_some();
+        let mut connect = connect_plan(
+            a.connection,
+            &format!("backend-sub-{}", std::process::id()),
+            0,
+            "--topic",
+        )?;
+        if !explicit_limit {
+            // Accept whatever a publisher may send.
+            connect.max_packet_size = MQTT_MAX_PACKET as usize;
+        }
+        for t in &a.subscribe.topics {
+            if t.is_empty() || t.starts_with("$share/") {
+                return Err(Error::usage(format!(
+                    "--topic '{t}' is not a plain topic filter; use --share-group for shared subscriptions"
+                )));
+            }
+        }
+        if let Some(g) = &a.subscribe.share_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(Error::usage(format!(
+                    "--share-group '{g}' must be a name without '/', '+' or '#'"
+                )));
+            }
+        }
+        if a.verify.idle_timeout.is_zero() {
+            return Err(Error::usage("--idle-timeout must be longer than 0s"));
+        }
+        Ok(Plan {
+            connect,
+            topics: a.subscribe.topics,
+            qos: a.subscribe.qos,
+            share_group: a.subscribe.share_group,
+            routes: a.verify.routes,
+            route_prefixes: a.verify.route_prefixes,
+            expect: a.verify.expect,
+            idle_timeout: a.verify.idle_timeout,
+            first_message_timeout: a.verify.first_message_timeout,
+            duration: a.verify.duration,
+            report_json: a.output.report_json,
+            quiet: a.output.quiet,
+        })
+    }
+
+    /// The filters as subscribed, with the share-group prefix.
+    pub fn filters(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .map(|t| match &self.share_group {
+                Some(g) => format!("$share/{g}/{t}"),
+                None => t.clone(),
+            })
+            .collect()
+    }
+}
+
+struct Parsed(BackendArgs);
+
+impl FromArgMatches for Parsed {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        BackendArgs::from_arg_matches(m).map(Parsed)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
+    }
+}
+
+pub fn command(name: &'static str) -> Command {
+    BackendArgs::augment_args(Command::new(name).version(env!("CARGO_PKG_VERSION")))
+        .about("Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery")
+        .after_help(
+            "Exit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
+             3 broker unreachable, 4 broker refused the connection, 130 SIGINT, 143 SIGTERM.",
+        )
+}
+
+/// The whole backend program: parse, receive, report, exit code.
+pub fn main(name: &'static str) -> ExitCode {
+    publisher_core::init_tracing();
+    let plan = match config::parse_layered::<Parsed>(command(name), std::env::args_os().collect())
+        .and_then(|Parsed(a)| Plan::from_args(a).map_err(ParseExit::from))
+    {
+        Ok(p) => p,
+        Err(ParseExit::Info(e)) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(ParseExit::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::from_signals()
+            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+        run(name, &plan, &shutdown).await
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Receives, prints the report and returns the exit code.
+pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let choice = plan.connect.broker.clone();
+    let (max_packet, port) = (plan.connect.max_packet_size, plan.connect.embedded_port);
+    let target = tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, port))
+        .await
+        .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    let (client, eventloop) = mqtt::connect(&plan.connect, &target, 100, 64).await?;
+    let live = Arc::new(receive::Live::default());
+    let stop_progress = CancellationToken::new();
+    let progress = (!plan.quiet)
+        .then(|| tokio::spawn(progress(live.clone(), plan.expect, stop_progress.clone())));
+    let rx = receive::run(plan, client, eventloop, live, shutdown).await;
+    stop_progress.cancel();
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    let report = Report::build(name, plan, &target.url(), target.embedded, &rx);
+    let text = report.render_text();
+    match &plan.report_json {
+        Some(p) if p.as_os_str() == "-" => eprint!("{text}"),
+        _ => print!("{text}"),
+    }
+    if let Some(p) = &plan.report_json {
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
+        if p.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(p, json + "\n").map_err(|e| {
+                Error::Other(format!("cannot write --report-json {}: {e}", p.display()))
+            })?;
+        }
+    }
+    if let Some(sig) = shutdown.signal() {
+        return Ok(ExitCode::from(sig.exit_code()));
+    }
+    if let receive::Stop::Failed(e) = &rx.stop {
+        return Err(Error::Other(e.clone()));
+    }
+    match &report.reason {
+        None => Ok(ExitCode::SUCCESS),
+        Some(r) => {
+            eprintln!("verification failed: {r}");
+            Ok(ExitCode::from(EXIT_VERIFY_FAILED))
+        }
+    }
+}
+
+async fn progress(live: Arc<receive::Live>, expect: Option<u64>, stop: CancellationToken) {
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let points = live.points.load(Relaxed);
+        let unique = live.unique.load(Relaxed);
+        let of = expect.map_or(String::new(), |n| {
+            format!("/{} ({:.1}%)", fmt_int(n), 100.0 * unique as f64 / n as f64)
+        });
+        eprintln!(
+            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages",
+            start.elapsed().as_secs_f64(),
+            fmt_int(points),
+            fmt_int(unique),
+            of,
+            fmt_int(points - last),
+            fmt_int(live.messages.load(Relaxed))
+        );
+        last = points;
+    }
+}

@@ -1,0 +1,277 @@
+//! The receiving loop: subscribe, then for every PUBLISH decode, route and verify, until a
+//! stop condition holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, SubscribeReasonCode};
+use tokio::time::Instant;
+
+use publisher_core::shutdown::Shutdown;
+
+use crate::decode::{decode, Shape};
+use crate::route::{FrontendId, Router};
+use crate::verify::DeviceTracker;
+use crate::Plan;
+
+/// Live counts for the progress line.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub messages: AtomicU64,
+    pub points: AtomicU64,
+    pub unique: AtomicU64,
+}
+
+/// Why receiving stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// `--expect` points arrived.
+    Expected,
+    /// Nothing arrived for `--idle-timeout` (or, before the first message, the first-message timeout).
+    Idle,
+    Duration,
+    Signal,
+    /// The connection failed or the broker refused a subscription.
+    Failed(String),
+}
+
+/// One device's state.
+#[derive(Debug)]
+pub struct Device {
+    pub id: String,
+    pub frontend: Option<FrontendId>,
+    pub tracker: DeviceTracker,
+    pub latency_us: Histogram<u64>,
+}
+
+/// One frontend's share of the points.
+#[derive(Debug)]
+pub struct Frontend {
+    pub name: String,
+    pub points: u64,
+    /// Indexes into [`Received::devices`].
+    pub devices: Vec<usize>,
+    pub latency_us: Histogram<u64>,
+}
+
+/// Everything received.
+#[derive(Debug)]
+pub struct Received {
+    pub messages: u64,
+    pub legacy_messages: u64,
+    pub batch_messages: u64,
+    pub malformed_messages: u64,
+    pub bytes: u64,
+    pub points: u64,
+    pub unique: u64,
+    pub unrouted_points: u64,
+    pub devices: Vec<Device>,
+    pub frontends: Vec<Frontend>,
+    pub latency_us: Histogram<u64>,
+    /// First malformed payloads, for the report: (topic, error).
+    pub malformed_samples: Vec<(String, String)>,
+    pub first_message: Option<Instant>,
+    pub last_message: Option<Instant>,
+    pub subscribed_at: Instant,
+    pub stop: Stop,
+}
+
+const MAX_TRACKED_US: u64 = 3_600_000_000;
+const MALFORMED_LOGGED: usize = 5;
+
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, sigfig)
+        .expect("static histogram bounds are valid")
+}
+
+impl Received {
+    fn new(router: &Router) -> Received {
+        Received {
+            messages: 0,
+            legacy_messages: 0,
+            batch_messages: 0,
+            malformed_messages: 0,
+            bytes: 0,
+            points: 0,
+            unique: 0,
+            unrouted_points: 0,
+            devices: Vec::new(),
+            frontends: router
+                .frontends()
+                .iter()
+                .map(|name| Frontend {
+                    name: name.clone(),
+                    points: 0,
+                    devices: Vec::new(),
+                    latency_us: histogram(3),
+                })
+                .collect(),
+            latency_us: histogram(3),
+            malformed_samples: Vec::new(),
+            first_message: None,
+            last_message: None,
+            subscribed_at: Instant::now(),
+            stop: Stop::Idle,
+        }
+    }
+}
+
+/// Subscribes and receives until a stop condition; returns what arrived.
+pub async fn run(
+    plan: &Plan,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    live: Arc<Live>,
+    shutdown: &Shutdown,
+) -> Received {
+    let router = Router::new(&plan.routes, &plan.route_prefixes);
+    let mut rx = Received::new(&router);
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let filters = plan.filters();
+    let qos = if plan.qos == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    };
+    if let Err(e) = client
+        .subscribe_many(
+            filters
+                .iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos)),
+        )
+        .await
+    {
+        rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
+        return rx;
+    }
+    let started = Instant::now();
+    let end_at = plan.duration.map(|d| started + d);
+    let mut subscribed = false;
+    let mut last_device: Option<usize> = None;
+
+    loop {
+        let idle_deadline = match rx.last_message {
+            Some(t) => t + plan.idle_timeout,
+            None => started + plan.first_message_timeout,
+        };
+        let deadline = end_at.map_or(idle_deadline, |e| e.min(idle_deadline));
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break }
+            _ = tokio::time::sleep_until(deadline) => {
+                rx.stop = if end_at.is_some_and(|e| Instant::now() >= e) { Stop::Duration } else { Stop::Idle };
+                break;
+            }
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let now = Instant::now();
+                let arrival_us = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64);
+                rx.first_message.get_or_insert(now);
+                rx.last_message = Some(now);
+                rx.messages += 1;
+                rx.bytes += p.payload.len() as u64;
+                buf.clear();
+                buf.extend_from_slice(&p.payload);
+                let mut points = Vec::new();
+                match decode(&mut buf, &mut points) {
+                    Ok(shape) => {
+                        match shape {
+                            Shape::Legacy => rx.legacy_messages += 1,
+                            Shape::Batch => rx.batch_messages += 1,
+                        }
+                        for pt in &points {
+                            let di = match last_device {
+                                Some(i) if rx.devices[i].id == pt.device_id => i,
+                                _ => {
+                                    let i = match index.get(pt.device_id.as_ref()) {
+                                        Some(i) => *i,
+                                        None => {
+                                            let fe = router.route(&pt.device_id);
+                                            rx.devices.push(Device {
+                                                id: pt.device_id.to_string(),
+                                                frontend: fe,
+                                                tracker: DeviceTracker::default(),
+                                                latency_us: histogram(2),
+                                            });
+                                            let i = rx.devices.len() - 1;
+                                            if let Some(fe) = fe {
+                                                rx.frontends[fe].devices.push(i);
+                                            }
+                                            index.insert(pt.device_id.to_string(), i);
+                                            i
+                                        }
+                                    };
+                                    last_device = Some(i);
+                                    i
+                                }
+                            };
+                            let latency = (arrival_us - (pt.timestamp * 1e6) as i64).max(0) as u64;
+                            let dev = &mut rx.devices[di];
+                            if dev.tracker.record(pt.seq) != crate::verify::Arrival::Duplicate {
+                                rx.unique += 1;
+                            }
+                            dev.latency_us.saturating_record(latency);
+                            rx.latency_us.saturating_record(latency);
+                            match dev.frontend {
+                                Some(fe) => {
+                                    let f = &mut rx.frontends[fe];
+                                    f.points += 1;
+                                    f.latency_us.saturating_record(latency);
+                                }
+                                None => rx.unrouted_points += 1,
+                            }
+                        }
+                        rx.points += points.len() as u64;
+                    }
+                    Err(e) => {
+                        rx.malformed_messages += 1;
+                        if rx.malformed_samples.len() < MALFORMED_LOGGED {
+                            eprintln!("malformed message on {}: {e}", p.topic);
+                            rx.malformed_samples.push((p.topic.clone(), e.to_string()));
+                        }
+                    }
+                }
+                live.messages.store(rx.messages, Relaxed);
+                live.points.store(rx.points, Relaxed);
+                live.unique.store(rx.unique, Relaxed);
+                if plan.expect.is_some_and(|n| rx.unique >= n) {
+                    rx.stop = Stop::Expected;
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if let Some(i) = ack
+                    .return_codes
+                    .iter()
+                    .position(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    rx.stop = Stop::Failed(format!(
+                        "the broker refused the subscription to '{}'",
+                        filters[i]
+                    ));
+                    break;
+                }
+                if !subscribed {
+                    subscribed = true;
+                    rx.subscribed_at = Instant::now();
+                    eprintln!("subscribed to {}", filters.join(", "));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
+                break;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    rx
+}

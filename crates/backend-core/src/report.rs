@@ -1,0 +1,388 @@
+//! The backend's verdict and report: text summary and JSON (schema in
+//! `schema/backend-report.schema.json`).
+
+use serde::Serialize;
+
+use publisher_core::report::fmt_int;
+use publisher_core::stats::Percentiles;
+
+use crate::receive::{Received, Stop};
+use crate::verify::SeqRange;
+use crate::Plan;
+
+pub const SCHEMA_VERSION: u32 = 1;
+/// Ranges listed per device in the report; counts stay exact beyond it.
+const MAX_RANGES: usize = 10_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceReport {
+    pub device_id: String,
+    pub frontend: Option<String>,
+    pub received: u64,
+    pub unique: u64,
+    pub missing: u64,
+    pub duplicate: u64,
+    pub out_of_order: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub min_seq: Option<u64>,
+    pub max_seq: Option<u64>,
+    /// Gaps, as `1200-1299` or `5000` (at most 10,000 listed).
+    pub missing_ranges: Vec<SeqRange>,
+    /// What arrived, as ranges (at most 10,000 listed): lets several backends' reports merge.
+    pub received_ranges: Vec<SeqRange>,
+    pub ranges_truncated: bool,
+    pub latency_us: Option<Percentiles>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontendReport {
+    pub name: String,
+    pub points: u64,
+    pub devices: Vec<String>,
+    pub latency_us: Option<Percentiles>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub broker: String,
+    pub broker_embedded: bool,
+    pub topics: Vec<String>,
+    pub qos: u8,
+    pub share_group: Option<String>,
+    pub expect: Option<u64>,
+    pub points_received: u64,
+    pub points_unique: u64,
+    /// Null in a share group, where gaps belong to the other members.
+    pub points_missing: Option<u64>,
+    pub points_duplicate: u64,
+    pub points_out_of_order: u64,
+    pub points_unrouted: u64,
+    pub messages_received: u64,
+    pub legacy_messages: u64,
+    pub batch_messages: u64,
+    pub malformed_messages: u64,
+    pub bytes_received: u64,
+    /// First to last message.
+    pub elapsed_s: f64,
+    pub point_rate: f64,
+    pub message_rate: f64,
+    pub bytes_per_s: f64,
+    /// Arrival minus the point's timestamp (publisher and backend share a clock), µs.
+    pub latency_us: Option<Percentiles>,
+    pub devices: Vec<DeviceReport>,
+    pub frontends: Vec<FrontendReport>,
+    /// expected | idle | duration | signal | failed
+    pub stopped_by: String,
+    pub verified: bool,
+    /// Why verification failed, one line.
+    pub reason: Option<String>,
+}
+
+impl Report {
+    pub fn build(tool: &str, plan: &Plan, broker: &str, embedded: bool, rx: &Received) -> Report {
+        let shared = plan.share_group.is_some();
+        let from_zero = plan.expect.is_some();
+        let mut devices: Vec<DeviceReport> = rx
+            .devices
+            .iter()
+            .map(|d| {
+                let gaps = d.tracker.missing(from_zero);
+                let missing = gaps.iter().map(SeqRange::len).sum();
+                let received: Vec<SeqRange> =
+                    d.tracker.seen().ranges().take(MAX_RANGES + 1).collect();
+                let truncated = gaps.len() > MAX_RANGES || received.len() > MAX_RANGES;
+                DeviceReport {
+                    device_id: d.id.clone(),
+                    frontend: d.frontend.map(|f| rx.frontends[f].name.clone()),
+                    received: d.tracker.received,
+                    unique: d.tracker.unique(),
+                    missing: if shared { 0 } else { missing },
+                    duplicate: d.tracker.duplicates,
+                    out_of_order: d.tracker.out_of_order,
+                    first_seq: d.tracker.first_seq,
+                    last_seq: d.tracker.last_seq,
+                    min_seq: d.tracker.seen().min(),
+                    max_seq: d.tracker.seen().max(),
+                    missing_ranges: if shared {
+                        Vec::new()
+                    } else {
+                        gaps.into_iter().take(MAX_RANGES).collect()
+                    },
+                    received_ranges: received.into_iter().take(MAX_RANGES).collect(),
+                    ranges_truncated: truncated,
+                    latency_us: Percentiles::of(&d.latency_us),
+                }
+            })
+            .collect();
+        devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        let frontends = rx
+            .frontends
+            .iter()
+            .map(|f| FrontendReport {
+                name: f.name.clone(),
+                points: f.points,
+                devices: f
+                    .devices
+                    .iter()
+                    .map(|i| rx.devices[*i].id.clone())
+                    .collect(),
+                latency_us: Percentiles::of(&f.latency_us),
+            })
+            .collect();
+        let missing: u64 = devices.iter().map(|d| d.missing).sum();
+        let duplicate: u64 = devices.iter().map(|d| d.duplicate).sum();
+        let out_of_order: u64 = devices.iter().map(|d| d.out_of_order).sum();
+        let elapsed = match (rx.first_message, rx.last_message) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let per_s = |n: u64| {
+            if elapsed > 0.0 {
+                n as f64 / elapsed
+            } else {
+                0.0
+            }
+        };
+        let reason = verdict(plan, rx, &devices, missing, duplicate);
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool: tool.to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            broker: broker.to_string(),
+            broker_embedded: embedded,
+            topics: plan.filters(),
+            qos: plan.qos,
+            share_group: plan.share_group.clone(),
+            expect: plan.expect,
+            points_received: rx.points,
+            points_unique: rx.unique,
+            points_missing: (!shared).then_some(missing),
+            points_duplicate: duplicate,
+            points_out_of_order: out_of_order,
+            points_unrouted: rx.unrouted_points,
+            messages_received: rx.messages,
+            legacy_messages: rx.legacy_messages,
+            batch_messages: rx.batch_messages,
+            malformed_messages: rx.malformed_messages,
+            bytes_received: rx.bytes,
+            elapsed_s: round3(elapsed),
+            point_rate: round3(per_s(rx.points)),
+            message_rate: round3(per_s(rx.messages)),
+            bytes_per_s: round3(per_s(rx.bytes)),
+            latency_us: Percentiles::of(&rx.latency_us),
+            devices,
+            frontends,
+            stopped_by: match &rx.stop {
+                Stop::Expected => "expected",
+                Stop::Idle => "idle",
+                Stop::Duration => "duration",
+                Stop::Signal => "signal",
+                Stop::Failed(_) => "failed",
+            }
+            .into(),
+            verified: reason.is_none(),
+            reason,
+        }
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut o = String::new();
+        let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
+        line(&format!("== {} summary", self.tool), String::new());
+        line(
+            "broker",
+            format!(
+                "{}{}",
+                self.broker,
+                if self.broker_embedded {
+                    " (embedded rumqttd)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        line("topics", self.topics.join(", "));
+        line(
+            "points",
+            format!(
+                "{} received, {} unique, {} missing, {} duplicate, {} out of order, {} unrouted",
+                fmt_int(self.points_received),
+                fmt_int(self.points_unique),
+                self.points_missing
+                    .map_or("n/a (share group)".into(), fmt_int),
+                fmt_int(self.points_duplicate),
+                fmt_int(self.points_out_of_order),
+                fmt_int(self.points_unrouted)
+            ),
+        );
+        line(
+            "messages",
+            format!(
+                "{} received ({} legacy, {} batched, {} malformed)",
+                fmt_int(self.messages_received),
+                fmt_int(self.legacy_messages),
+                fmt_int(self.batch_messages),
+                fmt_int(self.malformed_messages)
+            ),
+        );
+        line(
+            "rates",
+            format!(
+                "{} points/s, {} messages/s, {:.1} MB/s over {:.3} s",
+                fmt_int(self.point_rate.round() as u64),
+                fmt_int(self.message_rate.round() as u64),
+                self.bytes_per_s / 1e6,
+                self.elapsed_s
+            ),
+        );
+        if let Some(p) = &self.latency_us {
+            line(
+                "e2e latency",
+                format!(
+                    "p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+                    fmt_int(p.p50),
+                    fmt_int(p.p90),
+                    fmt_int(p.p99),
+                    fmt_int(p.p999),
+                    fmt_int(p.max)
+                ),
+            );
+        }
+        for f in &self.frontends {
+            line(
+                "frontend",
+                format!(
+                    "{}: {} points from {}",
+                    f.name,
+                    fmt_int(f.points),
+                    f.devices.join(", ")
+                ),
+            );
+        }
+        for d in self.devices.iter().take(20) {
+            let gaps: Vec<String> = d
+                .missing_ranges
+                .iter()
+                .take(5)
+                .map(|r| r.to_string())
+                .collect();
+            line(
+                "device",
+                format!(
+                    "{}: {} unique, {} missing{}, {} duplicate, {} out of order, seq {}..{}",
+                    d.device_id,
+                    fmt_int(d.unique),
+                    fmt_int(d.missing),
+                    if gaps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", gaps.join(", "))
+                    },
+                    fmt_int(d.duplicate),
+                    fmt_int(d.out_of_order),
+                    d.min_seq.map_or("-".into(), |v| v.to_string()),
+                    d.max_seq.map_or("-".into(), |v| v.to_string())
+                ),
+            );
+        }
+        if self.devices.len() > 20 {
+            line(
+                "",
+                format!(
+                    "... and {} more devices (see --report-json)",
+                    self.devices.len() - 20
+                ),
+            );
+        }
+        line("stopped by", self.stopped_by.clone());
+        line(
+            "verdict",
+            match &self.reason {
+                None => "every point arrived exactly once".into(),
+                Some(r) => format!("FAILED: {r}"),
+            },
+        );
+        o
+    }
+}
+
+fn verdict(
+    plan: &Plan,
+    rx: &Received,
+    devices: &[DeviceReport],
+    missing: u64,
+    duplicate: u64,
+) -> Option<String> {
+    if let Stop::Failed(e) = &rx.stop {
+        return Some(e.clone());
+    }
+    if duplicate > 0 {
+        let d = devices
+            .iter()
+            .find(|d| d.duplicate > 0)
+            .expect("a device has duplicates");
+        return Some(format!(
+            "{} duplicate points; {} on {}",
+            fmt_int(duplicate),
+            fmt_int(d.duplicate),
+            d.device_id
+        ));
+    }
+    if missing > 0 {
+        let d = devices
+            .iter()
+            .find(|d| d.missing > 0)
+            .expect("a device has gaps");
+        let gaps: Vec<String> = d
+            .missing_ranges
+            .iter()
+            .take(10)
+            .map(|r| r.to_string())
+            .collect();
+        return Some(format!(
+            "missing {} points on {}: {}",
+            fmt_int(d.missing),
+            d.device_id,
+            gaps.join(", ")
+        ));
+    }
+    if let Some(n) = plan.expect {
+        if rx.unique < n {
+            return Some(format!(
+                "expected {} unique points, {} arrived before the {} stop",
+                fmt_int(n),
+                fmt_int(rx.unique),
+                match rx.stop {
+                    Stop::Signal => "signal",
+                    Stop::Duration => "--duration",
+                    _ => "--idle-timeout",
+                }
+            ));
+        }
+        if rx.unique > n {
+            return Some(format!(
+                "expected {} unique points, {} arrived",
+                fmt_int(n),
+                fmt_int(rx.unique)
+            ));
+        }
+    }
+    if rx.malformed_messages > 0 {
+        return Some(format!(
+            "{} malformed messages",
+            fmt_int(rx.malformed_messages)
+        ));
+    }
+    if rx.messages == 0 && plan.expect != Some(0) {
+        return Some("no message arrived".into());
+    }
+    None
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
