@@ -1,14 +1,16 @@
 //! Decoding message payloads with simd-json into the shared [`Point`] definition.
 //!
-//! A payload is either one point object (legacy) or an array of them (batched). Device ids
-//! are borrowed from the payload buffer (simd-json unescapes in place), so decoding a batch
-//! allocates only the vector of points.
+//! A payload is either one point object (legacy) or an array of them (batched). The
+//! [`Decoder`] parses into a simd-json tape (reusing its buffers and tape between messages)
+//! and reads the points off the tape directly: device ids are borrowed from the payload
+//! buffer, which simd-json unescapes in place, and nothing is allocated per point. The field
+//! names are those of `point_format::fields`.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use point_format::Point;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use point_format::{fields, Point};
+use simd_json::{Node, StaticNode, Tape};
 
 /// Which of the two formats a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,52 +29,135 @@ impl fmt::Display for DecodeError {
     }
 }
 
-/// Decodes `buf` (modified in place) and appends its points to `out`; on error `out` is
-/// left as it was, so a malformed message contributes no points.
+fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+    Err(DecodeError(msg.into()))
+}
+
+/// Reusable decoding state: simd-json's buffers and tape.
+pub struct Decoder {
+    buffers: simd_json::Buffers,
+    tape: Option<Tape<'static>>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            buffers: simd_json::Buffers::new(64 << 10),
+            tape: Some(Tape::null().reset()),
+        }
+    }
+}
+
+impl Decoder {
+    /// Decodes `buf` (modified in place) and appends its points to `out`. On error `out` is
+    /// left as it was: a malformed message contributes no points.
+    pub fn decode<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        out: &mut Vec<Point<'a>>,
+    ) -> Result<Shape, DecodeError> {
+        let mut tape: Tape<'a> = self.tape.take().unwrap_or_else(Tape::null).reset();
+        let before = out.len();
+        let result = match simd_json::fill_tape(buf, &mut self.buffers, &mut tape) {
+            Ok(()) => read_payload(&tape.0, out),
+            Err(e) => err(format!("not JSON: {e}")),
+        };
+        if result.is_err() {
+            out.truncate(before);
+        }
+        self.tape = Some(tape.reset());
+        result
+    }
+}
+
+/// Decodes with a fresh [`Decoder`]; for one-off use.
 pub fn decode<'a>(buf: &'a mut [u8], out: &mut Vec<Point<'a>>) -> Result<Shape, DecodeError> {
-    let before = out.len();
-    let mut de =
-        simd_json::Deserializer::from_slice(buf).map_err(|e| DecodeError(e.to_string()))?;
-    let shape = Points(out)
-        .deserialize(&mut de)
-        .map_err(|e| DecodeError(e.to_string()));
-    if shape.is_err() {
-        out.truncate(before);
-    }
-    shape
+    Decoder::default().decode(buf, out)
 }
 
-struct Points<'v, 'a>(&'v mut Vec<Point<'a>>);
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Points<'_, 'a> {
-    type Value = Shape;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
-        d.deserialize_any(self)
+fn read_payload<'a>(nodes: &[Node<'a>], out: &mut Vec<Point<'a>>) -> Result<Shape, DecodeError> {
+    match nodes.first() {
+        Some(Node::Object { .. }) => {
+            out.push(read_point(nodes)?.0);
+            Ok(Shape::Legacy)
+        }
+        Some(Node::Array { len, .. }) => {
+            out.reserve(*len);
+            let mut i = 1;
+            for k in 0..*len {
+                let (p, used) = read_point(&nodes[i..])
+                    .map_err(|e| DecodeError(format!("element {k}: {e}")))?;
+                out.push(p);
+                i += used;
+            }
+            Ok(Shape::Batch)
+        }
+        _ => err("expected a point object or an array of point objects"),
     }
 }
 
-impl<'de: 'a, 'a> Visitor<'de> for Points<'_, 'a> {
-    type Value = Shape;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a point object or an array of point objects")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Shape, A::Error> {
-        let p = Point::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        self.0.push(p);
-        Ok(Shape::Legacy)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        if let Some(n) = seq.size_hint() {
-            self.0.reserve(n);
+/// Reads the point object at `nodes[0]`; returns it and the number of nodes it spans.
+fn read_point<'a>(nodes: &[Node<'a>]) -> Result<(Point<'a>, usize), DecodeError> {
+    let Some(Node::Object { len, count }) = nodes.first() else {
+        return err("expected a point object");
+    };
+    let (mut device_id, mut seq, mut timestamp, mut value) = (None, None, None, None);
+    let (mut temperature, mut humidity) = (None, None);
+    let mut i = 1;
+    for _ in 0..*len {
+        let Some(Node::String(key)) = nodes.get(i) else {
+            return err("truncated object");
+        };
+        let v = nodes
+            .get(i + 1)
+            .ok_or_else(|| DecodeError("truncated object".into()))?;
+        match *key {
+            fields::DEVICE_ID => match v {
+                Node::String(s) => device_id = Some(*s),
+                _ => return err("device_id is not a string"),
+            },
+            fields::SEQ => match v {
+                Node::Static(StaticNode::U64(n)) => seq = Some(*n),
+                Node::Static(StaticNode::I64(n)) if *n >= 0 => seq = Some(*n as u64),
+                _ => return err("seq is not a non-negative integer"),
+            },
+            fields::TIMESTAMP => timestamp = Some(number(v, key)?),
+            fields::VALUE => value = Some(number(v, key)?),
+            fields::TEMPERATURE => temperature = Some(number(v, key)?),
+            fields::HUMIDITY => humidity = Some(number(v, key)?),
+            _ => {}
         }
-        while let Some(p) = seq.next_element::<Point<'de>>()? {
-            self.0.push(p);
-        }
-        Ok(Shape::Batch)
+        i += 1 + span(v);
+    }
+    debug_assert_eq!(i, count + 1);
+    let missing = |f: &str| DecodeError(format!("a point has no {f}"));
+    Ok((
+        Point {
+            device_id: Cow::Borrowed(device_id.ok_or_else(|| missing(fields::DEVICE_ID))?),
+            seq: seq.ok_or_else(|| missing(fields::SEQ))?,
+            timestamp: timestamp.ok_or_else(|| missing(fields::TIMESTAMP))?,
+            value: value.ok_or_else(|| missing(fields::VALUE))?,
+            temperature,
+            humidity,
+        },
+        i,
+    ))
+}
+
+fn number(v: &Node<'_>, key: &str) -> Result<f64, DecodeError> {
+    match v {
+        Node::Static(StaticNode::F64(f)) => Ok(*f),
+        Node::Static(StaticNode::I64(n)) => Ok(*n as f64),
+        Node::Static(StaticNode::U64(n)) => Ok(*n as f64),
+        _ => err(format!("{key} is not a number")),
+    }
+}
+
+/// Nodes a value occupies on the tape.
+fn span(v: &Node<'_>) -> usize {
+    match v {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
     }
 }
 
@@ -93,21 +178,23 @@ mod tests {
 
     #[test]
     fn both_formats_decode_from_the_encoder_output() {
+        let mut d = Decoder::default();
         let enc = Encoder::new("dev \"one\"");
         let mut legacy = Vec::new();
         enc.write_message(&mut legacy, &[sample(5)]);
         let mut out = Vec::new();
-        assert_eq!(decode(&mut legacy, &mut out), Ok(Shape::Legacy));
+        assert_eq!(d.decode(&mut legacy, &mut out), Ok(Shape::Legacy));
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].device_id.as_ref(), out[0].seq, out[0].humidity),
             ("dev \"one\"", 5, Some(45.5))
         );
+        assert_eq!(out[0].temperature, None);
 
         let mut batch = Vec::new();
         enc.write_message(&mut batch, &(0..1000).map(sample).collect::<Vec<_>>());
         let mut out = Vec::new();
-        assert_eq!(decode(&mut batch, &mut out), Ok(Shape::Batch));
+        assert_eq!(d.decode(&mut batch, &mut out), Ok(Shape::Batch));
         assert_eq!(out.len(), 1000);
         assert!(out
             .iter()
@@ -118,33 +205,44 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_errors_and_add_no_points() {
-        let cases: [&[u8]; 7] = [
+        let cases: [&[u8]; 9] = [
             b"not json",
-            b"{\"device_id\":\"d\",\"seq\":1", // truncated
-            b"[{\"device_id\":\"d\",\"seq\":1,\"timestamp\":1.0,\"value\":2.0}, 5]", // wrong element
-            b"{\"device_id\":\"d\",\"timestamp\":1.0,\"value\":2.0}",                // no seq
-            b"{\"device_id\":7,\"seq\":1,\"timestamp\":1.0,\"value\":2.0}",          // wrong type
+            b"{\"device_id\":\"d\",\"seq\":1",
+            b"[{\"device_id\":\"d\",\"seq\":1,\"timestamp\":1.0,\"value\":2.0}, 5]",
+            b"{\"device_id\":\"d\",\"timestamp\":1.0,\"value\":2.0}",
+            b"{\"device_id\":7,\"seq\":1,\"timestamp\":1.0,\"value\":2.0}",
+            b"{\"device_id\":\"d\",\"seq\":-1,\"timestamp\":1.0,\"value\":2.0}",
+            b"{\"device_id\":\"d\",\"seq\":1,\"timestamp\":\"x\",\"value\":2.0}",
             b"42",
             b"",
         ];
+        let mut d = Decoder::default();
         for c in cases {
             let mut buf = c.to_vec();
             let mut out = Vec::new();
             assert!(
-                decode(&mut buf, &mut out).is_err(),
+                d.decode(&mut buf, &mut out).is_err(),
                 "{:?} decoded",
                 String::from_utf8_lossy(c)
             );
             assert!(out.is_empty());
         }
+        // The decoder is still good after errors.
+        let mut ok = br#"{"device_id":"d","seq":1,"timestamp":1,"value":2}"#.to_vec();
+        let mut out = Vec::new();
+        assert_eq!(d.decode(&mut ok, &mut out), Ok(Shape::Legacy));
     }
 
     #[test]
-    fn unknown_fields_are_ignored() {
+    fn unknown_and_nested_fields_are_skipped() {
         let mut buf =
-            br#"{"device_id":"d","seq":3,"timestamp":1.5,"value":2,"extra":{"a":[1]}}"#.to_vec();
+            br#"[{"extra":{"a":[1,{"b":2}]},"device_id":"d","seq":3,"timestamp":1.5,"value":2,"tags":[]},{"device_id":"e","seq":4,"timestamp":1,"value":-1}]"#
+                .to_vec();
         let mut out = Vec::new();
-        assert_eq!(decode(&mut buf, &mut out), Ok(Shape::Legacy));
-        assert_eq!(out[0].seq, 3);
+        assert_eq!(decode(&mut buf, &mut out), Ok(Shape::Batch));
+        assert_eq!(
+            (out[0].seq, out[0].value, out[1].device_id.as_ref()),
+            (3, 2.0, "e")
+        );
     }
 }

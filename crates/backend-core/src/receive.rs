@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use publisher_core::shutdown::Shutdown;
 
-use crate::decode::{decode, Shape};
+use crate::decode::{Decoder, Shape};
 use crate::route::{FrontendId, Router};
 use crate::verify::DeviceTracker;
 use crate::Plan;
@@ -131,6 +131,7 @@ pub async fn run(
     let mut rx = Received::new(&router);
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut buf: Vec<u8> = Vec::new();
+    let mut decoder = Decoder::default();
     let filters = plan.filters();
     let qos = if plan.qos == 0 {
         rumqttc::QoS::AtMostOnce
@@ -181,7 +182,7 @@ pub async fn run(
                 buf.clear();
                 buf.extend_from_slice(&p.payload);
                 let mut points = Vec::new();
-                match decode(&mut buf, &mut points) {
+                match decoder.decode(&mut buf, &mut points) {
                     Ok(shape) => {
                         match shape {
                             Shape::Legacy => rx.legacy_messages += 1,

@@ -358,3 +358,72 @@ impl Drop for Subscriber {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// A binary of the workspace, built beside the running test (`cargo nextest run --workspace`
+/// or `cargo test --workspace` build them all).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the tests with --workspace",
+        path.display()
+    );
+    path
+}
+
+/// A payload of `seqs` for `device` in the project's format: one object for one seq, else an array.
+pub fn payload(device: &str, seqs: &[u64]) -> Vec<u8> {
+    let enc = point_format::Encoder::new(device);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let samples: Vec<point_format::Sample> = seqs
+        .iter()
+        .map(|&seq| point_format::Sample {
+            seq,
+            timestamp_us: now_us,
+            value_centi: 4200,
+            temperature_centi: Some(2150),
+            humidity_deci: None,
+        })
+        .collect();
+    let mut buf = Vec::new();
+    enc.write_message(&mut buf, &samples);
+    buf
+}
+
+/// Publishes `payloads` in order to `topic` at QoS 1 and waits for every PUBACK.
+pub fn publish_payloads(port: u16, topic: &str, payloads: &[Vec<u8>]) {
+    let id = format!("test-pub-{}-{}", std::process::id(), free_port());
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(256 << 20, 256 << 20);
+    let (client, mut conn) = Client::new(opts, payloads.len().max(1) + 1);
+    for p in payloads {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, p.clone())
+            .unwrap();
+    }
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked < payloads.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {acked} of {} payloads acknowledged",
+            payloads.len()
+        );
+        match conn.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Err(e)) => panic!("test publisher lost its connection: {e}"),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    let _ = conn.recv_timeout(Duration::from_millis(200));
+}

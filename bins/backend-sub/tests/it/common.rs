@@ -1,0 +1,149 @@
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_backend-sub");
+
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Value,
+}
+
+/// A running backend, already subscribed.
+pub struct Backend {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    dir: TempDir,
+}
+
+/// Starts backend-sub with `args` and waits until it has subscribed.
+pub fn start(args: &[&str]) -> Backend {
+    let dir = TempDir::new("backend");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--report-json")
+        .arg(dir.path("report.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backend-sub");
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => {
+                let done = line.starts_with("subscribed to");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => panic!("backend never subscribed: {seen:?}"),
+        }
+    }
+    Backend {
+        child,
+        stderr: rx,
+        dir,
+    }
+}
+
+impl Backend {
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn wait(self) -> Outcome {
+        let Backend { child, stderr, dir } = self;
+        let out = child.wait_with_output().expect("wait backend");
+        let stderr: Vec<String> = stderr.try_iter().collect();
+        let report =
+            std::fs::read_to_string(dir.path("report.json")).expect("backend wrote its report");
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: stderr.join("\n"),
+            report: serde_json::from_str(&report).expect("report is JSON"),
+        }
+    }
+}
+
+impl Outcome {
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+    }
+
+    pub fn device(&self, id: &str) -> &Value {
+        self.report["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == id)
+            .unwrap_or_else(|| panic!("no device {id} in {:#}", self.report))
+    }
+
+    pub fn frontend(&self, name: &str) -> &Value {
+        self.report["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("no frontend {name}"))
+    }
+}
+
+pub fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v:#}"))
+}
+
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Validates a backend report against the committed schema.
+pub fn validate(report: &Value) {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            test_support::workspace_root().join("schema/backend-report.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match the schema: {errors:#?}"
+    );
+}

@@ -1,0 +1,169 @@
+//! The frontend publishers into the backend: routing, exact delivery, share groups.
+
+use std::process::Command;
+
+use test_support::{free_port, workspace_bin, Mosquitto};
+
+use crate::common::{n, start, strings, validate};
+
+fn publisher(bin: &str, url: &str, extra: &[&str]) -> std::process::Child {
+    Command::new(workspace_bin(bin))
+        .args(["--broker", url, "--qos", "1", "--rate", "0", "--quiet"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn publisher")
+}
+
+#[test]
+fn both_frontends_at_qos1_arrive_exactly_once_and_each_frontend_sees_only_its_device() {
+    let m = Mosquitto::start();
+    let url = m.url();
+    let backend = start(&[
+        "--broker",
+        &url,
+        "--expect",
+        "200000",
+        "--idle-timeout",
+        "10s",
+    ]);
+    let mut p1 = publisher(
+        "frontend1-pub",
+        &url,
+        &["--total", "100000", "--batch", "1000"],
+    );
+    let mut p2 = publisher(
+        "frontend2-pub",
+        &url,
+        &["--total", "100000", "--batch", "100"],
+    );
+    assert!(p1.wait().unwrap().success());
+    assert!(p2.wait().unwrap().success());
+    let out = backend.wait();
+    out.assert_code(0);
+    let r = &out.report;
+    validate(r);
+    assert_eq!(
+        (n(r, "points_received"), n(r, "points_unique")),
+        (200_000, 200_000)
+    );
+    assert_eq!(
+        (
+            n(r, "points_missing"),
+            n(r, "points_duplicate"),
+            n(r, "malformed_messages")
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(r["stopped_by"], "expected");
+    assert_eq!(r["verified"], true);
+    let f1 = out.frontend("frontend1");
+    let f2 = out.frontend("frontend2");
+    assert_eq!(
+        strings(&f1["devices"]),
+        ["frontend1_ultra_high_perf_device"]
+    );
+    assert_eq!(
+        strings(&f2["devices"]),
+        ["frontend2_ultra_high_perf_device"]
+    );
+    assert_eq!((n(f1, "points"), n(f2, "points")), (100_000, 100_000));
+    for dev in [
+        "frontend1_ultra_high_perf_device",
+        "frontend2_ultra_high_perf_device",
+    ] {
+        let d = out.device(dev);
+        assert_eq!(
+            (n(d, "unique"), n(d, "min_seq"), n(d, "max_seq")),
+            (100_000, 0, 99_999)
+        );
+        assert_eq!(strings(&d["received_ranges"]), ["0-99999"]);
+    }
+    assert!(n(&r["latency_us"], "count") == 200_000);
+}
+
+#[test]
+fn two_backends_in_one_share_group_together_receive_every_point_once() {
+    let m = Mosquitto::start();
+    let url = m.url();
+    let args = [
+        "--broker",
+        url.as_str(),
+        "--share-group",
+        "verifiers",
+        "--idle-timeout",
+        "2s",
+    ];
+    let a = start(&args);
+    let b = start(&args);
+    let mut p = publisher(
+        "frontend1-pub",
+        &url,
+        &["--total", "50000", "--batch", "100"],
+    );
+    assert!(p.wait().unwrap().success());
+    let (a, b) = (a.wait(), b.wait());
+    a.assert_code(0);
+    b.assert_code(0);
+    validate(&a.report);
+    let mut seen = vec![0u8; 50_000];
+    for out in [&a, &b] {
+        assert!(
+            n(&out.report, "points_received") > 0,
+            "one member got nothing"
+        );
+        assert!(out.report["points_missing"].is_null());
+        let d = out.device("frontend1_ultra_high_perf_device");
+        for range in strings(&d["received_ranges"]) {
+            let (lo, hi) = match range.split_once('-') {
+                Some((l, h)) => (l.parse::<usize>().unwrap(), h.parse::<usize>().unwrap()),
+                None => (range.parse().unwrap(), range.parse().unwrap()),
+            };
+            seen[lo..=hi].iter_mut().for_each(|c| *c += 1);
+        }
+    }
+    let missing = seen.iter().filter(|c| **c == 0).count();
+    let twice = seen.iter().filter(|c| **c > 1).count();
+    assert_eq!(
+        (missing, twice),
+        (0, 0),
+        "together: {missing} missing, {twice} received by both"
+    );
+    assert_eq!(
+        n(&a.report, "points_received") + n(&b.report, "points_received"),
+        50_000
+    );
+}
+
+#[test]
+fn unreachable_broker_exits_3() {
+    let out = Command::new(crate::common::BIN)
+        .args([
+            "--broker",
+            &format!("127.0.0.1:{}", free_port()),
+            "--connect-timeout",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach broker"));
+}
+
+#[test]
+fn sigint_prints_the_summary_and_exits_130() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url()]);
+    test_support::publish_payloads(
+        m.port,
+        "device_data/x",
+        &[test_support::payload("dev", &[0, 1, 2])],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    backend.signal("INT");
+    let out = backend.wait();
+    out.assert_code(130);
+    assert_eq!(out.report["stopped_by"], "signal");
+    assert_eq!(n(&out.report, "points_unique"), 3);
+    assert!(out.stdout.contains("summary"));
+}
