@@ -1,11 +1,11 @@
-# Builds the workspace and ships the publisher binaries in a slim image.
+# Builds the workspace and ships the publishers and the backend in a slim image.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin frontend1-pub --bin frontend2-pub
+RUN cargo build --release --locked --bin frontend1-pub --bin frontend2-pub --bin backend-sub
 
 FROM debian:bookworm-slim
-COPY --from=build /src/target/release/frontend1-pub /src/target/release/frontend2-pub /usr/local/bin/
+COPY --from=build /src/target/release/frontend1-pub /src/target/release/frontend2-pub /src/target/release/backend-sub /usr/local/bin/
 COPY configs /etc/mqtt-loadgen
 USER nobody
 ENTRYPOINT []

@@ -171,3 +171,27 @@ fn unrouted_devices_are_reported_and_not_given_to_a_frontend() {
         ["frontend1_a"]
     );
 }
+
+#[test]
+fn routes_come_from_the_config_file() {
+    let m = Mosquitto::start();
+    let dir = test_support::TempDir::new("routes");
+    let cfg = dir.path("backend.toml");
+    std::fs::write(&cfg, "route = [\"sensor_7=frontend2\"]\nroute-prefix = [\"frontend1=frontend1\"]\nidle-timeout = \"1s\"\n").unwrap();
+    let backend = start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--broker",
+        &m.url(),
+        "--expect",
+        "10",
+    ]);
+    publish_payloads(
+        m.port,
+        TOPIC,
+        &[payload("sensor_7", &(0..10).collect::<Vec<_>>())],
+    );
+    let out = backend.wait();
+    out.assert_code(0);
+    assert_eq!(strings(&out.frontend("frontend2")["devices"]), ["sensor_7"]);
+}

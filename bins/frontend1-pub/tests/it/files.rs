@@ -70,8 +70,11 @@ fn compose_file_names_services_ports_and_files_that_exist() {
             "{name} must start after mosquitto"
         );
     }
+    let backend = &compose["services"]["backend"];
+    assert_eq!(backend["command"][0].as_str(), Some("backend-sub"));
+    assert!(format!("{:?}", backend["command"]).contains("mqtt://mosquitto:1883"));
     let dockerfile = read("Dockerfile");
-    for bin in ["frontend1-pub", "frontend2-pub"] {
+    for bin in ["frontend1-pub", "frontend2-pub", "backend-sub"] {
         assert!(
             dockerfile.contains(bin),
             "Dockerfile does not install {bin}"
