@@ -117,10 +117,16 @@ pub async fn run(
             }
         }
     }
-    let _ = client.try_disconnect();
-    // Writing the DISCONNECT may itself wait on a stalled socket: allow a little past the deadline.
+    // DISCONNECT queues behind every publish (the queue may still be full at QoS 0), and
+    // writing it may wait on a stalled socket: allow a little past the deadline for both.
     let hard_deadline = deadline.max(Instant::now()) + Duration::from_secs(2);
+    let disconnect_then_wait = async {
+        if client.disconnect().await.is_ok() {
+            driver_done.cancelled().await;
+        }
+    };
     tokio::select! {
+        _ = disconnect_then_wait => {}
         _ = driver_done.cancelled() => {}
         _ = tokio::time::sleep_until(hard_deadline) => cut_short = true,
         _ = shutdown.abort.cancelled() => cut_short = true,
@@ -154,7 +160,7 @@ async fn produce(
     shutdown: &Shutdown,
     driver_done: &CancellationToken,
 ) {
-    let pacer = Pacer::new(started, plan.rate);
+    let pacer = Pacer::for_batches(started, plan.rate, plan.batch);
     let wall_start_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

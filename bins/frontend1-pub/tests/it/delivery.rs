@@ -171,3 +171,28 @@ fn duration_bounds_an_open_ended_run() {
     assert!(r["points_planned"].is_null());
     assert_eq!(n(r, "points_sent"), 5000);
 }
+
+#[test]
+fn unpaced_run_that_ends_with_a_full_client_queue_still_flushes_and_exits_0() {
+    // The last DISCONNECT must wait for room behind the queued publishes, not be dropped.
+    let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--rate",
+        "0",
+        "--batch",
+        "1000",
+        "--max-queued",
+        "1",
+        "--total",
+        "200000",
+    ]);
+    out.assert_code(0);
+    let r = out.report();
+    assert_eq!((n(r, "points_sent"), n(r, "points_unsent")), (200_000, 0));
+    assert!(r["error"].is_null(), "{}", r["error"]);
+    let got = sub.finish(200_000, Duration::from_secs(5));
+    got.assert_exactly_once(DEVICE, 200_000);
+}

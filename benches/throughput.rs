@@ -1,0 +1,422 @@
+//! The throughput bench: our publisher against a reference client, through the same
+//! Mosquitto, minutes apart, so that ratios hold on a noisy machine.
+//!
+//! `scripts/bench` runs the full set; `scripts/bench --quick --gate` is the CI gate: it
+//! fails, naming the scenario, when a ratio to the reference falls below its threshold.
+//! Both print a Markdown table and write JSON (`--json PATH`, default
+//! `target/bench/throughput.json`). Every process is a child, so its CPU seconds and peak
+//! RSS come from `wait4`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use test_support::{Mosquitto, TempDir};
+
+const TOPIC: &str = "device_data/frontend1_ultra_high_perf_device";
+
+struct Opts {
+    quick: bool,
+    gate: bool,
+    json: PathBuf,
+}
+
+/// One network scenario.
+struct Scenario {
+    id: &'static str,
+    what: &'static str,
+    qos: u8,
+    batch: u64,
+    points: u64,
+    subscriber: bool,
+    /// CI gate: fail when ours / reference (messages/s) is below this.
+    gate: f64,
+}
+
+/// Figures of one process run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    points: f64,
+    messages: f64,
+    bytes: f64,
+    elapsed: f64,
+    cpu_s: f64,
+    rss_mb: f64,
+    delivered: f64,
+}
+
+impl Run {
+    fn msg_rate(&self) -> f64 {
+        self.messages / self.elapsed
+    }
+    fn point_rate(&self) -> f64 {
+        self.points / self.elapsed
+    }
+    fn mb_s(&self) -> f64 {
+        self.bytes / self.elapsed / 1e6
+    }
+    fn cpu_per_m_points(&self) -> f64 {
+        self.cpu_s / (self.points / 1e6)
+    }
+}
+
+fn main() {
+    let mut opts = Opts {
+        quick: false,
+        gate: false,
+        json: PathBuf::from("target/bench/throughput.json"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--gate" => opts.gate = true,
+            "--json" => opts.json = PathBuf::from(args.next().expect("--json PATH")),
+            "--bench" => {} // passed by cargo bench
+            other => {
+                eprintln!("unknown argument {other}; use --quick, --gate, --json PATH");
+                std::process::exit(2);
+            }
+        }
+    }
+    let bins = build_binaries();
+    let reps = if opts.quick { 2 } else { 3 };
+    let k = if opts.quick { 1 } else { 2 };
+    let scenarios = [
+        Scenario {
+            id: "S1",
+            what: "QoS 0, batch 1, max rate",
+            qos: 0,
+            batch: 1,
+            points: 200_000 * k,
+            subscriber: false,
+            gate: 0.5,
+        },
+        Scenario {
+            id: "S1+sub",
+            what: "S1 with a subscriber",
+            qos: 0,
+            batch: 1,
+            points: 200_000 * k,
+            subscriber: true,
+            gate: 0.5,
+        },
+        Scenario {
+            id: "S2",
+            what: "QoS 0, batch 1000, max rate",
+            qos: 0,
+            batch: 1000,
+            points: 2_500_000 * k,
+            subscriber: false,
+            gate: 0.5,
+        },
+        Scenario {
+            id: "S2+sub",
+            what: "S2 with a subscriber",
+            qos: 0,
+            batch: 1000,
+            points: 2_500_000 * k,
+            subscriber: true,
+            gate: 0.5,
+        },
+        Scenario {
+            id: "S3",
+            what: "QoS 1, batch 1, widest window",
+            qos: 1,
+            batch: 1,
+            points: 100_000 * k,
+            subscriber: false,
+            gate: 0.6,
+        },
+        Scenario {
+            id: "S4",
+            what: "QoS 1, batch 1000",
+            qos: 1,
+            batch: 1000,
+            points: 1_000_000 * k,
+            subscriber: false,
+            gate: 0.5,
+        },
+    ];
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    println!("| scenario | what | ours msg/s | ours points/s | ours MB/s | ref msg/s | ratio (median) | ratio min..max | CPU s / M points | peak RSS MB | delivered |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in &scenarios {
+        let broker = Mosquitto::start();
+        let (mut ours, mut refs) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            refs.push(run_reference(&bins, &broker, s));
+            ours.push(run_ours(&bins, &broker, s, &[]));
+        }
+        let o = median_by(&ours, Run::msg_rate);
+        let r = median_by(&refs, Run::msg_rate);
+        let mut ratios: Vec<f64> = ours
+            .iter()
+            .zip(&refs)
+            .map(|(a, b)| a.msg_rate() / b.msg_rate())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = o.msg_rate() / r.msg_rate();
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}..{:.2} | {:.2} | {:.0} | {} |",
+            s.id,
+            s.what,
+            o.msg_rate(),
+            o.point_rate(),
+            o.mb_s(),
+            r.msg_rate(),
+            ratio,
+            ratios[0],
+            ratios[ratios.len() - 1],
+            o.cpu_per_m_points(),
+            o.rss_mb,
+            if s.subscriber { format!("{:.0}%", 100.0 * o.delivered / o.messages) } else { "-".into() },
+        );
+        if ratio < s.gate {
+            failures.push(format!(
+                "{} ({}) ran at {ratio:.2} of the reference, below the gate {:.2}",
+                s.id, s.what, s.gate
+            ));
+        }
+        rows.push(json!({
+            "scenario": s.id, "what": s.what, "qos": s.qos, "batch": s.batch, "points": s.points,
+            "subscriber": s.subscriber, "ratio": ratio, "ratios": ratios, "gate": s.gate,
+            "ours": figures(&o), "reference": figures(&r),
+        }));
+    }
+
+    // S5: pacing accuracy (ours only; the reference does not pace).
+    println!();
+    println!("| scenario | target points/s | achieved points/s | rate error | schedule lag p99 | CPU s / M points | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|");
+    let broker = Mosquitto::start();
+    for (rate, batch, total) in [
+        (10_000u64, 1000u64, 30_000 * k),
+        (1_000_000, 100, 2_000_000 * k),
+    ] {
+        let s = Scenario {
+            id: "S5",
+            what: "paced",
+            qos: 0,
+            batch,
+            points: total,
+            subscriber: false,
+            gate: 0.0,
+        };
+        let (run, report) = run_ours_report(&bins, &broker, &s, &["--rate", &rate.to_string()]);
+        let achieved = report["point_rate"].as_f64().unwrap_or(0.0);
+        let err = (achieved - rate as f64).abs() / rate as f64;
+        let lag_p99 = report["schedule_lag_us"]["p99"].as_u64().unwrap_or(0);
+        println!(
+            "| S5 rate {rate} batch {batch} | {rate} | {achieved:.0} | {:.3}% | {lag_p99} µs | {:.2} | {:.0} |",
+            err * 100.0,
+            run.cpu_per_m_points(),
+            run.rss_mb
+        );
+        rows.push(
+            json!({"scenario": "S5", "rate": rate, "batch": batch, "achieved": achieved,
+            "rate_error": err, "schedule_lag_p99_us": lag_p99, "ours": figures(&run)}),
+        );
+    }
+
+    if let Some(dir) = opts.json.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let doc = json!({"quick": opts.quick, "reps": reps, "scenarios": rows});
+    std::fs::write(
+        &opts.json,
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .expect("write JSON");
+    eprintln!("wrote {}", opts.json.display());
+    if opts.gate && !failures.is_empty() {
+        for f in &failures {
+            eprintln!("REGRESSION: {f}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn figures(r: &Run) -> Value {
+    json!({"messages_per_s": r.msg_rate(), "points_per_s": r.point_rate(), "mb_per_s": r.mb_s(),
+           "elapsed_s": r.elapsed, "cpu_s": r.cpu_s, "cpu_s_per_m_points": r.cpu_per_m_points(),
+           "peak_rss_mb": r.rss_mb, "delivered_messages": r.delivered})
+}
+
+fn median_by(runs: &[Run], key: fn(&Run) -> f64) -> Run {
+    let mut v = runs.to_vec();
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v[v.len() / 2]
+}
+
+struct Bins {
+    publisher: PathBuf,
+    refclient: PathBuf,
+}
+
+/// Builds the release binaries the bench runs, with the cargo that runs the bench.
+fn build_binaries() -> Bins {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = test_support::workspace_root();
+    let st = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "frontend1-pub",
+            "-p",
+            "loadgen-benches",
+            "--bin",
+            "frontend1-pub",
+            "--bin",
+            "mqtt-refclient",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(st.success(), "cargo build failed");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(root.join("target"), PathBuf::from)
+        .join("release");
+    Bins {
+        publisher: dir.join("frontend1-pub"),
+        refclient: dir.join("mqtt-refclient"),
+    }
+}
+
+/// Runs `cmd` to completion; returns stdout, CPU seconds (user + sys) and peak RSS in MB.
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn measure(mut cmd: Command) -> (String, f64, f64) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("stdout");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).expect("read stdout");
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid, and wait4 writes it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(rc, pid, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed: {out}"
+    );
+    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        out,
+        cpu(ru.ru_utime) + cpu(ru.ru_stime),
+        ru.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+/// A counting subscriber, when the scenario has one.
+struct Sub {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+fn start_sub(bins: &Bins, broker: &Mosquitto, s: &Scenario) -> Option<Sub> {
+    if !s.subscriber {
+        return None;
+    }
+    let mut child = Command::new(&bins.refclient)
+        .args(["sub", &broker.port.to_string(), TOPIC])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn subscriber");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("subscriber ready");
+    assert_eq!(line.trim(), "ready");
+    Some(Sub { child, out })
+}
+
+/// Stops the subscriber and returns the messages it received.
+fn stop_sub(sub: Option<Sub>) -> f64 {
+    let Some(mut sub) = sub else { return 0.0 };
+    // Let the broker finish delivering what is queued, then ask for the count.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(sub.child.stdin.take());
+    let mut line = String::new();
+    sub.out.read_line(&mut line).expect("subscriber count");
+    let _ = sub.child.wait();
+    let v: Value = serde_json::from_str(line.trim()).expect("subscriber JSON");
+    v["messages"].as_f64().unwrap_or(0.0)
+}
+
+fn run_reference(bins: &Bins, broker: &Mosquitto, s: &Scenario) -> Run {
+    let sub = start_sub(bins, broker, s);
+    let messages = s.points / s.batch;
+    let mut cmd = Command::new(&bins.refclient);
+    cmd.args([
+        "pub",
+        &broker.port.to_string(),
+        TOPIC,
+        &s.qos.to_string(),
+        &s.batch.to_string(),
+        &messages.to_string(),
+    ]);
+    let (out, cpu_s, rss_mb) = measure(cmd);
+    let v: Value = serde_json::from_str(out.trim()).expect("refclient JSON");
+    let delivered = stop_sub(sub);
+    Run {
+        points: v["points"].as_f64().unwrap(),
+        messages: v["messages"].as_f64().unwrap(),
+        bytes: v["bytes"].as_f64().unwrap(),
+        elapsed: v["elapsed_s"].as_f64().unwrap(),
+        cpu_s,
+        rss_mb,
+        delivered,
+    }
+}
+
+fn run_ours(bins: &Bins, broker: &Mosquitto, s: &Scenario, extra: &[&str]) -> Run {
+    run_ours_report(bins, broker, s, extra).0
+}
+
+fn run_ours_report(bins: &Bins, broker: &Mosquitto, s: &Scenario, extra: &[&str]) -> (Run, Value) {
+    let sub = start_sub(bins, broker, s);
+    let dir = TempDir::new("bench");
+    let report_path = dir.path("report.json");
+    let mut cmd = Command::new(&bins.publisher);
+    cmd.args([
+        "--broker",
+        &broker.url(),
+        "--quiet",
+        "--qos",
+        &s.qos.to_string(),
+        "--batch",
+        &s.batch.to_string(),
+    ])
+    .args(["--total", &s.points.to_string()])
+    .args(if extra.is_empty() {
+        &["--rate", "max"][..]
+    } else {
+        extra
+    })
+    .arg("--report-json")
+    .arg(&report_path);
+    let (_, cpu_s, rss_mb) = measure(cmd);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let delivered = stop_sub(sub);
+    let run = Run {
+        points: report["points_sent"].as_f64().unwrap(),
+        messages: report["messages_sent"].as_f64().unwrap(),
+        bytes: report["bytes_sent"].as_f64().unwrap(),
+        elapsed: report["elapsed_s"].as_f64().unwrap(),
+        cpu_s,
+        rss_mb,
+        delivered,
+    };
+    (run, report)
+}
