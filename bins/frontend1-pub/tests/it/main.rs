@@ -9,3 +9,4 @@ mod errors;
 mod files;
 mod report;
 mod signals;
+mod stall;

@@ -1,0 +1,59 @@
+//! A broker that stops reading (SIGSTOP) mid-run: the publisher waits instead of buffering
+//! without limit, and the report shows how far sending fell behind.
+
+use std::time::{Duration, Instant};
+
+use test_support::Mosquitto;
+
+use crate::common::{n, spawn};
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn stalled_broker_keeps_memory_bounded_and_shows_up_as_schedule_lag() {
+    let m = Mosquitto::start();
+    let run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--rate",
+            "100k",
+            "--batch",
+            "100",
+            "--duration",
+            "8s",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    m.signal("STOP");
+    let stalled = Instant::now();
+    let mut peak = 0;
+    while stalled.elapsed() < Duration::from_secs(5) {
+        peak = peak.max(rss_kb(run.pid()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    m.signal("CONT");
+    let out = run.wait();
+    out.assert_code(0);
+    // 5 s at 100k points/s would be ~70 MB of payload if the publisher buffered it all.
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "peak RSS {peak} kB during the stall"
+    );
+    let r = out.report();
+    assert_eq!(
+        (n(r, "points_sent"), n(r, "points_unsent")),
+        (n(r, "points_enqueued"), 0)
+    );
+    let lag_max = n(&r["schedule_lag_us"], "max");
+    assert!(
+        lag_max >= 3_000_000,
+        "a 5 s stall must show in the lag, max was {lag_max} µs"
+    );
+}
