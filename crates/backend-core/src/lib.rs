@@ -199,43 +199,13 @@ pub fn command(name: &'static str) -> Command {
 
 /// The whole backend program: parse, receive, report, exit code.
 pub fn main(name: &'static str) -> ExitCode {
-    publisher_core::init_tracing();
-    let plan = match config::parse_layered::<Parsed>(command(name), std::env::args_os().collect())
-        .and_then(|Parsed(a)| Plan::from_args(a).map_err(ParseExit::from))
-    {
-        Ok(p) => p,
-        Err(ParseExit::Info(e)) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(ParseExit::Usage(msg)) => {
-            eprintln!("error: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = Shutdown::from_signals()
-            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
-        run(name, &plan, &shutdown).await
-    });
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+    publisher_core::run_main(
+        || {
+            config::parse_layered::<Parsed>(command(name), std::env::args_os().collect())
+                .and_then(|Parsed(a)| Plan::from_args(a).map_err(ParseExit::from))
+        },
+        |plan, shutdown| async move { run(name, &plan, &shutdown).await },
+    )
 }
 
 /// Receives, prints the report and returns the exit code.

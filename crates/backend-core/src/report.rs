@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use publisher_core::report::fmt_int;
+use publisher_core::report::{fmt_int, fmt_percentiles, round3};
 use publisher_core::stats::Percentiles;
 
 use crate::receive::{Received, Stop};
@@ -240,17 +240,7 @@ impl Report {
             ),
         );
         if let Some(p) = &self.latency_us {
-            line(
-                "e2e latency",
-                format!(
-                    "p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
-                    fmt_int(p.p50),
-                    fmt_int(p.p90),
-                    fmt_int(p.p99),
-                    fmt_int(p.p999),
-                    fmt_int(p.max)
-                ),
-            );
+            line("e2e latency", fmt_percentiles(p, true));
         }
         for f in &self.frontends {
             line(
@@ -381,8 +371,4 @@ fn verdict(
         return Some("no message arrived".into());
     }
     None
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
 }

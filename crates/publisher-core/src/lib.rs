@@ -91,8 +91,23 @@ pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan
 
 /// The whole program of a publisher binary: parse, run, report, exit code.
 pub fn main(preset: Preset) -> ExitCode {
+    run_main(
+        || parse_plan(&preset, std::env::args_os().collect()),
+        |plan, shutdown| async move { run(&preset, &plan, &shutdown).await },
+    )
+}
+
+/// The frame every binary shares: logging, `parse` (help and usage errors exit here), a
+/// runtime with Ctrl-C/SIGTERM handling, `run`, and the exit code of its result.
+pub fn run_main<P, Fut>(
+    parse: impl FnOnce() -> Result<P, ParseExit>,
+    run: impl FnOnce(P, Shutdown) -> Fut,
+) -> ExitCode
+where
+    Fut: std::future::Future<Output = Result<ExitCode, Error>>,
+{
     init_tracing();
-    let plan = match parse_plan(&preset, std::env::args_os().collect()) {
+    let plan = match parse() {
         Ok(p) => p,
         Err(ParseExit::Info(e)) => {
             let _ = e.print();
@@ -116,7 +131,7 @@ pub fn main(preset: Preset) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = Shutdown::from_signals()
             .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
-        run(&preset, &plan, &shutdown).await
+        run(plan, shutdown).await
     });
     // Background tasks (progress, signals, the embedded broker) end with the process.
     runtime.shutdown_timeout(Duration::from_millis(100));

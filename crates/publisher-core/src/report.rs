@@ -239,7 +239,10 @@ impl Report {
             },
         );
         if let Some(p) = &self.latency_us {
-            line("ack latency", fmt_percentiles(p, true));
+            line(
+                "ack latency",
+                format!("{}  (from scheduled send)", fmt_percentiles(p, true)),
+            );
         }
         if let Some(p) = &self.schedule_lag_us {
             line("schedule lag", fmt_percentiles(p, false));
@@ -272,11 +275,12 @@ impl Report {
     }
 }
 
-fn fmt_percentiles(p: &Percentiles, all: bool) -> String {
+/// `p50 312 µs  p90 ...` (all percentiles) or `p50 ...  p99 ...  max ...`.
+pub fn fmt_percentiles(p: &Percentiles, all: bool) -> String {
     let us = |v: u64| format!("{} µs", fmt_int(v));
     if all {
         format!(
-            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (from scheduled send)",
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             us(p.p50),
             us(p.p90),
             us(p.p99),
@@ -288,7 +292,8 @@ fn fmt_percentiles(p: &Percentiles, all: bool) -> String {
     }
 }
 
-fn round3(v: f64) -> f64 {
+/// Rounds to three decimals, for reports.
+pub fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 

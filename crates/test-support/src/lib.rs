@@ -427,3 +427,20 @@ pub fn publish_payloads(port: u16, topic: &str, payloads: &[Vec<u8>]) {
     let _ = client.disconnect();
     let _ = conn.recv_timeout(Duration::from_millis(200));
 }
+
+/// Asserts that `value` validates against the committed JSON schema at `schema` (a path
+/// relative to the workspace root).
+pub fn assert_matches_schema(schema: &str, value: &serde_json::Value) {
+    let text = std::fs::read_to_string(workspace_root().join(schema))
+        .unwrap_or_else(|e| panic!("{schema}: {e}"));
+    let schema_json: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema_json).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "does not match {schema}: {errors:#?}\n{value:#}"
+    );
+}

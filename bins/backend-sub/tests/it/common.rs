@@ -130,20 +130,5 @@ pub fn strings(v: &Value) -> Vec<String> {
 
 /// Validates a backend report against the committed schema.
 pub fn validate(report: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            test_support::workspace_root().join("schema/backend-report.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(report)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report does not match the schema: {errors:#?}"
-    );
+    test_support::assert_matches_schema("schema/backend-report.schema.json", report);
 }

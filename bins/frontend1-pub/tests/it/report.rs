@@ -1,25 +1,12 @@
 //! The JSON report validates against the committed schema, for every kind of run.
 
 use serde_json::Value;
-use test_support::{workspace_root, Mosquitto};
+use test_support::{assert_matches_schema, Mosquitto};
 
 use crate::common::{publish, Outcome, BIN};
 
 fn validate(report: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace_root().join("schema/publisher-report.schema.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(report)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report does not match the schema: {errors:#?}\n{report:#}"
-    );
+    assert_matches_schema("schema/publisher-report.schema.json", report);
 }
 
 #[test]
