@@ -65,7 +65,7 @@ fn main() {
     let mut opts = Opts {
         quick: false,
         gate: false,
-        json: PathBuf::from("target/bench/throughput.json"),
+        json: test_support::workspace_root().join("target/bench/throughput.json"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -5,7 +5,7 @@
 //! ```text
 //! args + config --> plan --> broker --> mqtt (connect)
 //!                     |
-//!                     +--> session: pace -> source -> Encoder (point-format) -> rumqttc
+//!                     +--> session: pace -> source -> Encoder (point-format) -> sink -> rumqttc
 //!                     |             driver: writes and PUBACKs -> stats
 //!                     +--> report (text summary, JSON) <-- stats
 //! ```
@@ -14,8 +14,9 @@
 //! - [`plan`]: the validated, typed plan; bad input stops here with a usage error.
 //! - [`broker`]: the broker to use, starting the embedded rumqttd when needed.
 //! - [`mqtt`]: the connection and its failure modes.
-//! - [`session`]: the producer (pacing, generation, encoding) and the connection driver
-//!   (counting writes and acknowledgements).
+//! - [`session`]: the producer (pacing, generation, encoding) and the run's end (drain).
+//! - [`sink`]: hands messages to rumqttc, QoS 0 as [`frame`]s of PUBLISH packets;
+//!   [`driver`]: polls the connection, counting writes and acknowledgements.
 //! - [`stats`]: counters and HdrHistograms; [`report`]: the summary and the JSON report.
 //! - [`progress`], [`shutdown`]: the progress line and signal handling.
 //!
@@ -24,7 +25,9 @@
 pub mod args;
 pub mod broker;
 pub mod config;
+pub mod driver;
 pub mod error;
+pub mod frame;
 pub mod mqtt;
 pub mod pace;
 pub mod plan;
@@ -32,6 +35,7 @@ pub mod progress;
 pub mod report;
 pub mod session;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 pub mod stats;
 
@@ -177,8 +181,13 @@ pub async fn execute(
         tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, embedded_port))
             .await
             .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    let (client, eventloop) =
-        mqtt::connect(&plan.connect, &target, plan.max_inflight, plan.max_queued).await?;
+    let (client, eventloop) = mqtt::connect(
+        &plan.connect,
+        &target,
+        plan.max_inflight,
+        plan.queue_requests,
+    )
+    .await?;
     let counters = Arc::new(stats::Counters::default());
     let progress_stop = CancellationToken::new();
     let progress = (!plan.quiet).then(|| {

@@ -86,7 +86,13 @@ pub struct Plan {
     /// Points per second; `None` = as fast as possible.
     pub rate: Option<f64>,
     pub max_inflight: u16,
+    /// Messages the client may queue before generation waits.
     pub max_queued: usize,
+    /// QoS 0: messages that travel together in one frame at most (1 at QoS 1).
+    pub frame_messages: usize,
+    /// Capacity of rumqttc's request queue, in requests (frames at QoS 0), so that it holds
+    /// at most `max_queued` messages.
+    pub queue_requests: usize,
     pub drain_timeout: Duration,
     pub start_delay: Duration,
     pub sensor_fields: bool,
@@ -161,6 +167,11 @@ impl Plan {
             Some(n) => usize::try_from(n).map_err(|_| Error::usage("--max-queued is too large"))?,
             None => (QUEUE_BUDGET / (max_payload + 256)).clamp(16, 1_000_000),
         };
+        let frame_messages = match qos {
+            Qos::AtLeastOnce => 1,
+            Qos::AtMostOnce => (crate::sink::FRAME_BYTES / max_payload).clamp(1, max_queued),
+        };
+        let queue_requests = (max_queued / frame_messages).max(1);
         let rate = match rate {
             Rate::Unlimited => None,
             Rate::PerSecond(r) => Some(r),
@@ -182,6 +193,8 @@ impl Plan {
             rate,
             max_inflight,
             max_queued,
+            frame_messages,
+            queue_requests,
             drain_timeout,
             start_delay,
             sensor_fields,

@@ -1,34 +1,35 @@
 //! One publishing session over one MQTT connection: the producer and the connection driver.
 //!
 //! ```text
-//! producer:  Pacer -> PointSource -> Encoder -> pending meta + client queue (rumqttc)
-//! driver:    rumqttc EventLoop -> Outgoing::Publish  (written to the socket: "sent")
-//!                              -> Incoming::PubAck   (QoS 1: "acknowledged")
+//! producer:  Pacer -> PointSource -> Encoder -> Sink (frames / publishes) -> rumqttc queue
+//! driver:    rumqttc EventLoop -> written (frames, publishes): "sent"
+//!                              -> PUBACK (QoS 1): "acknowledged"
 //! ```
 //!
-//! The producer pushes each message's metadata (scheduled time, points, bytes) on a FIFO just
-//! before handing the payload to rumqttc. rumqttc writes requests in order and reports each
-//! write as `Outgoing::Publish(pkid)`, so the driver pops the FIFO there: that is the moment a
-//! message counts as sent. At QoS 1 the metadata waits under its packet id for the PUBACK.
-//! Nothing counts at enqueue time. When generation ends, the run waits for the acks (QoS 1),
-//! then sends DISCONNECT through the same queue: its write proves every publish before it was
-//! written. A drain timeout bounds the wait; whatever is missing then is failed or unsent.
+//! The producer encodes each message *before* it is due (its points carry their scheduled
+//! time), waits for the schedule, and hands it over at once, so schedule lag measures the
+//! hand-over and the write, not the encoding. Messages that fall behind schedule (or an
+//! unpaced run) travel together: the [`Sink`] ships them as one frame once it is full or the
+//! next message is not yet due. Nothing counts at hand-over; the [`driver`](crate::driver)
+//! counts when rumqttc reports the write. When generation ends, the run waits for the acks
+//! (QoS 1), then sends DISCONNECT through the same queue: its write proves every publish
+//! before it was written. A drain timeout bounds the wait; whatever is missing then is
+//! failed or unsent.
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use point_format::Encoder;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, EventLoop};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::Qos;
+use crate::driver::{drive, DriverOut, Shared};
 use crate::pace::Pacer;
 use crate::plan::Plan;
 use crate::shutdown::Shutdown;
+use crate::sink::{Cancel, Sink};
 use crate::source::PointSource;
 use crate::stats::{Counters, Latencies, Totals};
 
@@ -48,27 +49,6 @@ pub struct SessionResult {
     pub paced: bool,
 }
 
-/// A message handed to rumqttc and not yet written.
-#[derive(Debug, Clone, Copy)]
-struct MsgMeta {
-    scheduled: Instant,
-    points: u32,
-    bytes: u32,
-}
-
-struct Shared {
-    counters: Arc<Counters>,
-    pending: Mutex<VecDeque<MsgMeta>>,
-    /// Woken on every acknowledgement, for the drain wait.
-    acked: tokio::sync::Notify,
-}
-
-impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<MsgMeta>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// Runs generation and delivery to completion (or stop/abort) on a connected client.
 pub async fn run(
     plan: &Plan,
@@ -79,8 +59,7 @@ pub async fn run(
 ) -> SessionResult {
     let shared = Arc::new(Shared {
         counters: counters.clone(),
-        pending: Mutex::new(VecDeque::with_capacity(plan.max_queued.min(1 << 16) + 1)),
-        acked: tokio::sync::Notify::new(),
+        ..Shared::default()
     });
     let qos1 = plan.qos == Qos::AtLeastOnce;
     let stop_driver = CancellationToken::new();
@@ -98,7 +77,8 @@ pub async fn run(
         _ = shutdown.stop.cancelled() => {}
     }
     let started = Instant::now();
-    produce(plan, &client, &shared, started, shutdown, &driver_done).await;
+    let sink = Sink::new(plan, client.clone());
+    produce(plan, sink, &shared, started, shutdown, &driver_done).await;
 
     // Drain: at QoS 1 wait for every acknowledgement, then DISCONNECT behind the last publish.
     let deadline = Instant::now() + plan.drain_timeout;
@@ -151,32 +131,30 @@ pub async fn run(
     }
 }
 
-/// Generates, encodes and enqueues messages on schedule until the plan is done or stopped.
+/// Generates, encodes and hands over messages on schedule until the plan is done or stopped.
 async fn produce(
     plan: &Plan,
-    client: &AsyncClient,
+    mut sink: Sink,
     shared: &Shared,
     started: Instant,
     shutdown: &Shutdown,
     driver_done: &CancellationToken,
 ) {
-    let pacer = Pacer::for_batches(started, plan.rate, plan.batch);
+    let mut pacer = Pacer::new(started, plan.rate, plan.batch as u64);
     let wall_start_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     let end_at = plan.duration.map(|d| started + d);
-    let qos = match plan.qos {
-        Qos::AtMostOnce => QoS::AtMostOnce,
-        Qos::AtLeastOnce => QoS::AtLeastOnce,
-    };
     let mut source = PointSource::new(plan.seed, plan.sensor_fields);
     let encoder = Encoder::new(&plan.device_id);
     let mut samples = Vec::with_capacity(plan.batch);
-    let mut buf = BytesMut::new();
-    // Small messages share one allocation of at least this size.
-    let chunk = plan.max_payload.max(64 << 10);
+    let cancel = Cancel {
+        abort: &shutdown.abort,
+        driver_done,
+    };
     let counters = &shared.counters;
+    let batch = plan.batch as u64;
     let mut done_points = 0u64;
 
     loop {
@@ -184,136 +162,51 @@ async fn produce(
         if remaining == 0 {
             break;
         }
-        let n = (plan.batch as u64).min(remaining) as usize;
-        let through = done_points + n as u64;
-        if let (Some(end), Some(due)) = (end_at, pacer.deadline(through)) {
+        let through = done_points + batch.min(remaining);
+        let due = pacer.deadline(through);
+        if let (Some(end), Some(due)) = (end_at, due) {
             if due > end {
                 break;
             }
         }
-        let scheduled = tokio::select! {
-            biased;
-            _ = shutdown.stop.cancelled() => break,
-            _ = driver_done.cancelled() => break,
-            t = pacer.wait(through) => t,
-        };
-        if let Some(end) = end_at {
-            if !pacer.is_paced() && scheduled >= end {
+        let scheduled = due.unwrap_or_else(Instant::now);
+        if due.is_none() && end_at.is_some_and(|end| scheduled >= end) {
+            break;
+        }
+        let ts_us = wall_start_us + (scheduled - started).as_micros() as u64;
+        source.fill((through - done_points) as usize, ts_us, &mut samples);
+        sink.push(&encoder, &samples, scheduled);
+        done_points = through;
+        if due.is_some_and(|due| due > Instant::now()) {
+            // Encoded ahead of time; hand it over when due. Only this message is unshipped:
+            // earlier ones went as soon as this one was found to be not yet due.
+            let on_time = tokio::select! {
+                biased;
+                _ = shutdown.stop.cancelled() => false,
+                _ = driver_done.cancelled() => false,
+                _ = pacer.wait(through) => true,
+            };
+            if !on_time {
+                sink.discard();
                 break;
             }
         }
-        let ts_us = wall_start_us + (scheduled - started).as_micros() as u64;
-        source.fill(n, ts_us, &mut samples);
-        if buf.capacity() - buf.len() < plan.max_payload {
-            buf.reserve(chunk);
-        }
-        encoder.write_message(&mut buf, &samples);
-        let payload = buf.split().freeze();
-        let meta = MsgMeta {
-            scheduled,
-            points: n as u32,
-            bytes: payload.len() as u32,
-        };
-        // The driver pops this when rumqttc reports the write, so it goes in first.
-        shared.pending().push_back(meta);
-        let enqueued = tokio::select! {
-            biased;
-            r = client.publish_bytes(plan.topic.as_str(), qos, false, payload) => r.is_ok(),
-            _ = shutdown.abort.cancelled() => false,
-            _ = driver_done.cancelled() => false,
-        };
-        if !enqueued {
-            // Not handed over: the meta is the newest entry and nobody else took it.
-            shared.pending().pop_back();
+        let left = plan.total.map_or(u64::MAX, |t| t - done_points);
+        let more = left > 0;
+        let next_not_due = more
+            && pacer
+                .deadline(done_points + batch.min(left))
+                .is_some_and(|next| next > Instant::now());
+        let ship_now = !more || next_not_due || sink.is_full();
+        if ship_now && !sink.ship(&shared.pending, counters, &cancel).await {
             break;
         }
-        counters.points_enqueued.fetch_add(n as u64, Relaxed);
-        counters.messages_enqueued.fetch_add(1, Relaxed);
-        done_points = through;
+        if ship_now && shutdown.stop.is_cancelled() {
+            break;
+        }
         // Unpaced runs never wait on the timer: give other tasks their turn.
         tokio::task::consume_budget().await;
     }
-}
-
-#[derive(Debug, Default)]
-struct DriverOut {
-    latencies: Latencies,
-    error: Option<String>,
-    last_progress: Option<Instant>,
-}
-
-/// Polls the rumqttc event loop, counting writes and acknowledgements, until DISCONNECT is
-/// written, the connection fails, or `stop` is cancelled.
-async fn drive(
-    mut eventloop: EventLoop,
-    shared: Arc<Shared>,
-    qos1: bool,
-    stop: CancellationToken,
-    done: CancellationToken,
-) -> DriverOut {
-    let mut out = DriverOut::default();
-    let c = &shared.counters;
-    // Packet id -> (scheduled, points) of messages awaiting a PUBACK.
-    let mut inflight: Vec<Option<(Instant, u32)>> = vec![None; u16::MAX as usize + 1];
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            ev = eventloop.poll() => ev,
-        };
-        match event {
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let now = Instant::now();
-                let Some(m) = shared.pending().pop_front() else {
-                    tracing::warn!("rumqttc wrote a publish that this run did not enqueue");
-                    continue;
-                };
-                out.latencies.record_lag(now - m.scheduled);
-                c.points_sent.fetch_add(m.points as u64, Relaxed);
-                c.bytes_sent.fetch_add(m.bytes as u64, Relaxed);
-                c.messages_sent.fetch_add(1, Relaxed);
-                if qos1 {
-                    if inflight[pkid as usize]
-                        .replace((m.scheduled, m.points))
-                        .is_some()
-                    {
-                        tracing::warn!(pkid, "packet id reused before its PUBACK");
-                    }
-                } else {
-                    out.last_progress = Some(now);
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some((scheduled, points)) = inflight[ack.pkid as usize].take() {
-                    let now = Instant::now();
-                    out.latencies.record_ack(now - scheduled);
-                    c.points_acked.fetch_add(points as u64, Relaxed);
-                    c.messages_acked.fetch_add(1, Relaxed);
-                    out.last_progress = Some(now);
-                    shared.acked.notify_one();
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(e) => {
-                out.error = Some(describe(&e));
-                break;
-            }
-        }
-    }
-    done.cancel();
-    out
-}
-
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::MqttState(rumqttc::StateError::Io(io)) | ConnectionError::Io(io) => {
-            format!("connection to the broker lost: {io}")
-        }
-        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => {
-            "the broker closed the connection (a message over its packet size limit, or a policy?)"
-                .into()
-        }
-        other => format!("connection to the broker failed: {other}"),
-    }
+    // Generated and due, not yet handed over (a run cut short by --duration or a signal).
+    sink.ship(&shared.pending, counters, &cancel).await;
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::mqttbytes::{v4::*, QoS};
-use crate::{valid_filter, valid_topic, ConnectionError, Event, EventLoop, MqttOptions, Request};
+use crate::{
+    valid_filter, valid_topic, ConnectionError, Event, EventLoop, MqttOptions, PublishFrames, Request,
+};
 
 use bytes::Bytes;
 use flume::{SendError, Sender, TrySendError};
@@ -145,6 +147,27 @@ impl AsyncClient {
         publish.retain = retain;
         let publish = Request::Publish(publish);
         self.request_tx.send_async(publish).await?;
+        Ok(())
+    }
+
+    /// mqtt-loadgen patch: sends pre-encoded QoS 0 PUBLISH packets to the `EventLoop`.
+    pub async fn publish_frames(&self, frames: PublishFrames) -> Result<(), ClientError> {
+        self.request_tx
+            .send_async(Request::PublishFrames(frames))
+            .await?;
+        Ok(())
+    }
+
+    /// mqtt-loadgen patch: sends a request (e.g. one returned by a failed `try_` call) to
+    /// the `EventLoop`, waiting for room in the queue.
+    pub async fn send_request(&self, request: Request) -> Result<(), ClientError> {
+        self.request_tx.send_async(request).await?;
+        Ok(())
+    }
+
+    /// mqtt-loadgen patch: sends a request to the `EventLoop` if the queue has room.
+    pub fn try_send_request(&self, request: Request) -> Result<(), ClientError> {
+        self.request_tx.try_send(request)?;
         Ok(())
     }
 

@@ -245,9 +245,7 @@ impl EventLoop {
                 self.mqtt_options.pending_throttle
             ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
                 Ok(request) => {
-                    if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
-                        network.write(outgoing).await?;
-                    }
+                    write_request(&mut self.state, network, request).await?;
                     // mqtt-loadgen patch: write every request already queued (up to a bound,
                     // and while the inflight window allows) before one flush, instead of one
                     // flush (one write syscall) per request. Events are still emitted only
@@ -262,9 +260,7 @@ impl EventLoop {
                             let Ok(request) = self.requests_rx.try_recv() else {
                                 break;
                             };
-                            if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
-                                network.write(outgoing).await?;
-                            }
+                            write_request(&mut self.state, network, request).await?;
                         }
                     }
                     match time::timeout(network_timeout, network.flush()).await {
@@ -320,6 +316,24 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// mqtt-loadgen patch: writes one request, pre-encoded QoS 0 frames as they are and every
+/// other request through the state, which assigns packet ids and queues the events.
+async fn write_request(
+    state: &mut MqttState,
+    network: &mut Network,
+    request: Request,
+) -> Result<(), ConnectionError> {
+    if let Request::PublishFrames(frames) = request {
+        network.write_raw(frames.bytes).await?;
+        state.outgoing_frames(frames.count);
+        return Ok(());
+    }
+    if let Some(outgoing) = state.handle_outgoing_packet(request)? {
+        network.write(outgoing).await?;
+    }
+    Ok(())
 }
 
 /// This stream internally processes requests from the request stream provided to the eventloop

@@ -1,9 +1,13 @@
+use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Framed;
 
 use crate::mqttbytes::{self, v4::*};
 use crate::{Incoming, MqttState, StateError};
+
+/// mqtt-loadgen patch: bytes buffered before they are written to the socket.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Network transforms packets <-> frames efficiently. It takes
 /// advantage of pre-allocation, buffering and vectorization when
@@ -28,7 +32,7 @@ impl Network {
         };
         let mut framed = Framed::new(socket, codec);
         // mqtt-loadgen patch: larger writes when requests are batched before a flush.
-        framed.set_backpressure_boundary(64 * 1024);
+        framed.set_backpressure_boundary(WRITE_BUFFER);
 
         Network {
             framed,
@@ -84,6 +88,22 @@ impl Network {
             .feed(packet)
             .await
             .map_err(StateError::Deserialization)
+    }
+
+    /// mqtt-loadgen patch: writes bytes that already are complete packets, after what is
+    /// buffered. Small writes join the buffer; large ones go to the socket without a copy.
+    pub async fn write_raw(&mut self, bytes: Bytes) -> Result<(), StateError> {
+        if self.framed.write_buffer().len() + bytes.len() <= WRITE_BUFFER {
+            self.framed.write_buffer_mut().extend_from_slice(&bytes);
+            return Ok(());
+        }
+        self.flush().await?;
+        if bytes.len() < WRITE_BUFFER {
+            self.framed.write_buffer_mut().extend_from_slice(&bytes);
+            return Ok(());
+        }
+        self.framed.get_mut().write_all(&bytes).await?;
+        Ok(())
     }
 
     pub async fn flush(&mut self) -> Result<(), crate::state::StateError> {

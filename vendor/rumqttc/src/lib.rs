@@ -105,6 +105,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 mod client;
 mod eventloop;
 mod framed;
@@ -184,6 +186,9 @@ pub enum Outgoing {
     Disconnect,
     /// Await for an ack for more outgoing progress
     AwaitAck(u16),
+    /// mqtt-loadgen patch: a [`PublishFrames`] request of this many QoS 0 PUBLISH packets
+    /// was written to the socket
+    PublishFrames(u32),
 }
 
 /// Requests by the client to mqtt event loop. Request are
@@ -202,6 +207,20 @@ pub enum Request {
     Unsubscribe(Unsubscribe),
     UnsubAck(UnsubAck),
     Disconnect(Disconnect),
+    /// mqtt-loadgen patch: QoS 0 PUBLISH packets already encoded back to back
+    PublishFrames(PublishFrames),
+}
+
+/// mqtt-loadgen patch: complete QoS 0 PUBLISH packets, encoded by the caller back to back,
+/// written to the socket as they are. QoS 0 keeps no state, so the event loop only needs to
+/// write them and report [`Outgoing::PublishFrames`] once they are written; QoS 1 and 2 go
+/// through [`Request::Publish`], which keeps packet ids, the inflight window and retransmission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishFrames {
+    /// The packets' bytes
+    pub bytes: Bytes,
+    /// How many PUBLISH packets `bytes` holds
+    pub count: u32,
 }
 
 impl From<Publish> for Request {

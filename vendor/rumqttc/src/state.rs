@@ -155,6 +155,13 @@ impl MqttState {
         Ok(packet)
     }
 
+    /// mqtt-loadgen patch: `count` pre-encoded QoS 0 PUBLISH packets were written.
+    pub fn outgoing_frames(&mut self, count: u32) {
+        self.events
+            .push_back(Event::Outgoing(Outgoing::PublishFrames(count)));
+        self.last_outgoing = Instant::now();
+    }
+
     /// Consolidates handling of all incoming mqtt packets. Returns a `Notification` which for the
     /// user to consume and `Packet` which for the eventloop to put on the network
     /// E.g For incoming QoS1 publish packet, this method returns (Publish, Puback). Publish packet will

@@ -1,0 +1,225 @@
+//! Handing encoded messages to rumqttc: the one place where messages are enqueued.
+//!
+//! - QoS 0: messages are framed as complete PUBLISH packets, back to back in one buffer
+//!   ([`crate::frame`]), and up to [`FRAME_BYTES`] of them (or one larger message) go to
+//!   rumqttc as one `Request::PublishFrames`. A small message then costs its encoding, not a
+//!   channel hop, a topic allocation, a copy and an event of its own (see
+//!   `vendor/rumqttc/PATCHED.md`).
+//! - QoS 1: one `Request::Publish` per message, so that rumqttc assigns packet ids, keeps the
+//!   inflight window and matches PUBACKs.
+//!
+//! Every message's [`MsgMeta`] goes on the shared [`Pending`] FIFO just before its request is
+//! queued; the connection driver pops it when rumqttc reports the write. Nothing here counts a
+//! message as sent.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use point_format::{Encoder, Sample};
+use rumqttc::{AsyncClient, ClientError, PublishFrames, QoS, Request};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::Qos;
+use crate::frame::Framer;
+use crate::plan::Plan;
+use crate::stats::Counters;
+
+/// A QoS 0 frame is handed over once it holds this many bytes.
+pub const FRAME_BYTES: usize = 64 << 10;
+
+/// A message handed to rumqttc and not yet written.
+#[derive(Debug, Clone, Copy)]
+pub struct MsgMeta {
+    pub scheduled: Instant,
+    pub points: u32,
+    /// Payload bytes.
+    pub bytes: u32,
+}
+
+/// Messages queued in rumqttc, oldest first, in the order rumqttc writes them.
+#[derive(Debug, Default)]
+pub struct Pending(Mutex<VecDeque<MsgMeta>>);
+
+impl Pending {
+    pub fn lock(&self) -> MutexGuard<'_, VecDeque<MsgMeta>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What stops a hand-over that waits for room in the queue.
+pub struct Cancel<'a> {
+    /// Give up flushing (second signal).
+    pub abort: &'a CancellationToken,
+    /// The connection driver ended: nothing will be written any more.
+    pub driver_done: &'a CancellationToken,
+}
+
+/// Messages encoded and not yet handed to rumqttc, and the hand-over itself.
+pub struct Sink {
+    client: AsyncClient,
+    qos1: bool,
+    topic: String,
+    framer: Framer,
+    /// QoS 0: the frame being built. QoS 1: room for the next payloads.
+    buf: BytesMut,
+    /// QoS 1: the payloads of `metas`.
+    payloads: Vec<Bytes>,
+    metas: Vec<MsgMeta>,
+    /// Hand over once `metas` holds this many messages (1 at QoS 1).
+    frame_messages: usize,
+    /// Bytes reserved at a time; small messages share one allocation.
+    chunk: usize,
+    /// Upper bound of one message's bytes in `buf`.
+    max_message: usize,
+}
+
+impl Sink {
+    pub fn new(plan: &Plan, client: AsyncClient) -> Sink {
+        let qos1 = plan.qos == Qos::AtLeastOnce;
+        let framer = Framer::new(&plan.topic, plan.max_payload);
+        let max_message = plan.max_payload + framer.overhead();
+        Sink {
+            client,
+            qos1,
+            topic: plan.topic.clone(),
+            framer,
+            buf: BytesMut::new(),
+            payloads: Vec::new(),
+            metas: Vec::with_capacity(plan.frame_messages),
+            frame_messages: plan.frame_messages,
+            chunk: (4 * max_message).max(1 << 20),
+            max_message,
+        }
+    }
+
+    /// Messages encoded and not handed over.
+    pub fn len(&self) -> usize {
+        self.metas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.metas.is_empty()
+    }
+
+    /// Whether the unshipped messages make a full frame.
+    pub fn is_full(&self) -> bool {
+        self.metas.len() >= self.frame_messages || (!self.qos1 && self.buf.len() >= FRAME_BYTES)
+    }
+
+    /// Encodes one message of `samples`, scheduled at `scheduled`, behind the unshipped ones.
+    pub fn push(&mut self, encoder: &Encoder, samples: &[Sample], scheduled: Instant) {
+        if self.buf.capacity() - self.buf.len() < self.max_message {
+            self.buf.reserve(self.chunk);
+        }
+        let bytes = if self.qos1 {
+            encoder.write_message(&mut self.buf, samples);
+            let payload = self.buf.split().freeze();
+            let n = payload.len();
+            self.payloads.push(payload);
+            n
+        } else {
+            self.framer
+                .append(&mut self.buf, |b| encoder.write_message(b, samples))
+        };
+        self.metas.push(MsgMeta {
+            scheduled,
+            points: samples.len() as u32,
+            bytes: bytes as u32,
+        });
+    }
+
+    /// Drops the unshipped messages: generation stopped before they were due.
+    pub fn discard(&mut self) {
+        self.metas.clear();
+        self.payloads.clear();
+        self.buf.clear();
+    }
+
+    /// Hands every unshipped message to rumqttc, waiting for room in its queue; false when
+    /// `cancel` ended the wait or the connection is gone (those messages are dropped).
+    pub async fn ship(
+        &mut self,
+        pending: &Pending,
+        counters: &Counters,
+        cancel: &Cancel<'_>,
+    ) -> bool {
+        let mut ok = true;
+        if self.qos1 {
+            for (i, payload) in self.payloads.drain(..).enumerate() {
+                let publish =
+                    rumqttc::Publish::from_bytes(self.topic.as_str(), QoS::AtLeastOnce, payload);
+                let meta = &self.metas[i..=i];
+                if !hand_over(
+                    &self.client,
+                    Request::Publish(publish),
+                    meta,
+                    pending,
+                    counters,
+                    cancel,
+                )
+                .await
+                {
+                    ok = false;
+                    break;
+                }
+            }
+        } else if !self.metas.is_empty() {
+            let frames = PublishFrames {
+                bytes: self.buf.split().freeze(),
+                count: self.metas.len() as u32,
+            };
+            let request = Request::PublishFrames(frames);
+            ok = hand_over(
+                &self.client,
+                request,
+                &self.metas,
+                pending,
+                counters,
+                cancel,
+            )
+            .await;
+        }
+        self.discard();
+        ok
+    }
+}
+
+/// Queues one request carrying `metas`, waiting for room unless cancelled.
+async fn hand_over(
+    client: &AsyncClient,
+    request: Request,
+    metas: &[MsgMeta],
+    pending: &Pending,
+    counters: &Counters,
+    cancel: &Cancel<'_>,
+) -> bool {
+    // The driver pops these when rumqttc reports the write, so they go in first.
+    pending.lock().extend(metas.iter().copied());
+    let queued = match client.try_send_request(request) {
+        Ok(()) => true,
+        Err(ClientError::TryRequest(request) | ClientError::Request(request)) => {
+            tokio::select! {
+                biased;
+                r = client.send_request(request) => r.is_ok(),
+                _ = cancel.abort.cancelled() => false,
+                _ = cancel.driver_done.cancelled() => false,
+            }
+        }
+    };
+    if !queued {
+        // Not handed over: these are the newest entries and nobody else took them.
+        let mut q = pending.lock();
+        let keep = q.len() - metas.len();
+        q.truncate(keep);
+        return false;
+    }
+    let points: u64 = metas.iter().map(|m| m.points as u64).sum();
+    counters.points_enqueued.fetch_add(points, Relaxed);
+    counters
+        .messages_enqueued
+        .fetch_add(metas.len() as u64, Relaxed);
+    true
+}
