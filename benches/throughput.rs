@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use test_support::{Mosquitto, TempDir};
 
 const TOPIC: &str = "device_data/frontend1_ultra_high_perf_device";
+/// CI gate: fail when a paced run's achieved rate is off the target by more than this.
+const PACING_GATE: f64 = 0.02;
 
 struct Opts {
     quick: bool,
@@ -32,6 +34,8 @@ struct Scenario {
     subscriber: bool,
     /// CI gate: fail when ours / reference (messages/s) is below this.
     gate: f64,
+    /// CI gate: fail when reference / ours (CPU seconds per message) is below this.
+    cpu_gate: Option<f64>,
 }
 
 /// Figures of one process run.
@@ -44,6 +48,10 @@ struct Run {
     cpu_s: f64,
     rss_mb: f64,
     delivered: f64,
+    /// Wall time of the publishing process.
+    wall: f64,
+    /// CPU seconds the broker used meanwhile.
+    broker_cpu: f64,
 }
 
 impl Run {
@@ -58,6 +66,13 @@ impl Run {
     }
     fn cpu_per_m_points(&self) -> f64 {
         self.cpu_s / (self.points / 1e6)
+    }
+    fn cpu_per_m_messages(&self) -> f64 {
+        self.cpu_s / (self.messages / 1e6)
+    }
+    /// Share of one core the broker used while the publisher ran.
+    fn broker_load(&self) -> f64 {
+        self.broker_cpu / self.wall
     }
 }
 
@@ -91,7 +106,8 @@ fn main() {
             batch: 1,
             points: 200_000 * k,
             subscriber: false,
-            gate: 0.5,
+            gate: 0.7,
+            cpu_gate: Some(0.1),
         },
         Scenario {
             id: "S1+sub",
@@ -100,7 +116,8 @@ fn main() {
             batch: 1,
             points: 200_000 * k,
             subscriber: true,
-            gate: 0.5,
+            gate: 0.7,
+            cpu_gate: None,
         },
         Scenario {
             id: "S2",
@@ -109,7 +126,8 @@ fn main() {
             batch: 1000,
             points: 2_500_000 * k,
             subscriber: false,
-            gate: 0.5,
+            gate: 0.7,
+            cpu_gate: None,
         },
         Scenario {
             id: "S2+sub",
@@ -118,7 +136,8 @@ fn main() {
             batch: 1000,
             points: 2_500_000 * k,
             subscriber: true,
-            gate: 0.5,
+            gate: 0.65,
+            cpu_gate: None,
         },
         Scenario {
             id: "S3",
@@ -127,7 +146,8 @@ fn main() {
             batch: 1,
             points: 100_000 * k,
             subscriber: false,
-            gate: 0.6,
+            gate: 0.7,
+            cpu_gate: None,
         },
         Scenario {
             id: "S4",
@@ -136,13 +156,14 @@ fn main() {
             batch: 1000,
             points: 1_000_000 * k,
             subscriber: false,
-            gate: 0.5,
+            gate: 0.7,
+            cpu_gate: None,
         },
     ];
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    println!("| scenario | what | ours msg/s | ours points/s | ours MB/s | ref msg/s | ratio (median) | ratio min..max | CPU s / M points | peak RSS MB | delivered |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | what | ours msg/s | ours points/s | ours MB/s | ref msg/s | ratio (median) | ratio min..max | CPU s / M msgs (ours, ref) | CPU ratio ref/ours | broker CPU % (ours, ref) | peak RSS MB | delivered |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &scenarios {
         let broker = Mosquitto::start();
         let (mut ours, mut refs) = (Vec::new(), Vec::new());
@@ -159,8 +180,12 @@ fn main() {
             .collect();
         ratios.sort_by(f64::total_cmp);
         let ratio = o.msg_rate() / r.msg_rate();
+        // CPU per message: the median of each side, so one noisy run does not decide.
+        let cpu_ours = median_by(&ours, Run::cpu_per_m_messages).cpu_per_m_messages();
+        let cpu_ref = median_by(&refs, Run::cpu_per_m_messages).cpu_per_m_messages();
+        let cpu_ratio = cpu_ref / cpu_ours;
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}..{:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}..{:.2} | {:.2}, {:.2} | {:.2} | {:.0}, {:.0} | {:.0} | {} |",
             s.id,
             s.what,
             o.msg_rate(),
@@ -170,7 +195,11 @@ fn main() {
             ratio,
             ratios[0],
             ratios[ratios.len() - 1],
-            o.cpu_per_m_points(),
+            cpu_ours,
+            cpu_ref,
+            cpu_ratio,
+            100.0 * o.broker_load(),
+            100.0 * r.broker_load(),
             o.rss_mb,
             if s.subscriber { format!("{:.0}%", 100.0 * o.delivered / o.messages) } else { "-".into() },
         );
@@ -180,9 +209,18 @@ fn main() {
                 s.id, s.what, s.gate
             ));
         }
+        if let Some(g) = s.cpu_gate {
+            if cpu_ratio < g {
+                failures.push(format!(
+                    "{} ({}) used {:.1}x the reference's CPU per message, more than the gate's {:.0}x",
+                    s.id, s.what, 1.0 / cpu_ratio, 1.0 / g
+                ));
+            }
+        }
         rows.push(json!({
             "scenario": s.id, "what": s.what, "qos": s.qos, "batch": s.batch, "points": s.points,
             "subscriber": s.subscriber, "ratio": ratio, "ratios": ratios, "gate": s.gate,
+            "cpu_ratio": cpu_ratio, "cpu_gate": s.cpu_gate,
             "ours": figures(&o), "reference": figures(&r),
         }));
     }
@@ -204,10 +242,18 @@ fn main() {
             points: total,
             subscriber: false,
             gate: 0.0,
+            cpu_gate: None,
         };
         let (run, report) = run_ours_report(&bins, &broker, &s, &["--rate", &rate.to_string()]);
         let achieved = report["point_rate"].as_f64().unwrap_or(0.0);
         let err = (achieved - rate as f64).abs() / rate as f64;
+        if err > PACING_GATE {
+            failures.push(format!(
+                "S5 at {rate} points/s achieved {achieved:.0}, off by {:.2}% (gate {:.0}%)",
+                err * 100.0,
+                PACING_GATE * 100.0
+            ));
+        }
         let lag_p99 = report["schedule_lag_us"]["p99"].as_u64().unwrap_or(0);
         println!(
             "| S5 rate {rate} batch {batch} | {rate} | {achieved:.0} | {:.3}% | {lag_p99} µs | {:.2} | {:.0} |",
@@ -242,6 +288,7 @@ fn main() {
 fn figures(r: &Run) -> Value {
     json!({"messages_per_s": r.msg_rate(), "points_per_s": r.point_rate(), "mb_per_s": r.mb_s(),
            "elapsed_s": r.elapsed, "cpu_s": r.cpu_s, "cpu_s_per_m_points": r.cpu_per_m_points(),
+           "cpu_s_per_m_messages": r.cpu_per_m_messages(), "broker_cpu_share": r.broker_load(),
            "peak_rss_mb": r.rss_mb, "delivered_messages": r.delivered})
 }
 
@@ -287,10 +334,23 @@ fn build_binaries() -> Bins {
     }
 }
 
-/// Runs `cmd` to completion; returns stdout, CPU seconds (user + sys) and peak RSS in MB.
+/// What [`measure`] saw of a process.
+struct Measured {
+    stdout: String,
+    /// User + system CPU seconds.
+    cpu_s: f64,
+    rss_mb: f64,
+    wall: f64,
+    /// CPU seconds the broker used meanwhile.
+    broker_cpu: f64,
+}
+
+/// Runs `cmd` to completion next to `broker`.
 // The child is reaped with wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
-fn measure(mut cmd: Command) -> (String, f64, f64) {
+fn measure(mut cmd: Command, broker: &Mosquitto) -> Measured {
+    let broker_before = broker.cpu_seconds();
+    let started = std::time::Instant::now();
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -309,12 +369,15 @@ fn measure(mut cmd: Command) -> (String, f64, f64) {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{cmd:?} failed: {out}"
     );
+    let wall = started.elapsed().as_secs_f64();
     let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        out,
-        cpu(ru.ru_utime) + cpu(ru.ru_stime),
-        ru.ru_maxrss as f64 / 1024.0,
-    )
+    Measured {
+        stdout: out,
+        cpu_s: cpu(ru.ru_utime) + cpu(ru.ru_stime),
+        rss_mb: ru.ru_maxrss as f64 / 1024.0,
+        wall,
+        broker_cpu: broker.cpu_seconds() - broker_before,
+    }
 }
 
 /// A counting subscriber, when the scenario has one.
@@ -365,17 +428,19 @@ fn run_reference(bins: &Bins, broker: &Mosquitto, s: &Scenario) -> Run {
         &s.batch.to_string(),
         &messages.to_string(),
     ]);
-    let (out, cpu_s, rss_mb) = measure(cmd);
-    let v: Value = serde_json::from_str(out.trim()).expect("refclient JSON");
+    let m = measure(cmd, broker);
+    let v: Value = serde_json::from_str(m.stdout.trim()).expect("refclient JSON");
     let delivered = stop_sub(sub);
     Run {
         points: v["points"].as_f64().unwrap(),
         messages: v["messages"].as_f64().unwrap(),
         bytes: v["bytes"].as_f64().unwrap(),
         elapsed: v["elapsed_s"].as_f64().unwrap(),
-        cpu_s,
-        rss_mb,
+        cpu_s: m.cpu_s,
+        rss_mb: m.rss_mb,
         delivered,
+        wall: m.wall,
+        broker_cpu: m.broker_cpu,
     }
 }
 
@@ -405,7 +470,7 @@ fn run_ours_report(bins: &Bins, broker: &Mosquitto, s: &Scenario, extra: &[&str]
     })
     .arg("--report-json")
     .arg(&report_path);
-    let (_, cpu_s, rss_mb) = measure(cmd);
+    let m = measure(cmd, broker);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let delivered = stop_sub(sub);
@@ -414,9 +479,11 @@ fn run_ours_report(bins: &Bins, broker: &Mosquitto, s: &Scenario, extra: &[&str]
         messages: report["messages_sent"].as_f64().unwrap(),
         bytes: report["bytes_sent"].as_f64().unwrap(),
         elapsed: report["elapsed_s"].as_f64().unwrap(),
-        cpu_s,
-        rss_mb,
+        cpu_s: m.cpu_s,
+        rss_mb: m.rss_mb,
         delivered,
+        wall: m.wall,
+        broker_cpu: m.broker_cpu,
     };
     (run, report)
 }

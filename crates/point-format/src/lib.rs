@@ -67,11 +67,23 @@ const MAX_NUMERIC_PART: usize = 2 // "{" and "}"
     + 13 + 21 + 2; // ,"humidity":
 
 /// Writes samples of one device as JSON. The device id is escaped once, at construction.
+///
+/// Each point is assembled in a stack buffer with fixed-size copies and digit-pair tables,
+/// then appended with one copy: appending its dozen pieces one by one would cost a `memcpy`
+/// call each. The part every point of a message shares (`,"timestamp":...,"value":`) is
+/// formatted once per message.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     /// `{"device_id":"<escaped id>","seq":`
     prefix: Vec<u8>,
+    /// `prefix` padded for a fixed-size copy, when it fits [`SHORT`].
+    short_prefix: Option<[u8; SHORT]>,
 }
+
+/// Room for a fixed-size copy of a short piece (prefix, timestamp part).
+const SHORT: usize = 64;
+/// The stack buffer of one point: a short prefix, the numbers, and slack for a fixed copy.
+const POINT_BUF: usize = SHORT + MAX_NUMERIC_PART + SHORT;
 
 impl Encoder {
     pub fn new(device_id: &str) -> Self {
@@ -83,7 +95,15 @@ impl Encoder {
         prefix.extend_from_slice(b",\"");
         prefix.extend_from_slice(fields::SEQ.as_bytes());
         prefix.extend_from_slice(b"\":");
-        Encoder { prefix }
+        let short_prefix = (prefix.len() <= SHORT).then(|| {
+            let mut p = [0u8; SHORT];
+            p[..prefix.len()].copy_from_slice(&prefix);
+            p
+        });
+        Encoder {
+            prefix,
+            short_prefix,
+        }
     }
 
     /// Upper bound of the encoded size of one point.
@@ -101,71 +121,162 @@ impl Encoder {
     }
 
     /// Appends one point as a JSON object.
-    #[inline]
     pub fn write_point<B: BufMut>(&self, buf: &mut B, s: &Sample) {
-        let mut num = itoa::Buffer::new();
-        buf.put_slice(&self.prefix);
-        buf.put_slice(num.format(s.seq).as_bytes());
-        buf.put_slice(b",\"timestamp\":");
-        buf.put_slice(num.format(s.timestamp_us / 1_000_000).as_bytes());
-        let micros = (s.timestamp_us % 1_000_000) as u32;
-        buf.put_u8(b'.');
-        write_padded(buf, micros, 6);
-        buf.put_slice(b",\"value\":");
-        write_fixed(buf, s.value_centi, 2);
-        if let Some(t) = s.temperature_centi {
-            buf.put_slice(b",\"temperature\":");
-            write_fixed(buf, t, 2);
+        let mut out = self.point_buffer();
+        self.write_point_with(buf, &mut out, s, &TimestampPart::new(s.timestamp_us));
+    }
+
+    /// A point's stack buffer, starting with the prefix when it is short.
+    #[inline(always)]
+    fn point_buffer(&self) -> [u8; POINT_BUF] {
+        let mut out = [0u8; POINT_BUF];
+        if let Some(p) = &self.short_prefix {
+            out[..SHORT].copy_from_slice(p);
         }
-        if let Some(h) = s.humidity_deci {
-            buf.put_slice(b",\"humidity\":");
-            write_fixed(buf, h, 1);
-        }
-        buf.put_u8(b'}');
+        out
+    }
+
+    /// Appends one point, assembled in `out` (from [`Self::point_buffer`]) after the prefix.
+    #[inline(always)]
+    fn write_point_with<B: BufMut>(
+        &self,
+        buf: &mut B,
+        out: &mut [u8; POINT_BUF],
+        s: &Sample,
+        ts: &TimestampPart,
+    ) {
+        let pos = if self.short_prefix.is_some() {
+            self.prefix.len()
+        } else {
+            buf.put_slice(&self.prefix);
+            0
+        };
+        let end = write_numbers(out, pos, s, ts);
+        buf.put_slice(&out[..end]);
     }
 
     /// Appends one message payload: the legacy single object when `samples` has one element,
     /// else a JSON array of objects.
     pub fn write_message<B: BufMut>(&self, buf: &mut B, samples: &[Sample]) {
-        match samples {
-            [one] => self.write_point(buf, one),
-            _ => {
-                buf.put_u8(b'[');
-                for (i, s) in samples.iter().enumerate() {
-                    if i > 0 {
-                        buf.put_u8(b',');
-                    }
-                    self.write_point(buf, s);
-                }
-                buf.put_u8(b']');
+        let Some(first) = samples.first() else {
+            buf.put_slice(b"[]");
+            return;
+        };
+        let mut out = self.point_buffer();
+        let mut ts = TimestampPart::new(first.timestamp_us);
+        if samples.len() == 1 {
+            self.write_point_with(buf, &mut out, first, &ts);
+            return;
+        }
+        buf.put_u8(b'[');
+        for (i, s) in samples.iter().enumerate() {
+            if i > 0 {
+                buf.put_u8(b',');
             }
+            if s.timestamp_us != ts.us {
+                ts = TimestampPart::new(s.timestamp_us);
+            }
+            self.write_point_with(buf, &mut out, s, &ts);
+        }
+        buf.put_u8(b']');
+    }
+}
+
+/// `,"timestamp":<secs>.<micros>,"value":` of one timestamp, formatted once.
+struct TimestampPart {
+    us: u64,
+    len: usize,
+    bytes: [u8; SHORT],
+}
+
+impl TimestampPart {
+    fn new(us: u64) -> TimestampPart {
+        const HEAD: &[u8] = b",\"timestamp\":";
+        const TAIL: &[u8] = b",\"value\":";
+        // 13 + 20 + 1 + 6 + 9 = 49 bytes at most
+        let mut bytes = [0u8; SHORT];
+        bytes[..HEAD.len()].copy_from_slice(HEAD);
+        let mut pos = write_u64(&mut bytes, HEAD.len(), us / 1_000_000);
+        bytes[pos] = b'.';
+        pos = write_padded(&mut bytes, pos + 1, us % 1_000_000, 6);
+        bytes[pos..pos + TAIL.len()].copy_from_slice(TAIL);
+        TimestampPart {
+            us,
+            len: pos + TAIL.len(),
+            bytes,
         }
     }
 }
 
-/// Writes `v / 10^decimals` with exactly `decimals` digits after the point.
-#[inline]
-fn write_fixed<B: BufMut>(buf: &mut B, v: i64, decimals: u32) {
-    let scale = 10u64.pow(decimals);
-    if v < 0 {
-        buf.put_u8(b'-');
+/// Writes everything after the prefix: `seq`, the timestamp part, `value`, the optional
+/// sensor fields and the closing brace, at `pos`; returns the end. `out` has room for a
+/// fixed [`SHORT`]-byte copy at any position the numbers can reach.
+#[inline(always)]
+fn write_numbers(out: &mut [u8; POINT_BUF], pos: usize, s: &Sample, ts: &TimestampPart) -> usize {
+    let mut pos = write_u64(out, pos, s.seq);
+    out[pos..pos + SHORT].copy_from_slice(&ts.bytes);
+    pos += ts.len;
+    pos = write_fixed(out, pos, s.value_centi, 2);
+    if let Some(t) = s.temperature_centi {
+        const KEY: &[u8] = b",\"temperature\":";
+        out[pos..pos + KEY.len()].copy_from_slice(KEY);
+        pos = write_fixed(out, pos + KEY.len(), t, 2);
     }
-    let abs = v.unsigned_abs();
-    let mut num = itoa::Buffer::new();
-    buf.put_slice(num.format(abs / scale).as_bytes());
-    buf.put_u8(b'.');
-    write_padded(buf, (abs % scale) as u32, decimals as usize);
+    if let Some(h) = s.humidity_deci {
+        const KEY: &[u8] = b",\"humidity\":";
+        out[pos..pos + KEY.len()].copy_from_slice(KEY);
+        pos = write_fixed(out, pos + KEY.len(), h, 1);
+    }
+    out[pos] = b'}';
+    pos + 1
 }
 
-/// Writes `v` as exactly `width` decimal digits, zero padded (`v` < 10^width).
-#[inline]
-fn write_padded<B: BufMut>(buf: &mut B, mut v: u32, width: usize) {
-    let mut digits = [b'0'; 10];
-    for i in (0..width).rev() {
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
+/// "00" to "99", for writing two digits at a time.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// Writes `v` in decimal at `pos`; returns the end.
+#[inline(always)]
+fn write_u64(out: &mut [u8], pos: usize, v: u64) -> usize {
+    let n = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    write_padded(out, pos, v, n)
+}
+
+/// Writes `v` as exactly `width` decimal digits, zero padded (`v` < 10^width), at `pos`;
+/// returns the end.
+#[inline(always)]
+fn write_padded(out: &mut [u8], pos: usize, mut v: u64, width: usize) -> usize {
+    let end = pos + width;
+    let mut i = end;
+    while i >= pos + 2 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        out[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
     }
-    buf.put_slice(&digits[..width]);
+    if i > pos {
+        out[pos] = b'0' + (v % 10) as u8;
+    }
+    end
+}
+
+/// Writes `v / 10^decimals` with exactly `decimals` digits after the point, at `pos`;
+/// returns the end.
+#[inline(always)]
+fn write_fixed(out: &mut [u8], mut pos: usize, v: i64, decimals: u32) -> usize {
+    let scale = 10u64.pow(decimals);
+    if v < 0 {
+        out[pos] = b'-';
+        pos += 1;
+    }
+    let abs = v.unsigned_abs();
+    pos = write_u64(out, pos, abs / scale);
+    out[pos] = b'.';
+    write_padded(out, pos + 1, abs % scale, decimals as usize)
 }
 
 /// Appends `s` as a JSON string literal, escaping what RFC 8259 requires.
@@ -270,6 +381,92 @@ mod tests {
         let bytes = encode(&enc, &[s]);
         let p: Point = serde_json::from_slice(&bytes).unwrap();
         assert_eq!((p.temperature, p.humidity), (None, None));
+    }
+
+    /// The obvious formatting, to check the fast one against.
+    fn reference(device_id: &str, s: &Sample) -> String {
+        let fixed = |v: i64, d: u32| {
+            let scale = 10u64.pow(d);
+            let sign = if v < 0 { "-" } else { "" };
+            let a = v.unsigned_abs();
+            format!("{sign}{}.{:0w$}", a / scale, a % scale, w = d as usize)
+        };
+        let mut id = Vec::new();
+        write_json_string(&mut id, device_id);
+        let mut out = format!(
+            "{{\"device_id\":{},\"seq\":{},\"timestamp\":{}.{:06},\"value\":{}",
+            String::from_utf8(id).unwrap(),
+            s.seq,
+            s.timestamp_us / 1_000_000,
+            s.timestamp_us % 1_000_000,
+            fixed(s.value_centi, 2)
+        );
+        if let Some(t) = s.temperature_centi {
+            out += &format!(",\"temperature\":{}", fixed(t, 2));
+        }
+        if let Some(h) = s.humidity_deci {
+            out += &format!(",\"humidity\":{}", fixed(h, 1));
+        }
+        out + "}"
+    }
+
+    #[test]
+    fn fast_formatting_matches_the_obvious_one() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let edges = [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            999,
+            1000,
+            123_456,
+            u64::MAX / 2,
+            u64::MAX,
+        ];
+        let long_id = "x".repeat(200); // a prefix too long for the fixed-size copy
+        for id in [
+            "frontend1_ultra_high_perf_device",
+            long_id.as_str(),
+            "q\"\n",
+        ] {
+            let enc = Encoder::new(id);
+            let mut samples = Vec::new();
+            for i in 0..2000 {
+                let r = next();
+                let pick = |k: u64| edges[(k % edges.len() as u64) as usize];
+                samples.push(Sample {
+                    seq: if i % 3 == 0 { pick(r) } else { r >> (r % 64) },
+                    // a few timestamps per message, so the shared part is re-formatted
+                    timestamp_us: [1_763_798_400_012_345, 5, u64::MAX][(i / 700) % 3],
+                    value_centi: (r as i64) >> (r % 64),
+                    temperature_centi: (i % 5 != 0).then_some(-((r >> 3) as i64 >> (r % 60))),
+                    humidity_deci: (i % 7 != 0).then_some(pick(r >> 9) as i64),
+                });
+            }
+            let mut got = Vec::new();
+            enc.write_message(&mut got, &samples);
+            let want = format!(
+                "[{}]",
+                samples
+                    .iter()
+                    .map(|s| reference(id, s))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            assert_eq!(String::from_utf8(got).unwrap(), want);
+            let mut one = Vec::new();
+            enc.write_point(&mut one, &samples[7]);
+            assert_eq!(String::from_utf8(one).unwrap(), reference(id, &samples[7]));
+        }
     }
 
     #[test]

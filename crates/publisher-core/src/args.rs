@@ -122,7 +122,7 @@ pub struct LoadArgs {
     pub qos: Qos,
 
     /// QoS 1 window: messages sent and not yet acknowledged (1..=65535) [default: 50000, capped
-    /// so the window's payloads fit in 64 MiB]
+    /// so the window's payloads fit in 32 MiB]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), env = "LOADGEN_MAX_INFLIGHT")]
     pub max_inflight: Option<u16>,
 

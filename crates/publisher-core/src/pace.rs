@@ -8,8 +8,9 @@
 //! tokio's timer has millisecond ticks and may wake a tick late, which alone would make a
 //! 10,000 points/s run in 1000-point messages up to a millisecond late per message. So when
 //! messages are at least [`PRECISE_MIN_INTERVAL`] apart, a wait sleeps on tokio's timer until
-//! [`COARSE_MARGIN`] before the deadline and the rest on a high-resolution timer (a Linux
-//! timerfd, which the kernel fires within tens of microseconds), without spinning. Closer
+//! [`COARSE_MARGIN`] before the deadline, then on a high-resolution timer (a Linux timerfd)
+//! until [`SPIN_WINDOW`] before it, and yields for the rest: at most that much spinning per
+//! message, and the kernel's wake-up latency stays out of the schedule lag. Closer
 //! messages use tokio's timer alone and go out in bursts per tick: a wake-up per message
 //! would cost more CPU (a context switch each) than sub-millisecond smoothness is worth.
 
@@ -19,6 +20,9 @@ use tokio::time::Instant;
 
 /// How much of a wait is left to the high-resolution timer.
 const COARSE_MARGIN: Duration = Duration::from_millis(2);
+/// The high-resolution timer wakes this early; yielding covers the rest, so the kernel's
+/// wake-up latency (tens of microseconds, more on a virtual machine) does not add to the lag.
+const SPIN_WINDOW: Duration = Duration::from_micros(150);
 /// Messages at least this far apart are paced with the high-resolution timer.
 const PRECISE_MIN_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -82,13 +86,27 @@ impl Pacer {
         let now = Instant::now();
         if now < due {
             if let Some(fine) = &mut self.fine {
-                if let Err(e) = fine.sleep(due - now).await {
-                    tracing::warn!("high-resolution timer failed ({e}); pacing to the millisecond");
-                    self.fine = None;
+                let early = due.checked_sub(SPIN_WINDOW).unwrap_or(due);
+                if now < early {
+                    if let Err(e) = fine.sleep(early - now).await {
+                        tracing::warn!(
+                            "high-resolution timer failed ({e}); pacing to the millisecond"
+                        );
+                        self.fine = None;
+                    }
+                }
+                let mut last = Instant::now();
+                while self.fine.is_some() && last < due {
+                    tokio::task::yield_now().await;
+                    let now = Instant::now();
+                    if now == last {
+                        break; // a paused (test) clock only moves when every task sleeps
+                    }
+                    last = now;
                 }
             }
-            // A paused (test) clock does not move with real time, and without a fine timer
-            // the wait is not over yet: tokio's timer does the rest.
+            // A paused clock does not move with real time, and without a fine timer the wait
+            // is not over yet: tokio's timer does the rest.
             if Instant::now() < due {
                 tokio::time::sleep_until(due).await;
             }

@@ -16,7 +16,7 @@ use crate::Preset;
 /// MQTT's own limit on a packet's size (the remaining-length field's maximum plus header).
 pub const MQTT_MAX_PACKET: u64 = 268_435_455;
 /// Payload bytes the QoS 1 window may hold when `--max-inflight` is not given.
-const INFLIGHT_BUDGET: usize = 64 << 20;
+const INFLIGHT_BUDGET: usize = 32 << 20;
 /// Payload bytes the client queue may hold when `--max-queued` is not given.
 const QUEUE_BUDGET: usize = 16 << 20;
 /// Default QoS 1 window, as in the seed publishers.
