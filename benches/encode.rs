@@ -2,9 +2,12 @@
 //!
 //! The reference is serde_json writing the same points through the format's own `Point`
 //! struct, measured in the same run, so the ratio holds on a noisy machine. Prints a
-//! Markdown table: `cargo bench -p loadgen-benches --bench encode`.
+//! Markdown table: `cargo bench -p loadgen-benches --bench encode`. A counting allocator
+//! shows how many allocations our path makes per point (the target is none).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -16,13 +19,37 @@ const ROUNDS: usize = 5;
 const POINTS_PER_ROUND: usize = 2_000_000;
 const TIMESTAMP_US: u64 = 1_763_798_400_123_456;
 
-/// Points per second through our encoder.
-fn ours(batch: usize) -> f64 {
+/// The system allocator, counting allocations.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Points per second through our encoder, and allocations per point.
+fn ours(batch: usize) -> (f64, f64) {
     let enc = Encoder::new(DEVICE);
     let mut src = PointSource::new(1, true);
     let mut samples = Vec::with_capacity(batch);
     let mut buf = BytesMut::with_capacity(enc.max_payload_len(batch));
     let mut bytes = 0usize;
+    let allocations = ALLOCATIONS.load(Relaxed);
     let start = Instant::now();
     for _ in 0..POINTS_PER_ROUND / batch {
         src.fill(batch, TIMESTAMP_US, &mut samples);
@@ -30,8 +57,10 @@ fn ours(batch: usize) -> f64 {
         enc.write_message(&mut buf, &samples);
         bytes += black_box(buf.len());
     }
+    let rate = POINTS_PER_ROUND as f64 / start.elapsed().as_secs_f64();
+    let allocations = ALLOCATIONS.load(Relaxed) - allocations;
     black_box(bytes);
-    POINTS_PER_ROUND as f64 / start.elapsed().as_secs_f64()
+    (rate, allocations as f64 / POINTS_PER_ROUND as f64)
 }
 
 /// Points per second through serde_json, same points.
@@ -75,18 +104,20 @@ fn median(mut v: Vec<f64>) -> (f64, f64) {
 fn main() {
     let _ = (ours(1000), reference(1000)); // warm-up
     println!(
-        "| scenario | ours (M points/s) | serde_json reference (M points/s) | ratio | spread |"
+        "| scenario | ours (M points/s) | serde_json reference (M points/s) | ratio | spread | allocations per point |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for batch in [1000usize, 1] {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut a, mut b, mut allocs) = (Vec::new(), Vec::new(), 0.0f64);
         for _ in 0..ROUNDS {
-            a.push(ours(batch));
+            let (rate, per_point) = ours(batch);
+            a.push(rate);
+            allocs = allocs.max(per_point);
             b.push(reference(batch));
         }
         let ((oa, sa), (ob, _)) = (median(a), median(b));
         println!(
-            "| E encode, batch {batch} | {:.2} | {:.2} | {:.2} | {:.0}% |",
+            "| E encode, batch {batch} | {:.2} | {:.2} | {:.2} | {:.0}% | {allocs:.4} |",
             oa / 1e6,
             ob / 1e6,
             oa / ob,

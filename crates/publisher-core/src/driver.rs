@@ -14,16 +14,29 @@ use rumqttc::{ConnectionError, Event, EventLoop, Outgoing, Packet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::{MsgMeta, Pending};
+use crate::sink::{MsgMeta, Pending, QueueRoom};
 use crate::stats::{Counters, Latencies};
 
 /// State shared by the producer, the driver and the drain wait.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     pub counters: Arc<Counters>,
     pub pending: Pending,
+    pub room: QueueRoom,
     /// Woken when an acknowledgement arrives, for the drain wait.
     pub acked: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// For a client whose request queue holds `queue_requests` requests.
+    pub fn new(counters: Arc<Counters>, queue_requests: usize) -> Shared {
+        Shared {
+            counters,
+            pending: Pending::default(),
+            room: QueueRoom::new(queue_requests),
+            acked: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// What the driver saw.
@@ -85,6 +98,7 @@ pub async fn drive(
                 break;
             }
         };
+        shared.room.written(1);
         let now = Instant::now();
         {
             let mut q = shared.pending.lock();

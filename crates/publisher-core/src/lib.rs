@@ -102,7 +102,8 @@ pub fn main(preset: Preset) -> ExitCode {
 }
 
 /// The frame every binary shares: logging, `parse` (help and usage errors exit here), a
-/// runtime with Ctrl-C/SIGTERM handling, `run`, and the exit code of its result.
+/// single-threaded runtime with Ctrl-C/SIGTERM handling, `run`, and the exit code of its
+/// result.
 pub fn run_main<P, Fut>(
     parse: impl FnOnce() -> Result<P, ParseExit>,
     run: impl FnOnce(P, Shutdown) -> Fut,
@@ -122,7 +123,12 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the producer and the connection driver hand messages to each other through
+    // rumqttc's queue, and on two threads every hand-off risked a futex wake and lock
+    // contention (S3: ~3 CPU s per million QoS 1 messages on two workers, ~2 on one), while
+    // one core keeps up with the broker in every bench scenario. Many connections per
+    // process will want more workers; that is a flag for then.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

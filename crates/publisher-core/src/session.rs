@@ -29,7 +29,7 @@ use crate::driver::{drive, DriverOut, Shared};
 use crate::pace::Pacer;
 use crate::plan::Plan;
 use crate::shutdown::Shutdown;
-use crate::sink::{Cancel, Sink};
+use crate::sink::{Cancel, Handover, Sink};
 use crate::source::PointSource;
 use crate::stats::{Counters, Latencies, Totals};
 
@@ -57,10 +57,7 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: &Shutdown,
 ) -> SessionResult {
-    let shared = Arc::new(Shared {
-        counters: counters.clone(),
-        ..Shared::default()
-    });
+    let shared = Arc::new(Shared::new(counters.clone(), plan.queue_requests));
     let qos1 = plan.qos == Qos::AtLeastOnce;
     let stop_driver = CancellationToken::new();
     let driver_done = CancellationToken::new();
@@ -149,11 +146,15 @@ async fn produce(
     let mut source = PointSource::new(plan.seed, plan.sensor_fields);
     let encoder = Encoder::new(&plan.device_id);
     let mut samples = Vec::with_capacity(plan.batch);
-    let cancel = Cancel {
-        abort: &shutdown.abort,
-        driver_done,
+    let to = Handover {
+        pending: &shared.pending,
+        room: &shared.room,
+        counters: &shared.counters,
+        cancel: Cancel {
+            abort: &shutdown.abort,
+            driver_done,
+        },
     };
-    let counters = &shared.counters;
     let batch = plan.batch as u64;
     let mut done_points = 0u64;
 
@@ -198,7 +199,7 @@ async fn produce(
                 .deadline(done_points + batch.min(left))
                 .is_some_and(|next| next > Instant::now());
         let ship_now = !more || next_not_due || sink.is_full();
-        if ship_now && !sink.ship(&shared.pending, counters, &cancel).await {
+        if ship_now && !sink.ship(&to).await {
             break;
         }
         if ship_now && shutdown.stop.is_cancelled() {
@@ -208,5 +209,5 @@ async fn produce(
         tokio::task::consume_budget().await;
     }
     // Generated and due, not yet handed over (a run cut short by --duration or a signal).
-    sink.ship(&shared.pending, counters, &cancel).await;
+    sink.ship(&to).await;
 }
