@@ -11,8 +11,6 @@ use crate::verify::SeqRange;
 use crate::Plan;
 
 pub const SCHEMA_VERSION: u32 = 1;
-/// Ranges listed per device in the report; counts stay exact beyond it.
-const MAX_RANGES: usize = 10_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
@@ -23,6 +21,8 @@ pub struct DeviceReport {
     pub missing: u64,
     pub duplicate: u64,
     pub out_of_order: u64,
+    /// Arrived below the verification window: a duplicate or a very late point, unknown which.
+    pub unverifiable: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     pub min_seq: Option<u64>,
@@ -60,6 +60,8 @@ pub struct Report {
     pub points_missing: Option<u64>,
     pub points_duplicate: u64,
     pub points_out_of_order: u64,
+    /// Arrived below a device's verification window (thousands of gaps behind its newest).
+    pub points_unverifiable: u64,
     pub points_unrouted: u64,
     pub messages_received: u64,
     pub legacy_messages: u64,
@@ -90,30 +92,24 @@ impl Report {
             .devices
             .iter()
             .map(|d| {
-                let gaps = d.tracker.missing(from_zero);
-                let missing = gaps.iter().map(SeqRange::len).sum();
-                let received: Vec<SeqRange> =
-                    d.tracker.seen().ranges().take(MAX_RANGES + 1).collect();
-                let truncated = gaps.len() > MAX_RANGES || received.len() > MAX_RANGES;
+                let missing = d.tracker.missing(from_zero);
+                let (received, received_truncated) = d.tracker.received_ranges();
                 DeviceReport {
                     device_id: d.id.clone(),
                     frontend: d.frontend.map(|f| rx.frontends[f].name.clone()),
                     received: d.tracker.received,
                     unique: d.tracker.unique(),
-                    missing: if shared { 0 } else { missing },
+                    missing: if shared { 0 } else { missing.count },
                     duplicate: d.tracker.duplicates,
                     out_of_order: d.tracker.out_of_order,
+                    unverifiable: d.tracker.unverifiable,
                     first_seq: d.tracker.first_seq,
                     last_seq: d.tracker.last_seq,
-                    min_seq: d.tracker.seen().min(),
-                    max_seq: d.tracker.seen().max(),
-                    missing_ranges: if shared {
-                        Vec::new()
-                    } else {
-                        gaps.into_iter().take(MAX_RANGES).collect()
-                    },
-                    received_ranges: received.into_iter().take(MAX_RANGES).collect(),
-                    ranges_truncated: truncated,
+                    min_seq: d.tracker.min_seq(),
+                    max_seq: d.tracker.max_seq(),
+                    missing_ranges: if shared { Vec::new() } else { missing.ranges },
+                    received_ranges: received,
+                    ranges_truncated: received_truncated || (!shared && missing.truncated),
                     latency_us: Percentiles::of(&d.latency_us),
                 }
             })
@@ -136,6 +132,7 @@ impl Report {
         let missing: u64 = devices.iter().map(|d| d.missing).sum();
         let duplicate: u64 = devices.iter().map(|d| d.duplicate).sum();
         let out_of_order: u64 = devices.iter().map(|d| d.out_of_order).sum();
+        let unverifiable: u64 = devices.iter().map(|d| d.unverifiable).sum();
         let elapsed = match (rx.first_message, rx.last_message) {
             (Some(a), Some(b)) => (b - a).as_secs_f64(),
             _ => 0.0,
@@ -147,7 +144,7 @@ impl Report {
                 0.0
             }
         };
-        let reason = verdict(plan, rx, &devices, missing, duplicate);
+        let reason = verdict(plan, rx, &devices, missing, duplicate, unverifiable);
         Report {
             schema_version: SCHEMA_VERSION,
             tool: tool.to_string(),
@@ -163,6 +160,7 @@ impl Report {
             points_missing: (!shared).then_some(missing),
             points_duplicate: duplicate,
             points_out_of_order: out_of_order,
+            points_unverifiable: unverifiable,
             points_unrouted: rx.unrouted_points,
             messages_received: rx.messages,
             legacy_messages: rx.legacy_messages,
@@ -209,14 +207,19 @@ impl Report {
         line(
             "points",
             format!(
-                "{} received, {} unique, {} missing, {} duplicate, {} out of order, {} unrouted",
+                "{} received, {} unique, {} missing, {} duplicate, {} out of order, {} unrouted{}",
                 fmt_int(self.points_received),
                 fmt_int(self.points_unique),
                 self.points_missing
                     .map_or("n/a (share group)".into(), fmt_int),
                 fmt_int(self.points_duplicate),
                 fmt_int(self.points_out_of_order),
-                fmt_int(self.points_unrouted)
+                fmt_int(self.points_unrouted),
+                if self.points_unverifiable > 0 {
+                    format!(", {} unverifiable", fmt_int(self.points_unverifiable))
+                } else {
+                    String::new()
+                }
             ),
         );
         line(
@@ -306,6 +309,7 @@ fn verdict(
     devices: &[DeviceReport],
     missing: u64,
     duplicate: u64,
+    unverifiable: u64,
 ) -> Option<String> {
     if let Stop::Failed(e) = &rx.stop {
         return Some(e.clone());
@@ -338,6 +342,18 @@ fn verdict(
             fmt_int(d.missing),
             d.device_id,
             gaps.join(", ")
+        ));
+    }
+    if unverifiable > 0 {
+        let d = devices
+            .iter()
+            .find(|d| d.unverifiable > 0)
+            .expect("a device has unverifiable points");
+        return Some(format!(
+            "{} points arrived too late to tell a duplicate from a late point; {} on {}",
+            fmt_int(unverifiable),
+            fmt_int(d.unverifiable),
+            d.device_id
         ));
     }
     if let Some(n) = plan.expect {

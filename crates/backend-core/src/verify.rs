@@ -1,12 +1,21 @@
 //! Per-device proof of delivery: which `seq` values arrived, how often and in what order.
 //!
 //! Received seqs are kept as disjoint ranges, so memory grows with the number of gaps, not
-//! with the number of points: an in-order run of any length is one range.
+//! with the number of points: an in-order run of any length is one range. The gaps are
+//! bounded too: when a device holds more than [`LIVE_RANGES`] ranges (a long lossy run), the
+//! lower half is retired below a floor. Their counts stay exact and the first
+//! [`LISTED_RANGES`] of them stay listed; a seq that arrives at or below the floor can no
+//! longer be told a duplicate from a late arrival and is counted as unverifiable.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
+
+/// Ranges of received seqs a device keeps live before retiring the lower half.
+pub const LIVE_RANGES: usize = 8192;
+/// Ranges (received and missing) listed per device; counts stay exact beyond it.
+pub const LISTED_RANGES: usize = 10_000;
 
 /// A set of `u64` kept as disjoint, non-adjacent inclusive ranges.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -70,6 +79,16 @@ impl RangeSet {
         self.ranges.is_empty()
     }
 
+    /// Number of disjoint ranges.
+    pub fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Removes and returns the lowest range.
+    pub fn pop_first(&mut self) -> Option<SeqRange> {
+        self.ranges.pop_first().map(|(s, e)| SeqRange(s, e))
+    }
+
     pub fn ranges(&self) -> impl Iterator<Item = SeqRange> + '_ {
         self.ranges.iter().map(|(s, e)| SeqRange(*s, *e))
     }
@@ -130,15 +149,46 @@ pub enum Arrival {
     Late,
     /// Seen before.
     Duplicate,
+    /// At or below the retired floor: a duplicate or a very late arrival, no longer known.
+    Unverifiable,
+}
+
+/// Ranges retired below the floor: exact counts, the first [`LISTED_RANGES`] listed.
+#[derive(Debug, Default, Clone)]
+struct Retired {
+    /// Highest retired seq; everything at or below it is settled.
+    floor: u64,
+    /// Lowest seq ever seen.
+    min: u64,
+    unique: u64,
+    /// Seqs missing strictly between `min` and `floor`.
+    missing: u64,
+    received_listed: Vec<SeqRange>,
+    missing_listed: Vec<SeqRange>,
+    received_ranges: u64,
+    missing_ranges: u64,
+}
+
+/// A device's missing seqs: the exact count and the first ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub count: u64,
+    pub ranges: Vec<SeqRange>,
+    /// More ranges exist than are listed.
+    pub truncated: bool,
 }
 
 /// Delivery state of one device.
 #[derive(Debug, Default, Clone)]
 pub struct DeviceTracker {
+    /// Live ranges, all above `retired.floor`.
     seen: RangeSet,
+    retired: Option<Retired>,
     pub received: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
+    /// Arrived at or below the retired floor (see the module docs).
+    pub unverifiable: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
 }
@@ -148,10 +198,17 @@ impl DeviceTracker {
         self.received += 1;
         self.first_seq.get_or_insert(seq);
         self.last_seq = Some(seq);
+        if self.retired.as_ref().is_some_and(|r| seq <= r.floor) {
+            self.unverifiable += 1;
+            return Arrival::Unverifiable;
+        }
         let highest = self.seen.max();
         if !self.seen.insert(seq) {
             self.duplicates += 1;
             return Arrival::Duplicate;
+        }
+        if self.seen.range_count() > LIVE_RANGES {
+            self.retire(LIVE_RANGES / 2);
         }
         match highest {
             Some(h) if seq < h => {
@@ -162,21 +219,101 @@ impl DeviceTracker {
         }
     }
 
-    pub fn unique(&self) -> u64 {
-        self.seen.len()
+    /// Moves the lowest `n` live ranges below the floor.
+    fn retire(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(r) = self.seen.pop_first() else {
+                return;
+            };
+            let retired = self.retired.get_or_insert_with(|| Retired {
+                floor: r.1,
+                min: r.0,
+                ..Retired::default()
+            });
+            if retired.received_ranges > 0 {
+                let gap = SeqRange(retired.floor + 1, r.0 - 1);
+                retired.missing += gap.len();
+                retired.missing_ranges += 1;
+                if retired.missing_listed.len() < LISTED_RANGES {
+                    retired.missing_listed.push(gap);
+                }
+            }
+            retired.unique += r.len();
+            retired.received_ranges += 1;
+            if retired.received_listed.len() < LISTED_RANGES {
+                retired.received_listed.push(r);
+            }
+            retired.floor = r.1;
+        }
     }
 
-    pub fn seen(&self) -> &RangeSet {
-        &self.seen
+    pub fn unique(&self) -> u64 {
+        self.retired.as_ref().map_or(0, |r| r.unique) + self.seen.len()
+    }
+
+    pub fn min_seq(&self) -> Option<u64> {
+        self.retired.as_ref().map(|r| r.min).or(self.seen.min())
+    }
+
+    pub fn max_seq(&self) -> Option<u64> {
+        self.seen.max().or(self.retired.as_ref().map(|r| r.floor))
+    }
+
+    /// What arrived, as ranges: the first [`LISTED_RANGES`], and whether there are more.
+    pub fn received_ranges(&self) -> (Vec<SeqRange>, bool) {
+        let mut out = Vec::new();
+        let mut total = self.seen.range_count() as u64;
+        if let Some(r) = &self.retired {
+            out.extend_from_slice(&r.received_listed);
+            total += r.received_ranges;
+        }
+        out.extend(
+            self.seen
+                .ranges()
+                .take(LISTED_RANGES.saturating_sub(out.len())),
+        );
+        let truncated = total > out.len() as u64;
+        (out, truncated)
     }
 
     /// Missing seqs below the highest seen: from 0 (`from_zero`) or from the lowest seen.
-    pub fn missing(&self, from_zero: bool) -> Vec<SeqRange> {
-        match (from_zero, self.seen.min()) {
-            (_, None) => Vec::new(),
-            (true, Some(_)) => self.seen.gaps_from(0),
-            (false, Some(min)) => self.seen.gaps_from(min),
+    pub fn missing(&self, from_zero: bool) -> Missing {
+        let mut m = Missing {
+            count: 0,
+            ranges: Vec::new(),
+            truncated: false,
+        };
+        let Some(min) = self.min_seq() else {
+            return m;
+        };
+        let mut total = 0u64;
+        let mut add = |m: &mut Missing, g: SeqRange| {
+            m.count += g.len();
+            total += 1;
+            if m.ranges.len() < LISTED_RANGES {
+                m.ranges.push(g);
+            }
+        };
+        if from_zero && min > 0 {
+            add(&mut m, SeqRange(0, min - 1));
         }
+        let live_from = match &self.retired {
+            Some(r) => {
+                for g in &r.missing_listed {
+                    add(&mut m, *g);
+                }
+                // Retired beyond the listed ones: counted, not listed.
+                m.count += r.missing - r.missing_listed.iter().map(SeqRange::len).sum::<u64>();
+                m.truncated = r.missing_ranges > r.missing_listed.len() as u64;
+                r.floor.saturating_add(1)
+            }
+            None => min,
+        };
+        for g in self.seen.gaps_from(live_from) {
+            add(&mut m, g);
+        }
+        m.truncated |= total > m.ranges.len() as u64;
+        m
     }
 }
 
@@ -190,9 +327,10 @@ mod tests {
         for s in 0..100_000 {
             assert_eq!(t.record(s), Arrival::New);
         }
-        assert_eq!(t.seen().ranges().count(), 1);
+        assert_eq!(t.seen.ranges().count(), 1);
         assert_eq!((t.unique(), t.duplicates, t.out_of_order), (100_000, 0, 0));
-        assert!(t.missing(true).is_empty());
+        assert_eq!(t.missing(true).count, 0);
+        assert!(t.missing(true).ranges.is_empty());
     }
 
     #[test]
@@ -203,8 +341,10 @@ mod tests {
         }
         assert_eq!(t.record(10), Arrival::Duplicate);
         assert_eq!(t.record(1250), Arrival::Late);
-        let gaps: Vec<String> = t.missing(true).iter().map(|g| g.to_string()).collect();
+        let missing = t.missing(true);
+        let gaps: Vec<String> = missing.ranges.iter().map(|g| g.to_string()).collect();
         assert_eq!(gaps, ["1200-1249", "1251-1299", "5000"]);
+        assert_eq!((missing.count, missing.truncated), (50 + 49 + 1, false));
         assert_eq!((t.duplicates, t.out_of_order, t.received), (1, 1, 5901));
         assert_eq!((t.first_seq, t.last_seq), (Some(0), Some(1250)));
     }
@@ -215,8 +355,9 @@ mod tests {
         for s in 10..20 {
             t.record(s);
         }
-        assert_eq!(t.missing(true), [SeqRange(0, 9)]);
-        assert!(t.missing(false).is_empty());
+        assert_eq!(t.missing(true).ranges, [SeqRange(0, 9)]);
+        assert_eq!(t.missing(true).count, 10);
+        assert_eq!(t.missing(false).count, 0);
     }
 
     #[test]
@@ -230,5 +371,37 @@ mod tests {
         assert!(r.contains(7) && !r.contains(8));
         assert!(r.insert(u64::MAX));
         assert_eq!(r.len(), 8);
+    }
+
+    /// A long lossy run: every third seq lost, far more gaps than stay live.
+    #[test]
+    fn many_gaps_stay_bounded_and_counted_exactly() {
+        let mut t = DeviceTracker::default();
+        let n: u64 = 30 * LIVE_RANGES as u64;
+        let kept = |s: u64| s % 3 != 2;
+        for s in (0..n).filter(|s| kept(*s)) {
+            assert_ne!(t.record(s), Arrival::Unverifiable);
+        }
+        assert!(t.seen.range_count() <= LIVE_RANGES);
+        let expect_unique = (0..n).filter(|s| kept(*s)).count() as u64;
+        let expect_missing = n - 1 - expect_unique + 1 - u64::from(!kept(n - 1));
+        assert_eq!(t.unique(), expect_unique);
+        let missing = t.missing(true);
+        assert_eq!(missing.count, expect_missing);
+        assert!(missing.truncated);
+        assert_eq!(missing.ranges.len(), LISTED_RANGES);
+        assert_eq!(&missing.ranges[..2], [SeqRange(2, 2), SeqRange(5, 5)]);
+        assert_eq!((t.min_seq(), t.max_seq()), (Some(0), Some(n - 2)));
+        let (received, truncated) = t.received_ranges();
+        assert!(truncated);
+        assert_eq!(&received[..2], [SeqRange(0, 1), SeqRange(3, 4)]);
+
+        // A late fill-in above the floor is still told apart; one below it is not.
+        let floor = t.retired.as_ref().unwrap().floor;
+        assert_eq!(t.record(n - 3 * 4 + 2), Arrival::Late);
+        assert_eq!(t.record(n - 3 * 4 + 2), Arrival::Duplicate);
+        assert_eq!(t.record(floor - 1), Arrival::Unverifiable);
+        assert_eq!(t.missing(true).count, expect_missing - 1);
+        assert_eq!(t.unverifiable, 1);
     }
 }
