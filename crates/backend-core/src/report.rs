@@ -248,12 +248,16 @@ impl Report {
         for f in &self.frontends {
             line(
                 "frontend",
-                format!(
-                    "{}: {} points from {}",
-                    f.name,
-                    fmt_int(f.points),
-                    f.devices.join(", ")
-                ),
+                if f.devices.is_empty() {
+                    format!("{}: no points", f.name)
+                } else {
+                    format!(
+                        "{}: {} points from {}",
+                        f.name,
+                        fmt_int(f.points),
+                        f.devices.join(", ")
+                    )
+                },
             );
         }
         for d in self.devices.iter().take(20) {
