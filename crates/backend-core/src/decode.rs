@@ -82,7 +82,9 @@ fn read_payload<'a>(nodes: &[Node<'a>], out: &mut Vec<Point<'a>>) -> Result<Shap
             Ok(Shape::Legacy)
         }
         Some(Node::Array { len, .. }) => {
-            out.reserve(*len);
+            // The length is the payload's word: a 16 MiB `[0,0,...]` must not reserve
+            // gigabytes before its first element fails.
+            out.reserve((*len).min(4096));
             let mut i = 1;
             for k in 0..*len {
                 let (p, used) = read_point(&nodes[i..])

@@ -100,6 +100,11 @@ pub struct VerifyArgs {
     /// Stop after this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Devices to track (each costs up to ~1 MB); points of further devices are counted as
+    /// untracked and fail verification
+    #[arg(long, value_name = "N", default_value = "100k", value_parser = parse_count)]
+    pub max_devices: u64,
 }
 
 /// A validated backend run.
@@ -115,6 +120,7 @@ pub struct Plan {
     pub idle_timeout: Duration,
     pub first_message_timeout: Duration,
     pub duration: Option<Duration>,
+    pub max_devices: usize,
     pub report_json: Option<std::path::PathBuf>,
     pub quiet: bool,
 }
@@ -146,6 +152,15 @@ impl Plan {
                 )));
             }
         }
+        if a.subscribe.share_group.is_some() && a.verify.expect.is_some() {
+            return Err(Error::usage(
+                "--expect counts one backend's points, but a share group splits them between members: \
+                 drop --expect and stop with --idle-timeout or --duration, then add the members' reports",
+            ));
+        }
+        if a.verify.max_devices == 0 {
+            return Err(Error::usage("--max-devices must be at least 1"));
+        }
         if a.verify.idle_timeout.is_zero() {
             return Err(Error::usage("--idle-timeout must be longer than 0s"));
         }
@@ -160,6 +175,7 @@ impl Plan {
             idle_timeout: a.verify.idle_timeout,
             first_message_timeout: a.verify.first_message_timeout,
             duration: a.verify.duration,
+            max_devices: usize::try_from(a.verify.max_devices).unwrap_or(usize::MAX),
             report_json: a.output.report_json,
             quiet: a.output.quiet,
         })
@@ -268,7 +284,7 @@ async fn progress(live: Arc<receive::Live>, expect: Option<u64>, stop: Cancellat
         }
         let points = live.points.load(Relaxed);
         let unique = live.unique.load(Relaxed);
-        let of = expect.map_or(String::new(), |n| {
+        let of = expect.filter(|n| *n > 0).map_or(String::new(), |n| {
             format!("/{} ({:.1}%)", fmt_int(n), 100.0 * unique as f64 / n as f64)
         });
         eprintln!(

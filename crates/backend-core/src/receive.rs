@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, SubscribeReasonCode};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, SubscribeReasonCode};
 use tokio::time::Instant;
 
 use publisher_core::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
 use crate::route::{FrontendId, Router};
-use crate::verify::DeviceTracker;
+use crate::verify::{Arrival, DeviceTracker};
 use crate::Plan;
 
 /// Live counts for the progress line.
@@ -68,6 +68,8 @@ pub struct Received {
     pub points: u64,
     pub unique: u64,
     pub unrouted_points: u64,
+    /// Points of devices beyond `--max-devices`: counted, not verified.
+    pub untracked_points: u64,
     pub devices: Vec<Device>,
     pub frontends: Vec<Frontend>,
     pub latency_us: Histogram<u64>,
@@ -81,6 +83,7 @@ pub struct Received {
 
 const MAX_TRACKED_US: u64 = 3_600_000_000;
 const MALFORMED_LOGGED: usize = 5;
+const DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_US, sigfig)
@@ -88,6 +91,35 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
 }
 
 impl Received {
+    /// The index of device `id`, added on first sight; `None` once `max` devices are tracked.
+    fn device(
+        &mut self,
+        id: &str,
+        router: &Router,
+        index: &mut HashMap<String, usize>,
+        max: usize,
+    ) -> Option<usize> {
+        if let Some(i) = index.get(id) {
+            return Some(*i);
+        }
+        if self.devices.len() >= max {
+            return None;
+        }
+        let frontend = router.route(id);
+        self.devices.push(Device {
+            id: id.to_string(),
+            frontend,
+            tracker: DeviceTracker::default(),
+            latency_us: histogram(2),
+        });
+        let i = self.devices.len() - 1;
+        if let Some(fe) = frontend {
+            self.frontends[fe].devices.push(i);
+        }
+        index.insert(id.to_string(), i);
+        Some(i)
+    }
+
     fn new(router: &Router) -> Received {
         Received {
             messages: 0,
@@ -98,6 +130,7 @@ impl Received {
             points: 0,
             unique: 0,
             unrouted_points: 0,
+            untracked_points: 0,
             devices: Vec::new(),
             frontends: router
                 .frontends()
@@ -174,7 +207,7 @@ pub async fn run(
                 let now = Instant::now();
                 let arrival_us = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as i64);
+                    .map_or(0.0, |d| d.as_micros() as f64);
                 rx.first_message.get_or_insert(now);
                 rx.last_message = Some(now);
                 rx.messages += 1;
@@ -190,33 +223,26 @@ pub async fn run(
                         }
                         for pt in &points {
                             let di = match last_device {
-                                Some(i) if rx.devices[i].id == pt.device_id => i,
+                                Some(i) if rx.devices[i].id == pt.device_id => Some(i),
                                 _ => {
-                                    let i = match index.get(pt.device_id.as_ref()) {
-                                        Some(i) => *i,
-                                        None => {
-                                            let fe = router.route(&pt.device_id);
-                                            rx.devices.push(Device {
-                                                id: pt.device_id.to_string(),
-                                                frontend: fe,
-                                                tracker: DeviceTracker::default(),
-                                                latency_us: histogram(2),
-                                            });
-                                            let i = rx.devices.len() - 1;
-                                            if let Some(fe) = fe {
-                                                rx.frontends[fe].devices.push(i);
-                                            }
-                                            index.insert(pt.device_id.to_string(), i);
-                                            i
-                                        }
-                                    };
-                                    last_device = Some(i);
-                                    i
+                                    last_device = rx.device(
+                                        &pt.device_id,
+                                        &router,
+                                        &mut index,
+                                        plan.max_devices,
+                                    );
+                                    last_device
                                 }
                             };
-                            let latency = (arrival_us - (pt.timestamp * 1e6) as i64).max(0) as u64;
+                            let Some(di) = di else {
+                                rx.untracked_points += 1;
+                                continue;
+                            };
+                            // In f64: any timestamp, however hostile, gives a latency
+                            // (negative and NaN become 0, huge saturates).
+                            let latency = (arrival_us - pt.timestamp * 1e6).max(0.0) as u64;
                             let dev = &mut rx.devices[di];
-                            if dev.tracker.record(pt.seq) != crate::verify::Arrival::Duplicate {
+                            if matches!(dev.tracker.record(pt.seq), Arrival::New | Arrival::Late) {
                                 rx.unique += 1;
                             }
                             dev.latency_us.saturating_record(latency);
@@ -264,6 +290,10 @@ pub async fn run(
                     subscribed = true;
                     rx.subscribed_at = Instant::now();
                     eprintln!("subscribed to {}", filters.join(", "));
+                    if plan.expect == Some(0) {
+                        rx.stop = Stop::Expected;
+                        break;
+                    }
                 }
             }
             Ok(_) => {}
@@ -273,6 +303,20 @@ pub async fn run(
             }
         }
     }
-    let _ = client.try_disconnect();
+    if !matches!(rx.stop, Stop::Failed(_)) {
+        // Send the DISCONNECT (and any PUBACK still queued) before the connection is
+        // dropped, so the broker sees a clean goodbye; messages arriving meanwhile are past
+        // the stop and not counted.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
     rx
 }

@@ -63,6 +63,8 @@ pub struct Report {
     /// Arrived below a device's verification window (thousands of gaps behind its newest).
     pub points_unverifiable: u64,
     pub points_unrouted: u64,
+    /// Points of devices beyond `--max-devices`: counted, not verified.
+    pub points_untracked: u64,
     pub messages_received: u64,
     pub legacy_messages: u64,
     pub batch_messages: u64,
@@ -129,7 +131,10 @@ impl Report {
                 latency_us: Percentiles::of(&f.latency_us),
             })
             .collect();
-        let missing: u64 = devices.iter().map(|d| d.missing).sum();
+        // Saturating: under --expect a hostile seq near u64::MAX claims 2^64 missing points.
+        let missing = devices
+            .iter()
+            .fold(0u64, |a, d| a.saturating_add(d.missing));
         let duplicate: u64 = devices.iter().map(|d| d.duplicate).sum();
         let out_of_order: u64 = devices.iter().map(|d| d.out_of_order).sum();
         let unverifiable: u64 = devices.iter().map(|d| d.unverifiable).sum();
@@ -162,6 +167,7 @@ impl Report {
             points_out_of_order: out_of_order,
             points_unverifiable: unverifiable,
             points_unrouted: rx.unrouted_points,
+            points_untracked: rx.untracked_points,
             messages_received: rx.messages,
             legacy_messages: rx.legacy_messages,
             batch_messages: rx.batch_messages,
@@ -215,11 +221,14 @@ impl Report {
                 fmt_int(self.points_duplicate),
                 fmt_int(self.points_out_of_order),
                 fmt_int(self.points_unrouted),
-                if self.points_unverifiable > 0 {
-                    format!(", {} unverifiable", fmt_int(self.points_unverifiable))
-                } else {
-                    String::new()
-                }
+                [
+                    (self.points_unverifiable, "unverifiable"),
+                    (self.points_untracked, "untracked (beyond --max-devices)")
+                ]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!(", {} {what}", fmt_int(*n)))
+                .collect::<String>()
             ),
         );
         line(
@@ -348,6 +357,13 @@ fn verdict(
             gaps.join(", ")
         ));
     }
+    if rx.untracked_points > 0 {
+        return Some(format!(
+            "{} points came from devices beyond the first {} and were not verified; raise --max-devices",
+            fmt_int(rx.untracked_points),
+            fmt_int(plan.max_devices as u64)
+        ));
+    }
     if unverifiable > 0 {
         let d = devices
             .iter()
@@ -362,14 +378,34 @@ fn verdict(
     }
     if let Some(n) = plan.expect {
         if rx.unique < n {
+            // The tail never came: say where each device stopped.
+            let mut last: Vec<String> = devices
+                .iter()
+                .take(3)
+                .map(|d| {
+                    format!(
+                        "{} up to seq {}",
+                        d.device_id,
+                        d.max_seq.map_or("-".into(), |v| v.to_string())
+                    )
+                })
+                .collect();
+            if devices.len() > 3 {
+                last.push(format!("{} more devices", devices.len() - 3));
+            }
             return Some(format!(
-                "expected {} unique points, {} arrived before the {} stop",
+                "expected {} unique points, {} arrived before the {} stop{}",
                 fmt_int(n),
                 fmt_int(rx.unique),
                 match rx.stop {
                     Stop::Signal => "signal",
                     Stop::Duration => "--duration",
                     _ => "--idle-timeout",
+                },
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", last.join(", "))
                 }
             ));
         }

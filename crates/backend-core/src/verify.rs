@@ -230,7 +230,8 @@ impl DeviceTracker {
                 min: r.0,
                 ..Retired::default()
             });
-            if retired.received_ranges > 0 {
+            // A late point at `floor + 1` starts a live range that touches the floor: no gap.
+            if retired.received_ranges > 0 && r.0 > retired.floor + 1 {
                 let gap = SeqRange(retired.floor + 1, r.0 - 1);
                 retired.missing += gap.len();
                 retired.missing_ranges += 1;
@@ -403,5 +404,30 @@ mod tests {
         assert_eq!(t.record(floor - 1), Arrival::Unverifiable);
         assert_eq!(t.missing(true).count, expect_missing - 1);
         assert_eq!(t.unverifiable, 1);
+    }
+
+    /// The seq just above the floor arrives late, then gets retired itself: it joins the
+    /// retired ranges without a gap of its own.
+    #[test]
+    fn a_late_point_just_above_the_floor_retires_cleanly() {
+        let mut t = DeviceTracker::default();
+        // Even seqs only: each is its own range, every odd seq a gap.
+        let mut next = 0u64;
+        while t.retired.is_none() {
+            t.record(next);
+            next += 2;
+        }
+        let floor = t.retired.as_ref().unwrap().floor;
+        assert_eq!(t.record(floor + 1), Arrival::Late);
+        let before = t.missing(true).count;
+        for _ in 0..LIVE_RANGES {
+            t.record(next);
+            next += 2;
+        }
+        assert!(t.retired.as_ref().unwrap().floor > floor + 1);
+        let m = t.missing(true);
+        assert_eq!(m.count, before + LIVE_RANGES as u64);
+        assert!(m.ranges.iter().all(|r| r.0 <= r.1));
+        assert_eq!(t.unique() + m.count, t.max_seq().unwrap() + 1);
     }
 }

@@ -62,6 +62,14 @@ pub fn start(args: &[&str]) -> Backend {
 }
 
 impl Backend {
+    /// Whether the process has exited (its status is collected by [`Backend::wait`]).
+    pub fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            Ok(stat) => stat.contains(") Z "),
+            Err(_) => true,
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let st = Command::new("kill")
             .arg(format!("-{sig}"))

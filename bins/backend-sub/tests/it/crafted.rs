@@ -195,3 +195,68 @@ fn routes_come_from_the_config_file() {
     out.assert_code(0);
     assert_eq!(strings(&out.frontend("frontend2")["devices"]), ["sensor_7"]);
 }
+
+/// Hostile but well-formed payloads: extreme numbers, an empty batch, a huge array of
+/// non-points. Nothing panics; the extremes are reported, the junk counted as malformed.
+#[test]
+fn hostile_payloads_neither_crash_nor_hide_anything() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    let max = u64::MAX;
+    let extreme = format!(
+        r#"[{{"device_id":"dev_far","seq":{max},"timestamp":-1e300,"value":1e308}},
+            {{"device_id":"dev_far","seq":0,"timestamp":1e300,"value":-1e308}}]"#
+    );
+    let mut zeros = b"[0".to_vec();
+    zeros.extend(std::iter::repeat_n(b",0".as_slice(), 4 << 20).flatten());
+    zeros.push(b']');
+    let msgs = vec![
+        extreme.into_bytes(),
+        b"[]".to_vec(),
+        zeros,
+        format!(r#"{{"device_id":"dev_far","seq":{max}1,"timestamp":0,"value":0}}"#).into_bytes(),
+        payload("dev_ok", &[0, 1, 2]),
+    ];
+    publish_payloads(m.port, TOPIC, &msgs);
+    let out = backend.wait();
+    out.assert_code(5);
+    let r = &out.report;
+    validate(r);
+    assert_eq!(
+        (n(r, "messages_received"), n(r, "malformed_messages")),
+        (5, 2)
+    );
+    assert_eq!((n(r, "points_received"), n(r, "points_unique")), (5, 5));
+    let d = out.device("dev_far");
+    assert_eq!((n(d, "min_seq"), n(d, "max_seq")), (0, max));
+    assert_eq!(strings(&d["missing_ranges"]), [format!("1-{}", max - 1)]);
+    assert_eq!(n(d, "missing"), max - 1);
+}
+
+/// Past --max-devices, points are counted as untracked and fail verification.
+#[test]
+fn devices_beyond_the_limit_are_counted_not_tracked() {
+    let m = Mosquitto::start();
+    let backend = start(&[
+        "--broker",
+        &m.url(),
+        "--idle-timeout",
+        "1s",
+        "--max-devices",
+        "2",
+    ]);
+    let msgs: Vec<Vec<u8>> = ["dev_a", "dev_b", "dev_c", "dev_a"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| payload(d, &[u64::from(i == 3)]))
+        .collect();
+    publish_payloads(m.port, TOPIC, &msgs);
+    let out = backend.wait();
+    out.assert_code(5);
+    let r = &out.report;
+    validate(r);
+    assert_eq!((n(r, "points_received"), n(r, "points_untracked")), (4, 1));
+    assert_eq!(r["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(n(out.device("dev_a"), "unique"), 2);
+    assert!(out.stderr.contains("raise --max-devices"), "{}", out.stderr);
+}

@@ -167,3 +167,76 @@ fn sigint_prints_the_summary_and_exits_130() {
     assert_eq!(n(&out.report, "points_unique"), 3);
     assert!(out.stdout.contains("summary"));
 }
+
+#[test]
+fn sigterm_prints_the_summary_and_exits_143() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url()]);
+    test_support::publish_payloads(
+        m.port,
+        "device_data/x",
+        &[test_support::payload("dev", &[0, 1])],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    backend.signal("TERM");
+    let out = backend.wait();
+    out.assert_code(143);
+    assert_eq!(out.report["stopped_by"], "signal");
+    assert_eq!(n(&out.report, "points_unique"), 2);
+}
+
+/// --duration stops a backend that still receives; what arrived is verified.
+#[test]
+fn duration_stops_the_backend_while_points_still_arrive() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--duration", "1500ms"]);
+    let started = std::time::Instant::now();
+    let mut seq = 0u64;
+    // Keep publishing past the duration, one message every 100 ms (bounded: 4 s).
+    while started.elapsed() < std::time::Duration::from_secs(4) && !backend.exited() {
+        test_support::publish_payloads(
+            m.port,
+            "device_data/x",
+            &[test_support::payload("dev", &[seq])],
+        );
+        seq += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let publishing = started.elapsed();
+    let out = backend.wait();
+    out.assert_code(0);
+    assert_eq!(out.report["stopped_by"], "duration");
+    assert!(
+        publishing < std::time::Duration::from_secs(3),
+        "still running after {publishing:?}"
+    );
+    let got = n(&out.report, "points_unique");
+    assert!((5..=seq).contains(&got), "{got} of {seq}");
+}
+
+#[test]
+fn expect_zero_stops_once_subscribed() {
+    let m = Mosquitto::start();
+    let out = start(&["--broker", &m.url(), "--expect", "0"]).wait();
+    out.assert_code(0);
+    assert_eq!(out.report["stopped_by"], "expected");
+}
+
+#[test]
+fn expect_in_a_share_group_is_a_usage_error() {
+    let out = Command::new(crate::common::BIN)
+        .args([
+            "--broker",
+            "127.0.0.1:1",
+            "--share-group",
+            "g",
+            "--expect",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("drop --expect"), "{err}");
+}
