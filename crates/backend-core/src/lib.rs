@@ -158,6 +158,9 @@ impl Plan {
                  drop --expect and stop with --idle-timeout or --duration, then add the members' reports",
             ));
         }
+        if let Some(p) = &a.output.report_json {
+            publisher_core::out::check_report_path(p)?;
+        }
         if a.verify.max_devices == 0 {
             return Err(Error::usage("--max-devices must be at least 1"));
         }
@@ -243,15 +246,14 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     }
     let report = Report::build(name, plan, &target.url(), target.embedded, &rx);
     let text = report.render_text();
-    match &plan.report_json {
-        Some(p) if p.as_os_str() == "-" => eprint!("{text}"),
-        _ => print!("{text}"),
-    }
+    publisher_core::out::summary(&text, plan.report_json.as_deref());
     if let Some(p) = &plan.report_json {
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
         if p.as_os_str() == "-" {
-            println!("{json}");
+            use std::io::Write;
+            writeln!(std::io::stdout(), "{json}")
+                .map_err(|e| Error::Other(format!("cannot write the report to stdout: {e}")))?;
         } else {
             std::fs::write(p, json + "\n").map_err(|e| {
                 Error::Other(format!("cannot write --report-json {}: {e}", p.display()))
@@ -267,7 +269,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     match &report.reason {
         None => Ok(ExitCode::SUCCESS),
         Some(r) => {
-            eprintln!("verification failed: {r}");
+            publisher_core::errln!("verification failed: {r}");
             Ok(ExitCode::from(EXIT_VERIFY_FAILED))
         }
     }
@@ -287,7 +289,7 @@ async fn progress(live: Arc<receive::Live>, expect: Option<u64>, stop: Cancellat
         let of = expect.filter(|n| *n > 0).map_or(String::new(), |n| {
             format!("/{} ({:.1}%)", fmt_int(n), 100.0 * unique as f64 / n as f64)
         });
-        eprintln!(
+        publisher_core::errln!(
             "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages",
             start.elapsed().as_secs_f64(),
             fmt_int(points),

@@ -261,7 +261,7 @@ pub async fn run(
                     Err(e) => {
                         rx.malformed_messages += 1;
                         if rx.malformed_samples.len() < MALFORMED_LOGGED {
-                            eprintln!("malformed message on {}: {e}", p.topic);
+                            publisher_core::errln!("malformed message on {}: {e}", p.topic);
                             rx.malformed_samples.push((p.topic.clone(), e.to_string()));
                         }
                     }
@@ -289,7 +289,7 @@ pub async fn run(
                 if !subscribed {
                     subscribed = true;
                     rx.subscribed_at = Instant::now();
-                    eprintln!("subscribed to {}", filters.join(", "));
+                    publisher_core::errln!("subscribed to {}", filters.join(", "));
                     if plan.expect == Some(0) {
                         rx.stop = Stop::Expected;
                         break;

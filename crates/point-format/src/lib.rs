@@ -111,12 +111,15 @@ impl Encoder {
         self.prefix.len() + MAX_NUMERIC_PART
     }
 
-    /// Upper bound of the payload size of a message of `batch` points.
+    /// Upper bound of the payload size of a message of `batch` points (saturating: a
+    /// batch too large for memory gives `usize::MAX`).
     pub fn max_payload_len(&self, batch: usize) -> usize {
         if batch <= 1 {
             self.max_point_len()
         } else {
-            2 + batch * (self.max_point_len() + 1)
+            batch
+                .saturating_mul(self.max_point_len() + 1)
+                .saturating_add(2)
         }
     }
 

@@ -248,16 +248,24 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
+/// The longest duration any flag accepts: a year. Longer ones would overflow the clock's
+/// arithmetic and no load test means them.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses a duration such as `30s`, `1m30s`, `500ms`; a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+    let d = match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
         }
+        _ => humantime::parse_duration(t)
+            .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30s, 500ms or 5m"))?,
+    };
+    if d > MAX_DURATION {
+        return Err(format!("'{s}' is longer than a year; use at most 365d"));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30s, 500ms or 5m"))
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -283,6 +291,14 @@ mod tests {
         assert_eq!(parse_rate("10k"), Ok(Rate::PerSecond(10_000.0)));
         assert_eq!(parse_rate("0.5"), Ok(Rate::PerSecond(0.5)));
         assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_not_a_panic() {
+        assert!(parse_duration("1e20").is_err());
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("400d").is_err());
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn resolve(
                 })
             } else {
                 let b = start_embedded(max_packet, embedded_port)?;
-                eprintln!(
+                crate::errln!(
                     "no broker at {host}:{port} and no --broker given: started an embedded broker (rumqttd) at {}",
                     b.url()
                 );
@@ -72,7 +72,7 @@ pub fn resolve(
         }
         BrokerChoice::Embedded => {
             let b = start_embedded(max_packet, embedded_port)?;
-            eprintln!("started an embedded broker (rumqttd) at {}", b.url());
+            crate::errln!("started an embedded broker (rumqttd) at {}", b.url());
             Ok(b)
         }
     }

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Command, FromArgMatches};
+use clap::{ArgAction, ArgMatches, Command, FromArgMatches};
 
 use crate::error::Error;
 
@@ -83,6 +83,20 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
             Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
         );
         if set_elsewhere {
+            continue;
+        }
+        // A switch (`--quiet`) takes no value: `quiet = true` turns it on, false leaves it off.
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            match value {
+                toml::Value::Boolean(true) => out.push(format!("--{long}")),
+                toml::Value::Boolean(false) => {}
+                _ => {
+                    return Err(Error::usage(format!(
+                        "config file {}: key '{key}' is a switch; set it to true or false",
+                        path.display()
+                    )))
+                }
+            }
             continue;
         }
         let values = match value {
@@ -191,6 +205,29 @@ mod tests {
         assert_eq!(a.load.batch, 10);
         assert_eq!(a.load.qos, crate::args::Qos::AtLeastOnce);
         assert!(!a.connection.tcp_nodelay);
+    }
+
+    #[test]
+    fn switches_are_set_from_the_file_with_booleans() {
+        let on = config_file("quiet = true\n");
+        assert!(
+            parse(&["--config", on.0.to_str().unwrap()])
+                .unwrap()
+                .output
+                .quiet
+        );
+        let off = config_file("quiet = false\n");
+        assert!(
+            !parse(&["--config", off.0.to_str().unwrap()])
+                .unwrap()
+                .output
+                .quiet
+        );
+        let bad = config_file("quiet = \"yes\"\n");
+        assert!(matches!(
+            parse(&["--config", bad.0.to_str().unwrap()]),
+            Err(ParseExit::Usage(m)) if m.contains("set it to true or false")
+        ));
     }
 
     #[test]

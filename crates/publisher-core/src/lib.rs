@@ -29,6 +29,7 @@ pub mod driver;
 pub mod error;
 pub mod frame;
 pub mod mqtt;
+pub mod out;
 pub mod pace;
 pub mod plan;
 pub mod progress;
@@ -119,7 +120,7 @@ where
             return ExitCode::SUCCESS;
         }
         Err(ParseExit::Usage(msg)) => {
-            eprintln!("error: {msg}");
+            crate::errln!("error: {msg}");
             return ExitCode::from(2);
         }
     };
@@ -134,7 +135,7 @@ where
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            crate::errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -148,7 +149,7 @@ where
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -158,10 +159,7 @@ where
 pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let (report, signal) = execute(preset, plan, shutdown).await?;
     let text = report.render_text();
-    match &plan.report_json {
-        Some(p) if p.as_os_str() == "-" => eprint!("{text}"),
-        _ => print!("{text}"),
-    }
+    out::summary(&text, plan.report_json.as_deref());
     if let Some(p) = &plan.report_json {
         report.write_json(p)?;
     }

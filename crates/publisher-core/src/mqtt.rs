@@ -52,9 +52,12 @@ pub async fn connect(
     match tokio::time::timeout(cp.connect_timeout, eventloop.poll()).await {
         Err(_) | Ok(Err(ConnectionError::NetworkTimeout)) => Err(timed_out()),
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok((client, eventloop)),
-        Ok(Ok(other)) => Err(Error::Other(format!(
-            "broker {broker} answered CONNECT with {other:?}"
-        ))),
+        Ok(Ok(other)) => Err(Error::Unreachable {
+            broker,
+            reason: format!(
+                "it answered CONNECT with {other:?}, not a CONNACK (is it an MQTT broker?)"
+            ),
+        }),
         Ok(Err(e)) => Err(connect_error(broker, e)),
     }
 }
@@ -81,7 +84,12 @@ fn connect_error(broker: String, e: ConnectionError) -> Error {
             broker,
             reason: "the connection closed before CONNACK (is it an MQTT broker?)".into(),
         },
-        other => Error::Other(format!("cannot connect to {broker}: {other}")),
+        // Anything else before CONNACK (a malformed packet, a protocol error): whatever
+        // listens there is not an MQTT broker we can use.
+        other => Error::Unreachable {
+            broker,
+            reason: format!("{other} before CONNACK (is it an MQTT broker?)"),
+        },
     }
 }
 

@@ -145,7 +145,7 @@ impl Plan {
         let batch = usize::try_from(batch).map_err(|_| Error::usage("--batch is too large"))?;
         let max_payload = Encoder::new(&device_id).max_payload_len(batch);
         // fixed header (5) + topic length prefix (2) + topic + packet id (2)
-        let packet_needed = (max_payload + topic.len() + 9) as u64;
+        let packet_needed = (max_payload as u64).saturating_add(topic.len() as u64 + 9);
         if packet_needed > MQTT_MAX_PACKET {
             return Err(Error::usage(format!(
                 "--batch {batch} makes messages of up to {packet_needed} bytes, above MQTT's limit of {MQTT_MAX_PACKET}; lower --batch"
@@ -178,9 +178,7 @@ impl Plan {
         };
         let report_json = output.report_json;
         if let Some(p) = &report_json {
-            if p.as_os_str().is_empty() {
-                return Err(Error::usage("--report-json needs a path, or - for stdout"));
-            }
+            crate::out::check_report_path(p)?;
         }
         Ok(Plan {
             connect,
@@ -309,7 +307,12 @@ pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
 pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
     let s = s.trim();
     match s {
-        "auto" | "" => {
+        "" => {
+            return Err(Error::usage(
+                "--broker is empty; use mqtt://host:port, host:port, auto or embedded",
+            ))
+        }
+        "auto" => {
             let probe = std::env::var(AUTO_PROBE_ENV).unwrap_or_else(|_| "127.0.0.1:1883".into());
             let (host, port) = host_port(&probe, AUTO_PROBE_ENV)?;
             return Ok(BrokerChoice::Auto { host, port });

@@ -45,7 +45,7 @@ pub async fn run(
         } else {
             String::new()
         };
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}",
             (now - start).as_secs_f64(),
             fmt_int(t.points_sent),

@@ -160,7 +160,7 @@ async fn produce(
 
     loop {
         let remaining = plan.total.map_or(u64::MAX, |t| t - done_points);
-        if remaining == 0 {
+        if remaining == 0 || shutdown.stop.is_cancelled() {
             break;
         }
         let through = done_points + batch.min(remaining);

@@ -63,7 +63,7 @@ impl Shutdown {
     /// Records `sig` and stops the run; a second request aborts the flush.
     pub fn request(&self, sig: Signal) {
         if self.stop.is_cancelled() {
-            eprintln!(
+            crate::errln!(
                 "{}: second signal, abandoning what is not yet flushed",
                 sig.name()
             );
@@ -77,7 +77,7 @@ impl Shutdown {
         let _ = self
             .signal
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        eprintln!(
+        crate::errln!(
             "{}: stopping, flushing what was generated (again to abandon it)",
             sig.name()
         );

@@ -41,6 +41,96 @@ fn malformed_values_are_usage_errors() {
     assert_one_line_error(&["--max-inflight", "70000"], 2, "--max-inflight");
 }
 
+/// Values that parse but would overflow later: refused up front, never a panic.
+#[test]
+fn out_of_range_values_are_usage_errors_not_panics() {
+    assert_one_line_error(&["--duration", "1e20"], 2, "--duration");
+    assert_one_line_error(&["--drain-timeout", "400d"], 2, "--drain-timeout");
+    assert_one_line_error(&["--batch", "100000000000000000"], 2, "--batch");
+    assert_one_line_error(&["--broker", ""], 2, "--broker is empty");
+}
+
+#[test]
+fn an_unwritable_report_path_is_refused_before_the_run() {
+    // Not through `publish`, which gives its own --report-json.
+    let out = std::process::Command::new(crate::common::BIN)
+        .args([
+            "--report-json",
+            "/no/such/dir/report.json",
+            "--broker",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--report-json") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_host_is_unreachable() {
+    let out = publish(&[
+        "--broker",
+        "mqtt://no-such-host.invalid:1883",
+        "--connect-timeout",
+        "3s",
+    ]);
+    out.assert_code(3);
+    assert!(out.stderr.contains("cannot reach broker"), "{}", out.stderr);
+    assert!(out.wall < Duration::from_secs(5), "took {:?}", out.wall);
+}
+
+#[test]
+fn a_server_that_is_not_mqtt_is_unreachable() {
+    // Answers CONNECT with an HTTP response.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("mqtt://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let out = publish(&["--broker", &url, "--connect-timeout", "2s"]);
+    out.assert_code(3);
+    assert!(out.stderr.contains("MQTT broker"), "{}", out.stderr);
+    server.join().unwrap();
+}
+
+/// `frontend1-pub | head -1`: a closed stdout loses the summary, not the run.
+#[test]
+fn a_closed_stdout_does_not_panic() {
+    use std::process::{Command, Stdio};
+    let m = Mosquitto::start();
+    let mut child = Command::new(crate::common::BIN)
+        .args([
+            "--broker",
+            &m.url(),
+            "--rate",
+            "0",
+            "--total",
+            "10000",
+            "--batch",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn batch_larger_than_the_packet_limit_is_a_usage_error() {
     let line = assert_one_line_error(
