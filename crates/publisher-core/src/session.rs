@@ -160,7 +160,9 @@ async fn produce(
 
     loop {
         let remaining = plan.total.map_or(u64::MAX, |t| t - done_points);
-        if remaining == 0 || shutdown.stop.is_cancelled() {
+        // A signal during connect or --start-delay: generate nothing. Later ones are seen
+        // when a frame ships (is_cancelled takes a lock: not once per message).
+        if remaining == 0 || (done_points == 0 && shutdown.stop.is_cancelled()) {
             break;
         }
         let through = done_points + batch.min(remaining);
