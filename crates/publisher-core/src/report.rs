@@ -18,7 +18,7 @@ use crate::stats::Percentiles;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Everything a run reports. Every point handed to the client is in exactly one of
+/// Everything a run reports. Every point generated and due is in exactly one of
 /// `points_acked`, `points_failed` (QoS 1: sent, no PUBACK), `points_unsent` (never
 /// written), or — at QoS 0 — simply sent.
 #[derive(Debug, Clone, Serialize)]

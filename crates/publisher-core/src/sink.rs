@@ -197,16 +197,17 @@ impl Sink {
     }
 
     /// Hands every unshipped message to rumqttc, waiting for room in its queue; false when
-    /// `cancel` ended the wait or the connection is gone (those messages are dropped).
+    /// `cancel` ended the wait or the connection is gone. Messages that could not be handed
+    /// over are still counted as enqueued, so the report shows them as unsent.
     pub async fn ship(&mut self, to: &Handover<'_>) -> bool {
-        let mut ok = true;
+        let mut shipped = self.metas.len();
         if self.qos1 {
             for (i, payload) in self.payloads.drain(..).enumerate() {
                 let publish =
                     rumqttc::Publish::from_bytes(self.topic.as_str(), QoS::AtLeastOnce, payload);
                 let meta = &self.metas[i..=i];
                 if !hand_over(&self.client, Request::Publish(publish), meta, to).await {
-                    ok = false;
+                    shipped = i;
                     break;
                 }
             }
@@ -216,8 +217,12 @@ impl Sink {
                 count: self.metas.len() as u32,
             };
             let request = Request::PublishFrames(frames);
-            ok = hand_over(&self.client, request, &self.metas, to).await;
+            if !hand_over(&self.client, request, &self.metas, to).await {
+                shipped = 0;
+            }
         }
+        let ok = shipped == self.metas.len();
+        count_enqueued(to.counters, &self.metas[shipped..]);
         self.discard();
         ok
     }
@@ -261,10 +266,15 @@ async fn hand_over(
         q.truncate(keep);
         return false;
     }
+    count_enqueued(to.counters, metas);
+    true
+}
+
+/// Counts `metas` as generated for the client: each then ends as sent, acked, failed or unsent.
+fn count_enqueued(counters: &Counters, metas: &[MsgMeta]) {
     let points: u64 = metas.iter().map(|m| m.points as u64).sum();
-    to.counters.points_enqueued.fetch_add(points, Relaxed);
-    to.counters
+    counters.points_enqueued.fetch_add(points, Relaxed);
+    counters
         .messages_enqueued
         .fetch_add(metas.len() as u64, Relaxed);
-    true
 }

@@ -4,7 +4,7 @@
 //! socket or is acknowledged, and that the progress line reads. [`Latencies`] are
 //! HdrHistograms in microseconds, owned by one task and merged with `add`, never averaged.
 //! A point ends in exactly one of: acknowledged, sent (QoS 0, or QoS 1 awaiting an ack),
-//! failed (sent, never acknowledged), unsent (handed to the client, never written).
+//! failed (sent, never acknowledged), unsent (generated and due, never written).
 
 use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
