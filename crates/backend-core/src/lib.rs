@@ -248,17 +248,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     let text = report.render_text();
     publisher_core::out::summary(&text, plan.report_json.as_deref());
     if let Some(p) = &plan.report_json {
-        let json =
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
-        if p.as_os_str() == "-" {
-            use std::io::Write;
-            writeln!(std::io::stdout(), "{json}")
-                .map_err(|e| Error::Other(format!("cannot write the report to stdout: {e}")))?;
-        } else {
-            std::fs::write(p, json + "\n").map_err(|e| {
-                Error::Other(format!("cannot write --report-json {}: {e}", p.display()))
-            })?;
-        }
+        publisher_core::out::write_json(&report, p)?;
     }
     if let Some(sig) = shutdown.signal() {
         return Ok(ExitCode::from(sig.exit_code()));

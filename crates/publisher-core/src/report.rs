@@ -3,7 +3,6 @@
 //! The JSON shape is committed as `schema/publisher-report.schema.json`; a test validates
 //! real output against it. Bump [`SCHEMA_VERSION`] when a field changes meaning or goes away.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -258,20 +257,7 @@ impl Report {
 
     /// Writes the JSON report to `path` (`-` = stdout).
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Other(format!("cannot encode the report: {e}")))?;
-        if path.as_os_str() == "-" {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{json}")
-                .map_err(|e| Error::Other(format!("cannot write the report to stdout: {e}")))
-        } else {
-            std::fs::write(path, json + "\n").map_err(|e| {
-                Error::Other(format!(
-                    "cannot write --report-json {}: {e}",
-                    path.display()
-                ))
-            })
-        }
+        crate::out::write_json(self, path)
     }
 }
 
