@@ -218,11 +218,34 @@ fn parse_scaled(s: &str, binary: bool) -> Result<f64, String> {
     Ok(v * mult)
 }
 
-/// Parses a count such as `100000`, `100k`, `1.5M` or `1_000_000`.
+/// Parses a count such as `100000`, `100k`, `1.5M` or `1_000_000`. Whole numbers are parsed
+/// exactly, so anything above 2^64 - 1 is refused, never rounded or clamped.
 pub fn parse_count(s: &str) -> Result<u64, String> {
+    let cleaned: String = s.trim().chars().filter(|c| *c != '_').collect();
+    let (num, suffix) = split_suffix(&cleaned);
+    let too_large = || format!("'{s}' is larger than the largest count ({})", u64::MAX);
+    if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) {
+        let mult: u64 = match suffix.to_ascii_lowercase().as_str() {
+            "" => 1,
+            "k" => 1_000,
+            "m" => 1_000_000,
+            "g" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown suffix '{other}' in '{s}'; use a number with optional k, M or G"
+                ))
+            }
+        };
+        let v: u64 = num.parse().map_err(|_| too_large())?;
+        return v.checked_mul(mult).ok_or_else(too_large);
+    }
     let v = parse_scaled(s, false)?;
-    if v.fract() != 0.0 || v > u64::MAX as f64 {
+    if v.fract() != 0.0 {
         return Err(format!("'{s}' is not a whole number"));
+    }
+    // 2^64 is the first f64 above u64::MAX (u64::MAX itself rounds up to it).
+    if v >= 18_446_744_073_709_551_616.0 {
+        return Err(too_large());
     }
     Ok(v as u64)
 }
@@ -230,8 +253,15 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 /// Parses a size in bytes: `10240`, `10k` (KiB), `4M` (MiB).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let v = parse_scaled(s, true)?;
+    if v >= 18_446_744_073_709_551_616.0 {
+        return Err(format!("'{s}' is too large a size"));
+    }
     Ok(v.round() as u64)
 }
+
+/// The highest `--rate` accepted: far beyond any broker, low enough that the schedule's
+/// arithmetic stays exact.
+pub const MAX_RATE: f64 = 1e12;
 
 /// Parses a rate: `0`, `max` or `unlimited` mean as fast as possible; else points per second.
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
@@ -241,6 +271,10 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
             let v = parse_scaled(s, false)?;
             if v == 0.0 {
                 Ok(Rate::Unlimited)
+            } else if v > MAX_RATE {
+                Err(format!(
+                    "'{s}' is above the highest rate (1e12 points/s); use max for as fast as possible"
+                ))
             } else {
                 Ok(Rate::PerSecond(v))
             }
@@ -282,6 +316,26 @@ mod tests {
         assert!(parse_count("ten").is_err());
         assert!(parse_count("-3").is_err());
         assert!(parse_count("5x").is_err());
+    }
+
+    #[test]
+    fn counts_beyond_u64_are_refused_not_clamped() {
+        assert_eq!(parse_count("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_count("18446744073709551616").is_err());
+        assert!(parse_count("18446744073709551616.0").is_err());
+        assert!(parse_count("18446744073709552k").is_err());
+        assert!(parse_count("1e20").is_err());
+        assert_eq!(
+            parse_count("18446744073709551k"),
+            Ok(18_446_744_073_709_551_000)
+        );
+    }
+
+    #[test]
+    fn rates_beyond_the_highest_are_refused() {
+        assert!(parse_rate("18446744073709551616").is_err());
+        assert!(parse_rate("2000G").is_err());
+        assert_eq!(parse_rate("1000G"), Ok(Rate::PerSecond(1e12)));
     }
 
     #[test]

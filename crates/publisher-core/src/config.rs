@@ -29,9 +29,15 @@ impl From<Error> for ParseExit {
     }
 }
 
+/// Longest config file read: settings, not data.
+pub const MAX_CONFIG_FILE: u64 = 4 << 20;
+
 /// Parses `argv` with `cmd` into `T`, layering in the `--config` file (the `config` arg).
 pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Result<T, ParseExit> {
-    let first = cmd.clone().try_get_matches_from(&argv).map_err(clap_exit)?;
+    let first = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_exit_sourced(e, &cmd, &argv))?;
     let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
         return T::from_arg_matches(&first).map_err(clap_exit);
     };
@@ -39,10 +45,12 @@ pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Re
     let mut layered = Vec::with_capacity(argv.len() + injected.len());
     layered.extend(argv.first().cloned());
     layered.extend(injected.into_iter().map(OsString::from));
-    layered.extend(argv.into_iter().skip(1));
+    layered.extend(argv.iter().skip(1).cloned());
     let matches = cmd
+        .clone()
         .try_get_matches_from(layered)
         .map_err(|e| match clap_exit(e) {
+            // The command line and the environment parsed: the file's values are at fault.
             ParseExit::Usage(msg) => {
                 ParseExit::Usage(format!("in config file {}: {msg}", path.display()))
             }
@@ -51,14 +59,48 @@ pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Re
     T::from_arg_matches(&matches).map_err(clap_exit)
 }
 
+/// Like [`clap_exit`], but an error about a value that came from the environment names the
+/// variable (`LOADGEN_RATE`), not the flag the user never typed.
+fn clap_exit_sourced(e: clap::Error, cmd: &Command, argv: &[OsString]) -> ParseExit {
+    use clap::error::{ContextKind, ContextValue};
+    let invalid = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let exit = clap_exit(e);
+    let (ParseExit::Usage(msg), Some(invalid)) = (&exit, invalid) else {
+        return exit;
+    };
+    let long = invalid
+        .strip_prefix("--")
+        .and_then(|rest| rest.split([' ', '=']).next())
+        .unwrap_or("");
+    let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(long)) else {
+        return exit;
+    };
+    let on_command_line = argv.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    match arg.get_env() {
+        Some(env) if !on_command_line && std::env::var_os(env).is_some() => {
+            let env = env.to_string_lossy();
+            ParseExit::Usage(msg.replace(
+                &format!("'{invalid}'"),
+                &format!("{env} (the variable of --{long})"),
+            ))
+        }
+        _ => exit,
+    }
+}
+
 /// The `--flag=value` arguments a config file contributes for flags nothing else set.
 fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::usage(format!(
-            "cannot read config file {}: {e}; fix --config",
-            path.display()
-        ))
-    })?;
+    let text = crate::out::read_bounded(
+        path,
+        MAX_CONFIG_FILE,
+        &format!("config file {} (--config)", path.display()),
+    )?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         Error::usage(format!(
             "config file {} is not valid TOML: {}",
@@ -66,16 +108,26 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
             one_line(&e.to_string())
         ))
     })?;
+    let keys: Vec<&str> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "config" | "help" | "version"))
+        .collect();
     let mut out = Vec::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
         let arg = cmd
             .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && long != "config" && long != "help" && long != "version")
+            .find(|a| a.get_long() == Some(long.as_str()) && keys.contains(&long.as_str()))
             .ok_or_else(|| {
+                let hint = closest(&long, &keys)
+                    .map_or(String::new(), |k| format!("did you mean '{k}'? "));
                 Error::usage(format!(
-                    "config file {}: unknown key '{key}'; keys are flag names such as rate, batch, qos, broker",
-                    path.display()
+                    "config file {}: unknown key '{}'; {hint}the keys of {} are its flag names: {}",
+                    path.display(),
+                    crate::out::escape(&key),
+                    cmd.get_name(),
+                    keys.join(", ")
                 ))
             })?;
         let set_elsewhere = matches!(
@@ -99,8 +151,15 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
             }
             continue;
         }
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
         let values = match value {
-            toml::Value::Array(items) => items,
+            toml::Value::Array(items) if repeatable => items,
+            toml::Value::Array(_) => {
+                return Err(Error::usage(format!(
+                "config file {}: key '{key}' takes one value, not an array; write {key} = <value>",
+                path.display()
+            )))
+            }
             single => vec![single],
         };
         for v in values {
@@ -121,6 +180,29 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
         }
     }
     Ok(out)
+}
+
+/// The key nearest to `key` by edit distance, if it is close enough to be a typo.
+fn closest<'a>(key: &str, keys: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1; b.len() + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1);
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    keys.iter()
+        .map(|k| (distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min()
+        .map(|(_, k)| k)
 }
 
 fn clap_exit(e: clap::Error) -> ParseExit {
@@ -158,7 +240,13 @@ mod tests {
         args: PublisherArgs,
     }
 
+    /// Parses under the environment lock: a test that sets a variable holds it throughout.
     fn parse(argv: &[&str]) -> Result<PublisherArgs, ParseExit> {
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        parse_unlocked(argv)
+    }
+
+    fn parse_unlocked(argv: &[&str]) -> Result<PublisherArgs, ParseExit> {
         let cmd = PublisherArgs::augment_args(Command::new("t"));
         let argv = std::iter::once("t")
             .chain(argv.iter().copied())
@@ -193,8 +281,8 @@ mod tests {
         }
     }
 
-    // Environment variables are process-wide: every test that sets one goes through this
-    // lock, and uses a variable no other test reads.
+    // Environment variables are process-wide: every parse goes through this lock, and a test
+    // that sets a variable holds it until the variable is removed again.
     static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
@@ -240,11 +328,11 @@ mod tests {
 
     #[test]
     fn environment_overrides_file_and_command_line_overrides_environment() {
-        let _g = ENV.lock().unwrap();
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
         let f = config_file("seed = 5\n");
         std::env::set_var("LOADGEN_SEED", "6");
-        let from_env = parse(&["--config", f.0.to_str().unwrap()]);
-        let from_cli = parse(&["--config", f.0.to_str().unwrap(), "--seed", "7"]);
+        let from_env = parse_unlocked(&["--config", f.0.to_str().unwrap()]);
+        let from_cli = parse_unlocked(&["--config", f.0.to_str().unwrap(), "--seed", "7"]);
         std::env::remove_var("LOADGEN_SEED");
         assert_eq!(from_env.unwrap().load.seed, 6);
         assert_eq!(from_cli.unwrap().load.seed, 7);
@@ -254,7 +342,10 @@ mod tests {
     fn unknown_key_and_bad_value_in_file_are_usage_errors() {
         let f = config_file("rat = 5\n");
         match parse(&["--config", f.0.to_str().unwrap()]) {
-            Err(ParseExit::Usage(m)) => assert!(m.contains("unknown key 'rat'"), "{m}"),
+            Err(ParseExit::Usage(m)) => {
+                assert!(m.contains("unknown key 'rat'"), "{m}");
+                assert!(m.contains("did you mean 'rate'?"), "{m}");
+            }
             other => panic!("{other:?}"),
         }
         let f = config_file("qos = 3\n");
@@ -262,6 +353,36 @@ mod tests {
             Err(ParseExit::Usage(m)) => {
                 assert!(m.contains("in config file") && m.contains("--qos"), "{m}");
                 assert!(!m.contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_array_for_a_single_valued_flag_says_so() {
+        let f = config_file("rate = [\"10k\", \"20k\"]\n");
+        match parse(&["--config", f.0.to_str().unwrap()]) {
+            Err(ParseExit::Usage(m)) => assert!(m.contains("takes one value, not an array"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("LOADGEN_BATCH", "lots");
+        let from_env = parse_unlocked(&[]);
+        let from_cli = parse_unlocked(&["--batch", "many"]);
+        std::env::remove_var("LOADGEN_BATCH");
+        match from_env {
+            Err(ParseExit::Usage(m)) => {
+                assert!(m.contains("LOADGEN_BATCH") && m.contains("'lots'"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match from_cli {
+            Err(ParseExit::Usage(m)) => {
+                assert!(m.contains("--batch") && !m.contains("LOADGEN_"), "{m}")
             }
             other => panic!("{other:?}"),
         }

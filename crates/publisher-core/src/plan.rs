@@ -176,6 +176,14 @@ impl Plan {
             Rate::Unlimited => None,
             Rate::PerSecond(r) => Some(r),
         };
+        if let Some(r) = rate {
+            // One message every batch / rate seconds: past a year the schedule means nothing.
+            if batch as f64 / r > crate::args::MAX_DURATION.as_secs_f64() {
+                return Err(Error::usage(format!(
+                    "--rate {r} with --batch {batch} sends one message less than once a year; raise --rate or lower --batch"
+                )));
+            }
+        }
         let report_json = output.report_json;
         if let Some(p) = &report_json {
             crate::out::check_report_path(p)?;
@@ -246,12 +254,11 @@ pub fn connect_plan(
         }
         (None, None) => None,
     };
-    let client_id = c.client_id.unwrap_or_else(|| default_client_id.to_string());
-    if client_id.len() > u16::MAX as usize {
-        return Err(Error::usage(
-            "--client-id is longer than MQTT allows (65535 bytes)",
-        ));
+    if let Some((user, _)) = &credentials {
+        check_mqtt_string(user, "--username")?;
     }
+    let client_id = c.client_id.unwrap_or_else(|| default_client_id.to_string());
+    check_mqtt_string(&client_id, "--client-id")?;
     Ok(ConnectPlan {
         broker,
         client_id,
@@ -265,22 +272,80 @@ pub fn connect_plan(
     })
 }
 
+/// Longest password file read: a password is a line, not a file's worth.
+pub const MAX_PASSWORD_FILE: u64 = 4 << 10;
+
 fn read_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Error> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::usage(format!(
-                "cannot read --password-file {}: {e}",
-                path.display()
-            ))
-        })?;
+        let what = format!("--password-file {}", path.display());
+        let text = crate::out::read_bounded(path, MAX_PASSWORD_FILE, &what)?;
         let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            return Err(Error::usage(format!(
+                "{what}: the first line is empty; put the password on it"
+            )));
+        }
         return Ok(Some(Secret(line)));
     }
-    Ok(std::env::var(PASSWORD_ENV).ok().map(Secret))
+    match std::env::var(PASSWORD_ENV) {
+        Ok(p) if p.is_empty() => Err(Error::usage(format!(
+            "{PASSWORD_ENV} is set but empty; set the password in it, or unset it"
+        ))),
+        Ok(p) => Ok(Some(Secret(p))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::usage(format!(
+            "{PASSWORD_ENV} is not valid UTF-8; MQTT passwords here are UTF-8 text"
+        ))),
+    }
+}
+
+/// Checks an MQTT UTF-8 string field (client id, user name): no NUL, at most 65535 bytes.
+pub fn check_mqtt_string(value: &str, flag: &str) -> Result<(), Error> {
+    if value.contains('\0') {
+        return Err(Error::usage(format!(
+            "{flag} contains a NUL character, which MQTT does not allow; remove it"
+        )));
+    }
+    if value.len() > u16::MAX as usize {
+        return Err(Error::usage(format!(
+            "{flag} is {} bytes, longer than MQTT allows (65535 bytes)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Longest `--device-id`: real ids are far shorter, and every point carries it.
+pub const MAX_DEVICE_ID: usize = 1024;
+
+/// Checks `--device-id` on its own, so that an error names it rather than the topic it
+/// goes into.
+pub fn check_device_id(device_id: &str, template: &str) -> Result<(), Error> {
+    if device_id.len() > MAX_DEVICE_ID {
+        return Err(Error::usage(format!(
+            "--device-id is {} bytes; use at most {MAX_DEVICE_ID}",
+            device_id.len()
+        )));
+    }
+    if template.contains("{device_id}") {
+        if device_id.contains(['+', '#']) {
+            return Err(Error::usage(format!(
+                "--device-id '{}' contains '+' or '#', which are wildcards in the topic it goes into; remove them",
+                crate::out::escape(device_id)
+            )));
+        }
+        if device_id.contains('\0') {
+            return Err(Error::usage(
+                "--device-id contains a NUL character, which a topic cannot hold; remove it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Renders the topic template and checks it is a valid topic to publish to.
 pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
+    check_device_id(device_id, template)?;
     let topic = template.replace("{device_id}", device_id);
     if topic.is_empty() {
         return Err(Error::usage(
@@ -289,21 +354,25 @@ pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
     }
     if topic.contains(['+', '#']) {
         return Err(Error::usage(format!(
-            "--topic '{topic}' contains a wildcard ('+' or '#'); publish topics must name one topic"
+            "--topic '{}' contains a wildcard ('+' or '#'); publish topics must name one topic",
+            crate::out::escape(&topic)
         )));
     }
     if topic.contains('\0') {
         return Err(Error::usage("--topic must not contain a NUL character"));
     }
     if topic.len() > u16::MAX as usize {
-        return Err(Error::usage(
-            "--topic is longer than MQTT allows (65535 bytes)",
-        ));
+        return Err(Error::usage(format!(
+            "--topic is {} bytes, longer than MQTT allows (65535 bytes)",
+            topic.len()
+        )));
     }
     Ok(topic)
 }
 
-/// Parses `--broker`: `auto`, `embedded`, `mqtt://host:port`, `tcp://host:port` or `host[:port]`.
+/// Parses `--broker`: `auto`, `embedded`, `mqtt://host:port`, `tcp://host:port`, `host[:port]`,
+/// `[v6]:port` or a bare IPv6 address. Credentials in the URL are refused with the secret
+/// redacted: they would show in process lists, shell history and every message naming the broker.
 pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
     let s = s.trim();
     match s {
@@ -320,42 +389,82 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
         "embedded" => return Ok(BrokerChoice::Embedded),
         _ => {}
     }
-    let rest = match s.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some((scheme, _)) => {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, s),
+    };
+    // user[:password]@host: checked before anything echoes the address.
+    if let Some((userinfo, host)) = rest.rsplit_once('@') {
+        let shown = match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***"),
+            None => userinfo.to_string(),
+        };
+        let shown = format!(
+            "{}{shown}@{host}",
+            scheme.map_or(String::new(), |s| format!("{s}://"))
+        );
+        return Err(Error::usage(format!(
+            "--broker {shown} carries credentials; give the broker as mqtt://host:port, the user \
+             with --username and the password in {PASSWORD_ENV} or --password-file"
+        )));
+    }
+    match scheme {
+        None | Some("mqtt" | "tcp") => {}
+        Some(scheme) => {
             return Err(Error::usage(format!(
                 "--broker scheme '{scheme}://' is not supported; use mqtt://host:port, host:port, auto or embedded"
             )))
         }
-        None => s,
-    };
+    }
     let rest = rest.trim_end_matches('/');
     let (host, port) = host_port(rest, "--broker")?;
     Ok(BrokerChoice::Remote { host, port })
 }
 
 fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
-    let bad = || {
+    let bad = |why: &str| {
         Error::usage(format!(
-            "{what} '{s}' is not host:port; use e.g. mqtt://localhost:1883"
+            "{what} '{s}' is not host:port ({why}); use e.g. mqtt://localhost:1883 or mqtt://[::1]:1883"
         ))
     };
+    if let Ok(v6) = s.parse::<std::net::Ipv6Addr>() {
+        return Ok((v6.to_string(), 1883)); // a bare IPv6 address: its colons are not a port
+    }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        // [v6addr]:port
-        let (h, p) = rest.split_once(']').ok_or_else(bad)?;
-        (h.to_string(), p.strip_prefix(':'))
+        let (h, p) = rest.split_once(']').ok_or_else(|| bad("'[' without ']'"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("brackets hold an IPv6 address"));
+        }
+        let port = match p {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| bad("only :port may follow ']'"))?,
+            ),
+        };
+        (h.to_string(), port)
     } else {
         match s.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(bad("more than one ':'; write an IPv6 address in brackets"))
+            }
             Some((h, p)) => (h.to_string(), Some(p)),
             None => (s.to_string(), None),
         }
     };
-    if host.is_empty() || host.contains('/') {
-        return Err(bad());
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if host.contains(['/', '?', '#', ' ']) {
+        return Err(bad("a host has no '/', '?', '#' or spaces"));
     }
     let port = match port {
         None => 1883,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port is a number from 1 to 65535"))?,
     };
     Ok((host, port))
 }
@@ -391,6 +500,52 @@ mod tests {
         assert!(parse_broker("http://x:1").is_err());
         assert!(parse_broker("host:notaport").is_err());
         assert!(parse_broker("host:0").is_err());
+    }
+
+    #[test]
+    fn bare_ipv6_and_stray_colons_parse_or_are_refused() {
+        assert_eq!(
+            parse_broker("::1").unwrap(),
+            BrokerChoice::Remote {
+                host: "::1".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(
+            parse_broker("mqtt://[::1]").unwrap(),
+            BrokerChoice::Remote {
+                host: "::1".into(),
+                port: 1883
+            }
+        );
+        for bad in [
+            "mqtt://127.0.0.1:18950:1",
+            "[::1]x",
+            "[nothost]:1",
+            "[::1",
+            ":1883",
+        ] {
+            let e = parse_broker(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_broker_url_are_refused_and_redacted() {
+        for url in [
+            "mqtt://u:secretpw@127.0.0.1:1883",
+            "u:secretpw@host",
+            "mqtt://u:secretpw@",
+        ] {
+            let e = parse_broker(url).unwrap_err();
+            let msg = e.to_string();
+            assert_eq!(e.exit_code(), 2);
+            assert!(!msg.contains("secretpw"), "{msg}");
+            assert!(
+                msg.contains("--username") && msg.contains(PASSWORD_ENV),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

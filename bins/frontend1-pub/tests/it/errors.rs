@@ -227,3 +227,152 @@ fn password_without_user_is_a_usage_error() {
     out.assert_code(2);
     assert!(out.stderr.contains("--username"), "{}", out.stderr);
 }
+
+#[test]
+fn credentials_in_the_broker_url_are_a_usage_error_that_hides_the_password() {
+    let line = assert_one_line_error(
+        &["--broker", "mqtt://u:secretpw@127.0.0.1:1883"],
+        2,
+        "--username",
+    );
+    assert!(!line.contains("secretpw"), "{line}");
+    assert!(
+        line.contains("LOADGEN_PASSWORD") && line.contains("--password-file"),
+        "{line}"
+    );
+}
+
+#[test]
+fn broker_addresses_with_stray_colons_are_usage_errors_and_bare_ipv6_works() {
+    assert_one_line_error(
+        &["--broker", "mqtt://127.0.0.1:18950:1"],
+        2,
+        "write an IPv6 address in brackets",
+    );
+    // A bare IPv6 address is a host, not host:port: it is reached (or not) as [::1]:1883.
+    let out = publish(&["--broker", "::1", "--connect-timeout", "1s"]);
+    assert_ne!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[::1]:1883") || out.code == 0,
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn counts_and_rates_beyond_the_largest_are_refused_not_clamped() {
+    assert_one_line_error(&["--total", "18446744073709551616"], 2, "--total");
+    assert_one_line_error(&["--rate", "18446744073709551616"], 2, "--rate");
+}
+
+#[test]
+fn a_slow_rate_prints_as_itself_not_zero() {
+    let m = Mosquitto::start();
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--rate",
+        "0.5",
+        "--batch",
+        "1",
+        "--total",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    assert!(out.stdout.contains("0.50 points/s"), "{}", out.stdout);
+}
+
+#[test]
+fn endless_config_and_password_files_are_usage_errors_not_hangs() {
+    let line = assert_one_line_error(&["--config", "/dev/zero"], 2, "larger than");
+    assert!(line.contains("/dev/zero"), "{line}");
+    let line = assert_one_line_error(
+        &["--username", "u", "--password-file", "/dev/zero"],
+        2,
+        "--password-file",
+    );
+    assert!(line.contains("larger than"), "{line}");
+}
+
+/// A report path that cannot be written (even by root: sysfs refuses new files) is found
+/// before the run, not after it.
+#[test]
+fn an_unwritable_report_path_is_found_before_connecting() {
+    let out = std::process::Command::new(crate::common::BIN)
+        .args([
+            "--report-json",
+            "/sys/loadgen-report.json",
+            "--broker",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be written"), "{stderr}");
+}
+
+#[test]
+fn an_empty_password_is_refused_not_sent() {
+    let out = publish_env(&["--username", "u"], &[("LOADGEN_PASSWORD", "")]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("LOADGEN_PASSWORD is set but empty"),
+        "{}",
+        out.stderr
+    );
+    let dir = TempDir::new("emptypw");
+    let file = dir.path("pw");
+    std::fs::write(&file, "\nsecond line\n").unwrap();
+    let line = assert_one_line_error(
+        &["--username", "u", "--password-file", file.to_str().unwrap()],
+        2,
+        "first line is empty",
+    );
+    assert!(!line.contains("second line"), "{line}");
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable_not_the_flag() {
+    let out = publish_env(&[], &[("LOADGEN_RATE", "fast")]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("LOADGEN_RATE"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn config_file_mistakes_say_what_to_change() {
+    let dir = TempDir::new("cfg");
+    let array = dir.path("array.toml");
+    std::fs::write(&array, "rate = [\"10k\", \"20k\"]\n").unwrap();
+    assert_one_line_error(
+        &["--config", array.to_str().unwrap()],
+        2,
+        "takes one value, not an array",
+    );
+    let nul = dir.path("nul.toml");
+    std::fs::write(&nul, "client-id = \"a\\u0000b\"\n").unwrap();
+    assert_one_line_error(
+        &["--config", nul.to_str().unwrap()],
+        2,
+        "--client-id contains a NUL",
+    );
+    let unknown = dir.path("unknown.toml");
+    std::fs::write(&unknown, "ratee = 5\n").unwrap();
+    let line = assert_one_line_error(
+        &["--config", unknown.to_str().unwrap()],
+        2,
+        "unknown key 'ratee'",
+    );
+    assert!(
+        line.contains("did you mean 'rate'?") && line.contains("frontend1-pub"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_oversized_device_id_is_named_as_such() {
+    let id = "d".repeat(100_000);
+    assert_one_line_error(&["--device-id", &id], 2, "--device-id is 100000 bytes");
+}
