@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 use crate::error::Error;
+use crate::mqtt::accepts_connections;
 use crate::plan::BrokerChoice;
 
 /// The broker a run talks to.
@@ -76,15 +77,6 @@ pub fn resolve(
             Ok(b)
         }
     }
-}
-
-fn accepts_connections(host: &str, port: u16, timeout: Duration) -> bool {
-    let Ok(addrs) = (host, port).to_socket_addrs() else {
-        return false;
-    };
-    addrs
-        .into_iter()
-        .any(|a| TcpStream::connect_timeout(&a, timeout).is_ok())
 }
 
 /// Starts rumqttd on 127.0.0.1 and a free port; it lives as long as the process.

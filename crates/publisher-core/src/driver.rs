@@ -10,10 +10,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use rumqttc::{ConnectionError, Event, EventLoop, Outgoing, Packet};
+use rumqttc::{Event, EventLoop, Outgoing, Packet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::mqtt::{Lost, LostKind};
 use crate::sink::{MsgMeta, Pending, QueueRoom};
 use crate::stats::{Counters, Latencies};
 
@@ -43,7 +44,10 @@ impl Shared {
 #[derive(Debug, Default)]
 pub struct DriverOut {
     pub latencies: Latencies,
-    pub error: Option<String>,
+    /// How the connection was lost, if it was.
+    pub lost: Option<Lost>,
+    /// PUBACKs whose packet id had nothing in flight: a broker that repeats itself.
+    pub duplicate_acks: u64,
     /// Last write (QoS 0) or acknowledgement (QoS 1).
     pub last_progress: Option<Instant>,
 }
@@ -66,6 +70,9 @@ pub async fn drive(
         Vec::new()
     };
     let mut written: Vec<MsgMeta> = Vec::new();
+    let up_since = Instant::now();
+    let mut first_write: Option<Instant> = None;
+    let mut largest_message = 0u32;
     // Created once: a cancellation future registers a waiter, too costly per event.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -79,22 +86,31 @@ pub async fn drive(
             Ok(Event::Outgoing(Outgoing::PublishFrames(count))) => (count as usize, None),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => (1, Some(pkid)),
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some((scheduled, points)) =
-                    inflight.get_mut(ack.pkid as usize).and_then(Option::take)
-                {
-                    let now = Instant::now();
-                    out.latencies.record_ack(now - scheduled);
-                    c.points_acked.fetch_add(points as u64, Relaxed);
-                    c.messages_acked.fetch_add(1, Relaxed);
-                    out.last_progress = Some(now);
-                    shared.acked.notify_one();
+                match inflight.get_mut(ack.pkid as usize).and_then(Option::take) {
+                    Some((scheduled, points)) => {
+                        let now = Instant::now();
+                        out.latencies.record_ack(now - scheduled);
+                        c.points_acked.fetch_add(points as u64, Relaxed);
+                        c.messages_acked.fetch_add(1, Relaxed);
+                        out.last_progress = Some(now);
+                        shared.acked.notify_one();
+                    }
+                    // Already acknowledged (or never sent): the first PUBACK counted, not this.
+                    None => out.duplicate_acks += 1,
                 }
                 continue;
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => continue,
             Err(e) => {
-                out.error = Some(describe(&e));
+                let waiting = shared.pending.lock().front().map_or(0, |m| m.bytes);
+                out.lost = Some(Lost {
+                    kind: LostKind::of(&e),
+                    after: up_since.elapsed(),
+                    acked_any: c.messages_acked.load(Relaxed) > 0,
+                    first_write_after: first_write.map(|t| t - up_since),
+                    largest_message: largest_message.max(waiting),
+                });
                 break;
             }
         };
@@ -112,7 +128,9 @@ pub async fn drive(
             );
         }
         let (mut points, mut bytes) = (0u64, 0u64);
+        first_write.get_or_insert(now);
         for m in &written {
+            largest_message = largest_message.max(m.bytes);
             out.latencies.record_lag(now - m.scheduled);
             points += m.points as u64;
             bytes += m.bytes as u64;
@@ -136,17 +154,4 @@ pub async fn drive(
     }
     done.cancel();
     out
-}
-
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::MqttState(rumqttc::StateError::Io(io)) | ConnectionError::Io(io) => {
-            format!("connection to the broker lost: {io}")
-        }
-        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => {
-            "the broker closed the connection (a message over its packet size limit, or a policy?)"
-                .into()
-        }
-        other => format!("connection to the broker failed: {other}"),
-    }
 }

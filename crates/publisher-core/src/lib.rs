@@ -71,7 +71,7 @@ pub fn command(preset: &Preset) -> Command {
         .about(preset.about)
         .after_help(
             "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
-             4 broker refused the connection, 130 SIGINT, 143 SIGTERM.",
+             4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
         )
         .mut_arg("device_id", |a| a.help(format!("Device id written into every point [default: {}]", preset.device_id)))
         .mut_arg("client_id", |a| a.help(format!("MQTT client id [default: {}]", preset.client_id)))
@@ -98,15 +98,17 @@ pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan
 pub fn main(preset: Preset) -> ExitCode {
     run_main(
         || parse_plan(&preset, std::env::args_os().collect()),
+        "stopping generation, flushing what was generated",
         |plan, shutdown| async move { run(&preset, &plan, &shutdown).await },
     )
 }
 
 /// The frame every binary shares: logging, `parse` (help and usage errors exit here), a
-/// single-threaded runtime with Ctrl-C/SIGTERM handling, `run`, and the exit code of its
-/// result.
+/// single-threaded runtime with signal handling (`first_signal` says what the first SIGINT,
+/// SIGTERM or SIGHUP does), `run`, and the exit code of its result.
 pub fn run_main<P, Fut>(
     parse: impl FnOnce() -> Result<P, ParseExit>,
+    first_signal: &'static str,
     run: impl FnOnce(P, Shutdown) -> Fut,
 ) -> ExitCode
 where
@@ -140,7 +142,7 @@ where
         }
     };
     let result = runtime.block_on(async {
-        let shutdown = Shutdown::from_signals()
+        let shutdown = Shutdown::from_signals(first_signal)
             .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
         run(plan, shutdown).await
     });
@@ -155,13 +157,22 @@ where
     }
 }
 
-/// Runs `plan` and prints its report; the exit code says how it ended.
+/// Runs `plan` and prints its report; the exit code says how it ended. An embedded broker
+/// then lingers (`--embedded-linger`) so that subscribers get the last messages, until the
+/// time is up or a signal ends it; the report is out before.
 pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
-    let (report, signal) = execute(preset, plan, shutdown).await?;
+    let (report, signal, target) = execute(preset, plan, shutdown).await?;
     let text = report.render_text();
     out::summary(&text, plan.report_json.as_deref());
     if let Some(p) = &plan.report_json {
         report.write_json(p)?;
+    }
+    let linger = plan.connect.embedded_linger;
+    if target.embedded && !linger.is_zero() && !shutdown.stop.is_cancelled() {
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => {}
+            _ = shutdown.stop.cancelled() => {}
+        }
     }
     if let Some(sig) = signal {
         return Ok(ExitCode::from(sig.exit_code()));
@@ -172,12 +183,13 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
     }
 }
 
-/// Connects, publishes and builds the report, without printing it.
+/// Connects, publishes and builds the report, without printing it. A signal while
+/// connecting ends the run at once, with a report that says nothing was sent.
 pub async fn execute(
     preset: &Preset,
     plan: &Plan,
     shutdown: &Shutdown,
-) -> Result<(Report, Option<shutdown::Signal>), Error> {
+) -> Result<(Report, Option<shutdown::Signal>, broker::BrokerTarget), Error> {
     let choice = plan.connect.broker.clone();
     let max_packet = plan.connect.max_packet_size;
     let embedded_port = plan.connect.embedded_port;
@@ -185,49 +197,57 @@ pub async fn execute(
         tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, embedded_port))
             .await
             .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    let (client, eventloop) = mqtt::connect(
-        &plan.connect,
-        &target,
-        plan.max_inflight,
-        plan.queue_requests,
-    )
-    .await?;
+    let connected = tokio::select! {
+        c = mqtt::connect(&plan.connect, &target, plan.max_inflight, plan.queue_requests) => Some(c?),
+        _ = shutdown.stop.cancelled() => None,
+    };
+    let Some((client, eventloop)) = connected else {
+        let result = session::SessionResult::interrupted_while_connecting(plan.rate.is_some());
+        let signal = shutdown.signal();
+        let report = Report::build(preset.name, plan, &target, &result, signal);
+        return Ok((report, signal, target));
+    };
     let counters = Arc::new(stats::Counters::default());
     let progress_stop = CancellationToken::new();
-    let progress = (!plan.quiet).then(|| {
-        tokio::spawn(progress::run(
-            counters.clone(),
-            plan.total,
-            plan.qos == args::Qos::AtLeastOnce,
-            Duration::from_secs(1),
-            progress_stop.clone(),
-        ))
-    });
-    let result = session::run(plan, client, eventloop, counters, shutdown).await;
+    let progress = tokio::spawn(progress::run(
+        counters.clone(),
+        plan.total,
+        plan.qos == args::Qos::AtLeastOnce,
+        (!plan.quiet).then_some(Duration::from_secs(1)),
+        shutdown.status.clone(),
+        progress_stop.clone(),
+    ));
+    let mut result = session::run(plan, client, eventloop, counters, shutdown).await;
     progress_stop.cancel();
-    if let Some(p) = progress {
-        let _ = p.await;
-    }
-    if target.embedded && !plan.connect.embedded_linger.is_zero() {
-        // Subscribers of the embedded broker may still be reading; it dies with this process.
-        tokio::select! {
-            _ = tokio::time::sleep(plan.connect.embedded_linger) => {}
-            _ = shutdown.abort.cancelled() => {}
-        }
+    let _ = progress.await;
+    if result
+        .lost
+        .as_ref()
+        .is_some_and(|l| matches!(l.kind, mqtt::LostKind::Closed | mqtt::LostKind::Io(..)))
+    {
+        // Is the broker still there? That tells a broker that went away from one that
+        // closed this connection on purpose.
+        let (host, port) = (target.host.clone(), target.port);
+        result.broker_up = tokio::task::spawn_blocking(move || {
+            mqtt::accepts_connections(&host, port, Duration::from_millis(500))
+        })
+        .await
+        .ok();
     }
     let signal = shutdown.signal();
-    Ok((
-        Report::build(preset.name, plan, &target, &result, signal),
-        signal,
-    ))
+    let report = Report::build(preset.name, plan, &target, &result, signal);
+    Ok((report, signal, target))
 }
 
 /// Logs to stderr; `LOADGEN_LOG` takes an env-filter (default: warnings, rumqttd silent).
+/// No colour codes (they are control sequences too), and every line goes through the same
+/// escaping as the rest of the output ([`out::escape_keeping_lines`]).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| out::EscapingStderr)
         .try_init();
 }

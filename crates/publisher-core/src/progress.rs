@@ -1,31 +1,37 @@
-//! A progress line on stderr about once a second, read from the live counters.
+//! A progress line on stderr about once a second (unless `--quiet`), and on SIGUSR1, read
+//! from the live counters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::report::fmt_int;
 use crate::stats::Counters;
 
-/// Prints progress every `every` until `stop` is cancelled.
+/// Prints progress every `every` (`None`: never by itself) and whenever `status` is
+/// notified, until `stop` is cancelled.
 pub async fn run(
     counters: Arc<Counters>,
     total: Option<u64>,
     qos1: bool,
-    every: Duration,
+    every: Option<Duration>,
+    status: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let start = Instant::now();
-    let mut tick = tokio::time::interval_at(start + every, every);
+    let period = every.unwrap_or(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval_at(start + period, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last = counters.snapshot();
     let mut last_at = start;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick(), if every.is_some() => {}
+            _ = status.notified() => {}
         }
         let now = Instant::now();
         let t = counters.snapshot();

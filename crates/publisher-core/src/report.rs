@@ -46,6 +46,8 @@ pub struct Report {
     pub points_unsent: u64,
     pub messages_sent: u64,
     pub messages_acked: Option<u64>,
+    /// PUBACKs for messages already acknowledged (a broker repeating itself): ignored.
+    pub duplicate_acks: u64,
     /// Payload bytes written to the socket.
     pub bytes_sent: u64,
     pub elapsed_s: f64,
@@ -62,6 +64,8 @@ pub struct Report {
     pub outcome: String,
     /// The signal that stopped the run, if any.
     pub interrupted_by: Option<String>,
+    /// The signal came while connecting, before anything was generated.
+    pub interrupted_connecting: bool,
     /// Why the run did not deliver everything, if it did not.
     pub error: Option<String>,
 }
@@ -92,8 +96,8 @@ impl Report {
         };
         let points_unsent = t.points_enqueued - t.points_sent;
         let mut problems = Vec::new();
-        if let Some(e) = &s.connection_error {
-            problems.push(e.clone());
+        if let Some(lost) = &s.lost {
+            problems.push(lost.describe(&plan.connect.client_id, &target.url(), s.broker_up));
         }
         if points_unsent > 0 {
             problems.push(format!(
@@ -102,10 +106,17 @@ impl Report {
             ));
         }
         if points_failed > 0 {
-            problems.push(format!(
-                "{} points were not acknowledged within --drain-timeout",
-                fmt_int(points_failed)
-            ));
+            problems.push(if s.lost.is_some() {
+                format!(
+                    "{} points were sent but not acknowledged before the connection was lost",
+                    fmt_int(points_failed)
+                )
+            } else {
+                format!(
+                    "{} points were not acknowledged within --drain-timeout",
+                    fmt_int(points_failed)
+                )
+            });
         }
         if s.drain_cut_short && problems.is_empty() {
             problems.push("the flush was cut short".into());
@@ -138,6 +149,7 @@ impl Report {
             points_unsent,
             messages_sent: t.messages_sent,
             messages_acked: qos1.then_some(t.messages_acked),
+            duplicate_acks: s.duplicate_acks,
             bytes_sent: t.bytes_sent,
             elapsed_s: round3(elapsed),
             point_rate: round3(point_rate),
@@ -156,6 +168,7 @@ impl Report {
             },
             outcome: outcome.into(),
             interrupted_by: signal.map(|s| s.name().to_string()),
+            interrupted_connecting: s.connecting_interrupted,
             error,
         }
     }
@@ -177,7 +190,7 @@ impl Report {
                 }
             ),
         );
-        line("topic", self.topic.clone());
+        line("topic", crate::out::escape(&self.topic).into_owned());
         line("qos", self.qos.to_string());
         line(
             "batch",
@@ -211,6 +224,15 @@ impl Report {
                 None => format!("{} sent", fmt_int(self.messages_sent)),
             },
         );
+        if self.duplicate_acks > 0 {
+            line(
+                "duplicate acks",
+                format!(
+                    "{} PUBACKs repeated an acknowledgement already counted (ignored)",
+                    fmt_int(self.duplicate_acks)
+                ),
+            );
+        }
         line(
             "bytes",
             format!(
@@ -232,7 +254,7 @@ impl Report {
             "target",
             match (self.target_rate, self.target_pct) {
                 (Some(r), Some(pct)) => {
-                    format!("{} points/s, achieved {pct:.2}%", fmt_int(r.round() as u64))
+                    format!("{} points/s, achieved {pct:.2}%", fmt_rate(r))
                 }
                 _ => "as fast as possible".into(),
             },
@@ -247,10 +269,17 @@ impl Report {
             line("schedule lag", fmt_percentiles(p, false));
         }
         if let Some(sig) = &self.interrupted_by {
-            line("interrupted", format!("by {sig}"));
+            line(
+                "interrupted",
+                if self.interrupted_connecting {
+                    format!("by {sig} while connecting: nothing was sent")
+                } else {
+                    format!("by {sig}")
+                },
+            );
         }
         if let Some(e) = &self.error {
-            line("problem", e.clone());
+            line("problem", crate::out::escape(e).into_owned());
         }
         o
     }
@@ -283,11 +312,16 @@ pub fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn fmt_rate(v: f64) -> String {
+/// A rate for people: whole numbers from 100 up, else enough decimals that a slow rate
+/// (0.5 points/s, 0.001) does not print as 0.
+pub fn fmt_rate(v: f64) -> String {
     if v >= 100.0 {
         fmt_int(v.round() as u64)
-    } else {
+    } else if v >= 1.0 || v == 0.0 {
         format!("{v:.1}")
+    } else {
+        let digits = (-v.log10()).ceil().clamp(1.0, 9.0) as usize + 1;
+        format!("{v:.digits$}")
     }
 }
 
@@ -306,7 +340,15 @@ pub fn fmt_int(v: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::fmt_int;
+    use super::{fmt_int, fmt_rate};
+
+    #[test]
+    fn slow_rates_do_not_print_as_zero() {
+        assert_eq!(fmt_rate(0.5), "0.50");
+        assert_eq!(fmt_rate(0.001), "0.0010");
+        assert_eq!(fmt_rate(2.5), "2.5");
+        assert_eq!(fmt_rate(12_345.6), "12,346");
+    }
 
     #[test]
     fn integers_get_thousands_separators() {

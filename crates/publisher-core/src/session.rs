@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::Qos;
-use crate::driver::{drive, DriverOut, Shared};
+use crate::driver::{drive, DriverOut, Lost, Shared};
 use crate::pace::Pacer;
 use crate::plan::Plan;
 use crate::shutdown::Shutdown;
@@ -42,11 +42,36 @@ pub struct SessionResult {
     pub started: Instant,
     /// Last write (QoS 0) or last acknowledgement (QoS 1); `started` if none.
     pub finished: Instant,
-    /// The connection failed mid-run.
-    pub connection_error: Option<String>,
+    /// How the connection was lost mid-run, if it was.
+    pub lost: Option<Lost>,
+    /// Whether the broker accepted a new TCP connection right after the loss (None: not probed).
+    pub broker_up: Option<bool>,
+    /// PUBACKs for packet ids with nothing in flight (a broker repeating itself): ignored.
+    pub duplicate_acks: u64,
     /// The drain timeout (or a second signal) cut the flush short.
     pub drain_cut_short: bool,
     pub paced: bool,
+    /// A signal came while connecting: nothing was generated.
+    pub connecting_interrupted: bool,
+}
+
+impl SessionResult {
+    /// The result of a run stopped by a signal before the connection was up.
+    pub fn interrupted_while_connecting(paced: bool) -> SessionResult {
+        let now = Instant::now();
+        SessionResult {
+            totals: Totals::default(),
+            latencies: Latencies::default(),
+            started: now,
+            finished: now,
+            lost: None,
+            broker_up: None,
+            duplicate_acks: 0,
+            drain_cut_short: false,
+            paced,
+            connecting_interrupted: true,
+        }
+    }
 }
 
 /// Runs generation and delivery to completion (or stop/abort) on a connected client.
@@ -74,13 +99,27 @@ pub async fn run(
         _ = shutdown.stop.cancelled() => {}
     }
     let started = Instant::now();
-    let sink = Sink::new(plan, client.clone());
-    produce(plan, sink, &shared, started, shutdown, &driver_done).await;
+    let mut sink = Sink::new(plan, client.clone());
+    produce(plan, &mut sink, &shared, started, shutdown, &driver_done).await;
 
-    // Drain: at QoS 1 wait for every acknowledgement, then DISCONNECT behind the last publish.
+    // Drain: what was generated and due goes out, at QoS 1 every acknowledgement is awaited,
+    // then DISCONNECT goes behind the last publish. The drain deadline bounds all of it, even
+    // against a broker that stopped reading.
     let deadline = Instant::now() + plan.drain_timeout;
-    let mut cut_short = false;
-    if qos1 {
+    let drain = Handover {
+        pending: &shared.pending,
+        room: &shared.room,
+        counters: &shared.counters,
+        cancel: Cancel {
+            abort: &shutdown.abort,
+            driver_done: &driver_done,
+            stop: None,
+            deadline: Some(deadline),
+        },
+    };
+    let mut cut_short = !sink.ship(&drain).await;
+    sink.abandon(&shared.counters);
+    if qos1 && !cut_short {
         loop {
             let t = counters.snapshot();
             if t.messages_acked >= t.messages_enqueued || driver_done.is_cancelled() {
@@ -94,25 +133,29 @@ pub async fn run(
             }
         }
     }
-    // DISCONNECT queues behind every publish (the queue may still be full at QoS 0), and
-    // writing it may wait on a stalled socket: allow a little past the deadline for both.
-    let hard_deadline = deadline.max(Instant::now()) + Duration::from_secs(2);
+    // DISCONNECT queues behind every publish, and writing it may wait on a stalled socket. Its
+    // write proves everything before it was written; past the deadline it gets a moment.
+    let disconnect_by = deadline.max(Instant::now() + DISCONNECT_GRACE);
     let disconnect_then_wait = async {
         if client.disconnect().await.is_ok() {
             driver_done.cancelled().await;
         }
     };
-    tokio::select! {
-        _ = disconnect_then_wait => {}
-        _ = driver_done.cancelled() => {}
-        _ = tokio::time::sleep_until(hard_deadline) => cut_short = true,
-        _ = shutdown.abort.cancelled() => cut_short = true,
+    if !shutdown.abort.is_cancelled() {
+        tokio::select! {
+            _ = disconnect_then_wait => {}
+            _ = driver_done.cancelled() => {}
+            _ = tokio::time::sleep_until(disconnect_by) => cut_short = true,
+            _ = shutdown.abort.cancelled() => cut_short = true,
+        }
+    } else {
+        cut_short = true;
     }
     stop_driver.cancel();
     let out = match driver.await {
         Ok(out) => out,
         Err(e) => DriverOut {
-            error: Some(format!("connection driver failed: {e}")),
+            lost: Some(Lost::other(format!("connection driver failed: {e}"))),
             ..DriverOut::default()
         },
     };
@@ -122,16 +165,24 @@ pub async fn run(
         latencies: out.latencies,
         started,
         finished,
-        connection_error: out.error,
+        lost: out.lost,
+        broker_up: None,
+        duplicate_acks: out.duplicate_acks,
         drain_cut_short: cut_short,
         paced: plan.rate.is_some(),
+        connecting_interrupted: false,
     }
 }
 
-/// Generates, encodes and hands over messages on schedule until the plan is done or stopped.
+/// How long DISCONNECT may take when the drain deadline has already passed.
+const DISCONNECT_GRACE: Duration = Duration::from_millis(250);
+
+/// Generates, encodes and hands over messages on schedule until the plan is done, stopped,
+/// or `--duration` ends, even while a full queue blocks the hand-over. Messages generated and
+/// due but not handed over stay in `sink` for the drain.
 async fn produce(
     plan: &Plan,
-    mut sink: Sink,
+    sink: &mut Sink,
     shared: &Shared,
     started: Instant,
     shutdown: &Shutdown,
@@ -153,6 +204,8 @@ async fn produce(
         cancel: Cancel {
             abort: &shutdown.abort,
             driver_done,
+            stop: Some(&shutdown.stop),
+            deadline: end_at,
         },
     };
     let batch = plan.batch as u64;
@@ -210,6 +263,4 @@ async fn produce(
         // Unpaced runs never wait on the timer: give other tasks their turn.
         tokio::task::consume_budget().await;
     }
-    // Generated and due, not yet handed over (a run cut short by --duration or a signal).
-    sink.ship(&to).await;
 }

@@ -89,6 +89,9 @@ impl QueueRoom {
     /// Waits until the queue is at most half full; false when `cancel` ended the wait.
     async fn drained(&self, cancel: &Cancel<'_>) -> bool {
         loop {
+            if cancel.is_fired() {
+                return false;
+            }
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -100,22 +103,65 @@ impl QueueRoom {
             tokio::select! {
                 biased;
                 _ = &mut notified => {}
-                _ = cancel.abort.cancelled() => return false,
-                _ = cancel.driver_done.cancelled() => return false,
+                _ = cancel.fired() => return false,
             }
         }
     }
 }
 
-/// What stops a hand-over that waits for room in the queue.
+/// What ends a hand-over that waits for room in the queue.
 pub struct Cancel<'a> {
     /// Give up flushing (second signal).
     pub abort: &'a CancellationToken,
     /// The connection driver ended: nothing will be written any more.
     pub driver_done: &'a CancellationToken,
+    /// During generation, a stop request (the first signal) ends the wait: generation is over.
+    pub stop: Option<&'a CancellationToken>,
+    /// The wait ends here in any case: the end of `--duration` during generation, the drain
+    /// deadline after it.
+    pub deadline: Option<Instant>,
+}
+
+impl Cancel<'_> {
+    /// Whether the wait should end now.
+    pub fn is_fired(&self) -> bool {
+        self.abort.is_cancelled()
+            || self.driver_done.is_cancelled()
+            || self.stop.is_some_and(CancellationToken::is_cancelled)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Completes when the wait should end.
+    pub async fn fired(&self) {
+        let stop = async {
+            match self.stop {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => {}
+            _ = self.driver_done.cancelled() => {}
+            _ = stop => {}
+            _ = deadline => {}
+        }
+    }
 }
 
 /// Messages encoded and not yet handed to rumqttc, and the hand-over itself.
+///
+/// Encoded messages are *sealed* into requests (one frame of QoS 0 packets, or one QoS 1
+/// publish each) in an outbox, and handed over from there in order. A hand-over that is
+/// cancelled (a signal, `--duration`, the drain deadline) leaves the rest in the outbox, so a
+/// later [`Sink::ship`] can still deliver them; [`Sink::abandon`] counts what is left as
+/// unsent.
 pub struct Sink {
     client: AsyncClient,
     qos1: bool,
@@ -125,7 +171,11 @@ pub struct Sink {
     buf: BytesMut,
     /// QoS 1: the payloads of `metas`.
     payloads: Vec<Bytes>,
+    /// Encoded messages not yet sealed.
     metas: Vec<MsgMeta>,
+    /// Sealed requests, each with the number of its messages (at the front of `outbox_metas`).
+    outbox: VecDeque<(Request, usize)>,
+    outbox_metas: VecDeque<MsgMeta>,
     /// Hand over once `metas` holds this many messages (1 at QoS 1).
     frame_messages: usize,
     /// Bytes reserved at a time; small messages share one allocation.
@@ -147,6 +197,8 @@ impl Sink {
             buf: BytesMut::new(),
             payloads: Vec::new(),
             metas: Vec::with_capacity(plan.frame_messages),
+            outbox: VecDeque::new(),
+            outbox_metas: VecDeque::new(),
             frame_messages: plan.frame_messages,
             chunk: (4 * max_message).max(1 << 20),
             max_message,
@@ -155,14 +207,14 @@ impl Sink {
 
     /// Messages encoded and not handed over.
     pub fn len(&self) -> usize {
-        self.metas.len()
+        self.metas.len() + self.outbox_metas.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.metas.is_empty()
+        self.len() == 0
     }
 
-    /// Whether the unshipped messages make a full frame.
+    /// Whether the unsealed messages make a full frame.
     pub fn is_full(&self) -> bool {
         self.metas.len() >= self.frame_messages || (!self.qos1 && self.buf.len() >= FRAME_BYTES)
     }
@@ -189,46 +241,65 @@ impl Sink {
         });
     }
 
-    /// Drops the unshipped messages: generation stopped before they were due.
+    /// Drops the unsealed messages: generation stopped before they were due.
     pub fn discard(&mut self) {
         self.metas.clear();
         self.payloads.clear();
         self.buf.clear();
     }
 
-    /// Hands every unshipped message to rumqttc, waiting for room in its queue; false when
-    /// `cancel` ended the wait or the connection is gone. Messages that could not be handed
-    /// over are still counted as enqueued, so the report shows them as unsent.
-    pub async fn ship(&mut self, to: &Handover<'_>) -> bool {
-        let mut shipped = self.metas.len();
+    /// Turns the encoded messages into requests at the back of the outbox.
+    fn seal(&mut self) {
+        if self.metas.is_empty() {
+            return;
+        }
         if self.qos1 {
-            for (i, payload) in self.payloads.drain(..).enumerate() {
+            for payload in self.payloads.drain(..) {
                 let publish =
                     rumqttc::Publish::from_bytes(self.topic.as_str(), QoS::AtLeastOnce, payload);
-                let meta = &self.metas[i..=i];
-                if !hand_over(&self.client, Request::Publish(publish), meta, to).await {
-                    shipped = i;
-                    break;
-                }
+                self.outbox.push_back((Request::Publish(publish), 1));
             }
-        } else if !self.metas.is_empty() {
+        } else {
             let frames = PublishFrames {
                 bytes: self.buf.split().freeze(),
                 count: self.metas.len() as u32,
             };
-            let request = Request::PublishFrames(frames);
-            if !hand_over(&self.client, request, &self.metas, to).await {
-                shipped = 0;
+            self.outbox
+                .push_back((Request::PublishFrames(frames), self.metas.len()));
+        }
+        self.outbox_metas.extend(self.metas.drain(..));
+    }
+
+    /// Hands every message to rumqttc in order, waiting for room in its queue; false when
+    /// `to.cancel` ended a wait, and the messages not handed over stay for a later call.
+    pub async fn ship(&mut self, to: &Handover<'_>) -> bool {
+        self.seal();
+        while let Some((request, n)) = self.outbox.pop_front() {
+            let metas = self.outbox_metas.range(..n);
+            match hand_over(&self.client, request, metas, to).await {
+                Ok(()) => {
+                    self.outbox_metas.drain(..n);
+                }
+                Err(request) => {
+                    self.outbox.push_front((request, n));
+                    return false;
+                }
             }
         }
-        let ok = shipped == self.metas.len();
-        count_enqueued(to.counters, &self.metas[shipped..]);
-        self.discard();
-        ok
+        true
+    }
+
+    /// Gives up on every message not handed over: they count as generated and never
+    /// written, so the report shows them as unsent.
+    pub fn abandon(&mut self, counters: &Counters) {
+        self.seal();
+        count_enqueued(counters, self.outbox_metas.iter());
+        self.outbox.clear();
+        self.outbox_metas.clear();
     }
 }
 
-/// Where shipped messages are recorded, and what stops a wait for room.
+/// Where shipped messages are recorded, and what ends a wait for room.
 pub struct Handover<'a> {
     pub pending: &'a Pending,
     pub room: &'a QueueRoom,
@@ -236,45 +307,46 @@ pub struct Handover<'a> {
     pub cancel: Cancel<'a>,
 }
 
-/// Queues one request carrying `metas`, waiting for room unless cancelled.
-async fn hand_over(
+/// Queues one request carrying `metas`, waiting for room unless cancelled; a cancelled
+/// request comes back.
+async fn hand_over<'m>(
     client: &AsyncClient,
-    request: Request,
-    metas: &[MsgMeta],
+    mut request: Request,
+    metas: impl ExactSizeIterator<Item = &'m MsgMeta> + Clone,
     to: &Handover<'_>,
-) -> bool {
+) -> Result<(), Request> {
+    let n = metas.len();
     // The driver pops these when rumqttc reports the write, so they go in first.
-    to.pending.lock().extend(metas.iter().copied());
+    to.pending.lock().extend(metas.clone().copied());
     to.room.queued.fetch_add(1, SeqCst);
-    let queued = match client.try_send_request(request) {
-        Ok(()) => true,
-        Err(ClientError::TryRequest(request) | ClientError::Request(request)) => {
-            to.room.drained(&to.cancel).await
-                && tokio::select! {
-                    biased;
-                    r = client.send_request(request) => r.is_ok(),
-                    _ = to.cancel.abort.cancelled() => false,
-                    _ = to.cancel.driver_done.cancelled() => false,
-                }
+    loop {
+        match client.try_send_request(request) {
+            Ok(()) => {
+                count_enqueued(to.counters, metas);
+                return Ok(());
+            }
+            Err(ClientError::TryRequest(r) | ClientError::Request(r)) => request = r,
         }
-    };
-    if !queued {
-        // Not handed over: these are the newest entries and nobody else took them.
-        to.room.queued.fetch_sub(1, SeqCst);
-        let mut q = to.pending.lock();
-        let keep = q.len() - metas.len();
-        q.truncate(keep);
-        return false;
+        // The queue is full: wait until it is half empty. Our count of queued requests is
+        // never below what the channel holds, so room by the count is room in the channel.
+        if !to.room.drained(&to.cancel).await {
+            // Not handed over: these are the newest entries and nobody else took them.
+            to.room.queued.fetch_sub(1, SeqCst);
+            let mut q = to.pending.lock();
+            let keep = q.len() - n;
+            q.truncate(keep);
+            return Err(request);
+        }
     }
-    count_enqueued(to.counters, metas);
-    true
 }
 
 /// Counts `metas` as generated for the client: each then ends as sent, acked, failed or unsent.
-fn count_enqueued(counters: &Counters, metas: &[MsgMeta]) {
-    let points: u64 = metas.iter().map(|m| m.points as u64).sum();
+fn count_enqueued<'m>(counters: &Counters, metas: impl Iterator<Item = &'m MsgMeta>) {
+    let (mut points, mut messages) = (0u64, 0u64);
+    for m in metas {
+        points += m.points as u64;
+        messages += 1;
+    }
     counters.points_enqueued.fetch_add(points, Relaxed);
-    counters
-        .messages_enqueued
-        .fetch_add(metas.len() as u64, Relaxed);
+    counters.messages_enqueued.fetch_add(messages, Relaxed);
 }

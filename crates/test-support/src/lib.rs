@@ -156,6 +156,12 @@ impl Mosquitto {
         ticks / hz.max(1.0)
     }
 
+    /// Kills the broker process (SIGKILL) and waits for it: every connection drops.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops (SIGSTOP) or resumes (SIGCONT) the broker process.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -460,4 +466,165 @@ pub fn assert_matches_schema(schema: &str, value: &serde_json::Value) {
         errors.is_empty(),
         "does not match {schema}: {errors:#?}\n{value:#}"
     );
+}
+
+/// Scripted brokers, for faults a real one cannot produce on demand.
+pub mod fake {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    /// What the fake broker does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Behaviour {
+        /// Accepts TCP connections and never answers.
+        Silent,
+        /// Answers CONNECT with a CONNACK, then never reads again.
+        Deaf,
+        /// Acknowledges every QoS 1 PUBLISH with two identical PUBACKs.
+        DuplicateAcks,
+        /// Accepts SUBSCRIBE and never answers it.
+        NoSuback,
+    }
+
+    /// A scripted MQTT 3.1.1 server on 127.0.0.1 and a free port; stops on drop.
+    pub struct FakeBroker {
+        pub port: u16,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeBroker {
+        pub fn start(behaviour: Behaviour) -> FakeBroker {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            listener.set_nonblocking(true).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let s = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let mut conns = Vec::new();
+                while !s.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((sock, _)) => {
+                            let s = s.clone();
+                            conns.push(std::thread::spawn(move || serve(sock, behaviour, &s)));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+            });
+            FakeBroker {
+                port,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        pub fn url(&self) -> String {
+            format!("mqtt://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for FakeBroker {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Reads one packet: (first byte, body); None when the peer is gone or we are stopping.
+    fn read_packet(sock: &mut TcpStream, stop: &AtomicBool) -> Option<(u8, Vec<u8>)> {
+        let mut first = [0u8; 1];
+        loop {
+            match sock.read(&mut first) {
+                Ok(0) => return None,
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    if stop.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            sock.read_exact(&mut b).ok()?;
+            len |= ((b[0] & 0x7f) as usize) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 || shift > 21 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        sock.read_exact(&mut body).ok()?;
+        Some((first[0], body))
+    }
+
+    fn serve(mut sock: TcpStream, behaviour: Behaviour, stop: &AtomicBool) {
+        let idle = |stop: &AtomicBool| {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        if behaviour == Behaviour::Silent {
+            return idle(stop);
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        while let Some((first, body)) = read_packet(&mut sock, stop) {
+            let reply: Vec<u8> = match first >> 4 {
+                1 => vec![0x20, 0x02, 0x00, 0x00], // CONNECT -> CONNACK, accepted
+                3 => {
+                    let qos = (first >> 1) & 0x03;
+                    if qos == 0 || body.len() < 2 {
+                        continue;
+                    }
+                    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    let Some(id) = body.get(2 + topic_len..4 + topic_len) else {
+                        return;
+                    };
+                    let ack = [0x40, 0x02, id[0], id[1]];
+                    [ack, ack].concat() // DuplicateAcks: the second is the repeat
+                }
+                8 => {
+                    // SUBSCRIBE: NoSuback never answers; others grant QoS 0 to every filter.
+                    if behaviour == Behaviour::NoSuback || body.len() < 2 {
+                        continue;
+                    }
+                    let mut filters = 0usize;
+                    let mut i = 2;
+                    while i + 2 <= body.len() {
+                        let n = u16::from_be_bytes([body[i], body[i + 1]]) as usize;
+                        i += 2 + n + 1;
+                        filters += 1;
+                    }
+                    let mut suback = vec![0x90, (2 + filters) as u8, body[0], body[1]];
+                    suback.resize(4 + filters, 0u8);
+                    suback
+                }
+                12 => vec![0xd0, 0x00], // PINGREQ -> PINGRESP
+                14 => return,           // DISCONNECT
+                _ => continue,
+            };
+            if sock.write_all(&reply).is_err() {
+                return;
+            }
+            if behaviour == Behaviour::Deaf && first >> 4 == 1 {
+                return idle(stop); // never reads again: the socket buffers fill up
+            }
+        }
+    }
 }

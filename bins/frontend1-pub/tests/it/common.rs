@@ -78,6 +78,18 @@ impl Running {
         assert!(st.success());
     }
 
+    /// Whether the process exits within `limit` (its output is collected by [`Running::wait`]).
+    pub fn exits_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn wait(self) -> Outcome {
         let Running {
             child,
@@ -97,6 +109,14 @@ impl Running {
             report,
         }
     }
+}
+
+/// Asserts that `text` holds no terminal control sequence (ESC or BEL).
+pub fn assert_no_escapes(text: &str) {
+    assert!(
+        !text.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "control characters reached the terminal: {text:?}"
+    );
 }
 
 /// Runs the publisher to the end.

@@ -4,6 +4,7 @@
 
 mod common;
 mod delivery;
+mod disconnects;
 mod embedded;
 mod errors;
 mod files;

@@ -57,3 +57,54 @@ fn stalled_broker_keeps_memory_bounded_and_shows_up_as_schedule_lag() {
         "a 5 s stall must show in the lag, max was {lag_max} µs"
     );
 }
+
+/// A broker that stops reading while generation waits on the full client queue: generation
+/// still ends at --duration, the drain deadline bounds the rest, and the report is written.
+fn stalled_broker_cannot_hold_the_run_past_duration_and_drain(qos: &str) {
+    let m = Mosquitto::start();
+    let mut run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--qos",
+            qos,
+            "--rate",
+            "100k",
+            "--batch",
+            "100",
+            "--max-queued",
+            "100",
+            "--duration",
+            "3s",
+            "--drain-timeout",
+            "2s",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m.signal("STOP");
+    // 3 s of generation, then at most 2 s of drain (and a moment for DISCONNECT).
+    let ended = run.exits_within(Duration::from_secs(8));
+    m.signal("CONT");
+    let out = run.wait();
+    assert!(ended, "still running 8 s after the start:\n{}", out.stdout);
+    assert!(out.wall < Duration::from_secs(8), "took {:?}", out.wall);
+    out.assert_code(1);
+    let r = out.report();
+    assert_eq!(r["outcome"], "incomplete");
+    let never_delivered = n(r, "points_unsent") + n(r, "points_failed");
+    assert!(never_delivered > 0, "{r:#}");
+    assert!(n(r, "points_enqueued") >= n(r, "points_sent"));
+    assert!(out.stdout.contains("summary"), "{}", out.stdout);
+}
+
+#[test]
+fn stalled_broker_at_qos0_cannot_hold_the_run_past_duration_and_drain() {
+    stalled_broker_cannot_hold_the_run_past_duration_and_drain("0");
+}
+
+#[test]
+fn stalled_broker_at_qos1_cannot_hold_the_run_past_duration_and_drain() {
+    stalled_broker_cannot_hold_the_run_past_duration_and_drain("1");
+}
