@@ -56,6 +56,7 @@ impl Decoder {
         buf: &'a mut [u8],
         out: &mut Vec<Point<'a>>,
     ) -> Result<Shape, DecodeError> {
+        check_unicode_escapes(buf)?;
         let mut tape: Tape<'a> = self.tape.take().unwrap_or_else(Tape::null).reset();
         let before = out.len();
         let result = match simd_json::fill_tape(buf, &mut self.buffers, &mut tape) {
@@ -68,6 +69,55 @@ impl Decoder {
         self.tape = Some(tape.reset());
         result
     }
+}
+
+/// Refuses `\u` escapes that are not a character: a high surrogate (`\uD800`-`\uDBFF`)
+/// without its low half, or a low one alone. simd-json decodes some of those to U+0000,
+/// which would merge distinct device ids (`a\ud800b` with `a\u0000b`) and report false
+/// duplicates; so every invalid escape is malformed, the same way. Payloads without a
+/// backslash (the usual case) cost one `memchr` pass.
+fn check_unicode_escapes(buf: &[u8]) -> Result<(), DecodeError> {
+    fn hex4(buf: &[u8], at: usize) -> Option<u32> {
+        let digits = buf.get(at..at + 4)?;
+        let text = std::str::from_utf8(digits).ok()?;
+        u32::from_str_radix(text, 16).ok()
+    }
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'\\', &buf[i..]) {
+        let at = i + off;
+        if buf.get(at + 1) != Some(&b'u') {
+            i = at + 2; // `\\`, `\"`, `\n`...: skips the escaped character too
+            if i >= buf.len() {
+                break;
+            }
+            continue;
+        }
+        // An escape that is not four hex digits is left to simd-json, which refuses it.
+        let Some(cp) = hex4(buf, at + 2) else {
+            i = at + 2;
+            continue;
+        };
+        match cp {
+            0xD800..=0xDBFF => {
+                let low = (buf.get(at + 6..at + 8) == Some(b"\\u"))
+                    .then(|| hex4(buf, at + 8))
+                    .flatten();
+                if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
+                    return err(format!(
+                        "a string holds \\u{cp:04x}, half of a surrogate pair without its other half"
+                    ));
+                }
+                i = at + 12;
+            }
+            0xDC00..=0xDFFF => {
+                return err(format!(
+                    "a string holds \\u{cp:04x}, half of a surrogate pair without its other half"
+                ))
+            }
+            _ => i = at + 6,
+        }
+    }
+    Ok(())
 }
 
 /// Decodes with a fresh [`Decoder`]; for one-off use.
@@ -233,6 +283,37 @@ mod tests {
         let mut ok = br#"{"device_id":"d","seq":1,"timestamp":1,"value":2}"#.to_vec();
         let mut out = Vec::new();
         assert_eq!(d.decode(&mut ok, &mut out), Ok(Shape::Legacy));
+    }
+
+    #[test]
+    fn invalid_escapes_are_malformed_and_distinct_ids_never_merge() {
+        let point = |id: &str| format!(r#"{{"device_id":"{id}","seq":1,"timestamp":1,"value":2}}"#);
+        let mut d = Decoder::default();
+        for bad in [
+            r"a\ud800b",
+            r"a\udbffb",
+            r"a\udc00b",
+            r"a\ud800\u0041",
+            r"\udfff",
+        ] {
+            let mut buf = point(bad).into_bytes();
+            let mut out = Vec::new();
+            assert!(
+                d.decode(&mut buf, &mut out).is_err(),
+                "{bad} decoded: {out:?}"
+            );
+        }
+        for (good, id) in [
+            (r"a\u0000b", "a\u{0}b"),
+            (r"\ud83d\ude00", "😀"),
+            (r"a\\ud800b", r"a\ud800b"),
+            (r#"q\"\u00e9"#, "q\"é"),
+        ] {
+            let mut buf = point(good).into_bytes();
+            let mut out = Vec::new();
+            assert_eq!(d.decode(&mut buf, &mut out), Ok(Shape::Legacy), "{good}");
+            assert_eq!(out[0].device_id, id, "{good}");
+        }
     }
 
     #[test]

@@ -101,8 +101,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Devices to track (each costs up to ~1 MB); points of further devices are counted as
-    /// untracked and fail verification
+    /// Devices to track (each costs about 500 bytes plus twice its id; gaps of all devices share
+    /// a pool of fixed size); points of further devices are counted as untracked and fail
+    /// verification
     #[arg(long, value_name = "N", default_value = "100k", value_parser = parse_count)]
     pub max_devices: u64,
 }
@@ -139,11 +140,7 @@ impl Plan {
             connect.max_packet_size = MQTT_MAX_PACKET as usize;
         }
         for t in &a.subscribe.topics {
-            if t.is_empty() || t.starts_with("$share/") {
-                return Err(Error::usage(format!(
-                    "--topic '{t}' is not a plain topic filter; use --share-group for shared subscriptions"
-                )));
-            }
+            check_filter(t)?;
         }
         if let Some(g) = &a.subscribe.share_group {
             if g.is_empty() || g.contains(['/', '+', '#']) {
@@ -166,6 +163,14 @@ impl Plan {
         }
         if a.verify.idle_timeout.is_zero() {
             return Err(Error::usage("--idle-timeout must be longer than 0s"));
+        }
+        if a.verify.duration == Some(Duration::ZERO) {
+            return Err(Error::usage("--duration must be longer than 0s"));
+        }
+        if a.verify.first_message_timeout.is_zero() {
+            return Err(Error::usage(
+                "--first-message-timeout must be longer than 0s",
+            ));
         }
         Ok(Plan {
             connect,
@@ -196,6 +201,39 @@ impl Plan {
     }
 }
 
+/// Checks a subscription filter against MQTT's rules (3.1.1 section 4.7), so that a bad one
+/// is a usage error naming the rule rather than a failed subscription.
+pub fn check_filter(t: &str) -> Result<(), Error> {
+    let bad = |rule: &str| {
+        Err(Error::usage(format!(
+            "--topic '{}' is not a valid topic filter: {rule}",
+            publisher_core::out::escape(t)
+        )))
+    };
+    if t.is_empty() {
+        return bad("it is empty; use e.g. device_data/#");
+    }
+    if t.starts_with("$share/") {
+        return bad("for a shared subscription give the plain filter and --share-group NAME");
+    }
+    if t.contains('\0') {
+        return bad("it contains a NUL character");
+    }
+    if t.len() > u16::MAX as usize {
+        return bad("it is longer than MQTT allows (65535 bytes)");
+    }
+    let levels: Vec<&str> = t.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return bad("'#' must be a whole level and the last one (a/#), as in device_data/#");
+        }
+        if level.contains('+') && *level != "+" {
+            return bad("'+' must be a whole level (a/+/b), as in device_data/+");
+        }
+    }
+    Ok(())
+}
+
 struct Parsed(BackendArgs);
 
 impl FromArgMatches for Parsed {
@@ -212,7 +250,7 @@ pub fn command(name: &'static str) -> Command {
         .about("Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery")
         .after_help(
             "Exit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
-             3 broker unreachable, 4 broker refused the connection, 130 SIGINT, 143 SIGTERM.",
+             3 broker unreachable, 4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
         )
 }
 
@@ -223,6 +261,7 @@ pub fn main(name: &'static str) -> ExitCode {
             config::parse_layered::<Parsed>(command(name), std::env::args_os().collect())
                 .and_then(|Parsed(a)| Plan::from_args(a).map_err(ParseExit::from))
         },
+        "stopping, writing the report",
         |plan, shutdown| async move { run(name, &plan, &shutdown).await },
     )
 }
@@ -234,16 +273,34 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     let target = tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, port))
         .await
         .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    let (client, eventloop) = mqtt::connect(&plan.connect, &target, 100, 64).await?;
-    let live = Arc::new(receive::Live::default());
-    let stop_progress = CancellationToken::new();
-    let progress = (!plan.quiet)
-        .then(|| tokio::spawn(progress(live.clone(), plan.expect, stop_progress.clone())));
-    let rx = receive::run(plan, client, eventloop, live, shutdown).await;
-    stop_progress.cancel();
-    if let Some(p) = progress {
-        let _ = p.await;
-    }
+    let connected = tokio::select! {
+        c = mqtt::connect(&plan.connect, &target, 100, 64) => Some(c?),
+        _ = shutdown.stop.cancelled() => None,
+    };
+    let rx = match connected {
+        None => {
+            let router = route::Router::new(&plan.routes, &plan.route_prefixes);
+            let mut rx = receive::Received::new(&router);
+            rx.stop = receive::Stop::Signal;
+            rx.connecting_interrupted = true;
+            rx
+        }
+        Some((client, eventloop)) => {
+            let live = Arc::new(receive::Live::default());
+            let stop_progress = CancellationToken::new();
+            let progress = tokio::spawn(progress(
+                live.clone(),
+                plan.expect,
+                (!plan.quiet).then_some(Duration::from_secs(1)),
+                shutdown.status.clone(),
+                stop_progress.clone(),
+            ));
+            let rx = receive::run(plan, client, eventloop, live, shutdown).await;
+            stop_progress.cancel();
+            let _ = progress.await;
+            rx
+        }
+    };
     let report = Report::build(name, plan, &target.url(), target.embedded, &rx);
     let text = report.render_text();
     publisher_core::out::summary(&text, plan.report_json.as_deref());
@@ -259,35 +316,48 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     match &report.reason {
         None => Ok(ExitCode::SUCCESS),
         Some(r) => {
-            publisher_core::errln!("verification failed: {r}");
+            publisher_core::errln!("verification failed: {}", publisher_core::out::escape(r));
             Ok(ExitCode::from(EXIT_VERIFY_FAILED))
         }
     }
 }
 
-async fn progress(live: Arc<receive::Live>, expect: Option<u64>, stop: CancellationToken) {
+async fn progress(
+    live: Arc<receive::Live>,
+    expect: Option<u64>,
+    every: Option<Duration>,
+    status: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
     let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let period = every.unwrap_or(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval_at(start + period, period);
     let mut last = 0u64;
+    let mut last_at = start;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick(), if every.is_some() => {}
+            _ = status.notified() => {}
         }
+        let now = tokio::time::Instant::now();
         let points = live.points.load(Relaxed);
         let unique = live.unique.load(Relaxed);
         let of = expect.filter(|n| *n > 0).map_or(String::new(), |n| {
             format!("/{} ({:.1}%)", fmt_int(n), 100.0 * unique as f64 / n as f64)
         });
+        let rate = (points - last) as f64 / (now - last_at).as_secs_f64().max(1e-9);
         publisher_core::errln!(
-            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages",
+            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices",
             start.elapsed().as_secs_f64(),
             fmt_int(points),
             fmt_int(unique),
             of,
-            fmt_int(points - last),
-            fmt_int(live.messages.load(Relaxed))
+            fmt_int(rate.round() as u64),
+            fmt_int(live.messages.load(Relaxed)),
+            fmt_int(live.devices.load(Relaxed))
         );
         last = points;
+        last_at = now;
     }
 }

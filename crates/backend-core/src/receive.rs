@@ -14,7 +14,7 @@ use publisher_core::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
 use crate::route::{FrontendId, Router};
-use crate::verify::{Arrival, DeviceTracker};
+use crate::verify::{Arrival, Budget, DeviceTracker};
 use crate::Plan;
 
 /// Live counts for the progress line.
@@ -23,6 +23,7 @@ pub struct Live {
     pub messages: AtomicU64,
     pub points: AtomicU64,
     pub unique: AtomicU64,
+    pub devices: AtomicU64,
 }
 
 /// Why receiving stopped.
@@ -30,21 +31,27 @@ pub struct Live {
 pub enum Stop {
     /// `--expect` points arrived.
     Expected,
-    /// Nothing arrived for `--idle-timeout` (or, before the first message, the first-message timeout).
+    /// Nothing arrived for `--idle-timeout` after the last message.
     Idle,
+    /// Nothing at all arrived within `--first-message-timeout` after subscribing.
+    FirstMessageTimeout,
     Duration,
     Signal,
     /// The connection failed or the broker refused a subscription.
     Failed(String),
 }
 
-/// One device's state.
+/// One device's state: counts and seq ranges, a few hundred bytes (latency histograms are
+/// kept per frontend and overall, not per device).
 #[derive(Debug)]
 pub struct Device {
     pub id: String,
     pub frontend: Option<FrontendId>,
     pub tracker: DeviceTracker,
-    pub latency_us: Histogram<u64>,
+    /// Highest end-to-end latency of its points, µs.
+    pub latency_max_us: u64,
+    /// Its first message was a retained one (left on the topic before this run).
+    pub first_retained: bool,
 }
 
 /// One frontend's share of the points.
@@ -64,6 +71,8 @@ pub struct Received {
     pub legacy_messages: u64,
     pub batch_messages: u64,
     pub malformed_messages: u64,
+    /// Messages the broker delivered as retained (stored before this backend subscribed).
+    pub retained_messages: u64,
     pub bytes: u64,
     pub points: u64,
     pub unique: u64,
@@ -72,12 +81,17 @@ pub struct Received {
     pub untracked_points: u64,
     pub devices: Vec<Device>,
     pub frontends: Vec<Frontend>,
+    /// The ranges all devices together may still hold.
+    pub budget: Budget,
     pub latency_us: Histogram<u64>,
     /// First malformed payloads, for the report: (topic, error).
     pub malformed_samples: Vec<(String, String)>,
     pub first_message: Option<Instant>,
     pub last_message: Option<Instant>,
-    pub subscribed_at: Instant,
+    /// When the broker confirmed the subscription (None: it never did).
+    pub subscribed_at: Option<Instant>,
+    /// A signal came while connecting: nothing was subscribed.
+    pub connecting_interrupted: bool,
     pub stop: Stop,
 }
 
@@ -110,7 +124,8 @@ impl Received {
             id: id.to_string(),
             frontend,
             tracker: DeviceTracker::default(),
-            latency_us: histogram(2),
+            latency_max_us: 0,
+            first_retained: false,
         });
         let i = self.devices.len() - 1;
         if let Some(fe) = frontend {
@@ -120,12 +135,13 @@ impl Received {
         Some(i)
     }
 
-    fn new(router: &Router) -> Received {
+    pub fn new(router: &Router) -> Received {
         Received {
             messages: 0,
             legacy_messages: 0,
             batch_messages: 0,
             malformed_messages: 0,
+            retained_messages: 0,
             bytes: 0,
             points: 0,
             unique: 0,
@@ -142,11 +158,13 @@ impl Received {
                     latency_us: histogram(3),
                 })
                 .collect(),
+            budget: Budget::default(),
             latency_us: histogram(3),
             malformed_samples: Vec::new(),
             first_message: None,
             last_message: None,
-            subscribed_at: Instant::now(),
+            subscribed_at: None,
+            connecting_interrupted: false,
             stop: Stop::Idle,
         }
     }
@@ -184,22 +202,27 @@ pub async fn run(
     }
     let started = Instant::now();
     let end_at = plan.duration.map(|d| started + d);
-    let mut subscribed = false;
+    // A broker that never confirms the subscription is a failure of its own, not silence.
+    let suback_deadline = started + plan.connect.connect_timeout;
     let mut last_device: Option<usize> = None;
 
     loop {
-        let idle_deadline = match rx.last_message {
-            Some(t) => t + plan.idle_timeout,
-            None => started + plan.first_message_timeout,
+        let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
+            (None, _) => (suback_deadline, Stop::Failed(format!(
+                "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
+                humantime::format_duration(plan.connect.connect_timeout)
+            ))),
+            (Some(_), Some(t)) => (t + plan.idle_timeout, Stop::Idle),
+            (Some(sub), None) => (sub + plan.first_message_timeout, Stop::FirstMessageTimeout),
         };
-        let deadline = end_at.map_or(idle_deadline, |e| e.min(idle_deadline));
+        let (deadline, why) = match end_at {
+            Some(e) if e <= deadline => (e, Stop::Duration),
+            _ => (deadline, why),
+        };
         let event = tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break }
-            _ = tokio::time::sleep_until(deadline) => {
-                rx.stop = if end_at.is_some_and(|e| Instant::now() >= e) { Stop::Duration } else { Stop::Idle };
-                break;
-            }
+            _ = tokio::time::sleep_until(deadline) => { rx.stop = why; break }
             ev = eventloop.poll() => ev,
         };
         match event {
@@ -211,6 +234,7 @@ pub async fn run(
                 rx.first_message.get_or_insert(now);
                 rx.last_message = Some(now);
                 rx.messages += 1;
+                rx.retained_messages += u64::from(p.retain);
                 rx.bytes += p.payload.len() as u64;
                 buf.clear();
                 buf.extend_from_slice(&p.payload);
@@ -242,10 +266,16 @@ pub async fn run(
                             // (negative and NaN become 0, huge saturates).
                             let latency = (arrival_us - pt.timestamp * 1e6).max(0.0) as u64;
                             let dev = &mut rx.devices[di];
-                            if matches!(dev.tracker.record(pt.seq), Arrival::New | Arrival::Late) {
+                            if dev.tracker.received == 0 {
+                                dev.first_retained = p.retain;
+                            }
+                            if matches!(
+                                dev.tracker.record(pt.seq, &mut rx.budget),
+                                Arrival::New | Arrival::Late
+                            ) {
                                 rx.unique += 1;
                             }
-                            dev.latency_us.saturating_record(latency);
+                            dev.latency_max_us = dev.latency_max_us.max(latency);
                             rx.latency_us.saturating_record(latency);
                             match dev.frontend {
                                 Some(fe) => {
@@ -261,7 +291,10 @@ pub async fn run(
                     Err(e) => {
                         rx.malformed_messages += 1;
                         if rx.malformed_samples.len() < MALFORMED_LOGGED {
-                            publisher_core::errln!("malformed message on {}: {e}", p.topic);
+                            publisher_core::errln!(
+                                "malformed message on {}: {e}",
+                                publisher_core::out::escape(&p.topic)
+                            );
                             rx.malformed_samples.push((p.topic.clone(), e.to_string()));
                         }
                     }
@@ -269,6 +302,7 @@ pub async fn run(
                 live.messages.store(rx.messages, Relaxed);
                 live.points.store(rx.points, Relaxed);
                 live.unique.store(rx.unique, Relaxed);
+                live.devices.store(rx.devices.len() as u64, Relaxed);
                 if plan.expect.is_some_and(|n| rx.unique >= n) {
                     rx.stop = Stop::Expected;
                     break;
@@ -286,9 +320,8 @@ pub async fn run(
                     ));
                     break;
                 }
-                if !subscribed {
-                    subscribed = true;
-                    rx.subscribed_at = Instant::now();
+                if rx.subscribed_at.is_none() {
+                    rx.subscribed_at = Some(Instant::now());
                     publisher_core::errln!("subscribed to {}", filters.join(", "));
                     if plan.expect == Some(0) {
                         rx.stop = Stop::Expected;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use publisher_core::out::escape;
 use publisher_core::report::{fmt_int, fmt_percentiles, round3};
 use publisher_core::stats::Percentiles;
 
@@ -10,7 +11,11 @@ use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;
 use crate::Plan;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Seq ranges the whole report lists at most (missing and received, over all devices): a
+/// fleet with gaps everywhere must not build gigabytes of lists at the end of its run.
+pub const REPORT_RANGES_TOTAL: usize = 2_000_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
@@ -32,7 +37,10 @@ pub struct DeviceReport {
     /// What arrived, as ranges (at most 10,000 listed): lets several backends' reports merge.
     pub received_ranges: Vec<SeqRange>,
     pub ranges_truncated: bool,
-    pub latency_us: Option<Percentiles>,
+    /// Highest end-to-end latency of its points, µs (null: no point).
+    pub latency_max_us: Option<u64>,
+    /// Its first message was retained: stored on the topic before this backend subscribed.
+    pub first_retained: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +77,8 @@ pub struct Report {
     pub legacy_messages: u64,
     pub batch_messages: u64,
     pub malformed_messages: u64,
+    /// Delivered as retained: stored by the broker before this backend subscribed.
+    pub retained_messages: u64,
     pub bytes_received: u64,
     /// First to last message.
     pub elapsed_s: f64,
@@ -79,7 +89,7 @@ pub struct Report {
     pub latency_us: Option<Percentiles>,
     pub devices: Vec<DeviceReport>,
     pub frontends: Vec<FrontendReport>,
-    /// expected | idle | duration | signal | failed
+    /// expected | idle | first-message-timeout | duration | signal | failed
     pub stopped_by: String,
     pub verified: bool,
     /// Why verification failed, one line.
@@ -90,12 +100,15 @@ impl Report {
     pub fn build(tool: &str, plan: &Plan, broker: &str, embedded: bool, rx: &Received) -> Report {
         let shared = plan.share_group.is_some();
         let from_zero = plan.expect.is_some();
+        let mut ranges_left = REPORT_RANGES_TOTAL;
         let mut devices: Vec<DeviceReport> = rx
             .devices
             .iter()
             .map(|d| {
-                let missing = d.tracker.missing(from_zero);
-                let (received, received_truncated) = d.tracker.received_ranges();
+                let missing = d.tracker.missing(from_zero, ranges_left);
+                ranges_left -= missing.ranges.len().min(ranges_left);
+                let (received, received_truncated) = d.tracker.received_ranges(ranges_left);
+                ranges_left -= received.len().min(ranges_left);
                 DeviceReport {
                     device_id: d.id.clone(),
                     frontend: d.frontend.map(|f| rx.frontends[f].name.clone()),
@@ -112,7 +125,8 @@ impl Report {
                     missing_ranges: if shared { Vec::new() } else { missing.ranges },
                     received_ranges: received,
                     ranges_truncated: received_truncated || (!shared && missing.truncated),
-                    latency_us: Percentiles::of(&d.latency_us),
+                    latency_max_us: (d.tracker.received > 0).then_some(d.latency_max_us),
+                    first_retained: d.first_retained,
                 }
             })
             .collect();
@@ -172,6 +186,7 @@ impl Report {
             legacy_messages: rx.legacy_messages,
             batch_messages: rx.batch_messages,
             malformed_messages: rx.malformed_messages,
+            retained_messages: rx.retained_messages,
             bytes_received: rx.bytes,
             elapsed_s: round3(elapsed),
             point_rate: round3(per_s(rx.points)),
@@ -183,6 +198,7 @@ impl Report {
             stopped_by: match &rx.stop {
                 Stop::Expected => "expected",
                 Stop::Idle => "idle",
+                Stop::FirstMessageTimeout => "first-message-timeout",
                 Stop::Duration => "duration",
                 Stop::Signal => "signal",
                 Stop::Failed(_) => "failed",
@@ -209,7 +225,15 @@ impl Report {
                 }
             ),
         );
-        line("topics", self.topics.join(", "));
+        let esc = |s: &str| escape(s).into_owned();
+        line(
+            "topics",
+            self.topics
+                .iter()
+                .map(|t| esc(t))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
         line(
             "points",
             format!(
@@ -234,11 +258,16 @@ impl Report {
         line(
             "messages",
             format!(
-                "{} received ({} legacy, {} batched, {} malformed)",
+                "{} received ({} legacy, {} batched, {} malformed{})",
                 fmt_int(self.messages_received),
                 fmt_int(self.legacy_messages),
                 fmt_int(self.batch_messages),
-                fmt_int(self.malformed_messages)
+                fmt_int(self.malformed_messages),
+                if self.retained_messages > 0 {
+                    format!(", {} retained", fmt_int(self.retained_messages))
+                } else {
+                    String::new()
+                }
             ),
         );
         line(
@@ -255,21 +284,39 @@ impl Report {
             line("e2e latency", fmt_percentiles(p, true));
         }
         for f in &self.frontends {
+            const NAMED: usize = 5;
+            let named: Vec<String> = f.devices.iter().take(NAMED).map(|d| esc(d)).collect();
             line(
                 "frontend",
-                if f.devices.is_empty() {
-                    format!("{}: no points", f.name)
-                } else {
-                    format!(
+                match f.devices.len() {
+                    0 => format!("{}: no points", esc(&f.name)),
+                    n if n <= NAMED => format!(
                         "{}: {} points from {}",
-                        f.name,
+                        esc(&f.name),
                         fmt_int(f.points),
-                        f.devices.join(", ")
-                    )
+                        named.join(", ")
+                    ),
+                    n => format!(
+                        "{}: {} points from {} devices ({}, ...)",
+                        esc(&f.name),
+                        fmt_int(f.points),
+                        fmt_int(n as u64),
+                        named.join(", ")
+                    ),
                 },
             );
         }
-        for d in self.devices.iter().take(20) {
+        // Devices with a problem first, then the rest, at most SHOWN lines in all.
+        const SHOWN: usize = 20;
+        let failing = |d: &&DeviceReport| d.missing > 0 || d.duplicate > 0 || d.unverifiable > 0;
+        let shown: Vec<&DeviceReport> = self
+            .devices
+            .iter()
+            .filter(failing)
+            .chain(self.devices.iter().filter(|d| !failing(d)))
+            .take(SHOWN)
+            .collect();
+        for d in &shown {
             let gaps: Vec<String> = d
                 .missing_ranges
                 .iter()
@@ -279,8 +326,8 @@ impl Report {
             line(
                 "device",
                 format!(
-                    "{}: {} unique, {} missing{}, {} duplicate, {} out of order, seq {}..{}",
-                    d.device_id,
+                    "{}: {} unique, {} missing{}, {} duplicate, {} out of order{}, seq {}..{}{}",
+                    esc(&d.device_id),
                     fmt_int(d.unique),
                     fmt_int(d.missing),
                     if gaps.is_empty() {
@@ -290,17 +337,37 @@ impl Report {
                     },
                     fmt_int(d.duplicate),
                     fmt_int(d.out_of_order),
+                    if d.unverifiable > 0 {
+                        format!(", {} unverifiable", fmt_int(d.unverifiable))
+                    } else {
+                        String::new()
+                    },
                     d.min_seq.map_or("-".into(), |v| v.to_string()),
-                    d.max_seq.map_or("-".into(), |v| v.to_string())
+                    d.max_seq.map_or("-".into(), |v| v.to_string()),
+                    if d.first_retained {
+                        " (first message retained)"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
-        if self.devices.len() > 20 {
+        if self.devices.len() > shown.len() {
+            let failing_total = self.devices.iter().filter(failing).count();
+            let failing_shown = shown.iter().filter(|d| failing(d)).count();
             line(
                 "",
                 format!(
-                    "... and {} more devices (see --report-json)",
-                    self.devices.len() - 20
+                    "... and {} more devices{} (see --report-json)",
+                    fmt_int((self.devices.len() - shown.len()) as u64),
+                    if failing_total > failing_shown {
+                        format!(
+                            ", {} of them failing",
+                            fmt_int((failing_total - failing_shown) as u64)
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             );
         }
@@ -308,14 +375,19 @@ impl Report {
         line(
             "verdict",
             match &self.reason {
+                None if self.expect == Some(0) => {
+                    "subscribed; nothing was expected (--expect 0), so nothing was checked".into()
+                }
                 None => "every point arrived exactly once".into(),
-                Some(r) => format!("FAILED: {r}"),
+                Some(r) => format!("FAILED: {}", escape(r)),
             },
         );
         o
     }
 }
 
+/// Why verification failed, naming every kind of failure with its count (the first
+/// devices of each named), or `None` when it passed.
 fn verdict(
     plan: &Plan,
     rx: &Received,
@@ -327,53 +399,73 @@ fn verdict(
     if let Stop::Failed(e) = &rx.stop {
         return Some(e.clone());
     }
-    if duplicate > 0 {
-        let d = devices
+    let mut problems: Vec<String> = Vec::new();
+    // The first devices with `count(d) > 0`, as "on a (5), b (3) and 7 more devices".
+    let on = |count: &dyn Fn(&DeviceReport) -> u64| -> String {
+        let hit: Vec<&DeviceReport> = devices.iter().filter(|d| count(d) > 0).collect();
+        let named: Vec<String> = hit
             .iter()
-            .find(|d| d.duplicate > 0)
-            .expect("a device has duplicates");
-        return Some(format!(
-            "{} duplicate points; {} on {}",
-            fmt_int(duplicate),
-            fmt_int(d.duplicate),
-            d.device_id
-        ));
-    }
+            .take(3)
+            .map(|d| format!("{} ({})", d.device_id, fmt_int(count(d))))
+            .collect();
+        let more = hit.len().saturating_sub(3);
+        let mut s = format!("on {}", named.join(", "));
+        if more > 0 {
+            s.push_str(&format!(" and {} more devices", fmt_int(more as u64)));
+        }
+        s
+    };
     if missing > 0 {
-        let d = devices
-            .iter()
-            .find(|d| d.missing > 0)
-            .expect("a device has gaps");
-        let gaps: Vec<String> = d
+        // The first device with its gaps, then how many more on how many other devices.
+        let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| d.missing > 0).collect();
+        let first = gappy[0];
+        let gaps: Vec<String> = first
             .missing_ranges
             .iter()
             .take(10)
             .map(|r| r.to_string())
             .collect();
-        return Some(format!(
+        let mut text = format!(
             "missing {} points on {}: {}",
-            fmt_int(d.missing),
-            d.device_id,
+            fmt_int(first.missing),
+            first.device_id,
             gaps.join(", ")
-        ));
+        );
+        if gappy.len() > 1 {
+            let others: Vec<&str> = gappy[1..]
+                .iter()
+                .take(3)
+                .map(|d| d.device_id.as_str())
+                .collect();
+            text.push_str(&format!(
+                ", and {} more on {} other devices ({}{})",
+                fmt_int(missing.saturating_sub(first.missing)),
+                fmt_int(gappy.len() as u64 - 1),
+                others.join(", "),
+                if gappy.len() > 4 { ", ..." } else { "" }
+            ));
+        }
+        problems.push(text);
     }
-    if rx.untracked_points > 0 {
-        return Some(format!(
-            "{} points came from devices beyond the first {} and were not verified; raise --max-devices",
-            fmt_int(rx.untracked_points),
-            fmt_int(plan.max_devices as u64)
+    if duplicate > 0 {
+        problems.push(format!(
+            "{} duplicate points {}",
+            fmt_int(duplicate),
+            on(&|d| d.duplicate)
         ));
     }
     if unverifiable > 0 {
-        let d = devices
-            .iter()
-            .find(|d| d.unverifiable > 0)
-            .expect("a device has unverifiable points");
-        return Some(format!(
-            "{} points arrived too late to tell a duplicate from a late point; {} on {}",
+        problems.push(format!(
+            "{} points arrived too late to tell a duplicate from a late point, {}",
             fmt_int(unverifiable),
-            fmt_int(d.unverifiable),
-            d.device_id
+            on(&|d| d.unverifiable)
+        ));
+    }
+    if rx.untracked_points > 0 {
+        problems.push(format!(
+            "{} points came from devices beyond the first {} and were not verified; raise --max-devices",
+            fmt_int(rx.untracked_points),
+            fmt_int(plan.max_devices as u64)
         ));
     }
     if let Some(n) = plan.expect {
@@ -391,15 +483,19 @@ fn verdict(
                 })
                 .collect();
             if devices.len() > 3 {
-                last.push(format!("{} more devices", devices.len() - 3));
+                last.push(format!(
+                    "{} more devices",
+                    fmt_int(devices.len() as u64 - 3)
+                ));
             }
-            return Some(format!(
+            problems.push(format!(
                 "expected {} unique points, {} arrived before the {} stop{}",
                 fmt_int(n),
                 fmt_int(rx.unique),
                 match rx.stop {
                     Stop::Signal => "signal",
                     Stop::Duration => "--duration",
+                    Stop::FirstMessageTimeout => "--first-message-timeout",
                     _ => "--idle-timeout",
                 },
                 if last.is_empty() {
@@ -408,9 +504,8 @@ fn verdict(
                     format!(" ({})", last.join(", "))
                 }
             ));
-        }
-        if rx.unique > n {
-            return Some(format!(
+        } else if rx.unique > n {
+            problems.push(format!(
                 "expected {} unique points, {} arrived",
                 fmt_int(n),
                 fmt_int(rx.unique)
@@ -418,13 +513,38 @@ fn verdict(
         }
     }
     if rx.malformed_messages > 0 {
-        return Some(format!(
+        problems.push(format!(
             "{} malformed messages",
             fmt_int(rx.malformed_messages)
         ));
     }
-    if rx.messages == 0 && plan.expect != Some(0) {
-        return Some("no message arrived".into());
+    if rx.messages == 0 && plan.expect != Some(0) && problems.is_empty() {
+        problems.push(match (&rx.stop, rx.connecting_interrupted) {
+            (_, true) => "stopped while connecting: nothing was received".into(),
+            (Stop::FirstMessageTimeout, _) => format!(
+                "no message arrived within {} after subscribing (--first-message-timeout)",
+                humantime::format_duration(plan.first_message_timeout)
+            ),
+            _ => "no message arrived".into(),
+        });
     }
-    None
+    if problems.is_empty() {
+        return None;
+    }
+    // Duplicates from a message retained on the topic before this run are not the
+    // publisher's: say so where a failing device began with one.
+    let retained: Vec<&str> = devices
+        .iter()
+        .filter(|d| d.first_retained && (d.duplicate > 0 || d.missing > 0 || d.unverifiable > 0))
+        .map(|d| d.device_id.as_str())
+        .take(3)
+        .collect();
+    if !retained.is_empty() {
+        problems.push(format!(
+            "the first message of {} was a retained one, left on the topic before this run: clear it \
+             (mosquitto_pub -r -n -t TOPIC) or subscribe before publishing",
+            retained.join(", ")
+        ));
+    }
+    Some(problems.join("; "))
 }

@@ -22,6 +22,43 @@ pub struct Backend {
     dir: TempDir,
 }
 
+/// Runs backend-sub with `args` to the end, without waiting for a subscription (for runs
+/// that fail before it); returns (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backend-sub");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts that `text` holds no terminal control sequence (ESC, BEL, CSI).
+pub fn assert_no_escapes(text: &str) {
+    assert!(
+        !text.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "control characters reached the terminal: {text:?}"
+    );
+}
+
+/// A batch payload whose points come from many devices: (device id, seq) each.
+pub fn multi_device_payload(points: &[(String, u64)]) -> Vec<u8> {
+    let items: Vec<String> = points
+        .iter()
+        .map(|(id, seq)| {
+            format!(
+                r#"{{"device_id":{},"seq":{seq},"timestamp":1763798400.5,"value":1.5}}"#,
+                serde_json::to_string(id).unwrap()
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(",")).into_bytes()
+}
+
 /// Starts backend-sub with `args` and waits until it has subscribed.
 pub fn start(args: &[&str]) -> Backend {
     let dir = TempDir::new("backend");
@@ -68,6 +105,17 @@ impl Backend {
             Ok(stat) => stat.contains(") Z "),
             Err(_) => true,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's peak resident memory so far, in kB (VmHWM).
+    pub fn peak_rss_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     pub fn signal(&self, sig: &str) {

@@ -4,3 +4,5 @@
 mod common;
 mod crafted;
 mod frontends;
+mod hostile;
+mod stops;

@@ -1,0 +1,176 @@
+//! Hostile device ids, invalid escapes, every kind of failure at once, retained leftovers,
+//! and a fleet of one-point devices: counted exactly, shown safely, in bounded memory.
+
+use std::time::Duration;
+
+use test_support::{payload, publish_payloads, Mosquitto};
+
+use crate::common::{assert_no_escapes, multi_device_payload, n, start, strings, validate};
+
+const TOPIC: &str = "device_data/hostile";
+
+/// A device id that would set the window title and clear the screen: shown escaped in
+/// every text output, kept exact in the JSON report.
+#[test]
+fn terminal_escapes_in_device_ids_never_reach_the_terminal() {
+    let m = Mosquitto::start();
+    let id =
+        "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\nverdict             every point arrived exactly once";
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    // A gap, so the device is named in the verdict and on stderr too.
+    publish_payloads(m.port, TOPIC, &[payload(id, &[0, 1, 5])]);
+    let out = backend.wait();
+    out.assert_code(5);
+    assert_no_escapes(&out.stdout);
+    assert_no_escapes(&out.stderr);
+    assert!(
+        out.stdout.contains(r"evil\x1b]0;pwned\x07\x1b[2J\nverdict"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("verdict"))
+            .count(),
+        1,
+        "a device id forged a line:\n{}",
+        out.stdout
+    );
+    assert_eq!(out.report["devices"][0]["device_id"], id);
+}
+
+/// `\ud800` and `\udbff` without their other half are malformed like `\udc00`, never
+/// decoded to NUL: `a\u0000b` stays one device of its own, with no false duplicates.
+#[test]
+fn lone_surrogate_escapes_are_malformed_and_never_merge_devices() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    let point = |id: &str| {
+        format!(r#"{{"device_id":"{id}","seq":0,"timestamp":1763798400.5,"value":1.5}}"#)
+            .into_bytes()
+    };
+    publish_payloads(
+        m.port,
+        TOPIC,
+        &[
+            point(r"a\u0000b"),
+            point(r"a\ud800b"),
+            point(r"a\udbffb"),
+            point(r"a\udc00b"),
+        ],
+    );
+    let out = backend.wait();
+    out.assert_code(5);
+    let r = &out.report;
+    assert_eq!(
+        (n(r, "malformed_messages"), n(r, "points_duplicate")),
+        (3, 0)
+    );
+    assert_eq!(r["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(out.report["devices"][0]["device_id"], "a\u{0}b");
+    assert!(
+        out.stderr.contains("3 malformed messages"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("duplicate"), "{}", out.stderr);
+}
+
+/// Missing, unverifiable and duplicate points on one device: the verdict names them all.
+#[test]
+fn the_verdict_names_every_kind_of_failure_with_its_count() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    // Even seqs only: every odd one missing, more gaps than a device keeps live, so the
+    // oldest retire; then a seq below the floor (unverifiable) and a repeat (duplicate).
+    let evens: Vec<u64> = (0..20_000).step_by(2).collect();
+    let mut msgs: Vec<Vec<u8>> = evens.chunks(1000).map(|c| payload("dev_bad", c)).collect();
+    msgs.push(payload("dev_bad", &[3, 19_998]));
+    publish_payloads(m.port, TOPIC, &msgs);
+    let out = backend.wait();
+    out.assert_code(5);
+    let d = out.device("dev_bad");
+    assert_eq!((n(d, "unverifiable"), n(d, "duplicate")), (1, 1));
+    assert_eq!(n(d, "missing"), 9_999);
+    let verdict = out.report["reason"].as_str().unwrap();
+    for part in [
+        "missing 9,999 points on dev_bad",
+        "1 duplicate points on dev_bad (1)",
+        "1 points arrived too late",
+    ] {
+        assert!(verdict.contains(part), "'{part}' not in: {verdict}");
+    }
+    validate(&out.report);
+}
+
+/// A retained message left on a device's topic by an earlier run arrives first and makes
+/// the new run's points look duplicated: the verdict says so.
+#[test]
+fn a_retained_leftover_is_named_in_the_verdict() {
+    let m = Mosquitto::start();
+    let topic = "device_data/retained_dev";
+    {
+        // An earlier publisher leaves its last message retained.
+        use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+        let (client, mut conn) = Client::new(MqttOptions::new("leftover", "127.0.0.1", m.port), 8);
+        client
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                true,
+                payload("retained_dev", &[0, 1, 2]),
+            )
+            .unwrap();
+        for ev in conn.iter() {
+            if matches!(ev, Ok(Event::Incoming(Packet::PubAck(_))) | Err(_)) {
+                break;
+            }
+        }
+        let _ = client.disconnect();
+    }
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    publish_payloads(m.port, topic, &[payload("retained_dev", &[0, 1, 2, 3])]);
+    let out = backend.wait();
+    out.assert_code(5);
+    assert_eq!(n(&out.report, "retained_messages"), 1);
+    assert_eq!(out.device("retained_dev")["first_retained"], true);
+    let verdict = out.report["reason"].as_str().unwrap();
+    assert!(verdict.contains("3 duplicate points"), "{verdict}");
+    assert!(verdict.contains("retained"), "{verdict}");
+}
+
+/// 60,000 devices of one point each: every one tracked and verified, in memory that a
+/// fleet can afford (each device used to carry a 28 KB histogram: 1.7 GB here).
+#[test]
+fn sixty_thousand_one_point_devices_fit_in_bounded_memory() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--expect", "60000", "--quiet"]);
+    let ids: Vec<(String, u64)> = (0..60_000)
+        .map(|i| (format!("fleet_dev_{i:05}"), 0))
+        .collect();
+    let msgs: Vec<Vec<u8>> = ids.chunks(1000).map(multi_device_payload).collect();
+    publish_payloads(m.port, TOPIC, &msgs);
+    let mut peak = 0;
+    let started = std::time::Instant::now();
+    while !backend.exited() && started.elapsed() < Duration::from_secs(20) {
+        peak = peak.max(backend.peak_rss_kb().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = backend.wait();
+    eprintln!("backend peak RSS for 60,000 devices: {peak} kB");
+    out.assert_code(0);
+    assert_eq!(out.report["devices"].as_array().unwrap().len(), 60_000);
+    assert_eq!(n(&out.report, "points_unique"), 60_000);
+    assert!(
+        peak > 0 && peak < 128 * 1024,
+        "peak RSS {peak} kB for 60,000 devices"
+    );
+    // The summary stays a summary.
+    assert!(
+        out.stdout.lines().count() < 40,
+        "{}",
+        out.stdout.lines().count()
+    );
+    assert!(strings(&out.report["frontends"][0]["devices"]).is_empty());
+}

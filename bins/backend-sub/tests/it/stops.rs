@@ -1,0 +1,134 @@
+//! How the backend stops, and bad input: each ends with the exit code and the one line
+//! that says what happened.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::fake::{Behaviour, FakeBroker};
+use test_support::{Mosquitto, TempDir};
+
+use crate::common::{run_to_end, start, BIN};
+
+fn assert_usage_error(args: &[&str], needle: &str) -> String {
+    let (code, _, stderr) = run_to_end(args);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(needle), "'{needle}' not in: {stderr}");
+    stderr
+}
+
+#[test]
+fn invalid_topic_filters_are_usage_errors_naming_the_rule() {
+    for (filter, rule) in [
+        ("a/#/b", "'#' must be a whole level and the last one"),
+        ("a#", "'#' must be a whole level and the last one"),
+        ("a+/b", "'+' must be a whole level"),
+    ] {
+        assert_usage_error(&["--broker", "127.0.0.1:1", "--topic", filter], rule);
+    }
+    let dir = TempDir::new("filters");
+    let cfg = dir.path("b.toml");
+    std::fs::write(&cfg, "topic = [\"device_data/#\", \"x/+y\"]\n").unwrap();
+    assert_usage_error(
+        &["--broker", "127.0.0.1:1", "--config", cfg.to_str().unwrap()],
+        "'+' must be a whole level",
+    );
+}
+
+#[test]
+fn degenerate_stops_are_refused() {
+    assert_usage_error(&["--duration", "0s"], "--duration must be longer than 0s");
+}
+
+#[test]
+fn a_config_key_of_the_publisher_is_refused_with_the_backends_own_keys() {
+    let dir = TempDir::new("bkeys");
+    let cfg = dir.path("b.toml");
+    std::fs::write(&cfg, "batch = 1000\n").unwrap();
+    let line = assert_usage_error(&["--config", cfg.to_str().unwrap()], "unknown key 'batch'");
+    assert!(
+        line.contains("backend-sub") && line.contains("idle-timeout"),
+        "{line}"
+    );
+    assert!(!line.contains("such as rate"), "{line}");
+}
+
+#[test]
+fn expect_zero_says_that_nothing_was_checked() {
+    let m = Mosquitto::start();
+    let out = start(&["--broker", &m.url(), "--expect", "0"]).wait();
+    out.assert_code(0);
+    assert!(out.stdout.contains("nothing was checked"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("every point arrived"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn no_first_message_is_reported_as_the_first_message_timeout() {
+    let m = Mosquitto::start();
+    let out = start(&["--broker", &m.url(), "--first-message-timeout", "1s"]).wait();
+    out.assert_code(5);
+    assert_eq!(out.report["stopped_by"], "first-message-timeout");
+    assert!(
+        out.stderr.contains("--first-message-timeout"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_broker_that_never_confirms_the_subscription_says_so() {
+    let fake = FakeBroker::start(Behaviour::NoSuback);
+    let started = Instant::now();
+    let (code, stdout, stderr) = run_to_end(&["--broker", &fake.url(), "--connect-timeout", "1s"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("no SUBACK within 1s"), "{stderr}");
+    assert!(!stderr.contains("no message arrived"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// SIGTERM while the broker has not answered CONNECT: 143 at once, with a summary.
+#[test]
+fn sigterm_while_connecting_exits_143_at_once() {
+    let fake = FakeBroker::start(Behaviour::Silent);
+    let mut child = Command::new(BIN)
+        .args(["--broker", &fake.url(), "--connect-timeout", "20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let sent = Instant::now();
+    signal(child.id(), "TERM");
+    while sent.elapsed() < Duration::from_secs(3) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !matches!(child.try_wait(), Ok(Some(_))) {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "SIGTERM while connecting was ignored"
+    );
+    assert_eq!(out.status.code(), Some(143), "{stdout}");
+    assert!(stdout.contains("nothing was received"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("flushing"), "{stderr}");
+}
