@@ -1,0 +1,2 @@
+//! Placeholder: the raw fleet reference client is being written.
+fn main() {}
