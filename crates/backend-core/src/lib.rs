@@ -1,13 +1,13 @@
 //! backend-core: the verifying backend behind `backend-sub`.
 //!
 //! ```text
-//! args + config --> Plan --> broker/mqtt (publisher-core) --> receive: subscribe
+//! args + config --> Plan --> broker/mqtt (mqtt-tool) --> receive: subscribe
 //!     --> decode (simd-json into point_format::Point) --> route (device -> frontend)
 //!     --> verify (per-device seq ranges) --> report (text, JSON) --> exit code
 //! ```
 //!
 //! It shares the point definition with the publishers through `point-format`, and the
-//! connection flags, broker handling and signals through `publisher-core`.
+//! connection flags, broker handling and signals through `mqtt-tool`.
 
 pub mod decode;
 pub mod receive;
@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Command, FromArgMatches};
-use publisher_core::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
-use publisher_core::config::{self, ParseExit};
-use publisher_core::plan::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
-use publisher_core::report::fmt_int;
-use publisher_core::shutdown::Shutdown;
-use publisher_core::{broker, mqtt, Error};
+use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
+use mqtt_tool::config::{self, ParseExit};
+use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
+use mqtt_tool::format::fmt_int;
+use mqtt_tool::shutdown::Shutdown;
+use mqtt_tool::{broker, mqtt, Error};
 use tokio_util::sync::CancellationToken;
 
 pub use report::Report;
@@ -156,7 +156,7 @@ impl Plan {
             ));
         }
         if let Some(p) = &a.output.report_json {
-            publisher_core::out::check_report_path(p)?;
+            mqtt_tool::out::check_report_path(p)?;
         }
         if a.verify.max_devices == 0 {
             return Err(Error::usage("--max-devices must be at least 1"));
@@ -207,7 +207,7 @@ pub fn check_filter(t: &str) -> Result<(), Error> {
     let bad = |rule: &str| {
         Err(Error::usage(format!(
             "--topic '{}' is not a valid topic filter: {rule}",
-            publisher_core::out::escape(t)
+            mqtt_tool::out::escape(t)
         )))
     };
     if t.is_empty() {
@@ -256,7 +256,7 @@ pub fn command(name: &'static str) -> Command {
 
 /// The whole backend program: parse, receive, report, exit code.
 pub fn main(name: &'static str) -> ExitCode {
-    publisher_core::run_main(
+    mqtt_tool::run_main(
         || {
             config::parse_layered::<Parsed>(command(name), std::env::args_os().collect())
                 .and_then(|Parsed(a)| Plan::from_args(a).map_err(ParseExit::from))
@@ -303,9 +303,9 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     };
     let report = Report::build(name, plan, &target.url(), target.embedded, &rx);
     let text = report.render_text();
-    publisher_core::out::summary(&text, plan.report_json.as_deref());
+    mqtt_tool::out::summary(&text, plan.report_json.as_deref());
     if let Some(p) = &plan.report_json {
-        publisher_core::out::write_json(&report, p)?;
+        mqtt_tool::out::write_json(&report, p)?;
     }
     if let Some(sig) = shutdown.signal() {
         return Ok(ExitCode::from(sig.exit_code()));
@@ -316,7 +316,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     match &report.reason {
         None => Ok(ExitCode::SUCCESS),
         Some(r) => {
-            publisher_core::errln!("verification failed: {}", publisher_core::out::escape(r));
+            mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
             Ok(ExitCode::from(EXIT_VERIFY_FAILED))
         }
     }
@@ -347,7 +347,7 @@ async fn progress(
             format!("/{} ({:.1}%)", fmt_int(n), 100.0 * unique as f64 / n as f64)
         });
         let rate = (points - last) as f64 / (now - last_at).as_secs_f64().max(1e-9);
-        publisher_core::errln!(
+        mqtt_tool::errln!(
             "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices",
             start.elapsed().as_secs_f64(),
             fmt_int(points),

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, SubscribeReasonCode};
 use tokio::time::Instant;
 
-use publisher_core::shutdown::Shutdown;
+use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
 use crate::route::{FrontendId, Router};
@@ -291,9 +291,9 @@ pub async fn run(
                     Err(e) => {
                         rx.malformed_messages += 1;
                         if rx.malformed_samples.len() < MALFORMED_LOGGED {
-                            publisher_core::errln!(
+                            mqtt_tool::errln!(
                                 "malformed message on {}: {e}",
-                                publisher_core::out::escape(&p.topic)
+                                mqtt_tool::out::escape(&p.topic)
                             );
                             rx.malformed_samples.push((p.topic.clone(), e.to_string()));
                         }
@@ -322,7 +322,7 @@ pub async fn run(
                 }
                 if rx.subscribed_at.is_none() {
                     rx.subscribed_at = Some(Instant::now());
-                    publisher_core::errln!("subscribed to {}", filters.join(", "));
+                    mqtt_tool::errln!("subscribed to {}", filters.join(", "));
                     if plan.expect == Some(0) {
                         rx.stop = Stop::Expected;
                         break;

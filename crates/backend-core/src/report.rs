@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
-use publisher_core::out::escape;
-use publisher_core::report::{fmt_int, fmt_percentiles, round3};
-use publisher_core::stats::Percentiles;
+use mqtt_tool::format::Percentiles;
+use mqtt_tool::format::{fmt_int, fmt_percentiles, round3};
+use mqtt_tool::out::escape;
 
 use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;

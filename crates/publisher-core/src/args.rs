@@ -1,13 +1,11 @@
-//! Command-line flags, defined once and flattened into every binary.
-//!
-//! Each flag can also come from a TOML file (`--config`) or an environment variable
-//! (`LOADGEN_<FLAG>`); [`crate::config`] layers them. Values are checked for shape here
-//! (numbers, durations, enums) and for meaning in [`crate::plan`].
+//! The publisher's flags: the shared connection and output flags ([`mqtt_tool::args`]) and
+//! what to send and how fast. Checked for shape here, for meaning in [`crate::plan`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
+use mqtt_tool::args::{parse_count, parse_duration, parse_rate, ConnectionArgs, OutputArgs, Rate};
 
 /// Every flag a publisher takes.
 #[derive(Debug, Clone, Args)]
@@ -25,63 +23,6 @@ pub struct PublisherArgs {
 
     #[command(flatten)]
     pub output: OutputArgs,
-}
-
-/// How to reach the broker. Shared by every tool that opens an MQTT connection.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Connection")]
-pub struct ConnectionArgs {
-    /// Broker: mqtt://host:port, host:port, `embedded` (in-process rumqttd) or `auto`
-    /// (localhost:1883 when something listens there, else embedded)
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "auto",
-        env = "LOADGEN_BROKER"
-    )]
-    pub broker: String,
-
-    /// MQTT client id [default: the preset's]
-    #[arg(long, value_name = "ID", env = "LOADGEN_CLIENT_ID")]
-    pub client_id: Option<String>,
-
-    /// User name; the password comes from LOADGEN_PASSWORD or --password-file, never a flag
-    #[arg(long, value_name = "NAME", env = "LOADGEN_USERNAME")]
-    pub username: Option<String>,
-
-    /// File whose first line is the password
-    #[arg(long, value_name = "FILE", env = "LOADGEN_PASSWORD_FILE")]
-    pub password_file: Option<PathBuf>,
-
-    /// MQTT keep-alive interval (0 disables, else at least 1s)
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "LOADGEN_KEEP_ALIVE")]
-    pub keep_alive: Duration,
-
-    /// How long connecting (TCP and CONNACK) may take before the run fails with exit code 3
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "LOADGEN_CONNECT_TIMEOUT")]
-    pub connect_timeout: Duration,
-
-    /// Disable Nagle's algorithm on the connection
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_TCP_NODELAY")]
-    pub tcp_nodelay: bool,
-
-    /// Port of the embedded broker on 127.0.0.1 (0 = any free port)
-    #[arg(
-        long,
-        value_name = "PORT",
-        default_value_t = 0,
-        env = "LOADGEN_EMBEDDED_PORT"
-    )]
-    pub embedded_port: u16,
-
-    /// After the run, keep the embedded broker up this long so subscribers get the last messages
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, env = "LOADGEN_EMBEDDED_LINGER")]
-    pub embedded_linger: Duration,
-
-    /// Largest MQTT packet sent or accepted (accepts 10k, 4M) [default: sized to the batch]
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, env = "LOADGEN_MAX_PACKET_SIZE")]
-    pub max_packet_size: Option<u64>,
 }
 
 /// What to send and how fast.
@@ -149,19 +90,6 @@ pub struct LoadArgs {
     pub seed: u64,
 }
 
-/// Where results go.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Output")]
-pub struct OutputArgs {
-    /// Write the final report as JSON to this file (`-` = stdout; the text summary then goes to stderr)
-    #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_JSON")]
-    pub report_json: Option<PathBuf>,
-
-    /// No progress lines on stderr
-    #[arg(long, short, action = ArgAction::SetTrue, env = "LOADGEN_QUIET")]
-    pub quiet: bool,
-}
-
 /// MQTT QoS levels the publisher supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Qos {
@@ -179,189 +107,5 @@ impl Qos {
             Qos::AtMostOnce => 0,
             Qos::AtLeastOnce => 1,
         }
-    }
-}
-
-/// A target rate in points per second, or as fast as possible.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Rate {
-    Unlimited,
-    PerSecond(f64),
-}
-
-fn split_suffix(s: &str) -> (&str, &str) {
-    let idx = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    (&s[..idx], &s[idx..])
-}
-
-fn parse_scaled(s: &str, binary: bool) -> Result<f64, String> {
-    let cleaned: String = s.trim().chars().filter(|c| *c != '_').collect();
-    let (num, suffix) = split_suffix(&cleaned);
-    let base: f64 = if binary { 1024.0 } else { 1000.0 };
-    let mult = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => base,
-        "m" | "mb" | "mib" => base * base,
-        "g" | "gb" | "gib" => base * base * base,
-        other => {
-            return Err(format!(
-                "unknown suffix '{other}' in '{s}'; use a number with optional k, M or G"
-            ))
-        }
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number; use e.g. 1000, 10k or 1.5M"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("'{s}' must be a non-negative number"));
-    }
-    Ok(v * mult)
-}
-
-/// Parses a count such as `100000`, `100k`, `1.5M` or `1_000_000`. Whole numbers are parsed
-/// exactly, so anything above 2^64 - 1 is refused, never rounded or clamped.
-pub fn parse_count(s: &str) -> Result<u64, String> {
-    let cleaned: String = s.trim().chars().filter(|c| *c != '_').collect();
-    let (num, suffix) = split_suffix(&cleaned);
-    let too_large = || format!("'{s}' is larger than the largest count ({})", u64::MAX);
-    if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) {
-        let mult: u64 = match suffix.to_ascii_lowercase().as_str() {
-            "" => 1,
-            "k" => 1_000,
-            "m" => 1_000_000,
-            "g" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "unknown suffix '{other}' in '{s}'; use a number with optional k, M or G"
-                ))
-            }
-        };
-        let v: u64 = num.parse().map_err(|_| too_large())?;
-        return v.checked_mul(mult).ok_or_else(too_large);
-    }
-    let v = parse_scaled(s, false)?;
-    if v.fract() != 0.0 {
-        return Err(format!("'{s}' is not a whole number"));
-    }
-    // 2^64 is the first f64 above u64::MAX (u64::MAX itself rounds up to it).
-    if v >= 18_446_744_073_709_551_616.0 {
-        return Err(too_large());
-    }
-    Ok(v as u64)
-}
-
-/// Parses a size in bytes: `10240`, `10k` (KiB), `4M` (MiB).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let v = parse_scaled(s, true)?;
-    if v >= 18_446_744_073_709_551_616.0 {
-        return Err(format!("'{s}' is too large a size"));
-    }
-    Ok(v.round() as u64)
-}
-
-/// The highest `--rate` accepted: far beyond any broker, low enough that the schedule's
-/// arithmetic stays exact.
-pub const MAX_RATE: f64 = 1e12;
-
-/// Parses a rate: `0`, `max` or `unlimited` mean as fast as possible; else points per second.
-pub fn parse_rate(s: &str) -> Result<Rate, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "max" | "unlimited" | "0" => Ok(Rate::Unlimited),
-        _ => {
-            let v = parse_scaled(s, false)?;
-            if v == 0.0 {
-                Ok(Rate::Unlimited)
-            } else if v > MAX_RATE {
-                Err(format!(
-                    "'{s}' is above the highest rate (1e12 points/s); use max for as fast as possible"
-                ))
-            } else {
-                Ok(Rate::PerSecond(v))
-            }
-        }
-    }
-}
-
-/// The longest duration any flag accepts: a year. Longer ones would overflow the clock's
-/// arithmetic and no load test means them.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Parses a duration such as `30s`, `1m30s`, `500ms`; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let d = match t.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-            Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
-        }
-        _ => humantime::parse_duration(t)
-            .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30s, 500ms or 5m"))?,
-    };
-    if d > MAX_DURATION {
-        return Err(format!("'{s}' is longer than a year; use at most 365d"));
-    }
-    Ok(d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_accept_suffixes_and_underscores() {
-        assert_eq!(parse_count("100000"), Ok(100_000));
-        assert_eq!(parse_count("10k"), Ok(10_000));
-        assert_eq!(parse_count("1.5M"), Ok(1_500_000));
-        assert_eq!(parse_count("1_000"), Ok(1_000));
-        assert!(parse_count("1.5").is_err());
-        assert!(parse_count("ten").is_err());
-        assert!(parse_count("-3").is_err());
-        assert!(parse_count("5x").is_err());
-    }
-
-    #[test]
-    fn counts_beyond_u64_are_refused_not_clamped() {
-        assert_eq!(parse_count("18446744073709551615"), Ok(u64::MAX));
-        assert!(parse_count("18446744073709551616").is_err());
-        assert!(parse_count("18446744073709551616.0").is_err());
-        assert!(parse_count("18446744073709552k").is_err());
-        assert!(parse_count("1e20").is_err());
-        assert_eq!(
-            parse_count("18446744073709551k"),
-            Ok(18_446_744_073_709_551_000)
-        );
-    }
-
-    #[test]
-    fn rates_beyond_the_highest_are_refused() {
-        assert!(parse_rate("18446744073709551616").is_err());
-        assert!(parse_rate("2000G").is_err());
-        assert_eq!(parse_rate("1000G"), Ok(Rate::PerSecond(1e12)));
-    }
-
-    #[test]
-    fn rates_accept_max_and_zero_as_unlimited() {
-        assert_eq!(parse_rate("max"), Ok(Rate::Unlimited));
-        assert_eq!(parse_rate("0"), Ok(Rate::Unlimited));
-        assert_eq!(parse_rate("10k"), Ok(Rate::PerSecond(10_000.0)));
-        assert_eq!(parse_rate("0.5"), Ok(Rate::PerSecond(0.5)));
-        assert!(parse_rate("fast").is_err());
-    }
-
-    #[test]
-    fn durations_beyond_a_year_are_refused_not_a_panic() {
-        assert!(parse_duration("1e20").is_err());
-        assert!(parse_duration("1e400").is_err());
-        assert!(parse_duration("400d").is_err());
-        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
-    }
-
-    #[test]
-    fn sizes_are_binary_and_durations_accept_units() {
-        assert_eq!(parse_bytes("10k"), Ok(10 * 1024));
-        assert_eq!(parse_bytes("4M"), Ok(4 * 1024 * 1024));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("soon").is_err());
     }
 }

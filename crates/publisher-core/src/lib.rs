@@ -23,22 +23,19 @@
 //! A binary is a [`Preset`] and a call to [`main`].
 
 pub mod args;
-pub mod broker;
-pub mod config;
 pub mod driver;
-pub mod error;
 pub mod frame;
-pub mod mqtt;
-pub mod out;
 pub mod pace;
 pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod session;
-pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stats;
+
+// The shared layer, under the names this crate's modules use.
+pub(crate) use mqtt_tool::{broker, config, error, format, mqtt, out, shutdown};
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,7 +45,7 @@ use clap::{Args, Command, FromArgMatches};
 use tokio_util::sync::CancellationToken;
 
 pub use args::PublisherArgs;
-pub use error::Error;
+pub use mqtt_tool::Error;
 pub use plan::Plan;
 pub use report::Report;
 
@@ -96,65 +93,11 @@ pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan
 
 /// The whole program of a publisher binary: parse, run, report, exit code.
 pub fn main(preset: Preset) -> ExitCode {
-    run_main(
+    mqtt_tool::run_main(
         || parse_plan(&preset, std::env::args_os().collect()),
         "stopping generation, flushing what was generated",
         |plan, shutdown| async move { run(&preset, &plan, &shutdown).await },
     )
-}
-
-/// The frame every binary shares: logging, `parse` (help and usage errors exit here), a
-/// single-threaded runtime with signal handling (`first_signal` says what the first SIGINT,
-/// SIGTERM or SIGHUP does), `run`, and the exit code of its result.
-pub fn run_main<P, Fut>(
-    parse: impl FnOnce() -> Result<P, ParseExit>,
-    first_signal: &'static str,
-    run: impl FnOnce(P, Shutdown) -> Fut,
-) -> ExitCode
-where
-    Fut: std::future::Future<Output = Result<ExitCode, Error>>,
-{
-    init_tracing();
-    let plan = match parse() {
-        Ok(p) => p,
-        Err(ParseExit::Info(e)) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(ParseExit::Usage(msg)) => {
-            crate::errln!("error: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    // One thread: the producer and the connection driver hand messages to each other through
-    // rumqttc's queue, and on two threads every hand-off risked a futex wake and lock
-    // contention (S3: ~3 CPU s per million QoS 1 messages on two workers, ~2 on one), while
-    // one core keeps up with the broker in every bench scenario. Many connections per
-    // process will want more workers; that is a flag for then.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            crate::errln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = Shutdown::from_signals(first_signal)
-            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
-        run(plan, shutdown).await
-    });
-    // Background tasks (progress, signals, the embedded broker) end with the process.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            crate::errln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
 }
 
 /// Runs `plan` and prints its report; the exit code says how it ended. An embedded broker
@@ -237,17 +180,4 @@ pub async fn execute(
     let signal = shutdown.signal();
     let report = Report::build(preset.name, plan, &target, &result, signal);
     Ok((report, signal, target))
-}
-
-/// Logs to stderr; `LOADGEN_LOG` takes an env-filter (default: warnings, rumqttd silent).
-/// No colour codes (they are control sequences too), and every line goes through the same
-/// escaping as the rest of the output ([`out::escape_keeping_lines`]).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(|| out::EscapingStderr)
-        .try_init();
 }

@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::report::fmt_int;
+use crate::format::fmt_int;
 use crate::stats::Counters;
 
 /// Prints progress every `every` (`None`: never by itself) and whenever `status` is
@@ -51,7 +51,7 @@ pub async fn run(
         } else {
             String::new()
         };
-        crate::errln!(
+        mqtt_tool::errln!(
             "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}",
             (now - start).as_secs_f64(),
             fmt_int(t.points_sent),

@@ -112,40 +112,10 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Percentiles of a histogram in microseconds, as they appear in the report.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub min: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-    pub mean: f64,
-}
-
-impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
-        if h.is_empty() {
-            return None;
-        }
-        Some(Percentiles {
-            count: h.len(),
-            min: h.min(),
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-            mean: (h.mean() * 10.0).round() / 10.0,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Percentiles;
 
     #[test]
     fn merged_histograms_give_percentiles_of_all_samples() {

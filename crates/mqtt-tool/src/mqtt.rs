@@ -9,8 +9,8 @@ use rumqttc::{
 };
 
 use crate::broker::BrokerTarget;
+use crate::connect::ConnectPlan;
 use crate::error::Error;
-use crate::plan::ConnectPlan;
 
 /// Connects and waits for the CONNACK, within the plan's connect timeout.
 /// `inflight` is the QoS 1 window, `queue` the client's request queue in messages.
@@ -208,7 +208,7 @@ impl Lost {
             Some(true) if self.early() => format!(
                 "; it dropped the first messages ({} bytes): a packet size limit on the broker \
                  (Mosquitto: max_packet_size, message_size_limit) is the likely cause; lower --batch",
-                crate::report::fmt_int(self.largest_message as u64)
+                crate::format::fmt_int(self.largest_message as u64)
             ),
             Some(true) => format!(
                 "; the broker still accepts connections: another client may have connected with \

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+use crate::connect::BrokerChoice;
 use crate::error::Error;
 use crate::mqtt::accepts_connections;
-use crate::plan::BrokerChoice;
 
 /// The broker a run talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,30 @@
+//! mqtt-tool: what every MQTT tool of the workspace shares, so that no tool leans on
+//! another's internals.
+//!
+//! ```text
+//! args + config --> connect (ConnectPlan) --> broker (address, or the embedded rumqttd)
+//!                                         --> mqtt (a rumqttc connection, for subscribers)
+//! run: logging, parse, runtime, signals (shutdown) --> the tool --> exit code (error)
+//! out: terminal and files, escaped and bounded; format: numbers for people
+//! ```
+//!
+//! - [`args`]: the connection and output flags, and the value parsers of every tool.
+//! - [`config`]: defaults < config file < environment < command line.
+//! - [`connect`]: the validated connection settings; [`broker`]: the broker to use.
+//! - [`mqtt`]: connecting with rumqttc and what a lost connection means.
+//! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
+//! - [`out`]: writing safely; [`format`]: figures as reports show them.
+
+pub mod args;
+pub mod broker;
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod format;
+pub mod mqtt;
+pub mod out;
+pub mod run;
+pub mod shutdown;
+
+pub use error::Error;
+pub use run::{init_tracing, run_main};
