@@ -165,6 +165,13 @@ fn read_point<'a>(nodes: &[Node<'a>]) -> Result<(Point<'a>, usize), DecodeError>
             .ok_or_else(|| DecodeError("truncated object".into()))?;
         match *key {
             fields::DEVICE_ID => match v {
+                Node::String(s) if s.len() > point_format::MAX_DEVICE_ID => {
+                    return err(format!(
+                        "device_id is {} bytes, longer than {}",
+                        s.len(),
+                        point_format::MAX_DEVICE_ID
+                    ))
+                }
                 Node::String(s) => device_id = Some(*s),
                 _ => return err("device_id is not a string"),
             },
@@ -314,6 +321,17 @@ mod tests {
             assert_eq!(d.decode(&mut buf, &mut out), Ok(Shape::Legacy), "{good}");
             assert_eq!(out[0].device_id, id, "{good}");
         }
+    }
+
+    #[test]
+    fn device_ids_past_the_limit_are_malformed() {
+        let point = |id: &str| format!(r#"{{"device_id":"{id}","seq":1,"timestamp":1,"value":2}}"#);
+        let mut d = Decoder::default();
+        let mut ok = point(&"d".repeat(point_format::MAX_DEVICE_ID)).into_bytes();
+        assert!(d.decode(&mut ok, &mut Vec::new()).is_ok());
+        let mut long = point(&"d".repeat(point_format::MAX_DEVICE_ID + 1)).into_bytes();
+        let e = d.decode(&mut long, &mut Vec::new()).unwrap_err();
+        assert!(e.0.contains("longer than 1024"), "{e}");
     }
 
     #[test]

@@ -258,8 +258,11 @@ pub fn command(name: &'static str) -> Command {
 pub fn main(name: &'static str) -> ExitCode {
     mqtt_tool::run_main(
         || {
-            config::parse_layered::<Parsed>(command(name), std::env::args_os().collect())
-                .and_then(|Parsed(a)| Plan::from_args(a).map_err(ParseExit::from))
+            let (Parsed(a), sources) = config::parse_layered_sourced::<Parsed>(
+                command(name),
+                std::env::args_os().collect(),
+            )?;
+            Plan::from_args(a).map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
         },
         "stopping, writing the report",
         |plan, shutdown| async move { run(name, &plan, &shutdown).await },

@@ -309,6 +309,8 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                // A SUBACK holds a code per filter; a broker that sends more codes than
+                // filters (or fewer) is answered by what we can tell, never an index panic.
                 if let Some(i) = ack
                     .return_codes
                     .iter()
@@ -316,7 +318,7 @@ pub async fn run(
                 {
                     rx.stop = Stop::Failed(format!(
                         "the broker refused the subscription to '{}'",
-                        filters[i]
+                        filters.get(i).map_or("?", String::as_str)
                     ));
                     break;
                 }

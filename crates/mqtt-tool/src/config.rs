@@ -32,16 +32,94 @@ impl From<Error> for ParseExit {
 /// Longest config file read: settings, not data.
 pub const MAX_CONFIG_FILE: u64 = 4 << 20;
 
+/// Where each flag's value came from, so that an error found after parsing (when a plan is
+/// built) can name the environment variable or the config file the user actually wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Long flag name -> where its value was set, for values not from the command line.
+    set: Vec<(String, String)>,
+}
+
+impl Sources {
+    fn of(cmd: &Command, first: &ArgMatches, from_file: &[String], file: Option<&Path>) -> Sources {
+        let mut set = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let from = match first.value_source(arg.get_id().as_str()) {
+                Some(ValueSource::EnvVariable) => arg
+                    .get_env()
+                    .map(|e| format!("from {}", e.to_string_lossy())),
+                Some(ValueSource::CommandLine) => None,
+                _ if from_file.iter().any(|f| f == long) => {
+                    file.map(|p| format!("from config file {}", p.display()))
+                }
+                _ => None,
+            };
+            if let Some(from) = from {
+                set.push((long.to_string(), from));
+            }
+        }
+        Sources { set }
+    }
+
+    /// `msg` with the source of the first flag it names, when that value did not come from
+    /// the command line: `--duration must be longer than 0s (from LOADGEN_DURATION)`.
+    pub fn annotate(&self, msg: &str) -> String {
+        let mut first: Option<(usize, &str)> = None;
+        for (long, from) in &self.set {
+            let flag = format!("--{long}");
+            let mut at = 0;
+            while let Some(i) = msg[at..].find(&flag) {
+                let pos = at + i;
+                let end = pos + flag.len();
+                // A whole flag name, not the start of a longer one (--rate in --rate-per-device).
+                let whole = msg[end..]
+                    .chars()
+                    .next()
+                    .map_or(true, |c| !(c.is_ascii_alphanumeric() || c == '-'));
+                if whole {
+                    if first.map_or(true, |(p, _)| pos < p) {
+                        first = Some((pos, from));
+                    }
+                    break;
+                }
+                at = end;
+            }
+        }
+        match first {
+            Some((_, from)) => format!("{msg} ({from})"),
+            None => msg.to_string(),
+        }
+    }
+}
+
 /// Parses `argv` with `cmd` into `T`, layering in the `--config` file (the `config` arg).
 pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Result<T, ParseExit> {
+    parse_layered_sourced(cmd, argv).map(|(t, _)| t)
+}
+
+/// [`parse_layered`], and where each value came from.
+pub fn parse_layered_sourced<T: FromArgMatches>(
+    cmd: Command,
+    argv: Vec<OsString>,
+) -> Result<(T, Sources), ParseExit> {
     let first = cmd
         .clone()
         .try_get_matches_from(&argv)
         .map_err(|e| clap_exit_sourced(e, &cmd, &argv))?;
     let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
-        return T::from_arg_matches(&first).map_err(clap_exit);
+        let sources = Sources::of(&cmd, &first, &[], None);
+        return T::from_arg_matches(&first)
+            .map(|t| (t, sources))
+            .map_err(clap_exit);
     };
     let injected = file_args(&cmd, &first, &path)?;
+    let from_file: Vec<String> = injected
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_string())
+        .collect();
+    let sources = Sources::of(&cmd, &first, &from_file, Some(&path));
     let mut layered = Vec::with_capacity(argv.len() + injected.len());
     layered.extend(argv.first().cloned());
     layered.extend(injected.into_iter().map(OsString::from));
@@ -56,7 +134,9 @@ pub fn parse_layered<T: FromArgMatches>(cmd: Command, argv: Vec<OsString>) -> Re
             }
             info => info,
         })?;
-    T::from_arg_matches(&matches).map_err(clap_exit)
+    T::from_arg_matches(&matches)
+        .map(|t| (t, sources))
+        .map_err(clap_exit)
 }
 
 /// Like [`clap_exit`], but an error about a value that came from the environment names the
@@ -422,6 +502,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_plan_error_names_where_the_value_came_from() {
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let f = config_file("batch = 7\n");
+        std::env::set_var("LOADGEN_SEED", "9");
+        let cmd = ToolArgs::augment_args(Command::new("t"));
+        let argv: Vec<OsString> = ["t", "--config", f.0.to_str().unwrap(), "--qos", "1"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let got = parse_layered_sourced::<Cli>(cmd, argv);
+        std::env::remove_var("LOADGEN_SEED");
+        let (_, sources) = got.unwrap();
+        assert_eq!(
+            sources.annotate("--seed must be odd"),
+            "--seed must be odd (from LOADGEN_SEED)"
+        );
+        let m = sources.annotate("--batch 7 is too large");
+        assert!(
+            m.ends_with(&format!("(from config file {})", f.0.display())),
+            "{m}"
+        );
+        assert_eq!(sources.annotate("--qos 1 needs more"), "--qos 1 needs more");
+        assert_eq!(
+            sources.annotate("--seeds is not a flag"),
+            "--seeds is not a flag"
+        );
     }
 
     #[test]

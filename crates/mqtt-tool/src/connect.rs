@@ -175,31 +175,18 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
         }
         "auto" => {
             let probe = std::env::var(AUTO_PROBE_ENV).unwrap_or_else(|_| "127.0.0.1:1883".into());
+            refuse_credentials(&probe, AUTO_PROBE_ENV)?;
             let (host, port) = host_port(&probe, AUTO_PROBE_ENV)?;
             return Ok(BrokerChoice::Auto { host, port });
         }
         "embedded" => return Ok(BrokerChoice::Embedded),
         _ => {}
     }
+    refuse_credentials(s, "--broker")?;
     let (scheme, rest) = match s.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, s),
     };
-    // user[:password]@host: checked before anything echoes the address.
-    if let Some((userinfo, host)) = rest.rsplit_once('@') {
-        let shown = match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***"),
-            None => userinfo.to_string(),
-        };
-        let shown = format!(
-            "{}{shown}@{host}",
-            scheme.map_or(String::new(), |s| format!("{s}://"))
-        );
-        return Err(Error::usage(format!(
-            "--broker {shown} carries credentials; give the broker as mqtt://host:port, the user \
-             with --username and the password in {PASSWORD_ENV} or --password-file"
-        )));
-    }
     match scheme {
         None | Some("mqtt" | "tcp") => {}
         Some(scheme) => {
@@ -211,6 +198,28 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
     let rest = rest.trim_end_matches('/');
     let (host, port) = host_port(rest, "--broker")?;
     Ok(BrokerChoice::Remote { host, port })
+}
+
+/// Refuses `user[:password]@host` in a broker address before anything echoes it, with the
+/// password redacted: it would show in process lists, shell history and every message that
+/// names the broker.
+fn refuse_credentials(s: &str, what: &str) -> Result<(), Error> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, s),
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return Ok(());
+    };
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => userinfo.to_string(),
+    };
+    let scheme = scheme.map_or(String::new(), |s| format!("{s}://"));
+    Err(Error::usage(format!(
+        "{what} {scheme}{shown}@{host} carries credentials; give the broker as mqtt://host:port, \
+         the user with --username and the password in {PASSWORD_ENV} or --password-file"
+    )))
 }
 
 fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
@@ -338,6 +347,15 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_in_the_auto_probe_address_are_refused_too() {
+        std::env::set_var(AUTO_PROBE_ENV, "u:secretpw@127.0.0.1:1883");
+        let e = parse_broker("auto").unwrap_err();
+        std::env::remove_var(AUTO_PROBE_ENV);
+        assert!(!e.to_string().contains("secretpw"), "{e}");
+        assert!(e.to_string().contains(AUTO_PROBE_ENV), "{e}");
     }
 
     #[test]

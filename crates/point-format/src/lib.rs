@@ -27,6 +27,10 @@ pub mod fields {
     pub const HUMIDITY: &str = "humidity";
 }
 
+/// Longest device id, in bytes: real ids are far shorter, every point carries its id, and a
+/// backend that tracks 100,000 devices must be able to bound what each costs.
+pub const MAX_DEVICE_ID: usize = 1024;
+
 /// A decoded point. Optional sensor fields may be absent; unknown fields are ignored so a
 /// backend keeps reading payloads that carry more than this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

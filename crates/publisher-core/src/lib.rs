@@ -87,8 +87,8 @@ impl FromArgMatches for Parsed {
 
 /// Parses the process's arguments for `preset` into a plan.
 pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan, ParseExit> {
-    let Parsed(args) = config::parse_layered(command(preset), argv)?;
-    Ok(Plan::from_args(args, preset)?)
+    let (Parsed(args), sources) = config::parse_layered_sourced(command(preset), argv)?;
+    Plan::from_args(args, preset).map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
 }
 
 /// The whole program of a publisher binary: parse, run, report, exit code.

@@ -162,8 +162,7 @@ impl Plan {
     }
 }
 
-/// Longest `--device-id`: real ids are far shorter, and every point carries it.
-pub const MAX_DEVICE_ID: usize = 1024;
+pub use point_format::MAX_DEVICE_ID;
 
 /// Checks `--device-id` on its own, so that an error names it rather than the topic it
 /// goes into.

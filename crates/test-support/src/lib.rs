@@ -488,6 +488,8 @@ pub mod fake {
         DuplicateAcks,
         /// Accepts SUBSCRIBE and never answers it.
         NoSuback,
+        /// Answers SUBSCRIBE with one return code more than it has filters, a failure.
+        ExtraSubackCode,
     }
 
     /// A scripted MQTT 3.1.1 server on 127.0.0.1 and a free port; stops on drop.
@@ -611,8 +613,12 @@ pub mod fake {
                         i += 2 + n + 1;
                         filters += 1;
                     }
-                    let mut suback = vec![0x90, (2 + filters) as u8, body[0], body[1]];
+                    let codes = filters + usize::from(behaviour == Behaviour::ExtraSubackCode);
+                    let mut suback = vec![0x90, (2 + codes) as u8, body[0], body[1]];
                     suback.resize(4 + filters, 0u8);
+                    if behaviour == Behaviour::ExtraSubackCode {
+                        suback.push(0x80);
+                    }
                     suback
                 }
                 12 => vec![0xd0, 0x00], // PINGREQ -> PINGRESP

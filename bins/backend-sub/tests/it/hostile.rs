@@ -140,6 +140,25 @@ fn a_retained_leftover_is_named_in_the_verdict() {
     assert!(verdict.contains("retained"), "{verdict}");
 }
 
+/// A device id past 1,024 bytes is malformed: a hostile fleet of huge ids must not make
+/// each device cost its id's weight.
+#[test]
+fn device_ids_past_the_limit_are_malformed_not_tracked() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    let long = "x".repeat(2000);
+    publish_payloads(
+        m.port,
+        TOPIC,
+        &[payload(&long, &[0]), payload("dev_ok", &[0])],
+    );
+    let out = backend.wait();
+    out.assert_code(5);
+    assert_eq!(n(&out.report, "malformed_messages"), 1);
+    assert_eq!(out.report["devices"].as_array().unwrap().len(), 1);
+    assert!(out.stderr.contains("longer than 1024"), "{}", out.stderr);
+}
+
 /// 60,000 devices of one point each: every one tracked and verified, in memory that a
 /// fleet can afford (each device used to carry a 28 KB histogram: 1.7 GB here).
 #[test]

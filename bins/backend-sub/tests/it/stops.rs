@@ -132,3 +132,36 @@ fn sigterm_while_connecting_exits_143_at_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("flushing"), "{stderr}");
 }
+
+/// A SUBACK with more return codes than filters (one a failure) is a refusal, not a panic.
+#[test]
+fn a_suback_with_too_many_codes_is_a_refusal_not_a_panic() {
+    let fake = FakeBroker::start(Behaviour::ExtraSubackCode);
+    let (code, stdout, stderr) = run_to_end(&["--broker", &fake.url(), "--connect-timeout", "2s"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("refused the subscription"), "{stderr}");
+}
+
+/// A value that fails validation names the variable or file it came from.
+#[test]
+fn a_bad_value_from_the_environment_or_a_file_names_its_source() {
+    let out = Command::new(BIN)
+        .args(["--broker", "127.0.0.1:1", "--idle-timeout", "0s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        !stderr.contains("(from"),
+        "the command line is not annotated: {stderr}"
+    );
+    let dir = TempDir::new("srcs");
+    let cfg = dir.path("b.toml");
+    std::fs::write(&cfg, "duration = \"0s\"\n").unwrap();
+    let line = assert_usage_error(
+        &["--config", cfg.to_str().unwrap()],
+        "--duration must be longer than 0s",
+    );
+    assert!(line.contains("from config file"), "{line}");
+}

@@ -376,3 +376,27 @@ fn an_oversized_device_id_is_named_as_such() {
     let id = "d".repeat(100_000);
     assert_one_line_error(&["--device-id", &id], 2, "--device-id is 100000 bytes");
 }
+
+#[test]
+fn credentials_in_the_auto_probe_variable_are_refused_and_hidden() {
+    let out = publish_env(&[], &[("LOADGEN_AUTO_BROKER", "u:secretpw@127.0.0.1:1883")]);
+    out.assert_code(2);
+    assert!(!out.stderr.contains("secretpw"), "{}", out.stderr);
+    assert!(out.stderr.contains("LOADGEN_AUTO_BROKER"), "{}", out.stderr);
+}
+
+#[test]
+fn a_value_refused_by_the_plan_names_the_variable_or_file_it_came_from() {
+    let out = publish_env(&[], &[("LOADGEN_DURATION", "0s")]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("(from LOADGEN_DURATION)"),
+        "{}",
+        out.stderr
+    );
+    let dir = TempDir::new("plansrc");
+    let cfg = dir.path("p.toml");
+    std::fs::write(&cfg, "broker = \"mqtt://h:1:2\"\n").unwrap();
+    let line = assert_one_line_error(&["--config", cfg.to_str().unwrap()], 2, "--broker");
+    assert!(line.contains("(from config file"), "{line}");
+}

@@ -1,0 +1,168 @@
+//! What can go wrong with a connection, as kinds rather than text: connecting again after a
+//! loss, or retrying a failed connect, depends on telling transient failures (a reset, a
+//! broker restarting, a full backlog) from fatal ones (bad credentials, not an MQTT server).
+//! The tools turn these into sentences (`mqtt_tool::mqtt`).
+
+use std::io;
+use std::time::Duration;
+
+/// A CONNACK return code other than 0 (MQTT 3.1.1 section 3.2.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnackCode {
+    /// 1: the broker does not speak this protocol version.
+    Protocol,
+    /// 2: the client id is not allowed.
+    BadClientId,
+    /// 3: the broker is unavailable.
+    Unavailable,
+    /// 4: bad user name or password.
+    BadCredentials,
+    /// 5: not authorized.
+    NotAuthorized,
+    /// Any other code.
+    Other(u8),
+}
+
+impl ConnackCode {
+    pub fn from_code(code: u8) -> ConnackCode {
+        match code {
+            1 => ConnackCode::Protocol,
+            2 => ConnackCode::BadClientId,
+            3 => ConnackCode::Unavailable,
+            4 => ConnackCode::BadCredentials,
+            5 => ConnackCode::NotAuthorized,
+            other => ConnackCode::Other(other),
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectFailure {
+    /// The TCP connection was refused: nothing listens there, or its backlog is full.
+    Refused,
+    /// No CONNACK (or no TCP connection) within the connect timeout.
+    Timeout,
+    /// The connection closed before the CONNACK: a broker at its connection limit, a policy.
+    ClosedBeforeConnack,
+    /// The broker answered CONNECT with a refusal.
+    Connack(ConnackCode),
+    /// What answered is not an MQTT broker: an unexpected or malformed reply.
+    NotMqtt,
+    /// Another socket error: unreachable network, no local port left, DNS.
+    Io(io::ErrorKind),
+}
+
+impl ConnectFailure {
+    /// Whether trying again cannot help: the broker said no to these credentials or this
+    /// client, or it is not an MQTT broker. A fleet must not retry those in a storm.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::NotMqtt
+                | ConnectFailure::Connack(
+                    ConnackCode::Protocol
+                        | ConnackCode::BadClientId
+                        | ConnackCode::BadCredentials
+                        | ConnackCode::NotAuthorized
+                )
+        )
+    }
+
+    /// Whether the broker itself refused (a CONNACK code): exit code 4 rather than 3.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ConnectFailure::Connack(_))
+    }
+
+    pub fn of_io(e: &io::Error) -> ConnectFailure {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+            io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => ConnectFailure::ClosedBeforeConnack,
+            kind => ConnectFailure::Io(kind),
+        }
+    }
+}
+
+/// How a connection that was up got lost, with what the run knew at that moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lost {
+    pub kind: LostKind,
+    /// From CONNACK to the loss.
+    pub after: Duration,
+    /// Whether any PUBACK arrived before.
+    pub acked_any: bool,
+    /// When the first publish was written, after CONNACK.
+    pub first_write_after: Option<Duration>,
+    /// Payload bytes of the largest message written or about to be written.
+    pub largest_message: u32,
+}
+
+/// What ended a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostKind {
+    /// The broker closed the TCP connection.
+    Closed,
+    /// The connection was reset, or another socket error.
+    Io(io::ErrorKind, String),
+    /// No PINGRESP came back within the keep-alive interval.
+    KeepAlive,
+    /// Writes did not progress within the keep-alive interval: the broker stopped reading.
+    WriteStalled,
+    /// Anything else: a protocol error, an internal failure.
+    Other(String),
+}
+
+impl LostKind {
+    pub fn of_io(e: &io::Error) -> LostKind {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => LostKind::Closed,
+            kind => LostKind::Io(kind, e.to_string()),
+        }
+    }
+}
+
+impl Lost {
+    pub fn other(reason: String) -> Lost {
+        Lost {
+            kind: LostKind::Other(reason),
+            after: Duration::ZERO,
+            acked_any: false,
+            first_write_after: None,
+            largest_message: 0,
+        }
+    }
+
+    /// Whether the loss came with the first messages, before the broker confirmed any: the
+    /// sign of a message the broker will not take (it drops the connection as soon as it
+    /// reads the header, within milliseconds).
+    pub fn early(&self) -> bool {
+        !self.acked_any
+            && self.first_write_after.map_or(true, |first| {
+                self.after.saturating_sub(first) < Duration::from_millis(200)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_credentials_and_non_brokers_are_fatal_the_rest_transient() {
+        assert!(ConnectFailure::Connack(ConnackCode::BadCredentials).is_fatal());
+        assert!(ConnectFailure::NotMqtt.is_fatal());
+        assert!(!ConnectFailure::Connack(ConnackCode::Unavailable).is_fatal());
+        assert!(!ConnectFailure::Refused.is_fatal());
+        assert!(!ConnectFailure::ClosedBeforeConnack.is_fatal());
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            ConnectFailure::of_io(&reset),
+            ConnectFailure::ClosedBeforeConnack
+        );
+        assert_eq!(ConnackCode::from_code(4), ConnackCode::BadCredentials);
+    }
+}
