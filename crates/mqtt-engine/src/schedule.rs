@@ -56,6 +56,11 @@ impl Schedule {
         self.batch
     }
 
+    /// Fleet points per second; `None` = as fast as possible.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
     pub fn is_paced(&self) -> bool {
         self.rate.is_some()
     }

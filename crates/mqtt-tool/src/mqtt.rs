@@ -107,117 +107,122 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
     }
 }
 
-/// How a connection was lost mid-run, as a kind (reconnecting will tell transient from fatal
-/// by it), with what the run knew at that moment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Lost {
-    pub kind: LostKind,
-    /// From CONNACK to the loss.
-    pub after: Duration,
-    /// Whether any PUBACK arrived before.
-    pub acked_any: bool,
-    /// When the first publish was written, after CONNACK.
-    pub first_write_after: Option<Duration>,
-    /// Payload bytes of the largest message written or about to be written.
-    pub largest_message: u32,
-}
+pub use mqtt_engine::error::{ConnackCode, ConnectFailure, Lost, LostKind};
 
-/// What ended a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LostKind {
-    /// The broker closed the TCP connection.
-    Closed,
-    /// The connection was reset, or another socket error.
-    Io(std::io::ErrorKind, String),
-    /// No PINGRESP came back within the keep-alive interval.
-    KeepAlive,
-    /// A write did not complete within the network timeout: the broker stopped reading.
-    WriteStalled,
-    /// Anything else: a protocol error, an internal failure.
-    Other(String),
-}
-
-impl LostKind {
-    pub fn of(e: &ConnectionError) -> LostKind {
-        use rumqttc::StateError;
-        match e {
-            ConnectionError::MqttState(StateError::ConnectionAborted) => LostKind::Closed,
-            ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) => {
-                match io.kind() {
-                    std::io::ErrorKind::UnexpectedEof => LostKind::Closed,
-                    kind => LostKind::Io(kind, io.to_string()),
-                }
-            }
-            ConnectionError::MqttState(StateError::AwaitPingResp) => LostKind::KeepAlive,
-            ConnectionError::FlushTimeout | ConnectionError::NetworkTimeout => {
-                LostKind::WriteStalled
-            }
-            other => LostKind::Other(other.to_string()),
+/// What a rumqttc error says about how the connection ended.
+pub fn lost_kind(e: &ConnectionError) -> LostKind {
+    use rumqttc::StateError;
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) => LostKind::Closed,
+        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) => {
+            LostKind::of_io(io)
         }
+        ConnectionError::MqttState(StateError::AwaitPingResp) => LostKind::KeepAlive,
+        ConnectionError::FlushTimeout | ConnectionError::NetworkTimeout => LostKind::WriteStalled,
+        other => LostKind::Other(other.to_string()),
     }
 }
 
-impl Lost {
-    pub fn other(reason: String) -> Lost {
-        Lost {
-            kind: LostKind::Other(reason),
-            after: Duration::ZERO,
-            acked_any: false,
-            first_write_after: None,
-            largest_message: 0,
+/// One line on a lost connection: what happened, and the likely causes where they fit.
+/// `broker_up` says whether the broker accepted a new TCP connection right after the loss
+/// (`None`: not probed).
+pub fn describe_lost(
+    lost: &Lost,
+    client_id: &str,
+    broker: &str,
+    broker_up: Option<bool>,
+) -> String {
+    let after = format!("{:.1} s", lost.after.as_secs_f64());
+    let what = match &lost.kind {
+        LostKind::Closed => format!("the broker closed the connection after {after}"),
+        LostKind::Io(std::io::ErrorKind::ConnectionReset, _) => {
+            format!("the broker reset the connection after {after}")
         }
-    }
+        LostKind::Io(_, e) => format!("the connection failed after {after}: {e}"),
+        LostKind::KeepAlive => {
+            return format!(
+                "the broker stopped answering: no reply to a keep-alive ping, {after} into the run"
+            )
+        }
+        LostKind::WriteStalled => {
+            return format!(
+                "the broker stopped reading: writes made no progress for a keep-alive interval, {after} into the run"
+            )
+        }
+        LostKind::Other(e) => return format!("connection to the broker failed: {e}"),
+    };
+    let cause = match broker_up {
+        Some(false) => format!(
+            "; nothing accepts connections at {broker} any more: the broker stopped or restarted"
+        ),
+        Some(true) if lost.early() => format!(
+            "; it dropped the first messages ({} bytes): a packet size limit on the broker \
+             (Mosquitto: max_packet_size, message_size_limit) is the likely cause; lower --batch",
+            crate::format::fmt_int(lost.largest_message as u64)
+        ),
+        Some(true) => format!(
+            "; the broker still accepts connections: another client may have connected with \
+             client id '{}' (a broker keeps one connection per client id), or a broker policy closed it",
+            crate::out::escape(client_id)
+        ),
+        None => String::new(),
+    };
+    format!("{what}{cause}")
+}
 
-    /// Whether the loss came with the first messages, before the broker confirmed any: the
-    /// sign of a message the broker will not take (it drops the connection as soon as it
-    /// reads the header, within milliseconds).
-    fn early(&self) -> bool {
-        !self.acked_any
-            && self.first_write_after.map_or(true, |first| {
-                self.after.saturating_sub(first) < Duration::from_millis(200)
-            })
+/// Why a connect attempt failed, as the error line says it.
+pub fn describe_failure(f: &ConnectFailure, connect_timeout: Duration) -> String {
+    match f {
+        ConnectFailure::Refused => "connection refused".into(),
+        ConnectFailure::Timeout => format!(
+            "no CONNACK within {} (--connect-timeout)",
+            humantime::format_duration(round_ms(connect_timeout))
+        ),
+        ConnectFailure::ClosedBeforeConnack => {
+            "the connection closed before CONNACK (a broker at its connection limit, or not an MQTT broker?)"
+                .into()
+        }
+        ConnectFailure::Connack(code) => connack_refusal(*code).into(),
+        ConnectFailure::NotMqtt => {
+            "it answered CONNECT with something other than a CONNACK (is it an MQTT broker?)".into()
+        }
+        ConnectFailure::Io(kind) => std::io::Error::from(*kind).to_string(),
     }
+}
 
-    /// One line: what happened, and the likely causes where they fit. `broker_up` says
-    /// whether the broker accepted a new TCP connection right after the loss (`None`: not
-    /// probed).
-    pub fn describe(&self, client_id: &str, broker: &str, broker_up: Option<bool>) -> String {
-        let after = format!("{:.1} s", self.after.as_secs_f64());
-        let what = match &self.kind {
-            LostKind::Closed => format!("the broker closed the connection after {after}"),
-            LostKind::Io(std::io::ErrorKind::ConnectionReset, _) => {
-                format!("the broker reset the connection after {after}")
-            }
-            LostKind::Io(_, e) => format!("the connection failed after {after}: {e}"),
-            LostKind::KeepAlive => {
-                return format!(
-                    "the broker stopped answering: no reply to a keep-alive ping, {after} into the run"
-                )
-            }
-            LostKind::WriteStalled => {
-                return format!(
-                    "the broker stopped reading: a write did not complete in time, {after} into the run"
-                )
-            }
-            LostKind::Other(e) => return format!("connection to the broker failed: {e}"),
-        };
-        let cause = match broker_up {
-            Some(false) => format!(
-                "; nothing accepts connections at {broker} any more: the broker stopped or restarted"
-            ),
-            Some(true) if self.early() => format!(
-                "; it dropped the first messages ({} bytes): a packet size limit on the broker \
-                 (Mosquitto: max_packet_size, message_size_limit) is the likely cause; lower --batch",
-                crate::format::fmt_int(self.largest_message as u64)
-            ),
-            Some(true) => format!(
-                "; the broker still accepts connections: another client may have connected with \
-                 client id '{}' (a broker keeps one connection per client id), or a broker policy closed it",
-                crate::out::escape(client_id)
-            ),
-            None => String::new(),
-        };
-        format!("{what}{cause}")
+/// A short name of a failure, for counts by reason.
+pub fn failure_key(f: &ConnectFailure) -> String {
+    match f {
+        ConnectFailure::Refused => "refused".into(),
+        ConnectFailure::Timeout => "timeout".into(),
+        ConnectFailure::ClosedBeforeConnack => "closed before CONNACK".into(),
+        ConnectFailure::Connack(code) => format!("CONNACK: {}", connack_name(*code)),
+        ConnectFailure::NotMqtt => "not MQTT".into(),
+        ConnectFailure::Io(kind) => format!("io: {kind:?}"),
+    }
+}
+
+fn connack_name(code: ConnackCode) -> String {
+    match code {
+        ConnackCode::Protocol => "protocol version".into(),
+        ConnackCode::BadClientId => "client id rejected".into(),
+        ConnackCode::Unavailable => "server unavailable".into(),
+        ConnackCode::BadCredentials => "bad user name or password".into(),
+        ConnackCode::NotAuthorized => "not authorized".into(),
+        ConnackCode::Other(n) => format!("code {n}"),
+    }
+}
+
+fn connack_refusal(code: ConnackCode) -> &'static str {
+    match code {
+        ConnackCode::BadCredentials => {
+            "bad user name or password; check --username and LOADGEN_PASSWORD or --password-file"
+        }
+        ConnackCode::NotAuthorized => "not authorized; check --username and the password",
+        ConnackCode::BadClientId => "client id rejected; choose another --client-id",
+        ConnackCode::Protocol => "MQTT 3.1.1 is not accepted by this broker",
+        ConnackCode::Unavailable => "service unavailable",
+        ConnackCode::Other(_) => "refused with an unknown CONNACK code",
     }
 }
 
@@ -249,29 +254,49 @@ mod tests {
     #[test]
     fn a_loss_names_the_cause_that_fits() {
         let url = "mqtt://127.0.0.1:1";
-        let gone = lost(LostKind::Closed, 3_000, true, Some(10)).describe("1", url, Some(false));
+        let gone = describe_lost(
+            &lost(LostKind::Closed, 3_000, true, Some(10)),
+            "1",
+            url,
+            Some(false),
+        );
         assert!(gone.contains("closed the connection after 3.0 s"), "{gone}");
         assert!(
             gone.contains("stopped or restarted") && !gone.contains("packet size"),
             "{gone}"
         );
 
-        let taken = lost(LostKind::Closed, 5_000, true, Some(10)).describe("1", url, Some(true));
+        let taken = describe_lost(
+            &lost(LostKind::Closed, 5_000, true, Some(10)),
+            "1",
+            url,
+            Some(true),
+        );
         assert!(
             taken.contains("client id '1'") && !taken.contains("packet size"),
             "{taken}"
         );
         // QoS 0 acknowledges nothing: a loss well after the first write is not about size.
-        let taken = lost(LostKind::Closed, 1_500, false, Some(200)).describe("1", url, Some(true));
+        let taken = describe_lost(
+            &lost(LostKind::Closed, 1_500, false, Some(200)),
+            "1",
+            url,
+            Some(true),
+        );
         assert!(
             taken.contains("client id '1'") && !taken.contains("packet size"),
             "{taken}"
         );
-        let unwritten = lost(LostKind::Closed, 20, false, None).describe("1", url, Some(true));
+        let unwritten = describe_lost(
+            &lost(LostKind::Closed, 20, false, None),
+            "1",
+            url,
+            Some(true),
+        );
         assert!(unwritten.contains("packet size"), "{unwritten}");
 
         let reset = LostKind::Io(std::io::ErrorKind::ConnectionReset, "reset".into());
-        let big = lost(reset, 300, false, Some(250)).describe("1", url, Some(true));
+        let big = describe_lost(&lost(reset, 300, false, Some(250)), "1", url, Some(true));
         assert!(
             big.contains("reset the connection") && big.contains("140,000 bytes"),
             "{big}"
@@ -281,9 +306,14 @@ mod tests {
             "{big}"
         );
 
-        let unprobed = lost(LostKind::Closed, 300, false, Some(5)).describe("1", url, None);
+        let unprobed = describe_lost(&lost(LostKind::Closed, 300, false, Some(5)), "1", url, None);
         assert_eq!(unprobed, "the broker closed the connection after 0.3 s");
-        let ping = lost(LostKind::KeepAlive, 61_000, true, Some(1)).describe("1", url, Some(true));
+        let ping = describe_lost(
+            &lost(LostKind::KeepAlive, 61_000, true, Some(1)),
+            "1",
+            url,
+            Some(true),
+        );
         assert!(
             ping.contains("keep-alive") && !ping.contains("client id"),
             "{ping}"

@@ -91,23 +91,30 @@ const POINT_BUF: usize = SHORT + MAX_NUMERIC_PART + SHORT;
 
 impl Encoder {
     pub fn new(device_id: &str) -> Self {
-        let mut prefix = Vec::with_capacity(device_id.len() + 32);
-        prefix.extend_from_slice(b"{\"");
-        prefix.extend_from_slice(fields::DEVICE_ID.as_bytes());
-        prefix.extend_from_slice(b"\":");
-        write_json_string(&mut prefix, device_id);
-        prefix.extend_from_slice(b",\"");
-        prefix.extend_from_slice(fields::SEQ.as_bytes());
-        prefix.extend_from_slice(b"\":");
-        let short_prefix = (prefix.len() <= SHORT).then(|| {
+        let mut e = Encoder {
+            prefix: Vec::with_capacity(device_id.len() + 32),
+            short_prefix: None,
+        };
+        e.set_device_id(device_id.as_bytes());
+        e
+    }
+
+    /// Makes this encoder write points of `device_id` (UTF-8 bytes), reusing its buffer: a
+    /// producer of many devices keeps one encoder and switches it per message.
+    pub fn set_device_id(&mut self, device_id: &[u8]) {
+        self.prefix.clear();
+        self.prefix.extend_from_slice(b"{\"");
+        self.prefix.extend_from_slice(fields::DEVICE_ID.as_bytes());
+        self.prefix.extend_from_slice(b"\":");
+        write_json_string_bytes(&mut self.prefix, device_id);
+        self.prefix.extend_from_slice(b",\"");
+        self.prefix.extend_from_slice(fields::SEQ.as_bytes());
+        self.prefix.extend_from_slice(b"\":");
+        self.short_prefix = (self.prefix.len() <= SHORT).then(|| {
             let mut p = [0u8; SHORT];
-            p[..prefix.len()].copy_from_slice(&prefix);
+            p[..self.prefix.len()].copy_from_slice(&self.prefix);
             p
         });
-        Encoder {
-            prefix,
-            short_prefix,
-        }
     }
 
     /// Upper bound of the encoded size of one point.
@@ -288,9 +295,14 @@ fn write_fixed(out: &mut [u8], mut pos: usize, v: i64, decimals: u32) -> usize {
 
 /// Appends `s` as a JSON string literal, escaping what RFC 8259 requires.
 pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    write_json_string_bytes(out, s.as_bytes())
+}
+
+/// [`write_json_string`] of UTF-8 bytes.
+fn write_json_string_bytes(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for &b in s.as_bytes() {
+    for &b in s {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -375,6 +387,20 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{id:?} gave invalid JSON: {e}"));
             assert_eq!(p.device_id, id);
         }
+    }
+
+    #[test]
+    fn one_encoder_switches_devices_without_leftovers() {
+        let mut enc = Encoder::new("a_long_first_device_id_of_the_fleet");
+        enc.set_device_id(b"d\"2");
+        let text = String::from_utf8(encode(&enc, &[sample(1)])).unwrap();
+        let p: Point = serde_json::from_str(&text).unwrap();
+        assert_eq!(p.device_id, "d\"2");
+        let long = "x".repeat(200);
+        enc.set_device_id(long.as_bytes());
+        let bytes = encode(&enc, &[sample(1)]);
+        let p: Point = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(p.device_id, long);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct PublisherArgs {
     pub load: LoadArgs,
 
     #[command(flatten)]
+    pub fleet: FleetArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -29,11 +32,12 @@ pub struct PublisherArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Load")]
 pub struct LoadArgs {
-    /// Device id written into every point [default: the preset's]
-    #[arg(long, value_name = "ID", env = "LOADGEN_DEVICE_ID")]
+    /// Device id written into every point, a template: `{i}` is the device's index, `{i:05}`
+    /// zero-padded; a fleet without `{i}` gets `_{i}` appended [default: the preset's]
+    #[arg(long, value_name = "TEMPLATE", env = "LOADGEN_DEVICE_ID")]
     pub device_id: Option<String>,
 
-    /// Topic to publish to; `{device_id}` is replaced by the device id
+    /// Topic to publish to; `{device_id}` is replaced by the device id (and `{i}` by its index)
     #[arg(
         long,
         value_name = "TEMPLATE",
@@ -42,15 +46,21 @@ pub struct LoadArgs {
     )]
     pub topic: String,
 
-    /// Points per second on an absolute schedule (accepts 10k, 1.5M); 0 or `max` = as fast as possible
+    /// Points per second of the whole fleet on an absolute schedule (accepts 10k, 1.5M); 0 or
+    /// `max` = as fast as possible
     #[arg(long, value_name = "POINTS_PER_S", default_value = "10000", value_parser = parse_rate, env = "LOADGEN_RATE")]
     pub rate: Rate,
+
+    /// Points per second of each device: the other way to give --rate (fleet = devices × this)
+    #[arg(long, value_name = "POINTS_PER_S", value_parser = parse_rate, conflicts_with = "rate", env = "LOADGEN_RATE_PER_DEVICE")]
+    pub rate_per_device: Option<Rate>,
 
     /// Points per MQTT message: 1 sends the legacy single JSON object, N > 1 a JSON array of N points
     #[arg(long, value_name = "N", default_value = "1000", value_parser = parse_count, env = "LOADGEN_BATCH")]
     pub batch: u64,
 
-    /// Points to send [default: 100000, or unlimited when --duration is given]
+    /// Points to send, over the whole fleet (split evenly over its devices) [default: 100000,
+    /// or unlimited when --duration is given]
     #[arg(long, value_name = "N", value_parser = parse_count, env = "LOADGEN_TOTAL")]
     pub total: Option<u64>,
 
@@ -88,6 +98,55 @@ pub struct LoadArgs {
     /// Seed of the value generator (same seed, same values)
     #[arg(long, value_name = "N", default_value_t = 1, env = "LOADGEN_SEED")]
     pub seed: u64,
+}
+
+/// How many devices over how many connections, and how they connect.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Fleet")]
+pub struct FleetArgs {
+    /// Simulated devices, each with its own seq, schedule and topic
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_count, env = "LOADGEN_DEVICES")]
+    pub devices: u64,
+
+    /// Index of the first device (`{i}` of the first device), so that machines can take
+    /// disjoint ranges
+    #[arg(long, value_name = "K", default_value = "0", value_parser = parse_count, env = "LOADGEN_DEVICE_START")]
+    pub device_start: u64,
+
+    /// MQTT connections the devices are spread over (fewer than devices: gateways) [default:
+    /// one per device]
+    #[arg(long, value_name = "M", value_parser = parse_count, env = "LOADGEN_CONNECTIONS")]
+    pub connections: Option<u64>,
+
+    /// Worker threads, each owning its share of the connections [default: the cores this
+    /// process may use, at most one per connection]
+    #[arg(long, value_name = "W", value_parser = parse_count, env = "LOADGEN_WORKERS")]
+    pub workers: Option<u64>,
+
+    /// New connections per second over the fleet; `max` = as fast as the broker takes them
+    #[arg(long, value_name = "PER_S", default_value = "1000", value_parser = parse_rate, env = "LOADGEN_CONNECT_RATE")]
+    pub connect_rate: Rate,
+
+    /// CONNECTs awaiting their CONNACK at once (Mosquitto's listen backlog is 100: more only
+    /// makes the kernel drop SYNs and retry them seconds later)
+    #[arg(long, value_name = "K", default_value = "100", value_parser = parse_count, env = "LOADGEN_MAX_CONNECTING")]
+    pub max_connecting: u64,
+
+    /// Retries of a connection whose connect failed transiently (refused, timeout, closed),
+    /// with jittered exponential backoff from 100ms to 10s; refused credentials are never
+    /// retried [default: 3, 0 for a single connection]
+    #[arg(long, value_name = "N", value_parser = parse_count, env = "LOADGEN_CONNECT_RETRIES")]
+    pub connect_retries: Option<u64>,
+
+    /// Local address to connect from, or a range (127.0.0.1-127.0.0.8), repeatable: spread
+    /// over the connections, for fleets past one address's ephemeral ports
+    #[arg(
+        long = "source-ip",
+        value_name = "IP[-IP]",
+        env = "LOADGEN_SOURCE_IP",
+        value_delimiter = ','
+    )]
+    pub source_ips: Vec<String>,
 }
 
 /// MQTT QoS levels the publisher supports.

@@ -1,44 +1,33 @@
-//! publisher-core: the MQTT load publisher behind `frontend1-pub` and `frontend2-pub`.
+//! publisher-core: the MQTT load publisher behind `loadgen pub`, `frontend1-pub` and
+//! `frontend2-pub`.
 //!
 //! Data flows one way, one module per stage:
 //!
 //! ```text
-//! args + config --> plan --> broker --> mqtt (connect)
-//!                     |
-//!                     +--> session: pace -> source -> Encoder (point-format) -> sink -> rumqttc
-//!                     |             driver: writes and PUBACKs -> stats
-//!                     +--> report (text summary, JSON) <-- stats
+//! args + config --> plan --> broker (mqtt-tool) --> mqtt-engine: a fleet of connections
+//!                     |                               on workers, the schedule, outboxes
+//!                     +--> produce: source (readings) -> Encoder (point-format), per device
+//!                     +--> report (text summary, JSON) <-- FleetResult (merged stats)
 //! ```
 //!
-//! - [`args`]: every flag, defined once; [`config`]: defaults < file < environment < CLI.
-//! - [`plan`]: the validated, typed plan; bad input stops here with a usage error.
-//! - [`broker`]: the broker to use, starting the embedded rumqttd when needed.
-//! - [`mqtt`]: the connection and its failure modes.
-//! - [`session`]: the producer (pacing, generation, encoding) and the run's end (drain).
-//! - [`sink`]: hands messages to rumqttc, QoS 0 as [`frame`]s of PUBLISH packets;
-//!   [`driver`]: polls the connection, counting writes and acknowledgements.
-//! - [`stats`]: counters and HdrHistograms; [`report`]: the summary and the JSON report.
-//! - [`progress`], [`shutdown`]: the progress line and signal handling.
+//! - [`args`]: every flag, defined once; [`plan`]: the validated, typed plan, from which the
+//!   engine gets its own settings; bad input stops there with a usage error.
+//! - [`produce`]: what goes into each device's messages; [`source`]: readings.
+//! - [`progress`]: the progress line; [`report`]: the summary and the JSON report.
 //!
 //! A binary is a [`Preset`] and a call to [`main`].
 
 pub mod args;
-pub mod driver;
-pub mod frame;
-pub mod pace;
 pub mod plan;
+pub mod produce;
 pub mod progress;
 pub mod report;
-pub mod session;
-pub mod sink;
 pub mod source;
-pub mod stats;
 
 // The shared layer, under the names this crate's modules use.
 pub(crate) use mqtt_tool::{broker, config, error, format, mqtt, out, shutdown};
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Command, FromArgMatches};
@@ -126,8 +115,9 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
     }
 }
 
-/// Connects, publishes and builds the report, without printing it. A signal while
-/// connecting ends the run at once, with a report that says nothing was sent.
+/// Connects the fleet, publishes and builds the report, without printing it. A signal ends
+/// generation (a connection still connecting is given up), the drain follows within its
+/// deadline, a second signal abandons it.
 pub async fn execute(
     preset: &Preset,
     plan: &Plan,
@@ -140,44 +130,137 @@ pub async fn execute(
         tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, embedded_port))
             .await
             .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    let connected = tokio::select! {
-        c = mqtt::connect(&plan.connect, &target, plan.max_inflight, plan.queue_requests) => Some(c?),
-        _ = shutdown.stop.cancelled() => None,
-    };
-    let Some((client, eventloop)) = connected else {
-        let result = session::SessionResult::interrupted_while_connecting(plan.rate.is_some());
-        let signal = shutdown.signal();
-        let report = Report::build(preset.name, plan, &target, &result, signal);
-        return Ok((report, signal, target));
-    };
-    let counters = Arc::new(stats::Counters::default());
+    let (host, port) = (target.host.clone(), target.port);
+    let addrs = tokio::task::spawn_blocking(move || {
+        use std::net::ToSocketAddrs;
+        (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))?
+    .map_err(|e| Error::Unreachable {
+        broker: target.url(),
+        reason: e.to_string(),
+    })?;
+    if addrs.is_empty() {
+        return Err(Error::Unreachable {
+            broker: target.url(),
+            reason: "the name has no address".into(),
+        });
+    }
+    let settings = plan.fleet_settings(addrs);
+    let (device_id, topic) = (plan.device_id_template.clone(), plan.topic_template.clone());
+    let (seed, sensor_fields, offset) = (plan.seed, plan.sensor_fields, plan.fleet.device_start);
+    let fleet = mqtt_engine::Fleet::start(settings, move |_, devices| {
+        produce::Points::new(
+            devices,
+            offset,
+            device_id.clone(),
+            topic.clone(),
+            seed,
+            sensor_fields,
+        )
+    })
+    .map_err(|e| Error::Other(format!("cannot start the workers: {e}")))?;
+    let handle = fleet.handle();
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(progress::run(
-        counters.clone(),
+        handle.clone(),
         plan.total,
         plan.qos == args::Qos::AtLeastOnce,
-        (!plan.quiet).then_some(Duration::from_secs(1)),
+        plan.fleet.connections,
+        !plan.quiet,
         shutdown.status.clone(),
         progress_stop.clone(),
     ));
-    let mut result = session::run(plan, client, eventloop, counters, shutdown).await;
+    let mut joined = tokio::task::spawn_blocking(move || fleet.join());
+    let mut stopped = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut joined => break r.map_err(|e| Error::Other(format!("the workers failed: {e}")))?,
+            _ = shutdown.stop.cancelled(), if !stopped => {
+                stopped = true;
+                handle.stop();
+            }
+            _ = shutdown.abort.cancelled() => handle.abort(),
+        }
+    };
     progress_stop.cancel();
-    let _ = progress.await;
-    if result
-        .lost
-        .as_ref()
-        .is_some_and(|l| matches!(l.kind, mqtt::LostKind::Closed | mqtt::LostKind::Io(..)))
-    {
+    let samples = progress.await.unwrap_or_default();
+    let signal = shutdown.signal();
+    let c = &result.stats.conns;
+    if c.connected == 0 && signal.is_none() && plan.fleet.connections == 1 {
+        // The one connection never came up: the run is the connection's failure, as ever.
+        if let Some((failure, _)) = c.gave_up.iter().next() {
+            let reason = mqtt_tool::mqtt::describe_failure(failure, plan.connect.connect_timeout);
+            return Err(if failure.is_refusal() {
+                Error::Refused {
+                    broker: target.url(),
+                    reason,
+                }
+            } else {
+                Error::Unreachable {
+                    broker: target.url(),
+                    reason,
+                }
+            });
+        }
+    }
+    if c.connected == 0 && signal.is_none() && c.failed == c.planned && c.planned > 1 {
+        let fatal = c.gave_up.keys().find(|f| f.is_refusal());
+        let reasons: Vec<String> = c
+            .gave_up
+            .iter()
+            .map(|(f, n)| {
+                format!(
+                    "{} ({})",
+                    mqtt_tool::mqtt::describe_failure(f, plan.connect.connect_timeout),
+                    format::fmt_int(*n)
+                )
+            })
+            .collect();
+        let reason = format!(
+            "all {} connections failed: {}",
+            format::fmt_int(c.planned),
+            reasons.join("; ")
+        );
+        return Err(match fatal {
+            Some(_) => Error::Refused {
+                broker: target.url(),
+                reason,
+            },
+            None => Error::Unreachable {
+                broker: target.url(),
+                reason,
+            },
+        });
+    }
+    let mut observed = report::Observed {
+        peak_rss_bytes: mqtt_engine::sys::peak_rss_bytes(),
+        ..Default::default()
+    };
+    if let (Some((t0, p0)), Some(end)) = (samples.at_settle, result.stats.generation_end) {
+        // The last sample taken before generation ended gives the other end.
+        if let Some((t1, p1)) = samples.last.filter(|(t, _)| *t <= end) {
+            observed.steady = Some((t0, p0, t1, p1));
+        } else if let Some((t1, p1)) = samples.last {
+            observed.steady = Some((t0, p0, t1.min(end), p1));
+        }
+    }
+    if c.first_losses.iter().any(|(_, l)| {
+        matches!(
+            l.kind,
+            mqtt_engine::error::LostKind::Closed | mqtt_engine::error::LostKind::Io(..)
+        )
+    }) {
         // Is the broker still there? That tells a broker that went away from one that
         // closed this connection on purpose.
         let (host, port) = (target.host.clone(), target.port);
-        result.broker_up = tokio::task::spawn_blocking(move || {
+        observed.broker_up = tokio::task::spawn_blocking(move || {
             mqtt::accepts_connections(&host, port, Duration::from_millis(500))
         })
         .await
         .ok();
     }
-    let signal = shutdown.signal();
-    let report = Report::build(preset.name, plan, &target, &result, signal);
+    let report = Report::build(preset.name, plan, &target, &result, &observed, signal);
     Ok((report, signal, target))
 }

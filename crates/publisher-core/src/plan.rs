@@ -1,48 +1,77 @@
 //! A run's typed, validated plan: everything decided before the first byte is sent.
 //!
 //! [`Plan::from_args`] turns flags into a plan or a usage error that says what to change, so
-//! the later stages never meet bad input.
+//! the later stages never meet bad input. [`Plan::fleet_settings`] then gives the engine its
+//! own small settings: nothing past this module knows the command line.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mqtt_engine::schedule::Schedule;
+use mqtt_engine::template::Template;
+use mqtt_engine::{ConnSettings, FleetSettings, PublishSettings, RampSettings};
 use point_format::Encoder;
 
-use crate::args::{LoadArgs, PublisherArgs, Qos};
+use crate::args::{FleetArgs, LoadArgs, PublisherArgs, Qos};
 use crate::error::Error;
 use crate::Preset;
 use mqtt_tool::args::Rate;
 use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
 
-/// Payload bytes the QoS 1 window may hold when `--max-inflight` is not given.
+/// Payload bytes the QoS 1 windows may hold together when `--max-inflight` is not given.
 const INFLIGHT_BUDGET: usize = 32 << 20;
-/// Payload bytes the client queue may hold when `--max-queued` is not given.
+/// Payload bytes the outboxes may hold together when `--max-queued` is not given.
 const QUEUE_BUDGET: usize = 16 << 20;
 /// Default QoS 1 window, as in the seed publishers.
 const DEFAULT_INFLIGHT: usize = 50_000;
 /// Default `--total` when neither it nor `--duration` is given.
 pub const DEFAULT_TOTAL: u64 = 100_000;
+/// Open files a run needs besides its connections: stdio, epoll and timer descriptors per
+/// worker, the embedded broker's listener, a probe, the report.
+const FILES_BESIDES_CONNECTIONS: u64 = 64;
+/// Default connect retries of a fleet (a single connection's failure is the run's).
+const FLEET_CONNECT_RETRIES: u32 = 3;
+
+pub use point_format::MAX_DEVICE_ID;
+
+/// The fleet's shape.
+#[derive(Debug, Clone)]
+pub struct FleetPlan {
+    pub devices: u64,
+    pub device_start: u64,
+    pub connections: u64,
+    pub workers: usize,
+    pub connect_rate: Option<f64>,
+    pub max_connecting: usize,
+    pub connect_retries: u32,
+    pub source_ips: Vec<IpAddr>,
+    /// The client id of each connection.
+    pub client_id: Template,
+}
+
 /// Everything a publisher run needs, validated.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub connect: ConnectPlan,
+    pub fleet: FleetPlan,
+    /// The device id of each device; for one device, its id.
+    pub device_id_template: Template,
     pub device_id: String,
+    /// The topic of each device; for one device, its topic.
+    pub topic_template: Template,
     pub topic: String,
     pub qos: Qos,
     pub batch: usize,
-    /// Points to send; `None` = until `duration` ends.
+    /// Points to send over the fleet; `None` = until `duration` ends.
     pub total: Option<u64>,
     pub duration: Option<Duration>,
-    /// Points per second; `None` = as fast as possible.
+    /// Points per second of the fleet; `None` = as fast as possible.
     pub rate: Option<f64>,
+    /// QoS 1 window of each connection.
     pub max_inflight: u16,
-    /// Messages the client may queue before generation waits.
+    /// Messages each connection may queue unwritten before its devices wait.
     pub max_queued: usize,
-    /// QoS 0: messages that travel together in one frame at most (1 at QoS 1).
-    pub frame_messages: usize,
-    /// Capacity of rumqttc's request queue, in requests (frames at QoS 0), so that it holds
-    /// at most `max_queued` messages.
-    pub queue_requests: usize,
     pub drain_timeout: Duration,
     pub start_delay: Duration,
     pub sensor_fields: bool,
@@ -58,6 +87,7 @@ impl Plan {
         let PublisherArgs {
             connection,
             load,
+            fleet,
             output,
             ..
         } = args;
@@ -65,6 +95,7 @@ impl Plan {
             device_id,
             topic,
             rate,
+            rate_per_device,
             batch,
             total,
             duration,
@@ -76,8 +107,54 @@ impl Plan {
             sensor_fields,
             seed,
         } = load;
-        let device_id = device_id.unwrap_or_else(|| preset.device_id.to_string());
-        let topic = render_topic(&topic, &device_id)?;
+        let FleetArgs {
+            devices,
+            device_start,
+            connections,
+            workers,
+            connect_rate,
+            max_connecting,
+            connect_retries,
+            source_ips,
+        } = fleet;
+
+        if devices == 0 {
+            return Err(Error::usage("--devices must be at least 1"));
+        }
+        if devices > u32::MAX as u64 {
+            return Err(Error::usage(format!(
+                "--devices {devices} is more than one process can simulate; split the fleet with --device-start"
+            )));
+        }
+        if device_start.checked_add(devices).is_none() {
+            return Err(Error::usage(
+                "--device-start plus --devices is past the largest index; lower --device-start",
+            ));
+        }
+        let connections = connections.unwrap_or(devices);
+        if connections == 0 || connections > devices {
+            return Err(Error::usage(format!(
+                "--connections {connections} must be from 1 to --devices ({devices}): a connection carries at least one device"
+            )));
+        }
+
+        let (device_id_template, client_id_template, topic_template) = templates(
+            device_id,
+            connection.client_id.clone(),
+            &topic,
+            preset,
+            devices,
+            connections,
+        )?;
+        let last_index = device_start + devices - 1;
+        let device_id = device_id_template.render(device_start, "");
+        let longest_id = device_id_template.render(last_index, "");
+        for id in [&device_id, &longest_id] {
+            check_device_id(id, &topic)?;
+        }
+        let first_topic = topic_template.render(device_start, &device_id);
+        check_topic(&first_topic)?;
+        check_topic(&topic_template.render(last_index, &longest_id))?;
 
         if batch == 0 {
             return Err(Error::usage("--batch must be at least 1"));
@@ -93,55 +170,103 @@ impl Plan {
             (t, _) => t,
         };
         let batch = usize::try_from(batch).map_err(|_| Error::usage("--batch is too large"))?;
-        let max_payload = Encoder::new(&device_id).max_payload_len(batch);
+        let max_payload = Encoder::new(&longest_id).max_payload_len(batch);
+        let max_topic = topic_template.max_len(last_index, longest_id.len());
         // fixed header (5) + topic length prefix (2) + topic + packet id (2)
-        let packet_needed = (max_payload as u64).saturating_add(topic.len() as u64 + 9);
+        let packet_needed = (max_payload as u64).saturating_add(max_topic as u64 + 9);
         if packet_needed > MQTT_MAX_PACKET {
             return Err(Error::usage(format!(
                 "--batch {batch} makes messages of up to {packet_needed} bytes, above MQTT's limit of {MQTT_MAX_PACKET}; lower --batch"
             )));
         }
-        let connect = connect_plan(
+        let mut connect = connect_plan(
             connection,
             preset.client_id,
             packet_needed,
             &format!("--batch {batch}"),
         )?;
+        // The plan's client id is the template's first rendering; checked for every one.
+        connect.client_id = client_id_template.render(device_start, "");
+        let longest_client = client_id_template.render(last_index, "");
+        mqtt_tool::connect::check_mqtt_string(&longest_client, "--client-id")?;
 
+        let per_conn = connections as usize;
         let max_inflight = match max_inflight {
             Some(n) => n,
-            None => (INFLIGHT_BUDGET / max_payload).clamp(1, DEFAULT_INFLIGHT) as u16,
+            None => (INFLIGHT_BUDGET / per_conn / max_payload).clamp(1, DEFAULT_INFLIGHT) as u16,
         };
         let max_queued = match max_queued {
             Some(0) => return Err(Error::usage("--max-queued must be at least 1")),
             Some(n) => usize::try_from(n).map_err(|_| Error::usage("--max-queued is too large"))?,
-            None => (QUEUE_BUDGET / (max_payload + 256)).clamp(16, 1_000_000),
+            // One connection keeps the seed's figure; a fleet shares the budget, each
+            // connection room for at least a couple of messages.
+            None if connections == 1 => (QUEUE_BUDGET / (max_payload + 256)).clamp(16, 1_000_000),
+            None => (QUEUE_BUDGET / per_conn / (max_payload + 64)).clamp(2, 1_000_000),
         };
-        let frame_messages = match qos {
-            Qos::AtLeastOnce => 1,
-            Qos::AtMostOnce => (crate::sink::FRAME_BYTES / max_payload).clamp(1, max_queued),
+        let rate = match (rate_per_device, rate) {
+            (Some(Rate::PerSecond(r)), _) => Some(r * devices as f64),
+            (Some(Rate::Unlimited), _) | (None, Rate::Unlimited) => None,
+            (None, Rate::PerSecond(r)) => Some(r),
         };
-        let queue_requests = (max_queued / frame_messages).max(1);
-        let rate = match rate {
+        if let Some(r) = rate {
+            // One message of a device every batch / (rate / devices) seconds: past a year the
+            // schedule means nothing.
+            let interval = batch as f64 * devices as f64 / r;
+            if interval > mqtt_tool::args::MAX_DURATION.as_secs_f64() {
+                return Err(Error::usage(format!(
+                    "--rate {r} over {devices} devices with --batch {batch} sends a device's message less than once a year; raise --rate or lower --batch"
+                )));
+            }
+            if r > mqtt_tool::args::MAX_RATE {
+                return Err(Error::usage(
+                    "--rate-per-device times --devices is above the highest rate (1e12 points/s)",
+                ));
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let workers = match workers {
+            Some(0) => return Err(Error::usage("--workers must be at least 1")),
+            Some(w) => w.min(connections),
+            None => cores.min(connections),
+        } as usize;
+        let connect_rate = match connect_rate {
             Rate::Unlimited => None,
             Rate::PerSecond(r) => Some(r),
         };
-        if let Some(r) = rate {
-            // One message every batch / rate seconds: past a year the schedule means nothing.
-            if batch as f64 / r > mqtt_tool::args::MAX_DURATION.as_secs_f64() {
-                return Err(Error::usage(format!(
-                    "--rate {r} with --batch {batch} sends one message less than once a year; raise --rate or lower --batch"
-                )));
-            }
+        if max_connecting == 0 {
+            return Err(Error::usage("--max-connecting must be at least 1"));
         }
+        let connect_retries = match connect_retries {
+            Some(n) => u32::try_from(n)
+                .map_err(|_| Error::usage("--connect-retries is too large; use at most 1000"))?
+                .min(1000),
+            None if connections == 1 => 0,
+            None => FLEET_CONNECT_RETRIES,
+        };
+        let source_ips = parse_source_ips(&source_ips)?;
+        check_limits(connections, &source_ips, &connect.broker)?;
+
         let report_json = output.report_json;
         if let Some(p) = &report_json {
             crate::out::check_report_path(p)?;
         }
         Ok(Plan {
             connect,
+            fleet: FleetPlan {
+                devices,
+                device_start,
+                connections,
+                workers,
+                connect_rate,
+                max_connecting: max_connecting.min(1_000_000) as usize,
+                connect_retries,
+                source_ips,
+                client_id: client_id_template,
+            },
+            device_id_template,
             device_id,
-            topic,
+            topic_template,
+            topic: first_topic,
             qos,
             batch,
             total,
@@ -149,8 +274,6 @@ impl Plan {
             rate,
             max_inflight,
             max_queued,
-            frame_messages,
-            queue_requests,
             drain_timeout,
             start_delay,
             sensor_fields,
@@ -160,20 +283,118 @@ impl Plan {
             quiet: output.quiet,
         })
     }
+
+    /// Whether this run is a fleet (more than one device), whose report says so.
+    pub fn is_fleet(&self) -> bool {
+        self.fleet.devices > 1
+    }
+
+    /// The engine's settings, for a broker at `addrs`.
+    pub fn fleet_settings(&self, addrs: Vec<SocketAddr>) -> FleetSettings {
+        let c = &self.connect;
+        FleetSettings {
+            devices: self.fleet.devices,
+            device_start: self.fleet.device_start,
+            connections: self.fleet.connections,
+            workers: self.fleet.workers,
+            conn: ConnSettings {
+                addrs,
+                source_ips: self.fleet.source_ips.clone(),
+                tcp_nodelay: c.tcp_nodelay,
+                keep_alive: c.keep_alive,
+                connect_timeout: c.connect_timeout,
+                clean_session: true,
+                credentials: c.credentials.as_ref().map(|(u, p)| {
+                    (
+                        u.clone(),
+                        p.as_ref()
+                            .map(|p| p.expose().to_string())
+                            .unwrap_or_default(),
+                    )
+                }),
+                client_id: self.fleet.client_id.clone(),
+                max_packet_size: c.max_packet_size,
+            },
+            ramp: RampSettings {
+                connect_rate: self.fleet.connect_rate,
+                max_connecting: self.fleet.max_connecting,
+                connect_retries: self.fleet.connect_retries,
+                backoff_base: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(10),
+            },
+            publish: PublishSettings {
+                qos: match self.qos {
+                    Qos::AtMostOnce => mqtt_engine::Qos::AtMostOnce,
+                    Qos::AtLeastOnce => mqtt_engine::Qos::AtLeastOnce,
+                },
+                max_inflight: self.max_inflight,
+                max_queued: self.max_queued,
+                max_payload: self.max_payload,
+                max_topic: self.topic_template.max_len(
+                    self.fleet.device_start + self.fleet.devices - 1,
+                    MAX_DEVICE_ID,
+                ),
+            },
+            schedule: Schedule::new(
+                self.fleet.devices,
+                self.rate,
+                self.batch as u64,
+                self.total,
+                self.duration,
+            ),
+            start_delay: self.start_delay,
+            drain_timeout: self.drain_timeout,
+        }
+    }
 }
 
-pub use point_format::MAX_DEVICE_ID;
+/// The device id, client id and topic templates. A single device keeps its names exactly as
+/// given; in a fleet a name without `{i}` gets `_{i}` so that devices and connections differ.
+fn templates(
+    device_id: Option<String>,
+    client_id: Option<String>,
+    topic: &str,
+    preset: &Preset,
+    devices: u64,
+    connections: u64,
+) -> Result<(Template, Template, Template), Error> {
+    let usage = |e: mqtt_engine::template::TemplateError| Error::Usage(e.0);
+    let parse = |s: &str, what: &str, n: u64| -> Result<Template, Error> {
+        let t = Template::parse(s, false, what).map_err(usage)?;
+        Ok(if n > 1 && !t.has_index() {
+            t.with_index_suffix()
+        } else {
+            t
+        })
+    };
+    let device = match device_id {
+        Some(d) => parse(&d, "--device-id", devices)?,
+        None => parse(preset.device_id, "--device-id", devices)?,
+    };
+    let client = match client_id {
+        Some(c) => parse(&c, "--client-id", connections)?,
+        None => parse(preset.client_id, "--client-id", connections)?,
+    };
+    let topic = Template::parse(topic, true, "--topic").map_err(usage)?;
+    if devices > 1 && !topic.has_device_id() && !topic.has_index() {
+        return Err(Error::usage(format!(
+            "--topic '{}' is the same for every device of the fleet; put {{device_id}} or {{i}} in it",
+            crate::out::escape(&topic.to_string())
+        )));
+    }
+    Ok((device, client, topic))
+}
 
-/// Checks `--device-id` on its own, so that an error names it rather than the topic it
-/// goes into.
-pub fn check_device_id(device_id: &str, template: &str) -> Result<(), Error> {
+/// Checks a device id, so that an error names `--device-id` rather than the topic it goes
+/// into.
+pub fn check_device_id(device_id: &str, topic_template: &str) -> Result<(), Error> {
     if device_id.len() > MAX_DEVICE_ID {
         return Err(Error::usage(format!(
             "--device-id is {} bytes; use at most {MAX_DEVICE_ID}",
             device_id.len()
         )));
     }
-    if template.contains("{device_id}") {
+    if topic_template.contains("{device_id}") {
         if device_id.contains(['+', '#']) {
             return Err(Error::usage(format!(
                 "--device-id '{}' contains '+' or '#', which are wildcards in the topic it goes into; remove them",
@@ -189,10 +410,8 @@ pub fn check_device_id(device_id: &str, template: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Renders the topic template and checks it is a valid topic to publish to.
-pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
-    check_device_id(device_id, template)?;
-    let topic = template.replace("{device_id}", device_id);
+/// Checks a rendered topic: one topic to publish to.
+pub fn check_topic(topic: &str) -> Result<(), Error> {
     if topic.is_empty() {
         return Err(Error::usage(
             "--topic is empty; give a topic such as device_data/{device_id}",
@@ -201,7 +420,7 @@ pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
     if topic.contains(['+', '#']) {
         return Err(Error::usage(format!(
             "--topic '{}' contains a wildcard ('+' or '#'); publish topics must name one topic",
-            crate::out::escape(&topic)
+            crate::out::escape(topic)
         )));
     }
     if topic.contains('\0') {
@@ -213,7 +432,97 @@ pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
             topic.len()
         )));
     }
+    Ok(())
+}
+
+/// Renders the topic template for one device and checks it (for one-off use and tests).
+pub fn render_topic(template: &str, device_id: &str) -> Result<String, Error> {
+    check_device_id(device_id, template)?;
+    let t = Template::parse(template, true, "--topic").map_err(|e| Error::Usage(e.0))?;
+    let topic = t.render(0, device_id);
+    check_topic(&topic)?;
     Ok(topic)
+}
+
+/// Parses `--source-ip` values: addresses, or IPv4 ranges `127.0.0.1-127.0.0.8`.
+pub fn parse_source_ips(values: &[String]) -> Result<Vec<IpAddr>, Error> {
+    const MAX: u64 = 65_536;
+    let mut out = Vec::new();
+    for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let bad = || {
+            Error::usage(format!(
+                "--source-ip '{}' is not an address or a range such as 127.0.0.1-127.0.0.8",
+                crate::out::escape(v)
+            ))
+        };
+        match v.split_once('-') {
+            Some((a, b)) => {
+                let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+                let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || (b - a) as u64 >= MAX {
+                    return Err(bad());
+                }
+                out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+            }
+            None => out.push(v.parse().map_err(|_| bad())?),
+        }
+        if out.len() as u64 > MAX {
+            return Err(Error::usage("--source-ip gives more than 65,536 addresses"));
+        }
+    }
+    Ok(out)
+}
+
+/// The local ports one source address can use for connections (Linux's
+/// ip_local_port_range), or a common default.
+fn ephemeral_ports() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u64>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .map_or(28_232, |(lo, hi)| hi.saturating_sub(lo) + 1)
+}
+
+/// Refuses a fleet the process cannot hold: more connections than open files allowed (the
+/// soft limit is raised to the hard one first), or than one broker port can take from the
+/// source addresses.
+fn check_limits(
+    connections: u64,
+    source_ips: &[IpAddr],
+    broker: &mqtt_tool::connect::BrokerChoice,
+) -> Result<(), Error> {
+    let files = mqtt_engine::sys::raise_nofile_limit();
+    // An embedded broker holds the other end of every connection in this same process.
+    let embedded = !matches!(broker, mqtt_tool::connect::BrokerChoice::Remote { .. });
+    let per_conn = if embedded && connections > 1 { 2 } else { 1 };
+    let needed = connections * per_conn + FILES_BESIDES_CONNECTIONS;
+    if needed > files {
+        let fit = files.saturating_sub(FILES_BESIDES_CONNECTIONS) / per_conn;
+        return Err(Error::usage(format!(
+            "--connections {connections} needs {needed} open files but this process may open {files} \
+             (RLIMIT_NOFILE, raised to its hard limit); use at most {fit} connections per process \
+             and run the rest as shards (--device-start){}",
+            if embedded {
+                ", against an external broker (the embedded one holds a file per connection too)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let ports = ephemeral_ports();
+    let addresses = source_ips.len().max(1) as u64;
+    if connections > ports * addresses {
+        return Err(Error::usage(format!(
+            "--connections {connections} needs more local ports than {addresses} source address{} \
+             can give one broker ({ports} each); add addresses with --source-ip 127.0.0.1-127.0.0.{}",
+            if addresses == 1 { "" } else { "es" },
+            connections.div_ceil(ports).min(254)
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -229,5 +538,20 @@ mod tests {
         assert!(render_topic("a/+/b", "d").is_err());
         assert!(render_topic("a/#", "d").is_err());
         assert!(render_topic("{device_id}", "").is_err());
+    }
+
+    #[test]
+    fn source_addresses_and_ranges_parse() {
+        let ips = parse_source_ips(&["127.0.0.1-127.0.0.3".into(), "::1".into()]).unwrap();
+        assert_eq!(ips.len(), 4);
+        assert_eq!(ips[2], "127.0.0.3".parse::<IpAddr>().unwrap());
+        for bad in [
+            "127.0.0.3-127.0.0.1",
+            "x",
+            "10.0.0.0-10.2.0.0",
+            "1.2.3.4-::1",
+        ] {
+            assert!(parse_source_ips(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 }

@@ -2,9 +2,16 @@
 //!
 //! The JSON shape is committed as `schema/publisher-report.schema.json`; a test validates
 //! real output against it. Bump [`SCHEMA_VERSION`] when a field changes meaning or goes away.
+//! A single device reads as it always did; a fleet adds its devices, connections, connect
+//! latency, workers and whether the generator was the limit, in a summary that stays a few
+//! lines long for 100,000 devices.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use mqtt_engine::stats::Stats;
+use mqtt_engine::FleetResult;
 use serde::Serialize;
 
 use crate::args::Qos;
@@ -12,14 +19,59 @@ use crate::broker::BrokerTarget;
 use crate::error::Error;
 use crate::format::{fmt_int, fmt_percentiles, fmt_rate, round3, Percentiles};
 use crate::plan::Plan;
-use crate::session::SessionResult;
 use crate::shutdown::Signal;
+use mqtt_tool::mqtt::{describe_failure, describe_lost, failure_key};
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Everything a run reports. Every point generated and due is in exactly one of
-/// `points_acked`, `points_failed` (QoS 1: sent, no PUBACK), `points_unsent` (never
-/// written), or — at QoS 0 — simply sent.
+/// What happened to the fleet's connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionsReport {
+    pub planned: u64,
+    /// Connect attempts, retries included.
+    pub attempts: u64,
+    pub connected: u64,
+    /// Given up after their last attempt.
+    pub failed: u64,
+    /// Lost after they were up.
+    pub lost: u64,
+    /// Connections given up, by the reason of their last attempt.
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Every failed attempt, by reason.
+    pub attempts_failed_by_reason: BTreeMap<String, u64>,
+    /// From the start to the moment every connection was up or given up; null if never.
+    pub ramp_s: Option<f64>,
+}
+
+/// What the generator itself cost, and whether it was the limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct GeneratorReport {
+    pub workers: usize,
+    /// CPU seconds of the workers together.
+    pub cpu_s: f64,
+    /// The busiest worker's CPU, in % of one core over its run.
+    pub busiest_worker_cpu_pct: f64,
+    pub peak_rss_mb: f64,
+    /// The schedule lag grew over the run (paced runs).
+    pub lag_grew: bool,
+    /// The generator, not the broker, set the figures: CPU saturated and the schedule slipped.
+    pub limited: bool,
+    /// What to change, when something was the limit.
+    pub note: Option<String>,
+}
+
+/// One worker's share.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerReport {
+    pub worker: usize,
+    pub connections: u64,
+    pub points_sent: u64,
+    pub cpu_pct: f64,
+}
+
+/// Everything a run reports. Every point generated is in exactly one of `points_acked`,
+/// `points_failed` (QoS 1: sent, no PUBACK), `points_unsent` (never completely written),
+/// or — at QoS 0 — simply sent; `points_dropped` were due and never generated.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -27,15 +79,19 @@ pub struct Report {
     pub tool_version: String,
     pub broker: String,
     pub broker_embedded: bool,
+    /// The client id (a fleet: its template).
     pub client_id: String,
+    /// The device id (a fleet: its template).
     pub device_id: String,
+    /// The topic (a fleet: its template).
     pub topic: String,
     pub qos: u8,
     pub batch: u64,
-    /// Points per second; null = as fast as possible.
+    /// Points per second of the fleet; null = as fast as possible.
     pub target_rate: Option<f64>,
     /// Points planned; null = until the duration ends.
     pub points_planned: Option<u64>,
+    /// QoS 1 window and queue of each connection.
     pub max_inflight: u16,
     pub max_queued: u64,
     pub points_enqueued: u64,
@@ -44,6 +100,9 @@ pub struct Report {
     pub points_acked: Option<u64>,
     pub points_failed: u64,
     pub points_unsent: u64,
+    /// Due and never generated: a device's connection failed, was lost, or could not take
+    /// them before the run ended.
+    pub points_dropped: u64,
     pub messages_sent: u64,
     pub messages_acked: Option<u64>,
     /// PUBACKs for messages already acknowledged (a broker repeating itself): ignored.
@@ -56,18 +115,63 @@ pub struct Report {
     pub bytes_per_s: f64,
     /// Achieved point rate as a percentage of the target; null when unpaced.
     pub target_pct: Option<f64>,
+    /// Points per second from the end of the ramp to the end of generation; null when the
+    /// ramp did not end before generation did.
+    pub steady_point_rate: Option<f64>,
     /// Scheduled send time -> PUBACK, microseconds (QoS 1).
     pub latency_us: Option<Percentiles>,
     /// Scheduled send time -> written to the socket, microseconds (paced runs).
     pub schedule_lag_us: Option<Percentiles>,
+    pub devices: u64,
+    pub device_start: u64,
+    pub connections: ConnectionsReport,
+    /// Connect started -> CONNACK, microseconds.
+    pub connect_latency_us: Option<Percentiles>,
+    pub generator: GeneratorReport,
+    pub per_worker: Vec<WorkerReport>,
     /// "complete", "interrupted" or "incomplete".
     pub outcome: String,
     /// The signal that stopped the run, if any.
     pub interrupted_by: Option<String>,
-    /// The signal came while connecting, before anything was generated.
+    /// The signal came before any connection was up: nothing was sent.
     pub interrupted_connecting: bool,
     /// Why the run did not deliver everything, if it did not.
     pub error: Option<String>,
+}
+
+/// What the run frame measured around the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Whether the broker accepted a new TCP connection right after a connection was lost.
+    pub broker_up: Option<bool>,
+    /// Points sent when the ramp ended, and when generation ended (from progress samples).
+    pub steady: Option<(Instant, u64, Instant, u64)>,
+    pub peak_rss_bytes: u64,
+}
+
+fn pct(cpu: Duration, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        0.0
+    } else {
+        round3(100.0 * cpu.as_secs_f64() / wall.as_secs_f64())
+    }
+}
+
+/// Whether the per-second schedule lag grew over the run: the last third clearly above the
+/// first (a generator or a broker that falls further behind every second).
+fn lag_grew(lag_max_ms: &[u32]) -> bool {
+    if lag_max_ms.len() < 6 {
+        return false;
+    }
+    let third = lag_max_ms.len() / 3;
+    let median = |s: &[u32]| {
+        let mut v = s.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let first = median(&lag_max_ms[..third]);
+    let last = median(&lag_max_ms[lag_max_ms.len() - third..]);
+    last >= 50 && last > first.saturating_mul(4).max(first + 50)
 }
 
 impl Report {
@@ -75,12 +179,28 @@ impl Report {
         tool: &str,
         plan: &Plan,
         target: &BrokerTarget,
-        s: &SessionResult,
+        result: &FleetResult,
+        observed: &Observed,
         signal: Option<Signal>,
     ) -> Report {
-        let t = s.totals;
+        let st: &Stats = &result.stats;
+        let t = st.counts;
         let qos1 = plan.qos == Qos::AtLeastOnce;
-        let elapsed = (s.finished - s.started).as_secs_f64();
+        let anchor = result.anchor;
+        let finished = match (st.last_write, st.last_ack) {
+            (Some(a), Some(b)) if qos1 => Some(a.max(b)),
+            (w, a) => {
+                if qos1 {
+                    a.or(w)
+                } else {
+                    w
+                }
+            }
+        };
+        let elapsed = match (anchor, finished) {
+            (Some(a), Some(f)) => f.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
         let per_s = |n: u64| {
             if elapsed > 0.0 {
                 n as f64 / elapsed
@@ -90,14 +210,46 @@ impl Report {
         };
         let point_rate = per_s(t.points_sent);
         let points_failed = if qos1 {
-            t.points_sent - t.points_acked
+            t.points_sent - t.points_acked.min(t.points_sent)
         } else {
             0
         };
-        let points_unsent = t.points_enqueued - t.points_sent;
+        let points_unsent = t.points_enqueued - t.points_sent.min(t.points_enqueued);
+        let c = &st.conns;
+        let nothing_up = c.connected == 0;
+        let connect_timeout = plan.connect.connect_timeout;
+
         let mut problems = Vec::new();
-        if let Some(lost) = &s.lost {
-            problems.push(lost.describe(&plan.connect.client_id, &target.url(), s.broker_up));
+        if c.failed > 0 && !(nothing_up && plan.fleet.connections == 1) {
+            let reasons: Vec<String> = c
+                .gave_up
+                .iter()
+                .map(|(f, n)| format!("{} ({})", describe_failure(f, connect_timeout), fmt_int(*n)))
+                .collect();
+            problems.push(format!(
+                "{} of {} connections failed: {}",
+                fmt_int(c.failed),
+                fmt_int(c.planned),
+                reasons.join("; ")
+            ));
+        }
+        if c.lost > 0 {
+            let (index, lost) = &c.first_losses[0];
+            let client = plan.fleet.client_id.render(
+                plan.fleet.device_start + plan_conn_first_device(plan, *index),
+                "",
+            );
+            let text = describe_lost(lost, &client, &target.url(), observed.broker_up);
+            problems.push(if plan.fleet.connections == 1 {
+                text
+            } else {
+                format!(
+                    "{} of {} connections were lost; the first, {}: {text}",
+                    fmt_int(c.lost),
+                    fmt_int(c.planned),
+                    crate::out::escape(&client)
+                )
+            });
         }
         if points_unsent > 0 {
             problems.push(format!(
@@ -106,7 +258,7 @@ impl Report {
             ));
         }
         if points_failed > 0 {
-            problems.push(if s.lost.is_some() {
+            problems.push(if c.lost > 0 {
                 format!(
                     "{} points were sent but not acknowledged before the connection was lost",
                     fmt_int(points_failed)
@@ -118,7 +270,13 @@ impl Report {
                 )
             });
         }
-        if s.drain_cut_short && problems.is_empty() {
+        if t.points_dropped > 0 {
+            problems.push(format!(
+                "{} points due were never generated (their connection was gone or could not take them)",
+                fmt_int(t.points_dropped)
+            ));
+        }
+        if st.cut_short && problems.is_empty() {
             problems.push("the flush was cut short".into());
         }
         let error = (!problems.is_empty()).then(|| problems.join("; "));
@@ -127,15 +285,55 @@ impl Report {
             (None, Some(_)) => "incomplete",
             (None, None) => "complete",
         };
+
+        let busiest = result
+            .per_worker
+            .iter()
+            .map(|w| pct(w.cpu, w.wall))
+            .fold(0.0, f64::max);
+        let grew = plan.rate.is_some() && lag_grew(&st.lag_max_ms);
+        let saturated = busiest >= 90.0;
+        let lag_p99_ms = st.histos.lag_us.value_at_quantile(0.99) / 1000;
+        let limited = saturated && (plan.rate.is_none() || grew || lag_p99_ms >= 100);
+        let note = if limited {
+            Some(format!(
+                "the generator was the limit: its busiest worker used {busiest:.0}% of a core{}; \
+                 these figures measure this machine, not the broker: add --workers or run the \
+                 fleet as shards (--device-start) on more machines",
+                if grew {
+                    " and the schedule lag kept growing"
+                } else {
+                    ""
+                }
+            ))
+        } else if grew {
+            Some(format!(
+                "the broker (or the network) fell behind: the schedule lag kept growing while the \
+                 generator's busiest worker used {busiest:.0}% of a core"
+            ))
+        } else {
+            None
+        };
+        let steady_point_rate = observed.steady.and_then(|(t0, p0, t1, p1)| {
+            let dt = t1.saturating_duration_since(t0).as_secs_f64();
+            (dt >= 1.0).then(|| round3((p1.saturating_sub(p0)) as f64 / dt))
+        });
+        let name = |t: &mqtt_engine::template::Template, one: &str| {
+            if plan.is_fleet() || plan.fleet.connections > 1 {
+                t.to_string()
+            } else {
+                one.to_string()
+            }
+        };
         Report {
             schema_version: SCHEMA_VERSION,
             tool: tool.to_string(),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             broker: target.url(),
             broker_embedded: target.embedded,
-            client_id: plan.connect.client_id.clone(),
-            device_id: plan.device_id.clone(),
-            topic: plan.topic.clone(),
+            client_id: name(&plan.fleet.client_id, &plan.connect.client_id),
+            device_id: name(&plan.device_id_template, &plan.device_id),
+            topic: name(&plan.topic_template, &plan.topic),
             qos: plan.qos.level(),
             batch: plan.batch as u64,
             target_rate: plan.rate,
@@ -147,36 +345,87 @@ impl Report {
             points_acked: qos1.then_some(t.points_acked),
             points_failed,
             points_unsent,
+            points_dropped: t.points_dropped,
             messages_sent: t.messages_sent,
             messages_acked: qos1.then_some(t.messages_acked),
-            duplicate_acks: s.duplicate_acks,
+            duplicate_acks: t.duplicate_acks,
             bytes_sent: t.bytes_sent,
             elapsed_s: round3(elapsed),
             point_rate: round3(point_rate),
             message_rate: round3(per_s(t.messages_sent)),
             bytes_per_s: round3(per_s(t.bytes_sent)),
             target_pct: plan.rate.map(|r| round3(100.0 * point_rate / r)),
+            steady_point_rate,
             latency_us: if qos1 {
-                Percentiles::of(&s.latencies.ack_us)
+                Percentiles::of(&st.histos.ack_us)
             } else {
                 None
             },
-            schedule_lag_us: if s.paced {
-                Percentiles::of(&s.latencies.lag_us)
+            schedule_lag_us: if plan.rate.is_some() {
+                Percentiles::of(&st.histos.lag_us)
             } else {
                 None
             },
+            devices: plan.fleet.devices,
+            device_start: plan.fleet.device_start,
+            connections: ConnectionsReport {
+                planned: c.planned,
+                attempts: c.attempts,
+                connected: c.connected,
+                failed: c.failed,
+                lost: c.lost,
+                failed_by_reason: c
+                    .gave_up
+                    .iter()
+                    .map(|(f, n)| (failure_key(f), *n))
+                    .collect(),
+                attempts_failed_by_reason: c
+                    .failures
+                    .iter()
+                    .map(|(f, n)| (failure_key(f), *n))
+                    .collect(),
+                ramp_s: result
+                    .settled_at
+                    .map(|s| round3(s.saturating_duration_since(result.started).as_secs_f64())),
+            },
+            connect_latency_us: Percentiles::of(&st.histos.connect_us),
+            generator: GeneratorReport {
+                workers: result.per_worker.len(),
+                cpu_s: round3(st.cpu.as_secs_f64()),
+                busiest_worker_cpu_pct: round3(busiest),
+                peak_rss_mb: round3(observed.peak_rss_bytes as f64 / (1 << 20) as f64),
+                lag_grew: grew,
+                limited,
+                note,
+            },
+            per_worker: result
+                .per_worker
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WorkerReport {
+                    worker: i,
+                    connections: w.conns.planned,
+                    points_sent: w.counts.points_sent,
+                    cpu_pct: pct(w.cpu, w.wall),
+                })
+                .collect(),
             outcome: outcome.into(),
             interrupted_by: signal.map(|s| s.name().to_string()),
-            interrupted_connecting: s.connecting_interrupted,
+            interrupted_connecting: signal.is_some() && nothing_up,
             error,
         }
+    }
+
+    /// Whether this report is of a fleet (its summary has the fleet's lines).
+    fn is_fleet(&self) -> bool {
+        self.devices > 1 || self.connections.planned > 1
     }
 
     /// The human summary.
     pub fn render_text(&self) -> String {
         let mut o = String::new();
         let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
+        let esc = |s: &str| crate::out::escape(s).into_owned();
         line(&format!("== {} summary", self.tool), String::new());
         line(
             "broker",
@@ -190,24 +439,65 @@ impl Report {
                 }
             ),
         );
-        line("topic", crate::out::escape(&self.topic).into_owned());
+        line("topic", esc(&self.topic));
+        if self.is_fleet() {
+            line(
+                "fleet",
+                format!(
+                    "{} devices ({}, from index {}) over {} connections, {} workers",
+                    fmt_int(self.devices),
+                    esc(&self.device_id),
+                    fmt_int(self.device_start),
+                    fmt_int(self.connections.planned),
+                    self.generator.workers
+                ),
+            );
+            let c = &self.connections;
+            let mut conns = format!(
+                "{} connected, {} failed, {} lost ({} attempts)",
+                fmt_int(c.connected),
+                fmt_int(c.failed),
+                fmt_int(c.lost),
+                fmt_int(c.attempts)
+            );
+            if !c.failed_by_reason.is_empty() {
+                let reasons: Vec<String> = c
+                    .failed_by_reason
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {}", fmt_int(*n)))
+                    .collect();
+                conns.push_str(&format!("; failed: {}", reasons.join(", ")));
+            }
+            if let Some(r) = c.ramp_s {
+                conns.push_str(&format!("; ramp {r:.1} s"));
+            }
+            line("connections", conns);
+            if let Some(p) = &self.connect_latency_us {
+                line("connect latency", fmt_percentiles(p, false));
+            }
+        }
         line("qos", self.qos.to_string());
         line(
             "batch",
             format!("{} points per message", fmt_int(self.batch)),
         );
+        let dropped = if self.points_dropped > 0 {
+            format!(", {} dropped", fmt_int(self.points_dropped))
+        } else {
+            String::new()
+        };
         line(
             "points",
             match self.points_acked {
                 Some(acked) => format!(
-                    "{} sent, {} acknowledged, {} failed, {} unsent",
+                    "{} sent, {} acknowledged, {} failed, {} unsent{dropped}",
                     fmt_int(self.points_sent),
                     fmt_int(acked),
                     fmt_int(self.points_failed),
                     fmt_int(self.points_unsent)
                 ),
                 None => format!(
-                    "{} sent, {} unsent",
+                    "{} sent, {} unsent{dropped}",
                     fmt_int(self.points_sent),
                     fmt_int(self.points_unsent)
                 ),
@@ -259,6 +549,18 @@ impl Report {
                 _ => "as fast as possible".into(),
             },
         );
+        if self.is_fleet() {
+            if let (Some(steady), Some(target)) = (self.steady_point_rate, self.target_rate) {
+                line(
+                    "after the ramp",
+                    format!(
+                        "{} points/s ({:.2}% of target)",
+                        fmt_rate(steady),
+                        100.0 * steady / target
+                    ),
+                );
+            }
+        }
         if let Some(p) = &self.latency_us {
             line(
                 "ack latency",
@@ -267,6 +569,21 @@ impl Report {
         }
         if let Some(p) = &self.schedule_lag_us {
             line("schedule lag", fmt_percentiles(p, false));
+        }
+        if self.is_fleet() {
+            line(
+                "generator",
+                format!(
+                    "{:.2} CPU s on {} workers (busiest {:.0}% of a core), peak RSS {:.0} MB",
+                    self.generator.cpu_s,
+                    self.generator.workers,
+                    self.generator.busiest_worker_cpu_pct,
+                    self.generator.peak_rss_mb
+                ),
+            );
+        }
+        if let Some(note) = &self.generator.note {
+            line("limit", note.clone());
         }
         if let Some(sig) = &self.interrupted_by {
             line(
@@ -287,5 +604,26 @@ impl Report {
     /// Writes the JSON report to `path` (`-` = stdout).
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
         crate::out::write_json(self, path)
+    }
+}
+
+/// The first device of connection `index`, within the fleet.
+fn plan_conn_first_device(plan: &Plan, index: u64) -> u64 {
+    mqtt_engine::schedule::spread(plan.fleet.devices, plan.fleet.connections, index).start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag_grew;
+
+    #[test]
+    fn growing_lag_is_told_from_steady_lag() {
+        assert!(!lag_grew(&[1, 2, 1, 2, 1, 2, 1, 2, 1]));
+        assert!(
+            !lag_grew(&[300, 310, 305, 300, 310, 305]),
+            "steady, if high"
+        );
+        assert!(lag_grew(&[1, 2, 3, 50, 200, 400, 800, 1600, 3200]));
+        assert!(!lag_grew(&[1, 2]), "too short to tell");
     }
 }

@@ -1,0 +1,125 @@
+//! Running a fleet: one thread per worker, each owning its share of the connections, their
+//! figures merged with `+=` at the end. [`Fleet::start`] returns at once; the caller watches
+//! [`Fleet::live`] for progress, asks [`Fleet::stop`] / [`Fleet::abort`] on signals, and
+//! [`Fleet::join`]s for the merged result.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::settings::FleetSettings;
+use crate::stats::{LiveTotals, Stats};
+use crate::worker::{Producer, Shared, Worker};
+
+/// A running fleet.
+pub struct Fleet {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<Stats>>,
+}
+
+/// What a fleet did, merged over its workers, and each worker's own figures.
+#[derive(Debug)]
+pub struct FleetResult {
+    pub stats: Stats,
+    pub per_worker: Vec<Stats>,
+    /// Generation's anchor (first connection up + `--start-delay`), if any came up.
+    pub anchor: Option<Instant>,
+    /// When every connection was up or given up, if that happened.
+    pub settled_at: Option<Instant>,
+    /// When the fleet started.
+    pub started: Instant,
+}
+
+/// A handle on a running fleet, for the thread that watches it while another joins it.
+#[derive(Debug, Clone)]
+pub struct FleetHandle(Arc<Shared>);
+
+impl FleetHandle {
+    /// Ends generation; the workers drain within the drain timeout.
+    pub fn stop(&self) {
+        self.0.control.stop();
+    }
+
+    /// Abandons what is left of the drain.
+    pub fn abort(&self) {
+        self.0.control.abort();
+    }
+
+    /// The live figures, summed over workers.
+    pub fn live(&self) -> LiveTotals {
+        let mut t = LiveTotals::default();
+        for l in &self.0.live {
+            t += l.read();
+        }
+        t
+    }
+
+    /// When every connection was up or given up, once that happened.
+    pub fn settled_at(&self) -> Option<Instant> {
+        self.0.settled_at()
+    }
+
+    /// Generation's anchor, once the first connection is up.
+    pub fn anchor(&self) -> Option<Instant> {
+        self.0.anchor()
+    }
+}
+
+impl Fleet {
+    pub fn handle(&self) -> FleetHandle {
+        FleetHandle(self.shared.clone())
+    }
+
+    /// Starts the workers; `make_producer(worker, devices)` gives each its producer for its
+    /// devices (fleet indexes).
+    pub fn start<P, F>(settings: FleetSettings, make_producer: F) -> std::io::Result<Fleet>
+    where
+        P: Producer + 'static,
+        F: Fn(usize, std::ops::Range<u64>) -> P,
+    {
+        let workers = settings.workers.max(1);
+        let s = Arc::new(settings);
+        let shared = Arc::new(Shared::new(workers));
+        let mut threads = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let conns = s.worker_conns(w);
+            let devices = if conns.is_empty() {
+                0..0
+            } else {
+                s.conn_devices(conns.start).start..s.conn_devices(conns.end - 1).end
+            };
+            let worker = Worker::new(w, s.clone(), shared.clone(), make_producer(w, devices))?;
+            let t = std::thread::Builder::new()
+                .name(format!("worker-{w}"))
+                .spawn(move || worker.run())?;
+            threads.push(t);
+        }
+        Ok(Fleet { shared, threads })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits for every worker and merges their figures.
+    pub fn join(self) -> FleetResult {
+        let mut stats = Stats::default();
+        let mut per_worker = Vec::with_capacity(self.threads.len());
+        for t in self.threads {
+            match t.join() {
+                Ok(s) => {
+                    stats += &s;
+                    per_worker.push(s);
+                }
+                Err(_) => tracing::error!("a worker panicked; its figures are lost"),
+            }
+        }
+        FleetResult {
+            stats,
+            per_worker,
+            anchor: self.shared.anchor(),
+            settled_at: self.shared.settled_at(),
+            started: self.shared.epoch,
+        }
+    }
+}

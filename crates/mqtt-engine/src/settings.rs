@@ -1,0 +1,111 @@
+//! The engine's own small, typed settings: built once by a tool's plan, read by the hot path.
+//! Nothing here knows the command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::schedule::Schedule;
+use crate::template::Template;
+
+/// The quality of service of every publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
+impl Qos {
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+        }
+    }
+}
+
+/// How each connection reaches the broker and introduces itself.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// The broker's addresses, tried in turn by successive attempts.
+    pub addrs: Vec<SocketAddr>,
+    /// Local addresses spread over the connections, round robin (none: the kernel's choice).
+    pub source_ips: Vec<IpAddr>,
+    pub tcp_nodelay: bool,
+    /// MQTT keep-alive (zero: off).
+    pub keep_alive: Duration,
+    /// How long TCP and CONNACK together may take.
+    pub connect_timeout: Duration,
+    pub clean_session: bool,
+    /// User and password, the password in the clear only here.
+    pub credentials: Option<(String, String)>,
+    /// The client id of connection `i` (its index, see [`FleetSettings::client_index`]).
+    pub client_id: Template,
+    /// Largest packet accepted from the broker.
+    pub max_packet_size: usize,
+}
+
+/// How the fleet connects: the ramp and its retries.
+#[derive(Debug, Clone)]
+pub struct RampSettings {
+    /// New connections per second over the whole fleet (`None`: as fast as possible).
+    pub connect_rate: Option<f64>,
+    /// CONNECTs awaiting their CONNACK at once, over the whole fleet.
+    pub max_connecting: usize,
+    /// Attempts after the first for a connection that failed transiently.
+    pub connect_retries: u32,
+    /// The first retry waits about this long (jittered), each later one twice as long...
+    pub backoff_base: Duration,
+    /// ...up to this.
+    pub backoff_max: Duration,
+}
+
+/// What every connection publishes and how much may wait.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    pub qos: Qos,
+    /// QoS 1 window of each connection.
+    pub max_inflight: u16,
+    /// Messages a connection may have queued and unwritten before its devices wait.
+    pub max_queued: usize,
+    /// Upper bound of one message's payload.
+    pub max_payload: usize,
+    /// Upper bound of one topic.
+    pub max_topic: usize,
+}
+
+/// The whole fleet.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Devices in the fleet, and the index of the first (`--device-start`).
+    pub devices: u64,
+    pub device_start: u64,
+    pub connections: u64,
+    pub workers: usize,
+    pub conn: ConnSettings,
+    pub ramp: RampSettings,
+    pub publish: PublishSettings,
+    pub schedule: Schedule,
+    /// Generation starts this long after the first connection is up.
+    pub start_delay: Duration,
+    /// After generation: how long the last writes, acknowledgements and DISCONNECTs may take.
+    pub drain_timeout: Duration,
+}
+
+impl FleetSettings {
+    /// The devices of connection `c` (fleet indexes, from 0), spread evenly.
+    pub fn conn_devices(&self, c: u64) -> std::ops::Range<u64> {
+        crate::schedule::spread(self.devices, self.connections, c)
+    }
+
+    /// The `{i}` of connection `c`'s client id: with one device per connection its device's
+    /// index, in a gateway the index of its first device; so fleets of disjoint
+    /// `--device-start` ranges never share a client id.
+    pub fn client_index(&self, c: u64) -> u64 {
+        self.device_start + self.conn_devices(c).start
+    }
+
+    /// The connections of worker `w`, spread evenly.
+    pub fn worker_conns(&self, w: usize) -> std::ops::Range<u64> {
+        crate::schedule::spread(self.connections, self.workers as u64, w as u64)
+    }
+}

@@ -1,0 +1,307 @@
+//! What a worker counts, merged with `+=` for progress and for the report (one worker's
+//! figures never wait on another's), and the live atomics the progress line reads.
+//!
+//! Every point generated ends in exactly one of: acknowledged (QoS 1), sent (QoS 0, or
+//! QoS 1 with no PUBACK yet), failed (sent, never acknowledged), unsent (generated, never
+//! completely written). `points_dropped` are points that were due and never generated: the
+//! quota of a device whose connection failed or was lost, and the slots a device still owed
+//! when the run ended because its connection could not take them.
+
+use std::collections::BTreeMap;
+use std::ops::AddAssign;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::error::{ConnectFailure, Lost};
+
+/// Counts of points and messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub points_enqueued: u64,
+    pub messages_enqueued: u64,
+    pub points_sent: u64,
+    pub messages_sent: u64,
+    /// Payload bytes written.
+    pub bytes_sent: u64,
+    pub points_acked: u64,
+    pub messages_acked: u64,
+    /// PUBACKs for an id with nothing in flight: ignored.
+    pub duplicate_acks: u64,
+    pub points_dropped: u64,
+}
+
+impl AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.points_enqueued += o.points_enqueued;
+        self.messages_enqueued += o.messages_enqueued;
+        self.points_sent += o.points_sent;
+        self.messages_sent += o.messages_sent;
+        self.bytes_sent += o.bytes_sent;
+        self.points_acked += o.points_acked;
+        self.messages_acked += o.messages_acked;
+        self.duplicate_acks += o.duplicate_acks;
+        self.points_dropped += o.points_dropped;
+    }
+}
+
+/// Highest latency a histogram tracks exactly; larger values are recorded as this.
+const MAX_TRACKED_US: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
+}
+
+/// Latency histograms in microseconds, all measured from a scheduled or started time.
+#[derive(Debug, Clone)]
+pub struct Histos {
+    /// Scheduled send time -> PUBACK (QoS 1).
+    pub ack_us: Histogram<u64>,
+    /// Scheduled send time -> written to the socket.
+    pub lag_us: Histogram<u64>,
+    /// Connect started (socket) -> CONNACK.
+    pub connect_us: Histogram<u64>,
+}
+
+impl Default for Histos {
+    fn default() -> Self {
+        Histos {
+            ack_us: histogram(),
+            lag_us: histogram(),
+            connect_us: histogram(),
+        }
+    }
+}
+
+impl AddAssign<&Histos> for Histos {
+    fn add_assign(&mut self, o: &Histos) {
+        // Same bounds on both sides, so `add` cannot fail.
+        let _ = self.ack_us.add(&o.ack_us);
+        let _ = self.lag_us.add(&o.lag_us);
+        let _ = self.connect_us.add(&o.connect_us);
+    }
+}
+
+/// Microseconds of `d`, saturating.
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What happened to the connections.
+#[derive(Debug, Default, Clone)]
+pub struct Conns {
+    /// Connections of the plan.
+    pub planned: u64,
+    /// Connect attempts started (retries included).
+    pub attempts: u64,
+    /// Connections that got their CONNACK.
+    pub connected: u64,
+    /// Connections given up after their last attempt.
+    pub failed: u64,
+    /// Connections lost after they were up.
+    pub lost: u64,
+    /// Every failed attempt, by reason.
+    pub failures: BTreeMap<ConnectFailure, u64>,
+    /// The reason each given-up connection failed the last time.
+    pub gave_up: BTreeMap<ConnectFailure, u64>,
+    /// The first losses, by connection index.
+    pub first_losses: Vec<(u64, Lost)>,
+    /// When the last connection came up or was given up.
+    pub settled_at: Option<Instant>,
+}
+
+/// Losses kept in detail; the rest are counted.
+const LOSSES_KEPT: usize = 10;
+
+impl Conns {
+    pub fn record_loss(&mut self, conn: u64, lost: Lost) {
+        self.lost += 1;
+        if self.first_losses.len() < LOSSES_KEPT {
+            self.first_losses.push((conn, lost));
+        }
+    }
+}
+
+impl AddAssign<&Conns> for Conns {
+    fn add_assign(&mut self, o: &Conns) {
+        self.planned += o.planned;
+        self.attempts += o.attempts;
+        self.connected += o.connected;
+        self.failed += o.failed;
+        self.lost += o.lost;
+        for (k, v) in &o.failures {
+            *self.failures.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.gave_up {
+            *self.gave_up.entry(k.clone()).or_default() += v;
+        }
+        for l in &o.first_losses {
+            if self.first_losses.len() < LOSSES_KEPT {
+                self.first_losses.push(l.clone());
+            }
+        }
+        self.first_losses.sort_by_key(|(c, _)| *c);
+        self.settled_at = match (self.settled_at, o.settled_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Everything one worker saw, mergeable.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub counts: Counts,
+    pub histos: Histos,
+    pub conns: Conns,
+    /// First and last write to a socket, last PUBACK.
+    pub first_write: Option<Instant>,
+    pub last_write: Option<Instant>,
+    pub last_ack: Option<Instant>,
+    /// When generation ended (all devices done, the duration, or a signal).
+    pub generation_end: Option<Instant>,
+    /// The drain deadline (or a second signal) cut the end short.
+    pub cut_short: bool,
+    /// CPU time the worker thread used, and how long it ran.
+    pub cpu: Duration,
+    pub wall: Duration,
+    /// Highest schedule lag in each second after the anchor, ms: shows whether lag grew.
+    pub lag_max_ms: Vec<u32>,
+}
+
+fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, o: &Stats) {
+        self.counts += o.counts;
+        self.histos += &o.histos;
+        self.conns += &o.conns;
+        self.first_write = earlier(self.first_write, o.first_write);
+        self.last_write = later(self.last_write, o.last_write);
+        self.last_ack = later(self.last_ack, o.last_ack);
+        self.generation_end = later(self.generation_end, o.generation_end);
+        self.cut_short |= o.cut_short;
+        self.cpu += o.cpu;
+        self.wall = self.wall.max(o.wall);
+        if self.lag_max_ms.len() < o.lag_max_ms.len() {
+            self.lag_max_ms.resize(o.lag_max_ms.len(), 0);
+        }
+        for (a, b) in self.lag_max_ms.iter_mut().zip(&o.lag_max_ms) {
+            *a = (*a).max(*b);
+        }
+    }
+}
+
+/// Seconds of per-second lag kept (a day); later seconds share the last slot.
+pub const LAG_SECONDS_KEPT: usize = 86_400;
+
+/// Figures the progress line reads while a worker runs.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub points_enqueued: AtomicU64,
+    pub points_sent: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub points_acked: AtomicU64,
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    pub lost: AtomicU64,
+    /// Connections up right now.
+    pub up: AtomicU64,
+    /// QoS 1 messages awaiting a PUBACK right now.
+    pub inflight: AtomicU64,
+}
+
+/// A copy of [`Live`], summed over workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LiveTotals {
+    pub points_enqueued: u64,
+    pub points_sent: u64,
+    pub messages_sent: u64,
+    pub points_acked: u64,
+    pub connected: u64,
+    pub failed: u64,
+    pub lost: u64,
+    pub up: u64,
+    pub inflight: u64,
+}
+
+impl Live {
+    pub fn read(&self) -> LiveTotals {
+        LiveTotals {
+            points_enqueued: self.points_enqueued.load(Relaxed),
+            points_sent: self.points_sent.load(Relaxed),
+            messages_sent: self.messages_sent.load(Relaxed),
+            points_acked: self.points_acked.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            lost: self.lost.load(Relaxed),
+            up: self.up.load(Relaxed),
+            inflight: self.inflight.load(Relaxed),
+        }
+    }
+}
+
+impl AddAssign for LiveTotals {
+    fn add_assign(&mut self, o: LiveTotals) {
+        self.points_enqueued += o.points_enqueued;
+        self.points_sent += o.points_sent;
+        self.messages_sent += o.messages_sent;
+        self.points_acked += o.points_acked;
+        self.connected += o.connected;
+        self.failed += o.failed;
+        self.lost += o.lost;
+        self.up += o.up;
+        self.inflight += o.inflight;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_worker_stats_merge_exactly() {
+        let now = Instant::now();
+        let mut a = Stats::default();
+        let mut b = Stats::default();
+        a.counts.points_sent = 10;
+        b.counts.points_sent = 5;
+        for us in 1..=900u64 {
+            a.histos.ack_us.record(us).unwrap();
+        }
+        for _ in 0..100 {
+            b.histos.ack_us.record(10_000).unwrap();
+        }
+        a.conns.connected = 3;
+        b.conns.connected = 4;
+        *a.conns.failures.entry(ConnectFailure::Refused).or_default() += 2;
+        *b.conns.failures.entry(ConnectFailure::Refused).or_default() += 1;
+        b.conns.failures.insert(ConnectFailure::Timeout, 1);
+        a.first_write = Some(now + Duration::from_secs(1));
+        b.first_write = Some(now);
+        a.lag_max_ms = vec![1, 9];
+        b.lag_max_ms = vec![5, 2, 7];
+        a += &b;
+        assert_eq!(a.counts.points_sent, 15);
+        assert_eq!(a.histos.ack_us.len(), 1000);
+        assert_eq!(a.histos.ack_us.value_at_quantile(0.5), 500);
+        assert_eq!(a.conns.connected, 7);
+        assert_eq!(a.conns.failures[&ConnectFailure::Refused], 3);
+        assert_eq!(a.conns.failures[&ConnectFailure::Timeout], 1);
+        assert_eq!(a.first_write, Some(now));
+        assert_eq!(a.lag_max_ms, [5, 9, 7]);
+    }
+}

@@ -1,0 +1,1446 @@
+//! One worker: a thread with its own event loop (epoll through mio) that owns a contiguous
+//! share of the fleet's connections and their devices, its own counters and histograms, and
+//! one schedule cursor. No task, channel or timer per connection or device.
+//!
+//! ```text
+//! loop:  ramp (start connects at --connect-rate, at most --max-connecting at once)
+//!        timers (connect timeouts, keep-alives, retries: one heap)
+//!        generate (the cursor walks the fleet schedule; each due device encodes its message
+//!                  straight into its connection's outbox, or owes it while the outbox is full)
+//!        flush (write every connection with bytes waiting; count what went out)
+//!        drain (after generation: last writes, PUBACKs, DISCONNECT, all by one deadline)
+//!        wait (epoll until the next due time: a timerfd to the microsecond for sparse
+//!              schedules, millisecond ticks for dense ones, coalesced when a connection
+//!              has many messages a tick)
+//! ```
+//!
+//! Devices are worker-local indexes into `devices`; device `dl` is fleet device `d0 + dl`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::conn::{Conn, Phase};
+use crate::error::{ConnackCode, ConnectFailure, LostKind};
+use crate::outbox::{Flushed, MsgMeta};
+use crate::packets::{self, Incoming};
+use crate::settings::{FleetSettings, Qos};
+use crate::stats::{micros, Live, Stats, LAG_SECONDS_KEPT};
+use crate::sys;
+
+/// What a tool puts in the messages; the engine decides when they go. One per worker.
+pub trait Producer: Send {
+    /// Appends the topic of fleet device `device` (0-based) to `out`.
+    fn topic(&mut self, device: u64, out: &mut Vec<u8>);
+    /// Appends the payload of `points` points of `device`, the first with seq `first_seq`,
+    /// all stamped `ts_us` (wall clock, µs since the epoch: the message's scheduled time).
+    fn payload(&mut self, device: u64, first_seq: u64, points: u32, ts_us: u64, out: &mut BytesMut);
+}
+
+/// Stop and abort requests from outside, and how to wake the workers for them.
+#[derive(Debug, Default)]
+pub struct Control {
+    stop: AtomicBool,
+    abort: AtomicBool,
+    wakers: Mutex<Vec<Arc<Waker>>>,
+}
+
+impl Control {
+    /// Ends generation; the workers drain within the drain timeout.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Gives up whatever is left of the drain.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for w in self
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = w.wake();
+        }
+    }
+
+    fn add_waker(&self, w: Arc<Waker>) {
+        self.wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(w);
+    }
+}
+
+/// What the workers of one fleet share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The clock's origin for `anchor_ns`, and the wall clock then (µs since the epoch).
+    pub epoch: Instant,
+    pub wall_epoch_us: u64,
+    /// Generation's anchor: nanoseconds after `epoch`, plus one (0: not yet set). Set by the
+    /// first connection up anywhere, `--start-delay` after it.
+    anchor_ns: AtomicU64,
+    /// Connections up or given up, fleet-wide: the ramp is over when it reaches the plan's.
+    pub settled: AtomicU64,
+    /// When the ramp was over, nanoseconds after `epoch` plus one (0: not yet).
+    pub settled_ns: AtomicU64,
+    pub control: Control,
+    pub live: Vec<Live>,
+}
+
+impl Shared {
+    pub fn new(workers: usize) -> Shared {
+        let wall_epoch_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Shared {
+            epoch: Instant::now(),
+            wall_epoch_us,
+            anchor_ns: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            settled_ns: AtomicU64::new(0),
+            control: Control::default(),
+            live: (0..workers).map(|_| Live::default()).collect(),
+        }
+    }
+
+    /// Generation's anchor, once set.
+    pub fn anchor(&self) -> Option<Instant> {
+        match self.anchor_ns.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    /// Sets the anchor to `at` unless another worker set it first; returns the anchor.
+    fn set_anchor(&self, at: Instant) -> Instant {
+        let ns = at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+        match self
+            .anchor_ns
+            .compare_exchange(0, ns, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => at,
+            Err(_) => self.anchor().unwrap_or(at),
+        }
+    }
+
+    /// When the ramp was over, once it is.
+    pub fn settled_at(&self) -> Option<Instant> {
+        match self.settled_ns.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+/// A device's state in its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DevState {
+    /// Its connection is not up yet.
+    Waiting,
+    Active,
+    /// Its schedule ended, its quota is sent, or its connection is gone.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Device {
+    /// Its connection, an index into the worker's `conns`.
+    conn: u32,
+    /// Points generated so far: the seq of its next point.
+    sent: u64,
+    /// The next slot it fills.
+    next_slot: u64,
+    state: DevState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    ConnectTimeout,
+    KeepAlive,
+    Retry,
+    CloseLinger,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerPhase {
+    Generating,
+    Draining { deadline: Instant },
+    Done,
+}
+
+const WAKER: Token = Token(usize::MAX);
+const TIMER: Token = Token(usize::MAX - 1);
+/// A connection's bytes are written once this many wait, even mid-pass.
+const FLUSH_BYTES: usize = 64 << 10;
+/// Read buffer, shared by the worker's connections.
+const READ_BUF: usize = 64 << 10;
+/// Messages generated in one go before events get their turn (unpaced runs).
+const PASS_MESSAGES: usize = 4096;
+/// How long a closing connection waits for the broker to close its side.
+const CLOSE_LINGER: Duration = Duration::from_millis(250);
+/// Sparse schedules wake this early on the timerfd and spin the rest, so that the kernel's
+/// wake-up latency stays out of the schedule lag.
+const SPIN_WINDOW: Duration = Duration::from_micros(150);
+/// Writes per second one worker aims to stay under when its connections each have many
+/// messages a millisecond: past it, messages of a connection are coalesced into one write.
+const WRITES_PER_S: f64 = 5_000.0;
+
+/// One worker's loop and everything it owns.
+pub struct Worker<P: Producer> {
+    id: usize,
+    s: Arc<FleetSettings>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    events: Events,
+    timer: sys::Timer,
+    conns: Vec<Conn>,
+    devices: Vec<Device>,
+    /// Fleet index of the worker's first device.
+    d0: u64,
+    producer: P,
+    stats: Stats,
+    // The schedule cursor: slot `cur_k` of device `cur_dl` is the next to come due.
+    cur_k: u64,
+    cur_dl: u32,
+    /// Devices not Done.
+    live_devices: u64,
+    ramp: VecDeque<u32>,
+    connecting: usize,
+    max_connecting: usize,
+    token_interval: Option<Duration>,
+    next_token: Instant,
+    timers: BinaryHeap<Reverse<(Instant, TimerKind, u32, u32)>>,
+    dirty: Vec<u32>,
+    read_buf: Vec<u8>,
+    topic: Vec<u8>,
+    phase: WorkerPhase,
+    anchor: Option<Instant>,
+    wall_anchor_us: u64,
+    qos1: bool,
+    paced: bool,
+    /// Sparse schedule: wake on the timerfd and spin the last stretch.
+    precise: bool,
+    /// Dense schedule: how far due messages may be coalesced.
+    tick: Duration,
+    last_pass: Instant,
+    /// Outbox capacity a connection keeps after a complete flush.
+    keep_buffer: usize,
+    rng: u64,
+    up: u64,
+}
+
+impl<P: Producer> Worker<P> {
+    /// Worker `id` of the fleet, producing with `producer`.
+    pub fn new(
+        id: usize,
+        s: Arc<FleetSettings>,
+        shared: Arc<Shared>,
+        producer: P,
+    ) -> io::Result<Worker<P>> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        shared.control.add_waker(waker);
+        let mut timer = sys::Timer::new()?;
+        poll.registry()
+            .register(&mut timer, TIMER, Interest::READABLE)?;
+        let now = Instant::now();
+        let my_conns = s.worker_conns(id);
+        let d0 = if my_conns.is_empty() {
+            0
+        } else {
+            s.conn_devices(my_conns.start).start
+        };
+        let mut conns = Vec::with_capacity(my_conns.clone().count());
+        let mut devices = Vec::new();
+        for (local, c) in my_conns.clone().enumerate() {
+            let ds = s.conn_devices(c);
+            let first = (ds.start - d0) as u32;
+            let last = (ds.end - d0) as u32;
+            for _ in ds {
+                devices.push(Device {
+                    conn: local as u32,
+                    sent: 0,
+                    next_slot: 0,
+                    state: DevState::Waiting,
+                });
+            }
+            conns.push(Conn::new(c, first..last, s.publish.max_inflight, now));
+        }
+        let workers = s.workers.max(1) as f64;
+        let max_connecting = (s.ramp.max_connecting as f64 / workers).ceil().max(1.0) as usize;
+        let token_interval = s
+            .ramp
+            .connect_rate
+            .map(|r| Duration::from_secs_f64(workers / r.max(1e-9)).min(Duration::from_secs(3600)));
+        let paced = s.schedule.is_paced();
+        // How many messages a second this worker and each of its connections send.
+        let (worker_rate, conn_rate) = match s.schedule.rate() {
+            Some(points_per_s) => {
+                let msgs = points_per_s / s.schedule.batch() as f64;
+                let share = devices.len() as f64 / s.devices.max(1) as f64;
+                let per_conn = msgs / s.connections.max(1) as f64;
+                (msgs * share, per_conn)
+            }
+            None => (f64::INFINITY, f64::INFINITY),
+        };
+        let precise = paced && worker_rate <= 1000.0;
+        let tick = if paced && conn_rate >= 200.0 && worker_rate > WRITES_PER_S {
+            Duration::from_secs_f64(conns.len() as f64 / WRITES_PER_S)
+                .clamp(Duration::from_millis(1), Duration::from_millis(20))
+        } else {
+            Duration::from_millis(1)
+        };
+        let keep_buffer = if s.connections <= 16 {
+            4 << 20
+        } else {
+            4 << 10
+        };
+        let stats = Stats {
+            conns: crate::stats::Conns {
+                planned: conns.len() as u64,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Ok(Worker {
+            id,
+            shared,
+            poll,
+            events: Events::with_capacity(1024),
+            timer,
+            ramp: (0..conns.len() as u32).collect(),
+            live_devices: devices.len() as u64,
+            conns,
+            devices,
+            d0,
+            producer,
+            stats,
+            cur_k: 0,
+            cur_dl: 0,
+            connecting: 0,
+            max_connecting,
+            token_interval,
+            next_token: now,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            read_buf: vec![0u8; READ_BUF],
+            topic: Vec::with_capacity(256),
+            phase: WorkerPhase::Generating,
+            anchor: None,
+            wall_anchor_us: 0,
+            qos1: s.publish.qos == Qos::AtLeastOnce,
+            paced,
+            precise,
+            tick,
+            last_pass: now,
+            keep_buffer,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            up: 0,
+            s,
+        })
+    }
+
+    /// Runs until every connection is done; returns what the worker saw.
+    pub fn run(mut self) -> Stats {
+        let started = Instant::now();
+        let cpu0 = sys::thread_cpu_time();
+        if self.conns.is_empty() {
+            self.phase = WorkerPhase::Done;
+        }
+        loop {
+            let now = Instant::now();
+            if self.shared.control.abort.load(Ordering::Relaxed) {
+                self.abandon_all(now);
+                break;
+            }
+            self.start_connects(now);
+            self.fire_timers(now);
+            let mut more = false;
+            let mut next_due = None;
+            if self.phase == WorkerPhase::Generating {
+                if self.anchor.is_none() {
+                    self.anchor = self.shared.anchor();
+                    if let Some(a) = self.anchor {
+                        self.set_anchor(a);
+                    }
+                }
+                if self.anchor.is_some() {
+                    (more, next_due) = self.generate(now);
+                    self.last_pass = now;
+                }
+            }
+            self.flush_dirty(now);
+            // Checked after the timers and the generation of this turn, which may end it.
+            if self.phase == WorkerPhase::Generating && self.generation_over(now) {
+                self.end_generation(now);
+                next_due = None;
+                more = false;
+            }
+            if let WorkerPhase::Draining { deadline } = self.phase {
+                if now >= deadline {
+                    self.cut_short(now);
+                } else {
+                    self.drain_step(now);
+                }
+            }
+            self.publish_live();
+            if self.phase == WorkerPhase::Done {
+                break;
+            }
+            let wake = if more {
+                Some(now)
+            } else {
+                self.next_wake(now, next_due)
+            };
+            if let Err(e) = self.wait(now, wake) {
+                tracing::error!("worker {}: poll failed: {e}", self.id);
+                self.abandon_all(Instant::now());
+                break;
+            }
+        }
+        self.publish_live();
+        self.stats.cpu = sys::thread_cpu_time().saturating_sub(cpu0);
+        self.stats.wall = started.elapsed();
+        self.stats
+    }
+
+    fn set_anchor(&mut self, anchor: Instant) {
+        self.anchor = Some(anchor);
+        self.wall_anchor_us =
+            self.shared.wall_epoch_us + micros(anchor.saturating_duration_since(self.shared.epoch));
+    }
+
+    fn generation_over(&self, now: Instant) -> bool {
+        if self.shared.control.stop.load(Ordering::Relaxed) || self.live_devices == 0 {
+            return true;
+        }
+        // Unpaced, --duration ends generation by the clock; paced, each device's schedule ends.
+        match (self.anchor, self.s.schedule.duration()) {
+            (Some(a), Some(d)) if !self.paced => now >= a + d,
+            _ => false,
+        }
+    }
+
+    /// Generation is over: what devices still owed is dropped, connections not up yet are
+    /// given up, and the drain starts.
+    fn end_generation(&mut self, now: Instant) {
+        self.stats.generation_end = Some(now);
+        for dl in 0..self.devices.len() {
+            let dev = self.devices[dl];
+            if dev.state == DevState::Active && self.paced {
+                let passed = self.passed_slot(dl as u32);
+                if let Some(last) = passed {
+                    let owed = (last + 1).saturating_sub(dev.next_slot);
+                    self.stats.counts.points_dropped += self.owed_points(dl as u32, owed);
+                }
+            }
+            if dev.state != DevState::Done {
+                self.devices[dl].state = DevState::Done;
+            }
+        }
+        self.live_devices = 0;
+        for c in 0..self.conns.len() {
+            match self.conns[c].phase {
+                Phase::Idle | Phase::Connecting | Phase::AwaitConnack | Phase::Backoff => {
+                    self.close(c as u32);
+                }
+                _ => {}
+            }
+        }
+        self.ramp.clear();
+        self.phase = WorkerPhase::Draining {
+            deadline: now + self.s.drain_timeout,
+        };
+    }
+
+    /// Points in `owed` slots of device `dl`, within what is left of its quota.
+    fn owed_points(&self, dl: u32, owed: u64) -> u64 {
+        let d = self.d0 + dl as u64;
+        let dev = &self.devices[dl as usize];
+        let wanted = owed.saturating_mul(self.s.schedule.batch());
+        match self.s.schedule.quota(d) {
+            Some(q) => wanted.min(q.saturating_sub(dev.sent)),
+            None => wanted,
+        }
+    }
+
+    /// The last slot of device `dl` the cursor has passed.
+    fn passed_slot(&self, dl: u32) -> Option<u64> {
+        if dl < self.cur_dl {
+            Some(self.cur_k)
+        } else {
+            self.cur_k.checked_sub(1)
+        }
+    }
+
+    // ----- the ramp -------------------------------------------------------------------
+
+    fn start_connects(&mut self, now: Instant) {
+        while let Some(&c) = self.ramp.front() {
+            if self.connecting >= self.max_connecting {
+                break;
+            }
+            if let Some(iv) = self.token_interval {
+                if now < self.next_token {
+                    break;
+                }
+                // Tokens do not pile up while the ramp waits on --max-connecting.
+                self.next_token = self.next_token.max(now - iv.min(now - self.shared.epoch)) + iv;
+            }
+            self.ramp.pop_front();
+            self.start_connect(c, now);
+        }
+    }
+
+    fn start_connect(&mut self, c: u32, now: Instant) {
+        let s = &self.s.conn;
+        let conn = &mut self.conns[c as usize];
+        conn.attempt += 1;
+        conn.generation += 1;
+        conn.attempt_started = now;
+        self.stats.conns.attempts += 1;
+        let addr = s.addrs[(conn.attempt as usize - 1) % s.addrs.len().max(1)];
+        let source = (!s.source_ips.is_empty())
+            .then(|| s.source_ips[(conn.index % s.source_ips.len() as u64) as usize]);
+        match sys::connect(addr, source, s.tcp_nodelay) {
+            Ok(mut sock) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut sock,
+                    Token(c as usize),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    self.fail_attempt(c, ConnectFailure::of_io(&e), now);
+                    return;
+                }
+                let conn = &mut self.conns[c as usize];
+                conn.sock = Some(sock);
+                conn.phase = Phase::Connecting;
+                let gen = conn.generation;
+                self.connecting += 1;
+                self.timers.push(Reverse((
+                    now + s.connect_timeout,
+                    TimerKind::ConnectTimeout,
+                    c,
+                    gen,
+                )));
+            }
+            Err(e) => self.fail_attempt(c, ConnectFailure::of_io(&e), now),
+        }
+    }
+
+    /// The connection's TCP connect finished (or failed): send CONNECT.
+    fn on_connected_tcp(&mut self, c: u32, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        let Some(sock) = conn.sock.as_mut() else {
+            return;
+        };
+        match sock.take_error() {
+            Ok(Some(e)) | Err(e) => return self.fail_attempt(c, ConnectFailure::of_io(&e), now),
+            Ok(None) => {}
+        }
+        match sock.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+            Err(e) => return self.fail_attempt(c, ConnectFailure::of_io(&e), now),
+        }
+        let s = &self.s.conn;
+        let mut id = Vec::with_capacity(32);
+        s.client_id
+            .render_into(self.s.client_index(conn.index), b"", &mut id);
+        let id = String::from_utf8_lossy(&id);
+        let keep_alive = s.keep_alive.as_secs().min(u16::MAX as u64) as u16;
+        let credentials = s
+            .credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        let packet = packets::connect(&id, keep_alive, s.clean_session, credentials);
+        conn.out.push_control(&packet);
+        conn.phase = Phase::AwaitConnack;
+        self.flush(c, now);
+    }
+
+    fn on_connack(&mut self, c: u32, code: u8, now: Instant) {
+        if code != 0 {
+            return self.fail_attempt(
+                c,
+                ConnectFailure::Connack(ConnackCode::from_code(code)),
+                now,
+            );
+        }
+        self.connecting = self.connecting.saturating_sub(1);
+        let conn = &mut self.conns[c as usize];
+        conn.phase = Phase::Up;
+        conn.up_at = Some(now);
+        conn.last_out = now;
+        self.up += 1;
+        self.stats.conns.connected += 1;
+        let _ = self
+            .stats
+            .histos
+            .connect_us
+            .record(micros(now - conn.attempt_started).max(1));
+        let gen = conn.generation;
+        self.settle(now);
+        if !self.s.conn.keep_alive.is_zero() {
+            self.timers.push(Reverse((
+                now + self.s.conn.keep_alive,
+                TimerKind::KeepAlive,
+                c,
+                gen,
+            )));
+        }
+        if self.phase != WorkerPhase::Generating {
+            return; // generation ended meanwhile: the drain closes it
+        }
+        let anchor = match self.anchor {
+            Some(a) => a,
+            None => {
+                let a = self.shared.set_anchor(now + self.s.start_delay);
+                self.set_anchor(a);
+                a
+            }
+        };
+        let offset = now.saturating_duration_since(anchor);
+        let devices = self.conns[c as usize].devices.clone();
+        for dl in devices {
+            let d = self.d0 + dl as u64;
+            let dev = &mut self.devices[dl as usize];
+            if dev.state == DevState::Waiting {
+                dev.state = DevState::Active;
+                dev.next_slot = self.s.schedule.first_slot_at(d, offset);
+            }
+        }
+    }
+
+    /// One more connection is up or given up; the last one ends the ramp.
+    fn settle(&mut self, now: Instant) {
+        let settled = self.shared.settled.fetch_add(1, Ordering::AcqRel) + 1;
+        if settled >= self.s.connections {
+            let ns = now.saturating_duration_since(self.shared.epoch).as_nanos() as u64 + 1;
+            let _ =
+                self.shared
+                    .settled_ns
+                    .compare_exchange(0, ns, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    fn fail_attempt(&mut self, c: u32, f: ConnectFailure, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
+            self.connecting = self.connecting.saturating_sub(1);
+        }
+        if let Some(mut sock) = conn.sock.take() {
+            let _ = self.poll.registry().deregister(&mut sock);
+        }
+        conn.out.abandon().for_each(drop);
+        conn.inbuf.clear();
+        conn.generation += 1;
+        *self.stats.conns.failures.entry(f.clone()).or_default() += 1;
+        let retry = !f.is_fatal()
+            && conn.attempt <= self.s.ramp.connect_retries
+            && self.phase == WorkerPhase::Generating;
+        if retry {
+            conn.phase = Phase::Backoff;
+            let base = self.s.ramp.backoff_base.as_secs_f64();
+            let exp = base * 2f64.powi(conn.attempt.saturating_sub(1).min(30) as i32);
+            let capped = exp.min(self.s.ramp.backoff_max.as_secs_f64());
+            // Jitter over [0.5, 1.5) of the delay, so that a fleet refused at once does
+            // not come back at once.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let jitter = 0.5 + (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+            let delay = Duration::from_secs_f64(capped * jitter);
+            let gen = conn.generation;
+            self.timers
+                .push(Reverse((now + delay, TimerKind::Retry, c, gen)));
+        } else {
+            conn.phase = Phase::Done;
+            self.stats.conns.failed += 1;
+            *self.stats.conns.gave_up.entry(f).or_default() += 1;
+            self.settle(now);
+            self.devices_gone(c);
+        }
+    }
+
+    /// The devices of connection `c` will never send again: their remaining quota is dropped.
+    fn devices_gone(&mut self, c: u32) {
+        let devices = self.conns[c as usize].devices.clone();
+        for dl in devices {
+            let d = self.d0 + dl as u64;
+            let dev = &mut self.devices[dl as usize];
+            if dev.state == DevState::Done {
+                continue;
+            }
+            if let Some(q) = self.s.schedule.quota(d) {
+                self.stats.counts.points_dropped += q.saturating_sub(dev.sent);
+            }
+            dev.state = DevState::Done;
+            self.live_devices = self.live_devices.saturating_sub(1);
+        }
+    }
+
+    /// A connection that was up is gone.
+    fn lose(&mut self, c: u32, kind: LostKind, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        let lost = conn.lost(kind, now);
+        if let Some(mut sock) = conn.sock.take() {
+            let _ = self.poll.registry().deregister(&mut sock);
+        }
+        // Unwritten messages stay enqueued-not-sent (unsent); written and unacknowledged
+        // ones stay sent-not-acked (failed). Nothing to move: the counts already say it.
+        conn.out.abandon().for_each(drop);
+        conn.inflight.abandon().for_each(drop);
+        conn.phase = Phase::Done;
+        conn.generation += 1;
+        self.up = self.up.saturating_sub(1);
+        self.stats.conns.record_loss(conn.index, lost);
+        self.devices_gone(c);
+    }
+
+    /// Closes a connection that is not up (generation ended during the ramp) or that has
+    /// finished its goodbye.
+    fn close(&mut self, c: u32) {
+        let conn = &mut self.conns[c as usize];
+        if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
+            self.connecting = self.connecting.saturating_sub(1);
+        }
+        if conn.phase == Phase::Up || conn.phase == Phase::Closing {
+            self.up = self.up.saturating_sub(1);
+        }
+        if let Some(mut sock) = conn.sock.take() {
+            let _ = self.poll.registry().deregister(&mut sock);
+        }
+        conn.out.abandon().for_each(drop);
+        conn.inflight.abandon().for_each(drop);
+        conn.phase = Phase::Done;
+        conn.generation += 1;
+    }
+
+    // ----- timers ---------------------------------------------------------------------
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, kind, c, gen))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let conn = &self.conns[c as usize];
+            if conn.generation != gen {
+                continue;
+            }
+            match kind {
+                TimerKind::ConnectTimeout => {
+                    if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
+                        self.fail_attempt(c, ConnectFailure::Timeout, now);
+                    }
+                }
+                TimerKind::Retry => {
+                    if conn.phase == Phase::Backoff {
+                        self.conns[c as usize].phase = Phase::Idle;
+                        self.ramp.push_front(c);
+                    }
+                }
+                TimerKind::KeepAlive => self.keep_alive(c, now),
+                TimerKind::CloseLinger => {
+                    if conn.phase == Phase::Closing {
+                        self.close(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn keep_alive(&mut self, c: u32, now: Instant) {
+        let ka = self.s.conn.keep_alive;
+        let conn = &mut self.conns[c as usize];
+        if conn.phase != Phase::Up {
+            return;
+        }
+        let gen = conn.generation;
+        let next = match conn.ping {
+            Some((sent, end)) if now >= sent + ka => {
+                // Unanswered for a whole interval: a ping still unwritten means the broker
+                // stopped reading; a written one, that it stopped answering.
+                let kind = if conn.out.written() < end {
+                    LostKind::WriteStalled
+                } else {
+                    LostKind::KeepAlive
+                };
+                return self.lose(c, kind, now);
+            }
+            Some((sent, _)) => sent + ka,
+            None if now >= conn.last_out + ka => {
+                conn.out.push_control(&packets::PINGREQ);
+                let end = conn.out.written() + conn.out.bytes() as u64;
+                conn.ping = Some((now, end));
+                self.mark_dirty(c);
+                now + ka
+            }
+            None => conn.last_out + ka,
+        };
+        self.timers
+            .push(Reverse((next, TimerKind::KeepAlive, c, gen)));
+    }
+
+    // ----- generation -----------------------------------------------------------------
+
+    /// Generates what is due; returns whether more could be generated at once (unpaced)
+    /// and when the next message falls due (paced).
+    fn generate(&mut self, now: Instant) -> (bool, Option<Instant>) {
+        if self.devices.is_empty() {
+            return (false, None);
+        }
+        let anchor = self.anchor.unwrap_or(now);
+        if now < anchor {
+            return (false, Some(anchor)); // --start-delay
+        }
+        if !self.paced {
+            return (self.generate_unpaced(now), None);
+        }
+        let n_dev = self.devices.len() as u32;
+        // Bounded: at most one full round of slots that are not due yet is never walked.
+        loop {
+            if self.live_devices == 0 {
+                return (false, None);
+            }
+            let dl = self.cur_dl;
+            let d = self.d0 + dl as u64;
+            let dev = self.devices[dl as usize];
+            if dev.state == DevState::Done {
+                self.advance(n_dev);
+                continue;
+            }
+            let points = self.s.schedule.next_points(d, dev.sent);
+            let due = self
+                .s
+                .schedule
+                .due(d, self.cur_k, points)
+                .unwrap_or_default();
+            if self.s.schedule.is_past_end(due) {
+                // Its schedule is over (and every later slot's too).
+                let passed = self.passed_slot(dl);
+                if dev.state == DevState::Active {
+                    if let Some(last) = passed {
+                        let owed = (last + 1).saturating_sub(dev.next_slot);
+                        self.stats.counts.points_dropped += self.owed_points(dl, owed);
+                    }
+                }
+                self.devices[dl as usize].state = DevState::Done;
+                self.live_devices -= 1;
+                self.advance(n_dev);
+                continue;
+            }
+            let at = anchor + due;
+            if at > now {
+                return (false, Some(at));
+            }
+            let k = self.cur_k;
+            self.advance(n_dev);
+            if dev.state == DevState::Active {
+                self.fill(dl, k, anchor);
+            }
+        }
+    }
+
+    fn advance(&mut self, n_dev: u32) {
+        self.cur_dl += 1;
+        if self.cur_dl >= n_dev {
+            self.cur_dl = 0;
+            self.cur_k += 1;
+        }
+    }
+
+    /// Generates device `dl`'s slots up to `upto` (those it owes first), while its
+    /// connection has room.
+    fn fill(&mut self, dl: u32, upto: u64, anchor: Instant) {
+        let d = self.d0 + dl as u64;
+        loop {
+            let dev = self.devices[dl as usize];
+            if dev.state != DevState::Active || dev.next_slot > upto {
+                return;
+            }
+            let c = dev.conn as usize;
+            if !self.conns[c].has_room(self.s.publish.max_queued, self.qos1) {
+                self.conns[c].blocked |= self.conns[c].out.queued() > 0;
+                return; // owed until the connection drains
+            }
+            let points = self.s.schedule.next_points(d, dev.sent);
+            if points == 0 {
+                self.devices[dl as usize].state = DevState::Done;
+                self.live_devices -= 1;
+                return;
+            }
+            let due = self
+                .s
+                .schedule
+                .due(d, dev.next_slot, points)
+                .unwrap_or_default();
+            if self.s.schedule.is_past_end(due) {
+                return; // the cursor ends it
+            }
+            if !self.emit(dl, points, anchor + due) {
+                return;
+            }
+            self.devices[dl as usize].next_slot += 1;
+        }
+    }
+
+    /// Round robin over the devices, one message each while their connections have room.
+    fn generate_unpaced(&mut self, now: Instant) -> bool {
+        let n_dev = self.devices.len() as u32;
+        let mut idle = 0u32;
+        let mut made = 0usize;
+        while self.live_devices > 0 && idle < n_dev {
+            let dl = self.cur_dl;
+            self.advance(n_dev);
+            let dev = self.devices[dl as usize];
+            if dev.state != DevState::Active
+                || !self.conns[dev.conn as usize].has_room(self.s.publish.max_queued, self.qos1)
+            {
+                idle += 1;
+                continue;
+            }
+            let d = self.d0 + dl as u64;
+            let points = self.s.schedule.next_points(d, dev.sent);
+            if points == 0 {
+                self.devices[dl as usize].state = DevState::Done;
+                self.live_devices -= 1;
+                continue;
+            }
+            if !self.emit(dl, points, now) {
+                idle += 1;
+                continue;
+            }
+            self.devices[dl as usize].next_slot += 1;
+            idle = 0;
+            made += 1;
+            if made >= PASS_MESSAGES {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Encodes one message of device `dl` into its connection's outbox.
+    fn emit(&mut self, dl: u32, points: u64, scheduled: Instant) -> bool {
+        let d = self.d0 + dl as u64;
+        let Worker {
+            devices,
+            conns,
+            producer,
+            topic,
+            stats,
+            s,
+            dirty,
+            ..
+        } = self;
+        let dev = &mut devices[dl as usize];
+        let conn = &mut conns[dev.conn as usize];
+        let points = points.min(u32::MAX as u64) as u32;
+        let pkid = if self.qos1 {
+            match conn.inflight.issue(scheduled, points) {
+                Some(id) => Some(id),
+                None => return false,
+            }
+        } else {
+            None
+        };
+        topic.clear();
+        producer.topic(d, topic);
+        let anchor = self.anchor.unwrap_or(scheduled);
+        let ts_us = self.wall_anchor_us + micros(scheduled.saturating_duration_since(anchor));
+        let max_payload = s.publish.max_payload;
+        let first_seq = dev.sent;
+        let buf = conn
+            .out
+            .buffer(packets::publish_overhead(topic.len()) + max_payload);
+        let bytes = packets::append_publish(buf, topic, pkid, max_payload, |b| {
+            producer.payload(d, first_seq, points, ts_us, b)
+        });
+        let bytes = bytes.min(u32::MAX as usize) as u32;
+        conn.out.seal(MsgMeta {
+            scheduled,
+            points,
+            bytes,
+            pkid: pkid.unwrap_or(0),
+        });
+        conn.largest_message = conn.largest_message.max(bytes);
+        dev.sent += points as u64;
+        stats.counts.points_enqueued += points as u64;
+        stats.counts.messages_enqueued += 1;
+        // A connection waiting for writability is not tried again: each try would be a
+        // failed write.
+        let big = conn.out.bytes() >= FLUSH_BYTES && !conn.blocked;
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(dev.conn);
+        }
+        if big {
+            let c = dev.conn;
+            self.flush(c, Instant::now());
+        }
+        true
+    }
+
+    /// After a connection drained (or acknowledgements freed its window), its devices
+    /// generate the slots they owe.
+    fn catch_up(&mut self, c: u32) {
+        if self.phase != WorkerPhase::Generating || !self.paced {
+            return;
+        }
+        let Some(anchor) = self.anchor else { return };
+        let devices = self.conns[c as usize].devices.clone();
+        for dl in devices {
+            if let Some(last) = self.passed_slot(dl) {
+                self.fill(dl, last, anchor);
+            }
+        }
+    }
+
+    // ----- writing and reading --------------------------------------------------------
+
+    fn mark_dirty(&mut self, c: u32) {
+        let conn = &mut self.conns[c as usize];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(c);
+        }
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &c in &dirty {
+            self.conns[c as usize].dirty = false;
+            if !self.conns[c as usize].blocked {
+                self.flush(c, now);
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+
+    /// Writes what connection `c` has waiting; counts every message that went out whole.
+    fn flush(&mut self, c: u32, now: Instant) {
+        let Worker {
+            conns,
+            stats,
+            anchor,
+            ..
+        } = self;
+        let conn = &mut conns[c as usize];
+        let Some(sock) = conn.sock.as_mut() else {
+            return;
+        };
+        if conn.out.is_empty() {
+            conn.blocked = false;
+            return;
+        }
+        let before = conn.out.written();
+        let paced = self.paced;
+        let result = conn.out.flush(sock, |m| {
+            stats.counts.points_sent += m.points as u64;
+            stats.counts.messages_sent += 1;
+            stats.counts.bytes_sent += m.bytes as u64;
+            if paced {
+                let lag = now.saturating_duration_since(m.scheduled);
+                stats.histos.lag_us.saturating_record(micros(lag));
+                if let Some(a) = anchor {
+                    let second = (now.saturating_duration_since(*a).as_secs() as usize)
+                        .min(LAG_SECONDS_KEPT - 1);
+                    if stats.lag_max_ms.len() <= second {
+                        stats.lag_max_ms.resize(second + 1, 0);
+                    }
+                    let ms = lag.as_millis().min(u32::MAX as u128) as u32;
+                    let slot = &mut stats.lag_max_ms[second];
+                    *slot = (*slot).max(ms);
+                }
+            }
+        });
+        if conn.out.written() > before {
+            conn.last_out = now;
+            if stats.first_write.is_none() {
+                stats.first_write = Some(now);
+            }
+            stats.last_write = Some(now);
+            conn.first_write.get_or_insert(now);
+        }
+        match result {
+            Ok(Flushed::All) => {
+                let was_blocked = conn.blocked;
+                conn.blocked = false;
+                conn.out.trim(self.keep_buffer);
+                if was_blocked {
+                    self.catch_up(c);
+                }
+            }
+            Ok(Flushed::Blocked) => conn.blocked = true,
+            Err(e) => self.io_error(c, &e, now),
+        }
+    }
+
+    /// A socket error on connection `c`, in whatever phase it is.
+    fn io_error(&mut self, c: u32, e: &io::Error, now: Instant) {
+        match self.conns[c as usize].phase {
+            Phase::Connecting | Phase::AwaitConnack => {
+                self.fail_attempt(c, ConnectFailure::of_io(e), now)
+            }
+            Phase::Up => self.lose(c, LostKind::of_io(e), now),
+            Phase::Closing if e.kind() == io::ErrorKind::ConnectionReset => {
+                // A reset after our DISCONNECT: the broker had dropped us before it read
+                // everything we wrote.
+                self.lose(c, LostKind::of_io(e), now)
+            }
+            Phase::Closing => self.close(c),
+            _ => {}
+        }
+    }
+
+    fn on_readable(&mut self, c: u32, now: Instant) {
+        loop {
+            let conn = &mut self.conns[c as usize];
+            let Some(sock) = conn.sock.as_mut() else {
+                return;
+            };
+            match sock.read(&mut self.read_buf) {
+                Ok(0) => {
+                    return match conn.phase {
+                        Phase::Connecting | Phase::AwaitConnack => {
+                            self.fail_attempt(c, ConnectFailure::ClosedBeforeConnack, now)
+                        }
+                        Phase::Up => self.lose(c, LostKind::Closed, now),
+                        Phase::Closing => self.close(c),
+                        _ => {}
+                    };
+                }
+                Ok(n) => {
+                    if !self.take_bytes(c, n, now) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.io_error(c, &e, now),
+            }
+        }
+    }
+
+    /// Handles the `n` bytes just read into `read_buf`; false when the connection is over.
+    fn take_bytes(&mut self, c: u32, n: usize, now: Instant) -> bool {
+        if self.conns[c as usize].phase == Phase::AwaitConnack
+            && self.conns[c as usize].inbuf.is_empty()
+            && self.read_buf[0] != 0x20
+        {
+            // The first packet of a broker is its CONNACK; anything else is not MQTT.
+            self.fail_attempt(c, ConnectFailure::NotMqtt, now);
+            return false;
+        }
+        let mut pending = std::mem::take(&mut self.conns[c as usize].inbuf);
+        let from_scratch = pending.is_empty();
+        if !from_scratch {
+            pending.extend_from_slice(&self.read_buf[..n]);
+        }
+        let max = self.s.conn.max_packet_size;
+        let mut at = 0;
+        let total = if from_scratch { n } else { pending.len() };
+        let mut ok = true;
+        let mut acked = false;
+        while at < total {
+            let bytes: &[u8] = if from_scratch {
+                &self.read_buf[at..n]
+            } else {
+                &pending[at..]
+            };
+            match packets::next_packet(bytes, max) {
+                Ok(Some((packet, len))) => {
+                    at += len;
+                    match self.on_packet(c, packet, now) {
+                        Some(a) => acked |= a,
+                        None => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    match self.conns[c as usize].phase {
+                        Phase::AwaitConnack => self.fail_attempt(c, ConnectFailure::NotMqtt, now),
+                        _ => self.lose(c, LostKind::Other(format!("the broker sent {e}")), now),
+                    }
+                    return false;
+                }
+            }
+        }
+        if ok && at < total {
+            let rest = if from_scratch {
+                self.read_buf[at..n].to_vec()
+            } else {
+                pending.drain(..at);
+                pending
+            };
+            self.conns[c as usize].inbuf = rest;
+        }
+        if acked {
+            self.catch_up(c);
+        }
+        ok
+    }
+
+    /// Handles one packet; `Some(acked)` while the connection goes on.
+    fn on_packet(&mut self, c: u32, packet: Incoming, now: Instant) -> Option<bool> {
+        let phase = self.conns[c as usize].phase;
+        match (phase, packet) {
+            (Phase::AwaitConnack, Incoming::ConnAck { code, .. }) => {
+                self.on_connack(c, code, now);
+                (self.conns[c as usize].phase == Phase::Up).then_some(false)
+            }
+            (Phase::AwaitConnack, _) => {
+                self.fail_attempt(c, ConnectFailure::NotMqtt, now);
+                None
+            }
+            (Phase::Up | Phase::Closing, Incoming::PubAck(id)) => {
+                let conn = &mut self.conns[c as usize];
+                match conn.inflight.ack(id) {
+                    Some(a) => {
+                        conn.acked_any = true;
+                        self.stats.counts.points_acked += a.points as u64;
+                        self.stats.counts.messages_acked += 1;
+                        self.stats
+                            .histos
+                            .ack_us
+                            .saturating_record(micros(now.saturating_duration_since(a.scheduled)));
+                        self.stats.last_ack = Some(now);
+                        if conn.inflight.is_empty() {
+                            conn.inflight.trim();
+                        }
+                    }
+                    None => self.stats.counts.duplicate_acks += 1,
+                }
+                Some(true)
+            }
+            (_, Incoming::PingResp) => {
+                self.conns[c as usize].ping = None;
+                Some(false)
+            }
+            _ => Some(false),
+        }
+    }
+
+    // ----- the end --------------------------------------------------------------------
+
+    /// During the drain: a connection with nothing left to write or acknowledge says
+    /// DISCONNECT and waits for the broker to close; the worker is done when all are.
+    fn drain_step(&mut self, now: Instant) {
+        let mut open = 0;
+        for c in 0..self.conns.len() as u32 {
+            let conn = &mut self.conns[c as usize];
+            match conn.phase {
+                Phase::Up if conn.out.is_empty() && conn.inflight.is_empty() => {
+                    conn.out.push_control(&packets::DISCONNECT);
+                    conn.phase = Phase::Closing;
+                    let gen = conn.generation;
+                    self.timers.push(Reverse((
+                        now + CLOSE_LINGER,
+                        TimerKind::CloseLinger,
+                        c,
+                        gen,
+                    )));
+                    self.flush(c, now);
+                    self.shut_write(c);
+                    open += 1;
+                }
+                Phase::Closing => {
+                    self.shut_write(c);
+                    open += 1;
+                }
+                Phase::Done => {}
+                _ => open += 1,
+            }
+        }
+        if open == 0 {
+            self.phase = WorkerPhase::Done;
+        }
+    }
+
+    /// Once the DISCONNECT is written, shuts our side for writing (once): the broker's EOF
+    /// then says it read everything, and a reset says it did not.
+    fn shut_write(&mut self, c: u32) {
+        let conn = &mut self.conns[c as usize];
+        if conn.shut_write || !conn.out.is_empty() {
+            return;
+        }
+        if let Some(sock) = conn.sock.as_ref() {
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+        }
+        conn.shut_write = true;
+    }
+
+    /// The drain deadline passed: what is left is abandoned and counted as it stands.
+    fn cut_short(&mut self, _now: Instant) {
+        for c in 0..self.conns.len() as u32 {
+            let conn = &self.conns[c as usize];
+            if conn.phase == Phase::Done {
+                continue;
+            }
+            if !(conn.phase == Phase::Closing && conn.out.is_empty()) {
+                self.stats.cut_short = true;
+            }
+            self.close(c);
+        }
+        self.phase = WorkerPhase::Done;
+    }
+
+    fn abandon_all(&mut self, now: Instant) {
+        if self.stats.generation_end.is_none() {
+            self.stats.generation_end = Some(now);
+        }
+        for c in 0..self.conns.len() as u32 {
+            if self.conns[c as usize].phase != Phase::Done {
+                if !self.conns[c as usize].out.is_empty()
+                    || !self.conns[c as usize].inflight.is_empty()
+                {
+                    self.stats.cut_short = true;
+                }
+                self.close(c);
+            }
+        }
+        self.phase = WorkerPhase::Done;
+    }
+
+    fn publish_live(&self) {
+        let l: &Live = &self.shared.live[self.id];
+        let c = &self.stats.counts;
+        let r = Ordering::Relaxed;
+        l.points_enqueued.store(c.points_enqueued, r);
+        l.points_sent.store(c.points_sent, r);
+        l.messages_sent.store(c.messages_sent, r);
+        l.points_acked.store(c.points_acked, r);
+        l.connected.store(self.stats.conns.connected, r);
+        l.failed.store(self.stats.conns.failed, r);
+        l.lost.store(self.stats.conns.lost, r);
+        l.up.store(self.up, r);
+        if self.qos1 {
+            l.inflight
+                .store(c.messages_enqueued.saturating_sub(c.messages_acked), r);
+        }
+    }
+
+    // ----- waiting --------------------------------------------------------------------
+
+    fn next_wake(&self, now: Instant, next_due: Option<Instant>) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut consider = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+        if let Some(due) = next_due {
+            // Dense schedules coalesce to the tick; sparse ones wake on time.
+            consider(if self.precise {
+                due
+            } else {
+                due.max(self.last_pass + self.tick)
+            });
+        }
+        if let Some(Reverse((at, ..))) = self.timers.peek() {
+            consider(*at);
+        }
+        if !self.ramp.is_empty() && self.connecting < self.max_connecting {
+            consider(self.next_token.max(now));
+        }
+        if let WorkerPhase::Draining { deadline } = self.phase {
+            consider(deadline);
+        }
+        wake
+    }
+
+    /// Waits for events until `wake` (none: until an event or a wake-up from outside).
+    fn wait(&mut self, now: Instant, wake: Option<Instant>) -> io::Result<()> {
+        let timeout = match wake {
+            None => None,
+            Some(t) if t <= now => Some(Duration::ZERO),
+            Some(t) if self.precise => {
+                let left = t - now;
+                if left > SPIN_WINDOW {
+                    self.timer.arm(left - SPIN_WINDOW)?;
+                    None
+                } else {
+                    Some(Duration::ZERO)
+                }
+            }
+            Some(t) => Some(t - now),
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        let events: Vec<(Token, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable() || e.is_error(),
+                )
+            })
+            .collect();
+        for (token, readable, writable) in events {
+            match token {
+                WAKER => {}
+                TIMER => self.timer.clear(),
+                Token(c) => {
+                    let c = c as u32;
+                    if c as usize >= self.conns.len() {
+                        continue;
+                    }
+                    if writable {
+                        match self.conns[c as usize].phase {
+                            Phase::Connecting => self.on_connected_tcp(c, now),
+                            Phase::AwaitConnack | Phase::Up | Phase::Closing => {
+                                self.conns[c as usize].blocked = false;
+                                self.flush(c, now);
+                            }
+                            _ => {}
+                        }
+                    }
+                    if readable && self.conns[c as usize].sock.is_some() {
+                        match self.conns[c as usize].phase {
+                            Phase::AwaitConnack | Phase::Up | Phase::Closing => {
+                                self.on_readable(c, now)
+                            }
+                            Phase::Connecting => self.on_connected_tcp(c, now),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        // A sparse schedule spins the last stretch to its due time.
+        if let (true, Some(t)) = (self.precise, wake) {
+            while Instant::now() < t && t - Instant::now() <= SPIN_WINDOW {
+                if self.shared.control.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        Ok(())
+    }
+}

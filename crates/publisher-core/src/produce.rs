@@ -1,0 +1,127 @@
+//! What the publisher puts in its messages: for each device its own readings (a
+//! [`PointSource`] each, seeded by the device's index), its id and topic rendered from the
+//! templates when a message is written, and the point format's encoder. The engine decides
+//! when; this decides what.
+
+use bytes::BytesMut;
+use mqtt_engine::template::Template;
+use mqtt_engine::Producer;
+use point_format::{Encoder, Sample};
+
+use crate::source::PointSource;
+
+/// The producer of one worker's devices.
+pub struct Points {
+    /// Fleet index of the first device this producer serves.
+    first: u64,
+    /// Added to a device's fleet index to give its `{i}`.
+    index_offset: u64,
+    sources: Vec<PointSource>,
+    device_id: Template,
+    topic: Template,
+    encoder: Encoder,
+    /// The device the encoder is set for, and its rendered id.
+    current: Option<u64>,
+    id: Vec<u8>,
+    samples: Vec<Sample>,
+}
+
+impl Points {
+    /// For fleet devices `devices`, whose `{i}` is their index plus `index_offset`.
+    pub fn new(
+        devices: std::ops::Range<u64>,
+        index_offset: u64,
+        device_id: Template,
+        topic: Template,
+        seed: u64,
+        sensor_fields: bool,
+    ) -> Points {
+        let sources = devices
+            .clone()
+            .map(|d| PointSource::new(device_seed(seed, d), sensor_fields))
+            .collect();
+        Points {
+            first: devices.start,
+            index_offset,
+            sources,
+            device_id,
+            topic,
+            encoder: Encoder::new(""),
+            current: None,
+            id: Vec::with_capacity(64),
+            samples: Vec::new(),
+        }
+    }
+
+    /// Renders device `d`'s id into `self.id` and points the encoder at it.
+    fn select(&mut self, d: u64) {
+        if self.current == Some(d) {
+            return;
+        }
+        self.id.clear();
+        self.device_id
+            .render_into(d + self.index_offset, b"", &mut self.id);
+        self.encoder.set_device_id(&self.id);
+        self.current = Some(d);
+    }
+}
+
+/// Device 0 keeps the run's seed, so one device gives the same values as ever; the others
+/// get seeds of their own.
+fn device_seed(seed: u64, d: u64) -> u64 {
+    seed ^ d.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl Producer for Points {
+    fn topic(&mut self, device: u64, out: &mut Vec<u8>) {
+        self.select(device);
+        self.topic
+            .render_into(device + self.index_offset, &self.id, out);
+    }
+
+    fn payload(
+        &mut self,
+        device: u64,
+        first_seq: u64,
+        points: u32,
+        ts_us: u64,
+        out: &mut BytesMut,
+    ) {
+        self.select(device);
+        let Some(source) = self.sources.get_mut((device - self.first) as usize) else {
+            return;
+        };
+        debug_assert_eq!(source.generated(), first_seq);
+        source.fill(points as usize, ts_us, &mut self.samples);
+        self.encoder.write_message(out, &self.samples);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use point_format::Point;
+
+    #[test]
+    fn each_device_has_its_own_id_topic_and_seq() {
+        let dev = Template::parse("sensor-{i:03}", false, "--device-id").unwrap();
+        let topic = Template::parse("device_data/{device_id}", true, "--topic").unwrap();
+        let mut p = Points::new(10..13, 100, dev, topic, 1, false);
+        let mut t = Vec::new();
+        p.topic(11, &mut t);
+        assert_eq!(t, b"device_data/sensor-111");
+        let mut buf = BytesMut::new();
+        p.payload(12, 0, 2, 1_000_000, &mut buf);
+        let pts: Vec<Point> = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            pts.iter()
+                .map(|x| (x.device_id.as_ref(), x.seq))
+                .collect::<Vec<_>>(),
+            [("sensor-112", 0), ("sensor-112", 1)]
+        );
+        let mut buf = BytesMut::new();
+        p.payload(12, 2, 1, 1_000_000, &mut buf);
+        let pt: Point = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(pt.seq, 2);
+    }
+}
