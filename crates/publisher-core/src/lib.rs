@@ -59,8 +59,20 @@ pub fn command(preset: &Preset) -> Command {
             "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
              4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
         )
-        .mut_arg("device_id", |a| a.help(format!("Device id written into every point [default: {}]", preset.device_id)))
-        .mut_arg("client_id", |a| a.help(format!("MQTT client id [default: {}]", preset.client_id)))
+        .mut_arg("device_id", |a| {
+            a.help(format!(
+                "Device id written into every point, a template: {{i}} is the device's index, \
+                 {{i:05}} zero-padded; a fleet without {{i}} gets _{{i}} appended [default: {}]",
+                preset.device_id
+            ))
+        })
+        .mut_arg("client_id", |a| {
+            a.help(format!(
+                "MQTT client id, a template like --device-id ({{i}}: the index of the \
+                 connection's first device) [default: {}]",
+                preset.client_id
+            ))
+        })
 }
 
 struct Parsed(PublisherArgs);
@@ -82,8 +94,14 @@ pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan
 
 /// The whole program of a publisher binary: parse, run, report, exit code.
 pub fn main(preset: Preset) -> ExitCode {
+    main_with_args(preset, std::env::args_os().collect())
+}
+
+/// [`main`] with the arguments given (the program name first): `loadgen pub` passes its
+/// subcommand's.
+pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode {
     mqtt_tool::run_main(
-        || parse_plan(&preset, std::env::args_os().collect()),
+        move || parse_plan(&preset, argv),
         "stopping generation, flushing what was generated",
         |plan, shutdown| async move { run(&preset, &plan, &shutdown).await },
     )

@@ -44,6 +44,26 @@ pub fn wait_for_port(port: u16, within: Duration) -> bool {
     false
 }
 
+/// Waits until a socket listens on 127.0.0.1:`port`, without connecting to it: a probe
+/// connection would count against a broker's connection limit (and Mosquitto 2.0 lowers its
+/// count of clients for every socket closed before CONNECT, so it would skew it).
+pub fn wait_for_listener(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let want = format!("0100007F:{port:04X}");
+    while Instant::now() < deadline {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let listening = table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        });
+        if listening {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// A private directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -84,6 +104,9 @@ impl Mosquitto {
     /// Starts mosquitto with the project's config plus `extra` lines (which replace
     /// settings of the same name).
     pub fn start_with(extra: &[String]) -> Mosquitto {
+        // Mosquitto keeps the open-file limit it inherits: a fleet test needs more than the
+        // usual soft limit of 1024.
+        raise_nofile_limit();
         for _attempt in 0..5 {
             let dir = TempDir::new("mosquitto");
             let port = free_port();
@@ -123,7 +146,7 @@ impl Mosquitto {
                 child,
                 _dir: dir,
             };
-            if wait_for_port(port, Duration::from_secs(5)) {
+            if wait_for_listener(port, Duration::from_secs(5)) {
                 return m;
             }
             // Lost the port to someone else, or mosquitto failed: try another port.
@@ -137,6 +160,11 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// What the broker logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path("mosquitto.log")).unwrap_or_default()
     }
 
     /// CPU seconds (user + system) the broker process has used so far.
@@ -178,6 +206,28 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Raises this process's soft open-file limit to its hard limit (children inherit it);
+/// returns the hard limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct of ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &want);
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    let hard = lim.rlim_max as u64;
+    hard
 }
 
 fn mosquitto_binary() -> PathBuf {
@@ -490,6 +540,9 @@ pub mod fake {
         NoSuback,
         /// Answers SUBSCRIBE with one return code more than it has filters, a failure.
         ExtraSubackCode,
+        /// Closes the first N connections as soon as they are accepted, then acknowledges
+        /// like a broker (one PUBACK per QoS 1 PUBLISH).
+        CloseFirst(u32),
     }
 
     /// A scripted MQTT 3.1.1 server on 127.0.0.1 and a free port; stops on drop.
@@ -508,9 +561,17 @@ pub mod fake {
             let s = stop.clone();
             let thread = std::thread::spawn(move || {
                 let mut conns = Vec::new();
+                let mut accepted = 0u32;
                 while !s.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((sock, _)) => {
+                            accepted += 1;
+                            if let Behaviour::CloseFirst(n) = behaviour {
+                                if accepted <= n {
+                                    drop(sock);
+                                    continue;
+                                }
+                            }
                             let s = s.clone();
                             conns.push(std::thread::spawn(move || serve(sock, behaviour, &s)));
                         }
@@ -599,7 +660,11 @@ pub mod fake {
                         return;
                     };
                     let ack = [0x40, 0x02, id[0], id[1]];
-                    [ack, ack].concat() // DuplicateAcks: the second is the repeat
+                    if behaviour == Behaviour::DuplicateAcks {
+                        [ack, ack].concat() // the second is the repeat
+                    } else {
+                        ack.to_vec()
+                    }
                 }
                 8 => {
                     // SUBSCRIBE: NoSuback never answers; others grant QoS 0 to every filter.

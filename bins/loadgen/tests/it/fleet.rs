@@ -1,0 +1,271 @@
+//! Fleets: many devices over many connections or a few gateways, each device's seq proven
+//! by the backend; a broker that refuses part of the fleet; a fleet too large to hold.
+
+use test_support::{assert_matches_schema, Mosquitto};
+
+use crate::common::{backend, n, publish};
+
+/// Every device of the backend's report holds seq 0..per_device exactly once.
+fn assert_every_device_complete(report: &serde_json::Value, devices: usize, per_device: u64) {
+    let list = report["devices"].as_array().unwrap();
+    assert_eq!(list.len(), devices, "devices seen by the backend");
+    for d in list {
+        assert_eq!(
+            (n(d, "unique"), n(d, "missing"), n(d, "duplicate")),
+            (per_device, 0, 0),
+            "{}",
+            d["device_id"]
+        );
+        assert_eq!((n(d, "min_seq"), n(d, "max_seq")), (0, per_device - 1));
+    }
+}
+
+#[test]
+fn a_thousand_devices_over_a_thousand_connections_deliver_every_seq_at_qos1() {
+    let m = Mosquitto::start();
+    let b = backend(&[
+        "--broker",
+        &m.url(),
+        "--expect",
+        "5000",
+        "--idle-timeout",
+        "10s",
+    ]);
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "1000",
+        "--qos",
+        "1",
+        "--rate-per-device",
+        "5",
+        "--batch",
+        "1",
+        "--total",
+        "5000",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let (code, backend) = b.wait();
+    assert_eq!(code, 0, "{backend:#}");
+    assert_every_device_complete(&backend, 1000, 5);
+    let r = out.report();
+    assert_matches_schema("schema/publisher-report.schema.json", r);
+    // The publisher's totals are what the backend counted.
+    assert_eq!(n(r, "points_acked"), n(&backend, "points_unique"));
+    assert_eq!((n(r, "points_sent"), n(r, "points_failed")), (5000, 0));
+    let c = &r["connections"];
+    assert_eq!(
+        (n(c, "planned"), n(c, "connected"), n(c, "failed")),
+        (1000, 1000, 0)
+    );
+    assert_eq!(n(&r["connect_latency_us"], "count"), 1000);
+    assert_eq!(r["device_id"], "sensor-{i:05}");
+    let ids: Vec<&str> = backend["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"sensor-00000") && ids.contains(&"sensor-00999"));
+    // A summary, not a thousand lines.
+    assert!(out.stdout.lines().count() < 30, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("1,000 connected, 0 failed"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn ten_thousand_devices_over_ten_gateway_connections_deliver_every_seq() {
+    let m = Mosquitto::start();
+    let b = backend(&[
+        "--broker",
+        &m.url(),
+        "--expect",
+        "20000",
+        "--idle-timeout",
+        "10s",
+    ]);
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "10000",
+        "--connections",
+        "10",
+        "--qos",
+        "1",
+        "--rate",
+        "20000",
+        "--batch",
+        "1",
+        "--total",
+        "20000",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let (code, backend) = b.wait();
+    assert_eq!(code, 0, "{backend:#}");
+    assert_every_device_complete(&backend, 10_000, 2);
+    let r = out.report();
+    assert_eq!(n(r, "points_acked"), n(&backend, "points_unique"));
+    assert_eq!(n(&r["connections"], "connected"), 10);
+}
+
+/// A broker that takes 50 more clients: the other 50 of a 100-connection fleet are counted
+/// as failed with their reason, the run exits 1 with one line, and every point of the 50
+/// connected devices arrives. Without retries: Mosquitto 2.0 lowers its count of clients
+/// for every socket it refused, so retried connections get in after all.
+#[test]
+fn a_broker_at_its_connection_limit_refuses_half_the_fleet_and_the_rest_delivers() {
+    // One more for the backend's own connection.
+    let m = Mosquitto::start_with(&["max_connections 51".into()]);
+    let b = backend(&["--broker", &m.url(), "--idle-timeout", "3s"]);
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "100",
+        "--qos",
+        "1",
+        "--rate-per-device",
+        "2",
+        "--batch",
+        "1",
+        "--total",
+        "400",
+        "--connect-retries",
+        "0",
+        "--quiet",
+    ]);
+    out.assert_code(1);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].contains("50 of 100 connections failed"),
+        "{}",
+        lines[0]
+    );
+    let r = out.report();
+    let c = &r["connections"];
+    assert_eq!((n(c, "connected"), n(c, "failed")), (50, 50));
+    assert_eq!(n(&c["failed_by_reason"], "closed before CONNACK"), 50);
+    assert_eq!(n(c, "attempts"), 100);
+    assert_eq!(n(r, "points_dropped"), 200);
+    let (code, backend) = b.wait();
+    assert_eq!(code, 0, "{backend:#}");
+    assert_every_device_complete(&backend, 50, 4);
+    assert_eq!(n(r, "points_acked"), 200);
+}
+
+/// Connections the broker drops before CONNACK are retried with backoff; all get in.
+#[test]
+fn failed_connects_are_retried_with_backoff_until_they_get_in() {
+    use test_support::fake::{Behaviour, FakeBroker};
+    let fake = FakeBroker::start(Behaviour::CloseFirst(20));
+    let started = std::time::Instant::now();
+    let out = publish(&[
+        "--broker",
+        &fake.url(),
+        "--devices",
+        "10",
+        "--qos",
+        "1",
+        "--rate",
+        "0",
+        "--batch",
+        "1",
+        "--total",
+        "100",
+        "--connect-retries",
+        "5",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let c = &out.report()["connections"];
+    assert_eq!(
+        (n(c, "connected"), n(c, "failed"), n(c, "attempts")),
+        (10, 0, 30)
+    );
+    assert_eq!(
+        n(&c["attempts_failed_by_reason"], "closed before CONNACK"),
+        20
+    );
+    assert_eq!(n(out.report(), "points_acked"), 100);
+    // Two rounds of backoff (about 100 ms, then 200 ms, jittered): not at once, not for ever.
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(100), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn a_fleet_larger_than_the_open_file_limit_is_a_usage_error_before_connecting() {
+    let hard = test_support::raise_nofile_limit();
+    let devices = (hard + 1).to_string();
+    let out = publish(&["--broker", "127.0.0.1:1", "--devices", &devices]);
+    out.assert_code(2);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("open files"), "{}", out.stderr);
+    assert!(out.stderr.contains("shards"), "{}", out.stderr);
+}
+
+/// Templates, a start index and source addresses: the names are the fleet's, the broker
+/// sees the connections come from the given addresses.
+#[test]
+fn templates_start_index_and_source_addresses_shape_the_fleet() {
+    let m = Mosquitto::start_with(&["log_type notice".into(), "connection_messages true".into()]);
+    let b = backend(&["--broker", &m.url(), "--expect", "30", "--topic", "fleet/#"]);
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "3",
+        "--device-start",
+        "5",
+        "--device-id",
+        "dev-{i:03}",
+        "--topic",
+        "fleet/{device_id}/data",
+        "--client-id",
+        "gw-{i}",
+        "--source-ip",
+        "127.0.0.2-127.0.0.3",
+        "--rate-per-device",
+        "100",
+        "--batch",
+        "5",
+        "--total",
+        "30",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let (code, backend) = b.wait();
+    assert_eq!(code, 0, "{backend:#}");
+    let mut ids: Vec<&str> = backend["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["dev-005", "dev-006", "dev-007"]);
+    let log = m.log();
+    for (ip, id) in [
+        ("127.0.0.2", "gw-5"),
+        ("127.0.0.3", "gw-6"),
+        ("127.0.0.2", "gw-7"),
+    ] {
+        let from = log
+            .lines()
+            .find(|l| l.contains(&format!(" as {id} ")))
+            .unwrap_or_else(|| panic!("{id} never connected:\n{log}"));
+        assert!(from.contains(&format!("from {ip}:")), "{from}");
+    }
+}

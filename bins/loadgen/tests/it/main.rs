@@ -1,0 +1,5 @@
+//! End-to-end tests of `loadgen pub` fleets against a real Mosquitto, each proven by the
+//! verifying backend (backend-sub) started on the same broker.
+
+mod common;
+mod fleet;
