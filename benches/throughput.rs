@@ -11,8 +11,11 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use common::measure;
 use serde_json::{json, Value};
 use test_support::{Mosquitto, TempDir};
+
+mod common;
 
 const TOPIC: &str = "device_data/frontend1_ultra_high_perf_device";
 /// CI gate: fail when a paced run's achieved rate is off the target by more than this.
@@ -346,80 +349,15 @@ struct Bins {
     refclient: PathBuf,
 }
 
-/// Builds the release binaries the bench runs, with the cargo that runs the bench.
+/// Builds the release binaries the bench runs.
 fn build_binaries() -> Bins {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = test_support::workspace_root();
-    let st = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "frontend1-pub",
-            "-p",
-            "loadgen-benches",
-            "--bin",
-            "frontend1-pub",
-            "--bin",
-            "mqtt-refclient",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(st.success(), "cargo build failed");
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or(root.join("target"), PathBuf::from)
-        .join("release");
+    let dir = common::build_release(
+        &["frontend1-pub", "loadgen-benches"],
+        &["frontend1-pub", "mqtt-refclient"],
+    );
     Bins {
         publisher: dir.join("frontend1-pub"),
         refclient: dir.join("mqtt-refclient"),
-    }
-}
-
-/// What [`measure`] saw of a process.
-struct Measured {
-    stdout: String,
-    /// User + system CPU seconds.
-    cpu_s: f64,
-    rss_mb: f64,
-    wall: f64,
-    /// CPU seconds the broker used meanwhile.
-    broker_cpu: f64,
-}
-
-/// Runs `cmd` to completion next to `broker`.
-// The child is reaped with wait4 (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn measure(mut cmd: Command, broker: &Mosquitto) -> Measured {
-    let broker_before = broker.cpu_seconds();
-    let started = std::time::Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.expect("stdout");
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut out).expect("read stdout");
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is valid, and wait4 writes it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(rc, pid, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed: {out}"
-    );
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Measured {
-        stdout: out,
-        cpu_s: cpu(ru.ru_utime) + cpu(ru.ru_stime),
-        rss_mb: ru.ru_maxrss as f64 / 1024.0,
-        wall,
-        broker_cpu: broker.cpu_seconds() - broker_before,
     }
 }
 
@@ -472,6 +410,7 @@ fn run_reference(bins: &Bins, broker: &Mosquitto, s: &Scenario) -> Run {
         &messages.to_string(),
     ]);
     let m = measure(cmd, broker);
+    assert!(m.ok, "the reference client failed: {}", m.stdout);
     let v: Value = serde_json::from_str(m.stdout.trim()).expect("refclient JSON");
     let delivered = stop_sub(sub);
     Run {
@@ -514,6 +453,7 @@ fn run_ours_report(bins: &Bins, broker: &Mosquitto, s: &Scenario, extra: &[&str]
     .arg("--report-json")
     .arg(&report_path);
     let m = measure(cmd, broker);
+    assert!(m.ok, "the publisher failed: {}", m.stdout);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let delivered = stop_sub(sub);

@@ -109,6 +109,8 @@ pub struct Conns {
     pub first_losses: Vec<(u64, Lost)>,
     /// When the last connection came up or was given up.
     pub settled_at: Option<Instant>,
+    /// When the first connect attempt started.
+    pub first_attempt: Option<Instant>,
 }
 
 /// Losses kept in detail; the rest are counted.
@@ -142,10 +144,8 @@ impl AddAssign<&Conns> for Conns {
             }
         }
         self.first_losses.sort_by_key(|(c, _)| *c);
-        self.settled_at = match (self.settled_at, o.settled_at) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        self.settled_at = later(self.settled_at, o.settled_at);
+        self.first_attempt = earlier(self.first_attempt, o.first_attempt);
     }
 }
 

@@ -195,6 +195,9 @@ const CLOSE_LINGER: Duration = Duration::from_millis(250);
 /// Sparse schedules wake this early on the timerfd and spin the rest, so that the kernel's
 /// wake-up latency stays out of the schedule lag.
 const SPIN_WINDOW: Duration = Duration::from_micros(150);
+/// Messages per second of a worker up to which it wakes exactly on time (timerfd and spin);
+/// denser schedules wake on millisecond ticks and send what is due.
+const PRECISE_MAX_RATE: f64 = 100.0;
 /// Writes per second one worker aims to stay under when its connections each have many
 /// messages a millisecond: past it, messages of a connection are coalesced into one write.
 const WRITES_PER_S: f64 = 5_000.0;
@@ -297,7 +300,9 @@ impl<P: Producer> Worker<P> {
             }
             None => (f64::INFINITY, f64::INFINITY),
         };
-        let precise = paced && worker_rate <= 1000.0;
+        // Spinning the last 150 µs to each due time costs up to 1.5% of a core at 100
+        // messages a second, 15% at 1,000: only sparse schedules get it.
+        let precise = paced && worker_rate <= PRECISE_MAX_RATE;
         let tick = if paced && conn_rate >= 200.0 && worker_rate > WRITES_PER_S {
             Duration::from_secs_f64(conns.len() as f64 / WRITES_PER_S)
                 .clamp(Duration::from_millis(1), Duration::from_millis(20))
@@ -513,6 +518,7 @@ impl<P: Producer> Worker<P> {
         conn.generation += 1;
         conn.attempt_started = now;
         self.stats.conns.attempts += 1;
+        self.stats.conns.first_attempt.get_or_insert(now);
         let addr = s.addrs[(conn.attempt as usize - 1) % s.addrs.len().max(1)];
         let source = (!s.source_ips.is_empty())
             .then(|| s.source_ips[(conn.index % s.source_ips.len() as u64) as usize]);
@@ -548,14 +554,10 @@ impl<P: Producer> Worker<P> {
         let Some(sock) = conn.sock.as_mut() else {
             return;
         };
+        // Writable after a non-blocking connect means it completed; SO_ERROR says how.
         match sock.take_error() {
             Ok(Some(e)) | Err(e) => return self.fail_attempt(c, ConnectFailure::of_io(&e), now),
             Ok(None) => {}
-        }
-        match sock.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-            Err(e) => return self.fail_attempt(c, ConnectFailure::of_io(&e), now),
         }
         let s = &self.s.conn;
         let mut id = Vec::with_capacity(32);
@@ -595,6 +597,8 @@ impl<P: Producer> Worker<P> {
             .record(micros(now - conn.attempt_started).max(1));
         let gen = conn.generation;
         self.settle(now);
+        // The ramp goes on at once: a slot of --max-connecting just freed.
+        self.start_connects(now);
         if !self.s.conn.keep_alive.is_zero() {
             self.timers.push(Reverse((
                 now + self.s.conn.keep_alive,
@@ -1132,6 +1136,10 @@ impl<P: Producer> Worker<P> {
                 }
                 Ok(n) => {
                     if !self.take_bytes(c, n, now) {
+                        return;
+                    }
+                    if n < self.read_buf.len() {
+                        // A short read emptied the socket; more data is a new edge.
                         return;
                     }
                 }

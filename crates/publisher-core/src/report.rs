@@ -39,7 +39,8 @@ pub struct ConnectionsReport {
     pub failed_by_reason: BTreeMap<String, u64>,
     /// Every failed attempt, by reason.
     pub attempts_failed_by_reason: BTreeMap<String, u64>,
-    /// From the start to the moment every connection was up or given up; null if never.
+    /// From the first connect attempt to the moment every connection was up or given up;
+    /// null if that never happened.
     pub ramp_s: Option<f64>,
 }
 
@@ -384,9 +385,10 @@ impl Report {
                     .iter()
                     .map(|(f, n)| (failure_key(f), *n))
                     .collect(),
-                ramp_s: result
-                    .settled_at
-                    .map(|s| round3(s.saturating_duration_since(result.started).as_secs_f64())),
+                ramp_s: result.settled_at.map(|s| {
+                    let from = c.first_attempt.unwrap_or(result.started);
+                    round3(s.saturating_duration_since(from).as_secs_f64())
+                }),
             },
             connect_latency_us: Percentiles::of(&st.histos.connect_us),
             generator: GeneratorReport {
