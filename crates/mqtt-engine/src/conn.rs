@@ -53,6 +53,8 @@ pub struct Conn {
     pub ping: Option<(Instant, u64)>,
     /// The last flush would have blocked: wait for the socket to be writable.
     pub blocked: bool,
+    /// Registered for writability too (while connecting, or while a flush is blocked).
+    pub watch_write: bool,
     /// On the worker's list of connections to flush.
     pub dirty: bool,
     /// Our side is shut down for writing (DISCONNECT written): waiting for the broker's EOF.
@@ -79,6 +81,7 @@ impl Conn {
             last_out: now,
             ping: None,
             blocked: false,
+            watch_write: false,
             dirty: false,
             shut_write: false,
             acked_any: false,

@@ -524,6 +524,8 @@ impl<P: Producer> Worker<P> {
             .then(|| s.source_ips[(conn.index % s.source_ips.len() as u64) as usize]);
         match sys::connect(addr, source, s.tcp_nodelay) {
             Ok(mut sock) => {
+                // Writability says the connect completed; after that only a blocked flush
+                // watches it (every ACK of a write would be an event otherwise).
                 if let Err(e) = self.poll.registry().register(
                     &mut sock,
                     Token(c as usize),
@@ -534,6 +536,7 @@ impl<P: Producer> Worker<P> {
                 }
                 let conn = &mut self.conns[c as usize];
                 conn.sock = Some(sock);
+                conn.watch_write = true;
                 conn.phase = Phase::Connecting;
                 let gen = conn.generation;
                 self.connecting += 1;
@@ -558,6 +561,14 @@ impl<P: Producer> Worker<P> {
         match sock.take_error() {
             Ok(Some(e)) | Err(e) => return self.fail_attempt(c, ConnectFailure::of_io(&e), now),
             Ok(None) => {}
+        }
+        if self
+            .poll
+            .registry()
+            .reregister(sock, Token(c as usize), Interest::READABLE)
+            .is_ok()
+        {
+            conn.watch_write = false;
         }
         let s = &self.s.conn;
         let mut id = Vec::with_capacity(32);
@@ -597,8 +608,6 @@ impl<P: Producer> Worker<P> {
             .record(micros(now - conn.attempt_started).max(1));
         let gen = conn.generation;
         self.settle(now);
-        // The ramp goes on at once: a slot of --max-connecting just freed.
-        self.start_connects(now);
         if !self.s.conn.keep_alive.is_zero() {
             self.timers.push(Reverse((
                 now + self.s.conn.keep_alive,
@@ -1091,11 +1100,29 @@ impl<P: Producer> Worker<P> {
                 let was_blocked = conn.blocked;
                 conn.blocked = false;
                 conn.out.trim(self.keep_buffer);
+                if conn.watch_write && conn.phase != Phase::Connecting {
+                    let r = self.poll.registry().reregister(
+                        sock,
+                        Token(c as usize),
+                        Interest::READABLE,
+                    );
+                    conn.watch_write = r.is_err();
+                }
                 if was_blocked {
                     self.catch_up(c);
                 }
             }
-            Ok(Flushed::Blocked) => conn.blocked = true,
+            Ok(Flushed::Blocked) => {
+                conn.blocked = true;
+                if !conn.watch_write {
+                    let r = self.poll.registry().reregister(
+                        sock,
+                        Token(c as usize),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    conn.watch_write = r.is_ok();
+                }
+            }
             Err(e) => self.io_error(c, &e, now),
         }
     }
