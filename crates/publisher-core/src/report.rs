@@ -175,6 +175,41 @@ fn lag_grew(lag_max_ms: &[u32]) -> bool {
     last >= 50 && last > first.saturating_mul(4).max(first + 50)
 }
 
+/// Whether the generator (or the broker) was the limit: (lag grew, generator limited, what
+/// to change). The generator is the limit when its busiest worker's CPU is saturated and
+/// the schedule slips (or, unpaced, whenever it is saturated); a lag that grows while the
+/// generator idles is the broker's or the network's.
+fn judge(
+    paced: bool,
+    busiest_pct: f64,
+    lag_max_ms: &[u32],
+    lag_p99_ms: u64,
+) -> (bool, bool, Option<String>) {
+    let grew = paced && lag_grew(lag_max_ms);
+    let saturated = busiest_pct >= 90.0;
+    let limited = saturated && (!paced || grew || lag_p99_ms >= 100);
+    let note = if limited {
+        Some(format!(
+            "the generator was the limit: its busiest worker used {busiest_pct:.0}% of a core{}; \
+             these figures measure this machine, not the broker: add --workers or run the \
+             fleet as shards (--device-start) on more machines",
+            if grew {
+                " and the schedule lag kept growing"
+            } else {
+                ""
+            }
+        ))
+    } else if grew {
+        Some(format!(
+            "the broker (or the network) fell behind: the schedule lag kept growing while the \
+             generator's busiest worker used {busiest_pct:.0}% of a core"
+        ))
+    } else {
+        None
+    };
+    (grew, limited, note)
+}
+
 impl Report {
     pub fn build(
         tool: &str,
@@ -292,29 +327,8 @@ impl Report {
             .iter()
             .map(|w| pct(w.cpu, w.wall))
             .fold(0.0, f64::max);
-        let grew = plan.rate.is_some() && lag_grew(&st.lag_max_ms);
-        let saturated = busiest >= 90.0;
         let lag_p99_ms = st.histos.lag_us.value_at_quantile(0.99) / 1000;
-        let limited = saturated && (plan.rate.is_none() || grew || lag_p99_ms >= 100);
-        let note = if limited {
-            Some(format!(
-                "the generator was the limit: its busiest worker used {busiest:.0}% of a core{}; \
-                 these figures measure this machine, not the broker: add --workers or run the \
-                 fleet as shards (--device-start) on more machines",
-                if grew {
-                    " and the schedule lag kept growing"
-                } else {
-                    ""
-                }
-            ))
-        } else if grew {
-            Some(format!(
-                "the broker (or the network) fell behind: the schedule lag kept growing while the \
-                 generator's busiest worker used {busiest:.0}% of a core"
-            ))
-        } else {
-            None
-        };
+        let (grew, limited, note) = judge(plan.rate.is_some(), busiest, &st.lag_max_ms, lag_p99_ms);
         let steady_point_rate = observed.steady.and_then(|(t0, p0, t1, p1)| {
             let dt = t1.saturating_duration_since(t0).as_secs_f64();
             (dt >= 1.0).then(|| round3((p1.saturating_sub(p0)) as f64 / dt))
@@ -616,7 +630,28 @@ fn plan_conn_first_device(plan: &Plan, index: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::lag_grew;
+    use super::{judge, lag_grew};
+
+    #[test]
+    fn the_generator_is_named_the_limit_only_when_it_is() {
+        let growing = [1, 2, 3, 50, 200, 400, 800, 1600, 3200];
+        let steady = [1, 2, 1, 2, 1, 2, 1, 2, 1];
+        let (grew, limited, note) = judge(true, 97.0, &growing, 2_000);
+        assert!(grew && limited);
+        assert!(note.unwrap().contains("the generator was the limit"));
+        let (grew, limited, note) = judge(true, 20.0, &growing, 2_000);
+        assert!(grew && !limited);
+        assert!(note
+            .unwrap()
+            .contains("the broker (or the network) fell behind"));
+        assert_eq!(judge(true, 95.0, &steady, 2), (false, false, None));
+        let (_, limited, _) = judge(false, 95.0, &[], 0);
+        assert!(
+            limited,
+            "unpaced and saturated: the rate is the generator's"
+        );
+        assert_eq!(judge(false, 50.0, &[], 0), (false, false, None));
+    }
 
     #[test]
     fn growing_lag_is_told_from_steady_lag() {

@@ -108,3 +108,38 @@ fn stalled_broker_at_qos0_cannot_hold_the_run_past_duration_and_drain() {
 fn stalled_broker_at_qos1_cannot_hold_the_run_past_duration_and_drain() {
     stalled_broker_cannot_hold_the_run_past_duration_and_drain("1");
 }
+
+/// A broker that takes the CONNECT and never reads again, with no --duration and no signal:
+/// the keep-alive finds the writes stalled and ends the run, instead of waiting for ever.
+#[test]
+fn a_broker_that_stops_reading_is_found_by_the_keep_alive() {
+    use test_support::fake::{Behaviour, FakeBroker};
+    let fake = FakeBroker::start(Behaviour::Deaf);
+    let mut run = spawn(
+        &[
+            "--broker",
+            &fake.url(),
+            "--total",
+            "200k",
+            "--rate",
+            "0",
+            "--keep-alive",
+            "2s",
+            "--drain-timeout",
+            "2s",
+            "--quiet",
+        ],
+        &[],
+    );
+    // Stalled writes are found within two keep-alive intervals of the last progress.
+    let ended = run.exits_within(Duration::from_secs(15));
+    if !ended {
+        run.signal("KILL");
+    }
+    let out = run.wait();
+    assert!(ended, "still running 15 s after the broker stopped reading");
+    out.assert_code(1);
+    let error = out.report()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("stopped reading"), "{error}");
+    assert!(n(out.report(), "points_unsent") > 0);
+}
