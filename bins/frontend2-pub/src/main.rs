@@ -9,6 +9,7 @@ const PRESET: Preset = Preset {
     about: "Publishes frontend 2's device data points to MQTT at an exact rate and reports what the broker got",
     device_id: "frontend2_ultra_high_perf_device",
     client_id: "2",
+    batch: "1000",
 };
 
 fn main() -> ExitCode {

@@ -12,6 +12,7 @@ const PUB: Preset = Preset {
     about: "Publishes the data points of a fleet of simulated devices to MQTT at an exact rate and reports what the broker got",
     device_id: "sensor-{i:05}",
     client_id: "loadgen-{i}",
+    batch: "1",
 };
 
 const HELP: &str = "loadgen: an MQTT load generator

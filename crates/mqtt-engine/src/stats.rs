@@ -101,6 +101,8 @@ pub struct Conns {
     pub failed: u64,
     /// Connections lost after they were up.
     pub lost: u64,
+    /// Connections not up yet when generation ended (the ramp was not over).
+    pub not_up: u64,
     /// Every failed attempt, by reason.
     pub failures: BTreeMap<ConnectFailure, u64>,
     /// The reason each given-up connection failed the last time.
@@ -132,6 +134,7 @@ impl AddAssign<&Conns> for Conns {
         self.connected += o.connected;
         self.failed += o.failed;
         self.lost += o.lost;
+        self.not_up += o.not_up;
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
         }

@@ -190,6 +190,8 @@ const FLUSH_BYTES: usize = 64 << 10;
 const READ_BUF: usize = 64 << 10;
 /// Messages generated in one go before events get their turn (unpaced runs).
 const PASS_MESSAGES: usize = 4096;
+/// Schedule slots walked in one go before events get their turn (paced runs).
+const PASS_STEPS: usize = 16_384;
 /// How long a closing connection waits for the broker to close its side.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);
 /// Sparse schedules wake this early on the timerfd and spin the rest, so that the kernel's
@@ -244,6 +246,13 @@ pub struct Worker<P: Producer> {
     keep_buffer: usize,
     rng: u64,
     up: u64,
+    /// Connections that are Done: the worker is done when all are.
+    done_conns: usize,
+    /// During the drain, connections to look at again (their outbox or window emptied).
+    drain_check: Vec<u32>,
+    /// Unpaced: a full round found no device with room; nothing to try until a connection
+    /// drains or a PUBACK frees a window.
+    unpaced_idle: bool,
 }
 
 impl<P: Producer> Worker<P> {
@@ -355,6 +364,9 @@ impl<P: Producer> Worker<P> {
             keep_buffer,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
             up: 0,
+            done_conns: 0,
+            drain_check: Vec::new(),
+            unpaced_idle: false,
             s,
         })
     }
@@ -461,12 +473,15 @@ impl<P: Producer> Worker<P> {
         for c in 0..self.conns.len() {
             match self.conns[c].phase {
                 Phase::Idle | Phase::Connecting | Phase::AwaitConnack | Phase::Backoff => {
+                    // The ramp was not over: this connection never came up.
+                    self.stats.conns.not_up += 1;
                     self.close(c as u32);
                 }
                 _ => {}
             }
         }
         self.ramp.clear();
+        self.drain_check = (0..self.conns.len() as u32).collect();
         self.phase = WorkerPhase::Draining {
             deadline: now + self.s.drain_timeout,
         };
@@ -600,6 +615,7 @@ impl<P: Producer> Worker<P> {
         conn.up_at = Some(now);
         conn.last_out = now;
         self.up += 1;
+        self.unpaced_idle = false; // its devices have room now
         self.stats.conns.connected += 1;
         let _ = self
             .stats
@@ -683,6 +699,7 @@ impl<P: Producer> Worker<P> {
                 .push(Reverse((now + delay, TimerKind::Retry, c, gen)));
         } else {
             conn.phase = Phase::Done;
+            self.done_conns += 1;
             self.stats.conns.failed += 1;
             *self.stats.conns.gave_up.entry(f).or_default() += 1;
             self.settle(now);
@@ -690,20 +707,40 @@ impl<P: Producer> Worker<P> {
         }
     }
 
-    /// The devices of connection `c` will never send again: their remaining quota is dropped.
+    /// The devices of connection `c` will never send again: what their schedule still held
+    /// (their quota, or their slots until --duration ends) is dropped.
     fn devices_gone(&mut self, c: u32) {
         let devices = self.conns[c as usize].devices.clone();
         for dl in devices {
-            let d = self.d0 + dl as u64;
-            let dev = &mut self.devices[dl as usize];
+            let dev = self.devices[dl as usize];
             if dev.state == DevState::Done {
                 continue;
             }
-            if let Some(q) = self.s.schedule.quota(d) {
-                self.stats.counts.points_dropped += q.saturating_sub(dev.sent);
-            }
-            dev.state = DevState::Done;
+            self.stats.counts.points_dropped += self.points_left(dl);
+            self.devices[dl as usize].state = DevState::Done;
             self.live_devices = self.live_devices.saturating_sub(1);
+        }
+    }
+
+    /// Points device `dl`'s schedule still holds from its next slot: what is left of its
+    /// quota, and no more than its slots before --duration ends.
+    fn points_left(&self, dl: u32) -> u64 {
+        let d = self.d0 + dl as u64;
+        let dev = &self.devices[dl as usize];
+        let by_quota = self.s.schedule.quota(d).map(|q| q.saturating_sub(dev.sent));
+        let by_time = self.s.schedule.duration().map(|end| {
+            let slots = self
+                .s
+                .schedule
+                .first_slot_at(d, end)
+                .saturating_sub(dev.next_slot);
+            slots.saturating_mul(self.s.schedule.batch())
+        });
+        match (by_quota, by_time) {
+            (Some(q), Some(t)) => q.min(t),
+            (Some(q), None) => q,
+            (None, Some(t)) => t,
+            (None, None) => 0,
         }
     }
 
@@ -720,6 +757,7 @@ impl<P: Producer> Worker<P> {
         conn.inflight.abandon().for_each(drop);
         conn.phase = Phase::Done;
         conn.generation += 1;
+        self.done_conns += 1;
         self.up = self.up.saturating_sub(1);
         self.stats.conns.record_loss(conn.index, lost);
         self.devices_gone(c);
@@ -742,6 +780,7 @@ impl<P: Producer> Worker<P> {
         conn.inflight.abandon().for_each(drop);
         conn.phase = Phase::Done;
         conn.generation += 1;
+        self.done_conns += 1;
     }
 
     // ----- timers ---------------------------------------------------------------------
@@ -826,10 +865,25 @@ impl<P: Producer> Worker<P> {
             return (self.generate_unpaced(now), None);
         }
         let n_dev = self.devices.len() as u32;
-        // Bounded: at most one full round of slots that are not due yet is never walked.
+        // A cursor rounds behind (a rate beyond what the connections take) jumps to the
+        // round now due: the devices keep what they owe, and a pass never walks slot by slot
+        // through rounds that are long past.
+        let now_slot = self
+            .s
+            .schedule
+            .first_slot_at(self.d0, now.saturating_duration_since(anchor));
+        if now_slot > self.cur_k + 1 {
+            self.cur_k = now_slot - 1;
+            self.cur_dl = 0;
+        }
+        let mut steps = 0usize;
         loop {
             if self.live_devices == 0 {
                 return (false, None);
+            }
+            steps += 1;
+            if steps > PASS_STEPS {
+                return (true, None); // events and signals get their turn
             }
             let dl = self.cur_dl;
             let d = self.d0 + dl as u64;
@@ -867,6 +921,16 @@ impl<P: Producer> Worker<P> {
             if dev.state == DevState::Active {
                 self.fill(dl, k, anchor);
             }
+        }
+    }
+
+    /// A device whose quota is all generated is done at once, not when its next slot comes.
+    fn done_if_spent(&mut self, dl: u32) {
+        let d = self.d0 + dl as u64;
+        let dev = self.devices[dl as usize];
+        if dev.state == DevState::Active && self.s.schedule.next_points(d, dev.sent) == 0 {
+            self.devices[dl as usize].state = DevState::Done;
+            self.live_devices -= 1;
         }
     }
 
@@ -910,11 +974,15 @@ impl<P: Producer> Worker<P> {
                 return;
             }
             self.devices[dl as usize].next_slot += 1;
+            self.done_if_spent(dl);
         }
     }
 
     /// Round robin over the devices, one message each while their connections have room.
     fn generate_unpaced(&mut self, now: Instant) -> bool {
+        if self.unpaced_idle {
+            return false;
+        }
         let n_dev = self.devices.len() as u32;
         let mut idle = 0u32;
         let mut made = 0usize;
@@ -940,12 +1008,14 @@ impl<P: Producer> Worker<P> {
                 continue;
             }
             self.devices[dl as usize].next_slot += 1;
+            self.done_if_spent(dl);
             idle = 0;
             made += 1;
             if made >= PASS_MESSAGES {
                 return true;
             }
         }
+        self.unpaced_idle = idle >= n_dev;
         false
     }
 
@@ -1068,7 +1138,15 @@ impl<P: Producer> Worker<P> {
         }
         let before = conn.out.written();
         let paced = self.paced;
+        let first_write = &mut conn.first_write;
         let result = conn.out.flush(sock, |m| {
+            // Only messages count for the run's first and last write, not control packets
+            // (the DISCONNECT of the drain).
+            first_write.get_or_insert(now);
+            if stats.first_write.is_none() {
+                stats.first_write = Some(now);
+            }
+            stats.last_write = Some(now);
             stats.counts.points_sent += m.points as u64;
             stats.counts.messages_sent += 1;
             stats.counts.bytes_sent += m.bytes as u64;
@@ -1089,11 +1167,7 @@ impl<P: Producer> Worker<P> {
         });
         if conn.out.written() > before {
             conn.last_out = now;
-            if stats.first_write.is_none() {
-                stats.first_write = Some(now);
-            }
-            stats.last_write = Some(now);
-            conn.first_write.get_or_insert(now);
+            self.unpaced_idle = false; // the outbox has room again
         }
         match result {
             Ok(Flushed::All) => {
@@ -1110,6 +1184,9 @@ impl<P: Producer> Worker<P> {
                 }
                 if was_blocked {
                     self.catch_up(c);
+                }
+                if self.phase != WorkerPhase::Generating {
+                    self.drain_check.push(c);
                 }
             }
             Ok(Flushed::Blocked) => {
@@ -1265,7 +1342,11 @@ impl<P: Producer> Worker<P> {
                         self.stats.last_ack = Some(now);
                         if conn.inflight.is_empty() {
                             conn.inflight.trim();
+                            if self.phase != WorkerPhase::Generating {
+                                self.drain_check.push(c);
+                            }
                         }
+                        self.unpaced_idle = false;
                     }
                     None => self.stats.counts.duplicate_acks += 1,
                 }
@@ -1284,8 +1365,8 @@ impl<P: Producer> Worker<P> {
     /// During the drain: a connection with nothing left to write or acknowledge says
     /// DISCONNECT and waits for the broker to close; the worker is done when all are.
     fn drain_step(&mut self, now: Instant) {
-        let mut open = 0;
-        for c in 0..self.conns.len() as u32 {
+        let check = std::mem::take(&mut self.drain_check);
+        for &c in &check {
             let conn = &mut self.conns[c as usize];
             match conn.phase {
                 Phase::Up if conn.out.is_empty() && conn.inflight.is_empty() => {
@@ -1300,17 +1381,17 @@ impl<P: Producer> Worker<P> {
                     )));
                     self.flush(c, now);
                     self.shut_write(c);
-                    open += 1;
                 }
-                Phase::Closing => {
-                    self.shut_write(c);
-                    open += 1;
-                }
-                Phase::Done => {}
-                _ => open += 1,
+                Phase::Closing => self.shut_write(c),
+                _ => {}
             }
         }
-        if open == 0 {
+        let mut check = check;
+        check.clear();
+        if self.drain_check.is_empty() {
+            self.drain_check = check; // keep the allocation
+        }
+        if self.done_conns >= self.conns.len() {
             self.phase = WorkerPhase::Done;
         }
     }
@@ -1399,6 +1480,14 @@ impl<P: Producer> Worker<P> {
         }
         if let WorkerPhase::Draining { deadline } = self.phase {
             consider(deadline);
+        }
+        if let (WorkerPhase::Generating, false, Some(a), Some(d)) = (
+            self.phase,
+            self.paced,
+            self.anchor,
+            self.s.schedule.duration(),
+        ) {
+            consider(a + d); // an unpaced run ends by the clock, blocked or not
         }
         wake
     }

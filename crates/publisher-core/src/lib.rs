@@ -48,6 +48,9 @@ pub struct Preset {
     pub about: &'static str,
     pub device_id: &'static str,
     pub client_id: &'static str,
+    /// The default of `--batch`: the seed publishers batch 1000 points, a fleet's devices
+    /// send one point a message.
+    pub batch: &'static str,
 }
 
 /// The clap command of a preset: every flag from [`PublisherArgs`], the preset's name.
@@ -59,6 +62,7 @@ pub fn command(preset: &Preset) -> Command {
             "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
              4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
         )
+        .mut_arg("batch", |a| a.default_value(preset.batch))
         .mut_arg("device_id", |a| {
             a.help(format!(
                 "Device id written into every point, a template: {{i}} is the device's index, \

@@ -32,6 +32,10 @@ pub const DEFAULT_TOTAL: u64 = 100_000;
 const FILES_BESIDES_CONNECTIONS: u64 = 64;
 /// Default connect retries of a fleet (a single connection's failure is the run's).
 const FLEET_CONNECT_RETRIES: u32 = 3;
+/// Most worker threads: one per core is what helps; each holds its own histograms.
+const MAX_WORKERS: u64 = 256;
+/// Descriptors each worker holds: its epoll, its waker and its timer.
+const FILES_PER_WORKER: u64 = 3;
 
 pub use point_format::MAX_DEVICE_ID;
 
@@ -226,6 +230,11 @@ impl Plan {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let workers = match workers {
             Some(0) => return Err(Error::usage("--workers must be at least 1")),
+            Some(w) if w > MAX_WORKERS => {
+                return Err(Error::usage(format!(
+                    "--workers {w} is more than {MAX_WORKERS}; a worker is a thread, and one per core ({cores} here) is what helps"
+                )))
+            }
             Some(w) => w.min(connections),
             None => cores.min(connections),
         } as usize;
@@ -244,7 +253,19 @@ impl Plan {
             None => FLEET_CONNECT_RETRIES,
         };
         let source_ips = parse_source_ips(&source_ips)?;
-        check_limits(connections, &source_ips, &connect.broker)?;
+        check_limits(connections, workers as u64, &source_ips, &connect.broker)?;
+        if let (Some(r), Some(d)) = (rate, duration) {
+            // The first device's first message is due after (batch - 1) points of every
+            // device and one more: a run shorter than that sends nothing.
+            let first = ((batch as f64 - 1.0) * devices as f64 + 1.0) / r;
+            if d.as_secs_f64() < first {
+                return Err(Error::usage(format!(
+                    "--duration {} ends before any device's first message is due ({first:.1} s with --batch {batch} \
+                     over {devices} devices at {r} points/s); lengthen --duration, raise --rate or lower --batch",
+                    humantime::format_duration(d)
+                )));
+            }
+        }
 
         let report_json = output.report_json;
         if let Some(p) = &report_json {
@@ -491,6 +512,7 @@ fn ephemeral_ports() -> u64 {
 /// source addresses.
 fn check_limits(
     connections: u64,
+    workers: u64,
     source_ips: &[IpAddr],
     broker: &mqtt_tool::connect::BrokerChoice,
 ) -> Result<(), Error> {
@@ -498,9 +520,10 @@ fn check_limits(
     // An embedded broker holds the other end of every connection in this same process.
     let embedded = !matches!(broker, mqtt_tool::connect::BrokerChoice::Remote { .. });
     let per_conn = if embedded && connections > 1 { 2 } else { 1 };
-    let needed = connections * per_conn + FILES_BESIDES_CONNECTIONS;
+    let besides = FILES_BESIDES_CONNECTIONS + workers * FILES_PER_WORKER;
+    let needed = connections * per_conn + besides;
     if needed > files {
-        let fit = files.saturating_sub(FILES_BESIDES_CONNECTIONS) / per_conn;
+        let fit = files.saturating_sub(besides) / per_conn;
         return Err(Error::usage(format!(
             "--connections {connections} needs {needed} open files but this process may open {files} \
              (RLIMIT_NOFILE, raised to its hard limit); use at most {fit} connections per process \

@@ -35,6 +35,8 @@ pub struct ConnectionsReport {
     pub failed: u64,
     /// Lost after they were up.
     pub lost: u64,
+    /// Not up yet when generation ended: the ramp took longer than the run.
+    pub not_up: u64,
     /// Connections given up, by the reason of their last attempt.
     pub failed_by_reason: BTreeMap<String, u64>,
     /// Every failed attempt, by reason.
@@ -269,6 +271,18 @@ impl Report {
                 reasons.join("; ")
             ));
         }
+        if c.not_up > 0 {
+            problems.push(format!(
+                "{} of {} connections were not up yet when generation ended (the ramp takes {:.1} s at \
+                 --connect-rate): their devices sent nothing; raise --connect-rate or lengthen the run",
+                fmt_int(c.not_up),
+                fmt_int(c.planned),
+                match plan.fleet.connect_rate {
+                    Some(r) => c.planned as f64 / r,
+                    None => 0.0,
+                }
+            ));
+        }
         if c.lost > 0 {
             let (index, lost) = &c.first_losses[0];
             let client = plan.fleet.client_id.render(
@@ -389,6 +403,7 @@ impl Report {
                 connected: c.connected,
                 failed: c.failed,
                 lost: c.lost,
+                not_up: c.not_up,
                 failed_by_reason: c
                     .gave_up
                     .iter()
@@ -476,6 +491,12 @@ impl Report {
                 fmt_int(c.lost),
                 fmt_int(c.attempts)
             );
+            if c.not_up > 0 {
+                conns.push_str(&format!(
+                    ", {} not up when generation ended",
+                    fmt_int(c.not_up)
+                ));
+            }
             if !c.failed_by_reason.is_empty() {
                 let reasons: Vec<String> = c
                     .failed_by_reason

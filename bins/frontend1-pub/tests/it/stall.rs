@@ -143,3 +143,34 @@ fn a_broker_that_stops_reading_is_found_by_the_keep_alive() {
     assert!(error.contains("stopped reading"), "{error}");
     assert!(n(out.report(), "points_unsent") > 0);
 }
+
+/// Unpaced with --duration against a broker that stopped: the run ends by the clock (the
+/// duration, then the drain), not when some other timer happens to fire.
+#[test]
+fn an_unpaced_run_over_a_stalled_broker_ends_by_its_duration() {
+    let m = Mosquitto::start();
+    let mut run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--rate",
+            "0",
+            "--duration",
+            "3s",
+            "--drain-timeout",
+            "2s",
+            "--connect-timeout",
+            "30s",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m.signal("STOP");
+    let ended = run.exits_within(Duration::from_secs(9));
+    m.signal("CONT");
+    let out = run.wait();
+    assert!(ended, "still running 9 s into a 3 s run");
+    assert!(out.wall < Duration::from_secs(9), "took {:?}", out.wall);
+    assert!(n(out.report(), "points_sent") > 0);
+}

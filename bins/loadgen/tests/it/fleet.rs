@@ -269,3 +269,168 @@ fn templates_start_index_and_source_addresses_shape_the_fleet() {
         assert!(from.contains(&format!("from {ip}:")), "{from}");
     }
 }
+
+/// A rate beyond what the connection takes: the schedule cursor jumps to the round that is
+/// due instead of walking every past slot, so the run goes as fast as unpaced and a signal
+/// still ends it at once.
+#[test]
+fn a_rate_far_beyond_the_broker_neither_hangs_nor_ignores_signals() {
+    let m = Mosquitto::start();
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--rate",
+        "1000G",
+        "--batch",
+        "1",
+        "--total",
+        "200k",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    assert_eq!(n(out.report(), "points_sent"), 200_000);
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args([
+            "pub",
+            "--broker",
+            &m.url(),
+            "--rate",
+            "1000G",
+            "--batch",
+            "1",
+        ])
+        .args(["--duration", "60s", "--devices", "100", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let code = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st.code();
+        }
+        if sent.elapsed() > std::time::Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("SIGTERM did not end a run far behind its schedule");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(143));
+}
+
+/// A device is done as soon as its quota is out: elapsed is the schedule's, not a device
+/// interval longer, and the DISCONNECT does not count as a write.
+#[test]
+fn a_fleet_with_a_total_reports_the_schedules_elapsed_time() {
+    let m = Mosquitto::start();
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "10",
+        "--total",
+        "20",
+        "--rate",
+        "10",
+        "--batch",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let r = out.report();
+    // 20 points at 10 points/s: the last is due at 2.0 s.
+    let elapsed = r["elapsed_s"].as_f64().unwrap();
+    assert!((1.9..2.3).contains(&elapsed), "elapsed {elapsed}");
+    let pct = r["target_pct"].as_f64().unwrap();
+    assert!((88.0..=105.0).contains(&pct), "achieved {pct}%");
+}
+
+/// A fleet whose ramp outlasts the run says so and exits 1, instead of "complete".
+#[test]
+fn a_run_that_ends_before_its_ramp_is_incomplete() {
+    let m = Mosquitto::start();
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "300",
+        "--connect-rate",
+        "100",
+        "--rate-per-device",
+        "1",
+        "--batch",
+        "1",
+        "--duration",
+        "1s",
+        "--quiet",
+    ]);
+    out.assert_code(1);
+    let c = &out.report()["connections"];
+    assert!(n(c, "not_up") > 0, "{c:#}");
+    assert_eq!(n(c, "connected") + n(c, "not_up") + n(c, "failed"), 300);
+    assert!(
+        out.stderr.contains("not up yet when generation ended"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Without a --total, the points a failed connection's devices would have sent before
+/// --duration ended are dropped, counted.
+#[test]
+fn points_of_failed_connections_are_dropped_by_the_clock_too() {
+    use test_support::fake::{Behaviour, FakeBroker};
+    let fake = FakeBroker::start(Behaviour::CloseFirst(5));
+    let out = publish(&[
+        "--broker",
+        &fake.url(),
+        "--devices",
+        "10",
+        "--connect-retries",
+        "0",
+        "--qos",
+        "1",
+        "--rate-per-device",
+        "10",
+        "--batch",
+        "1",
+        "--duration",
+        "2s",
+        "--quiet",
+    ]);
+    out.assert_code(1);
+    let r = out.report();
+    assert_eq!(n(&r["connections"], "failed"), 5);
+    // Five devices at 10 points/s for 2 s.
+    let dropped = n(r, "points_dropped");
+    assert!((95..=100).contains(&dropped), "dropped {dropped}");
+}
+
+#[test]
+fn nonsense_fleet_shapes_are_usage_errors() {
+    for (args, needle) in [
+        (&["--workers", "1000"][..], "--workers 1000 is more than"),
+        (
+            &["--devices", "100", "--batch", "1000", "--duration", "2s"][..],
+            "ends before any device's first message",
+        ),
+        (
+            &["--devices", "3", "--connections", "5"][..],
+            "--connections 5 must be from 1",
+        ),
+        (
+            &["--devices", "3", "--topic", "one/topic"][..],
+            "the same for every device",
+        ),
+        (&["--device-id", "x{j}"][..], "unknown placeholder"),
+    ] {
+        let mut all = vec!["--broker", "127.0.0.1:1"];
+        all.extend_from_slice(args);
+        let out = publish(&all);
+        out.assert_code(2);
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+}
