@@ -14,7 +14,7 @@
 //! absolute (CPU seconds and per message, share of a core, peak RSS, rates, latencies) and
 //! as the ratio to the reference, beside each target and emqtt-bench's figure from the issue
 //! (measured on a machine like this one: 98% of a core and 3.0 GB at 10,000 clients). Every
-//! run gets a Mosquitto of its own and a source address of its own (127.0.0.x), so that no
+//! run gets a Mosquitto of its own and a source address of its own (127.0.N.x, a /24 per bench run), so that no
 //! run inherits another's sockets in TIME_WAIT. JSON goes to `target/bench/fleet.json`.
 
 use std::io::{BufRead, BufReader};
@@ -218,10 +218,15 @@ fn main() {
         (10_000, 60, 15_000)
     };
     let mut rows = Vec::new();
+    // A /24 of its own for each bench run (127.0.N.x, N from the process id): a run right
+    // after another would otherwise connect from addresses whose ports still sit in
+    // TIME_WAIT, and the kernel's port search slows the ramp (measured: F4 0.78x instead of
+    // 0.95x).
+    let net = 1 + std::process::id() % 250;
     let mut ip = 1u8;
     let mut next_ip = || {
         ip += 1;
-        format!("127.0.0.{ip}")
+        format!("127.0.{net}.{ip}")
     };
 
     // F1 and F2: one device per connection, 1 point/s, ours and the reference in turn.
@@ -412,7 +417,7 @@ fn main() {
             false,
         );
         let ratio = o.connect_rate.unwrap_or(0.0) / r.connect_rate.unwrap_or(1.0).max(1e-9);
-        let gate4 = if quick { 0.6 } else { 0.9 };
+        let gate4 = if quick { 0.8 } else { 0.9 };
         rows.push(Row {
             id: "F4",
             what: format!("{n4} connections, as fast as the broker accepts"),

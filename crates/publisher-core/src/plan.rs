@@ -535,6 +535,9 @@ fn check_limits(
             }
         )));
     }
+    if connections > 1 {
+        mqtt_engine::sys::reserve_descriptors(needed);
+    }
     let ports = ephemeral_ports();
     let addresses = source_ips.len().max(1) as u64;
     if connections > ports * addresses {
