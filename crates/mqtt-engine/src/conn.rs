@@ -59,6 +59,9 @@ pub struct Conn {
     pub dirty: bool,
     /// Our side is shut down for writing (DISCONNECT written): waiting for the broker's EOF.
     pub shut_write: bool,
+    /// Its devices whose schedule ended with slots still owed (the connection was full):
+    /// the drain writes them before this connection says DISCONNECT.
+    pub owing: u32,
     pub acked_any: bool,
     pub first_write: Option<Instant>,
     pub largest_message: u32,
@@ -84,6 +87,7 @@ impl Conn {
             watch_write: false,
             dirty: false,
             shut_write: false,
+            owing: 0,
             acked_any: false,
             first_write: None,
             largest_message: 0,

@@ -152,6 +152,9 @@ enum DevState {
     /// Its connection is not up yet.
     Waiting,
     Active,
+    /// Its schedule ended while its connection was full: the slots it still owes (all due
+    /// before the end) are written in the drain, or dropped at its deadline or a stop.
+    Owing,
     /// Its schedule ended, its quota is sent, or its connection is gone.
     Done,
 }
@@ -253,6 +256,8 @@ pub struct Worker<P: Producer> {
     /// Unpaced: a full round found no device with room; nothing to try until a connection
     /// drains or a PUBACK frees a window.
     unpaced_idle: bool,
+    /// Devices in the state Owing.
+    owing: usize,
 }
 
 impl<P: Producer> Worker<P> {
@@ -367,6 +372,7 @@ impl<P: Producer> Worker<P> {
             done_conns: 0,
             drain_check: Vec::new(),
             unpaced_idle: false,
+            owing: 0,
             s,
         })
     }
@@ -465,11 +471,14 @@ impl<P: Producer> Worker<P> {
                     self.stats.counts.points_dropped += self.owed_points(dl as u32, owed);
                 }
             }
-            if dev.state != DevState::Done {
+            if matches!(dev.state, DevState::Active | DevState::Waiting) {
                 self.devices[dl].state = DevState::Done;
             }
         }
         self.live_devices = 0;
+        if self.shared.control.stop.load(Ordering::Relaxed) {
+            self.drop_owing();
+        }
         for c in 0..self.conns.len() {
             match self.conns[c].phase {
                 Phase::Idle | Phase::Connecting | Phase::AwaitConnack | Phase::Backoff => {
@@ -717,6 +726,10 @@ impl<P: Producer> Worker<P> {
                 continue;
             }
             self.stats.counts.points_dropped += self.points_left(dl);
+            if dev.state == DevState::Owing {
+                self.finish(dl);
+                continue;
+            }
             self.devices[dl as usize].state = DevState::Done;
             self.live_devices = self.live_devices.saturating_sub(1);
         }
@@ -888,7 +901,7 @@ impl<P: Producer> Worker<P> {
             let dl = self.cur_dl;
             let d = self.d0 + dl as u64;
             let dev = self.devices[dl as usize];
-            if dev.state == DevState::Done {
+            if matches!(dev.state, DevState::Done | DevState::Owing) {
                 self.advance(n_dev);
                 continue;
             }
@@ -899,17 +912,19 @@ impl<P: Producer> Worker<P> {
                 .due(d, self.cur_k, points)
                 .unwrap_or_default();
             if self.s.schedule.is_past_end(due) {
-                // Its schedule is over (and every later slot's too).
-                let passed = self.passed_slot(dl);
-                if dev.state == DevState::Active {
-                    if let Some(last) = passed {
-                        let owed = (last + 1).saturating_sub(dev.next_slot);
-                        self.stats.counts.points_dropped += self.owed_points(dl, owed);
-                    }
-                }
-                self.devices[dl as usize].state = DevState::Done;
-                self.live_devices -= 1;
+                // Its schedule is over (and every later slot's too). What it still owes was
+                // due before the end: it goes out as its connection drains.
                 self.advance(n_dev);
+                self.live_devices -= 1;
+                if dev.state == DevState::Active {
+                    // Owing until fill finds nothing more before the end.
+                    self.devices[dl as usize].state = DevState::Owing;
+                    self.owing += 1;
+                    self.conns[dev.conn as usize].owing += 1;
+                    self.fill(dl, u64::MAX, anchor);
+                } else {
+                    self.devices[dl as usize].state = DevState::Done;
+                }
                 continue;
             }
             let at = anchor + due;
@@ -928,9 +943,39 @@ impl<P: Producer> Worker<P> {
     fn done_if_spent(&mut self, dl: u32) {
         let d = self.d0 + dl as u64;
         let dev = self.devices[dl as usize];
-        if dev.state == DevState::Active && self.s.schedule.next_points(d, dev.sent) == 0 {
-            self.devices[dl as usize].state = DevState::Done;
-            self.live_devices -= 1;
+        if self.s.schedule.next_points(d, dev.sent) == 0 {
+            self.finish(dl);
+        }
+    }
+
+    /// Device `dl` will generate no more: Active or Owing becomes Done.
+    fn finish(&mut self, dl: u32) {
+        let dev = self.devices[dl as usize];
+        match dev.state {
+            DevState::Active => self.live_devices -= 1,
+            DevState::Owing => {
+                self.owing -= 1;
+                let conn = &mut self.conns[dev.conn as usize];
+                conn.owing -= 1;
+                if conn.owing == 0 && self.phase != WorkerPhase::Generating {
+                    self.drain_check.push(dev.conn);
+                }
+            }
+            DevState::Waiting | DevState::Done => return,
+        }
+        self.devices[dl as usize].state = DevState::Done;
+    }
+
+    /// Devices that still owe slots drop them: a stop, or the drain's deadline.
+    fn drop_owing(&mut self) {
+        if self.owing == 0 {
+            return;
+        }
+        for dl in 0..self.devices.len() as u32 {
+            if self.devices[dl as usize].state == DevState::Owing {
+                self.stats.counts.points_dropped += self.points_left(dl);
+                self.finish(dl);
+            }
         }
     }
 
@@ -948,19 +993,13 @@ impl<P: Producer> Worker<P> {
         let d = self.d0 + dl as u64;
         loop {
             let dev = self.devices[dl as usize];
-            if dev.state != DevState::Active || dev.next_slot > upto {
+            let owing = dev.state == DevState::Owing;
+            if !(dev.state == DevState::Active || owing) || dev.next_slot > upto {
                 return;
-            }
-            let c = dev.conn as usize;
-            if !self.conns[c].has_room(self.s.publish.max_queued, self.qos1) {
-                self.conns[c].blocked |= self.conns[c].out.queued() > 0;
-                return; // owed until the connection drains
             }
             let points = self.s.schedule.next_points(d, dev.sent);
             if points == 0 {
-                self.devices[dl as usize].state = DevState::Done;
-                self.live_devices -= 1;
-                return;
+                return self.finish(dl);
             }
             let due = self
                 .s
@@ -968,7 +1007,15 @@ impl<P: Producer> Worker<P> {
                 .due(d, dev.next_slot, points)
                 .unwrap_or_default();
             if self.s.schedule.is_past_end(due) {
-                return; // the cursor ends it
+                if owing {
+                    self.finish(dl); // it owes nothing more
+                }
+                return; // an Active one: the cursor ends it
+            }
+            let c = dev.conn as usize;
+            if !self.conns[c].has_room(self.s.publish.max_queued, self.qos1) {
+                self.conns[c].blocked |= self.conns[c].out.queued() > 0;
+                return; // owed until the connection drains
             }
             if !self.emit(dl, points, anchor + due) {
                 return;
@@ -1083,14 +1130,22 @@ impl<P: Producer> Worker<P> {
     /// After a connection drained (or acknowledgements freed its window), its devices
     /// generate the slots they owe.
     fn catch_up(&mut self, c: u32) {
-        if self.phase != WorkerPhase::Generating || !self.paced {
+        if !self.paced {
             return;
         }
         let Some(anchor) = self.anchor else { return };
+        let generating = self.phase == WorkerPhase::Generating;
+        if !generating && self.conns[c as usize].owing == 0 {
+            return;
+        }
         let devices = self.conns[c as usize].devices.clone();
         for dl in devices {
-            if let Some(last) = self.passed_slot(dl) {
-                self.fill(dl, last, anchor);
+            if generating {
+                if let Some(last) = self.passed_slot(dl) {
+                    self.fill(dl, last, anchor);
+                }
+            } else if self.devices[dl as usize].state == DevState::Owing {
+                self.fill(dl, u64::MAX, anchor);
             }
         }
     }
@@ -1122,6 +1177,14 @@ impl<P: Producer> Worker<P> {
 
     /// Writes what connection `c` has waiting; counts every message that went out whole.
     fn flush(&mut self, c: u32, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        if conn.sock.is_some() && conn.out.is_empty() {
+            // Nothing to write: a connection that was full has room for what its devices owe.
+            if std::mem::replace(&mut conn.blocked, false) {
+                self.catch_up(c);
+            }
+            return;
+        }
         let Worker {
             conns,
             stats,
@@ -1365,11 +1428,14 @@ impl<P: Producer> Worker<P> {
     /// During the drain: a connection with nothing left to write or acknowledge says
     /// DISCONNECT and waits for the broker to close; the worker is done when all are.
     fn drain_step(&mut self, now: Instant) {
+        if self.owing > 0 && self.shared.control.stop.load(Ordering::Relaxed) {
+            self.drop_owing(); // a stop: what was owed is not written any more
+        }
         let check = std::mem::take(&mut self.drain_check);
         for &c in &check {
             let conn = &mut self.conns[c as usize];
             match conn.phase {
-                Phase::Up if conn.out.is_empty() && conn.inflight.is_empty() => {
+                Phase::Up if conn.out.is_empty() && conn.inflight.is_empty() && conn.owing == 0 => {
                     conn.out.push_control(&packets::DISCONNECT);
                     conn.phase = Phase::Closing;
                     let gen = conn.generation;
@@ -1411,6 +1477,7 @@ impl<P: Producer> Worker<P> {
 
     /// The drain deadline passed: what is left is abandoned and counted as it stands.
     fn cut_short(&mut self, _now: Instant) {
+        self.drop_owing();
         for c in 0..self.conns.len() as u32 {
             let conn = &self.conns[c as usize];
             if conn.phase == Phase::Done {
@@ -1428,6 +1495,7 @@ impl<P: Producer> Worker<P> {
         if self.stats.generation_end.is_none() {
             self.stats.generation_end = Some(now);
         }
+        self.drop_owing();
         for c in 0..self.conns.len() as u32 {
             if self.conns[c as usize].phase != Phase::Done {
                 if !self.conns[c as usize].out.is_empty()
@@ -1537,10 +1605,8 @@ impl<P: Producer> Worker<P> {
                     if writable {
                         match self.conns[c as usize].phase {
                             Phase::Connecting => self.on_connected_tcp(c, now),
-                            Phase::AwaitConnack | Phase::Up | Phase::Closing => {
-                                self.conns[c as usize].blocked = false;
-                                self.flush(c, now);
-                            }
+                            // flush() clears `blocked`, and then the devices catch up.
+                            Phase::AwaitConnack | Phase::Up | Phase::Closing => self.flush(c, now),
                             _ => {}
                         }
                     }

@@ -95,6 +95,8 @@ fn stalled_broker_cannot_hold_the_run_past_duration_and_drain(qos: &str) {
     assert_eq!(r["outcome"], "incomplete");
     let never_delivered = n(r, "points_unsent") + n(r, "points_failed");
     assert!(never_delivered > 0, "{r:#}");
+    // What was due but never generated is dropped at the drain's deadline, and counted.
+    assert!(n(r, "points_dropped") > 0, "{r:#}");
     assert!(n(r, "points_enqueued") >= n(r, "points_sent"));
     assert!(out.stdout.contains("summary"), "{}", out.stdout);
 }
@@ -107,6 +109,50 @@ fn stalled_broker_at_qos0_cannot_hold_the_run_past_duration_and_drain() {
 #[test]
 fn stalled_broker_at_qos1_cannot_hold_the_run_past_duration_and_drain() {
     stalled_broker_cannot_hold_the_run_past_duration_and_drain("1");
+}
+
+/// A broker that stalls until just after --duration ends: the points due before the end,
+/// owed while the connection was full, go out in the drain once the broker reads again. No
+/// point is dropped, the run is complete, and the lag shows how late they were.
+#[test]
+fn points_owed_when_the_schedule_ends_are_written_in_the_drain() {
+    let m = Mosquitto::start();
+    let run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--rate",
+            "100k",
+            "--batch",
+            "100",
+            "--max-queued",
+            "100",
+            "--duration",
+            "3s",
+            "--drain-timeout",
+            "20s",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m.signal("STOP");
+    std::thread::sleep(Duration::from_millis(3500));
+    m.signal("CONT");
+    let out = run.wait();
+    out.assert_code(0);
+    let r = out.report();
+    assert_eq!(
+        (
+            n(r, "points_sent"),
+            n(r, "points_dropped"),
+            n(r, "points_unsent")
+        ),
+        (300_000, 0, 0),
+        "{r:#}"
+    );
+    let lag_max = n(&r["schedule_lag_us"], "max");
+    assert!(lag_max >= 1_000_000, "lag max {lag_max} µs");
 }
 
 /// A broker that takes the CONNECT and never reads again, with no --duration and no signal:
