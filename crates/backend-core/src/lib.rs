@@ -26,7 +26,7 @@ use mqtt_tool::config::{self, ParseExit};
 use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
 use mqtt_tool::format::fmt_int;
 use mqtt_tool::shutdown::Shutdown;
-use mqtt_tool::{broker, mqtt, Error};
+use mqtt_tool::{broker, Error};
 use tokio_util::sync::CancellationToken;
 
 pub use report::Report;
@@ -277,7 +277,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
         .await
         .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
     let connected = tokio::select! {
-        c = mqtt::connect(&plan.connect, &target, 100, 64) => Some(c?),
+        c = mqtt_tool::session::Session::open(&plan.connect, &target) => Some(c?),
         _ = shutdown.stop.cancelled() => None,
     };
     let rx = match connected {
@@ -288,7 +288,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
             rx.connecting_interrupted = true;
             rx
         }
-        Some((client, eventloop)) => {
+        Some(session) => {
             let live = Arc::new(receive::Live::default());
             let stop_progress = CancellationToken::new();
             let progress = tokio::spawn(progress(
@@ -298,7 +298,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
                 shutdown.status.clone(),
                 stop_progress.clone(),
             ));
-            let rx = receive::run(plan, client, eventloop, live, shutdown).await;
+            let rx = receive::run(plan, session, live, shutdown).await;
             stop_progress.cancel();
             let _ = progress.await;
             rx

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, SubscribeReasonCode};
+use point_format::Point;
 use tokio::time::Instant;
 
+use mqtt_tool::session::{Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
@@ -170,33 +171,129 @@ impl Received {
     }
 }
 
+/// What turns one payload into verified points: the decoder, the router and the device index.
+struct Pipeline<'p> {
+    plan: &'p Plan,
+    router: Router,
+    index: HashMap<String, usize>,
+    decoder: Decoder,
+    last_device: Option<usize>,
+    /// The points of one message; kept between messages for its allocation.
+    points: Vec<Point<'static>>,
+}
+
+/// An empty vector of points of any lifetime, in the allocation of `v` (collecting an
+/// emptied `IntoIter` into a vector of a type of the same layout reuses its buffer).
+fn reuse<'a, 'b>(mut v: Vec<Point<'a>>) -> Vec<Point<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!()).collect()
+}
+
+impl Pipeline<'_> {
+    /// Decodes, routes and verifies one message that arrived at `now` (`arrival_us` on the
+    /// wall clock).
+    fn message(
+        &mut self,
+        rx: &mut Received,
+        topic: &[u8],
+        payload: &mut [u8],
+        retain: bool,
+        arrival_us: f64,
+    ) {
+        rx.messages += 1;
+        rx.retained_messages += u64::from(retain);
+        rx.bytes += payload.len() as u64;
+        let mut points = reuse(std::mem::take(&mut self.points));
+        match self.decoder.decode(payload, &mut points) {
+            Ok(shape) => {
+                match shape {
+                    Shape::Legacy => rx.legacy_messages += 1,
+                    Shape::Batch => rx.batch_messages += 1,
+                }
+                for pt in &points {
+                    let di = match self.last_device {
+                        Some(i) if rx.devices[i].id == pt.device_id => Some(i),
+                        _ => {
+                            self.last_device = rx.device(
+                                &pt.device_id,
+                                &self.router,
+                                &mut self.index,
+                                self.plan.max_devices,
+                            );
+                            self.last_device
+                        }
+                    };
+                    let Some(di) = di else {
+                        rx.untracked_points += 1;
+                        continue;
+                    };
+                    // In f64: any timestamp, however hostile, gives a latency (negative and
+                    // NaN become 0, huge saturates).
+                    let latency = (arrival_us - pt.timestamp * 1e6).max(0.0) as u64;
+                    let dev = &mut rx.devices[di];
+                    if dev.tracker.received == 0 {
+                        dev.first_retained = retain;
+                    }
+                    if matches!(
+                        dev.tracker.record(pt.seq, &mut rx.budget),
+                        Arrival::New | Arrival::Late
+                    ) {
+                        rx.unique += 1;
+                    }
+                    dev.latency_max_us = dev.latency_max_us.max(latency);
+                    rx.latency_us.saturating_record(latency);
+                    match dev.frontend {
+                        Some(fe) => {
+                            let f = &mut rx.frontends[fe];
+                            f.points += 1;
+                            f.latency_us.saturating_record(latency);
+                        }
+                        None => rx.unrouted_points += 1,
+                    }
+                }
+                rx.points += points.len() as u64;
+            }
+            Err(e) => {
+                rx.malformed_messages += 1;
+                if rx.malformed_samples.len() < MALFORMED_LOGGED {
+                    let topic = String::from_utf8_lossy(topic).into_owned();
+                    mqtt_tool::errln!(
+                        "malformed message on {}: {e}",
+                        mqtt_tool::out::escape(&topic)
+                    );
+                    rx.malformed_samples.push((topic, e.to_string()));
+                }
+            }
+        }
+        self.points = reuse(points);
+    }
+}
+
+fn wall_us() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_micros() as f64)
+}
+
 /// Subscribes and receives until a stop condition; returns what arrived.
 pub async fn run(
     plan: &Plan,
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    mut session: Session,
     live: Arc<Live>,
     shutdown: &Shutdown,
 ) -> Received {
     let router = Router::new(&plan.routes, &plan.route_prefixes);
     let mut rx = Received::new(&router);
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut decoder = Decoder::default();
-    let filters = plan.filters();
-    let qos = if plan.qos == 0 {
-        rumqttc::QoS::AtMostOnce
-    } else {
-        rumqttc::QoS::AtLeastOnce
+    let mut pipe = Pipeline {
+        plan,
+        router,
+        index: HashMap::new(),
+        decoder: Decoder::default(),
+        last_device: None,
+        points: Vec::new(),
     };
-    if let Err(e) = client
-        .subscribe_many(
-            filters
-                .iter()
-                .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos)),
-        )
-        .await
-    {
+    let filters = plan.filters();
+    if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
         return rx;
     }
@@ -204,9 +301,74 @@ pub async fn run(
     let end_at = plan.duration.map(|d| started + d);
     // A broker that never confirms the subscription is a failure of its own, not silence.
     let suback_deadline = started + plan.connect.connect_timeout;
-    let mut last_device: Option<usize> = None;
+    // PUBACKs for the QoS 1 messages of one read, written together.
+    let mut acks: Vec<u8> = Vec::new();
+    // Arrival: when the read that brought the bytes returned.
+    let (mut now, mut arrival_us) = (Instant::now(), wall_us());
 
-    loop {
+    'receiving: loop {
+        loop {
+            let packet = match session.next_packet() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    rx.stop = Stop::Failed(format!("the broker sent {e}"));
+                    break 'receiving;
+                }
+            };
+            match packet {
+                Packet::Publish {
+                    qos,
+                    retain,
+                    pkid,
+                    topic,
+                    payload,
+                } => {
+                    if qos > 0 {
+                        acks.extend_from_slice(&[0x40, 0x02]);
+                        acks.extend_from_slice(&pkid.to_be_bytes());
+                    }
+                    rx.first_message.get_or_insert(now);
+                    rx.last_message = Some(now);
+                    pipe.message(&mut rx, topic, payload, retain, arrival_us);
+                    if plan.expect.is_some_and(|n| rx.unique >= n) {
+                        rx.stop = Stop::Expected;
+                        break 'receiving;
+                    }
+                }
+                Packet::SubAck { codes, .. } => {
+                    // A SUBACK holds a code per filter; a broker that sends more codes than
+                    // filters (or fewer) is answered by what we can tell, never an index panic.
+                    if let Some(i) = codes.iter().position(|c| *c == 0x80) {
+                        rx.stop = Stop::Failed(format!(
+                            "the broker refused the subscription to '{}'",
+                            filters.get(i).map_or("?", String::as_str)
+                        ));
+                        break 'receiving;
+                    }
+                    if rx.subscribed_at.is_none() {
+                        rx.subscribed_at = Some(Instant::now());
+                        mqtt_tool::errln!("subscribed to {}", filters.join(", "));
+                        if plan.expect == Some(0) {
+                            rx.stop = Stop::Expected;
+                            break 'receiving;
+                        }
+                    }
+                }
+                Packet::ConnAck { .. } | Packet::PingResp | Packet::Other(_) => {}
+            }
+        }
+        live.messages.store(rx.messages, Relaxed);
+        live.points.store(rx.points, Relaxed);
+        live.unique.store(rx.unique, Relaxed);
+        live.devices.store(rx.devices.len() as u64, Relaxed);
+        if !acks.is_empty() {
+            if let Err(e) = session.write(&acks).await {
+                rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
+                break;
+            }
+            acks.clear();
+        }
         let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
             (None, _) => (suback_deadline, Stop::Failed(format!(
                 "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
@@ -219,139 +381,48 @@ pub async fn run(
             Some(e) if e <= deadline => (e, Stop::Duration),
             _ => (deadline, why),
         };
-        let event = tokio::select! {
+        let ping = session.ping_due().filter(|p| *p < deadline);
+        let read = tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break }
-            _ = tokio::time::sleep_until(deadline) => { rx.stop = why; break }
-            ev = eventloop.poll() => ev,
+            _ = tokio::time::sleep_until(ping.unwrap_or(deadline)) => {
+                if ping.is_none() {
+                    rx.stop = why;
+                    break;
+                }
+                if let Err(e) = session.write(&mqtt_tool::session::PINGREQ).await {
+                    rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
+                    break;
+                }
+                continue;
+            }
+            r = session.read_more() => r,
         };
-        match event {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let now = Instant::now();
-                let arrival_us = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_micros() as f64);
-                rx.first_message.get_or_insert(now);
-                rx.last_message = Some(now);
-                rx.messages += 1;
-                rx.retained_messages += u64::from(p.retain);
-                rx.bytes += p.payload.len() as u64;
-                buf.clear();
-                buf.extend_from_slice(&p.payload);
-                let mut points = Vec::new();
-                match decoder.decode(&mut buf, &mut points) {
-                    Ok(shape) => {
-                        match shape {
-                            Shape::Legacy => rx.legacy_messages += 1,
-                            Shape::Batch => rx.batch_messages += 1,
-                        }
-                        for pt in &points {
-                            let di = match last_device {
-                                Some(i) if rx.devices[i].id == pt.device_id => Some(i),
-                                _ => {
-                                    last_device = rx.device(
-                                        &pt.device_id,
-                                        &router,
-                                        &mut index,
-                                        plan.max_devices,
-                                    );
-                                    last_device
-                                }
-                            };
-                            let Some(di) = di else {
-                                rx.untracked_points += 1;
-                                continue;
-                            };
-                            // In f64: any timestamp, however hostile, gives a latency
-                            // (negative and NaN become 0, huge saturates).
-                            let latency = (arrival_us - pt.timestamp * 1e6).max(0.0) as u64;
-                            let dev = &mut rx.devices[di];
-                            if dev.tracker.received == 0 {
-                                dev.first_retained = p.retain;
-                            }
-                            if matches!(
-                                dev.tracker.record(pt.seq, &mut rx.budget),
-                                Arrival::New | Arrival::Late
-                            ) {
-                                rx.unique += 1;
-                            }
-                            dev.latency_max_us = dev.latency_max_us.max(latency);
-                            rx.latency_us.saturating_record(latency);
-                            match dev.frontend {
-                                Some(fe) => {
-                                    let f = &mut rx.frontends[fe];
-                                    f.points += 1;
-                                    f.latency_us.saturating_record(latency);
-                                }
-                                None => rx.unrouted_points += 1,
-                            }
-                        }
-                        rx.points += points.len() as u64;
-                    }
-                    Err(e) => {
-                        rx.malformed_messages += 1;
-                        if rx.malformed_samples.len() < MALFORMED_LOGGED {
-                            mqtt_tool::errln!(
-                                "malformed message on {}: {e}",
-                                mqtt_tool::out::escape(&p.topic)
-                            );
-                            rx.malformed_samples.push((p.topic.clone(), e.to_string()));
-                        }
-                    }
-                }
-                live.messages.store(rx.messages, Relaxed);
-                live.points.store(rx.points, Relaxed);
-                live.unique.store(rx.unique, Relaxed);
-                live.devices.store(rx.devices.len() as u64, Relaxed);
-                if plan.expect.is_some_and(|n| rx.unique >= n) {
-                    rx.stop = Stop::Expected;
-                    break;
-                }
+        match read {
+            Ok(0) => {
+                rx.stop = Stop::Failed(
+                    "connection to the broker lost: the broker closed the connection".into(),
+                );
+                break;
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                // A SUBACK holds a code per filter; a broker that sends more codes than
-                // filters (or fewer) is answered by what we can tell, never an index panic.
-                if let Some(i) = ack
-                    .return_codes
-                    .iter()
-                    .position(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
-                    rx.stop = Stop::Failed(format!(
-                        "the broker refused the subscription to '{}'",
-                        filters.get(i).map_or("?", String::as_str)
-                    ));
-                    break;
-                }
-                if rx.subscribed_at.is_none() {
-                    rx.subscribed_at = Some(Instant::now());
-                    mqtt_tool::errln!("subscribed to {}", filters.join(", "));
-                    if plan.expect == Some(0) {
-                        rx.stop = Stop::Expected;
-                        break;
-                    }
-                }
-            }
-            Ok(_) => {}
+            Ok(_) => (now, arrival_us) = (Instant::now(), wall_us()),
             Err(e) => {
                 rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
                 break;
             }
         }
     }
+    live.messages.store(rx.messages, Relaxed);
+    live.points.store(rx.points, Relaxed);
+    live.unique.store(rx.unique, Relaxed);
+    live.devices.store(rx.devices.len() as u64, Relaxed);
     if !matches!(rx.stop, Stop::Failed(_)) {
-        // Send the DISCONNECT (and any PUBACK still queued) before the connection is
-        // dropped, so the broker sees a clean goodbye; messages arriving meanwhile are past
-        // the stop and not counted.
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+        // The PUBACKs of what was counted, then DISCONNECT, so the broker sees a clean
+        // goodbye; messages arriving meanwhile are past the stop and not counted.
+        if !acks.is_empty() {
+            let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, session.write(&acks)).await;
+        }
+        session.disconnect(DISCONNECT_TIMEOUT).await;
     }
     rx
 }

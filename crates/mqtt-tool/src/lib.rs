@@ -24,6 +24,7 @@ pub mod format;
 pub mod mqtt;
 pub mod out;
 pub mod run;
+pub mod session;
 pub mod shutdown;
 
 pub use error::Error;
