@@ -106,6 +106,11 @@ pub struct VerifyArgs {
     /// verification
     #[arg(long, value_name = "N", default_value = "100k", value_parser = parse_count)]
     pub max_devices: u64,
+
+    /// List every device in the JSON report, and every frontend's device ids (default: the
+    /// devices with a problem, at most 1,000, so that a fleet's report stays small)
+    #[arg(long)]
+    pub report_devices: bool,
 }
 
 /// A validated backend run.
@@ -123,6 +128,7 @@ pub struct Plan {
     pub duration: Option<Duration>,
     pub max_devices: usize,
     pub report_json: Option<std::path::PathBuf>,
+    pub report_devices: bool,
     pub quiet: bool,
 }
 
@@ -185,6 +191,7 @@ impl Plan {
             duration: a.verify.duration,
             max_devices: usize::try_from(a.verify.max_devices).unwrap_or(usize::MAX),
             report_json: a.output.report_json,
+            report_devices: a.verify.report_devices,
             quiet: a.output.quiet,
         })
     }
@@ -351,14 +358,15 @@ async fn progress(
         });
         let rate = (points - last) as f64 / (now - last_at).as_secs_f64().max(1e-9);
         mqtt_tool::errln!(
-            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices",
+            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices ({} with gaps)",
             start.elapsed().as_secs_f64(),
             fmt_int(points),
             fmt_int(unique),
             of,
             fmt_int(rate.round() as u64),
             fmt_int(live.messages.load(Relaxed)),
-            fmt_int(live.devices.load(Relaxed))
+            fmt_int(live.devices.load(Relaxed)),
+            fmt_int(live.gappy.load(Relaxed))
         );
         last = points;
         last_at = now;

@@ -25,6 +25,8 @@ pub struct Live {
     pub points: AtomicU64,
     pub unique: AtomicU64,
     pub devices: AtomicU64,
+    /// Devices with a gap now (counted about once a second).
+    pub gappy: AtomicU64,
 }
 
 /// Why receiving stopped.
@@ -305,6 +307,9 @@ pub async fn run(
     let mut acks: Vec<u8> = Vec::new();
     // Arrival: when the read that brought the bytes returned.
     let (mut now, mut arrival_us) = (Instant::now(), wall_us());
+    // Devices with gaps, for the progress line: a walk over all devices about once a second.
+    let mut gaps_counted = now;
+    let from_zero = plan.expect.is_some();
 
     'receiving: loop {
         loop {
@@ -362,6 +367,15 @@ pub async fn run(
         live.points.store(rx.points, Relaxed);
         live.unique.store(rx.unique, Relaxed);
         live.devices.store(rx.devices.len() as u64, Relaxed);
+        if now.duration_since(gaps_counted) >= std::time::Duration::from_secs(1) {
+            gaps_counted = now;
+            let gappy = rx
+                .devices
+                .iter()
+                .filter(|d| d.tracker.has_gaps(from_zero))
+                .count();
+            live.gappy.store(gappy as u64, Relaxed);
+        }
         if !acks.is_empty() {
             if let Err(e) = session.write(&acks).await {
                 rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
@@ -381,10 +395,17 @@ pub async fn run(
             Some(e) if e <= deadline => (e, Stop::Duration),
             _ => (deadline, why),
         };
+        if why == Stop::Duration && Instant::now() >= deadline {
+            rx.stop = why; // a stream that never pauses still ends by --duration
+            break;
+        }
         let ping = session.ping_due().filter(|p| *p < deadline);
+        // Bytes already waiting win over a deadline that passed meanwhile: they arrived
+        // before it, and a busy machine must not turn them into an idle stop.
         let read = tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break }
+            r = session.read_more() => r,
             _ = tokio::time::sleep_until(ping.unwrap_or(deadline)) => {
                 if ping.is_none() {
                     rx.stop = why;
@@ -396,7 +417,6 @@ pub async fn run(
                 }
                 continue;
             }
-            r = session.read_more() => r,
         };
         match read {
             Ok(0) => {

@@ -11,7 +11,15 @@ use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;
 use crate::Plan;
 
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// A fleet up to this size is listed whole; a larger one, without --report-devices, lists
+/// its devices with a problem (the first this many) and names a few per frontend.
+pub const LISTED_DEVICES: usize = 1_000;
+/// Device ids a frontend names when its devices are not all listed.
+pub const FRONTEND_NAMED: usize = 5;
+/// The slowest devices named, by their highest latency.
+pub const SLOWEST: usize = 10;
 
 /// Seq ranges the whole report lists at most (missing and received, over all devices): a
 /// fleet with gaps everywhere must not build gigabytes of lists at the end of its run.
@@ -44,9 +52,24 @@ pub struct DeviceReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct SlowDevice {
+    pub device_id: String,
+    pub frontend: Option<String>,
+    pub latency_max_us: u64,
+}
+
+impl DeviceReport {
+    pub fn failing(&self) -> bool {
+        self.missing > 0 || self.duplicate > 0 || self.unverifiable > 0 || self.first_retained
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct FrontendReport {
     pub name: String,
     pub points: u64,
+    pub device_count: u64,
+    /// Its device ids: all with --report-devices, else the first few.
     pub devices: Vec<String>,
     pub latency_us: Option<Percentiles>,
 }
@@ -87,7 +110,16 @@ pub struct Report {
     pub bytes_per_s: f64,
     /// Arrival minus the point's timestamp (publisher and backend share a clock), µs.
     pub latency_us: Option<Percentiles>,
+    /// Devices that sent at least one point (tracked ones: see --max-devices).
+    pub devices_seen: u64,
+    /// Devices with missing, duplicate or unverifiable points, or a retained first message.
+    pub devices_failing: u64,
+    /// "all" (--report-devices, or at most 1,000 devices) or "failing" (those with a
+    /// problem, the first 1,000).
+    pub devices_listed: String,
     pub devices: Vec<DeviceReport>,
+    /// The devices with the highest end-to-end latency (at most 10), slowest first.
+    pub slowest_devices: Vec<SlowDevice>,
     pub frontends: Vec<FrontendReport>,
     /// expected | idle | first-message-timeout | duration | signal | failed
     pub stopped_by: String,
@@ -99,6 +131,7 @@ pub struct Report {
 impl Report {
     pub fn build(tool: &str, plan: &Plan, broker: &str, embedded: bool, rx: &Received) -> Report {
         let shared = plan.share_group.is_some();
+        let list_all = plan.report_devices || rx.devices.len() <= LISTED_DEVICES;
         let from_zero = plan.expect.is_some();
         let mut ranges_left = REPORT_RANGES_TOTAL;
         let mut devices: Vec<DeviceReport> = rx
@@ -137,9 +170,11 @@ impl Report {
             .map(|f| FrontendReport {
                 name: f.name.clone(),
                 points: f.points,
+                device_count: f.devices.len() as u64,
                 devices: f
                     .devices
                     .iter()
+                    .take(if list_all { usize::MAX } else { FRONTEND_NAMED })
                     .map(|i| rx.devices[*i].id.clone())
                     .collect(),
                 latency_us: Percentiles::of(&f.latency_us),
@@ -164,6 +199,31 @@ impl Report {
             }
         };
         let reason = verdict(plan, rx, &devices, missing, duplicate, unverifiable);
+        let devices_seen = devices.len() as u64;
+        let devices_failing = devices.iter().filter(|d| d.failing()).count() as u64;
+        if !list_all {
+            devices.retain(DeviceReport::failing);
+            devices.truncate(LISTED_DEVICES);
+        }
+        let mut slow: Vec<&crate::receive::Device> = rx
+            .devices
+            .iter()
+            .filter(|d| d.tracker.received > 0)
+            .collect();
+        slow.sort_by(|a, b| {
+            b.latency_max_us
+                .cmp(&a.latency_max_us)
+                .then(a.id.cmp(&b.id))
+        });
+        let slowest_devices = slow
+            .iter()
+            .take(SLOWEST)
+            .map(|d| SlowDevice {
+                device_id: d.id.clone(),
+                frontend: d.frontend.map(|f| rx.frontends[f].name.clone()),
+                latency_max_us: d.latency_max_us,
+            })
+            .collect();
         Report {
             schema_version: SCHEMA_VERSION,
             tool: tool.to_string(),
@@ -193,7 +253,11 @@ impl Report {
             message_rate: round3(per_s(rx.messages)),
             bytes_per_s: round3(per_s(rx.bytes)),
             latency_us: Percentiles::of(&rx.latency_us),
+            devices_seen,
+            devices_failing,
+            devices_listed: if list_all { "all" } else { "failing" }.into(),
             devices,
+            slowest_devices,
             frontends,
             stopped_by: match &rx.stop {
                 Stop::Expected => "expected",
@@ -288,7 +352,7 @@ impl Report {
             let named: Vec<String> = f.devices.iter().take(NAMED).map(|d| esc(d)).collect();
             line(
                 "frontend",
-                match f.devices.len() {
+                match f.device_count as usize {
                     0 => format!("{}: no points", esc(&f.name)),
                     n if n <= NAMED => format!(
                         "{}: {} points from {}",
@@ -306,9 +370,31 @@ impl Report {
                 },
             );
         }
+        if self.devices_seen > 1 {
+            line(
+                "devices",
+                format!(
+                    "{} seen, {} with a problem",
+                    fmt_int(self.devices_seen),
+                    fmt_int(self.devices_failing)
+                ),
+            );
+        }
+        if self.devices_seen > 1 && !self.slowest_devices.is_empty() {
+            let named: Vec<String> = self
+                .slowest_devices
+                .iter()
+                .take(3)
+                .map(|d| {
+                    let ms = d.latency_max_us as f64 / 1000.0;
+                    format!("{} ({ms:.1} ms)", esc(&d.device_id))
+                })
+                .collect();
+            line("slowest", format!("{} (highest latency)", named.join(", ")));
+        }
         // Devices with a problem first, then the rest, at most SHOWN lines in all.
         const SHOWN: usize = 20;
-        let failing = |d: &&DeviceReport| d.missing > 0 || d.duplicate > 0 || d.unverifiable > 0;
+        let failing = |d: &&DeviceReport| d.failing();
         let shown: Vec<&DeviceReport> = self
             .devices
             .iter()
@@ -352,14 +438,14 @@ impl Report {
                 ),
             );
         }
-        if self.devices.len() > shown.len() {
-            let failing_total = self.devices.iter().filter(failing).count();
+        if self.devices_seen > shown.len() as u64 {
+            let failing_total = self.devices_failing as usize;
             let failing_shown = shown.iter().filter(|d| failing(d)).count();
             line(
                 "",
                 format!(
                     "... and {} more devices{} (see --report-json)",
-                    fmt_int((self.devices.len() - shown.len()) as u64),
+                    fmt_int(self.devices_seen - shown.len() as u64),
                     if failing_total > failing_shown {
                         format!(
                             ", {} of them failing",

@@ -306,6 +306,11 @@ impl DeviceTracker {
         }
     }
 
+    /// Whether seqs are missing below the highest seen (from 0 with `from_zero`).
+    pub fn has_gaps(&self, from_zero: bool) -> bool {
+        self.missing(from_zero, 0).count > 0
+    }
+
     pub fn unique(&self) -> u64 {
         self.retired.as_ref().map_or(0, |r| r.unique) + self.seen.len()
     }

@@ -164,7 +164,15 @@ fn device_ids_past_the_limit_are_malformed_not_tracked() {
 #[test]
 fn sixty_thousand_one_point_devices_fit_in_bounded_memory() {
     let m = Mosquitto::start();
-    let backend = start(&["--broker", &m.url(), "--expect", "60000", "--quiet"]);
+    // Every device listed too (--report-devices): the report's own memory is bounded as well.
+    let backend = start(&[
+        "--broker",
+        &m.url(),
+        "--expect",
+        "60000",
+        "--report-devices",
+        "--quiet",
+    ]);
     let ids: Vec<(String, u64)> = (0..60_000)
         .map(|i| (format!("fleet_dev_{i:05}"), 0))
         .collect();
@@ -192,4 +200,94 @@ fn sixty_thousand_one_point_devices_fit_in_bounded_memory() {
         out.stdout.lines().count()
     );
     assert!(strings(&out.report["frontends"][0]["devices"]).is_empty());
+}
+
+/// 100,000 devices of two points each (a fleet at 1 point/s for two seconds), four of them
+/// with crafted faults: every count exact, the four named and listed, the rest summed, the
+/// report small by default, and the backend within 200 MB.
+#[test]
+fn a_hundred_thousand_devices_with_a_few_faulty_ones_are_proven_in_bounded_memory() {
+    const DEVICES: usize = 100_000;
+    let m = Mosquitto::start();
+    let backend = start(&[
+        "--broker",
+        &m.url(),
+        "--expect",
+        "199999",
+        "--idle-timeout",
+        "5s",
+        "--quiet",
+    ]);
+    let id = |i: usize| format!("fleet_dev_{i:06}");
+    // Round 0, then round 1: device 10 sends seq 1 twice, device 20,000 seq 0 twice,
+    // device 50,000 sends seq 2 instead of 1, device 99,999 starts at seq 1.
+    let mut points: Vec<(String, u64)> = (0..DEVICES)
+        .filter(|&i| i != 99_999)
+        .map(|i| (id(i), 0))
+        .collect();
+    points.push((id(20_000), 0));
+    for i in 0..DEVICES {
+        match i {
+            10 => points.extend([(id(i), 1), (id(i), 1)]),
+            50_000 => points.push((id(i), 2)),
+            _ => points.push((id(i), 1)),
+        }
+    }
+    let msgs: Vec<Vec<u8>> = points.chunks(1000).map(multi_device_payload).collect();
+    publish_payloads(m.port, TOPIC, &msgs);
+    let mut peak = 0;
+    let started = std::time::Instant::now();
+    while !backend.exited() && started.elapsed() < Duration::from_secs(60) {
+        peak = peak.max(backend.peak_rss_kb().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = backend.wait();
+    eprintln!("backend peak RSS for 100,000 devices: {peak} kB");
+    out.assert_code(5);
+    let r = &out.report;
+    assert_eq!(
+        (
+            n(r, "devices_seen"),
+            n(r, "devices_failing"),
+            n(r, "points_received"),
+            n(r, "points_duplicate"),
+        ),
+        (100_000, 4, points.len() as u64, 2)
+    );
+    // Missing: seq 1 of device 50,000 and seq 0 of device 99,999.
+    assert_eq!(n(r, "points_missing"), 2);
+    assert_eq!(r["devices_listed"], "failing");
+    let listed: Vec<&str> = r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [id(10), id(20_000), id(50_000), id(99_999)]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(r["slowest_devices"].as_array().unwrap().len(), 10);
+    assert!(
+        peak > 0 && peak < 200 * 1024,
+        "peak RSS {peak} kB for 100,000 devices"
+    );
+    let json_len = serde_json::to_string(r).unwrap().len();
+    assert!(json_len < 64 * 1024, "default report of {json_len} bytes");
+    assert!(
+        out.stdout.lines().count() < 40,
+        "{}",
+        out.stdout.lines().count()
+    );
+    let verdict = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("verdict"))
+        .unwrap();
+    for i in [10, 20_000, 50_000, 99_999] {
+        assert!(verdict.contains(&id(i)), "{verdict}");
+    }
 }

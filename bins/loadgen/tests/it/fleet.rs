@@ -88,6 +88,7 @@ fn ten_thousand_devices_over_ten_gateway_connections_deliver_every_seq() {
         "20000",
         "--idle-timeout",
         "10s",
+        "--report-devices",
     ]);
     let out = publish(&[
         "--broker",
