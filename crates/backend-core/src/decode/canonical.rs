@@ -89,19 +89,25 @@ impl Canonical {
         }
         match buf.first()? {
             b'{' => {
-                let end = self.point(buf, 0, out, before)?;
+                let (p, end) = self.point(buf, 0, 0)?;
+                out.push(p);
                 (end == buf.len()).then_some(Shape::Legacy)
             }
             b'[' => {
-                let mut at = self.point(buf, 1, out, before)?;
+                let (p, mut at) = self.point(buf, 1, 0)?;
                 // Points are about as long as the first: room for all of them at once, with
                 // an eighth to spare for points a digit shorter. Bounded as in the full
                 // path, since only the first point is known to be one.
                 let more = buf.len() / at;
                 out.reserve((more + more / 8 + 1).min(4096));
+                out.push(p);
                 loop {
                     match buf.get(at)? {
-                        b',' => at = self.point(buf, at + 1, out, before)?,
+                        b',' => {
+                            let (p, end) = self.point(buf, at + 1, out.len() - before)?;
+                            out.push(p);
+                            at = end;
+                        }
                         b']' => break,
                         _ => return None,
                     }
@@ -112,17 +118,12 @@ impl Canonical {
         }
     }
 
-    /// Reads the canonical point at `buf[at..]` into `out`; returns where it ends.
+    /// Reads the canonical point at `buf[at..]`, the payload's point number `index`;
+    /// returns it and where it ends.
     #[inline]
-    fn point<'a>(
-        &mut self,
-        buf: &[u8],
-        at: usize,
-        out: &mut Vec<Point<'a>>,
-        before: usize,
-    ) -> Option<usize> {
+    fn point<'a>(&mut self, buf: &[u8], at: usize, index: usize) -> Option<(Point<'a>, usize)> {
         let mut i = literal(buf, at, OPEN)?;
-        i = self.device_id(buf, i, out.len() - before)?;
+        i = self.device_id(buf, i, index)?;
         i = literal(buf, i, SEQ)?;
         let seq = uint(buf, &mut i)?;
         i = literal(buf, i, TIMESTAMP)?;
@@ -146,15 +147,15 @@ impl Canonical {
         if buf.get(i) != Some(&b'}') {
             return None;
         }
-        out.push(Point {
+        let point = Point {
             device_id: Cow::Borrowed(""),
             seq,
             timestamp,
             value,
             temperature,
             humidity,
-        });
-        Some(i + 1)
+        };
+        Some((point, i + 1))
     }
 
     /// Reads the id starting at `buf[at..]` (after its opening quote) of the point with
