@@ -14,9 +14,10 @@
 //! Anything else, even valid JSON, is not for this path: [`Canonical::scan`] answers `None`
 //! and the decoder hands the payload to simd-json. So this path only ever accepts, never
 //! refuses, and what it accepts simd-json accepts too, with the same points:
-//! - a number is converted the way simd-json converts it (`f64_from_parts`): at most 18
-//!   digits and at most 22 after the point, an integer significand below 2^53, one
-//!   correctly rounded division by an exact power of ten; anything else is handed over;
+//! - a number is converted the way simd-json converts it (`f64_from_parts`): with at most
+//!   18 digits simd-json takes its exact conversion too, which for a significand below 2^53
+//!   is one correctly rounded division by an exact power of ten; anything else is handed
+//!   over;
 //! - a device id is the bytes between the quotes, which are the unescaped id when there is
 //!   no backslash; its length is checked against `MAX_DEVICE_ID` and it must be UTF-8;
 //! - a payload without a backslash has no `\u` escape for `check_unicode_escapes` to refuse.
