@@ -1,16 +1,28 @@
-//! Decoding message payloads with simd-json into the shared [`Point`] definition.
+//! Decoding message payloads into the shared [`Point`] definition.
 //!
 //! A payload is either one point object (legacy) or an array of them (batched). The
-//! [`Decoder`] parses into a simd-json tape (reusing its buffers and tape between messages)
-//! and reads the points off the tape directly: device ids are borrowed from the payload
-//! buffer, which simd-json unescapes in place, and nothing is allocated per point. The field
-//! names are those of `point_format::fields`.
+//! [`Decoder`] tries two paths, and nothing is allocated per point on either:
+//! - the fast path (`canonical`) reads, in one forward pass, exactly the form our
+//!   publishers write (`point_format::Encoder`: its key order, no whitespace, no escapes),
+//!   borrowing device ids from the payload. It never refuses a payload, it only hands over
+//!   what it does not know;
+//! - the full path parses anything else into a simd-json tape (reusing its buffers and tape
+//!   between messages) and reads the points off the tape: device ids are borrowed from the
+//!   payload buffer, which simd-json unescapes in place. It is the one that decides what is
+//!   malformed.
+//!
+//! Both give the same points for what the fast path accepts (a differential test holds
+//! this). The field names are those of `point_format::fields`.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use point_format::{fields, Point};
 use simd_json::{Node, StaticNode, Tape};
+
+use canonical::Canonical;
+
+mod canonical;
 
 /// Which of the two formats a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,25 +45,50 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
-/// Reusable decoding state: simd-json's buffers and tape.
+/// Reusable decoding state: the fast path's scratch, simd-json's buffers and tape.
 pub struct Decoder {
+    canonical: Canonical,
     buffers: simd_json::Buffers,
     tape: Option<Tape<'static>>,
+    /// Payloads the fast path decoded, so tests can tell it is taken.
+    fast_payloads: u64,
 }
 
 impl Default for Decoder {
     fn default() -> Self {
         Decoder {
+            canonical: Canonical::default(),
             buffers: simd_json::Buffers::new(64 << 10),
             tape: Some(Tape::null().reset()),
+            fast_payloads: 0,
         }
     }
 }
 
 impl Decoder {
-    /// Decodes `buf` (modified in place) and appends its points to `out`. On error `out` is
-    /// left as it was: a malformed message contributes no points.
+    /// Decodes `buf` (possibly modified in place) and appends its points to `out`. On error
+    /// `out` is left as it was: a malformed message contributes no points.
     pub fn decode<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        out: &mut Vec<Point<'a>>,
+    ) -> Result<Shape, DecodeError> {
+        let before = out.len();
+        if let Some(shape) = self.canonical.scan(buf, out) {
+            // Canonical: no handing over from here, so the buffer can be borrowed for 'a.
+            let buf: &'a [u8] = buf;
+            let attached = self.canonical.attach(buf, &mut out[before..]);
+            if attached.is_err() {
+                out.truncate(before);
+            }
+            self.fast_payloads += 1;
+            return attached.map(|()| shape);
+        }
+        self.decode_full(buf, out)
+    }
+
+    /// The full path: simd-json, for any payload.
+    fn decode_full<'a>(
         &mut self,
         buf: &'a mut [u8],
         out: &mut Vec<Point<'a>>,
@@ -223,7 +260,8 @@ fn span(v: &Node<'_>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use point_format::{Encoder, Sample};
+    use point_format::{Encoder, Sample, MAX_DEVICE_ID};
+    use publisher_core::source::PointSource;
 
     fn sample(seq: u64) -> Sample {
         Sample {
@@ -344,6 +382,563 @@ mod tests {
         assert_eq!(
             (out[0].seq, out[0].value, out[1].device_id.as_ref()),
             (3, 2.0, "e")
+        );
+    }
+
+    /// A point with its numbers as bits: `-0.0` and `0.0` differ, as do any two roundings.
+    #[derive(Debug, PartialEq)]
+    struct Bits {
+        id: String,
+        seq: u64,
+        numbers: [u64; 2],
+        sensors: [Option<u64>; 2],
+    }
+
+    impl Bits {
+        fn of(p: &Point<'_>) -> Bits {
+            Bits {
+                id: p.device_id.to_string(),
+                seq: p.seq,
+                numbers: [p.timestamp.to_bits(), p.value.to_bits()],
+                sensors: [
+                    p.temperature.map(f64::to_bits),
+                    p.humidity.map(f64::to_bits),
+                ],
+            }
+        }
+    }
+
+    /// What decoding a payload answers, and the output it leaves (which held one point).
+    type Answer = (Result<Shape, DecodeError>, Vec<Bits>);
+
+    fn answer(d: &mut Decoder, payload: &[u8], full: bool) -> Answer {
+        let mut buf = payload.to_vec();
+        let mut out = vec![Point {
+            device_id: Cow::Borrowed("before"),
+            seq: 7,
+            timestamp: 1.0,
+            value: 2.0,
+            temperature: None,
+            humidity: Some(3.0),
+        }];
+        let r = if full {
+            d.decode_full(&mut buf, &mut out)
+        } else {
+            d.decode(&mut buf, &mut out)
+        };
+        (r, out.iter().map(Bits::of).collect())
+    }
+
+    /// Decodes payloads with [`Decoder::decode`] and with the full path alone, and holds
+    /// that the answers are the same. Each decoder lives across payloads, as in the backend.
+    struct Differential {
+        ours: Decoder,
+        full: Decoder,
+        checked: u64,
+    }
+
+    impl Differential {
+        fn new() -> Self {
+            Differential {
+                ours: Decoder::default(),
+                full: Decoder::default(),
+                checked: 0,
+            }
+        }
+
+        fn check(&mut self, payload: &[u8]) {
+            let want = answer(&mut self.full, payload, true);
+            let got = answer(&mut self.ours, payload, false);
+            if got != want {
+                let head = String::from_utf8_lossy(&payload[..payload.len().min(400)]);
+                panic!(
+                    "decoders differ on {} bytes {head:?}...\nours: {:?}\nfull: {:?}",
+                    payload.len(),
+                    (
+                        &got.0,
+                        got.1.len(),
+                        got.1.iter().find(|b| !want.1.contains(b))
+                    ),
+                    (
+                        &want.0,
+                        want.1.len(),
+                        want.1.iter().find(|b| !got.1.contains(b))
+                    ),
+                );
+            }
+            self.checked += 1;
+        }
+    }
+
+    /// xorshift64: deterministic mutations without a crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Plain ids, the empty one, non-ASCII, at and past the limit, and ids the encoder must
+    /// escape (never canonical).
+    fn odd_ids() -> Vec<String> {
+        vec![
+            "frontend1_ultra_high_perf_device".into(),
+            String::new(),
+            "ünï😀".into(),
+            "del\u{7f}".into(),
+            "a,\"b}".into(),
+            "back\\slash".into(),
+            "tab\t".into(),
+            "nul\u{0}".into(),
+            "x".repeat(MAX_DEVICE_ID),
+            "x".repeat(MAX_DEVICE_ID + 1),
+            "é".repeat(MAX_DEVICE_ID / 2) + "x",
+        ]
+    }
+
+    fn generated(batch: usize, sensors: bool, seed: u64) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        PointSource::new(seed, sensors).fill(batch, 1_763_798_400_123_456, &mut samples);
+        samples
+    }
+
+    /// Numbers at the edges of what the fast path converts, and past them.
+    fn edge_samples() -> Vec<Sample> {
+        let s = |seq, timestamp_us, value_centi, temperature_centi, humidity_deci| Sample {
+            seq,
+            timestamp_us,
+            value_centi,
+            temperature_centi,
+            humidity_deci,
+        };
+        vec![
+            s(0, 0, 0, None, None),
+            s(u64::MAX, u64::MAX, i64::MIN, Some(i64::MAX), Some(i64::MIN)),
+            s(
+                9_999_999_999_999_999_999,
+                9_007_199_254_740_991,
+                -5,
+                Some(0),
+                None,
+            ),
+            s(
+                10_000_000_000_000_000_000,
+                9_007_199_254_740_992,
+                9_007_199_254_740_991,
+                None,
+                Some(-1),
+            ),
+            s(1, 1_763_798_400_000_001, -1, Some(-2153), Some(999)),
+            s(
+                12,
+                999_999_999_999_999_999,
+                99_999_999_999_999_999,
+                Some(1),
+                Some(1),
+            ),
+        ]
+    }
+
+    fn message(enc: &Encoder, samples: &[Sample]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        enc.write_message(&mut buf, samples);
+        buf
+    }
+
+    /// The members of an encoded point object (`"key":value`, in order). The encoder's
+    /// strings never hold `,"` (a quote inside a string is escaped), so it splits there.
+    fn members(point: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(point).expect("encoder output is UTF-8");
+        let inner = &text[1..text.len() - 1];
+        let mut parts: Vec<String> = inner.split(",\"").map(|m| format!("\"{m}")).collect();
+        parts[0].remove(0);
+        parts
+    }
+
+    fn object(members: &[String]) -> Vec<u8> {
+        format!("{{{}}}", members.join(",")).into_bytes()
+    }
+
+    /// Valid and invalid JSON that differs from a canonical point in its members: order,
+    /// missing, duplicate and unknown members, escaped keys, other number forms.
+    fn member_variants(point: &[u8]) -> Vec<Vec<u8>> {
+        let m = members(point);
+        let mut out = Vec::new();
+        let mut reversed = m.clone();
+        reversed.reverse();
+        out.push(object(&reversed));
+        for k in 0..m.len() {
+            let mut v = m.clone();
+            if k + 1 < m.len() {
+                v.swap(k, k + 1);
+                out.push(object(&v));
+            }
+            let mut v = m.clone();
+            v.remove(k);
+            out.push(object(&v));
+            let mut v = m.clone();
+            v.insert(k, m[k].clone());
+            out.push(object(&v));
+            let mut v = m.clone();
+            v.push(m[k].clone());
+            out.push(object(&v));
+            for extra in [
+                r#""extra":1"#,
+                r#""tags":[]"#,
+                r#""x":{"a":[1,{"b":2}]}"#,
+                r#""device_idx":"y""#,
+                r#""seq2":1"#,
+                r#""temperature":null"#,
+            ] {
+                let mut v = m.clone();
+                v.insert(k, extra.into());
+                out.push(object(&v));
+            }
+        }
+        let mut v = m.clone();
+        v.push(r#""extra":1"#.into());
+        out.push(object(&v));
+        // The same keys, escaped: the same point to a JSON parser.
+        for (key, escaped) in [
+            ("\"seq\"", r#""s\u0065q""#),
+            ("\"value\"", r#""valu\u0065""#),
+        ] {
+            let v: Vec<String> = m.iter().map(|x| x.replacen(key, escaped, 1)).collect();
+            out.push(object(&v));
+        }
+        let numbers = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "-",
+            "1e2",
+            "1E2",
+            "1.5e-3",
+            "-0.0",
+            "0.0",
+            "00.1",
+            "1.00",
+            "-00.5",
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "9999999999999999999",
+            "9007199254740991.0",
+            "9007199254740993.0",
+            "900719925474099.3",
+            "123456789012345678.9",
+            "12345678901234567.89",
+            "0.1234567890123456789012345",
+            "0.00000000000000000000001",
+            "1.7976931348623157e309",
+            "4.9e-324",
+            "1763798400.123456",
+            "1763798400.1234567",
+            "true",
+            "null",
+            "\"1.5\"",
+            "[1.5]",
+        ];
+        for (k, member) in m.iter().enumerate().skip(1) {
+            let key = &member[..member.find(':').expect("a member has a colon")];
+            for n in numbers {
+                let mut v = m.clone();
+                v[k] = format!("{key}:{n}");
+                out.push(object(&v));
+            }
+        }
+        out
+    }
+
+    /// The same bytes with whitespace where JSON allows it: around every structural character.
+    fn spaced(payload: &[u8], ws: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut in_string = false;
+        let mut escaped = false;
+        for (i, &b) in payload.iter().enumerate() {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'}' | b'[' | b']' | b':' | b',' => {
+                    for at in [i, i + 1] {
+                        let mut v = payload.to_vec();
+                        v.splice(at..at, ws.iter().copied());
+                        out.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Bytes that matter to a JSON parser, for inserting and replacing.
+    const INTERESTING: &[u8] = b"\"\\,:{}[]0159-.eE+ \n\t\rnux\x00\x1f\x7f\x80\xc3\xff";
+
+    /// `rounds` random flips, replacements, insertions and deletions of one byte each, and
+    /// replaced digits.
+    fn byte_mutations(payload: &[u8], rng: &mut Rng, rounds: usize) -> Vec<Vec<u8>> {
+        (0..rounds)
+            .map(|_| {
+                let mut v = payload.to_vec();
+                let at = rng.below(v.len());
+                match rng.below(5) {
+                    0 => v[at] ^= 1 << rng.below(8),
+                    // Mostly still canonical: other numbers, for the fast path to convert.
+                    4 if v[at].is_ascii_digit() => v[at] = b'0' + rng.below(10) as u8,
+                    4 => v[at] = b'0',
+                    1 => v[at] = INTERESTING[rng.below(INTERESTING.len())],
+                    2 => v.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                    _ => {
+                        v.remove(at);
+                    }
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Whole payloads around a point: wrapped, doubled, padded, with junk after.
+    fn wrappers(point: &[u8]) -> Vec<Vec<u8>> {
+        let p = String::from_utf8_lossy(point);
+        [
+            format!("[{p}]"),
+            format!("[{p},{p}]"),
+            format!("[{p},]"),
+            format!("[[{p}]]"),
+            format!("{p}{p}"),
+            format!("[{p}]]"),
+            format!("[{p}]x"),
+            format!("{p}x"),
+            format!(" {p}"),
+            format!("{p} "),
+            format!("{p}\n"),
+            format!("[{p}] "),
+            format!("[,{p}]"),
+            format!("[{p} ,{p}]"),
+            "[]".into(),
+            "[ ]".into(),
+            "[{}]".into(),
+            "{}".into(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect()
+    }
+
+    #[test]
+    fn the_fast_path_answers_as_the_full_path_for_encoder_output_and_its_mutations() {
+        let mut diff = Differential::new();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for (n, id) in odd_ids().iter().enumerate() {
+            let mut enc = Encoder::new("a_first_device_to_switch_away_from");
+            enc.set_device_id(id.as_bytes());
+            for sensors in [false, true] {
+                for batch in [1, 2, 1000] {
+                    let payload = message(&enc, &generated(batch, sensors, n as u64));
+                    diff.check(&payload);
+                    let rounds = if batch == 1000 { 24 } else { 200 };
+                    for m in byte_mutations(&payload, &mut rng, rounds) {
+                        diff.check(&m);
+                    }
+                    if batch < 1000 {
+                        for end in 0..payload.len() {
+                            diff.check(&payload[..end]);
+                        }
+                        for ws in [&b" "[..], b"\n", b"\t", b"\r", b" \n\t"] {
+                            for m in spaced(&payload, ws) {
+                                diff.check(&m);
+                            }
+                        }
+                    } else {
+                        for _ in 0..8 {
+                            diff.check(&payload[..rng.below(payload.len())]);
+                        }
+                        diff.check(&payload[..payload.len() - 1]);
+                    }
+                }
+            }
+            for s in edge_samples() {
+                let mut point = Vec::new();
+                enc.write_point(&mut point, &s);
+                diff.check(&point);
+                for m in member_variants(&point).iter().chain(&wrappers(&point)) {
+                    diff.check(m);
+                }
+            }
+            diff.check(&message(&enc, &edge_samples()));
+        }
+        // A mutated point inside a batch, first, in the middle and last.
+        let enc = Encoder::new("frontend1_ultra_high_perf_device");
+        let points: Vec<Vec<u8>> = generated(3, true, 9)
+            .iter()
+            .map(|s| {
+                let mut p = Vec::new();
+                enc.write_point(&mut p, s);
+                p
+            })
+            .collect();
+        for k in 0..points.len() {
+            for m in member_variants(&points[k]) {
+                let mut batch = points.clone();
+                batch[k] = m;
+                diff.check(&[b"[", &batch.join(&b","[..])[..], b"]"].concat());
+            }
+        }
+        assert!(diff.checked > 50_000, "{} payloads", diff.checked);
+        // Not a vacuous agreement: mutants that stay canonical take the fast path.
+        assert!(
+            diff.ours.fast_payloads > 1_000,
+            "{} of {} payloads took the fast path",
+            diff.ours.fast_payloads,
+            diff.checked
+        );
+    }
+
+    #[test]
+    fn random_decimals_convert_bit_for_bit_as_simd_json_converts_them() {
+        let mut diff = Differential::new();
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..20_000 {
+            let mut number = || {
+                let digits: String = (0..1 + rng.below(21))
+                    .map(|_| char::from(b'0' + rng.below(10) as u8))
+                    .collect();
+                let point = 1 + rng.below(digits.len());
+                let sign = if rng.below(4) == 0 { "-" } else { "" };
+                // Sometimes no leading zero, sometimes significands right at 2^53.
+                let int = match &digits[..point] {
+                    i if rng.below(2) == 0 => i.trim_start_matches('0').to_string(),
+                    i => i.to_string(),
+                };
+                let int = if int.is_empty() { "0".into() } else { int };
+                match rng.below(8) {
+                    0 => format!("{sign}9007199254.74099{}", rng.below(10)),
+                    1 => format!("{sign}0.9007199254740{}", 990 + rng.below(10)),
+                    _ => format!("{sign}{int}.{}5", &digits[point..]),
+                }
+            };
+            let payload = format!(
+                r#"{{"device_id":"d","seq":1,"timestamp":{},"value":{},"humidity":{}}}"#,
+                number(),
+                number(),
+                number()
+            );
+            diff.check(payload.as_bytes());
+        }
+        assert!(
+            diff.ours.fast_payloads > 2_000,
+            "{} of {} payloads took the fast path",
+            diff.ours.fast_payloads,
+            diff.checked
+        );
+    }
+
+    #[test]
+    fn points_of_several_devices_in_one_batch_keep_their_own_ids() {
+        let ids = ["a", "a", "bb", "bb", "a", "ünï", "", "a", "a"];
+        let points: Vec<Vec<u8>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut p = Vec::new();
+                Encoder::new(id).write_point(&mut p, &generated(1, i % 2 == 0, i as u64)[0]);
+                p
+            })
+            .collect();
+        let mut payload = [b"[", &points.join(&b","[..])[..], b"]"].concat();
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        assert_eq!(d.decode(&mut payload, &mut out), Ok(Shape::Batch));
+        assert_eq!(d.fast_payloads, 1);
+        let got: Vec<&str> = out.iter().map(|p| p.device_id.as_ref()).collect();
+        assert_eq!(got, ids);
+        assert!(out.iter().all(|p| matches!(p.device_id, Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn encoder_output_takes_the_fast_path_and_anything_else_the_full_one() {
+        let mut d = Decoder::default();
+        let mut taken = 0;
+        let mut decode = |d: &mut Decoder, payload: &[u8]| {
+            let mut buf = payload.to_vec();
+            let mut out = Vec::new();
+            let r = d.decode(&mut buf, &mut out).map(|s| (s, out.len()));
+            let fast = d.fast_payloads > taken;
+            taken = d.fast_payloads;
+            (r, fast)
+        };
+        for id in [
+            "frontend1_ultra_high_perf_device",
+            "",
+            "ünï😀",
+            &"x".repeat(MAX_DEVICE_ID),
+        ] {
+            let enc = Encoder::new(id);
+            for sensors in [false, true] {
+                for (batch, shape) in [(1, Shape::Legacy), (2, Shape::Batch), (1000, Shape::Batch)]
+                {
+                    let payload = message(&enc, &generated(batch, sensors, 1));
+                    assert_eq!(
+                        decode(&mut d, &payload),
+                        (Ok((shape, batch)), true),
+                        "{id} {batch}"
+                    );
+                }
+            }
+            // Mixed sensor fields, extreme values within the exact range.
+            let mut s = edge_samples();
+            s.retain(|s| {
+                s.seq < 10_000_000_000_000_000_000 && s.timestamp_us < 9_007_199_254_740_992
+            });
+            assert_eq!(
+                decode(&mut d, &message(&enc, &s)),
+                (Ok((Shape::Batch, s.len())), true)
+            );
+        }
+        let canonical = message(&Encoder::new("d"), &generated(2, true, 1));
+        let text = String::from_utf8(canonical.clone()).unwrap();
+        for other in [
+            text.replacen(",", ", ", 1),
+            text.replacen("\"seq\":0", "\"seq\":0,\"extra\":1", 1),
+            text.replacen("\"d\"", "\"d\\u0041\"", 1),
+            format!("{text}\n"),
+        ] {
+            assert_eq!(
+                decode(&mut d, other.as_bytes()),
+                (Ok((Shape::Batch, 2)), false),
+                "{other}"
+            );
+        }
+        for escaped in ["q\"", "tab\t", "nul\u{0}"] {
+            let payload = message(&Encoder::new(escaped), &generated(1, true, 1));
+            assert_eq!(
+                decode(&mut d, &payload),
+                (Ok((Shape::Legacy, 1)), false),
+                "{escaped:?}"
+            );
+        }
+        assert!(
+            decode(&mut d, &canonical).1,
+            "the fast path after a full one"
         );
     }
 }

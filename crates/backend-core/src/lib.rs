@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! args + config --> Plan --> broker/mqtt (mqtt-tool) --> receive: subscribe
-//!     --> decode (simd-json into point_format::Point) --> route (device -> frontend)
+//!     --> decode (our encoder's form directly, else simd-json) --> route (device -> frontend)
 //!     --> verify (per-device seq ranges) --> report (text, JSON) --> exit code
 //! ```
 //!
