@@ -208,7 +208,7 @@ fn hostile_payloads_neither_crash_nor_hide_anything() {
             {{"device_id":"dev_far","seq":0,"timestamp":1e300,"value":-1e308}}]"#
     );
     let mut zeros = b"[0".to_vec();
-    zeros.extend(std::iter::repeat_n(b",0".as_slice(), 4 << 20).flatten());
+    zeros.extend(std::iter::repeat(b",0".as_slice()).take(4 << 20).flatten());
     zeros.push(b']');
     let msgs = vec![
         extreme.into_bytes(),
