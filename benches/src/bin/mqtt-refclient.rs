@@ -1,11 +1,18 @@
-//! The reference client of the throughput bench: the simplest fast thing against the same
-//! broker. `pub` writes pre-encoded PUBLISH packets in large writes over a raw socket (at
-//! QoS 1 with a 65,535-message window, reading PUBACKs on a second thread); `sub` counts
-//! what a subscriber receives. Each prints one JSON line of figures on stdout.
+//! The reference client of the throughput and receive benches: the simplest fast thing
+//! against the same broker. `pub` writes pre-encoded PUBLISH packets in large writes over a
+//! raw socket (at QoS 1 with a 65,535-message window, reading PUBACKs on a second thread);
+//! `sub` counts the messages a subscriber receives; `recv` is the raw reference subscriber of
+//! the receive bench (scenario D2): one blocking socket, reads of up to 1 MiB that wait for
+//! 64 KiB (SO_RCVLOWAT), MQTT framing by hand, PUBACKs at QoS 1, and points counted as the
+//! occurrences of `"seq":` in each payload. Each prints one JSON line of figures on
+//! stdout.
 //!
 //! ```text
 //! mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES
 //! mqtt-refclient sub PORT FILTER        (prints "ready", counts until stdin closes)
+//! mqtt-refclient recv PORT FILTER QOS POINTS IDLE_S
+//!                                       (prints "ready", counts until POINTS points arrived
+//!                                        or none for IDLE_S seconds)
 //! ```
 
 use std::io::{BufRead, Read, Write};
@@ -28,9 +35,12 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("pub") if args.len() == 6 => publish(&args[1..]),
         Some("sub") if args.len() == 3 => subscribe(&args[1..]),
-        _ => {
-            Err("usage: mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES | sub PORT FILTER".into())
-        }
+        Some("recv") if args.len() == 6 => receive(&args[1..]),
+        _ => Err(
+            "usage: mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES | sub PORT FILTER \
+                  | recv PORT FILTER QOS POINTS IDLE_S"
+                .into(),
+        ),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -207,4 +217,176 @@ fn subscribe(a: &[String]) -> Result<(), String> {
     }
     println!("{{\"messages\":{messages},\"bytes\":{bytes}}}");
     Ok(())
+}
+
+/// Bytes a `recv` read asks for at least.
+const READ: usize = 1 << 20;
+/// Bytes that must have arrived before a `recv` read returns (unless it times out).
+const LOWAT: libc::c_int = 64 << 10;
+
+/// `recv`: the raw reference subscriber. Counts the points of every PUBLISH as the
+/// occurrences of `"seq":` in its payload (a batch is an array of point objects, a legacy
+/// message one object, and each point has one `seq` key). The pattern cannot appear unescaped
+/// inside a JSON string value, so it counts keys; only a key that itself ends in an escaped
+/// quote followed by `seq` (`"x\"seq":`) would fool it, and no payload of ours has one.
+fn receive(a: &[String]) -> Result<(), String> {
+    let port: u16 = arg(&a[0], "port")?;
+    let qos = match arg::<u8>(&a[2], "qos")? {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        q => return Err(format!("bad qos: {q} (0 or 1)")),
+    };
+    let want: u64 = arg(&a[3], "points")?;
+    let idle = Duration::from_secs(arg(&a[4], "idle seconds")?);
+    let mut stream = connect(port, &format!("refclient-recv-{}", std::process::id()))?;
+    let mut out = BytesMut::new();
+    let mut s = Subscribe::new(a[1].as_str(), qos);
+    s.pkid = 1;
+    s.write(&mut out).map_err(|e| format!("{e:?}"))?;
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    // A read wakes once LOWAT bytes arrived, or after the timeout with what there is: small
+    // messages then cost a wakeup per 64 KiB, not one each. Without it the S1 stream cost 3.5 s
+    // of CPU per million points in wakeups, which on two cores the broker missed (90k points/s
+    // instead of 127k). The timeout also paces the look at the idle deadline, and bounds how
+    // late the last message's time can be (5 ms).
+    set_rcvlowat(&stream, LOWAT)?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .map_err(|e| e.to_string())?;
+
+    let seq = memchr::memmem::Finder::new(b"\"seq\":");
+    let (mut messages, mut points, mut bytes) = (0u64, 0u64, 0u64);
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+    let mut quiet_since = Instant::now();
+    let mut acks: Vec<u8> = Vec::new();
+    // buf[start..end] was read and not yet framed: at most the head of one packet after a
+    // pass. It moves to the front only when fewer than READ bytes are free behind it.
+    let mut buf = vec![0u8; 4 * READ];
+    let (mut start, mut end) = (0usize, 0usize);
+    while want == 0 || points < want {
+        if buf.len() - end < READ {
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+            if buf.len() - end < READ {
+                buf.resize(end + READ, 0); // a packet larger than the buffer
+            }
+        }
+        let n = match stream.read(&mut buf[end..]) {
+            Ok(0) => break, // the broker closed the connection
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if quiet_since.elapsed() >= idle {
+                    break;
+                }
+                continue;
+            }
+            // A read with a timeout is not restarted after SIGSTOP and SIGCONT (the bench
+            // stops a subscriber to give it a backlog).
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let now = Instant::now();
+        end += n;
+        let before = messages;
+        while let Some((hdr, total)) = frame(&buf[start..end])? {
+            let pkt = &buf[start..start + total];
+            match pkt[0] >> 4 {
+                3 => {
+                    let body = &pkt[hdr..];
+                    let qos = (pkt[0] >> 1) & 3;
+                    let topic_len = body
+                        .get(..2)
+                        .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                        .ok_or("PUBLISH without a topic")?;
+                    let topic_end = 2 + topic_len;
+                    let payload_at = topic_end + if qos > 0 { 2 } else { 0 };
+                    let payload = body
+                        .get(payload_at..)
+                        .ok_or("PUBLISH shorter than its topic")?;
+                    if qos == 1 {
+                        acks.extend_from_slice(&[0x40, 0x02, body[topic_end], body[topic_end + 1]]);
+                    }
+                    messages += 1;
+                    bytes += payload.len() as u64;
+                    points += seq.find_iter(payload).count() as u64;
+                }
+                9 => println!("ready"), // SUBACK
+                _ => {}
+            }
+            start += total;
+        }
+        if messages > before {
+            first.get_or_insert(now);
+            last = Some(now);
+            quiet_since = now;
+        }
+        if !acks.is_empty() {
+            stream.write_all(&acks).map_err(|e| e.to_string())?;
+            acks.clear();
+        }
+    }
+    let _ = stream.write_all(&[0xE0, 0x00]);
+    let elapsed = match (first, last) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let rate = if elapsed > 0.0 {
+        points as f64 / elapsed
+    } else {
+        0.0
+    };
+    println!(
+        "{{\"messages\":{messages},\"points\":{points},\"bytes\":{bytes},\"elapsed_s\":{elapsed},\"point_rate\":{rate},\"cpu_s\":{}}}",
+        cpu_seconds()
+    );
+    Ok(())
+}
+
+/// The packet at the head of `b` as (fixed header length, packet length), or `None` while it
+/// is incomplete.
+fn frame(b: &[u8]) -> Result<Option<(usize, usize)>, String> {
+    let mut len = 0usize;
+    for i in 1..5 {
+        let Some(&byte) = b.get(i) else {
+            return Ok(None);
+        };
+        len |= usize::from(byte & 0x7f) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            let total = i + 1 + len;
+            return Ok((b.len() >= total).then_some((i + 1, total)));
+        }
+    }
+    Err("malformed remaining length".into())
+}
+
+fn set_rcvlowat(stream: &TcpStream, bytes: libc::c_int) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads an int of ours for a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("SO_RCVLOWAT: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: a zeroed rusage is valid, and getrusage only writes it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
 }
