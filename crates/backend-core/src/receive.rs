@@ -399,6 +399,14 @@ pub async fn run(
             rx.stop = why; // a stream that never pauses still ends by --duration
             break;
         }
+        // A flood that never pauses would starve the ping branch below (bytes win): at QoS 0
+        // nothing else is written, and the broker would close us after 1.5 keep-alives.
+        if session.ping_due().is_some_and(|p| p <= Instant::now()) {
+            if let Err(e) = session.write(&mqtt_tool::session::PINGREQ).await {
+                rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
+                break;
+            }
+        }
         let ping = session.ping_due().filter(|p| *p < deadline);
         // Bytes already waiting win over a deadline that passed meanwhile: they arrived
         // before it, and a busy machine must not turn them into an idle stop.

@@ -424,7 +424,9 @@ impl<P: Producer> Worker<P> {
             if self.phase == WorkerPhase::Done {
                 break;
             }
-            let wake = if more {
+            // Connections made dirty during this turn's flushes (a drained outbox let its
+            // devices catch up) are flushed at once, not at the next timer.
+            let wake = if more || !self.dirty.is_empty() {
                 Some(now)
             } else {
                 self.next_wake(now, next_due)
@@ -1163,8 +1165,11 @@ impl<P: Producer> Worker<P> {
     fn flush_dirty(&mut self, now: Instant) {
         let dirty = std::mem::take(&mut self.dirty);
         for &c in &dirty {
-            self.conns[c as usize].dirty = false;
-            if !self.conns[c as usize].blocked {
+            let conn = &mut self.conns[c as usize];
+            conn.dirty = false;
+            // `blocked` with nobody watching writability: the outbox was full (its devices
+            // wait for room), not the socket. Flushing it is what makes room.
+            if !conn.blocked || !conn.watch_write {
                 self.flush(c, now);
             }
         }

@@ -155,6 +155,49 @@ fn points_owed_when_the_schedule_ends_are_written_in_the_drain() {
     assert!(lag_max >= 1_000_000, "lag max {lag_max} µs");
 }
 
+/// Small messages and a short queue: after a stall the device owes more than its queue
+/// holds, fills it, and the queue (not the socket) is full. The connection must still be
+/// flushed and the rest generated as it drains, not wait for writability nobody watches.
+#[test]
+fn a_full_queue_of_small_messages_drains_after_a_stall() {
+    let m = Mosquitto::start();
+    let run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--rate",
+            "10k",
+            "--batch",
+            "1",
+            "--max-queued",
+            "10",
+            "--duration",
+            "3s",
+            "--drain-timeout",
+            "10s",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m.signal("STOP");
+    std::thread::sleep(Duration::from_millis(1000));
+    m.signal("CONT");
+    let out = run.wait();
+    out.assert_code(0);
+    let r = out.report();
+    assert_eq!(
+        (
+            n(r, "points_sent"),
+            n(r, "points_dropped"),
+            n(r, "points_unsent")
+        ),
+        (30_000, 0, 0),
+        "{r:#}"
+    );
+    assert!(out.wall < Duration::from_secs(8), "took {:?}", out.wall);
+}
+
 /// A broker that takes the CONNECT and never reads again, with no --duration and no signal:
 /// the keep-alive finds the writes stalled and ends the run, instead of waiting for ever.
 #[test]
