@@ -6,14 +6,14 @@
 //! output `Vec` the backend makes for each message, and nothing per point.
 //! `cargo bench -p loadgen-benches --bench decode`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use backend_core::decode::Decoder;
 use point_format::{Encoder, Point};
 use publisher_core::source::PointSource;
+
+mod alloc_count;
 
 const DEVICE: &str = "frontend1_ultra_high_perf_device";
 const ROUNDS: usize = 5;
@@ -21,29 +21,6 @@ const POINTS_PER_ROUND: usize = 1_000_000;
 /// Points per second the decoder must reach for batches of [`TARGET_BATCH`].
 const TARGET: f64 = 10e6;
 const TARGET_BATCH: usize = 1000;
-
-/// The system allocator, counting allocations.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 fn payloads(batch: usize) -> Vec<Vec<u8>> {
     let enc = Encoder::new(DEVICE);
@@ -65,7 +42,7 @@ fn ours(msgs: &[Vec<u8>]) -> ((f64, f64), f64) {
     let mut buf = Vec::new();
     let mut decoder = Decoder::default();
     let (mut points, mut bytes) = (0usize, 0usize);
-    let allocations = ALLOCATIONS.load(Relaxed);
+    let allocations = alloc_count::allocations();
     let start = Instant::now();
     for m in msgs {
         buf.clear();
@@ -76,7 +53,7 @@ fn ours(msgs: &[Vec<u8>]) -> ((f64, f64), f64) {
         bytes += m.len();
     }
     let s = start.elapsed().as_secs_f64();
-    let allocations = ALLOCATIONS.load(Relaxed) - allocations;
+    let allocations = alloc_count::allocations() - allocations;
     (
         (points as f64 / s, bytes as f64 / s),
         allocations as f64 / msgs.len() as f64,

@@ -5,42 +5,19 @@
 //! Markdown table: `cargo bench -p loadgen-benches --bench encode`. A counting allocator
 //! shows how many allocations our path makes per point (the target is none).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use point_format::{Encoder, Point};
 use publisher_core::source::PointSource;
 
+mod alloc_count;
+
 const DEVICE: &str = "frontend1_ultra_high_perf_device";
 const ROUNDS: usize = 5;
 const POINTS_PER_ROUND: usize = 2_000_000;
 const TIMESTAMP_US: u64 = 1_763_798_400_123_456;
-
-/// The system allocator, counting allocations.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// Points per second through our encoder, and allocations per point.
 fn ours(batch: usize) -> (f64, f64) {
@@ -49,7 +26,7 @@ fn ours(batch: usize) -> (f64, f64) {
     let mut samples = Vec::with_capacity(batch);
     let mut buf = BytesMut::with_capacity(enc.max_payload_len(batch));
     let mut bytes = 0usize;
-    let allocations = ALLOCATIONS.load(Relaxed);
+    let allocations = alloc_count::allocations();
     let start = Instant::now();
     for _ in 0..POINTS_PER_ROUND / batch {
         src.fill(batch, TIMESTAMP_US, &mut samples);
@@ -58,7 +35,7 @@ fn ours(batch: usize) -> (f64, f64) {
         bytes += black_box(buf.len());
     }
     let rate = POINTS_PER_ROUND as f64 / start.elapsed().as_secs_f64();
-    let allocations = ALLOCATIONS.load(Relaxed) - allocations;
+    let allocations = alloc_count::allocations() - allocations;
     black_box(bytes);
     (rate, allocations as f64 / POINTS_PER_ROUND as f64)
 }
