@@ -107,6 +107,13 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "N", default_value = "100k", value_parser = parse_count)]
     pub max_devices: u64,
 
+    /// At high message rates, let a read wait for bytes to gather for up to this long (a
+    /// wakeup per batch, not per message, leaves the cores to the broker); end-to-end
+    /// latencies are then late by up to this much, by nothing at low rates. 0s: read every
+    /// byte as it comes
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub read_hold: Duration,
+
     /// List every device in the JSON report, and every frontend's device ids (default: the
     /// devices with a problem, at most 1,000, so that a fleet's report stays small)
     #[arg(long)]
@@ -127,6 +134,7 @@ pub struct Plan {
     pub first_message_timeout: Duration,
     pub duration: Option<Duration>,
     pub max_devices: usize,
+    pub read_hold: Duration,
     pub report_json: Option<std::path::PathBuf>,
     pub report_devices: bool,
     pub quiet: bool,
@@ -190,6 +198,7 @@ impl Plan {
             first_message_timeout: a.verify.first_message_timeout,
             duration: a.verify.duration,
             max_devices: usize::try_from(a.verify.max_devices).unwrap_or(usize::MAX),
+            read_hold: a.verify.read_hold,
             report_json: a.output.report_json,
             report_devices: a.verify.report_devices,
             quiet: a.output.quiet,

@@ -294,6 +294,7 @@ pub async fn run(
         last_device: None,
         points: Vec::new(),
     };
+    session.set_read_hold(plan.read_hold);
     let filters = plan.filters();
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));

@@ -87,6 +87,9 @@ pub struct Report {
     pub qos: u8,
     pub share_group: Option<String>,
     pub expect: Option<u64>,
+    /// `--read-hold`: at high rates reads wait this long for bytes to gather, so end-to-end
+    /// latencies may be late by up to this much (0: every byte read as it came).
+    pub read_hold_us: u64,
     pub points_received: u64,
     pub points_unique: u64,
     /// Null in a share group, where gaps belong to the other members.
@@ -236,6 +239,7 @@ impl Report {
             qos: plan.qos,
             share_group: plan.share_group.clone(),
             expect: plan.expect,
+            read_hold_us: plan.read_hold.as_micros().min(u64::MAX as u128) as u64,
             points_received: rx.points,
             points_unique: rx.unique,
             points_missing: (!shared).then_some(missing),
@@ -347,7 +351,15 @@ impl Report {
             ),
         );
         if let Some(p) = &self.latency_us {
-            line("e2e latency", fmt_percentiles(p, true));
+            let mut l = fmt_percentiles(p, true);
+            if self.read_hold_us > 0 {
+                // Say how late an arrival may be read, so that nobody takes it for the broker's.
+                l.push_str(&format!(
+                    " (includes up to {} of read batching at high rates, --read-hold)",
+                    humantime::format_duration(std::time::Duration::from_micros(self.read_hold_us))
+                ));
+            }
+            line("e2e latency", l);
         }
         for f in &self.frontends {
             const NAMED: usize = 5;

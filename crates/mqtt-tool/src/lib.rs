@@ -21,6 +21,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod format;
+pub mod lowat;
 pub mod mqtt;
 pub mod out;
 pub mod run;

@@ -10,6 +10,7 @@
 //! remaining length, then the packet's bytes where they lie.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use crate::broker::BrokerTarget;
 use crate::connect::ConnectPlan;
 use crate::error::Error;
+use crate::lowat::Lowat;
 use crate::mqtt::{describe_failure, ConnackCode, ConnectFailure};
 
 /// Bytes read in one go: a thousand 1000-point batches' worth of headers, or a few of them.
@@ -72,6 +74,39 @@ pub struct Session {
     max_packet: usize,
     keep_alive: Duration,
     last_write: Instant,
+    /// How many bytes a read waits for.
+    lowat: Lowat,
+}
+
+/// Sets `SO_RCVLOWAT` on `fd`.
+fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt reads an int of ours for a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the socket holds now, without waiting and whatever the low-water mark: tokio's own
+/// `try_read` would not ask the kernel, as the mark kept the socket from being reported
+/// readable. `Ok(0)` is a closed connection; WouldBlock, nothing there.
+fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Reads a fixed header at the start of `b`: (first byte, header length, remaining length),
@@ -183,6 +218,7 @@ impl Session {
                 max_packet: cp.max_packet_size.max(64),
                 keep_alive: cp.keep_alive,
                 last_write: Instant::now(),
+                lowat: Lowat::new(Duration::ZERO, Instant::now()),
             };
             let credentials = cp
                 .credentials
@@ -248,6 +284,12 @@ impl Session {
         Ok(())
     }
 
+    /// Lets reads wait for bytes to gather, so that no byte waits longer than about `hold`
+    /// at a steady rate (zero: every byte wakes the reader); see [`crate::lowat`].
+    pub fn set_read_hold(&mut self, hold: Duration) {
+        self.lowat = Lowat::new(hold, Instant::now());
+    }
+
     /// When a PINGREQ is due (the broker closes a client silent for 1.5 keep-alives).
     pub fn ping_due(&self) -> Option<Instant> {
         (!self.keep_alive.is_zero()).then(|| self.last_write + self.keep_alive / 2)
@@ -266,8 +308,41 @@ impl Session {
                 self.buf.resize(self.need, 0);
             }
         }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        let fd = self.stream.as_raw_fd();
+        let n = if self.lowat.mark > 1 {
+            let fallback = self.lowat.fallback();
+            let waited = tokio::select! {
+                biased;
+                r = self.stream.read(&mut self.buf[self.end..]) => Some(r?),
+                _ = tokio::time::sleep(fallback) => None,
+            };
+            match waited {
+                Some(n) => n,
+                None => {
+                    // The rate fell: take what is there, or (the mark now 1) wait for any byte.
+                    let got = match recv_now(fd, &mut self.buf[self.end..]) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Err(e),
+                    };
+                    let mark = self.lowat.timed_out(got, Instant::now());
+                    if let Some(mark) = mark {
+                        set_rcvlowat(fd, mark)?;
+                    }
+                    if got > 0 {
+                        self.end += got;
+                        return Ok(got);
+                    }
+                    self.stream.read(&mut self.buf[self.end..]).await?
+                }
+            }
+        } else {
+            self.stream.read(&mut self.buf[self.end..]).await?
+        };
         self.end += n;
+        if let Some(mark) = self.lowat.read(n, Instant::now()) {
+            set_rcvlowat(fd, mark)?;
+        }
         Ok(n)
     }
 

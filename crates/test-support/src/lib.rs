@@ -543,6 +543,51 @@ pub mod fake {
         /// Closes the first N connections as soon as they are accepted, then acknowledges
         /// like a broker (one PUBACK per QoS 1 PUBLISH).
         CloseFirst(u32),
+        /// After a SUBSCRIBE, sends QoS 0 PUBLISHes of device `flood` (seqs from 0) on
+        /// `device_data/flood` as fast as the subscriber takes them, for 3 s; and, like a
+        /// strict broker, closes a client that sent nothing for 1.5 s (1.5 keep-alives of 1 s).
+        Flood,
+    }
+
+    /// How long [`Behaviour::Flood`] floods, and the silence after which it closes a client.
+    pub const FLOOD_FOR: Duration = Duration::from_secs(3);
+    pub const FLOOD_SILENCE: Duration = Duration::from_millis(1500);
+
+    /// Writes QoS 0 PUBLISHes to `sock` for [`FLOOD_FOR`]; closes it once the reader saw
+    /// nothing for [`FLOOD_SILENCE`] (`last_in`: milliseconds since `t0`).
+    fn flood(mut sock: TcpStream, t0: std::time::Instant, last_in: &std::sync::atomic::AtomicU64) {
+        let topic = b"device_data/flood";
+        let mut seq = 0u64;
+        let mut batch = Vec::new();
+        while t0.elapsed() < FLOOD_FOR {
+            let silent = t0.elapsed().as_millis() as u64 - last_in.load(Ordering::Relaxed);
+            if silent > FLOOD_SILENCE.as_millis() as u64 {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            batch.clear();
+            for _ in 0..100 {
+                let payload = crate::payload("flood", &[seq]);
+                seq += 1;
+                let len = 2 + topic.len() + payload.len();
+                batch.push(0x30);
+                let mut l = len;
+                loop {
+                    let b = (l & 0x7f) as u8;
+                    l >>= 7;
+                    batch.push(if l > 0 { b | 0x80 } else { b });
+                    if l == 0 {
+                        break;
+                    }
+                }
+                batch.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+                batch.extend_from_slice(topic);
+                batch.extend_from_slice(&payload);
+            }
+            if sock.write_all(&batch).is_err() {
+                return;
+            }
+        }
     }
 
     /// A scripted MQTT 3.1.1 server on 127.0.0.1 and a free port; stops on drop.
@@ -647,7 +692,10 @@ pub mod fake {
         }
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        let t0 = std::time::Instant::now();
+        let last_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
         while let Some((first, body)) = read_packet(&mut sock, stop) {
+            last_in.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
             let reply: Vec<u8> = match first >> 4 {
                 1 => vec![0x20, 0x02, 0x00, 0x00], // CONNECT -> CONNACK, accepted
                 3 => {
@@ -686,12 +734,19 @@ pub mod fake {
                     }
                     suback
                 }
+                // Flood: the flood writes the socket, and a reply could land inside one of
+                // its packets; the PINGREQ counts by arriving.
+                12 if behaviour == Behaviour::Flood => continue,
                 12 => vec![0xd0, 0x00], // PINGREQ -> PINGRESP
                 14 => return,           // DISCONNECT
                 _ => continue,
             };
             if sock.write_all(&reply).is_err() {
                 return;
+            }
+            if behaviour == Behaviour::Flood && first >> 4 == 8 {
+                let (w, last_in) = (sock.try_clone().unwrap(), last_in.clone());
+                std::thread::spawn(move || flood(w, t0, &last_in));
             }
             if behaviour == Behaviour::Deaf && first >> 4 == 1 {
                 return idle(stop); // never reads again: the socket buffers fill up

@@ -165,3 +165,32 @@ fn a_bad_value_from_the_environment_or_a_file_names_its_source() {
     );
     assert!(line.contains("from config file"), "{line}");
 }
+
+/// At QoS 0 a subscriber writes nothing but its PINGREQs, and a stream that never pauses
+/// must not crowd them out: a strict broker closes a client silent for 1.5 keep-alives.
+/// (Mosquitto lets a client it is sending to stay, so a scripted broker plays the strict one.)
+#[test]
+fn a_qos0_flood_longer_than_the_keep_alive_keeps_the_connection() {
+    let fake = FakeBroker::start(Behaviour::Flood);
+    let out = start(&[
+        "--broker",
+        &fake.url(),
+        "--qos",
+        "0",
+        "--keep-alive",
+        "1s",
+        "--read-hold",
+        "0s",
+        "--idle-timeout",
+        "1s",
+    ])
+    .wait();
+    assert_eq!(
+        out.report["stopped_by"], "idle",
+        "{}\n{}",
+        out.stdout, out.stderr
+    );
+    out.assert_code(0);
+    let elapsed = out.report["elapsed_s"].as_f64().unwrap();
+    assert!(elapsed > 2.0, "the flood lasted only {elapsed} s");
+}
