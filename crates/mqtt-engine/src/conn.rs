@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 
 use crate::error::{Lost, LostKind};
 use crate::inflight::Inflight;
-use crate::outbox::Outbox;
+use crate::outbox::{MsgMeta, Outbox};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,9 @@ pub struct Conn {
     /// Bumped whenever timers set earlier must not apply any more.
     pub generation: u32,
     pub up_at: Option<Instant>,
-    /// Last time a write made progress (for the keep-alive).
+    /// Last time a write made progress, and a read brought bytes (for the keep-alive).
     pub last_out: Instant,
+    pub last_in: Instant,
     /// A PINGREQ sent at, and the stream offset just past its bytes.
     pub ping: Option<(Instant, u64)>,
     /// The last flush would have blocked: wait for the socket to be writable.
@@ -65,16 +66,44 @@ pub struct Conn {
     pub acked_any: bool,
     pub first_write: Option<Instant>,
     pub largest_message: u32,
+    /// QoS 1 with reconnects: written messages stay in the outbox until acknowledged.
+    pub retaining: bool,
+    /// Lost and not back yet: since when.
+    pub down_since: Option<Instant>,
+    /// Reconnect attempts since the loss (the backoff's exponent).
+    pub reconnect_attempt: u32,
+    /// It came back at least once.
+    pub reconnected: bool,
+    /// A PUBACK arrived since it was last up.
+    pub acked_since_up: bool,
+    /// Losses in a row without progress in between (see the worker's `lose`).
+    pub losses_in_a_row: u32,
+    /// What the lost connection had not delivered, written first on the next one.
+    pub replay: Option<Replay>,
+}
+
+/// The messages of a lost connection that go out again on the next: their bytes, and each
+/// one's place in them with its meta (`resend`: it had been written).
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub bytes: Vec<u8>,
+    pub frames: Vec<(usize, usize, MsgMeta)>,
 }
 
 impl Conn {
-    pub fn new(index: u64, devices: Range<u32>, window: u16, now: Instant) -> Conn {
+    pub fn new(
+        index: u64,
+        devices: Range<u32>,
+        window: u16,
+        retaining: bool,
+        now: Instant,
+    ) -> Conn {
         Conn {
             index,
             devices,
             phase: Phase::Idle,
             sock: None,
-            out: Outbox::default(),
+            out: Conn::outbox(retaining),
             inbuf: Vec::new(),
             inflight: Inflight::new(window),
             attempt: 0,
@@ -82,6 +111,7 @@ impl Conn {
             generation: 0,
             up_at: None,
             last_out: now,
+            last_in: now,
             ping: None,
             blocked: false,
             watch_write: false,
@@ -91,6 +121,84 @@ impl Conn {
             acked_any: false,
             first_write: None,
             largest_message: 0,
+            retaining,
+            down_since: None,
+            reconnect_attempt: 0,
+            reconnected: false,
+            acked_since_up: false,
+            losses_in_a_row: 0,
+            replay: None,
+        }
+    }
+
+    fn outbox(retaining: bool) -> Outbox {
+        if retaining {
+            Outbox::retaining()
+        } else {
+            Outbox::default()
+        }
+    }
+
+    /// The connection is lost: what it had not delivered is taken out of its outbox (at
+    /// QoS 1 every message in flight, written or not; at QoS 0 the messages not completely
+    /// written), and the outbox starts afresh for the next connection. A message in flight
+    /// whose bytes are gone (never, while retaining) leaves the window: sent, unacknowledged.
+    pub fn take_replay(&mut self, qos1: bool) {
+        let mut r = self.replay.take().unwrap_or_default();
+        let written = self.out.written();
+        let mut gone = Vec::new();
+        let push = |r: &mut Replay, frame: &[u8], meta: MsgMeta| {
+            let at = r.bytes.len();
+            r.bytes.extend_from_slice(frame);
+            r.frames.push((at, r.bytes.len(), meta));
+        };
+        if qos1 {
+            for a in self.inflight.iter() {
+                let meta = MsgMeta {
+                    scheduled: a.scheduled,
+                    points: a.points,
+                    bytes: a.bytes,
+                    pkid: a.pkid,
+                    resend: a.written_before || a.end <= written,
+                };
+                match self.out.frame(a.start, a.end) {
+                    Some(f) => push(&mut r, f, meta),
+                    None => gone.push(a.pkid),
+                }
+            }
+        } else {
+            for (start, end, meta) in self.out.unwritten() {
+                if let Some(f) = self.out.frame(*start, *end) {
+                    push(&mut r, f, *meta);
+                }
+            }
+        }
+        for id in gone {
+            self.inflight.ack(id);
+        }
+        self.out = Conn::outbox(self.retaining);
+        self.replay = Some(r);
+    }
+
+    /// On the next connection: the replay goes first, resends with DUP set, and the window's
+    /// messages learn where their bytes are now.
+    pub fn put_replay(&mut self) {
+        let Some(r) = self.replay.take() else {
+            return;
+        };
+        let mut spans = Vec::with_capacity(r.frames.len());
+        for (s, e, meta) in r.frames {
+            let buf = self.out.buffer(e - s);
+            let at = buf.len();
+            buf.extend_from_slice(&r.bytes[s..e]);
+            if meta.resend {
+                buf[at] |= 0x08; // DUP: the broker may have it (MQTT 3.1.1 section 3.3.1.1)
+            }
+            spans.push((self.out.seal(meta), meta.resend));
+        }
+        for (a, (span, resend)) in self.inflight.iter_mut().zip(spans) {
+            (a.start, a.end) = span;
+            a.written_before = resend;
         }
     }
 

@@ -15,6 +15,13 @@ pub struct Awaiting {
     pub pkid: u16,
     pub scheduled: Instant,
     pub points: u32,
+    /// Payload bytes.
+    pub bytes: u32,
+    /// Its bytes in the connection's outbox (stream offsets), for a resend.
+    pub start: u64,
+    pub end: u64,
+    /// Written on a connection since lost: another write is a resend.
+    pub written_before: bool,
     /// Its place in the order ids were handed out.
     seq: u64,
 }
@@ -75,6 +82,10 @@ impl Inflight {
                     pkid,
                     scheduled,
                     points,
+                    bytes: 0,
+                    start: 0,
+                    end: 0,
+                    written_before: false,
                     seq,
                 });
                 return Some(pkid);
@@ -89,6 +100,27 @@ impl Inflight {
         }
         let at = self.queue.iter().position(|a| a.pkid == pkid)?;
         self.queue.remove(at)
+    }
+
+    /// Records where the message issued last lies in the outbox, and its payload bytes.
+    pub fn place_last(&mut self, (start, end): (u64, u64), bytes: u32) {
+        if let Some(a) = self.queue.back_mut() {
+            (a.start, a.end, a.bytes) = (start, end, bytes);
+        }
+    }
+
+    /// Where the oldest message in flight starts in the outbox (`None`: nothing in flight).
+    pub fn first_start(&self) -> Option<u64> {
+        self.queue.front().map(|a| a.start)
+    }
+
+    /// The messages in flight, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Awaiting> + '_ {
+        self.queue.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Awaiting> + '_ {
+        self.queue.iter_mut()
     }
 
     /// Gives up every message still in flight (the connection is gone or the drain is over).

@@ -37,5 +37,7 @@ pub mod template;
 pub mod worker;
 
 pub use fleet::{Fleet, FleetHandle, FleetResult};
-pub use settings::{ConnSettings, FleetSettings, PublishSettings, Qos, RampSettings};
-pub use worker::Producer;
+pub use settings::{
+    ConnSettings, FleetSettings, PublishSettings, Qos, RampSettings, ReconnectSettings,
+};
+pub use worker::{Producer, MAX_LOSSES_WITHOUT_PROGRESS};

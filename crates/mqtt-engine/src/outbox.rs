@@ -13,6 +13,12 @@
 //! connections, costs bounded memory, and shows as schedule lag. Control packets (CONNECT,
 //! PINGREQ, DISCONNECT) travel the same byte stream without a meta. What is left when a
 //! connection is given up is [`Outbox::abandon`]ed: unsent, each message accounted for.
+//!
+//! For a reconnect, the bytes of messages that may have to go out again stay: a message
+//! written in part (the broker drops a packet cut by a lost connection), and with
+//! [`Outbox::retaining`] (QoS 1 when connections reconnect) every message until the worker
+//! [`Outbox::release`]s it on its PUBACK. A lost connection's messages are then taken out
+//! whole ([`Outbox::frame`]) and written again on the next connection.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -30,6 +36,8 @@ pub struct MsgMeta {
     pub bytes: u32,
     /// The QoS 1 packet id (0 at QoS 0).
     pub pkid: u16,
+    /// Written before, on a connection since lost: counted as resent, not sent again.
+    pub resend: bool,
 }
 
 /// How a flush ended.
@@ -44,15 +52,30 @@ pub enum Flushed {
 /// Bytes and messages queued for one connection.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// Bytes from stream offset `base`: kept ones, then those not yet written.
     buf: BytesMut,
-    /// Messages with bytes in `buf`, oldest first, each with the stream offset just past
-    /// its last byte.
-    metas: VecDeque<(u64, MsgMeta)>,
-    /// Stream offset of `buf[0]`: bytes written so far.
+    base: u64,
+    /// Messages not completely written, oldest first: the stream offsets of their first
+    /// byte and just past their last.
+    metas: VecDeque<(u64, u64, MsgMeta)>,
+    /// Bytes written so far.
     written: u64,
+    /// Where the message being encoded starts.
+    open: u64,
+    /// Written messages are kept from this offset on (`retaining`), until released.
+    released: u64,
+    retaining: bool,
 }
 
 impl Outbox {
+    /// An outbox that keeps written messages until [`Outbox::release`]d.
+    pub fn retaining() -> Outbox {
+        Outbox {
+            retaining: true,
+            ..Outbox::default()
+        }
+    }
+
     /// Messages queued and not completely written.
     pub fn queued(&self) -> usize {
         self.metas.len()
@@ -60,11 +83,16 @@ impl Outbox {
 
     /// Bytes not yet written.
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        (self.end() - self.written) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.end() == self.written
+    }
+
+    /// Stream offset just past the last byte queued.
+    pub fn end(&self) -> u64 {
+        self.base + self.buf.len() as u64
     }
 
     /// Bytes written so far, over the connection's life.
@@ -75,14 +103,52 @@ impl Outbox {
     /// The buffer to encode into, with room for `additional` bytes.
     pub fn buffer(&mut self, additional: usize) -> &mut BytesMut {
         self.buf.reserve(additional);
+        self.open = self.end();
         &mut self.buf
     }
 
-    /// Records that the bytes appended to [`Outbox::buffer`] since the last call end the
-    /// message `meta`.
-    pub fn seal(&mut self, meta: MsgMeta) {
-        let end = self.written + self.buf.len() as u64;
-        self.metas.push_back((end, meta));
+    /// Records that the bytes appended to [`Outbox::buffer`] since it was called are the
+    /// message `meta`; returns its stream offsets (first byte, just past the last).
+    pub fn seal(&mut self, meta: MsgMeta) -> (u64, u64) {
+        let span = (self.open, self.end());
+        self.metas.push_back((span.0, span.1, meta));
+        span
+    }
+
+    /// The bytes at stream offsets `start..end`, while they are kept.
+    pub fn frame(&self, start: u64, end: u64) -> Option<&[u8]> {
+        if start < self.base || end > self.end() || start > end {
+            return None;
+        }
+        self.buf
+            .get((start - self.base) as usize..(end - self.base) as usize)
+    }
+
+    /// Messages not completely written: (first byte, past the last, meta).
+    pub fn unwritten(&self) -> impl Iterator<Item = &(u64, u64, MsgMeta)> + '_ {
+        self.metas.iter()
+    }
+
+    /// Written messages before stream offset `upto` need not be kept any more.
+    pub fn release(&mut self, upto: u64) {
+        self.released = upto;
+        self.compact();
+    }
+
+    /// Drops the bytes nobody may need again: written, not in a message written in part,
+    /// and (retaining) released.
+    fn compact(&mut self) {
+        let mut to = self.written;
+        if let Some((start, _, _)) = self.metas.front() {
+            to = to.min(*start);
+        }
+        if self.retaining {
+            to = to.min(self.released);
+        }
+        if to > self.base {
+            self.buf.advance((to - self.base) as usize);
+            self.base = to;
+        }
     }
 
     /// Appends a control packet: written in order, counted as no message.
@@ -96,13 +162,15 @@ impl Outbox {
         w: &mut W,
         mut on_sent: impl FnMut(&MsgMeta),
     ) -> io::Result<Flushed> {
-        while !self.buf.is_empty() {
-            match w.write(&self.buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+        let result = loop {
+            if self.is_empty() {
+                break Ok(Flushed::All);
+            }
+            match w.write(&self.buf[(self.written - self.base) as usize..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.buf.advance(n);
                     self.written += n as u64;
-                    while let Some((end, meta)) = self.metas.front() {
+                    while let Some((_, end, meta)) = self.metas.front() {
                         if *end > self.written {
                             break;
                         }
@@ -110,18 +178,20 @@ impl Outbox {
                         self.metas.pop_front();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flushed::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
-        }
-        Ok(Flushed::All)
+        };
+        self.compact();
+        result
     }
 
     /// Drops everything unwritten; returns the messages that never went out entirely.
     pub fn abandon(&mut self) -> impl Iterator<Item = MsgMeta> + '_ {
         self.buf.clear();
-        self.metas.drain(..).map(|(_, m)| m)
+        self.base = self.written;
+        self.metas.drain(..).map(|(_, _, m)| m)
     }
 
     /// Gives the buffer's memory back when it is empty and larger than `keep` bytes: a
@@ -170,6 +240,7 @@ mod tests {
             points: i,
             bytes: 10,
             pkid: 0,
+            resend: false,
         }
     }
 
@@ -263,6 +334,59 @@ mod tests {
             (e.kind(), sent, o.queued()),
             (io::ErrorKind::ConnectionReset, 0, 1)
         );
+    }
+
+    #[test]
+    fn a_message_written_in_part_stays_whole_for_a_reconnect() {
+        let mut o = Outbox::default();
+        for i in 0..3 {
+            push(&mut o, i);
+        }
+        let mut pipe = Pipe {
+            got: Vec::new(),
+            per_write: 1000,
+            budget: 15,
+        };
+        o.flush(&mut pipe, |_| {}).unwrap();
+        // Message 0 is gone, message 1 half written: it is kept whole, with message 2.
+        assert_eq!(o.frame(0, 10), None);
+        let spans: Vec<(u64, u64)> = o.unwritten().map(|(s, e, _)| (*s, *e)).collect();
+        assert_eq!(spans, [(10, 20), (20, 30)]);
+        assert_eq!(o.frame(10, 20), Some(&[b'b'; 10][..]));
+        assert_eq!(o.bytes(), 15);
+    }
+
+    #[test]
+    fn a_retaining_outbox_keeps_written_messages_until_released() {
+        let mut o = Outbox::retaining();
+        let spans: Vec<(u64, u64)> = (0..3)
+            .map(|i| {
+                o.buffer(10).extend_from_slice(&[b'a' + i as u8; 10]);
+                o.seal(meta(i))
+            })
+            .collect();
+        assert_eq!(spans, [(0, 10), (10, 20), (20, 30)]);
+        let mut pipe = Pipe {
+            got: Vec::new(),
+            per_write: 1000,
+            budget: 1000,
+        };
+        assert_eq!(o.flush(&mut pipe, |_| {}).unwrap(), Flushed::All);
+        assert!(o.is_empty());
+        assert_eq!(
+            o.frame(0, 10),
+            Some(&[b'a'; 10][..]),
+            "written, not released"
+        );
+        o.release(10);
+        assert_eq!(o.frame(0, 10), None);
+        assert_eq!(o.frame(10, 30).map(|f| f.len()), Some(20));
+        // A message sealed after everything was released is kept in its turn.
+        o.release(o.end());
+        o.buffer(10).extend_from_slice(&[b'd'; 10]);
+        let span = o.seal(meta(3));
+        o.flush(&mut pipe, |_| {}).unwrap();
+        assert_eq!(o.frame(span.0, span.1), Some(&[b'd'; 10][..]));
     }
 
     #[test]

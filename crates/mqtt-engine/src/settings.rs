@@ -59,6 +59,18 @@ pub struct RampSettings {
     pub backoff_max: Duration,
 }
 
+/// How a connection that was up comes back after it is lost.
+#[derive(Debug, Clone)]
+pub struct ReconnectSettings {
+    /// The first reconnect waits about this long (jittered), each later one twice as long...
+    pub backoff_min: Duration,
+    /// ...up to this.
+    pub backoff_max: Duration,
+    /// Points a device keeps while its connection is down (a paced schedule keeps running);
+    /// older ones are dropped, counted, and their seqs skipped.
+    pub offline_buffer: u64,
+}
+
 /// What every connection publishes and how much may wait.
 #[derive(Debug, Clone)]
 pub struct PublishSettings {
@@ -83,6 +95,8 @@ pub struct FleetSettings {
     pub workers: usize,
     pub conn: ConnSettings,
     pub ramp: RampSettings,
+    /// `None`: a lost connection stays lost (`--reconnect false`).
+    pub reconnect: Option<ReconnectSettings>,
     pub publish: PublishSettings,
     pub schedule: Schedule,
     /// Generation starts this long after the first connection is up.

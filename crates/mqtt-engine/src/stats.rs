@@ -30,6 +30,10 @@ pub struct Counts {
     /// PUBACKs for an id with nothing in flight: ignored.
     pub duplicate_acks: u64,
     pub points_dropped: u64,
+    /// Messages written again on a new connection after theirs was lost unacknowledged.
+    pub messages_resent: u64,
+    /// Points that fell due while their connection was down, beyond the offline buffer.
+    pub points_dropped_offline: u64,
 }
 
 impl AddAssign for Counts {
@@ -43,6 +47,8 @@ impl AddAssign for Counts {
         self.messages_acked += o.messages_acked;
         self.duplicate_acks += o.duplicate_acks;
         self.points_dropped += o.points_dropped;
+        self.messages_resent += o.messages_resent;
+        self.points_dropped_offline += o.points_dropped_offline;
     }
 }
 
@@ -103,6 +109,17 @@ pub struct Conns {
     pub lost: u64,
     /// Connections not up yet when generation ended (the ramp was not over).
     pub not_up: u64,
+    /// Reconnects that got their CONNACK, and the connections that made at least one.
+    pub reconnects: u64,
+    pub reconnected: u64,
+    /// Reconnects whose broker had lost the persistent session (`--clean-session false`).
+    pub sessions_lost: u64,
+    /// Connections lost and not back at the end (a fatal refusal, or the run ended first).
+    pub down_at_end: u64,
+    /// Time connections spent down after a loss, summed over connections.
+    pub disconnected: Duration,
+    /// Connections given up after losses in a row with no progress between them.
+    pub flapping: u64,
     /// Every failed attempt, by reason.
     pub failures: BTreeMap<ConnectFailure, u64>,
     /// The reason each given-up connection failed the last time.
@@ -135,6 +152,12 @@ impl AddAssign<&Conns> for Conns {
         self.failed += o.failed;
         self.lost += o.lost;
         self.not_up += o.not_up;
+        self.reconnects += o.reconnects;
+        self.reconnected += o.reconnected;
+        self.sessions_lost += o.sessions_lost;
+        self.down_at_end += o.down_at_end;
+        self.disconnected += o.disconnected;
+        self.flapping += o.flapping;
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
         }

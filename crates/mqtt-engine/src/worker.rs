@@ -41,6 +41,11 @@ pub trait Producer: Send {
     /// Appends the payload of `points` points of `device`, the first with seq `first_seq`,
     /// all stamped `ts_us` (wall clock, µs since the epoch: the message's scheduled time).
     fn payload(&mut self, device: u64, first_seq: u64, points: u32, ts_us: u64, out: &mut BytesMut);
+    /// Device `device` skips its next `points` points (dropped while offline): their seqs
+    /// are never sent.
+    fn skip(&mut self, device: u64, points: u64) {
+        let _ = (device, points);
+    }
 }
 
 /// Stop and abort requests from outside, and how to wake the workers for them.
@@ -195,6 +200,13 @@ const READ_BUF: usize = 64 << 10;
 const PASS_MESSAGES: usize = 4096;
 /// Schedule slots walked in one go before events get their turn (paced runs).
 const PASS_STEPS: usize = 16_384;
+/// A connection lost this many times in a row, with no progress in between, is given up: a
+/// message the broker refuses by closing (too large, not authorized) would otherwise be
+/// replayed into the same loss for ever, and a client id taken by another client would
+/// take it back in turn.
+pub const MAX_LOSSES_WITHOUT_PROGRESS: u32 = 3;
+/// Progress at QoS 0, where nothing is acknowledged: the connection stayed up this long.
+const PROGRESS_UPTIME: Duration = Duration::from_secs(1);
 /// How long a closing connection waits for the broker to close its side.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);
 /// Sparse schedules wake this early on the timerfd and spin the rest, so that the kernel's
@@ -295,7 +307,14 @@ impl<P: Producer> Worker<P> {
                     state: DevState::Waiting,
                 });
             }
-            conns.push(Conn::new(c, first..last, s.publish.max_inflight, now));
+            let retaining = s.publish.qos == Qos::AtLeastOnce && s.reconnect.is_some();
+            conns.push(Conn::new(
+                c,
+                first..last,
+                s.publish.max_inflight,
+                retaining,
+                now,
+            ));
         }
         let workers = s.workers.max(1) as f64;
         let max_connecting = (s.ramp.max_connecting as f64 / workers).ceil().max(1.0) as usize;
@@ -483,6 +502,19 @@ impl<P: Producer> Worker<P> {
         }
         for c in 0..self.conns.len() {
             match self.conns[c].phase {
+                Phase::Idle | Phase::Connecting | Phase::AwaitConnack | Phase::Backoff
+                    if self.conns[c].down_since.is_some() =>
+                {
+                    // Reconnecting: it delivers what it still holds in the drain, if it is
+                    // back in time.
+                    let conn = &self.conns[c];
+                    let holds = conn.owing > 0
+                        || !conn.inflight.is_empty()
+                        || conn.replay.as_ref().is_some_and(|r| !r.frames.is_empty());
+                    if !holds {
+                        self.close(c as u32);
+                    }
+                }
                 Phase::Idle | Phase::Connecting | Phase::AwaitConnack | Phase::Backoff => {
                     // The ramp was not over: this connection never came up.
                     self.stats.conns.not_up += 1;
@@ -612,7 +644,7 @@ impl<P: Producer> Worker<P> {
         self.flush(c, now);
     }
 
-    fn on_connack(&mut self, c: u32, code: u8, now: Instant) {
+    fn on_connack(&mut self, c: u32, code: u8, session_present: bool, now: Instant) {
         if code != 0 {
             return self.fail_attempt(
                 c,
@@ -622,19 +654,39 @@ impl<P: Producer> Worker<P> {
         }
         self.connecting = self.connecting.saturating_sub(1);
         let conn = &mut self.conns[c as usize];
+        // Up before: this is a reconnect after a loss.
+        let reconnect = conn.up_at.is_some();
         conn.phase = Phase::Up;
         conn.up_at = Some(now);
         conn.last_out = now;
+        conn.last_in = now;
+        conn.ping = None;
+        conn.acked_since_up = false;
         self.up += 1;
         self.unpaced_idle = false; // its devices have room now
-        self.stats.conns.connected += 1;
-        let _ = self
-            .stats
-            .histos
-            .connect_us
-            .record(micros(now - conn.attempt_started).max(1));
         let gen = conn.generation;
-        self.settle(now);
+        if reconnect {
+            let st = &mut self.stats.conns;
+            st.reconnects += 1;
+            st.reconnected += u64::from(!conn.reconnected);
+            conn.reconnected = true;
+            conn.reconnect_attempt = 0;
+            if let Some(t) = conn.down_since.take() {
+                st.disconnected += now.saturating_duration_since(t);
+            }
+            if !self.s.conn.clean_session && !session_present {
+                st.sessions_lost += 1;
+            }
+            conn.put_replay();
+        } else {
+            self.stats.conns.connected += 1;
+            let _ = self
+                .stats
+                .histos
+                .connect_us
+                .record(micros(now - conn.attempt_started).max(1));
+            self.settle(now);
+        }
         if !self.s.conn.keep_alive.is_zero() {
             self.timers.push(Reverse((
                 now + self.s.conn.keep_alive,
@@ -642,6 +694,17 @@ impl<P: Producer> Worker<P> {
                 c,
                 gen,
             )));
+        }
+        if reconnect {
+            // What fell due while it was down goes out now (beyond the offline buffer:
+            // dropped), after the replay.
+            self.bound_offline(c);
+            self.mark_dirty(c);
+            self.catch_up(c);
+            if self.phase != WorkerPhase::Generating {
+                self.drain_check.push(c);
+            }
+            return;
         }
         if self.phase != WorkerPhase::Generating {
             return; // generation ended meanwhile: the drain closes it
@@ -690,31 +753,102 @@ impl<P: Producer> Worker<P> {
         conn.inbuf.clear();
         conn.generation += 1;
         *self.stats.conns.failures.entry(f.clone()).or_default() += 1;
-        let retry = !f.is_fatal()
-            && conn.attempt <= self.s.ramp.connect_retries
-            && self.phase == WorkerPhase::Generating;
+        // Up before: a reconnect, tried until the run ends unless the broker refuses for good.
+        let reconnecting = conn.up_at.is_some();
+        let retry = if reconnecting {
+            !f.is_fatal() && self.phase != WorkerPhase::Done
+        } else {
+            !f.is_fatal()
+                && conn.attempt <= self.s.ramp.connect_retries
+                && self.phase == WorkerPhase::Generating
+        };
         if retry {
+            let delay = if reconnecting {
+                conn.reconnect_attempt += 1;
+                let r = self.s.reconnect.as_ref();
+                let (lo, hi) = r.map_or((self.s.ramp.backoff_base, self.s.ramp.backoff_max), |r| {
+                    (r.backoff_min, r.backoff_max)
+                });
+                let n = conn.reconnect_attempt;
+                self.backoff(lo, hi, n)
+            } else {
+                let n = conn.attempt;
+                self.backoff(self.s.ramp.backoff_base, self.s.ramp.backoff_max, n)
+            };
+            let conn = &mut self.conns[c as usize];
             conn.phase = Phase::Backoff;
-            let base = self.s.ramp.backoff_base.as_secs_f64();
-            let exp = base * 2f64.powi(conn.attempt.saturating_sub(1).min(30) as i32);
-            let capped = exp.min(self.s.ramp.backoff_max.as_secs_f64());
-            // Jitter over [0.5, 1.5) of the delay, so that a fleet refused at once does
-            // not come back at once.
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let jitter = 0.5 + (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-            let delay = Duration::from_secs_f64(capped * jitter);
             let gen = conn.generation;
             self.timers
                 .push(Reverse((now + delay, TimerKind::Retry, c, gen)));
         } else {
             conn.phase = Phase::Done;
             self.done_conns += 1;
-            self.stats.conns.failed += 1;
             *self.stats.conns.gave_up.entry(f).or_default() += 1;
-            self.settle(now);
+            if reconnecting {
+                self.stats.conns.down_at_end += 1;
+                if let Some(t) = conn.down_since.take() {
+                    self.stats.conns.disconnected += now.saturating_duration_since(t);
+                }
+                conn.replay = None;
+                conn.inflight.abandon().for_each(drop);
+            } else {
+                self.stats.conns.failed += 1;
+                self.settle(now);
+            }
             self.devices_gone(c);
+        }
+    }
+
+    /// The `n`th delay (from 1) of a backoff from `lo`, doubling up to `hi`, jittered over
+    /// [0.5, 1.5) of it so that a fleet refused at once does not come back at once.
+    fn backoff(&mut self, lo: Duration, hi: Duration, n: u32) -> Duration {
+        let exp = lo.as_secs_f64() * 2f64.powi(n.saturating_sub(1).min(30) as i32);
+        let capped = exp.min(hi.as_secs_f64());
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter = 0.5 + (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        Duration::from_secs_f64(capped * jitter)
+    }
+
+    /// After a reconnect: a device owing more points than the offline buffer holds drops
+    /// the oldest (whole messages), counted, their seqs skipped, so that the backend sees the
+    /// gap the report names.
+    fn bound_offline(&mut self, c: u32) {
+        let Some(bound) = self.s.reconnect.as_ref().map(|r| r.offline_buffer) else {
+            return;
+        };
+        if !self.paced {
+            return;
+        }
+        let batch = self.s.schedule.batch().max(1);
+        for dl in self.conns[c as usize].devices.clone() {
+            let dev = self.devices[dl as usize];
+            let owed = match dev.state {
+                DevState::Active => match self.passed_slot(dl) {
+                    Some(last) if last >= dev.next_slot => {
+                        self.owed_points(dl, last + 1 - dev.next_slot)
+                    }
+                    _ => 0,
+                },
+                DevState::Owing => self.points_left(dl),
+                DevState::Waiting | DevState::Done => 0,
+            };
+            if owed <= bound {
+                continue;
+            }
+            let slots = (owed - bound).div_ceil(batch);
+            let d = self.d0 + dl as u64;
+            let skipped = match self.s.schedule.quota(d) {
+                Some(q) => (slots * batch).min(q.saturating_sub(dev.sent)),
+                None => slots * batch,
+            };
+            let dev = &mut self.devices[dl as usize];
+            dev.next_slot += slots;
+            dev.sent += skipped;
+            self.stats.counts.points_dropped_offline += skipped;
+            self.producer.skip(d, skipped);
+            self.done_if_spent(dl);
         }
     }
 
@@ -759,12 +893,75 @@ impl<P: Producer> Worker<P> {
         }
     }
 
-    /// A connection that was up is gone.
+    /// A connection that was up is gone: it reconnects when it still has something to
+    /// deliver, else it is done.
     fn lose(&mut self, c: u32, kind: LostKind, now: Instant) {
+        let was_up = self.conns[c as usize].phase == Phase::Up;
+        // A reset after our DISCONNECT: the broker dropped us before it read all we wrote.
+        let reset_closing = self.conns[c as usize].phase == Phase::Closing;
+        let needed = {
+            let conn = &self.conns[c as usize];
+            !conn.inflight.is_empty()
+                || !conn.out.is_empty()
+                || conn.owing > 0
+                || (self.phase == WorkerPhase::Generating
+                    && conn
+                        .devices
+                        .clone()
+                        .any(|dl| !matches!(self.devices[dl as usize].state, DevState::Done)))
+        };
+        let conn = &mut self.conns[c as usize];
+        let progress = conn.acked_since_up
+            || (!self.qos1
+                && conn
+                    .up_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= PROGRESS_UPTIME));
+        conn.losses_in_a_row = if progress {
+            1
+        } else {
+            conn.losses_in_a_row + 1
+        };
+        let flapping = conn.losses_in_a_row > MAX_LOSSES_WITHOUT_PROGRESS;
+        let reconnect = self.s.reconnect.is_some()
+            && was_up
+            && needed
+            && !flapping
+            && self.phase != WorkerPhase::Done
+            && !self.shared.control.abort.load(Ordering::Relaxed);
         let conn = &mut self.conns[c as usize];
         let lost = conn.lost(kind, now);
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
+        }
+        if reconnect {
+            conn.take_replay(self.qos1);
+            conn.inbuf.clear();
+            conn.ping = None;
+            conn.blocked = false;
+            conn.watch_write = false;
+            conn.shut_write = false;
+            conn.generation += 1;
+            conn.down_since = Some(now);
+            conn.reconnect_attempt = 1;
+            self.up = self.up.saturating_sub(1);
+            self.stats.conns.record_loss(conn.index, lost);
+            let r = self.s.reconnect.as_ref().expect("reconnect is on");
+            let (lo, hi) = (r.backoff_min, r.backoff_max);
+            let delay = self.backoff(lo, hi, 1);
+            let conn = &mut self.conns[c as usize];
+            conn.phase = Phase::Backoff;
+            let gen = conn.generation;
+            self.timers
+                .push(Reverse((now + delay, TimerKind::Retry, c, gen)));
+            return;
+        }
+        if self.s.reconnect.is_some() && (was_up && (needed || !self.qos1) || reset_closing) {
+            // Given up: its devices' points stay unsent, failed or dropped. At QoS 0 a
+            // connection that ends lost is as bad with nothing left to send: what it wrote
+            // last may never have been read.
+            self.stats.conns.down_at_end += 1;
+            self.stats.conns.flapping += u64::from(flapping);
+            conn.replay = None;
         }
         // Unwritten messages stay enqueued-not-sent (unsent); written and unacknowledged
         // ones stay sent-not-acked (failed). Nothing to move: the counts already say it.
@@ -784,6 +981,12 @@ impl<P: Producer> Worker<P> {
         let conn = &mut self.conns[c as usize];
         if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
             self.connecting = self.connecting.saturating_sub(1);
+        }
+        if let Some(t) = conn.down_since.take() {
+            // Lost, and the run ended before it came back.
+            self.stats.conns.down_at_end += 1;
+            self.stats.conns.disconnected += t.elapsed();
+            conn.replay = None;
         }
         if conn.phase == Phase::Up || conn.phase == Phase::Closing {
             self.up = self.up.saturating_sub(1);
@@ -851,14 +1054,17 @@ impl<P: Producer> Worker<P> {
                 return self.lose(c, kind, now);
             }
             Some((sent, _)) => sent + ka,
-            None if now >= conn.last_out + ka => {
+            // Silent either way for an interval: MQTT wants a packet from us, and we want to
+            // know the broker is there (a stopped broker acknowledges nothing while the
+            // socket still takes our writes).
+            None if now >= conn.last_out.min(conn.last_in) + ka => {
                 conn.out.push_control(&packets::PINGREQ);
                 let end = conn.out.written() + conn.out.bytes() as u64;
                 conn.ping = Some((now, end));
                 self.mark_dirty(c);
                 now + ka
             }
-            None => conn.last_out + ka,
+            None => conn.last_out.min(conn.last_in) + ka,
         };
         self.timers
             .push(Reverse((next, TimerKind::KeepAlive, c, gen)));
@@ -1105,12 +1311,16 @@ impl<P: Producer> Worker<P> {
             producer.payload(d, first_seq, points, ts_us, b)
         });
         let bytes = bytes.min(u32::MAX as usize) as u32;
-        conn.out.seal(MsgMeta {
+        let span = conn.out.seal(MsgMeta {
             scheduled,
             points,
             bytes,
             pkid: pkid.unwrap_or(0),
+            resend: false,
         });
+        if pkid.is_some() {
+            conn.inflight.place_last(span, bytes);
+        }
         conn.largest_message = conn.largest_message.max(bytes);
         dev.sent += points as u64;
         stats.counts.points_enqueued += points as u64;
@@ -1208,6 +1418,11 @@ impl<P: Producer> Worker<P> {
         let paced = self.paced;
         let first_write = &mut conn.first_write;
         let result = conn.out.flush(sock, |m| {
+            if m.resend {
+                // Counted when first written, on the connection that was lost.
+                stats.counts.messages_resent += 1;
+                return;
+            }
             // Only messages count for the run's first and last write, not control packets
             // (the DISCONNECT of the drain).
             first_write.get_or_insert(now);
@@ -1324,6 +1539,7 @@ impl<P: Producer> Worker<P> {
 
     /// Handles the `n` bytes just read into `read_buf`; false when the connection is over.
     fn take_bytes(&mut self, c: u32, n: usize, now: Instant) -> bool {
+        self.conns[c as usize].last_in = now;
         if self.conns[c as usize].phase == Phase::AwaitConnack
             && self.conns[c as usize].inbuf.is_empty()
             && self.read_buf[0] != 0x20
@@ -1388,8 +1604,14 @@ impl<P: Producer> Worker<P> {
     fn on_packet(&mut self, c: u32, packet: Incoming, now: Instant) -> Option<bool> {
         let phase = self.conns[c as usize].phase;
         match (phase, packet) {
-            (Phase::AwaitConnack, Incoming::ConnAck { code, .. }) => {
-                self.on_connack(c, code, now);
+            (
+                Phase::AwaitConnack,
+                Incoming::ConnAck {
+                    code,
+                    session_present,
+                },
+            ) => {
+                self.on_connack(c, code, session_present, now);
                 (self.conns[c as usize].phase == Phase::Up).then_some(false)
             }
             (Phase::AwaitConnack, _) => {
@@ -1401,6 +1623,7 @@ impl<P: Producer> Worker<P> {
                 match conn.inflight.ack(id) {
                     Some(a) => {
                         conn.acked_any = true;
+                        conn.acked_since_up = true;
                         self.stats.counts.points_acked += a.points as u64;
                         self.stats.counts.messages_acked += 1;
                         self.stats
@@ -1408,6 +1631,10 @@ impl<P: Producer> Worker<P> {
                             .ack_us
                             .saturating_record(micros(now.saturating_duration_since(a.scheduled)));
                         self.stats.last_ack = Some(now);
+                        if conn.retaining {
+                            let upto = conn.inflight.first_start().unwrap_or(conn.out.end());
+                            conn.out.release(upto);
+                        }
                         if conn.inflight.is_empty() {
                             conn.inflight.trim();
                             if self.phase != WorkerPhase::Generating {

@@ -182,6 +182,47 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 
 /// The longest duration any flag accepts: a year. Longer ones would overflow the clock's
 /// arithmetic and no load test means them.
+/// How a lost connection comes back: shared by every tool that keeps a connection.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Faults")]
+pub struct ReconnectArgs {
+    /// Reconnect a connection lost mid-run (reset, broker restart, keep-alive timeout, a
+    /// refused reconnect), with jittered exponential backoff; false: a lost connection stays
+    /// lost. Refused credentials are never retried
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_RECONNECT")]
+    pub reconnect: bool,
+
+    /// The first and the longest wait between reconnect attempts, MIN..MAX (each attempt
+    /// waits about twice the one before, jittered over 0.5-1.5x)
+    #[arg(long, value_name = "MIN..MAX", default_value = "100ms..10s", value_parser = parse_backoff,
+          env = "LOADGEN_RECONNECT_BACKOFF")]
+    pub reconnect_backoff: (Duration, Duration),
+
+    /// Start each connection with a clean session; false asks the broker to keep it (a
+    /// persistent session: the broker holds QoS 1 state across a reconnect, and
+    /// unacknowledged publishes are resent with DUP set)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_CLEAN_SESSION")]
+    pub clean_session: bool,
+}
+
+/// Parses `MIN..MAX` durations, such as `100ms..10s`.
+pub fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
+    let Some((lo, hi)) = s.split_once("..") else {
+        return Err(format!(
+            "'{s}' is not a range; use MIN..MAX, e.g. 100ms..10s"
+        ));
+    };
+    let (lo, hi) = (parse_duration(lo)?, parse_duration(hi)?);
+    if lo.is_zero() || hi < lo {
+        return Err(format!(
+            "'{s}' must go from more than 0s up to at least its start, e.g. 100ms..10s"
+        ));
+    }
+    Ok((lo, hi))
+}
+
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a duration such as `30s`, `1m30s`, `500ms`; a bare number means seconds.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
-use mqtt_tool::args::{parse_count, parse_duration, parse_rate, ConnectionArgs, OutputArgs, Rate};
+use mqtt_tool::args::{
+    parse_count, parse_duration, parse_rate, ConnectionArgs, OutputArgs, Rate, ReconnectArgs,
+};
 
 /// Every flag a publisher takes.
 #[derive(Debug, Clone, Args)]
@@ -23,6 +25,16 @@ pub struct PublisherArgs {
 
     #[command(flatten)]
     pub fleet: FleetArgs,
+
+    #[command(flatten)]
+    pub reconnect: ReconnectArgs,
+
+    /// Points each device keeps while its connection is down (the schedule keeps running);
+    /// they go out on reconnect, and older ones past this are dropped, counted as
+    /// points_dropped_offline, their seqs skipped
+    #[arg(long, value_name = "POINTS", default_value = "100k", value_parser = parse_count,
+          env = "LOADGEN_OFFLINE_BUFFER", help_heading = "Faults")]
+    pub offline_buffer: u64,
 
     #[command(flatten)]
     pub output: OutputArgs,

@@ -132,6 +132,10 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
         return Ok(ExitCode::from(sig.exit_code()));
     }
     match report.error {
+        Some(reason) if report.refused_on_reconnect => Err(Error::Refused {
+            broker: target.url(),
+            reason,
+        }),
         Some(e) => Err(Error::Incomplete(e)),
         None => Ok(ExitCode::SUCCESS),
     }

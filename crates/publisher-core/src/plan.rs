@@ -84,6 +84,9 @@ pub struct Plan {
     pub max_payload: usize,
     pub report_json: Option<PathBuf>,
     pub quiet: bool,
+    /// `None`: `--reconnect false`.
+    pub reconnect: Option<mqtt_engine::ReconnectSettings>,
+    pub clean_session: bool,
 }
 
 impl Plan {
@@ -93,6 +96,8 @@ impl Plan {
             load,
             fleet,
             output,
+            reconnect,
+            offline_buffer,
             ..
         } = args;
         let LoadArgs {
@@ -302,6 +307,14 @@ impl Plan {
             max_payload,
             report_json,
             quiet: output.quiet,
+            reconnect: reconnect
+                .reconnect
+                .then_some(mqtt_engine::ReconnectSettings {
+                    backoff_min: reconnect.reconnect_backoff.0,
+                    backoff_max: reconnect.reconnect_backoff.1,
+                    offline_buffer,
+                }),
+            clean_session: reconnect.clean_session,
         })
     }
 
@@ -324,7 +337,7 @@ impl Plan {
                 tcp_nodelay: c.tcp_nodelay,
                 keep_alive: c.keep_alive,
                 connect_timeout: c.connect_timeout,
-                clean_session: true,
+                clean_session: self.clean_session,
                 credentials: c.credentials.as_ref().map(|(u, p)| {
                     (
                         u.clone(),
@@ -343,6 +356,7 @@ impl Plan {
                 backoff_base: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(10),
             },
+            reconnect: self.reconnect.clone(),
             publish: PublishSettings {
                 qos: match self.qos {
                     Qos::AtMostOnce => mqtt_engine::Qos::AtMostOnce,

@@ -95,6 +95,13 @@ impl Producer for Points {
         source.fill(points as usize, ts_us, &mut self.samples);
         self.encoder.write_message(out, &self.samples);
     }
+
+    fn skip(&mut self, device: u64, points: u64) {
+        self.select(device);
+        if let Some(source) = self.sources.get_mut((device - self.first) as usize) {
+            source.skip(points);
+        }
+    }
 }
 
 #[cfg(test)]

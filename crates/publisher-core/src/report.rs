@@ -22,7 +22,7 @@ use crate::plan::Plan;
 use crate::shutdown::Signal;
 use mqtt_tool::mqtt::{describe_failure, describe_lost, failure_key};
 
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// What happened to the fleet's connections.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +37,12 @@ pub struct ConnectionsReport {
     pub lost: u64,
     /// Not up yet when generation ended: the ramp took longer than the run.
     pub not_up: u64,
+    /// Connections that reconnected after a loss, at least once.
+    pub reconnected: u64,
+    /// Reconnects whose broker had lost the persistent session.
+    pub sessions_lost: u64,
+    /// Lost and not back when the run ended (a fatal refusal, or the run ended first).
+    pub down_at_end: u64,
     /// Connections given up, by the reason of their last attempt.
     pub failed_by_reason: BTreeMap<String, u64>,
     /// Every failed attempt, by reason.
@@ -106,7 +112,17 @@ pub struct Report {
     /// Due and never generated: a device's connection failed, was lost, or could not take
     /// them before the run ended.
     pub points_dropped: u64,
+    /// Fell due while their connection was down, beyond `--offline-buffer`: their seqs
+    /// were skipped.
+    pub points_dropped_offline: u64,
     pub messages_sent: u64,
+    /// Written again on a new connection after theirs was lost unacknowledged (QoS 1), or
+    /// written in part (QoS 0); counted once in `messages_sent`.
+    pub messages_resent: u64,
+    /// Reconnects that got their CONNACK, over all connections.
+    pub reconnects: u64,
+    /// Time connections spent down after a loss, summed over connections.
+    pub disconnected_s: f64,
     pub messages_acked: Option<u64>,
     /// PUBACKs for messages already acknowledged (a broker repeating itself): ignored.
     pub duplicate_acks: u64,
@@ -140,6 +156,10 @@ pub struct Report {
     pub interrupted_connecting: bool,
     /// Why the run did not deliver everything, if it did not.
     pub error: Option<String>,
+    /// A lost connection's reconnect was refused for good (credentials, authorization): the
+    /// run exits 4.
+    #[serde(skip)]
+    pub refused_on_reconnect: bool,
 }
 
 /// What the run frame measured around the engine.
@@ -283,14 +303,39 @@ impl Report {
                 }
             ));
         }
-        if c.lost > 0 {
+        let reconnecting = plan.reconnect.is_some();
+        // With reconnects, a loss that came back is no problem of its own: what it did not
+        // deliver shows in the counts below.
+        if c.lost > 0 && (!reconnecting || c.down_at_end > 0) {
             let (index, lost) = &c.first_losses[0];
             let client = plan.fleet.client_id.render(
                 plan.fleet.device_start + plan_conn_first_device(plan, *index),
                 "",
             );
             let text = describe_lost(lost, &client, &target.url(), observed.broker_up);
-            problems.push(if plan.fleet.connections == 1 {
+            let refused: Vec<String> = c
+                .gave_up
+                .iter()
+                .filter(|(f, _)| f.is_refusal())
+                .map(|(f, n)| format!("{} ({})", describe_failure(f, connect_timeout), fmt_int(*n)))
+                .collect();
+            problems.push(if reconnecting {
+                format!(
+                    "{} of {} connections were lost and not back when the run ended{}; the first loss, {}: {text}",
+                    fmt_int(c.down_at_end),
+                    fmt_int(c.planned),
+                    match (refused.is_empty(), c.flapping) {
+                        (false, _) => format!(" (reconnecting was refused: {})", refused.join("; ")),
+                        (true, 0) => String::new(),
+                        (true, n) => format!(
+                            " ({} given up after {} losses in a row with no progress between them)",
+                            fmt_int(n),
+                            mqtt_engine::MAX_LOSSES_WITHOUT_PROGRESS
+                        ),
+                    },
+                    crate::out::escape(&client)
+                )
+            } else if plan.fleet.connections == 1 {
                 text
             } else {
                 format!(
@@ -319,6 +364,14 @@ impl Report {
                     fmt_int(points_failed)
                 )
             });
+        }
+        if t.points_dropped_offline > 0 {
+            problems.push(format!(
+                "{} points fell due while their connection was down and overflowed --offline-buffer \
+                 ({} points a device): they were dropped and their seqs skipped",
+                fmt_int(t.points_dropped_offline),
+                fmt_int(plan.reconnect.as_ref().map_or(0, |r| r.offline_buffer))
+            ));
         }
         if t.points_dropped > 0 {
             problems.push(format!(
@@ -375,7 +428,11 @@ impl Report {
             points_failed,
             points_unsent,
             points_dropped: t.points_dropped,
+            points_dropped_offline: t.points_dropped_offline,
             messages_sent: t.messages_sent,
+            messages_resent: t.messages_resent,
+            reconnects: c.reconnects,
+            disconnected_s: round3(c.disconnected.as_secs_f64()),
             messages_acked: qos1.then_some(t.messages_acked),
             duplicate_acks: t.duplicate_acks,
             bytes_sent: t.bytes_sent,
@@ -404,6 +461,9 @@ impl Report {
                 failed: c.failed,
                 lost: c.lost,
                 not_up: c.not_up,
+                reconnected: c.reconnected,
+                sessions_lost: c.sessions_lost,
+                down_at_end: c.down_at_end,
                 failed_by_reason: c
                     .gave_up
                     .iter()
@@ -444,6 +504,7 @@ impl Report {
             interrupted_by: signal.map(|s| s.name().to_string()),
             interrupted_connecting: signal.is_some() && nothing_up,
             error,
+            refused_on_reconnect: c.down_at_end > 0 && c.gave_up.keys().any(|f| f.is_refusal()),
         }
     }
 
@@ -518,11 +579,17 @@ impl Report {
             "batch",
             format!("{} points per message", fmt_int(self.batch)),
         );
-        let dropped = if self.points_dropped > 0 {
+        let mut dropped = if self.points_dropped > 0 {
             format!(", {} dropped", fmt_int(self.points_dropped))
         } else {
             String::new()
         };
+        if self.points_dropped_offline > 0 {
+            dropped.push_str(&format!(
+                ", {} dropped offline",
+                fmt_int(self.points_dropped_offline)
+            ));
+        }
         line(
             "points",
             match self.points_acked {
@@ -551,6 +618,27 @@ impl Report {
                 None => format!("{} sent", fmt_int(self.messages_sent)),
             },
         );
+        if self.reconnects > 0 || self.connections.lost > 0 {
+            line(
+                "faults",
+                format!(
+                    "{} lost, {} reconnects ({} connections), {:.3} s disconnected, {} messages resent{}",
+                    fmt_int(self.connections.lost),
+                    fmt_int(self.reconnects),
+                    fmt_int(self.connections.reconnected),
+                    self.disconnected_s,
+                    fmt_int(self.messages_resent),
+                    if self.connections.sessions_lost > 0 {
+                        format!(
+                            ", {} sessions lost by the broker",
+                            fmt_int(self.connections.sessions_lost)
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        }
         if self.duplicate_acks > 0 {
             line(
                 "duplicate acks",

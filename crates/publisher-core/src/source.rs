@@ -30,6 +30,11 @@ impl PointSource {
         }
     }
 
+    /// Skips the next `n` seqs (points dropped before they were generated).
+    pub fn skip(&mut self, n: u64) {
+        self.next_seq += n;
+    }
+
     /// Points generated so far.
     pub fn generated(&self) -> u64 {
         self.next_seq

@@ -190,6 +190,30 @@ impl Mosquitto {
         let _ = self.child.wait();
     }
 
+    /// Starts the broker again, after [`Mosquitto::kill`], on the same port with the same
+    /// config; returns once it listens.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path("mosquitto.log"))
+            .unwrap();
+        self.child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self._dir.path("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        assert!(
+            wait_for_listener(self.port, Duration::from_secs(10)),
+            "mosquitto did not come back on port {}: {}",
+            self.port,
+            self.log()
+        );
+    }
+
     /// Stops (SIGSTOP) or resumes (SIGCONT) the broker process.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -313,6 +337,22 @@ impl Received {
         }
     }
 
+    /// What `device` delivered of seq 0..n: (seqs missing, extra copies of seqs seen twice
+    /// or more, seqs outside 0..n).
+    pub fn delivery(&self, device: &str, n: u64) -> (u64, u64, u64) {
+        let mut seen = vec![0u32; n as usize];
+        let mut outside = 0;
+        for &s in self.seqs.get(device).map_or(&[][..], |v| &v[..]) {
+            match seen.get_mut(s as usize) {
+                Some(c) => *c += 1,
+                None => outside += 1,
+            }
+        }
+        let missing = seen.iter().filter(|c| **c == 0).count() as u64;
+        let extra = seen.iter().map(|c| c.saturating_sub(1) as u64).sum();
+        (missing, extra, outside)
+    }
+
     /// Asserts that `device` delivered seq 0..n exactly once each, and nothing else arrived.
     pub fn assert_exactly_once(&self, device: &str, n: u64) {
         assert_eq!(self.invalid_messages, 0, "invalid payloads arrived");
@@ -340,6 +380,8 @@ impl Received {
 /// A subscriber on its own thread, counting what arrives.
 pub struct Subscriber {
     received: Arc<Mutex<Received>>,
+    /// SUBACKs so far: one more after each reconnect.
+    subacks: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
     last_arrival: Arc<Mutex<Instant>>,
     thread: Option<JoinHandle<()>>,
@@ -353,7 +395,13 @@ impl Subscriber {
         let stop = Arc::new(AtomicBool::new(false));
         let last_arrival = Arc::new(Mutex::new(Instant::now()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (r, s, l) = (received.clone(), stop.clone(), last_arrival.clone());
+        let subacks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (r, s, l, n) = (
+            received.clone(),
+            stop.clone(),
+            last_arrival.clone(),
+            subacks.clone(),
+        );
         let filter = filter.to_string();
         let thread = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -362,14 +410,21 @@ impl Subscriber {
             opts.set_max_packet_size(256 << 20, 256 << 20)
                 .set_keep_alive(Duration::from_secs(30));
             let (client, mut conn) = Client::new(opts, 64);
-            client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+            client.subscribe(&filter, QoS::AtLeastOnce).unwrap();
             let mut ready = Some(ready_tx);
+            let mut lost = false;
             while !s.load(Ordering::Relaxed) {
                 match conn.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                        n.fetch_add(1, Ordering::SeqCst);
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(());
                         }
+                    }
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) if lost => {
+                        // A clean session after a broker restart: subscribe again.
+                        lost = false;
+                        let _ = client.try_subscribe(&filter, QoS::AtLeastOnce);
                     }
                     Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         r.lock().unwrap().take(&p.topic, &p.payload);
@@ -384,7 +439,8 @@ impl Subscriber {
                         if ready.is_some() {
                             panic!("subscriber could not connect to 127.0.0.1:{port}");
                         }
-                        std::thread::sleep(Duration::from_millis(50));
+                        lost = true;
+                        std::thread::sleep(Duration::from_millis(10));
                     }
                     Err(_) => {}
                 }
@@ -396,10 +452,24 @@ impl Subscriber {
             .expect("subscriber never got its SUBACK");
         Subscriber {
             received,
+            subacks,
             stop,
             last_arrival,
             thread: Some(thread),
         }
+    }
+
+    /// Waits until the subscriber has subscribed `n` times in all (the first, and once
+    /// after each reconnect), for up to `within`; whether it did.
+    pub fn wait_subscribed(&self, n: u64, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.subacks.load(Ordering::SeqCst) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     pub fn snapshot(&self) -> Received {
@@ -752,5 +822,161 @@ pub mod fake {
                 return idle(stop); // never reads again: the socket buffers fill up
             }
         }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a broker, for faults a broker cannot produce on
+/// demand: connections cut (FIN, then a reset), half-closed, stalled, or refused for a
+/// while. One thread per direction per connection; stops on drop.
+pub mod proxy {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct State {
+        stop: AtomicBool,
+        /// New connections are closed at once while false.
+        accepting: AtomicBool,
+        /// Bytes are not moved while true.
+        stalled: AtomicBool,
+        accepted: AtomicU64,
+        /// The client side of every open connection.
+        clients: Mutex<Vec<TcpStream>>,
+    }
+
+    pub struct Proxy {
+        pub port: u16,
+        state: Arc<State>,
+    }
+
+    impl Proxy {
+        /// A proxy to 127.0.0.1:`upstream`, accepting.
+        pub fn start(upstream: u16) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            listener.set_nonblocking(true).unwrap();
+            let state = Arc::new(State::default());
+            state.accepting.store(true, Ordering::SeqCst);
+            let st = state.clone();
+            std::thread::spawn(move || {
+                while !st.stop.load(Ordering::Relaxed) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    st.accepted.fetch_add(1, Ordering::SeqCst);
+                    if !st.accepting.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        drop(client);
+                        continue;
+                    };
+                    let _ = client.set_nonblocking(false);
+                    let _ = client.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    st.clients.lock().unwrap().push(client.try_clone().unwrap());
+                    for (from, to) in [
+                        (client.try_clone().unwrap(), up.try_clone().unwrap()),
+                        (up, client),
+                    ] {
+                        let st = st.clone();
+                        std::thread::spawn(move || pump(from, to, &st));
+                    }
+                }
+            });
+            Proxy { port, state }
+        }
+
+        pub fn url(&self) -> String {
+            format!("mqtt://127.0.0.1:{}", self.port)
+        }
+
+        /// Connections accepted so far (refused ones included).
+        pub fn accepted(&self) -> u64 {
+            self.state.accepted.load(Ordering::SeqCst)
+        }
+
+        /// While false, new connections are closed as soon as they are accepted.
+        pub fn set_accepting(&self, on: bool) {
+            self.state.accepting.store(on, Ordering::SeqCst);
+        }
+
+        /// While true, no byte moves either way (a network that stalls).
+        pub fn set_stalled(&self, on: bool) {
+            self.state.stalled.store(on, Ordering::SeqCst);
+        }
+
+        /// Cuts every open connection: the client gets a FIN and then a reset.
+        pub fn cut_all(&self) {
+            for c in self.state.clients.lock().unwrap().drain(..) {
+                set_linger_zero(&c);
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+
+        /// Half-closes every open connection towards the client (it reads an end of
+        /// stream while its writes still go through).
+        pub fn half_close_all(&self) {
+            for c in self.state.clients.lock().unwrap().iter() {
+                let _ = c.shutdown(Shutdown::Write);
+            }
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.state.stop.store(true, Ordering::SeqCst);
+            self.cut_all();
+        }
+    }
+
+    fn set_linger_zero(s: &TcpStream) {
+        use std::os::fd::AsRawFd;
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads a linger struct of ours for a socket we hold.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&l as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
+    fn pump(mut from: TcpStream, mut to: TcpStream, st: &State) {
+        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut buf = vec![0u8; 64 << 10];
+        while !st.stop.load(Ordering::Relaxed) {
+            if st.stalled.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
     }
 }

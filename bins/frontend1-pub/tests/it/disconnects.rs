@@ -21,6 +21,9 @@ fn a_client_id_takeover_is_named_as_a_likely_cause() {
             "5000",
             "--duration",
             "6s",
+            // The loss ends the run, so that its cause is what the report names.
+            "--reconnect",
+            "false",
             "--quiet",
         ],
         &[],
@@ -57,6 +60,9 @@ fn a_broker_that_dies_mid_run_is_named_as_gone() {
             "5000",
             "--duration",
             "6s",
+            // The loss ends the run, so that its cause is what the report names.
+            "--reconnect",
+            "false",
             "--quiet",
         ],
         &[],

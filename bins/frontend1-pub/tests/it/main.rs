@@ -7,6 +7,7 @@ mod delivery;
 mod disconnects;
 mod embedded;
 mod errors;
+mod faults;
 mod files;
 mod report;
 mod signals;

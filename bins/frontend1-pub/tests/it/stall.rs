@@ -216,6 +216,8 @@ fn a_broker_that_stops_reading_is_found_by_the_keep_alive() {
             "2s",
             "--drain-timeout",
             "2s",
+            "--reconnect",
+            "false",
             "--quiet",
         ],
         &[],

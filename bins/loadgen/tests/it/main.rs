@@ -2,4 +2,5 @@
 //! verifying backend (backend-sub) started on the same broker.
 
 mod common;
+mod faults;
 mod fleet;

@@ -1,0 +1,305 @@
+//! The fault catalog: the broker killed and restarted, stopped past the keep-alive,
+//! connections cut, half-closed and stalled by a proxy, a reconnect refused for good, and an
+//! outage longer than the offline buffer. Each run must go on through the fault, and its
+//! report must agree with an independent subscriber: nothing the report calls acknowledged
+//! is missing, duplicates are at most what it resent, and what it dropped offline is what
+//! the subscriber misses.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::proxy::Proxy;
+use test_support::{mosquitto_password_file, Mosquitto, Received, Subscriber, TempDir};
+
+use crate::common::{n, spawn, Outcome, DEVICE, TOPIC};
+
+/// Checks the run against what the subscriber received: every point acknowledged, none of
+/// them missing, duplicate points at most those of the messages resent.
+fn assert_every_acked_point_arrived(out: &Outcome, got: &Received, total: u64) {
+    out.assert_code(0);
+    let r = out.report();
+    assert_eq!(r["outcome"], "complete", "{}", out.stdout);
+    assert_eq!(n(r, "points_acked"), total, "{}", out.stdout);
+    let (missing, extra, outside) = got.delivery(DEVICE, total);
+    assert_eq!(
+        (missing, outside),
+        (0, 0),
+        "acknowledged but lost\n{}",
+        out.stdout
+    );
+    let resent_points = n(r, "messages_resent") * n(r, "batch");
+    assert!(
+        extra <= resent_points,
+        "{extra} duplicate points, more than the {resent_points} resent\n{}",
+        out.stdout
+    );
+}
+
+fn faults(r: &Value) -> String {
+    format!(
+        "reconnects {} resent {} disconnected {} s lost {}",
+        r["reconnects"], r["messages_resent"], r["disconnected_s"], r["connections"]["lost"]
+    )
+}
+
+/// Fault 1, one connection: the broker is killed mid-run (QoS 1, persistent session) and
+/// started again. The proxy holds the publisher off until the subscriber is back, so that
+/// what the broker takes after the restart has a subscription to go to.
+#[test]
+fn a_broker_killed_and_restarted_mid_run_loses_no_acknowledged_point() {
+    let mut m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let sub = Subscriber::start(m.port, TOPIC);
+    let total = 30_000u64;
+    let run = spawn(
+        &[
+            "--broker",
+            &proxy.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--clean-session",
+            "false",
+            "--rate",
+            "10000",
+            "--total",
+            "30000",
+            "--reconnect-backoff",
+            "50ms..500ms",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    proxy.set_accepting(false);
+    m.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    m.restart();
+    assert!(
+        sub.wait_subscribed(2, Duration::from_secs(10)),
+        "the subscriber did not come back"
+    );
+    proxy.set_accepting(true);
+    let out = run.wait();
+    let got = sub.finish(total, Duration::from_secs(5));
+    let r = out.report();
+    assert!(n(r, "reconnects") >= 1, "{}", faults(r));
+    assert!(
+        r["disconnected_s"].as_f64().unwrap() >= 0.4,
+        "{}",
+        faults(r)
+    );
+    // Mosquitto without persistence forgot the session: the report says so.
+    assert!(n(&r["connections"], "sessions_lost") >= 1, "{}", faults(r));
+    assert!(out.stdout.contains("faults"), "{}", out.stdout);
+    assert_every_acked_point_arrived(&out, &got, total);
+}
+
+/// Fault 2: the broker stopped (SIGSTOP) for longer than the keep-alive, then resumed: the
+/// keep-alive finds the connection dead, reconnects wait out the stop, and nothing the broker
+/// acknowledged is lost.
+#[test]
+fn a_broker_stopped_past_the_keep_alive_is_reconnected_to_when_it_resumes() {
+    let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
+    let total = 20_000u64;
+    let run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--rate",
+            "5000",
+            "--total",
+            "20000",
+            "--keep-alive",
+            "1s",
+            "--connect-timeout",
+            "1s",
+            "--reconnect-backoff",
+            "50ms..500ms",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    m.signal("STOP");
+    std::thread::sleep(Duration::from_millis(3000));
+    m.signal("CONT");
+    let out = run.wait();
+    let got = sub.finish(total, Duration::from_secs(5));
+    let r = out.report();
+    assert!(n(r, "reconnects") >= 1, "{}", faults(r));
+    // Found by the keep-alive (about two intervals after the stop), back after the resume.
+    assert!(
+        r["disconnected_s"].as_f64().unwrap() >= 0.5,
+        "{}",
+        faults(r)
+    );
+    assert!(n(r, "messages_resent") > 0, "{}", faults(r));
+    assert_every_acked_point_arrived(&out, &got, total);
+}
+
+/// Fault 3: a proxy between publisher and broker cuts the connection (a reset), half-closes
+/// it, and stalls it past the keep-alive; each time the publisher reconnects, and the
+/// subscriber behind the broker gets every point.
+#[test]
+fn connections_cut_half_closed_and_stalled_by_a_proxy_reconnect_with_exact_counts() {
+    let m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let sub = Subscriber::start(m.port, TOPIC);
+    let total = 40_000u64;
+    let run = spawn(
+        &[
+            "--broker",
+            &proxy.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--rate",
+            "5000",
+            "--total",
+            "40000",
+            "--keep-alive",
+            "1s",
+            "--reconnect-backoff",
+            "50ms..200ms",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    proxy.cut_all();
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.half_close_all();
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.set_stalled(true);
+    std::thread::sleep(Duration::from_millis(2500));
+    proxy.set_stalled(false);
+    proxy.cut_all(); // the stalled connection's bytes must not arrive late
+    let out = run.wait();
+    let got = sub.finish(total, Duration::from_secs(5));
+    let r = out.report();
+    assert!(n(r, "reconnects") >= 3, "{}", faults(r));
+    assert!(n(&r["connections"], "lost") >= 3, "{}", faults(r));
+    assert_every_acked_point_arrived(&out, &got, total);
+}
+
+/// Fault 7: an outage longer than the offline buffer holds. What fell due beyond it is
+/// dropped, counted, and exactly what the subscriber misses.
+#[test]
+fn an_outage_past_the_offline_buffer_drops_what_the_subscriber_misses() {
+    let m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let sub = Subscriber::start(m.port, TOPIC);
+    let total = 12_000u64;
+    let run = spawn(
+        &[
+            "--broker",
+            &proxy.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--rate",
+            "2000",
+            "--total",
+            "12000",
+            "--offline-buffer",
+            "500",
+            "--reconnect-backoff",
+            "50ms..100ms",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    std::thread::sleep(Duration::from_millis(2000));
+    proxy.set_accepting(true);
+    let out = run.wait();
+    let got = sub.finish(total, Duration::from_secs(3));
+    let r = out.report();
+    let dropped = n(r, "points_dropped_offline");
+    // About 4,000 points fell due in the 2 s outage; 500 were kept.
+    assert!(dropped >= 2000, "{dropped} dropped offline: {}", out.stdout);
+    assert_eq!(n(r, "points_acked") + dropped, total, "{}", out.stdout);
+    let (missing, extra, outside) = got.delivery(DEVICE, total);
+    assert_eq!(
+        missing, dropped,
+        "the subscriber misses what was dropped offline"
+    );
+    assert_eq!(outside, 0);
+    assert!(extra <= n(r, "messages_resent") * n(r, "batch"));
+    out.assert_code(1);
+    assert!(
+        r["error"].as_str().unwrap().contains("--offline-buffer"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Fault 4 on a reconnect: the password changed while the run was up, so the reconnect
+/// after a cut is refused. Refused credentials are fatal: exit 4 at once, no retry storm,
+/// and the password in no output.
+#[test]
+fn a_reconnect_refused_for_bad_credentials_exits_4_without_retrying() {
+    let dir = TempDir::new("refuse");
+    let secret = "s3cret-Reconnect";
+    let pw = mosquitto_password_file(&dir, "loader", secret);
+    let m = Mosquitto::start_with(&[
+        "allow_anonymous false".into(),
+        format!("password_file {}", pw.display()),
+    ]);
+    let proxy = Proxy::start(m.port);
+    let secret_file = dir.path("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let run = spawn(
+        &[
+            "--broker",
+            &proxy.url(),
+            "--username",
+            "loader",
+            "--password-file",
+            secret_file.to_str().unwrap(),
+            "--rate",
+            "1000",
+            "--duration",
+            "20s",
+            "--reconnect-backoff",
+            "50ms..100ms",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // A new password for the user, read by Mosquitto on SIGHUP; then the connection is cut.
+    mosquitto_password_file(&dir, "loader", "another-password");
+    m.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = proxy.accepted();
+    proxy.cut_all();
+    let mut run = run;
+    assert!(
+        run.exits_within(Duration::from_secs(5)),
+        "still retrying 5 s after the refusal"
+    );
+    let out = run.wait();
+    out.assert_code(4);
+    assert!(
+        proxy.accepted() - before <= 2,
+        "{} reconnect attempts after a refusal",
+        proxy.accepted() - before
+    );
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains(secret), "the password leaked: {text}");
+    }
+    let error = out.report()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("refused"), "{error}");
+}

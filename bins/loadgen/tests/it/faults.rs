@@ -1,0 +1,78 @@
+//! A fleet through a broker failure: every connection reconnects, and an independent
+//! subscriber gets every point the report calls acknowledged.
+
+use std::time::Duration;
+
+use test_support::proxy::Proxy;
+use test_support::{Mosquitto, Subscriber};
+
+use crate::common::{n, publish};
+
+/// Fault 1, a fleet: 500 devices over 500 connections at QoS 1 with persistent sessions;
+/// the broker is killed mid-run and started again, and the proxy in front of it lets the
+/// fleet back in once the subscriber is back.
+#[test]
+fn a_fleet_of_500_connections_comes_back_after_a_broker_restart_and_loses_nothing_acked() {
+    let mut m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let sub = Subscriber::start(m.port, "device_data/#");
+    let (devices, per_device) = (500u64, 20u64);
+    let args: Vec<String> = [
+        "--broker",
+        &proxy.url(),
+        "--devices",
+        "500",
+        "--qos",
+        "1",
+        "--batch",
+        "1",
+        "--rate-per-device",
+        "5",
+        "--total",
+        "10000",
+        "--clean-session",
+        "false",
+        "--reconnect-backoff",
+        "50ms..500ms",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = std::thread::spawn(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        publish(&a)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.set_accepting(false);
+    m.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    m.restart();
+    assert!(sub.wait_subscribed(2, Duration::from_secs(10)));
+    proxy.set_accepting(true);
+    let out = run.join().unwrap();
+    let got = sub.finish(devices * per_device, Duration::from_secs(5));
+    out.assert_code(0);
+    let r = out.report();
+    let c = &r["connections"];
+    assert_eq!(n(r, "points_acked"), devices * per_device, "{}", out.stdout);
+    assert_eq!(n(c, "reconnected"), devices, "{}", out.stdout);
+    assert!(n(r, "reconnects") >= devices, "{}", out.stdout);
+    assert_eq!(n(c, "down_at_end"), 0);
+    assert_eq!(got.seqs.len() as u64, devices, "devices the subscriber saw");
+    let mut duplicates = 0;
+    for device in got.seqs.keys() {
+        let (missing, extra, outside) = got.delivery(device, per_device);
+        assert_eq!(
+            (missing, outside),
+            (0, 0),
+            "{device}: acknowledged but lost"
+        );
+        duplicates += extra;
+    }
+    assert!(
+        duplicates <= n(r, "messages_resent"),
+        "{duplicates} duplicates, {} resent",
+        n(r, "messages_resent")
+    );
+}
