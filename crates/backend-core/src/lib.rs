@@ -52,6 +52,9 @@ pub struct BackendArgs {
     pub verify: VerifyArgs,
 
     #[command(flatten)]
+    pub reconnect: mqtt_tool::args::ReconnectArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -114,6 +117,12 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
     pub read_hold: Duration,
 
+    /// Accept duplicates in the verdict (they are still counted and reported): QoS 1 is
+    /// at least once, and after a reconnect the broker and the publisher both resend what
+    /// was not acknowledged
+    #[arg(long)]
+    pub at_least_once: bool,
+
     /// List every device in the JSON report, and every frontend's device ids (default: the
     /// devices with a problem, at most 1,000, so that a fleet's report stays small)
     #[arg(long)]
@@ -135,6 +144,10 @@ pub struct Plan {
     pub duration: Option<Duration>,
     pub max_devices: usize,
     pub read_hold: Duration,
+    pub at_least_once: bool,
+    /// Reconnect backoff (first, longest); `None`: `--reconnect false`.
+    pub reconnect: Option<(Duration, Duration)>,
+    pub clean_session: bool,
     pub report_json: Option<std::path::PathBuf>,
     pub report_devices: bool,
     pub quiet: bool,
@@ -199,6 +212,12 @@ impl Plan {
             duration: a.verify.duration,
             max_devices: usize::try_from(a.verify.max_devices).unwrap_or(usize::MAX),
             read_hold: a.verify.read_hold,
+            at_least_once: a.verify.at_least_once,
+            reconnect: a
+                .reconnect
+                .reconnect
+                .then_some(a.reconnect.reconnect_backoff),
+            clean_session: a.reconnect.clean_session,
             report_json: a.output.report_json,
             report_devices: a.verify.report_devices,
             quiet: a.output.quiet,
@@ -293,7 +312,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
         .await
         .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
     let connected = tokio::select! {
-        c = mqtt_tool::session::Session::open(&plan.connect, &target) => Some(c?),
+        c = mqtt_tool::session::Session::open(&plan.connect, &target, plan.clean_session) => Some(c?),
         _ = shutdown.stop.cancelled() => None,
     };
     let rx = match connected {
@@ -314,7 +333,7 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
                 shutdown.status.clone(),
                 stop_progress.clone(),
             ));
-            let rx = receive::run(plan, session, live, shutdown).await;
+            let rx = receive::run(plan, session, &target, live, shutdown).await;
             stop_progress.cancel();
             let _ = progress.await;
             rx

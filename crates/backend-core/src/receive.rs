@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use point_format::Point;
 use tokio::time::Instant;
 
+use mqtt_tool::broker::BrokerTarget;
 use mqtt_tool::session::{Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
 
@@ -95,6 +96,10 @@ pub struct Received {
     pub subscribed_at: Option<Instant>,
     /// A signal came while connecting: nothing was subscribed.
     pub connecting_interrupted: bool,
+    /// Connections lost, reconnects that came through, and the time spent away.
+    pub losses: u64,
+    pub reconnects: u64,
+    pub disconnected: std::time::Duration,
     pub stop: Stop,
 }
 
@@ -168,6 +173,9 @@ impl Received {
             last_message: None,
             subscribed_at: None,
             connecting_interrupted: false,
+            losses: 0,
+            reconnects: 0,
+            disconnected: std::time::Duration::ZERO,
             stop: Stop::Idle,
         }
     }
@@ -281,6 +289,7 @@ fn wall_us() -> f64 {
 pub async fn run(
     plan: &Plan,
     mut session: Session,
+    target: &BrokerTarget,
     live: Arc<Live>,
     shutdown: &Shutdown,
 ) -> Received {
@@ -311,135 +320,206 @@ pub async fn run(
     // Devices with gaps, for the progress line: a walk over all devices about once a second.
     let mut gaps_counted = now;
     let from_zero = plan.expect.is_some();
+    // Since the last reconnect: silence while the broker was away is not idleness.
+    let mut back_at: Option<Instant> = None;
+    // The SUBACK after the last reconnect arrived (said once on stderr).
+    let mut resubscribed = false;
+    let mut rng = (std::process::id() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
 
-    'receiving: loop {
-        loop {
-            let packet = match session.next_packet() {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    rx.stop = Stop::Failed(format!("the broker sent {e}"));
-                    break 'receiving;
-                }
-            };
-            match packet {
-                Packet::Publish {
-                    qos,
-                    retain,
-                    pkid,
-                    topic,
-                    payload,
-                } => {
-                    if qos > 0 {
-                        acks.extend_from_slice(&[0x40, 0x02]);
-                        acks.extend_from_slice(&pkid.to_be_bytes());
+    'session: loop {
+        // Some(why): the connection was lost; None: a stop condition holds (rx.stop).
+        let lost: Option<String> = 'receiving: loop {
+            loop {
+                let packet = match session.next_packet() {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => {
+                        rx.stop = Stop::Failed(format!("the broker sent {e}"));
+                        break 'receiving None;
                     }
-                    rx.first_message.get_or_insert(now);
-                    rx.last_message = Some(now);
-                    pipe.message(&mut rx, topic, payload, retain, arrival_us);
-                    if plan.expect.is_some_and(|n| rx.unique >= n) {
-                        rx.stop = Stop::Expected;
-                        break 'receiving;
-                    }
-                }
-                Packet::SubAck { codes, .. } => {
-                    // A SUBACK holds a code per filter; a broker that sends more codes than
-                    // filters (or fewer) is answered by what we can tell, never an index panic.
-                    if let Some(i) = codes.iter().position(|c| *c == 0x80) {
-                        rx.stop = Stop::Failed(format!(
-                            "the broker refused the subscription to '{}'",
-                            filters.get(i).map_or("?", String::as_str)
-                        ));
-                        break 'receiving;
-                    }
-                    if rx.subscribed_at.is_none() {
-                        rx.subscribed_at = Some(Instant::now());
-                        mqtt_tool::errln!("subscribed to {}", filters.join(", "));
-                        if plan.expect == Some(0) {
+                };
+                match packet {
+                    Packet::Publish {
+                        qos,
+                        retain,
+                        pkid,
+                        topic,
+                        payload,
+                    } => {
+                        if qos > 0 {
+                            acks.extend_from_slice(&[0x40, 0x02]);
+                            acks.extend_from_slice(&pkid.to_be_bytes());
+                        }
+                        rx.first_message.get_or_insert(now);
+                        rx.last_message = Some(now);
+                        pipe.message(&mut rx, topic, payload, retain, arrival_us);
+                        if plan.expect.is_some_and(|n| rx.unique >= n) {
                             rx.stop = Stop::Expected;
-                            break 'receiving;
+                            break 'receiving None;
                         }
                     }
+                    Packet::SubAck { codes, .. } => {
+                        // A SUBACK holds a code per filter; a broker that sends more codes than
+                        // filters (or fewer) is answered by what we can tell, never an index panic.
+                        if let Some(i) = codes.iter().position(|c| *c == 0x80) {
+                            rx.stop = Stop::Failed(format!(
+                                "the broker refused the subscription to '{}'",
+                                filters.get(i).map_or("?", String::as_str)
+                            ));
+                            break 'receiving None;
+                        }
+                        if rx.subscribed_at.is_some() && back_at.is_some() && !resubscribed {
+                            resubscribed = true;
+                            mqtt_tool::errln!("subscribed again to {}", filters.join(", "));
+                        }
+                        if rx.subscribed_at.is_none() {
+                            rx.subscribed_at = Some(Instant::now());
+                            mqtt_tool::errln!("subscribed to {}", filters.join(", "));
+                            if plan.expect == Some(0) {
+                                rx.stop = Stop::Expected;
+                                break 'receiving None;
+                            }
+                        }
+                    }
+                    Packet::ConnAck { .. } | Packet::PingResp | Packet::Other(_) => {}
                 }
-                Packet::ConnAck { .. } | Packet::PingResp | Packet::Other(_) => {}
             }
-        }
-        live.messages.store(rx.messages, Relaxed);
-        live.points.store(rx.points, Relaxed);
-        live.unique.store(rx.unique, Relaxed);
-        live.devices.store(rx.devices.len() as u64, Relaxed);
-        if now.duration_since(gaps_counted) >= std::time::Duration::from_secs(1) {
-            gaps_counted = now;
-            let gappy = rx
-                .devices
-                .iter()
-                .filter(|d| d.tracker.has_gaps(from_zero))
-                .count();
-            live.gappy.store(gappy as u64, Relaxed);
-        }
-        if !acks.is_empty() {
-            if let Err(e) = session.write(&acks).await {
-                rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
-                break;
+            live.messages.store(rx.messages, Relaxed);
+            live.points.store(rx.points, Relaxed);
+            live.unique.store(rx.unique, Relaxed);
+            live.devices.store(rx.devices.len() as u64, Relaxed);
+            if now.duration_since(gaps_counted) >= std::time::Duration::from_secs(1) {
+                gaps_counted = now;
+                let gappy = rx
+                    .devices
+                    .iter()
+                    .filter(|d| d.tracker.has_gaps(from_zero))
+                    .count();
+                live.gappy.store(gappy as u64, Relaxed);
             }
-            acks.clear();
-        }
-        let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
+            if !acks.is_empty() {
+                if let Err(e) = session.write(&acks).await {
+                    break Some(e.to_string());
+                }
+                acks.clear();
+            }
+            let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
             (None, _) => (suback_deadline, Stop::Failed(format!(
                 "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
                 humantime::format_duration(plan.connect.connect_timeout)
             ))),
-            (Some(_), Some(t)) => (t + plan.idle_timeout, Stop::Idle),
+            (Some(_), Some(t)) => (t.max(back_at.unwrap_or(t)) + plan.idle_timeout, Stop::Idle),
             (Some(sub), None) => (sub + plan.first_message_timeout, Stop::FirstMessageTimeout),
         };
-        let (deadline, why) = match end_at {
-            Some(e) if e <= deadline => (e, Stop::Duration),
-            _ => (deadline, why),
-        };
-        if why == Stop::Duration && Instant::now() >= deadline {
-            rx.stop = why; // a stream that never pauses still ends by --duration
-            break;
-        }
-        // A flood that never pauses would starve the ping branch below (bytes win): at QoS 0
-        // nothing else is written, and the broker would close us after 1.5 keep-alives.
-        if session.ping_due().is_some_and(|p| p <= Instant::now()) {
-            if let Err(e) = session.write(&mqtt_tool::session::PINGREQ).await {
-                rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
-                break;
+            let (deadline, why) = match end_at {
+                Some(e) if e <= deadline => (e, Stop::Duration),
+                _ => (deadline, why),
+            };
+            if why == Stop::Duration && Instant::now() >= deadline {
+                rx.stop = why; // a stream that never pauses still ends by --duration
+                break None;
             }
-        }
-        let ping = session.ping_due().filter(|p| *p < deadline);
-        // Bytes already waiting win over a deadline that passed meanwhile: they arrived
-        // before it, and a busy machine must not turn them into an idle stop.
-        let read = tokio::select! {
-            biased;
-            _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break }
-            r = session.read_more() => r,
-            _ = tokio::time::sleep_until(ping.unwrap_or(deadline)) => {
-                if ping.is_none() {
-                    rx.stop = why;
-                    break;
+            // A flood that never pauses would starve the ping branch below (bytes win): at QoS 0
+            // nothing else is written, and the broker would close us after 1.5 keep-alives.
+            if session.ping_due().is_some_and(|p| p <= Instant::now()) {
+                if let Err(e) = session.ping().await {
+                    break Some(e.to_string());
                 }
-                if let Err(e) = session.write(&mqtt_tool::session::PINGREQ).await {
-                    rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
-                    break;
+            }
+            if session.dead_at().is_some_and(|d| d <= Instant::now()) {
+                break Some("the broker did not answer a PINGREQ within the keep-alive".into());
+            }
+            // The next timer: the stop deadline, a ping to send, or a ping unanswered.
+            let timer = [session.ping_due(), session.dead_at()]
+                .into_iter()
+                .flatten()
+                .fold(deadline, Instant::min);
+            // Bytes already waiting win over a deadline that passed meanwhile: they arrived
+            // before it, and a busy machine must not turn them into an idle stop.
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break None }
+                r = session.read_more() => r,
+                _ = tokio::time::sleep_until(timer) => {
+                    if timer == deadline {
+                        rx.stop = why;
+                        break None;
+                    }
+                    continue; // a ping to send, or the connection is dead: both are seen above
                 }
-                continue;
+            };
+            match read {
+                Ok(0) => break Some("the broker closed the connection".into()),
+                Ok(_) => (now, arrival_us) = (Instant::now(), wall_us()),
+                Err(e) => break Some(e.to_string()),
             }
         };
-        match read {
-            Ok(0) => {
-                rx.stop = Stop::Failed(
-                    "connection to the broker lost: the broker closed the connection".into(),
-                );
-                break;
+        let Some(why) = lost else { break 'session };
+        let Some((lo, hi)) = plan.reconnect else {
+            rx.stop = Stop::Failed(format!("connection to the broker lost: {why}"));
+            break 'session;
+        };
+        // Reconnect: what the lost connection had not acknowledged the broker sends again (a
+        // persistent session) or never (a clean one: the verdict shows the gap).
+        acks.clear();
+        let down = Instant::now();
+        rx.losses += 1;
+        mqtt_tool::errln!(
+            "connection to the broker lost: {}; reconnecting",
+            mqtt_tool::out::escape(&why)
+        );
+        let mut attempt = 0u32;
+        session = loop {
+            attempt += 1;
+            let exp = lo.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let jitter = 0.5 + (rng >> 11) as f64 / (1u64 << 53) as f64;
+            let delay = std::time::Duration::from_secs_f64(exp.min(hi.as_secs_f64()) * jitter);
+            let wake = end_at.map_or(Instant::now() + delay, |e| e.min(Instant::now() + delay));
+            tokio::select! {
+                _ = shutdown.stop.cancelled() => {
+                    rx.stop = Stop::Signal;
+                    rx.disconnected += down.elapsed();
+                    break 'session;
+                }
+                _ = tokio::time::sleep_until(wake) => {}
             }
-            Ok(_) => (now, arrival_us) = (Instant::now(), wall_us()),
-            Err(e) => {
-                rx.stop = Stop::Failed(format!("connection to the broker lost: {e}"));
-                break;
+            if end_at.is_some_and(|e| Instant::now() >= e) {
+                rx.stop = Stop::Duration;
+                rx.disconnected += down.elapsed();
+                break 'session;
             }
+            let opened = tokio::select! {
+                s = Session::open(&plan.connect, target, plan.clean_session) => s,
+                _ = shutdown.stop.cancelled() => {
+                    rx.stop = Stop::Signal;
+                    rx.disconnected += down.elapsed();
+                    break 'session;
+                }
+            };
+            match opened {
+                Ok(s) => break s,
+                Err(e @ mqtt_tool::error::Error::Refused { .. }) => {
+                    // Fatal: credentials or authorization, not a broker coming back.
+                    rx.stop = Stop::Failed(format!("reconnecting failed: {e}"));
+                    rx.disconnected += down.elapsed();
+                    break 'session;
+                }
+                Err(_) => {}
+            }
+        };
+        rx.reconnects += 1;
+        rx.disconnected += down.elapsed();
+        session.set_read_hold(plan.read_hold);
+        if let Err(e) = session.subscribe(&filters, plan.qos).await {
+            rx.stop = Stop::Failed(format!("cannot subscribe after reconnecting: {e}"));
+            break 'session;
         }
+        back_at = Some(Instant::now());
+        resubscribed = false;
+        mqtt_tool::errln!("reconnected after {:.1} s", down.elapsed().as_secs_f64());
     }
     live.messages.store(rx.messages, Relaxed);
     live.points.store(rx.points, Relaxed);

@@ -11,7 +11,7 @@ use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;
 use crate::Plan;
 
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A fleet up to this size is listed whole; a larger one, without --report-devices, lists
 /// its devices with a problem (the first this many) and names a few per frontend.
@@ -33,6 +33,9 @@ pub struct DeviceReport {
     pub unique: u64,
     pub missing: u64,
     pub duplicate: u64,
+    /// `--at-least-once`: its duplicates do not fail it.
+    #[serde(skip)]
+    pub duplicates_accepted: bool,
     pub out_of_order: u64,
     /// Arrived below the verification window: a duplicate or a very late point, unknown which.
     pub unverifiable: u64,
@@ -62,7 +65,9 @@ impl DeviceReport {
     /// Missing, duplicate or unverifiable points: what fails verification. (A retained first
     /// message alone does not; the verdict names it only beside a failure.)
     pub fn failing(&self) -> bool {
-        self.missing > 0 || self.duplicate > 0 || self.unverifiable > 0
+        self.missing > 0
+            || (self.duplicate > 0 && !self.duplicates_accepted)
+            || self.unverifiable > 0
     }
 }
 
@@ -87,6 +92,12 @@ pub struct Report {
     pub qos: u8,
     pub share_group: Option<String>,
     pub expect: Option<u64>,
+    /// `--at-least-once`: duplicates are counted but pass the verdict.
+    pub at_least_once: bool,
+    /// Connections to the broker lost, reconnects that came through, time spent away.
+    pub connections_lost: u64,
+    pub reconnects: u64,
+    pub disconnected_s: f64,
     /// `--read-hold`: at high rates reads wait this long for bytes to gather, so end-to-end
     /// latencies may be late by up to this much (0: every byte read as it came).
     pub read_hold_us: u64,
@@ -154,6 +165,7 @@ impl Report {
                     unique: d.tracker.unique(),
                     missing: if shared { 0 } else { missing.count },
                     duplicate: d.tracker.duplicates,
+                    duplicates_accepted: plan.at_least_once,
                     out_of_order: d.tracker.out_of_order,
                     unverifiable: d.tracker.unverifiable,
                     first_seq: d.tracker.first_seq,
@@ -239,6 +251,10 @@ impl Report {
             qos: plan.qos,
             share_group: plan.share_group.clone(),
             expect: plan.expect,
+            at_least_once: plan.at_least_once,
+            connections_lost: rx.losses,
+            reconnects: rx.reconnects,
+            disconnected_s: (rx.disconnected.as_secs_f64() * 1e3).round() / 1e3,
             read_hold_us: plan.read_hold.as_micros().min(u64::MAX as u128) as u64,
             points_received: rx.points,
             points_unique: rx.unique,
@@ -340,6 +356,22 @@ impl Report {
                 }
             ),
         );
+        if self.connections_lost > 0 {
+            line(
+                "faults",
+                format!(
+                    "{} connections lost, {} reconnects, {:.3} s disconnected{}",
+                    fmt_int(self.connections_lost),
+                    fmt_int(self.reconnects),
+                    self.disconnected_s,
+                    if self.at_least_once && self.points_duplicate > 0 {
+                        " (duplicates accepted: --at-least-once)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         line(
             "rates",
             format!(
@@ -547,7 +579,7 @@ fn verdict(
         }
         problems.push(text);
     }
-    if duplicate > 0 {
+    if duplicate > 0 && !plan.at_least_once {
         problems.push(format!(
             "{} duplicate points {}",
             fmt_int(duplicate),

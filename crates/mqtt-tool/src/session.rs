@@ -74,6 +74,8 @@ pub struct Session {
     max_packet: usize,
     keep_alive: Duration,
     last_write: Instant,
+    /// When the PINGREQ with nothing read since went out.
+    ping_sent: Option<Instant>,
     /// How many bytes a read waits for.
     lowat: Lowat,
 }
@@ -188,8 +190,14 @@ fn io_failure(e: &io::Error) -> ConnectFailure {
 
 impl Session {
     /// Connects and waits for the CONNACK, within the plan's connect timeout. Failures are
-    /// the exit codes' kinds: unreachable (3) or refused by the broker (4).
-    pub async fn open(cp: &ConnectPlan, target: &BrokerTarget) -> Result<Session, Error> {
+    /// the exit codes' kinds: unreachable (3) or refused by the broker (4). With
+    /// `clean_session` false the broker keeps the session (and queues QoS 1 messages for
+    /// it) while this client is away.
+    pub async fn open(
+        cp: &ConnectPlan,
+        target: &BrokerTarget,
+        clean_session: bool,
+    ) -> Result<Session, Error> {
         let broker = target.url();
         let fail = |f: ConnectFailure, io: Option<io::Error>| match f {
             ConnectFailure::Connack(_) => Error::Refused {
@@ -218,6 +226,7 @@ impl Session {
                 max_packet: cp.max_packet_size.max(64),
                 keep_alive: cp.keep_alive,
                 last_write: Instant::now(),
+                ping_sent: None,
                 lowat: Lowat::new(Duration::ZERO, Instant::now()),
             };
             let credentials = cp
@@ -225,8 +234,12 @@ impl Session {
                 .as_ref()
                 .map(|(u, p)| (u.as_str(), p.as_ref().map_or("", |p| p.expose())));
             let keep_alive = cp.keep_alive.as_secs().min(u16::MAX as u64) as u16;
-            let connect =
-                mqtt_engine::packets::connect(&cp.client_id, keep_alive, true, credentials);
+            let connect = mqtt_engine::packets::connect(
+                &cp.client_id,
+                keep_alive,
+                clean_session,
+                credentials,
+            );
             s.write(&connect)
                 .await
                 .map_err(|e| (io_failure(&e), Some(e)))?;
@@ -292,7 +305,21 @@ impl Session {
 
     /// When a PINGREQ is due (the broker closes a client silent for 1.5 keep-alives).
     pub fn ping_due(&self) -> Option<Instant> {
-        (!self.keep_alive.is_zero()).then(|| self.last_write + self.keep_alive / 2)
+        (!self.keep_alive.is_zero() && self.ping_sent.is_none())
+            .then(|| self.last_write + self.keep_alive / 2)
+    }
+
+    /// Writes a PINGREQ; the broker must answer (or send anything) within a keep-alive.
+    pub async fn ping(&mut self) -> io::Result<()> {
+        self.write(&PINGREQ).await?;
+        self.ping_sent = Some(self.last_write);
+        Ok(())
+    }
+
+    /// When the connection counts as dead: a keep-alive after a PINGREQ with nothing read
+    /// since (a broker that stopped, or a network that did).
+    pub fn dead_at(&self) -> Option<Instant> {
+        self.ping_sent.map(|t| t + self.keep_alive)
     }
 
     /// Reads what the socket has (at least one byte, or 0 when the broker closed).
@@ -331,6 +358,7 @@ impl Session {
                     }
                     if got > 0 {
                         self.end += got;
+                        self.ping_sent = None;
                         return Ok(got);
                     }
                     self.stream.read(&mut self.buf[self.end..]).await?
@@ -340,6 +368,9 @@ impl Session {
             self.stream.read(&mut self.buf[self.end..]).await?
         };
         self.end += n;
+        if n > 0 {
+            self.ping_sent = None;
+        }
         if let Some(mark) = self.lowat.read(n, Instant::now()) {
             set_rcvlowat(fd, mark)?;
         }

@@ -19,6 +19,8 @@ pub struct Outcome {
 pub struct Backend {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// Lines already taken from `stderr` by [`Backend::wait_for_line`].
+    seen: Vec<String>,
     dir: TempDir,
 }
 
@@ -94,11 +96,31 @@ pub fn start(args: &[&str]) -> Backend {
     Backend {
         child,
         stderr: rx,
+        seen: Vec::new(),
         dir,
     }
 }
 
 impl Backend {
+    /// Waits for a stderr line that starts with `prefix`, for up to `within`; the lines
+    /// read meanwhile are kept for [`Backend::wait`].
+    pub fn wait_for_line(&mut self, prefix: &str, within: Duration) -> bool {
+        let end = std::time::Instant::now() + within;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.starts_with(prefix);
+                    self.seen.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Whether the process has exited (its status is collected by [`Backend::wait`]).
     pub fn exited(&self) -> bool {
         match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
@@ -128,9 +150,15 @@ impl Backend {
     }
 
     pub fn wait(self) -> Outcome {
-        let Backend { child, stderr, dir } = self;
+        let Backend {
+            child,
+            stderr,
+            mut seen,
+            dir,
+        } = self;
         let out = child.wait_with_output().expect("wait backend");
-        let stderr: Vec<String> = stderr.try_iter().collect();
+        seen.extend(stderr.try_iter());
+        let stderr = seen;
         let report =
             std::fs::read_to_string(dir.path("report.json")).expect("backend wrote its report");
         Outcome {

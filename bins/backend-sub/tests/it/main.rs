@@ -3,6 +3,7 @@
 
 mod common;
 mod crafted;
+mod faults;
 mod frontends;
 mod hostile;
 mod stops;
