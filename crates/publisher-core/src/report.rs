@@ -353,7 +353,9 @@ impl Report {
             ));
         }
         if points_failed > 0 {
-            problems.push(if c.lost > 0 {
+            // After a loss that came back, what stayed unacknowledged did so on the new
+            // connection, within the drain.
+            problems.push(if c.lost > 0 && (!reconnecting || c.down_at_end > 0) {
                 format!(
                     "{} points were sent but not acknowledged before the connection was lost",
                     fmt_int(points_failed)

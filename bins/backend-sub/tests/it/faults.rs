@@ -115,3 +115,84 @@ fn without_reconnect_a_lost_connection_ends_the_backend() {
         out.stderr
     );
 }
+
+/// Fault 6 under MQTT 3.1.1: Mosquitto's `message_size_limit` drops a larger message and
+/// still acknowledges it, so the publisher can only report it acknowledged; the backend is
+/// what shows the loss. (MQTT 5 reason codes would let the publisher count it rejected.)
+#[test]
+fn an_oversized_message_acked_and_dropped_by_the_broker_shows_as_missing_at_the_backend() {
+    // With max_queued_messages 0 (the project's config), Mosquitto 2.0.11 drops the
+    // connection of a client whose message it dropped for its size ("Bad socket
+    // read/write"); its default queue limit does not.
+    let m = Mosquitto::start_with(&[
+        "message_size_limit 2000".into(),
+        "max_queued_messages 1000".into(),
+    ]);
+    let backend = start(&[
+        "--broker",
+        &m.url(),
+        "--idle-timeout",
+        "2s",
+        "--first-message-timeout",
+        "5s",
+    ]);
+    // Single points (about 150 bytes) pass, 100-point batches (about 14 KB) do not.
+    let small = Command::new(workspace_bin("frontend1-pub"))
+        .args([
+            "--broker",
+            &m.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--rate",
+            "0",
+        ])
+        .args(["--total", "100", "--device-id", "small", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(small.status.success());
+    let dir = test_support::TempDir::new("oversized");
+    let report = dir.path("pub.json");
+    let large = Command::new(workspace_bin("frontend1-pub"))
+        .args([
+            "--broker",
+            &m.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "100",
+            "--rate",
+            "0",
+        ])
+        .args(["--total", "1000", "--device-id", "large", "--quiet"])
+        .arg("--report-json")
+        .arg(&report)
+        .output()
+        .unwrap();
+    // The broker acknowledged all ten messages: the publisher cannot know better.
+    assert!(
+        large.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&large.stdout),
+        String::from_utf8_lossy(&large.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(n(&r, "points_acked"), 1000);
+    let out = backend.wait();
+    let b = &out.report;
+    assert_eq!(
+        n(b, "points_unique"),
+        100,
+        "only the small device's points arrived"
+    );
+    assert!(
+        out.report["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["device_id"] != "large"),
+        "{b:#}"
+    );
+}

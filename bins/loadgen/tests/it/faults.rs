@@ -76,3 +76,72 @@ fn a_fleet_of_500_connections_comes_back_after_a_broker_restart_and_loses_nothin
         n(r, "messages_resent")
     );
 }
+
+/// Fault 5: a reconnect wave into `max_connections`. The fleet's 40 connections are cut
+/// while other clients take 20 of the broker's 50 places; the reconnects that find it full
+/// back off and get in once those clients leave, and every point is delivered.
+#[test]
+fn a_reconnect_wave_into_max_connections_backs_off_until_room_frees() {
+    let mut m = Mosquitto::start_with(&["max_connections 50".into()]);
+    let proxy = Proxy::start(m.port);
+    let sub = Subscriber::start(m.port, "device_data/#");
+    let (devices, per_device) = (40u64, 25u64);
+    let args: Vec<String> = [
+        "--broker",
+        &proxy.url(),
+        "--devices",
+        "40",
+        "--qos",
+        "1",
+        "--batch",
+        "1",
+        "--rate-per-device",
+        "5",
+        "--total",
+        "1000",
+        "--reconnect-backoff",
+        "100ms..400ms",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = std::thread::spawn(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        publish(&a)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    std::thread::sleep(Duration::from_millis(300));
+    // 20 other clients take their places (the subscriber holds one of the 50 too).
+    let squatters: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", m.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.set_accepting(true);
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(squatters);
+    let out = run.join().unwrap();
+    let got = sub.finish(devices * per_device, Duration::from_secs(5));
+    out.assert_code(0);
+    let r = out.report();
+    let c = &r["connections"];
+    assert_eq!(n(r, "points_acked"), devices * per_device, "{}", out.stdout);
+    assert_eq!(n(c, "reconnected"), devices, "{}", out.stdout);
+    // Some reconnects found the broker full: it closed them before their CONNACK.
+    let refused = c["attempts_failed_by_reason"]["closed before CONNACK"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(refused > 0, "no reconnect found the broker full: {c:#}");
+    for device in got.seqs.keys() {
+        let (missing, _, outside) = got.delivery(device, per_device);
+        assert_eq!(
+            (missing, outside),
+            (0, 0),
+            "{device}: acknowledged but lost"
+        );
+    }
+    assert_eq!(got.seqs.len() as u64, devices);
+    m.kill();
+}
