@@ -148,6 +148,7 @@ pub struct Plan {
     /// Reconnect backoff (first, longest); `None`: `--reconnect false`.
     pub reconnect: Option<(Duration, Duration)>,
     pub clean_session: bool,
+    pub session_expiry: Duration,
     pub report_json: Option<std::path::PathBuf>,
     pub report_devices: bool,
     pub quiet: bool,
@@ -218,6 +219,7 @@ impl Plan {
                 .reconnect
                 .then_some(a.reconnect.reconnect_backoff),
             clean_session: a.reconnect.clean_session,
+            session_expiry: a.reconnect.session_expiry,
             report_json: a.output.report_json,
             report_devices: a.verify.report_devices,
             quiet: a.output.quiet,
@@ -311,8 +313,9 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
     let target = tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, port))
         .await
         .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    broker::check_version(&target, plan.connect.mqtt5)?;
     let connected = tokio::select! {
-        c = mqtt_tool::session::Session::open(&plan.connect, &target, plan.clean_session) => Some(c?),
+        c = mqtt_tool::session::Session::open(&plan.connect, &target, plan.clean_session, plan.session_expiry) => Some(c?),
         _ = shutdown.stop.cancelled() => None,
     };
     let rx = match connected {

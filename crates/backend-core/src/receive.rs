@@ -361,7 +361,7 @@ pub async fn run(
                     Packet::SubAck { codes, .. } => {
                         // A SUBACK holds a code per filter; a broker that sends more codes than
                         // filters (or fewer) is answered by what we can tell, never an index panic.
-                        if let Some(i) = codes.iter().position(|c| *c == 0x80) {
+                        if let Some(i) = codes.iter().position(|c| *c >= 0x80) {
                             rx.stop = Stop::Failed(format!(
                                 "the broker refused the subscription to '{}'",
                                 filters.get(i).map_or("?", String::as_str)
@@ -492,7 +492,7 @@ pub async fn run(
                 break 'session;
             }
             let opened = tokio::select! {
-                s = Session::open(&plan.connect, target, plan.clean_session) => s,
+                s = Session::open(&plan.connect, target, plan.clean_session, plan.session_expiry) => s,
                 _ = shutdown.stop.cancelled() => {
                     rx.stop = Stop::Signal;
                     rx.disconnected += down.elapsed();

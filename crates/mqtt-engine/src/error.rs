@@ -34,6 +34,49 @@ impl ConnackCode {
             other => ConnackCode::Other(other),
         }
     }
+
+    /// An MQTT 5 CONNACK reason code (0x80 and up refuse).
+    pub fn from_v5_code(code: u8) -> ConnackCode {
+        match code {
+            0x84 => ConnackCode::Protocol,
+            0x85 => ConnackCode::BadClientId,
+            0x88 | 0x89 => ConnackCode::Unavailable,
+            0x86 | 0x8C => ConnackCode::BadCredentials,
+            0x87 | 0x8A => ConnackCode::NotAuthorized,
+            other => ConnackCode::Other(other),
+        }
+    }
+}
+
+/// The name of an MQTT 5 reason code of a PUBACK or DISCONNECT (section 2.4).
+pub fn reason_name(code: u8) -> &'static str {
+    match code {
+        0x00 => "success",
+        0x10 => "no matching subscribers",
+        0x80 => "unspecified error",
+        0x81 => "malformed packet",
+        0x82 => "protocol error",
+        0x83 => "implementation specific error",
+        0x87 => "not authorized",
+        0x89 => "server busy",
+        0x8B => "server shutting down",
+        0x8D => "keep alive timeout",
+        0x8E => "session taken over",
+        0x90 => "topic name invalid",
+        0x91 => "packet identifier in use",
+        0x93 => "receive maximum exceeded",
+        0x95 => "packet too large",
+        0x96 => "message rate too high",
+        0x97 => "quota exceeded",
+        0x98 => "administrative action",
+        0x99 => "payload format invalid",
+        0x9A => "retain not supported",
+        0x9B => "QoS not supported",
+        0x9C => "use another server",
+        0x9D => "server moved",
+        0x9F => "connection rate exceeded",
+        _ => "unknown reason",
+    }
 }
 
 /// Why a connection attempt failed.

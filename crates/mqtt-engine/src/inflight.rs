@@ -30,6 +30,8 @@ pub struct Awaiting {
 #[derive(Debug)]
 pub struct Inflight {
     window: usize,
+    /// The window asked for; a broker's Receive Maximum may make `window` smaller.
+    configured: usize,
     queue: VecDeque<Awaiting>,
     /// Ids handed out so far.
     issued: u64,
@@ -43,9 +45,20 @@ impl Inflight {
     pub fn new(window: u16) -> Inflight {
         Inflight {
             window: window.max(1) as usize,
+            configured: window.max(1) as usize,
             queue: VecDeque::new(),
             issued: 0,
         }
+    }
+
+    /// The broker takes at most `max` unacknowledged messages (MQTT 5 Receive Maximum;
+    /// `None`: no limit of its own); returns whether the window is smaller than asked.
+    pub fn limit(&mut self, max: Option<u16>) -> bool {
+        self.window = match max {
+            Some(m) => self.configured.min(m.max(1) as usize),
+            None => self.configured,
+        };
+        self.window < self.configured
     }
 
     pub fn len(&self) -> usize {

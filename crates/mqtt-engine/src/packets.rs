@@ -33,6 +33,70 @@ pub fn connect(
     buf
 }
 
+/// What an MQTT 5 CONNECT asks for beyond 3.1.1's.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectV5 {
+    /// Seconds the broker keeps the session after a disconnect (0: it ends with it).
+    pub session_expiry: u32,
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// The CONNECT packet of an MQTT 5 client (rumqttc's v5 codec).
+pub fn connect_v5(
+    client_id: &str,
+    keep_alive_s: u16,
+    clean_start: bool,
+    credentials: Option<(&str, &str)>,
+    v5: &ConnectV5,
+) -> BytesMut {
+    use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login};
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = (v5.session_expiry > 0).then_some(v5.session_expiry);
+    props.user_properties = v5.user_properties.clone();
+    let c = Connect {
+        keep_alive: keep_alive_s,
+        client_id: client_id.to_string(),
+        clean_start,
+        properties: Some(props),
+    };
+    let login = credentials.map(|(u, p)| Login::new(u, p));
+    let mut buf = BytesMut::new();
+    // Writing into a growable buffer cannot fail (see `connect`).
+    let _ = c.write(&None, &login, &mut buf);
+    buf
+}
+
+/// The properties of every MQTT 5 PUBLISH, encoded once (their length first): the content
+/// type and the user's properties.
+pub fn publish_properties_v5(content_type: Option<&str>, user: &[(String, String)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    let string = |p: &mut Vec<u8>, s: &str| {
+        p.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        p.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+    };
+    if let Some(ct) = content_type {
+        p.push(0x03);
+        string(&mut p, ct);
+    }
+    for (k, v) in user {
+        p.push(0x26);
+        string(&mut p, k);
+        string(&mut p, v);
+    }
+    let mut out = Vec::with_capacity(p.len() + 4);
+    let mut len = p.len();
+    loop {
+        let b = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { b | 0x80 } else { b });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&p);
+    out
+}
+
 /// Bytes of the variable-length encoding of `len`.
 pub fn len_len(len: usize) -> usize {
     match len {
@@ -43,21 +107,24 @@ pub fn len_len(len: usize) -> usize {
     }
 }
 
-/// Bytes a PUBLISH adds besides its payload, at most: fixed header, topic, packet id.
-pub fn publish_overhead(topic_len: usize) -> usize {
-    1 + 4 + 2 + topic_len + 2
+/// Bytes a PUBLISH adds besides its payload, at most: fixed header, topic, packet id,
+/// and MQTT 5 properties of `props_len` bytes.
+pub fn publish_overhead(topic_len: usize, props_len: usize) -> usize {
+    1 + 4 + 2 + topic_len + 2 + props_len
 }
 
 /// Appends a PUBLISH to `topic` (QoS 1 with `pkid`, else QoS 0) whose payload, at most
-/// `max_payload` bytes, `write_payload` appends; returns the payload's length.
+/// `max_payload` bytes, `write_payload` appends; returns the payload's length. `props`
+/// are MQTT 5 properties as [`publish_properties_v5`] encodes them (empty for 3.1.1).
 pub fn append_publish(
     buf: &mut BytesMut,
     topic: &[u8],
     pkid: Option<u16>,
+    props: &[u8],
     max_payload: usize,
     write_payload: impl FnOnce(&mut BytesMut),
 ) -> usize {
-    let var_len = 2 + topic.len() + if pkid.is_some() { 2 } else { 0 };
+    let var_len = 2 + topic.len() + if pkid.is_some() { 2 } else { 0 } + props.len();
     let reserved = len_len(var_len + max_payload);
     let start = buf.len();
     let header_room = 1 + reserved + var_len;
@@ -79,9 +146,12 @@ pub fn append_publish(
     let t = 1 + used;
     header[t..t + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
     header[t + 2..t + 2 + topic.len()].copy_from_slice(topic);
+    let mut at = t + 2 + topic.len();
     if let Some(id) = pkid {
-        header[t + 2 + topic.len()..].copy_from_slice(&id.to_be_bytes());
+        header[at..at + 2].copy_from_slice(&id.to_be_bytes());
+        at += 2;
     }
+    header[at..].copy_from_slice(props);
     payload_len
 }
 
@@ -104,8 +174,13 @@ pub enum Incoming {
     ConnAck {
         session_present: bool,
         code: u8,
+        /// MQTT 5: the most QoS 1 messages the broker takes unacknowledged.
+        receive_maximum: Option<u16>,
     },
-    PubAck(u16),
+    /// A packet id and its reason code (MQTT 5; 0, success, under 3.1.1).
+    PubAck(u16, u8),
+    /// MQTT 5: the broker ends the connection, with a reason code.
+    Disconnect(u8),
     PingResp,
     /// Anything else (a PUBLISH, a SUBACK): skipped.
     Other(u8),
@@ -120,9 +195,66 @@ pub enum Malformed {
     Invalid(String),
 }
 
+/// Skips one MQTT 5 property at the start of `b`; returns (its id, its value's bytes, the
+/// length of the whole property), or `None` when it is malformed.
+fn property(b: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let id = *b.first()?;
+    let n = match id {
+        0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+        0x13 | 0x21 | 0x22 | 0x23 => 2,
+        0x02 | 0x11 | 0x18 | 0x27 => 4,
+        0x0B => {
+            // A variable byte integer.
+            let len = b[1..].iter().take(4).position(|x| x & 0x80 == 0)? + 1;
+            return Some((id, b.get(1..1 + len)?, 1 + len));
+        }
+        0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
+            let l = u16::from_be_bytes([*b.get(1)?, *b.get(2)?]) as usize;
+            2 + l
+        }
+        0x26 => {
+            let k = u16::from_be_bytes([*b.get(1)?, *b.get(2)?]) as usize;
+            let v = u16::from_be_bytes([*b.get(3 + k)?, *b.get(4 + k)?]) as usize;
+            4 + k + v
+        }
+        _ => return None,
+    };
+    Some((id, b.get(1..1 + n)?, 1 + n))
+}
+
+/// The properties of an MQTT 5 packet at the start of `b` (their length first): each
+/// (id, value), or `None` when they are malformed.
+pub fn properties(b: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut len = 0usize;
+    let mut i = 0;
+    loop {
+        let byte = *b.get(i)?;
+        len |= ((byte & 0x7F) as usize) << (7 * i);
+        i += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if i == 4 {
+            return None;
+        }
+    }
+    let mut rest = b.get(i..i + len)?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (id, v, n) = property(rest)?;
+        out.push((id, v));
+        rest = &rest[n..];
+    }
+    Some(out)
+}
+
 /// Reads the first complete packet of `buf`: the packet and its length, or `None` when `buf`
-/// holds only part of one.
-pub fn next_packet(buf: &[u8], max_size: usize) -> Result<Option<(Incoming, usize)>, Malformed> {
+/// holds only part of one. `v5`: the connection speaks MQTT 5.
+pub fn next_packet(
+    buf: &[u8],
+    max_size: usize,
+    v5: bool,
+) -> Result<Option<(Incoming, usize)>, Malformed> {
     let header = match mqttbytes::check(buf.iter(), max_size) {
         Ok(h) => h,
         Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
@@ -130,23 +262,53 @@ pub fn next_packet(buf: &[u8], max_size: usize) -> Result<Option<(Incoming, usiz
         Err(e) => return Err(Malformed::Invalid(format!("{e:?}"))),
     };
     let len = header.frame_length();
-    let frame = &buf[..len];
-    let two = |f: &[u8]| (f.len() >= 4).then(|| [f[len - 2], f[len - 1]]);
+    // The fixed header: its byte, then the remaining length's (checked whole just above).
+    let hlen = 1
+        + buf[1..]
+            .iter()
+            .take(4)
+            .take_while(|b| *b & 0x80 != 0)
+            .count()
+        + 1;
+    let body = &buf[hlen.min(len)..len];
     let packet = match header.packet_type() {
         Ok(PacketType::ConnAck) => {
-            let [flags, code] =
-                two(frame).ok_or_else(|| Malformed::Invalid("a short CONNACK".into()))?;
+            let (&flags, &code) = body
+                .first()
+                .zip(body.get(1))
+                .ok_or_else(|| Malformed::Invalid("a short CONNACK".into()))?;
+            let mut receive_maximum = None;
+            if v5 && body.len() > 2 {
+                let props = properties(&body[2..])
+                    .ok_or_else(|| Malformed::Invalid("CONNACK properties".into()))?;
+                for (id, v) in props {
+                    if id == 0x21 && v.len() == 2 {
+                        receive_maximum = Some(u16::from_be_bytes([v[0], v[1]]));
+                    }
+                }
+            }
             Incoming::ConnAck {
                 session_present: flags & 1 == 1,
                 code,
+                receive_maximum,
             }
         }
         Ok(PacketType::PubAck) => {
-            let id = two(frame).ok_or_else(|| Malformed::Invalid("a short PUBACK".into()))?;
-            Incoming::PubAck(u16::from_be_bytes(id))
+            if body.len() < 2 {
+                return Err(Malformed::Invalid("a short PUBACK".into()));
+            }
+            let reason = if v5 {
+                body.get(2).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            Incoming::PubAck(u16::from_be_bytes([body[0], body[1]]), reason)
+        }
+        Ok(PacketType::Disconnect) if v5 => {
+            Incoming::Disconnect(body.first().copied().unwrap_or(0))
         }
         Ok(PacketType::PingResp) => Incoming::PingResp,
-        Ok(_) => Incoming::Other(frame[0] >> 4),
+        Ok(_) => Incoming::Other(buf[0] >> 4),
         Err(e) => return Err(Malformed::Invalid(format!("{e:?}"))),
     };
     Ok(Some((packet, len)))
@@ -184,7 +346,7 @@ mod tests {
                     let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
                     let mut buf = BytesMut::new();
                     buf.extend_from_slice(b"before");
-                    let n = append_publish(&mut buf, topic.as_bytes(), pkid, max, |b| {
+                    let n = append_publish(&mut buf, topic.as_bytes(), pkid, &[], max, |b| {
                         b.extend_from_slice(&payload)
                     });
                     assert_eq!(n, len);
@@ -212,7 +374,7 @@ mod tests {
         let mut got = Vec::new();
         let mut at = 0;
         for cut in [3usize, 5, 9, 10, 200, stream.len()] {
-            while let Some((p, n)) = next_packet(&stream[at..cut], 1 << 20).unwrap() {
+            while let Some((p, n)) = next_packet(&stream[at..cut], 1 << 20, false).unwrap() {
                 got.push(p);
                 at += n;
             }
@@ -222,9 +384,10 @@ mod tests {
             [
                 Incoming::ConnAck {
                     session_present: true,
-                    code: 0
+                    code: 0,
+                    receive_maximum: None,
                 },
-                Incoming::PubAck(0x1234),
+                Incoming::PubAck(0x1234, 0),
                 Incoming::PingResp,
                 Incoming::Other(3),
             ]
@@ -237,12 +400,83 @@ mod tests {
         // Type 0 and 15 are reserved in MQTT 3.1.1. (A reply such as "HTTP/1.1" frames as a
         // long PUBACK and waits for bytes; the connection refuses any first packet but a
         // CONNACK.)
-        assert!(next_packet(&[0x00, 0x00], 1 << 20).is_err());
-        assert!(next_packet(&[0xf0, 0x00], 1 << 20).is_err());
+        assert!(next_packet(&[0x00, 0x00], 1 << 20, false).is_err());
+        assert!(next_packet(&[0xf0, 0x00], 1 << 20, false).is_err());
         assert_eq!(
-            next_packet(&[0x30, 0xff, 0xff, 0x7f], 1000),
+            next_packet(&[0x30, 0xff, 0xff, 0x7f], 1000, false),
             Err(Malformed::TooLarge(2_097_151))
         );
+    }
+
+    #[test]
+    fn mqtt5_packets_carry_their_properties_and_reason_codes() {
+        use rumqttc::v5::mqttbytes::v5::{Packet as P5, Publish as Pub5};
+        let props = publish_properties_v5(
+            Some("application/json"),
+            &[("run".to_string(), "r1".to_string())],
+        );
+        let mut buf = BytesMut::new();
+        let n = append_publish(&mut buf, b"t/x", Some(7), &props, 100, |b| {
+            b.extend_from_slice(b"{}")
+        });
+        assert_eq!(n, 2);
+        match P5::read(&mut buf, Some(1 << 20)).unwrap() {
+            P5::Publish(Pub5 {
+                pkid,
+                payload,
+                properties: Some(p),
+                ..
+            }) => {
+                assert_eq!((pkid, &payload[..]), (7, &b"{}"[..]));
+                assert_eq!(p.content_type.as_deref(), Some("application/json"));
+                assert_eq!(p.user_properties, [("run".to_string(), "r1".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // CONNACK with a Receive Maximum of 20, a PUBACK with 0x87, one without a reason.
+        let connack = [0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x14];
+        assert_eq!(
+            next_packet(&connack, 1 << 20, true).unwrap(),
+            Some((
+                Incoming::ConnAck {
+                    session_present: false,
+                    code: 0,
+                    receive_maximum: Some(20)
+                },
+                8
+            ))
+        );
+        let puback = [0x40, 0x04, 0x00, 0x07, 0x87, 0x00];
+        assert_eq!(
+            next_packet(&puback, 1 << 20, true).unwrap(),
+            Some((Incoming::PubAck(7, 0x87), 6))
+        );
+        assert_eq!(
+            next_packet(&[0x40, 0x02, 0x00, 0x07], 1 << 20, true).unwrap(),
+            Some((Incoming::PubAck(7, 0), 4))
+        );
+        assert_eq!(
+            next_packet(&[0xe0, 0x01, 0x8e], 1 << 20, true).unwrap(),
+            Some((Incoming::Disconnect(0x8e), 3))
+        );
+        let c = connect_v5(
+            "dev",
+            30,
+            false,
+            None,
+            &ConnectV5 {
+                session_expiry: 3600,
+                ..Default::default()
+            },
+        );
+        let mut b = c.clone();
+        match P5::read(&mut b, Some(1 << 20)).unwrap() {
+            P5::Connect(c, _, _) => {
+                assert!(!c.clean_start);
+                assert_eq!(c.properties.unwrap().session_expiry_interval, Some(3600));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub struct ConnSettings {
     pub client_id: Template,
     /// Largest packet accepted from the broker.
     pub max_packet_size: usize,
+    /// `None`: MQTT 3.1.1.
+    pub mqtt5: Option<Mqtt5>,
+}
+
+/// What a connection says and adds under MQTT 5.
+#[derive(Debug, Clone, Default)]
+pub struct Mqtt5 {
+    pub connect: crate::packets::ConnectV5,
+    /// The properties of every PUBLISH, as [`crate::packets::publish_properties_v5`]
+    /// encodes them.
+    pub publish_properties: Vec<u8>,
 }
 
 /// How the fleet connects: the ramp and its retries.

@@ -34,6 +34,9 @@ pub struct Counts {
     pub messages_resent: u64,
     /// Points that fell due while their connection was down, beyond the offline buffer.
     pub points_dropped_offline: u64,
+    /// MQTT 5: a PUBACK with a reason code of 0x80 or more refused them.
+    pub points_rejected: u64,
+    pub messages_rejected: u64,
 }
 
 impl AddAssign for Counts {
@@ -49,6 +52,8 @@ impl AddAssign for Counts {
         self.points_dropped += o.points_dropped;
         self.messages_resent += o.messages_resent;
         self.points_dropped_offline += o.points_dropped_offline;
+        self.points_rejected += o.points_rejected;
+        self.messages_rejected += o.messages_rejected;
     }
 }
 
@@ -120,6 +125,10 @@ pub struct Conns {
     pub disconnected: Duration,
     /// Connections given up after losses in a row with no progress between them.
     pub flapping: u64,
+    /// MQTT 5: the smallest Receive Maximum a CONNACK gave, and the connections whose QoS 1
+    /// window it made smaller than `--max-inflight`.
+    pub receive_maximum: Option<u16>,
+    pub window_clamped: u64,
     /// Every failed attempt, by reason.
     pub failures: BTreeMap<ConnectFailure, u64>,
     /// The reason each given-up connection failed the last time.
@@ -158,6 +167,11 @@ impl AddAssign<&Conns> for Conns {
         self.down_at_end += o.down_at_end;
         self.disconnected += o.disconnected;
         self.flapping += o.flapping;
+        self.receive_maximum = match (self.receive_maximum, o.receive_maximum) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.window_clamped += o.window_clamped;
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
         }
@@ -194,6 +208,8 @@ pub struct Stats {
     pub wall: Duration,
     /// Highest schedule lag in each second after the anchor, ms: shows whether lag grew.
     pub lag_max_ms: Vec<u32>,
+    /// MQTT 5: rejected messages by their PUBACK's reason code.
+    pub rejected_by_reason: BTreeMap<u8, u64>,
 }
 
 fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -227,6 +243,9 @@ impl AddAssign<&Stats> for Stats {
         }
         for (a, b) in self.lag_max_ms.iter_mut().zip(&o.lag_max_ms) {
             *a = (*a).max(*b);
+        }
+        for (k, v) in &o.rejected_by_reason {
+            *self.rejected_by_reason.entry(*k).or_default() += v;
         }
     }
 }

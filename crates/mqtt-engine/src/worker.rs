@@ -638,7 +638,12 @@ impl<P: Producer> Worker<P> {
             .credentials
             .as_ref()
             .map(|(u, p)| (u.as_str(), p.as_str()));
-        let packet = packets::connect(&id, keep_alive, s.clean_session, credentials);
+        let packet = match &s.mqtt5 {
+            Some(v5) => {
+                packets::connect_v5(&id, keep_alive, s.clean_session, credentials, &v5.connect)
+            }
+            None => packets::connect(&id, keep_alive, s.clean_session, credentials),
+        };
         conn.out.push_control(&packet);
         conn.phase = Phase::AwaitConnack;
         self.flush(c, now);
@@ -646,11 +651,12 @@ impl<P: Producer> Worker<P> {
 
     fn on_connack(&mut self, c: u32, code: u8, session_present: bool, now: Instant) {
         if code != 0 {
-            return self.fail_attempt(
-                c,
-                ConnectFailure::Connack(ConnackCode::from_code(code)),
-                now,
-            );
+            let code = if self.s.conn.mqtt5.is_some() {
+                ConnackCode::from_v5_code(code)
+            } else {
+                ConnackCode::from_code(code)
+            };
+            return self.fail_attempt(c, ConnectFailure::Connack(code), now);
         }
         self.connecting = self.connecting.saturating_sub(1);
         let conn = &mut self.conns[c as usize];
@@ -1287,6 +1293,11 @@ impl<P: Producer> Worker<P> {
             dirty,
             ..
         } = self;
+        let props = s
+            .conn
+            .mqtt5
+            .as_ref()
+            .map_or(&[][..], |v5| &v5.publish_properties[..]);
         let dev = &mut devices[dl as usize];
         let conn = &mut conns[dev.conn as usize];
         let points = points.min(u32::MAX as u64) as u32;
@@ -1306,8 +1317,8 @@ impl<P: Producer> Worker<P> {
         let first_seq = dev.sent;
         let buf = conn
             .out
-            .buffer(packets::publish_overhead(topic.len()) + max_payload);
-        let bytes = packets::append_publish(buf, topic, pkid, max_payload, |b| {
+            .buffer(packets::publish_overhead(topic.len(), props.len()) + max_payload);
+        let bytes = packets::append_publish(buf, topic, pkid, props, max_payload, |b| {
             producer.payload(d, first_seq, points, ts_us, b)
         });
         let bytes = bytes.min(u32::MAX as usize) as u32;
@@ -1564,7 +1575,7 @@ impl<P: Producer> Worker<P> {
             } else {
                 &pending[at..]
             };
-            match packets::next_packet(bytes, max) {
+            match packets::next_packet(bytes, max, self.s.conn.mqtt5.is_some()) {
                 Ok(Some((packet, len))) => {
                     at += len;
                     match self.on_packet(c, packet, now) {
@@ -1609,8 +1620,19 @@ impl<P: Producer> Worker<P> {
                 Incoming::ConnAck {
                     code,
                     session_present,
+                    receive_maximum,
                 },
             ) => {
+                if code == 0 && self.qos1 {
+                    // MQTT 5: never more unacknowledged than the broker takes.
+                    if self.conns[c as usize].inflight.limit(receive_maximum) {
+                        self.stats.conns.window_clamped += 1;
+                    }
+                    if let Some(rm) = receive_maximum {
+                        let r = &mut self.stats.conns.receive_maximum;
+                        *r = Some(r.map_or(rm, |x| x.min(rm)));
+                    }
+                }
                 self.on_connack(c, code, session_present, now);
                 (self.conns[c as usize].phase == Phase::Up).then_some(false)
             }
@@ -1618,18 +1640,25 @@ impl<P: Producer> Worker<P> {
                 self.fail_attempt(c, ConnectFailure::NotMqtt, now);
                 None
             }
-            (Phase::Up | Phase::Closing, Incoming::PubAck(id)) => {
+            (Phase::Up | Phase::Closing, Incoming::PubAck(id, reason)) => {
                 let conn = &mut self.conns[c as usize];
                 match conn.inflight.ack(id) {
                     Some(a) => {
                         conn.acked_any = true;
                         conn.acked_since_up = true;
-                        self.stats.counts.points_acked += a.points as u64;
-                        self.stats.counts.messages_acked += 1;
-                        self.stats
-                            .histos
-                            .ack_us
-                            .saturating_record(micros(now.saturating_duration_since(a.scheduled)));
+                        if reason >= 0x80 {
+                            // MQTT 5: the broker answered, and refused (not authorized, too
+                            // large, quota): rejected, not acknowledged, not failed.
+                            self.stats.counts.points_rejected += a.points as u64;
+                            self.stats.counts.messages_rejected += 1;
+                            *self.stats.rejected_by_reason.entry(reason).or_default() += 1;
+                        } else {
+                            self.stats.counts.points_acked += a.points as u64;
+                            self.stats.counts.messages_acked += 1;
+                            self.stats.histos.ack_us.saturating_record(micros(
+                                now.saturating_duration_since(a.scheduled),
+                            ));
+                        }
                         self.stats.last_ack = Some(now);
                         if conn.retaining {
                             let upto = conn.inflight.first_start().unwrap_or(conn.out.end());
@@ -1650,6 +1679,18 @@ impl<P: Producer> Worker<P> {
             (_, Incoming::PingResp) => {
                 self.conns[c as usize].ping = None;
                 Some(false)
+            }
+            (Phase::Up | Phase::Closing, Incoming::Disconnect(reason)) => {
+                // MQTT 5: the broker says why it ends the connection; the close follows.
+                self.lose(
+                    c,
+                    LostKind::Other(format!(
+                        "the broker sent DISCONNECT with reason 0x{reason:02x} ({})",
+                        crate::error::reason_name(reason)
+                    )),
+                    now,
+                );
+                None
             }
             _ => Some(false),
         }

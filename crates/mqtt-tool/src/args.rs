@@ -8,7 +8,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
+
+/// The MQTT protocol version a tool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1
+    #[value(name = "3.1.1")]
+    V311,
+    /// MQTT 5: reason codes on every acknowledgement, Receive Maximum, session expiry,
+    /// user properties
+    #[value(name = "5")]
+    V5,
+}
 
 /// How to reach the broker. Shared by every tool that opens an MQTT connection.
 #[derive(Debug, Clone, Args)]
@@ -23,6 +35,16 @@ pub struct ConnectionArgs {
         env = "LOADGEN_BROKER"
     )]
     pub broker: String,
+
+    /// MQTT protocol version
+    #[arg(
+        long,
+        value_name = "VERSION",
+        value_enum,
+        default_value = "3.1.1",
+        env = "LOADGEN_MQTT_VERSION"
+    )]
+    pub mqtt_version: MqttVersion,
 
     /// MQTT client id [default: the preset's]
     #[arg(long, value_name = "ID", env = "LOADGEN_CLIENT_ID")]
@@ -205,6 +227,12 @@ pub struct ReconnectArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "LOADGEN_CLEAN_SESSION")]
     pub clean_session: bool,
+
+    /// MQTT 5: how long the broker keeps a persistent session (`--clean-session false`)
+    /// after the connection ends
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration,
+          env = "LOADGEN_SESSION_EXPIRY")]
+    pub session_expiry: Duration,
 }
 
 /// Parses `MIN..MAX` durations, such as `100ms..10s`.

@@ -163,3 +163,14 @@ fn embedded_config(listen: SocketAddr, max_packet: usize) -> Config {
         ..Default::default()
     }
 }
+
+/// MQTT 5 needs a broker that speaks it: the embedded one (rumqttd, run for 3.1.1) does not.
+pub fn check_version(target: &BrokerTarget, mqtt5: bool) -> Result<(), Error> {
+    if mqtt5 && target.embedded {
+        return Err(Error::usage(
+            "--mqtt-version 5 needs an external broker: the embedded broker speaks MQTT 3.1.1; \
+             pass --broker mqtt://HOST:PORT (or drop --mqtt-version 5)",
+        ));
+    }
+    Ok(())
+}

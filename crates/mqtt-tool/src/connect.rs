@@ -57,6 +57,7 @@ pub struct ConnectPlan {
     pub embedded_port: u16,
     /// How long the embedded broker outlives the run.
     pub embedded_linger: Duration,
+    pub mqtt5: bool,
 }
 
 /// Validates connection flags. `packet_needed` is the largest packet the tool will send,
@@ -116,6 +117,7 @@ pub fn connect_plan(
         max_packet_size,
         embedded_port: c.embedded_port,
         embedded_linger: c.embedded_linger,
+        mqtt5: c.mqtt_version == crate::args::MqttVersion::V5,
     })
 }
 

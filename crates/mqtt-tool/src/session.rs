@@ -73,6 +73,8 @@ pub struct Session {
     need: usize,
     max_packet: usize,
     keep_alive: Duration,
+    /// MQTT 5: PUBLISH, SUBACK and CONNACK carry properties.
+    v5: bool,
     last_write: Instant,
     /// When the PINGREQ with nothing read since went out.
     ping_sent: Option<Instant>,
@@ -130,8 +132,21 @@ fn fixed_header(b: &[u8]) -> Result<Option<(u8, usize, usize)>, Malformed> {
     Err(Malformed::Invalid("a remaining length longer than 4 bytes"))
 }
 
-/// Parses one whole frame (header byte `first`, body `body`).
-fn packet(first: u8, body: &mut [u8]) -> Result<Packet<'_>, Malformed> {
+/// The length of MQTT 5 properties at the start of `b`, their length's bytes included.
+fn props_len(b: &[u8]) -> Result<usize, Malformed> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let byte = *b.get(i).ok_or(Malformed::Invalid("properties cut short"))?;
+        len |= ((byte & 0x7F) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(i + 1 + len);
+        }
+    }
+    Err(Malformed::Invalid("a property length longer than 4 bytes"))
+}
+
+/// Parses one whole frame (header byte `first`, body `body`); `v5`: MQTT 5 framing.
+fn packet(first: u8, body: &mut [u8], v5: bool) -> Result<Packet<'_>, Malformed> {
     match first >> 4 {
         3 => {
             let qos = (first >> 1) & 3;
@@ -146,7 +161,15 @@ fn packet(first: u8, body: &mut [u8]) -> Result<Packet<'_>, Malformed> {
             if body.len() < 2 + tlen + id_len {
                 return Err(Malformed::Invalid("a PUBLISH shorter than its topic"));
             }
-            let (head, payload) = body.split_at_mut(2 + tlen + id_len);
+            let props = if v5 {
+                props_len(&body[2 + tlen + id_len..])?
+            } else {
+                0
+            };
+            if body.len() < 2 + tlen + id_len + props {
+                return Err(Malformed::Invalid("a PUBLISH shorter than its properties"));
+            }
+            let (head, payload) = body.split_at_mut(2 + tlen + id_len + props);
             let pkid = if qos > 0 {
                 u16::from_be_bytes([head[2 + tlen], head[3 + tlen]])
             } else {
@@ -164,13 +187,16 @@ fn packet(first: u8, body: &mut [u8]) -> Result<Packet<'_>, Malformed> {
             if body.len() < 2 {
                 return Err(Malformed::Invalid("a short SUBACK"));
             }
-            let (id, codes) = body.split_at(2);
+            let (id, rest) = body.split_at(2);
+            let skip = if v5 { props_len(rest)? } else { 0 };
             Ok(Packet::SubAck {
                 pkid: u16::from_be_bytes([id[0], id[1]]),
-                codes,
+                codes: rest
+                    .get(skip..)
+                    .ok_or(Malformed::Invalid("a short SUBACK"))?,
             })
         }
-        2 if body.len() == 2 => Ok(Packet::ConnAck { code: body[1] }),
+        2 if body.len() == 2 || (v5 && body.len() > 2) => Ok(Packet::ConnAck { code: body[1] }),
         2 => Err(Malformed::Invalid("a CONNACK of the wrong length")),
         13 => Ok(Packet::PingResp),
         t => Ok(Packet::Other(t)),
@@ -197,6 +223,7 @@ impl Session {
         cp: &ConnectPlan,
         target: &BrokerTarget,
         clean_session: bool,
+        session_expiry: Duration,
     ) -> Result<Session, Error> {
         let broker = target.url();
         let fail = |f: ConnectFailure, io: Option<io::Error>| match f {
@@ -225,6 +252,7 @@ impl Session {
                 need: 0,
                 max_packet: cp.max_packet_size.max(64),
                 keep_alive: cp.keep_alive,
+                v5: cp.mqtt5,
                 last_write: Instant::now(),
                 ping_sent: None,
                 lowat: Lowat::new(Duration::ZERO, Instant::now()),
@@ -234,12 +262,25 @@ impl Session {
                 .as_ref()
                 .map(|(u, p)| (u.as_str(), p.as_ref().map_or("", |p| p.expose())));
             let keep_alive = cp.keep_alive.as_secs().min(u16::MAX as u64) as u16;
-            let connect = mqtt_engine::packets::connect(
-                &cp.client_id,
-                keep_alive,
-                clean_session,
-                credentials,
-            );
+            let connect = if cp.mqtt5 {
+                let v5 = mqtt_engine::packets::ConnectV5 {
+                    session_expiry: if clean_session {
+                        0
+                    } else {
+                        session_expiry.as_secs().min(u32::MAX as u64) as u32
+                    },
+                    user_properties: Vec::new(),
+                };
+                mqtt_engine::packets::connect_v5(
+                    &cp.client_id,
+                    keep_alive,
+                    clean_session,
+                    credentials,
+                    &v5,
+                )
+            } else {
+                mqtt_engine::packets::connect(&cp.client_id, keep_alive, clean_session, credentials)
+            };
             s.write(&connect)
                 .await
                 .map_err(|e| (io_failure(&e), Some(e)))?;
@@ -263,10 +304,12 @@ impl Session {
             Ok(Ok(s)) => s,
         };
         if code != 0 {
-            return Err(fail(
-                ConnectFailure::Connack(ConnackCode::from_code(code)),
-                None,
-            ));
+            let code = if cp.mqtt5 {
+                ConnackCode::from_v5_code(code)
+            } else {
+                ConnackCode::from_code(code)
+            };
+            return Err(fail(ConnectFailure::Connack(code), None));
         }
         s.compact();
         Ok(s)
@@ -274,6 +317,21 @@ impl Session {
 
     /// Sends SUBSCRIBE (packet id 1) for `filters`, each at `qos`.
     pub async fn subscribe(&mut self, filters: &[String], qos: u8) -> io::Result<()> {
+        if self.v5 {
+            use rumqttc::v5::mqttbytes::v5::{Filter, Subscribe};
+            let q = if qos == 0 {
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce
+            } else {
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+            };
+            let mut sub =
+                Subscribe::new_many(filters.iter().map(|f| Filter::new(f.clone(), q)), None);
+            sub.pkid = 1;
+            let mut b = BytesMut::new();
+            sub.write(&mut b)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
+            return self.write(&b).await;
+        }
         let q = if qos == 0 {
             rumqttc::QoS::AtMostOnce
         } else {
@@ -401,7 +459,7 @@ impl Session {
         self.need = 0;
         let at = self.start;
         self.start += frame;
-        packet(first, &mut self.buf[at + hlen..at + frame]).map(Some)
+        packet(first, &mut self.buf[at + hlen..at + frame], self.v5).map(Some)
     }
 
     /// Says DISCONNECT and closes our side, within `timeout`.
@@ -444,7 +502,7 @@ mod tests {
                 for cut in [0, 1, hlen - 1] {
                     assert!(fixed_header(&frame[..cut]).unwrap().is_none() || cut >= hlen);
                 }
-                match packet(first, &mut frame[hlen..]).unwrap() {
+                match packet(first, &mut frame[hlen..], false).unwrap() {
                     Packet::Publish {
                         qos: q,
                         retain,
@@ -467,13 +525,35 @@ mod tests {
         assert!(fixed_header(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
         for body in [&[][..], &[0u8][..], &[0, 5, b'a'][..]] {
             let mut b = body.to_vec();
-            assert!(packet(0x30, &mut b).is_err(), "{body:?}");
+            assert!(packet(0x30, &mut b, false).is_err(), "{body:?}");
         }
         let mut b = vec![0, 1, b'a'];
-        assert!(packet(0x32, &mut b).is_err(), "QoS 1 without a packet id");
-        assert!(packet(0x36, &mut [0, 0][..].to_vec()).is_err(), "QoS 3");
+        assert!(
+            packet(0x32, &mut b, false).is_err(),
+            "QoS 1 without a packet id"
+        );
+        assert!(
+            packet(0x36, &mut [0, 0][..].to_vec(), false).is_err(),
+            "QoS 3"
+        );
+        // MQTT 5: properties after the packet id of a PUBLISH and of a SUBACK.
+        let mut p5 = vec![0, 1, b't', 0, 9, 3, 0x23, 0, 1, b'{', b'}'];
+        match packet(0x32, &mut p5, true).unwrap() {
+            Packet::Publish {
+                pkid,
+                topic,
+                payload,
+                ..
+            } => assert_eq!((pkid, topic, &payload[..]), (9, &b"t"[..], &b"{}"[..])),
+            other => panic!("{other:?}"),
+        }
+        let mut s5 = vec![0, 1, 0, 0x87];
+        match packet(0x90, &mut s5, true).unwrap() {
+            Packet::SubAck { codes, .. } => assert_eq!(codes, &[0x87][..]),
+            other => panic!("{other:?}"),
+        }
         let mut suback = vec![0, 1, 0x00, 0x80];
-        match packet(0x90, &mut suback).unwrap() {
+        match packet(0x90, &mut suback, false).unwrap() {
             Packet::SubAck { pkid, codes } => assert_eq!((pkid, codes), (1, &[0x00, 0x80][..])),
             other => panic!("{other:?}"),
         }

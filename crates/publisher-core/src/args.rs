@@ -36,8 +36,23 @@ pub struct PublisherArgs {
           env = "LOADGEN_OFFLINE_BUFFER", help_heading = "Faults")]
     pub offline_buffer: u64,
 
+    /// MQTT 5: a user property KEY=VALUE on every PUBLISH (repeatable; the content type
+    /// application/json is always set)
+    #[arg(long = "user-property", value_name = "KEY=VALUE", value_parser = parse_property,
+          env = "LOADGEN_USER_PROPERTY", help_heading = "MQTT 5")]
+    pub user_properties: Vec<(String, String)>,
+
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!(
+            "'{s}' is not KEY=VALUE; use e.g. --user-property run=r1"
+        )),
+    }
 }
 
 /// What to send and how fast.

@@ -156,6 +156,7 @@ pub async fn execute(
         tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, embedded_port))
             .await
             .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    broker::check_version(&target, plan.connect.mqtt5)?;
     let (host, port) = (target.host.clone(), target.port);
     let addrs = tokio::task::spawn_blocking(move || {
         use std::net::ToSocketAddrs;

@@ -87,6 +87,8 @@ pub struct Plan {
     /// `None`: `--reconnect false`.
     pub reconnect: Option<mqtt_engine::ReconnectSettings>,
     pub clean_session: bool,
+    /// MQTT 5 (`None`: 3.1.1).
+    pub mqtt5: Option<mqtt_engine::settings::Mqtt5>,
 }
 
 impl Plan {
@@ -98,8 +100,15 @@ impl Plan {
             output,
             reconnect,
             offline_buffer,
+            user_properties,
             ..
         } = args;
+        let mqtt5 = connection.mqtt_version == mqtt_tool::args::MqttVersion::V5;
+        if !user_properties.is_empty() && !mqtt5 {
+            return Err(Error::usage(
+                "--user-property needs MQTT 5; add --mqtt-version 5",
+            ));
+        }
         let LoadArgs {
             device_id,
             topic,
@@ -182,7 +191,15 @@ impl Plan {
         let max_payload = Encoder::new(&longest_id).max_payload_len(batch);
         let max_topic = topic_template.max_len(last_index, longest_id.len());
         // fixed header (5) + topic length prefix (2) + topic + packet id (2)
-        let packet_needed = (max_payload as u64).saturating_add(max_topic as u64 + 9);
+        // MQTT 5 properties: the content type (19 bytes), the user's, their length (4).
+        let props_len: u64 = 23
+            + user_properties
+                .iter()
+                .map(|(k, v)| 5 + k.len() as u64 + v.len() as u64)
+                .sum::<u64>();
+        let packet_needed = (max_payload as u64)
+            .saturating_add(max_topic as u64 + 9)
+            .saturating_add(if mqtt5 { props_len } else { 0 });
         if packet_needed > MQTT_MAX_PACKET {
             return Err(Error::usage(format!(
                 "--batch {batch} makes messages of up to {packet_needed} bytes, above MQTT's limit of {MQTT_MAX_PACKET}; lower --batch"
@@ -315,6 +332,20 @@ impl Plan {
                     offline_buffer,
                 }),
             clean_session: reconnect.clean_session,
+            mqtt5: mqtt5.then(|| mqtt_engine::settings::Mqtt5 {
+                connect: mqtt_engine::packets::ConnectV5 {
+                    session_expiry: if reconnect.clean_session {
+                        0
+                    } else {
+                        reconnect.session_expiry.as_secs().min(u32::MAX as u64) as u32
+                    },
+                    user_properties: Vec::new(),
+                },
+                publish_properties: mqtt_engine::packets::publish_properties_v5(
+                    Some("application/json"),
+                    &user_properties,
+                ),
+            }),
         })
     }
 
@@ -348,6 +379,7 @@ impl Plan {
                 }),
                 client_id: self.fleet.client_id.clone(),
                 max_packet_size: c.max_packet_size,
+                mqtt5: self.mqtt5.clone(),
             },
             ramp: RampSettings {
                 connect_rate: self.fleet.connect_rate,

@@ -95,6 +95,12 @@ pub struct Report {
     /// The topic (a fleet: its template).
     pub topic: String,
     pub qos: u8,
+    /// "3.1.1" or "5".
+    pub mqtt_version: String,
+    /// MQTT 5: the smallest Receive Maximum the broker gave, and the connections whose
+    /// QoS 1 window it made smaller than --max-inflight.
+    pub receive_maximum: Option<u16>,
+    pub window_clamped: u64,
     pub batch: u64,
     /// Points per second of the fleet; null = as fast as possible.
     pub target_rate: Option<f64>,
@@ -108,6 +114,10 @@ pub struct Report {
     /// Null at QoS 0, where the broker acknowledges nothing.
     pub points_acked: Option<u64>,
     pub points_failed: u64,
+    /// MQTT 5: the broker's PUBACK refused them (a reason code of 0x80 or more).
+    pub points_rejected: u64,
+    /// Rejected messages by reason, as "0x87 not authorized".
+    pub rejected_by_reason: BTreeMap<String, u64>,
     pub points_unsent: u64,
     /// Due and never generated: a device's connection failed, was lost, or could not take
     /// them before the run ended.
@@ -268,7 +278,9 @@ impl Report {
         };
         let point_rate = per_s(t.points_sent);
         let points_failed = if qos1 {
-            t.points_sent - t.points_acked.min(t.points_sent)
+            t.points_sent
+                .saturating_sub(t.points_acked)
+                .saturating_sub(t.points_rejected)
         } else {
             0
         };
@@ -367,6 +379,24 @@ impl Report {
                 )
             });
         }
+        if t.points_rejected > 0 {
+            let reasons: Vec<String> = st
+                .rejected_by_reason
+                .iter()
+                .map(|(code, n)| {
+                    format!(
+                        "0x{code:02x} {} ({} messages)",
+                        mqtt_engine::error::reason_name(*code),
+                        fmt_int(*n)
+                    )
+                })
+                .collect();
+            problems.push(format!(
+                "{} points were rejected by the broker: {}",
+                fmt_int(t.points_rejected),
+                reasons.join(", ")
+            ));
+        }
         if t.points_dropped_offline > 0 {
             problems.push(format!(
                 "{} points fell due while their connection was down and overflowed --offline-buffer \
@@ -419,6 +449,9 @@ impl Report {
             device_id: name(&plan.device_id_template, &plan.device_id),
             topic: name(&plan.topic_template, &plan.topic),
             qos: plan.qos.level(),
+            mqtt_version: if plan.mqtt5.is_some() { "5" } else { "3.1.1" }.into(),
+            receive_maximum: c.receive_maximum,
+            window_clamped: c.window_clamped,
             batch: plan.batch as u64,
             target_rate: plan.rate,
             points_planned: plan.total,
@@ -428,6 +461,17 @@ impl Report {
             points_sent: t.points_sent,
             points_acked: qos1.then_some(t.points_acked),
             points_failed,
+            points_rejected: t.points_rejected,
+            rejected_by_reason: st
+                .rejected_by_reason
+                .iter()
+                .map(|(code, n)| {
+                    (
+                        format!("0x{code:02x} {}", mqtt_engine::error::reason_name(*code)),
+                        *n,
+                    )
+                })
+                .collect(),
             points_unsent,
             points_dropped: t.points_dropped,
             points_dropped_offline: t.points_dropped_offline,
@@ -586,6 +630,9 @@ impl Report {
         } else {
             String::new()
         };
+        if self.points_rejected > 0 {
+            dropped.push_str(&format!(", {} rejected", fmt_int(self.points_rejected)));
+        }
         if self.points_dropped_offline > 0 {
             dropped.push_str(&format!(
                 ", {} dropped offline",

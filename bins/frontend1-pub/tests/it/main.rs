@@ -9,6 +9,7 @@ mod embedded;
 mod errors;
 mod faults;
 mod files;
+mod mqtt5;
 mod report;
 mod signals;
 mod stall;
