@@ -145,8 +145,8 @@ pub struct Plan {
     pub max_devices: usize,
     pub read_hold: Duration,
     pub at_least_once: bool,
-    /// Reconnect backoff (first, longest); `None`: `--reconnect false`.
-    pub reconnect: Option<(Duration, Duration)>,
+    /// Reconnect backoff (first, longest) and how long to try; `None`: `--reconnect false`.
+    pub reconnect: Option<(Duration, Duration, Duration)>,
     pub clean_session: bool,
     pub session_expiry: Duration,
     pub report_json: Option<std::path::PathBuf>,
@@ -214,10 +214,11 @@ impl Plan {
             max_devices: usize::try_from(a.verify.max_devices).unwrap_or(usize::MAX),
             read_hold: a.verify.read_hold,
             at_least_once: a.verify.at_least_once,
-            reconnect: a
-                .reconnect
-                .reconnect
-                .then_some(a.reconnect.reconnect_backoff),
+            reconnect: a.reconnect.reconnect.then_some((
+                a.reconnect.reconnect_backoff.0,
+                a.reconnect.reconnect_backoff.1,
+                a.reconnect.reconnect_timeout,
+            )),
             clean_session: a.reconnect.clean_session,
             session_expiry: a.reconnect.session_expiry,
             report_json: a.output.report_json,
@@ -352,6 +353,12 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
         return Ok(ExitCode::from(sig.exit_code()));
     }
     if let receive::Stop::Failed(e) = &rx.stop {
+        if rx.refused {
+            return Err(Error::Refused {
+                broker: target.url(),
+                reason: e.clone(),
+            });
+        }
         return Err(Error::Other(e.clone()));
     }
     match &report.reason {

@@ -96,6 +96,8 @@ pub struct Received {
     pub subscribed_at: Option<Instant>,
     /// A signal came while connecting: nothing was subscribed.
     pub connecting_interrupted: bool,
+    /// A reconnect was refused for good (credentials, authorization): exit 4.
+    pub refused: bool,
     /// Connections lost, reconnects that came through, and the time spent away.
     pub losses: u64,
     pub reconnects: u64,
@@ -173,6 +175,7 @@ impl Received {
             last_message: None,
             subscribed_at: None,
             connecting_interrupted: false,
+            refused: false,
             losses: 0,
             reconnects: 0,
             disconnected: std::time::Duration::ZERO,
@@ -312,7 +315,7 @@ pub async fn run(
     let started = Instant::now();
     let end_at = plan.duration.map(|d| started + d);
     // A broker that never confirms the subscription is a failure of its own, not silence.
-    let suback_deadline = started + plan.connect.connect_timeout;
+    let mut suback_deadline = started + plan.connect.connect_timeout;
     // PUBACKs for the QoS 1 messages of one read, written together.
     let mut acks: Vec<u8> = Vec::new();
     // Arrival: when the read that brought the bytes returned.
@@ -408,8 +411,17 @@ pub async fn run(
                 "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
                 humantime::format_duration(plan.connect.connect_timeout)
             ))),
-            (Some(_), Some(t)) => (t.max(back_at.unwrap_or(t)) + plan.idle_timeout, Stop::Idle),
-            (Some(sub), None) => (sub + plan.first_message_timeout, Stop::FirstMessageTimeout),
+            // Back from an outage with nothing since: the publishers may still be backing
+            // off, so the first-message timeout applies again, not the idle one.
+            (Some(_), Some(t)) if back_at.is_some_and(|b| b > t) => (
+                back_at.unwrap_or(t) + plan.first_message_timeout.max(plan.idle_timeout),
+                Stop::Idle,
+            ),
+            (Some(_), Some(t)) => (t + plan.idle_timeout, Stop::Idle),
+            (Some(sub), None) => (
+                sub.max(back_at.unwrap_or(sub)) + plan.first_message_timeout,
+                Stop::FirstMessageTimeout,
+            ),
         };
             let (deadline, why) = match end_at {
                 Some(e) if e <= deadline => (e, Stop::Duration),
@@ -455,7 +467,7 @@ pub async fn run(
             }
         };
         let Some(why) = lost else { break 'session };
-        let Some((lo, hi)) = plan.reconnect else {
+        let Some((lo, hi, give_up)) = plan.reconnect else {
             rx.stop = Stop::Failed(format!("connection to the broker lost: {why}"));
             break 'session;
         };
@@ -491,6 +503,14 @@ pub async fn run(
                 rx.disconnected += down.elapsed();
                 break 'session;
             }
+            if down.elapsed() >= give_up {
+                rx.stop = Stop::Failed(format!(
+                    "connection to the broker lost ({why}) and not back within --reconnect-timeout {}",
+                    humantime::format_duration(give_up)
+                ));
+                rx.disconnected += down.elapsed();
+                break 'session;
+            }
             let opened = tokio::select! {
                 s = Session::open(&plan.connect, target, plan.clean_session, plan.session_expiry) => s,
                 _ = shutdown.stop.cancelled() => {
@@ -503,6 +523,7 @@ pub async fn run(
                 Ok(s) => break s,
                 Err(e @ mqtt_tool::error::Error::Refused { .. }) => {
                     // Fatal: credentials or authorization, not a broker coming back.
+                    rx.refused = true;
                     rx.stop = Stop::Failed(format!("reconnecting failed: {e}"));
                     rx.disconnected += down.elapsed();
                     break 'session;
@@ -519,6 +540,11 @@ pub async fn run(
         }
         back_at = Some(Instant::now());
         resubscribed = false;
+        if rx.subscribed_at.is_none() {
+            suback_deadline = Instant::now() + plan.connect.connect_timeout;
+        }
+        // What came with the CONNACK arrived now, not before the outage.
+        (now, arrival_us) = (Instant::now(), wall_us());
         mqtt_tool::errln!("reconnected after {:.1} s", down.elapsed().as_secs_f64());
     }
     live.messages.store(rx.messages, Relaxed);

@@ -50,8 +50,9 @@ pub struct Conn {
     /// Last time a write made progress, and a read brought bytes (for the keep-alive).
     pub last_out: Instant,
     pub last_in: Instant,
-    /// A PINGREQ sent at, and the stream offset just past its bytes.
-    pub ping: Option<(Instant, u64)>,
+    /// A PINGREQ unanswered: when it was queued (or, once written, when it was), the
+    /// stream offset just past its bytes, and whether it is written.
+    pub ping: Option<(Instant, u64, bool)>,
     /// The last flush would have blocked: wait for the socket to be writable.
     pub blocked: bool,
     /// Registered for writability too (while connecting, or while a flush is blocked).
@@ -180,9 +181,10 @@ impl Conn {
         self.replay = Some(r);
     }
 
-    /// On the next connection: the replay goes first, resends with DUP set, and the window's
+    /// On the next connection: the replay goes first, resends with DUP set when the session
+    /// is persistent (`dup`; in a clean session they are new messages), and the window's
     /// messages learn where their bytes are now.
-    pub fn put_replay(&mut self) {
+    pub fn put_replay(&mut self, dup: bool) {
         let Some(r) = self.replay.take() else {
             return;
         };
@@ -191,7 +193,7 @@ impl Conn {
             let buf = self.out.buffer(e - s);
             let at = buf.len();
             buf.extend_from_slice(&r.bytes[s..e]);
-            if meta.resend {
+            if meta.resend && dup {
                 buf[at] |= 0x08; // DUP: the broker may have it (MQTT 3.1.1 section 3.3.1.1)
             }
             spans.push((self.out.seal(meta), meta.resend));

@@ -77,6 +77,8 @@ pub struct ReconnectSettings {
     pub backoff_min: Duration,
     /// ...up to this.
     pub backoff_max: Duration,
+    /// A connection down this long is given up (bounds a run whose broker never returns).
+    pub give_up_after: Duration,
     /// Points a device keeps while its connection is down (a paced schedule keeps running);
     /// older ones are dropped, counted, and their seqs skipped.
     pub offline_buffer: u64,

@@ -123,8 +123,11 @@ pub struct Conns {
     pub down_at_end: u64,
     /// Time connections spent down after a loss, summed over connections.
     pub disconnected: Duration,
-    /// Connections given up after losses in a row with no progress between them.
+    /// Connections given up after losses in a row with no progress between them, after a
+    /// fatal refusal of a reconnect, and after being down longer than allowed.
     pub flapping: u64,
+    pub refused_on_reconnect: u64,
+    pub down_too_long: u64,
     /// MQTT 5: the smallest Receive Maximum a CONNACK gave, and the connections whose QoS 1
     /// window it made smaller than `--max-inflight`.
     pub receive_maximum: Option<u16>,
@@ -167,6 +170,8 @@ impl AddAssign<&Conns> for Conns {
         self.down_at_end += o.down_at_end;
         self.disconnected += o.disconnected;
         self.flapping += o.flapping;
+        self.refused_on_reconnect += o.refused_on_reconnect;
+        self.down_too_long += o.down_too_long;
         self.receive_maximum = match (self.receive_maximum, o.receive_maximum) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

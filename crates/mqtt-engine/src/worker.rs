@@ -512,6 +512,14 @@ impl<P: Producer> Worker<P> {
                         || !conn.inflight.is_empty()
                         || conn.replay.as_ref().is_some_and(|r| !r.frames.is_empty());
                     if !holds {
+                        // Nothing of its own is lost: at QoS 1 every point it sent was
+                        // acknowledged. (At QoS 0, what it wrote last may not have been read.)
+                        if self.qos1 {
+                            if let Some(t) = self.conns[c].down_since.take() {
+                                self.stats.conns.disconnected += now.saturating_duration_since(t);
+                            }
+                            self.conns[c].replay = None;
+                        }
                         self.close(c as u32);
                     }
                 }
@@ -523,7 +531,11 @@ impl<P: Producer> Worker<P> {
                 _ => {}
             }
         }
-        self.ramp.clear();
+        // Reconnects waiting for their turn keep it: they deliver what they hold in the drain.
+        let conns = &self.conns;
+        self.ramp.retain(|c| {
+            conns[*c as usize].down_since.is_some() && conns[*c as usize].phase == Phase::Idle
+        });
         self.drain_check = (0..self.conns.len() as u32).collect();
         self.phase = WorkerPhase::Draining {
             deadline: now + self.s.drain_timeout,
@@ -683,7 +695,7 @@ impl<P: Producer> Worker<P> {
             if !self.s.conn.clean_session && !session_present {
                 st.sessions_lost += 1;
             }
-            conn.put_replay();
+            conn.put_replay(!self.s.conn.clean_session);
         } else {
             self.stats.conns.connected += 1;
             let _ = self
@@ -761,8 +773,12 @@ impl<P: Producer> Worker<P> {
         *self.stats.conns.failures.entry(f.clone()).or_default() += 1;
         // Up before: a reconnect, tried until the run ends unless the broker refuses for good.
         let reconnecting = conn.up_at.is_some();
+        let down_too_long = self.s.reconnect.as_ref().is_some_and(|r| {
+            conn.down_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= r.give_up_after)
+        });
         let retry = if reconnecting {
-            !f.is_fatal() && self.phase != WorkerPhase::Done
+            !f.is_fatal() && self.phase != WorkerPhase::Done && !down_too_long
         } else {
             !f.is_fatal()
                 && conn.attempt <= self.s.ramp.connect_retries
@@ -789,9 +805,12 @@ impl<P: Producer> Worker<P> {
         } else {
             conn.phase = Phase::Done;
             self.done_conns += 1;
+            let fatal = f.is_fatal();
             *self.stats.conns.gave_up.entry(f).or_default() += 1;
             if reconnecting {
                 self.stats.conns.down_at_end += 1;
+                self.stats.conns.refused_on_reconnect += u64::from(fatal);
+                self.stats.conns.down_too_long += u64::from(down_too_long);
                 if let Some(t) = conn.down_since.take() {
                     self.stats.conns.disconnected += now.saturating_duration_since(t);
                 }
@@ -917,17 +936,19 @@ impl<P: Producer> Worker<P> {
                         .any(|dl| !matches!(self.devices[dl as usize].state, DevState::Done)))
         };
         let conn = &mut self.conns[c as usize];
-        let progress = conn.acked_since_up
-            || (!self.qos1
-                && conn
-                    .up_at
-                    .is_some_and(|t| now.saturating_duration_since(t) >= PROGRESS_UPTIME));
+        // Progress: a PUBACK since it came up, or up a while with nothing left waiting for one
+        // (QoS 0, or a sparse QoS 1 device between its messages).
+        let up_a_while = conn
+            .up_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= PROGRESS_UPTIME);
+        let progress =
+            conn.acked_since_up || (up_a_while && (!self.qos1 || conn.inflight.is_empty()));
         conn.losses_in_a_row = if progress {
             1
         } else {
             conn.losses_in_a_row + 1
         };
-        let flapping = conn.losses_in_a_row > MAX_LOSSES_WITHOUT_PROGRESS;
+        let flapping = conn.losses_in_a_row >= MAX_LOSSES_WITHOUT_PROGRESS;
         let reconnect = self.s.reconnect.is_some()
             && was_up
             && needed
@@ -1049,24 +1070,28 @@ impl<P: Producer> Worker<P> {
         }
         let gen = conn.generation;
         let next = match conn.ping {
-            Some((sent, end)) if now >= sent + ka => {
-                // Unanswered for a whole interval: a ping still unwritten means the broker
-                // stopped reading; a written one, that it stopped answering.
-                let kind = if conn.out.written() < end {
-                    LostKind::WriteStalled
-                } else {
-                    LostKind::KeepAlive
-                };
-                return self.lose(c, kind, now);
+            // Still queued behind our writes: lost only when the writes stopped moving (the
+            // broker stopped reading), not while a busy broker reads them slowly.
+            Some((_, _, false)) if now.saturating_duration_since(conn.last_out) >= ka => {
+                return self.lose(c, LostKind::WriteStalled, now);
             }
-            Some((sent, _)) => sent + ka,
+            Some((_, _, false)) => conn.last_out + ka,
+            // Written an interval ago, and nothing read since: the broker stopped answering.
+            Some((written, _, true)) if now >= written + ka => {
+                if conn.last_in <= written {
+                    return self.lose(c, LostKind::KeepAlive, now);
+                }
+                conn.ping = None; // it answered with something else first
+                now + ka
+            }
+            Some((written, _, true)) => written + ka,
             // Silent either way for an interval: MQTT wants a packet from us, and we want to
             // know the broker is there (a stopped broker acknowledges nothing while the
             // socket still takes our writes).
             None if now >= conn.last_out.min(conn.last_in) + ka => {
                 conn.out.push_control(&packets::PINGREQ);
                 let end = conn.out.written() + conn.out.bytes() as u64;
-                conn.ping = Some((now, end));
+                conn.ping = Some((now, end, false));
                 self.mark_dirty(c);
                 now + ka
             }
@@ -1462,6 +1487,11 @@ impl<P: Producer> Worker<P> {
         if conn.out.written() > before {
             conn.last_out = now;
             self.unpaced_idle = false; // the outbox has room again
+            if let Some((_, end, false)) = conn.ping {
+                if conn.out.written() >= end {
+                    conn.ping = Some((now, end, true)); // the broker's interval starts now
+                }
+            }
         }
         match result {
             Ok(Flushed::All) => {
@@ -1666,6 +1696,7 @@ impl<P: Producer> Worker<P> {
                         }
                         if conn.inflight.is_empty() {
                             conn.inflight.trim();
+                            conn.out.trim(self.keep_buffer);
                             if self.phase != WorkerPhase::Generating {
                                 self.drain_check.push(c);
                             }

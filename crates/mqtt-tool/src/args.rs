@@ -221,6 +221,12 @@ pub struct ReconnectArgs {
           env = "LOADGEN_RECONNECT_BACKOFF")]
     pub reconnect_backoff: (Duration, Duration),
 
+    /// Give a lost connection up once it has been down this long (a broker that never comes
+    /// back must not hold the run for ever)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration,
+          env = "LOADGEN_RECONNECT_TIMEOUT")]
+    pub reconnect_timeout: Duration,
+
     /// Start each connection with a clean session; false asks the broker to keep it (a
     /// persistent session: the broker holds QoS 1 state across a reconnect, and
     /// unacknowledged publishes are resent with DUP set)

@@ -227,7 +227,9 @@ impl Session {
     ) -> Result<Session, Error> {
         let broker = target.url();
         let fail = |f: ConnectFailure, io: Option<io::Error>| match f {
-            ConnectFailure::Connack(_) => Error::Refused {
+            // A refusal for good (credentials, authorization); "server unavailable" and
+            // the like are a broker not ready yet: unreachable, tried again.
+            ConnectFailure::Connack(_) if f.is_fatal() => Error::Refused {
                 broker: broker.clone(),
                 reason: describe_failure(&f, cp.connect_timeout),
             },

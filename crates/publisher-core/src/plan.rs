@@ -329,6 +329,7 @@ impl Plan {
                 .then_some(mqtt_engine::ReconnectSettings {
                     backoff_min: reconnect.reconnect_backoff.0,
                     backoff_max: reconnect.reconnect_backoff.1,
+                    give_up_after: reconnect.reconnect_timeout,
                     offline_buffer,
                 }),
             clean_session: reconnect.clean_session,

@@ -126,8 +126,8 @@ pub struct Report {
     /// were skipped.
     pub points_dropped_offline: u64,
     pub messages_sent: u64,
-    /// Written again on a new connection after theirs was lost unacknowledged (QoS 1), or
-    /// written in part (QoS 0); counted once in `messages_sent`.
+    /// Written again on a new connection after theirs was lost unacknowledged (QoS 1);
+    /// counted once in `messages_sent`.
     pub messages_resent: u64,
     /// Reconnects that got their CONNACK, over all connections.
     pub reconnects: u64,
@@ -336,14 +336,32 @@ impl Report {
                     "{} of {} connections were lost and not back when the run ended{}; the first loss, {}: {text}",
                     fmt_int(c.down_at_end),
                     fmt_int(c.planned),
-                    match (refused.is_empty(), c.flapping) {
-                        (false, _) => format!(" (reconnecting was refused: {})", refused.join("; ")),
-                        (true, 0) => String::new(),
-                        (true, n) => format!(
-                            " ({} given up after {} losses in a row with no progress between them)",
-                            fmt_int(n),
-                            mqtt_engine::MAX_LOSSES_WITHOUT_PROGRESS
-                        ),
+                    {
+                        let mut why = Vec::new();
+                        if c.refused_on_reconnect > 0 && !refused.is_empty() {
+                            why.push(format!("reconnecting was refused: {}", refused.join("; ")));
+                        }
+                        if c.flapping > 0 {
+                            why.push(format!(
+                                "{} given up after {} losses in a row with no progress between them",
+                                fmt_int(c.flapping),
+                                mqtt_engine::MAX_LOSSES_WITHOUT_PROGRESS
+                            ));
+                        }
+                        if c.down_too_long > 0 {
+                            why.push(format!(
+                                "{} given up after --reconnect-timeout {}",
+                                fmt_int(c.down_too_long),
+                                humantime::format_duration(
+                                    plan.reconnect.as_ref().map_or(Duration::ZERO, |r| r.give_up_after)
+                                )
+                            ));
+                        }
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", why.join("; "))
+                        }
                     },
                     crate::out::escape(&client)
                 )
@@ -550,7 +568,7 @@ impl Report {
             interrupted_by: signal.map(|s| s.name().to_string()),
             interrupted_connecting: signal.is_some() && nothing_up,
             error,
-            refused_on_reconnect: c.down_at_end > 0 && c.gave_up.keys().any(|f| f.is_refusal()),
+            refused_on_reconnect: c.refused_on_reconnect > 0,
         }
     }
 

@@ -196,3 +196,76 @@ fn an_oversized_message_acked_and_dropped_by_the_broker_shows_as_missing_at_the_
         "{b:#}"
     );
 }
+
+/// Back from a broker restart before the publisher is: the backend with its default idle
+/// timeout (3 s) must wait for the publisher, not stop as idle.
+#[test]
+fn a_backend_back_before_the_publisher_waits_for_it_instead_of_idling_out() {
+    let mut m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let mut backend = start(&[
+        "--broker",
+        &m.url(),
+        "--expect",
+        "10000",
+        "--reconnect-backoff",
+        "50ms..200ms",
+        "--at-least-once",
+    ]);
+    let mut p = publisher(&proxy.url(), "10000");
+    std::thread::sleep(Duration::from_millis(800));
+    proxy.set_accepting(false);
+    m.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    m.restart();
+    assert!(backend.wait_for_line("subscribed again", Duration::from_secs(10)));
+    // The publisher stays away longer than the idle timeout.
+    std::thread::sleep(Duration::from_millis(4000));
+    assert!(
+        !backend.exited(),
+        "the backend stopped while the publisher was still away"
+    );
+    proxy.set_accepting(true);
+    assert!(p.wait().unwrap().success());
+    let out = backend.wait();
+    out.assert_code(0);
+    assert_eq!(n(&out.report, "points_unique"), 10_000);
+}
+
+/// A reconnect refused for bad credentials (the password changed meanwhile) ends the
+/// backend with exit 4, as it would at the start, not with a retry storm.
+#[test]
+fn a_backend_reconnect_refused_for_bad_credentials_exits_4() {
+    let dir = test_support::TempDir::new("brefuse");
+    let pw = test_support::mosquitto_password_file(&dir, "reader", "first-pass");
+    let m = Mosquitto::start_with(&[
+        "allow_anonymous false".into(),
+        format!("password_file {}", pw.display()),
+    ]);
+    let proxy = Proxy::start(m.port);
+    let secret = dir.path("secret");
+    std::fs::write(&secret, "first-pass").unwrap();
+    let backend = start(&[
+        "--broker",
+        &proxy.url(),
+        "--username",
+        "reader",
+        "--password-file",
+        secret.to_str().unwrap(),
+        "--reconnect-backoff",
+        "50ms..100ms",
+    ]);
+    test_support::mosquitto_password_file(&dir, "reader", "second-pass");
+    m.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = proxy.accepted();
+    proxy.cut_all();
+    let out = backend.wait();
+    out.assert_code(4);
+    assert!(
+        proxy.accepted() - before <= 2,
+        "{} attempts",
+        proxy.accepted() - before
+    );
+    assert!(!out.stderr.contains("first-pass") && !out.stdout.contains("first-pass"));
+}

@@ -303,3 +303,99 @@ fn a_reconnect_refused_for_bad_credentials_exits_4_without_retrying() {
     let error = out.report()["error"].as_str().unwrap().to_string();
     assert!(error.contains("refused"), "{error}");
 }
+
+/// A broker that never comes back: a run with a total and no duration must still end, once
+/// the connection has been down for --reconnect-timeout, and say so.
+#[test]
+fn a_broker_that_never_returns_ends_the_run_after_the_reconnect_timeout() {
+    let mut m = Mosquitto::start();
+    let mut run = spawn(
+        &[
+            "--broker",
+            &m.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--rate",
+            "1000",
+            "--total",
+            "100000",
+            "--reconnect-backoff",
+            "50ms..200ms",
+            "--reconnect-timeout",
+            "2s",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    m.kill();
+    let ended = run.exits_within(Duration::from_secs(15));
+    if !ended {
+        run.signal("KILL");
+    }
+    let out = run.wait();
+    assert!(
+        ended,
+        "still running 15 s after the broker went away for good"
+    );
+    out.assert_code(1);
+    let r = out.report();
+    assert_eq!(n(&r["connections"], "down_at_end"), 1);
+    let error = r["error"].as_str().unwrap();
+    assert!(error.contains("--reconnect-timeout 2s"), "{error}");
+    // Every point is in one bucket: acknowledged, failed, unsent or dropped.
+    let planned = 100_000;
+    assert_eq!(
+        n(r, "points_acked")
+            + n(r, "points_failed")
+            + n(r, "points_unsent")
+            + n(r, "points_dropped"),
+        planned,
+        "{}",
+        out.stdout
+    );
+}
+
+/// QoS 0 through a cut: the connection comes back and the run completes; what was in the
+/// cut connection's buffers may be gone (QoS 0 promises no more), the rest arrives.
+#[test]
+fn a_qos0_run_reconnects_after_a_cut_and_completes() {
+    let m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let sub = Subscriber::start(m.port, TOPIC);
+    let total = 20_000u64;
+    let run = spawn(
+        &[
+            "--broker",
+            &proxy.url(),
+            "--qos",
+            "0",
+            "--batch",
+            "1",
+            "--rate",
+            "5000",
+            "--total",
+            "20000",
+            "--reconnect-backoff",
+            "50ms..200ms",
+            "--quiet",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.cut_all();
+    let out = run.wait();
+    let got = sub.finish(total, Duration::from_secs(3));
+    out.assert_code(0);
+    let r = out.report();
+    assert!(n(r, "reconnects") >= 1, "{}", faults(r));
+    assert_eq!(n(r, "points_sent"), total);
+    let (missing, _, outside) = got.delivery(DEVICE, total);
+    assert_eq!(outside, 0);
+    assert!(
+        missing < total / 10,
+        "{missing} of {total} missing after one cut"
+    );
+}
