@@ -311,9 +311,11 @@ pub fn main(name: &'static str) -> ExitCode {
 pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let choice = plan.connect.broker.clone();
     let (max_packet, port) = (plan.connect.max_packet_size, plan.connect.embedded_port);
-    let target = tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, port))
-        .await
-        .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    let tls = plan.connect.tls.is_some();
+    let target =
+        tokio::task::spawn_blocking(move || broker::resolve(&choice, tls, max_packet, port))
+            .await
+            .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
     broker::check_version(&target, plan.connect.mqtt5)?;
     let connected = tokio::select! {
         c = mqtt_tool::session::Session::open(&plan.connect, &target, plan.clean_session, plan.session_expiry) => Some(c?),

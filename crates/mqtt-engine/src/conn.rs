@@ -37,6 +37,8 @@ pub struct Conn {
     pub devices: Range<u32>,
     pub phase: Phase,
     pub sock: Option<TcpStream>,
+    /// TLS over `sock` (boxed: a few KB of state that plain connections do not pay for).
+    pub tls: Option<Box<rustls::ClientConnection>>,
     pub out: Outbox,
     /// Bytes of a packet that arrived in part.
     pub inbuf: Vec<u8>,
@@ -104,6 +106,7 @@ impl Conn {
             devices,
             phase: Phase::Idle,
             sock: None,
+            tls: None,
             out: Conn::outbox(retaining),
             inbuf: Vec::new(),
             inflight: Inflight::new(window),

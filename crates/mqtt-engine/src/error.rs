@@ -94,6 +94,8 @@ pub enum ConnectFailure {
     NotMqtt,
     /// Another socket error: unreachable network, no local port left, DNS.
     Io(io::ErrorKind),
+    /// The TLS handshake failed (a certificate not trusted, a name that does not match).
+    Tls(String),
 }
 
 impl ConnectFailure {
@@ -103,6 +105,7 @@ impl ConnectFailure {
         matches!(
             self,
             ConnectFailure::NotMqtt
+                | ConnectFailure::Tls(_)
                 | ConnectFailure::Connack(
                     ConnackCode::Protocol
                         | ConnackCode::BadClientId

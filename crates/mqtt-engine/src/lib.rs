@@ -34,6 +34,7 @@ pub mod settings;
 pub mod stats;
 pub mod sys;
 pub mod template;
+pub mod tls;
 pub mod worker;
 
 pub use fleet::{Fleet, FleetHandle, FleetResult};

@@ -44,6 +44,15 @@ pub struct ConnSettings {
     pub max_packet_size: usize,
     /// `None`: MQTT 3.1.1.
     pub mqtt5: Option<Mqtt5>,
+    /// `None`: plain TCP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS for every connection: rustls's client configuration and the name to verify.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 /// What a connection says and adds under MQTT 5.

@@ -33,6 +33,7 @@ use crate::packets::{self, Incoming};
 use crate::settings::{FleetSettings, Qos};
 use crate::stats::{micros, Live, Stats, LAG_SECONDS_KEPT};
 use crate::sys;
+use crate::tls;
 
 /// What a tool puts in the messages; the engine decides when they go. One per worker.
 pub trait Producer: Send {
@@ -640,6 +641,14 @@ impl<P: Producer> Worker<P> {
         {
             conn.watch_write = false;
         }
+        if let Some(t) = &self.s.conn.tls {
+            // The handshake runs under the CONNECT, which rustls holds until it is done.
+            match tls::connect(t) {
+                Ok(tc) => conn.tls = Some(Box::new(tc)),
+                Err(e) => return self.fail_attempt(c, ConnectFailure::Tls(e), now),
+            }
+        }
+        let conn = &mut self.conns[c as usize];
         let s = &self.s.conn;
         let mut id = Vec::with_capacity(32);
         s.client_id
@@ -764,6 +773,7 @@ impl<P: Producer> Worker<P> {
         if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
             self.connecting = self.connecting.saturating_sub(1);
         }
+        conn.tls = None;
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
@@ -957,6 +967,7 @@ impl<P: Producer> Worker<P> {
             && !self.shared.control.abort.load(Ordering::Relaxed);
         let conn = &mut self.conns[c as usize];
         let lost = conn.lost(kind, now);
+        conn.tls = None;
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
@@ -1018,6 +1029,7 @@ impl<P: Producer> Worker<P> {
         if conn.phase == Phase::Up || conn.phase == Phase::Closing {
             self.up = self.up.saturating_sub(1);
         }
+        conn.tls = None;
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
@@ -1429,7 +1441,8 @@ impl<P: Producer> Worker<P> {
     /// Writes what connection `c` has waiting; counts every message that went out whole.
     fn flush(&mut self, c: u32, now: Instant) {
         let conn = &mut self.conns[c as usize];
-        if conn.sock.is_some() && conn.out.is_empty() {
+        let records = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+        if conn.sock.is_some() && conn.out.is_empty() && !records {
             // Nothing to write: a connection that was full has room for what its devices owe.
             if std::mem::replace(&mut conn.blocked, false) {
                 self.catch_up(c);
@@ -1446,14 +1459,18 @@ impl<P: Producer> Worker<P> {
         let Some(sock) = conn.sock.as_mut() else {
             return;
         };
-        if conn.out.is_empty() {
+        if conn.out.is_empty() && !records {
             conn.blocked = false;
             return;
         }
         let before = conn.out.written();
         let paced = self.paced;
         let first_write = &mut conn.first_write;
-        let result = conn.out.flush(sock, |m| {
+        let mut io = tls::Io {
+            sock,
+            tls: conn.tls.as_deref_mut(),
+        };
+        let result = conn.out.flush(&mut io, |m| {
             if m.resend {
                 // Counted when first written, on the connection that was lost.
                 stats.counts.messages_resent += 1;
@@ -1493,6 +1510,15 @@ impl<P: Producer> Worker<P> {
                 }
             }
         }
+        // Through TLS, the outbox is out only once rustls's records are.
+        let result = match (result, conn.tls.as_deref_mut()) {
+            (Ok(Flushed::All), Some(t)) => match tls::push(t, sock) {
+                Ok(true) => Ok(Flushed::All),
+                Ok(false) => Ok(Flushed::Blocked),
+                Err(e) => Err(e),
+            },
+            (r, _) => r,
+        };
         match result {
             Ok(Flushed::All) => {
                 let was_blocked = conn.blocked;
@@ -1546,6 +1572,9 @@ impl<P: Producer> Worker<P> {
     }
 
     fn on_readable(&mut self, c: u32, now: Instant) {
+        if self.conns[c as usize].tls.is_some() {
+            return self.on_readable_tls(c, now);
+        }
         loop {
             let conn = &mut self.conns[c as usize];
             let Some(sock) = conn.sock.as_mut() else {
@@ -1574,6 +1603,60 @@ impl<P: Producer> Worker<P> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.io_error(c, &e, now),
+            }
+        }
+    }
+
+    /// [`Worker::on_readable`] through TLS: records in, plaintext to the framing, and the
+    /// handshake's own records out.
+    fn on_readable_tls(&mut self, c: u32, now: Instant) {
+        loop {
+            let Worker {
+                conns, read_buf, ..
+            } = self;
+            let conn = &mut conns[c as usize];
+            let (Some(sock), Some(t)) = (conn.sock.as_mut(), conn.tls.as_deref_mut()) else {
+                return;
+            };
+            let got = tls::read(t, sock, read_buf);
+            let records = t.wants_write();
+            match got {
+                Ok(tls::Got::Bytes(0)) => {
+                    if records {
+                        self.flush(c, now);
+                    }
+                    return;
+                }
+                Ok(tls::Got::Bytes(n)) => {
+                    if !self.take_bytes(c, n, now) {
+                        return;
+                    }
+                }
+                Ok(tls::Got::Closed) => {
+                    return match self.conns[c as usize].phase {
+                        Phase::Connecting | Phase::AwaitConnack => {
+                            self.fail_attempt(c, ConnectFailure::ClosedBeforeConnack, now)
+                        }
+                        Phase::Up => self.lose(c, LostKind::Closed, now),
+                        Phase::Closing => self.close(c),
+                        _ => {}
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return match self.conns[c as usize].phase {
+                        Phase::Connecting | Phase::AwaitConnack => {
+                            self.fail_attempt(c, ConnectFailure::Tls(e.to_string()), now)
+                        }
+                        Phase::Up => self.lose(c, LostKind::Other(format!("TLS: {e}")), now),
+                        Phase::Closing => self.close(c),
+                        _ => {}
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.io_error(c, &e, now),
+            }
+            if records {
+                self.flush(c, now);
             }
         }
     }
@@ -1773,7 +1856,11 @@ impl<P: Producer> Worker<P> {
         if conn.shut_write || !conn.out.is_empty() {
             return;
         }
-        if let Some(sock) = conn.sock.as_ref() {
+        if let Some(sock) = conn.sock.as_mut() {
+            if let Some(t) = conn.tls.as_deref_mut() {
+                t.send_close_notify();
+                let _ = tls::push(t, sock);
+            }
             let _ = sock.shutdown(std::net::Shutdown::Write);
         }
         conn.shut_write = true;

@@ -36,6 +36,23 @@ pub struct ConnectionArgs {
     )]
     pub broker: String,
 
+    /// CA certificates (PEM) to trust for an mqtts:// broker [default: the system's]
+    #[arg(long, value_name = "FILE", env = "LOADGEN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for an mqtts:// broker that asks for one; with --key
+    #[arg(long, value_name = "FILE", env = "LOADGEN_CERT")]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", env = "LOADGEN_KEY")]
+    pub key: Option<PathBuf>,
+
+    /// Do not verify the broker's certificate (anyone in the path can then read and change
+    /// the traffic): for test brokers only
+    #[arg(long, env = "LOADGEN_INSECURE")]
+    pub insecure: bool,
+
     /// MQTT protocol version
     #[arg(
         long,

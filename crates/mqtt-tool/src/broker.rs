@@ -20,14 +20,17 @@ pub struct BrokerTarget {
     pub port: u16,
     /// Started by this process.
     pub embedded: bool,
+    /// Reached over TLS (`mqtts://`).
+    pub tls: bool,
 }
 
 impl BrokerTarget {
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            format!("mqtt://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("mqtt://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -46,6 +49,7 @@ impl fmt::Display for BrokerTarget {
 /// `max_packet` sizes the embedded broker's limits. Announces an embedded broker on stderr.
 pub fn resolve(
     choice: &BrokerChoice,
+    tls: bool,
     max_packet: usize,
     embedded_port: u16,
 ) -> Result<BrokerTarget, Error> {
@@ -54,6 +58,7 @@ pub fn resolve(
             host: host.clone(),
             port: *port,
             embedded: false,
+            tls,
         }),
         BrokerChoice::Auto { host, port } => {
             if accepts_connections(host, *port, Duration::from_millis(500)) {
@@ -61,6 +66,7 @@ pub fn resolve(
                     host: host.clone(),
                     port: *port,
                     embedded: false,
+                    tls: false,
                 })
             } else {
                 let b = start_embedded(max_packet, embedded_port)?;
@@ -116,6 +122,7 @@ pub fn start_embedded(max_packet: usize, port: u16) -> Result<BrokerTarget, Erro
                 host: "127.0.0.1".into(),
                 port,
                 embedded: true,
+                tls: false,
             });
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -58,6 +58,8 @@ pub struct ConnectPlan {
     /// How long the embedded broker outlives the run.
     pub embedded_linger: Duration,
     pub mqtt5: bool,
+    /// `mqtts://`: TLS with this configuration.
+    pub tls: Option<crate::tls::TlsPlan>,
 }
 
 /// Validates connection flags. `packet_needed` is the largest packet the tool will send,
@@ -69,6 +71,26 @@ pub fn connect_plan(
     cause: &str,
 ) -> Result<ConnectPlan, Error> {
     let broker = parse_broker(&c.broker)?;
+    let tls = if broker_uses_tls(&c.broker) {
+        if c.insecure {
+            crate::errln!(
+                "warning: --insecure: the broker's certificate is not verified; anyone between here and the broker can read and change this traffic"
+            );
+        }
+        Some(crate::tls::client_config(
+            c.ca_file.as_deref(),
+            c.cert.as_deref(),
+            c.key.as_deref(),
+            c.insecure,
+        )?)
+    } else {
+        if c.ca_file.is_some() || c.cert.is_some() || c.key.is_some() || c.insecure {
+            return Err(Error::usage(
+                "--ca-file, --cert, --key and --insecure are for TLS; use an mqtts://host:port broker",
+            ));
+        }
+        None
+    };
     if !c.keep_alive.is_zero() && c.keep_alive < Duration::from_secs(1) {
         return Err(Error::usage("--keep-alive must be 0 (off) or at least 1s"));
     }
@@ -118,6 +140,7 @@ pub fn connect_plan(
         embedded_port: c.embedded_port,
         embedded_linger: c.embedded_linger,
         mqtt5: c.mqtt_version == crate::args::MqttVersion::V5,
+        tls,
     })
 }
 
@@ -189,17 +212,31 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, s),
     };
-    match scheme {
-        None | Some("mqtt" | "tcp") => {}
+    let tls = match scheme {
+        None | Some("mqtt" | "tcp") => false,
+        Some("mqtts" | "ssl") => true,
         Some(scheme) => {
             return Err(Error::usage(format!(
-                "--broker scheme '{scheme}://' is not supported; use mqtt://host:port, host:port, auto or embedded"
+                "--broker scheme '{scheme}://' is not supported; use mqtt://host:port, mqtts://host:port, host:port, auto or embedded"
             )))
         }
-    }
+    };
     let rest = rest.trim_end_matches('/');
+    // mqtts without a port: MQTT's TLS port.
+    let with_port;
+    let rest = if tls && (!rest.contains(':') || rest.ends_with(']')) {
+        with_port = format!("{rest}:8883");
+        with_port.as_str()
+    } else {
+        rest
+    };
     let (host, port) = host_port(rest, "--broker")?;
     Ok(BrokerChoice::Remote { host, port })
+}
+
+/// Whether `--broker` asks for TLS (`mqtts://`).
+pub fn broker_uses_tls(s: &str) -> bool {
+    matches!(s.trim().split_once("://"), Some(("mqtts" | "ssl", _)))
 }
 
 /// Refuses `user[:password]@host` in a broker address before anything echoes it, with the

@@ -27,6 +27,7 @@ pub mod out;
 pub mod run;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 
 pub use error::Error;
 pub use run::{init_tracing, run_main};

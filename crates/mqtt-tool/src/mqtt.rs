@@ -74,6 +74,7 @@ pub fn describe_failure(f: &ConnectFailure, connect_timeout: Duration) -> String
             "it answered CONNECT with something other than a CONNACK (is it an MQTT broker?)".into()
         }
         ConnectFailure::Io(kind) => std::io::Error::from(*kind).to_string(),
+        ConnectFailure::Tls(e) => format!("the TLS handshake failed: {e}"),
     }
 }
 
@@ -86,6 +87,7 @@ pub fn failure_key(f: &ConnectFailure) -> String {
         ConnectFailure::Connack(code) => format!("CONNACK: {}", connack_name(*code)),
         ConnectFailure::NotMqtt => "not MQTT".into(),
         ConnectFailure::Io(kind) => format!("io: {kind:?}"),
+        ConnectFailure::Tls(_) => "TLS".into(),
     }
 }
 

@@ -63,8 +63,69 @@ pub enum Malformed {
     Invalid(&'static str),
 }
 
+/// The connection: plain TCP, or TLS over it (`mqtts://`).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct Session {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Unread bytes are `buf[start..end]`.
     start: usize,
@@ -246,6 +307,18 @@ impl Session {
                 .await
                 .map_err(|e| (io_failure(&e), Some(e)))?;
             let _ = stream.set_nodelay(cp.tcp_nodelay);
+            let stream = match &cp.tls {
+                None => Stream::Plain(stream),
+                Some(t) => {
+                    let name = crate::tls::server_name(&target.host)
+                        .map_err(|e| (ConnectFailure::Tls(e.to_string()), None))?;
+                    let tls = tokio_rustls::TlsConnector::from(t.config.clone())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| (ConnectFailure::Tls(e.to_string()), None))?;
+                    Stream::Tls(Box::new(tls))
+                }
+            };
             let mut s = Session {
                 stream,
                 buf: vec![0; READ_CHUNK],
@@ -353,6 +426,9 @@ impl Session {
 
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await?;
+        if matches!(self.stream, Stream::Tls(_)) {
+            self.stream.flush().await?; // out of rustls's buffer, onto the socket
+        }
         self.last_write = Instant::now();
         Ok(())
     }
@@ -360,6 +436,12 @@ impl Session {
     /// Lets reads wait for bytes to gather, so that no byte waits longer than about `hold`
     /// at a steady rate (zero: every byte wakes the reader); see [`crate::lowat`].
     pub fn set_read_hold(&mut self, hold: Duration) {
+        // Through TLS the kernel's bytes are records for rustls: no reading around it.
+        let hold = if matches!(self.stream, Stream::Tls(_)) {
+            Duration::ZERO
+        } else {
+            hold
+        };
         self.lowat = Lowat::new(hold, Instant::now());
     }
 
@@ -395,7 +477,7 @@ impl Session {
                 self.buf.resize(self.need, 0);
             }
         }
-        let fd = self.stream.as_raw_fd();
+        let fd = self.stream.fd();
         let n = if self.lowat.mark > 1 {
             let fallback = self.lowat.fallback();
             let waited = tokio::select! {

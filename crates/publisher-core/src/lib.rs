@@ -150,12 +150,14 @@ pub async fn execute(
     shutdown: &Shutdown,
 ) -> Result<(Report, Option<shutdown::Signal>, broker::BrokerTarget), Error> {
     let choice = plan.connect.broker.clone();
+    let tls = plan.connect.tls.is_some();
     let max_packet = plan.connect.max_packet_size;
     let embedded_port = plan.connect.embedded_port;
-    let target =
-        tokio::task::spawn_blocking(move || broker::resolve(&choice, max_packet, embedded_port))
-            .await
-            .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+    let target = tokio::task::spawn_blocking(move || {
+        broker::resolve(&choice, tls, max_packet, embedded_port)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
     broker::check_version(&target, plan.connect.mqtt5)?;
     let (host, port) = (target.host.clone(), target.port);
     let addrs = tokio::task::spawn_blocking(move || {

@@ -89,6 +89,8 @@ pub struct Plan {
     pub clean_session: bool,
     /// MQTT 5 (`None`: 3.1.1).
     pub mqtt5: Option<mqtt_engine::settings::Mqtt5>,
+    /// `mqtts://`: the engine's TLS settings.
+    pub tls: Option<mqtt_engine::settings::TlsSettings>,
 }
 
 impl Plan {
@@ -211,6 +213,15 @@ impl Plan {
             packet_needed,
             &format!("--batch {batch}"),
         )?;
+        let tls = match (&connect.tls, &connect.broker) {
+            (Some(t), mqtt_tool::connect::BrokerChoice::Remote { host, .. }) => {
+                Some(mqtt_engine::settings::TlsSettings {
+                    config: t.config.clone(),
+                    server_name: mqtt_tool::tls::server_name(host)?,
+                })
+            }
+            _ => None,
+        };
         // The plan's client id is the template's first rendering; checked for every one.
         connect.client_id = client_id_template.render(device_start, "");
         let longest_client = client_id_template.render(last_index, "");
@@ -333,6 +344,7 @@ impl Plan {
                     offline_buffer,
                 }),
             clean_session: reconnect.clean_session,
+            tls,
             mqtt5: mqtt5.then(|| mqtt_engine::settings::Mqtt5 {
                 connect: mqtt_engine::packets::ConnectV5 {
                     session_expiry: if reconnect.clean_session {
@@ -381,6 +393,7 @@ impl Plan {
                 client_id: self.fleet.client_id.clone(),
                 max_packet_size: c.max_packet_size,
                 mqtt5: self.mqtt5.clone(),
+                tls: self.tls.clone(),
             },
             ramp: RampSettings {
                 connect_rate: self.fleet.connect_rate,

@@ -980,3 +980,120 @@ pub mod proxy {
         let _ = from.shutdown(Shutdown::Both);
     }
 }
+
+/// Certificates for TLS tests, made with the openssl command line: a CA, a server
+/// certificate for 127.0.0.1 signed by it, a client certificate (CN `loader`), and a second
+/// CA that signed nothing here.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn new(dir: &TempDir) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir.0)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let mut a = vec!["req", "-x509", "-days", "2"];
+            a.extend(ec);
+            let (key, crt, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+                format!("/CN=loadgen test {ca}"),
+            );
+            a.extend(["-keyout", &key, "-out", &crt, "-subj", &subj]);
+            a.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            a.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            run(&a);
+        }
+        for (name, cn, ext) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "loader", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, crt, extf) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.path(&extf), format!("basicConstraints=CA:FALSE\n{ext}")).unwrap();
+            let mut a = vec!["req"];
+            a.extend(ec);
+            let subj = format!("/CN={cn}");
+            a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run(&a);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &extf,
+            ]);
+        }
+        // Mosquitto started as root reads them after it drops to its own user.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755));
+        for f in std::fs::read_dir(&dir.0).unwrap().flatten() {
+            let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+        }
+        TlsFiles {
+            ca: dir.path("ca.crt"),
+            server_cert: dir.path("server.crt"),
+            server_key: dir.path("server.key"),
+            client_cert: dir.path("client.crt"),
+            client_key: dir.path("client.key"),
+            other_ca: dir.path("other-ca.crt"),
+        }
+    }
+
+    /// Mosquitto config lines for a TLS listener on `port` (after the plain one), asking for
+    /// a client certificate when `require_client` (its CN then is the user name).
+    pub fn listener(&self, port: u16, require_client: bool) -> Vec<String> {
+        let mut l = vec![
+            format!("listener {port} 127.0.0.1"),
+            format!("cafile {}", self.ca.display()),
+            format!("certfile {}", self.server_cert.display()),
+            format!("keyfile {}", self.server_key.display()),
+        ];
+        if require_client {
+            l.push("require_certificate true".into());
+            l.push("use_identity_as_username true".into());
+        }
+        l
+    }
+}

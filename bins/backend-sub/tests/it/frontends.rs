@@ -284,3 +284,47 @@ fn mqtt5_publisher_and_backend_prove_every_point() {
         (30_000, 0)
     );
 }
+
+/// TLS on both sides (`mqtts://`, the test's CA): the backend proves every point, and its
+/// report names the broker as mqtts.
+#[test]
+fn tls_publisher_and_backend_prove_every_point() {
+    let dir = test_support::TempDir::new("btls");
+    let files = test_support::TlsFiles::new(&dir);
+    let port = free_port();
+    let _m = Mosquitto::start_with(&files.listener(port, false));
+    assert!(test_support::wait_for_listener(
+        port,
+        std::time::Duration::from_secs(5)
+    ));
+    let url = format!("mqtts://127.0.0.1:{port}");
+    let ca = files.ca.to_str().unwrap();
+    let backend = start(&[
+        "--broker",
+        &url,
+        "--ca-file",
+        ca,
+        "--expect",
+        "20000",
+        "--idle-timeout",
+        "10s",
+    ]);
+    let mut p = Command::new(workspace_bin("loadgen"))
+        .args(["pub", "--broker", &url, "--ca-file", ca, "--qos", "1"])
+        .args(["--devices", "20", "--rate-per-device", "0", "--batch", "10"])
+        .args(["--total", "20000", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn loadgen");
+    assert!(p.wait().unwrap().success());
+    let out = backend.wait();
+    out.assert_code(0);
+    assert_eq!(out.report["broker"], url);
+    assert_eq!(
+        (
+            n(&out.report, "points_unique"),
+            n(&out.report, "devices_seen")
+        ),
+        (20_000, 20)
+    );
+}

@@ -13,3 +13,4 @@ mod mqtt5;
 mod report;
 mod signals;
 mod stall;
+mod tls;
