@@ -84,7 +84,30 @@ fn publisher_and_backend_both_come_back_after_a_broker_restart() {
         "50ms..200ms",
         "--at-least-once",
     ]);
-    let mut p = publisher(&proxy.url(), "20000");
+    let dir = test_support::TempDir::new("both");
+    let pub_report = dir.path("pub.json");
+    let mut p = Command::new(workspace_bin("frontend1-pub"))
+        .args([
+            "--broker",
+            &proxy.url(),
+            "--qos",
+            "1",
+            "--batch",
+            "1",
+            "--rate",
+            "5000",
+        ])
+        .args(["--total", "20000", "--clean-session", "false"])
+        .args([
+            "--reconnect-backoff",
+            "50ms..500ms",
+            "--quiet",
+            "--report-json",
+        ])
+        .arg(&pub_report)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn publisher");
     std::thread::sleep(Duration::from_millis(1200));
     proxy.set_accepting(false);
     m.kill();
@@ -96,8 +119,29 @@ fn publisher_and_backend_both_come_back_after_a_broker_restart() {
     let out = backend.wait();
     out.assert_code(0);
     let r = &out.report;
+    let pr: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pub_report).unwrap()).unwrap();
     assert_eq!((n(r, "points_unique"), n(r, "points_missing")), (20_000, 0));
+    assert_eq!(n(&pr, "points_acked"), 20_000);
     assert!(n(r, "reconnects") >= 1, "{r:#}");
+    // What the backend saw twice, the publisher resent (one point a message).
+    assert!(
+        n(r, "points_duplicate") <= n(&pr, "messages_resent"),
+        "{r:#}"
+    );
+    eprintln!(
+        "fault 1, both sides: publisher acked {} reconnects {} resent {} disconnected {} s; \
+         backend-sub unique {} missing {} duplicates {} reconnects {} disconnected {} s",
+        pr["points_acked"],
+        pr["reconnects"],
+        pr["messages_resent"],
+        pr["disconnected_s"],
+        r["points_unique"],
+        r["points_missing"],
+        r["points_duplicate"],
+        r["reconnects"],
+        r["disconnected_s"]
+    );
 }
 
 /// With --reconnect false a lost connection ends the run, as it always did (exit 1).

@@ -35,6 +35,21 @@ fn assert_every_acked_point_arrived(out: &Outcome, got: &Received, total: u64) {
     );
 }
 
+/// The figures of a run beside the subscriber's, for the closing notes (`--no-capture`).
+fn figures(what: &str, r: &Value, got: &Received, total: u64) {
+    let (missing, extra, _) = got.delivery(DEVICE, total);
+    eprintln!(
+        "{what}: publisher acked {} failed {} reconnects {} resent {} disconnected {} s; \
+         subscriber points {} missing {missing} duplicates {extra}",
+        r["points_acked"],
+        r["points_failed"],
+        r["reconnects"],
+        r["messages_resent"],
+        r["disconnected_s"],
+        got.points
+    );
+}
+
 fn faults(r: &Value) -> String {
     format!(
         "reconnects {} resent {} disconnected {} s lost {}",
@@ -93,6 +108,7 @@ fn a_broker_killed_and_restarted_mid_run_loses_no_acknowledged_point() {
     // Mosquitto without persistence forgot the session: the report says so.
     assert!(n(&r["connections"], "sessions_lost") >= 1, "{}", faults(r));
     assert!(out.stdout.contains("faults"), "{}", out.stdout);
+    figures("fault 1, one connection", r, &got, total);
     assert_every_acked_point_arrived(&out, &got, total);
 }
 
@@ -141,6 +157,7 @@ fn a_broker_stopped_past_the_keep_alive_is_reconnected_to_when_it_resumes() {
         faults(r)
     );
     assert!(n(r, "messages_resent") > 0, "{}", faults(r));
+    figures("fault 2", r, &got, total);
     assert_every_acked_point_arrived(&out, &got, total);
 }
 

@@ -64,6 +64,7 @@ pub fn publish(args: &[&str]) -> Outcome {
 pub struct Backend {
     child: Child,
     dir: TempDir,
+    stderr: mpsc::Receiver<String>,
 }
 
 pub fn backend(args: &[&str]) -> Backend {
@@ -91,13 +92,30 @@ pub fn backend(args: &[&str]) -> Backend {
             Err(_) => panic!("backend never subscribed"),
         }
     }
-    Backend { child, dir }
+    Backend {
+        child,
+        dir,
+        stderr: rx,
+    }
 }
 
 impl Backend {
+    /// Waits for a stderr line that starts with `prefix`, for up to `within`.
+    pub fn wait_for_line(&self, prefix: &str, within: Duration) -> bool {
+        let end = std::time::Instant::now() + within;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Waits for the backend's verdict: (exit code, report).
     pub fn wait(self) -> (i32, Value) {
-        let Backend { child, dir } = self;
+        let Backend { child, dir, .. } = self;
         let out = child.wait_with_output().expect("wait backend");
         let report = std::fs::read_to_string(dir.path("report.json")).expect("backend report");
         (
