@@ -39,6 +39,8 @@ pub struct Conn {
     pub sock: Option<TcpStream>,
     /// TLS over `sock` (boxed: a few KB of state that plain connections do not pay for).
     pub tls: Option<Box<rustls::ClientConnection>>,
+    /// TLS: close_notify is queued (once, before our FIN).
+    pub close_notify_sent: bool,
     pub out: Outbox,
     /// Bytes of a packet that arrived in part.
     pub inbuf: Vec<u8>,
@@ -107,6 +109,7 @@ impl Conn {
             phase: Phase::Idle,
             sock: None,
             tls: None,
+            close_notify_sent: false,
             out: Conn::outbox(retaining),
             inbuf: Vec::new(),
             inflight: Inflight::new(window),
@@ -205,6 +208,11 @@ impl Conn {
             (a.start, a.end) = span;
             a.written_before = resend;
         }
+    }
+
+    /// Bytes still to go to the socket: the outbox's, or TLS records rustls holds.
+    pub fn unflushed(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// What the report says about this connection being lost now.

@@ -38,6 +38,8 @@ impl ConnackCode {
     /// An MQTT 5 CONNACK reason code (0x80 and up refuse).
     pub fn from_v5_code(code: u8) -> ConnackCode {
         match code {
+            // A 3.1.1 broker answers an MQTT 5 CONNECT with its own codes.
+            1..=5 => ConnackCode::from_code(code),
             0x84 => ConnackCode::Protocol,
             0x85 => ConnackCode::BadClientId,
             0x88 | 0x89 => ConnackCode::Unavailable,
@@ -186,7 +188,10 @@ impl Lost {
     /// sign of a message the broker will not take (it drops the connection as soon as it
     /// reads the header, within milliseconds).
     pub fn early(&self) -> bool {
+        // No message made yet: none of ours can have been what the broker refused. (One
+        // made and written only in part can: a broker closes on a packet too large.)
         !self.acked_any
+            && self.largest_message > 0
             && self.first_write_after.map_or(true, |first| {
                 self.after.saturating_sub(first) < Duration::from_millis(200)
             })

@@ -774,6 +774,7 @@ impl<P: Producer> Worker<P> {
             self.connecting = self.connecting.saturating_sub(1);
         }
         conn.tls = None;
+        conn.close_notify_sent = false;
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
@@ -815,7 +816,7 @@ impl<P: Producer> Worker<P> {
         } else {
             conn.phase = Phase::Done;
             self.done_conns += 1;
-            let fatal = f.is_fatal();
+            let fatal = f.is_fatal() && f.is_refusal();
             *self.stats.conns.gave_up.entry(f).or_default() += 1;
             if reconnecting {
                 self.stats.conns.down_at_end += 1;
@@ -937,7 +938,7 @@ impl<P: Producer> Worker<P> {
         let needed = {
             let conn = &self.conns[c as usize];
             !conn.inflight.is_empty()
-                || !conn.out.is_empty()
+                || conn.unflushed()
                 || conn.owing > 0
                 || (self.phase == WorkerPhase::Generating
                     && conn
@@ -968,6 +969,7 @@ impl<P: Producer> Worker<P> {
         let conn = &mut self.conns[c as usize];
         let lost = conn.lost(kind, now);
         conn.tls = None;
+        conn.close_notify_sent = false;
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
@@ -1030,6 +1032,7 @@ impl<P: Producer> Worker<P> {
             self.up = self.up.saturating_sub(1);
         }
         conn.tls = None;
+        conn.close_notify_sent = false;
         if let Some(mut sock) = conn.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
@@ -1794,7 +1797,13 @@ impl<P: Producer> Worker<P> {
                 self.conns[c as usize].ping = None;
                 Some(false)
             }
-            (Phase::Up | Phase::Closing, Incoming::Disconnect(reason)) => {
+            (Phase::Closing, Incoming::Disconnect(_)) => {
+                // Our DISCONNECT is out and everything was acknowledged: a broker that says
+                // goodbye first is no loss.
+                self.close(c);
+                None
+            }
+            (Phase::Up, Incoming::Disconnect(reason)) => {
                 // MQTT 5: the broker says why it ends the connection; the close follows.
                 self.lose(
                     c,
@@ -1853,13 +1862,33 @@ impl<P: Producer> Worker<P> {
     /// then says it read everything, and a reset says it did not.
     fn shut_write(&mut self, c: u32) {
         let conn = &mut self.conns[c as usize];
-        if conn.shut_write || !conn.out.is_empty() {
+        if conn.shut_write || conn.unflushed() {
             return;
         }
         if let Some(sock) = conn.sock.as_mut() {
             if let Some(t) = conn.tls.as_deref_mut() {
-                t.send_close_notify();
-                let _ = tls::push(t, sock);
+                // rustls's last records, then close_notify, must be out before the FIN.
+                if !conn.close_notify_sent {
+                    t.send_close_notify();
+                    conn.close_notify_sent = true;
+                }
+                match tls::push(t, sock) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // The flush that finishes it puts us back on the drain list.
+                        conn.blocked = true;
+                        if !conn.watch_write {
+                            let r = self.poll.registry().reregister(
+                                sock,
+                                Token(c as usize),
+                                Interest::READABLE | Interest::WRITABLE,
+                            );
+                            conn.watch_write = r.is_ok();
+                        }
+                        return;
+                    }
+                    Err(_) => {}
+                }
             }
             let _ = sock.shutdown(std::net::Shutdown::Write);
         }
@@ -1874,7 +1903,7 @@ impl<P: Producer> Worker<P> {
             if conn.phase == Phase::Done {
                 continue;
             }
-            if !(conn.phase == Phase::Closing && conn.out.is_empty()) {
+            if conn.phase != Phase::Closing || conn.unflushed() {
                 self.stats.cut_short = true;
             }
             self.close(c);
@@ -1913,8 +1942,12 @@ impl<P: Producer> Worker<P> {
         l.lost.store(self.stats.conns.lost, r);
         l.up.store(self.up, r);
         if self.qos1 {
-            l.inflight
-                .store(c.messages_enqueued.saturating_sub(c.messages_acked), r);
+            l.inflight.store(
+                c.messages_enqueued
+                    .saturating_sub(c.messages_acked)
+                    .saturating_sub(c.messages_rejected),
+                r,
+            );
         }
     }
 

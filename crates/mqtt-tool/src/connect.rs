@@ -201,7 +201,7 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
         "auto" => {
             let probe = std::env::var(AUTO_PROBE_ENV).unwrap_or_else(|_| "127.0.0.1:1883".into());
             refuse_credentials(&probe, AUTO_PROBE_ENV)?;
-            let (host, port) = host_port(&probe, AUTO_PROBE_ENV)?;
+            let (host, port) = host_port(&probe, AUTO_PROBE_ENV, 1883)?;
             return Ok(BrokerChoice::Auto { host, port });
         }
         "embedded" => return Ok(BrokerChoice::Embedded),
@@ -222,15 +222,8 @@ pub fn parse_broker(s: &str) -> Result<BrokerChoice, Error> {
         }
     };
     let rest = rest.trim_end_matches('/');
-    // mqtts without a port: MQTT's TLS port.
-    let with_port;
-    let rest = if tls && (!rest.contains(':') || rest.ends_with(']')) {
-        with_port = format!("{rest}:8883");
-        with_port.as_str()
-    } else {
-        rest
-    };
-    let (host, port) = host_port(rest, "--broker")?;
+    // Without a port: MQTT's, or its TLS port.
+    let (host, port) = host_port(rest, "--broker", if tls { 8883 } else { 1883 })?;
     Ok(BrokerChoice::Remote { host, port })
 }
 
@@ -261,14 +254,14 @@ fn refuse_credentials(s: &str, what: &str) -> Result<(), Error> {
     )))
 }
 
-fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
+fn host_port(s: &str, what: &str, default_port: u16) -> Result<(String, u16), Error> {
     let bad = |why: &str| {
         Error::usage(format!(
             "{what} '{s}' is not host:port ({why}); use e.g. mqtt://localhost:1883 or mqtt://[::1]:1883"
         ))
     };
     if let Ok(v6) = s.parse::<std::net::Ipv6Addr>() {
-        return Ok((v6.to_string(), 1883)); // a bare IPv6 address: its colons are not a port
+        return Ok((v6.to_string(), default_port)); // a bare IPv6 address: its colons are not a port
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, p) = rest.split_once(']').ok_or_else(|| bad("'[' without ']'"))?;
@@ -299,7 +292,7 @@ fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
         return Err(bad("a host has no '/', '?', '#' or spaces"));
     }
     let port = match port {
-        None => 1883,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -312,6 +305,26 @@ fn host_port(s: &str, what: &str) -> Result<(String, u16), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mqtts_brokers_default_to_port_8883_and_mqtt_ones_to_1883() {
+        for (url, host, port) in [
+            ("mqtts://host", "host", 8883),
+            ("mqtts://host:9000", "host", 9000),
+            ("mqtts://[::1]", "::1", 8883),
+            ("mqtts://::1", "::1", 8883),
+            ("mqtt://[::1]", "::1", 1883),
+            ("host", "host", 1883),
+        ] {
+            match parse_broker(url).unwrap() {
+                BrokerChoice::Remote { host: h, port: p } => {
+                    assert_eq!((h.as_str(), p), (host, port), "{url}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+            assert_eq!(broker_uses_tls(url), url.starts_with("mqtts"), "{url}");
+        }
+    }
 
     #[test]
     fn broker_urls_parse() {

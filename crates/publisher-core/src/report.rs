@@ -328,7 +328,7 @@ impl Report {
             let refused: Vec<String> = c
                 .gave_up
                 .iter()
-                .filter(|(f, _)| f.is_refusal())
+                .filter(|(f, _)| f.is_fatal() && f.is_refusal())
                 .map(|(f, n)| format!("{} ({})", describe_failure(f, connect_timeout), fmt_int(*n)))
                 .collect();
             problems.push(if reconnecting {
@@ -338,8 +338,22 @@ impl Report {
                     fmt_int(c.planned),
                     {
                         let mut why = Vec::new();
-                        if c.refused_on_reconnect > 0 && !refused.is_empty() {
+                        if !refused.is_empty() {
                             why.push(format!("reconnecting was refused: {}", refused.join("; ")));
+                        }
+                        let fatal: Vec<String> = c
+                            .gave_up
+                            .iter()
+                            .filter(|(f, _)| f.is_fatal() && !f.is_refusal())
+                            .map(|(f, n)| {
+                                format!("{} ({})", describe_failure(f, connect_timeout), fmt_int(*n))
+                            })
+                            .collect();
+                        if !fatal.is_empty() {
+                            why.push(format!(
+                                "reconnecting failed for good: {}",
+                                fatal.join("; ")
+                            ));
                         }
                         if c.flapping > 0 {
                             why.push(format!(

@@ -148,3 +148,31 @@ fn insecure_skips_verification_and_says_so_loudly() {
     plain.assert_code(2);
     assert!(plain.stderr.contains("mqtts://"), "{}", plain.stderr);
 }
+
+/// QoS 0 over TLS as fast as the broker takes it: the end of the run waits until rustls's
+/// last records (and close_notify) left, so the tail is not cut off by our FIN.
+#[test]
+fn a_qos0_flood_over_tls_arrives_whole_to_its_last_point() {
+    let dir = TempDir::new("tlsflood");
+    let files = TlsFiles::new(&dir);
+    let (m, port) = tls_broker(&files, false);
+    let sub = Subscriber::start(m.port, TOPIC);
+    let out = publish(&[
+        "--broker",
+        &format!("mqtts://127.0.0.1:{port}"),
+        "--ca-file",
+        files.ca.to_str().unwrap(),
+        "--qos",
+        "0",
+        "--batch",
+        "1000",
+        "--rate",
+        "max",
+        "--total",
+        "300000",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    sub.finish(300_000, std::time::Duration::from_secs(5))
+        .assert_exactly_once(DEVICE, 300_000);
+}
