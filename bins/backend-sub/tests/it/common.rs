@@ -157,7 +157,11 @@ impl Backend {
             dir,
         } = self;
         let out = child.wait_with_output().expect("wait backend");
-        seen.extend(stderr.try_iter());
+        // The reader thread may still be forwarding the last lines: take them all, until it
+        // ends with the stream (bounded, in case a grandchild holds stderr open).
+        while let Ok(line) = stderr.recv_timeout(Duration::from_secs(5)) {
+            seen.push(line);
+        }
         let stderr = seen;
         let report =
             std::fs::read_to_string(dir.path("report.json")).expect("backend wrote its report");
