@@ -384,43 +384,51 @@ fn main() {
     // F4: the connect ramp, as fast as the broker takes connections.
     let n4s = n4.to_string();
     if wanted("F4") {
-        let o = ours(
-            &bins,
-            &next_ip(),
-            &[
-                "--devices",
-                &n4s,
-                "--connect-rate",
-                "max",
-                "--max-connecting",
-                "100",
-                "--rate",
-                "max",
-                "--batch",
-                "1",
-                "--total",
-                &n4s,
-                // Publishing waits until the ramp is over, as the reference's does.
-                "--start-delay",
-                "3s",
-                "--workers",
-                "1",
-            ],
-            false,
-        );
-        let r = reference(
-            &bins,
-            &next_ip(),
-            &[
-                "--connections",
-                &n4s,
-                "--connect-only",
-                "--max-connecting",
-                "100",
-            ],
-            false,
-        );
-        let ratio = o.connect_rate.unwrap_or(0.0) / r.connect_rate.unwrap_or(1.0).max(1e-9);
+        // A connect ramp of a few seconds swings with the machine (one pair measured
+        // 0.79-0.99x in a row): three pairs, alternating, and the median pair's ratio.
+        let mut pairs = Vec::new();
+        for _ in 0..3 {
+            let o = ours(
+                &bins,
+                &next_ip(),
+                &[
+                    "--devices",
+                    &n4s,
+                    "--connect-rate",
+                    "max",
+                    "--max-connecting",
+                    "100",
+                    "--rate",
+                    "max",
+                    "--batch",
+                    "1",
+                    "--total",
+                    &n4s,
+                    // Publishing waits until the ramp is over, as the reference's does.
+                    "--start-delay",
+                    "3s",
+                    "--workers",
+                    "1",
+                ],
+                false,
+            );
+            let r = reference(
+                &bins,
+                &next_ip(),
+                &[
+                    "--connections",
+                    &n4s,
+                    "--connect-only",
+                    "--max-connecting",
+                    "100",
+                ],
+                false,
+            );
+            let ratio = o.connect_rate.unwrap_or(0.0) / r.connect_rate.unwrap_or(1.0).max(1e-9);
+            pairs.push((ratio, o, r));
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (ratio, o, r) = pairs.swap_remove(1);
         let gate4 = if quick { 0.8 } else { 0.9 };
         rows.push(Row {
             id: "F4",
