@@ -1,6 +1,8 @@
 //! loadgen: one command, a subcommand per job. `loadgen pub` is the publisher without a
-//! frontend's preset: devices `sensor-{i:05}`, client ids `loadgen-{i}`. Later jobs (merge,
-//! probe) join as subcommands.
+//! frontend's preset: devices `sensor-{i:05}`, client ids `loadgen-{i}`. `loadgen merge`
+//! adds up the reports of a sharded run.
+
+mod merge;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -21,10 +23,12 @@ Usage: loadgen <COMMAND> [OPTIONS]
 
 Commands:
   pub    Publish a fleet of simulated devices (loadgen pub --help for its flags)
+  merge  Add up the reports of a sharded run or a share group (loadgen merge --help)
   help   Print this help
 
 Exit codes: 0 success, 1 incomplete or other failure, 2 usage, 3 broker unreachable,
-4 broker refused the connection, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.";
+4 broker refused the connection, 5 backend verification failed, 99 a --threshold failed,
+129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
@@ -37,6 +41,12 @@ fn main() -> ExitCode {
                 .chain(rest)
                 .collect();
             publisher_core::main_with_args(PUB, argv)
+        }
+        Some("merge") => {
+            let argv = std::iter::once(OsString::from("loadgen merge"))
+                .chain(rest)
+                .collect();
+            merge::main(argv)
         }
         Some("help" | "--help" | "-h") => {
             println!("{HELP}");
@@ -51,7 +61,7 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Some(other) => {
-            eprintln!("error: unknown command '{other}'; use loadgen pub (loadgen help lists the commands)");
+            eprintln!("error: unknown command '{other}'; use loadgen pub or loadgen merge (loadgen help lists the commands)");
             ExitCode::from(2)
         }
     }

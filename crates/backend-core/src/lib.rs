@@ -10,6 +10,7 @@
 //! connection flags, broker handling and signals through `mqtt-tool`.
 
 pub mod decode;
+pub mod merge;
 pub mod receive;
 pub mod report;
 pub mod route;
@@ -150,6 +151,10 @@ pub struct Plan {
     pub clean_session: bool,
     pub session_expiry: Duration,
     pub report_json: Option<std::path::PathBuf>,
+    pub exports: mqtt_tool::export::Exports,
+    pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
+    pub hdr_log: Option<std::path::PathBuf>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub report_devices: bool,
     pub quiet: bool,
 }
@@ -183,8 +188,16 @@ impl Plan {
                  drop --expect and stop with --idle-timeout or --duration, then add the members' reports",
             ));
         }
-        if let Some(p) = &a.output.report_json {
-            mqtt_tool::out::check_report_path(p)?;
+        let exports = a.output.export.exports(None)?;
+        let thresholds = mqtt_tool::threshold::parse_all(
+            &a.output.export.thresholds,
+            &report::threshold_fields(),
+        )?;
+        if let Some(p) = &a.output.hdr_log {
+            mqtt_tool::out::check_export_path("--hdr-log", p)?;
+            if p.as_os_str() == "-" {
+                return Err(Error::usage("--hdr-log needs a file path, not -"));
+            }
         }
         if a.verify.max_devices == 0 {
             return Err(Error::usage("--max-devices must be at least 1"));
@@ -221,7 +234,11 @@ impl Plan {
             )),
             clean_session: a.reconnect.clean_session,
             session_expiry: a.reconnect.session_expiry,
-            report_json: a.output.report_json,
+            report_json: exports.json.clone(),
+            exports,
+            thresholds,
+            hdr_log: a.output.hdr_log,
+            metrics_addr: a.output.metrics_addr,
             report_devices: a.verify.report_devices,
             quiet: a.output.quiet,
         })
@@ -345,12 +362,10 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
             rx
         }
     };
-    let report = Report::build(name, plan, &target.url(), target.embedded, &rx);
+    let mut report = Report::build(name, plan, &target.url(), target.embedded, &rx);
+    report.judge(&plan.thresholds);
     let text = report.render_text();
-    mqtt_tool::out::summary(&text, plan.report_json.as_deref());
-    if let Some(p) = &plan.report_json {
-        mqtt_tool::out::write_json(&report, p)?;
-    }
+    plan.exports.write(&report, &text)?;
     if let Some(sig) = shutdown.signal() {
         return Ok(ExitCode::from(sig.exit_code()));
     }
@@ -362,6 +377,12 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
             });
         }
         return Err(Error::Other(e.clone()));
+    }
+    if let Some(failed) = mqtt_tool::threshold::failures(&report.thresholds) {
+        if let Some(r) = &report.reason {
+            mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
+        }
+        return Err(Error::Thresholds(failed));
     }
     match &report.reason {
         None => Ok(ExitCode::SUCCESS),

@@ -1,17 +1,66 @@
 //! The backend's verdict and report: text summary and JSON (schema in
 //! `schema/backend-report.schema.json`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use mqtt_tool::format::Percentiles;
 use mqtt_tool::format::{fmt_int, fmt_percentiles, round3};
 use mqtt_tool::out::escape;
+use mqtt_tool::threshold::{Fields, Judged, Unit};
+
+/// The wall-clock time of `t`, an instant of this run, as the report writes it.
+fn wall(t: std::time::Instant) -> String {
+    let ago = std::time::Instant::now().saturating_duration_since(t);
+    let at = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    humantime::format_rfc3339_micros(at).to_string()
+}
 
 use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;
 use crate::Plan;
 
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
+
+/// The fields `--threshold` may name, with where each is in the report.
+pub fn threshold_fields() -> Fields {
+    Fields::default()
+        .numbers(
+            &[
+                "points_received",
+                "points_unique",
+                "points_missing",
+                "points_duplicate",
+                "points_out_of_order",
+                "points_unverifiable",
+                "points_unrouted",
+                "points_untracked",
+                "messages_received",
+                "malformed_messages",
+                "retained_messages",
+                "bytes_received",
+                "point_rate",
+                "message_rate",
+                "bytes_per_s",
+                "connections_lost",
+                "reconnects",
+                "devices_seen",
+                "devices_failing",
+                "verified",
+            ],
+            Unit::Number,
+        )
+        .numbers(&["elapsed_s", "disconnected_s"], Unit::Seconds)
+        .latency("e2e_latency", "/latency_us")
+}
+
+/// The end-to-end latency histogram, HdrHistogram V2 + DEFLATE in base64: what `loadgen
+/// merge` adds up exactly over a share group's members.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistogramsReport {
+    pub latency_us: Option<String>,
+}
 
 /// A fleet up to this size is listed whole; a larger one, without --report-devices, lists
 /// its devices with a problem (the first this many) and names a few per frontend.
@@ -25,7 +74,7 @@ pub const SLOWEST: usize = 10;
 /// fleet with gaps everywhere must not build gigabytes of lists at the end of its run.
 pub const REPORT_RANGES_TOTAL: usize = 2_000_000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceReport {
     pub device_id: String,
     pub frontend: Option<String>,
@@ -54,7 +103,7 @@ pub struct DeviceReport {
     pub first_retained: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SlowDevice {
     pub device_id: String,
     pub frontend: Option<String>,
@@ -71,7 +120,7 @@ impl DeviceReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrontendReport {
     pub name: String,
     pub points: u64,
@@ -81,7 +130,7 @@ pub struct FrontendReport {
     pub latency_us: Option<Percentiles>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub schema_version: u32,
     pub tool: String,
@@ -142,6 +191,14 @@ pub struct Report {
     pub verified: bool,
     /// Why verification failed, one line.
     pub reason: Option<String>,
+    /// `--threshold`s, judged on this report.
+    pub thresholds: Vec<Judged>,
+    /// First and last message, RFC 3339 UTC (null: none arrived).
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub histograms: HistogramsReport,
+    /// Set by `loadgen merge`: how many members' reports this one adds up.
+    pub merged_reports: Option<u64>,
 }
 
 impl Report {
@@ -292,7 +349,23 @@ impl Report {
             .into(),
             verified: reason.is_none(),
             reason,
+            thresholds: Vec::new(),
+            started_at: rx.first_message.map(|t| wall(t.into_std())),
+            ended_at: rx.last_message.map(|t| wall(t.into_std())),
+            histograms: HistogramsReport {
+                latency_us: mqtt_tool::hist::encode(&rx.latency_us),
+            },
+            merged_reports: None,
         }
+    }
+
+    /// Judges `thresholds` on this report and records the outcome in it.
+    pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        if thresholds.is_empty() {
+            return;
+        }
+        let json = serde_json::to_value(&*self).unwrap_or_default();
+        self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
     }
 
     pub fn render_text(&self) -> String {
@@ -514,6 +587,15 @@ impl Report {
                 Some(r) => format!("FAILED: {}", escape(r)),
             },
         );
+        if let Some(n) = self.merged_reports {
+            line(
+                "merged",
+                format!("{n} reports of the share group's members"),
+            );
+        }
+        for t in mqtt_tool::threshold::summary_lines(&self.thresholds) {
+            line("threshold", escape(&t).into_owned());
+        }
         o
     }
 }

@@ -173,6 +173,26 @@ impl Serialize for SeqRange {
     }
 }
 
+impl std::str::FromStr for SeqRange {
+    type Err = String;
+    fn from_str(t: &str) -> Result<SeqRange, String> {
+        let bad = || format!("'{t}' is not a seq range like 1200-1299 or 5000");
+        let (a, b) = t.split_once('-').unwrap_or((t, t));
+        let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b {
+            return Err(bad());
+        }
+        Ok(SeqRange(a, b))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SeqRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SeqRange, D::Error> {
+        let t = String::deserialize(d)?;
+        t.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What happened to one point on arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {

@@ -28,6 +28,16 @@ pub struct FleetResult {
     pub settled_at: Option<Instant>,
     /// When the fleet started.
     pub started: Instant,
+    /// The wall clock at `started`, µs since the epoch.
+    pub wall_started_us: u64,
+}
+
+impl FleetResult {
+    /// The wall-clock time of `t`, an instant of this run.
+    pub fn wall(&self, t: Instant) -> std::time::SystemTime {
+        let after = t.saturating_duration_since(self.started);
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.wall_started_us) + after
+    }
 }
 
 /// A handle on a running fleet, for the thread that watches it while another joins it.
@@ -120,6 +130,7 @@ impl Fleet {
             anchor: self.shared.anchor(),
             settled_at: self.shared.settled_at(),
             started: self.shared.epoch,
+            wall_started_us: self.shared.wall_epoch_us,
         }
     }
 }

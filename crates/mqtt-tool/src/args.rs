@@ -110,13 +110,83 @@ pub struct ConnectionArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Output")]
 pub struct OutputArgs {
-    /// Write the final report as JSON to this file (`-` = stdout; the text summary then goes to stderr)
-    #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_JSON")]
-    pub report_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    /// Write the latency histograms as an HdrHistogram interval log (one interval a second)
+    #[arg(long, value_name = "PATH", env = "LOADGEN_HDR_LOG")]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics during the run (e.g. 127.0.0.1:9464)
+    #[arg(long, value_name = "ADDR", env = "LOADGEN_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// No progress lines on stderr
     #[arg(long, short, action = ArgAction::SetTrue, env = "LOADGEN_QUIET")]
     pub quiet: bool,
+}
+
+/// The report's exports and the thresholds judged on it: every tool's, and `loadgen merge`'s.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Output")]
+pub struct ExportArgs {
+    /// Write the final report as JSON to this file (`-` = stdout; the text summary then goes
+    /// to stderr); `{shard}` in the path becomes the shard's index
+    #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_JSON")]
+    pub report_json: Option<PathBuf>,
+
+    /// Write the report as CSV (a header row and a row of values) to this file (`-` = stdout)
+    #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_CSV")]
+    pub report_csv: Option<PathBuf>,
+
+    /// Write the report as a Markdown table to this file (`-` = stdout)
+    #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_MD")]
+    pub report_md: Option<PathBuf>,
+
+    /// A pass/fail check on a report field, repeatable: `ack_latency_p99<5ms`,
+    /// `point_rate>=9900`, `points_failed==0`; any failure exits 99 after the full report
+    #[arg(
+        long = "threshold",
+        value_name = "EXPR",
+        env = "LOADGEN_THRESHOLD",
+        value_delimiter = ';'
+    )]
+    pub thresholds: Vec<String>,
+}
+
+impl ExportArgs {
+    /// The exports, checked (each path writable, at most one `-`); `{shard}` in a path
+    /// becomes `shard`.
+    pub fn exports(&self, shard: Option<u64>) -> Result<crate::export::Exports, crate::Error> {
+        let fill = |p: &Option<PathBuf>| {
+            p.as_ref().map(|p| match shard {
+                Some(i) => PathBuf::from(p.to_string_lossy().replace("{shard}", &i.to_string())),
+                None => p.clone(),
+            })
+        };
+        crate::export::Exports::new(
+            fill(&self.report_json),
+            fill(&self.report_csv),
+            fill(&self.report_md),
+        )
+    }
+}
+
+/// Parses `--start-at`: RFC 3339 (`2026-12-01T12:00:00Z`, fractions allowed) or seconds
+/// since the epoch (`1764590400`, `1764590400.5`).
+pub fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if !(0.0..1e11).contains(&secs) {
+            return Err(format!(
+                "'{s}' is not a time; give seconds since the epoch or RFC 3339"
+            ));
+        }
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    humantime::parse_rfc3339_weak(t).map_err(|e| {
+        format!("'{s}' is not a time ({e}); give RFC 3339 like 2026-12-01T12:00:00Z or seconds since the epoch")
+    })
 }
 
 /// A target rate in points per second, or as fast as possible.

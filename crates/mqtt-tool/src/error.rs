@@ -1,7 +1,7 @@
 //! Typed errors of the publisher and the exit code each maps to.
 //!
 //! The codes are part of the CLI contract (README, "Exit codes"): 2 usage, 3 broker unreachable,
-//! 4 broker refused the connection, 1 anything else. Interrupted runs exit 130/143 and are not
+//! 4 broker refused the connection, 99 a threshold failed, 1 anything else. Interrupted runs exit 130/143 and are not
 //! errors: they come from the report.
 
 use std::process::ExitCode;
@@ -21,6 +21,9 @@ pub enum Error {
     /// The run happened but did not deliver everything (lost connection, missing acks).
     #[error("{0}")]
     Incomplete(String),
+    /// The run went through, and a `--threshold` failed: exit 99 (k6's code).
+    #[error("{0}")]
+    Thresholds(String),
     #[error("{0}")]
     Other(String),
 }
@@ -35,6 +38,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Unreachable { .. } => 3,
             Error::Refused { .. } => 4,
+            Error::Thresholds(_) => 99,
             Error::Incomplete(_) | Error::Other(_) => 1,
         }
     }

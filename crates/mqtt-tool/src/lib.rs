@@ -20,13 +20,16 @@ pub mod broker;
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod export;
 pub mod format;
+pub mod hist;
 pub mod lowat;
 pub mod mqtt;
 pub mod out;
 pub mod run;
 pub mod session;
 pub mod shutdown;
+pub mod threshold;
 pub mod tls;
 
 pub use error::Error;

@@ -147,15 +147,22 @@ fn fmt_size(bytes: u64) -> String {
 /// report: `-`, or a file (new or not) that can be written, in an existing directory. A new
 /// file is created to prove it and removed again.
 pub fn check_report_path(p: &Path) -> Result<(), Error> {
+    check_export_path("--report-json", p)
+}
+
+/// [`check_report_path`] for the output of `flag`.
+pub fn check_export_path(flag: &str, p: &Path) -> Result<(), Error> {
     if p.as_os_str().is_empty() {
-        return Err(Error::usage("--report-json needs a path, or - for stdout"));
+        return Err(Error::usage(format!(
+            "{flag} needs a path, or - for stdout"
+        )));
     }
     if p.as_os_str() == "-" {
         return Ok(());
     }
     if p.is_dir() {
         return Err(Error::usage(format!(
-            "--report-json {} is a directory; give a file path",
+            "{flag} {} is a directory; give a file path",
             p.display()
         )));
     }
@@ -165,14 +172,14 @@ pub fn check_report_path(p: &Path) -> Result<(), Error> {
     };
     if !dir.is_dir() {
         return Err(Error::usage(format!(
-            "--report-json {}: directory {} does not exist; create it or choose another path",
+            "{flag} {}: directory {} does not exist; create it or choose another path",
             p.display(),
             dir.display()
         )));
     }
     let unwritable = |e: std::io::Error| {
         Error::usage(format!(
-            "--report-json {} cannot be written ({e}); choose another path",
+            "{flag} {} cannot be written ({e}); choose another path",
             p.display()
         ))
     };

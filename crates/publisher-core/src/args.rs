@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 use mqtt_tool::args::{
-    parse_count, parse_duration, parse_rate, ConnectionArgs, OutputArgs, Rate, ReconnectArgs,
+    parse_count, parse_duration, parse_rate, parse_start_at, ConnectionArgs, OutputArgs, Rate,
+    ReconnectArgs,
 };
 
 /// Every flag a publisher takes.
@@ -25,6 +26,9 @@ pub struct PublisherArgs {
 
     #[command(flatten)]
     pub fleet: FleetArgs,
+
+    #[command(flatten)]
+    pub shards: ShardArgs,
 
     #[command(flatten)]
     pub reconnect: ReconnectArgs,
@@ -174,6 +178,27 @@ pub struct FleetArgs {
         value_delimiter = ','
     )]
     pub source_ips: Vec<String>,
+}
+
+/// One fleet run as many processes (machines, pods), and when they start.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Shards")]
+pub struct ShardArgs {
+    /// Run the fleet as N shards, one process (machine, pod) each: a shard takes its
+    /// contiguous slice of --devices and --connections and its share of --rate and --total;
+    /// `loadgen merge` adds their reports up
+    #[arg(long, value_name = "N", value_parser = parse_count, env = "LOADGEN_SHARDS")]
+    pub shards: Option<u64>,
+
+    /// This process's shard, 0 to N-1 [default: $JOB_COMPLETION_INDEX, which a Kubernetes
+    /// Indexed Job sets]
+    #[arg(long, value_name = "I", value_parser = parse_count, env = "LOADGEN_SHARD")]
+    pub shard: Option<u64>,
+
+    /// Wait for this wall-clock instant before the first connect, so that every shard starts
+    /// together: RFC 3339 in UTC (2026-12-01T12:00:00Z) or seconds since the epoch
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at, env = "LOADGEN_START_AT")]
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 /// MQTT QoS levels the publisher supports.

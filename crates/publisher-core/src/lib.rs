@@ -18,6 +18,7 @@
 //! A binary is a [`Preset`] and a call to [`main`].
 
 pub mod args;
+pub mod merge;
 pub mod plan;
 pub mod produce;
 pub mod progress;
@@ -60,7 +61,8 @@ pub fn command(preset: &Preset) -> Command {
         .about(preset.about)
         .after_help(
             "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
-             4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
+             4 broker refused the connection, 99 a --threshold failed, 129 SIGHUP, 130 SIGINT, \
+             143 SIGTERM; SIGUSR1 prints progress.",
         )
         .mut_arg("batch", |a| a.default_value(preset.batch))
         .mut_arg("device_id", |a| {
@@ -115,12 +117,15 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
 /// then lingers (`--embedded-linger`) so that subscribers get the last messages, until the
 /// time is up or a signal ends it; the report is out before.
 pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
-    let (report, signal, target) = execute(preset, plan, shutdown).await?;
-    let text = report.render_text();
-    out::summary(&text, plan.report_json.as_deref());
-    if let Some(p) = &plan.report_json {
-        report.write_json(p)?;
+    if let Some(at) = plan.start_at {
+        if let Some(sig) = wait_for_start(at, plan, shutdown).await? {
+            return Ok(ExitCode::from(sig.exit_code()));
+        }
     }
+    let (mut report, signal, target) = execute(preset, plan, shutdown).await?;
+    report.judge(&plan.thresholds);
+    let text = report.render_text();
+    plan.exports.write(&report, &text)?;
     let linger = plan.connect.embedded_linger;
     if target.embedded && !linger.is_zero() && !shutdown.stop.is_cancelled() {
         tokio::select! {
@@ -131,13 +136,45 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
     if let Some(sig) = signal {
         return Ok(ExitCode::from(sig.exit_code()));
     }
-    match report.error {
-        Some(reason) if report.refused_on_reconnect => Err(Error::Refused {
+    let thresholds = mqtt_tool::threshold::failures(&report.thresholds);
+    match (report.error, thresholds) {
+        (Some(reason), _) if report.refused_on_reconnect => Err(Error::Refused {
             broker: target.url(),
             reason,
         }),
-        Some(e) => Err(Error::Incomplete(e)),
-        None => Ok(ExitCode::SUCCESS),
+        (_, Some(failed)) => Err(Error::Thresholds(failed)),
+        (Some(e), None) => Err(Error::Incomplete(e)),
+        (None, None) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Waits for `--start-at`; a signal meanwhile ends the run before anything was sent.
+async fn wait_for_start(
+    at: std::time::SystemTime,
+    plan: &Plan,
+    shutdown: &Shutdown,
+) -> Result<Option<shutdown::Signal>, Error> {
+    plan::check_start_at(at)?;
+    let wait = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if !plan.quiet {
+        mqtt_tool::errln!(
+            "waiting {:.1} s for --start-at {}{}",
+            wait.as_secs_f64(),
+            humantime::format_rfc3339_millis(at),
+            plan.shard
+                .as_ref()
+                .map(|s| format!(" (shard {} of {})", s.index, s.count))
+                .unwrap_or_default()
+        );
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Ok(None),
+        _ = shutdown.stop.cancelled() => {
+            mqtt_tool::errln!("interrupted while waiting for --start-at: nothing was sent");
+            Ok(shutdown.signal())
+        }
     }
 }
 

@@ -39,6 +39,99 @@ const FILES_PER_WORKER: u64 = 3;
 
 pub use point_format::MAX_DEVICE_ID;
 
+/// One shard of a fleet: which, of how many, and its slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+    /// Its devices, as indexes into the whole fleet (before `--device-start`).
+    pub devices: std::ops::Range<u64>,
+    pub connections: u64,
+}
+
+/// How late `--start-at` may be when the run begins: a pod that started later than this
+/// would not start together with the others.
+pub const START_AT_LATE: Duration = Duration::from_secs(1);
+/// How far ahead `--start-at` may be.
+pub const START_AT_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks that `--start-at` is neither past (by more than [`START_AT_LATE`]) nor more than a
+/// day away.
+pub fn check_start_at(t: std::time::SystemTime) -> Result<std::time::SystemTime, Error> {
+    let now = std::time::SystemTime::now();
+    let shown = humantime::format_rfc3339_millis(t);
+    match t.duration_since(now) {
+        Ok(ahead) if ahead > START_AT_AHEAD => Err(Error::usage(format!(
+            "--start-at {shown} is {} away, more than a day; pick a nearer instant",
+            humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+        ))),
+        Ok(_) => Ok(t),
+        Err(e) if e.duration() <= START_AT_LATE => Ok(t),
+        Err(e) => Err(Error::usage(format!(
+            "--start-at {shown} passed {:.1} s ago, so this shard cannot start together with the \
+             others; pick an instant further out (time for every pod to start)",
+            e.duration().as_secs_f64()
+        ))),
+    }
+}
+
+/// The shard `--shards`/`--shard` (or `$JOB_COMPLETION_INDEX`) asks for, of a fleet of
+/// `devices` over `connections`.
+fn shard_of(
+    a: &crate::args::ShardArgs,
+    devices: u64,
+    connections: u64,
+) -> Result<Option<Shard>, Error> {
+    let count = match (a.shards, a.shard) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(Error::usage(
+                "--shard needs --shards N, the number of shards of the fleet",
+            ))
+        }
+        (Some(0), _) => return Err(Error::usage("--shards must be at least 1")),
+        (Some(n), _) => n,
+    };
+    let index = match a.shard {
+        Some(i) => i,
+        None => match std::env::var("JOB_COMPLETION_INDEX") {
+            Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+                Error::usage(format!(
+                    "JOB_COMPLETION_INDEX '{}' is not a shard index; it must be a whole number",
+                    crate::out::escape(&v)
+                ))
+            })?,
+            Err(_) => {
+                return Err(Error::usage(
+                    "--shards needs this process's shard: give --shard I (0 to N-1) or set JOB_COMPLETION_INDEX",
+                ))
+            }
+        },
+    };
+    if index >= count {
+        return Err(Error::usage(format!(
+            "shard {index} is not one of --shards {count}; give an index from 0 to {}",
+            count - 1
+        )));
+    }
+    if connections < count {
+        return Err(Error::usage(format!(
+            "--shards {count} is more than the fleet's {connections} connections; every shard needs at least one (raise --connections or --devices)"
+        )));
+    }
+    // Connections are split first, and each shard takes the devices of its connections, so
+    // that a gateway carries the same devices sharded or not.
+    let conns = mqtt_engine::schedule::spread(connections, count, index);
+    let first = mqtt_engine::schedule::spread(devices, connections, conns.start).start;
+    let end = mqtt_engine::schedule::spread(devices, connections, conns.end - 1).end;
+    Ok(Some(Shard {
+        index,
+        count,
+        devices: first..end,
+        connections: conns.end - conns.start,
+    }))
+}
+
 /// The fleet's shape.
 #[derive(Debug, Clone)]
 pub struct FleetPlan {
@@ -83,6 +176,15 @@ pub struct Plan {
     /// Upper bound of one message's payload.
     pub max_payload: usize,
     pub report_json: Option<PathBuf>,
+    /// Where the report goes: JSON, CSV, Markdown.
+    pub exports: mqtt_tool::export::Exports,
+    pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
+    pub hdr_log: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// `--shards`: this process's slice of the whole fleet.
+    pub shard: Option<Shard>,
+    /// `--start-at`: the instant to wait for before connecting.
+    pub start_at: Option<std::time::SystemTime>,
     pub quiet: bool,
     /// `None`: `--reconnect false`.
     pub reconnect: Option<mqtt_engine::ReconnectSettings>,
@@ -103,6 +205,7 @@ impl Plan {
             reconnect,
             offline_buffer,
             user_properties,
+            shards,
             ..
         } = args;
         let mqtt5 = connection.mqtt_version == mqtt_tool::args::MqttVersion::V5;
@@ -129,7 +232,7 @@ impl Plan {
         } = load;
         let FleetArgs {
             devices,
-            device_start,
+            mut device_start,
             connections,
             workers,
             connect_rate,
@@ -166,6 +269,16 @@ impl Plan {
             devices,
             connections,
         )?;
+        // A shard runs its slice of the whole fleet: the templates above were made for the
+        // whole fleet (so `{i}` is in them whenever it has more than one device or
+        // connection, and client ids never collide across shards), the rest for the slice.
+        let shard = shard_of(&shards, devices, connections)?;
+        let (fleet_devices, mut devices, mut connections) = (devices, devices, connections);
+        if let Some(sh) = &shard {
+            device_start += sh.devices.start;
+            devices = sh.devices.end - sh.devices.start;
+            connections = sh.connections;
+        }
         let last_index = device_start + devices - 1;
         let device_id = device_id_template.render(device_start, "");
         let longest_id = device_id_template.render(last_index, "");
@@ -188,6 +301,23 @@ impl Plan {
         let total = match (total, duration) {
             (None, None) => Some(DEFAULT_TOTAL),
             (t, _) => t,
+        };
+        // The shard's share of the total: the points its devices send in the whole fleet's
+        // split (the first `total % devices` devices send one more), so shards add up exactly.
+        let total = match (&shard, total) {
+            (Some(sh), Some(t)) => {
+                let (base, extra) = (t / fleet_devices, t % fleet_devices);
+                let more = extra.clamp(sh.devices.start, sh.devices.end) - sh.devices.start;
+                let share = base * devices + more;
+                if share == 0 {
+                    return Err(Error::usage(format!(
+                        "--total {t} leaves shard {} of {} nothing to send; raise --total or use fewer --shards",
+                        sh.index, sh.count
+                    )));
+                }
+                Some(share)
+            }
+            (_, t) => t,
         };
         let batch = usize::try_from(batch).map_err(|_| Error::usage("--batch is too large"))?;
         let max_payload = Encoder::new(&longest_id).max_payload_len(batch);
@@ -243,7 +373,8 @@ impl Plan {
         let rate = match (rate_per_device, rate) {
             (Some(Rate::PerSecond(r)), _) => Some(r * devices as f64),
             (Some(Rate::Unlimited), _) | (None, Rate::Unlimited) => None,
-            (None, Rate::PerSecond(r)) => Some(r),
+            // A shard's share of the fleet's rate: its devices' share.
+            (None, Rate::PerSecond(r)) => Some(r * devices as f64 / fleet_devices as f64),
         };
         if let Some(r) = rate {
             // One message of a device every batch / (rate / devices) seconds: past a year the
@@ -300,10 +431,21 @@ impl Plan {
             }
         }
 
-        let report_json = output.report_json;
-        if let Some(p) = &report_json {
-            crate::out::check_report_path(p)?;
+        let exports = output.export.exports(shard.as_ref().map(|s| s.index))?;
+        let thresholds = mqtt_tool::threshold::parse_all(
+            &output.export.thresholds,
+            &crate::report::threshold_fields(),
+        )?;
+        if let Some(p) = &output.hdr_log {
+            crate::out::check_export_path("--hdr-log", p)?;
+            if p.as_os_str() == "-" {
+                return Err(Error::usage("--hdr-log needs a file path, not -"));
+            }
         }
+        let start_at = match shards.start_at {
+            Some(t) => Some(check_start_at(t)?),
+            None => None,
+        };
         Ok(Plan {
             connect,
             fleet: FleetPlan {
@@ -333,7 +475,13 @@ impl Plan {
             sensor_fields,
             seed,
             max_payload,
-            report_json,
+            report_json: exports.json.clone(),
+            exports,
+            thresholds,
+            hdr_log: output.hdr_log,
+            metrics_addr: output.metrics_addr,
+            shard,
+            start_at,
             quiet: output.quiet,
             reconnect: reconnect
                 .reconnect

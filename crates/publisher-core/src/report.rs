@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mqtt_engine::stats::Stats;
 use mqtt_engine::FleetResult;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::args::Qos;
 use crate::broker::BrokerTarget;
@@ -21,11 +21,78 @@ use crate::format::{fmt_int, fmt_percentiles, fmt_rate, round3, Percentiles};
 use crate::plan::Plan;
 use crate::shutdown::Signal;
 use mqtt_tool::mqtt::{describe_failure, describe_lost, failure_key};
+use mqtt_tool::threshold::{Fields, Judged, Unit};
 
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// The fields `--threshold` may name, with where each is in the report.
+pub fn threshold_fields() -> Fields {
+    Fields::default()
+        .numbers(
+            &[
+                "point_rate",
+                "message_rate",
+                "bytes_per_s",
+                "steady_point_rate",
+                "points_sent",
+                "points_acked",
+                "points_failed",
+                "points_rejected",
+                "points_unsent",
+                "points_dropped",
+                "points_dropped_offline",
+                "messages_sent",
+                "messages_acked",
+                "messages_resent",
+                "duplicate_acks",
+                "reconnects",
+                "bytes_sent",
+            ],
+            Unit::Number,
+        )
+        .numbers(&["target_pct"], Unit::Percent)
+        .numbers(&["elapsed_s", "disconnected_s"], Unit::Seconds)
+        .field(
+            "connections_connected",
+            "/connections/connected",
+            Unit::Number,
+        )
+        .field("connections_failed", "/connections/failed", Unit::Number)
+        .field("connections_lost", "/connections/lost", Unit::Number)
+        .field(
+            "connections_down_at_end",
+            "/connections/down_at_end",
+            Unit::Number,
+        )
+        .field("ramp_s", "/connections/ramp_s", Unit::Seconds)
+        .field("peak_rss_mb", "/generator/peak_rss_mb", Unit::Number)
+        .field("cpu_s", "/generator/cpu_s", Unit::Number)
+        .latency("ack_latency", "/latency_us")
+        .latency("schedule_lag", "/schedule_lag_us")
+        .latency("connect_latency", "/connect_latency_us")
+}
+
+/// The run's histograms, HdrHistogram V2 + DEFLATE in base64 ([`mqtt_tool::hist`]): what
+/// `loadgen merge` adds up exactly. Null when empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistogramsReport {
+    pub ack_us: Option<String>,
+    pub lag_us: Option<String>,
+    pub connect_us: Option<String>,
+}
+
+/// A merged report's sources: how many reports, which shards, which are missing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MergedReport {
+    pub reports: u64,
+    pub shards_present: Vec<u64>,
+    pub shards_missing: Vec<u64>,
+    /// Shards given more than once (only the first is counted).
+    pub shards_duplicated: Vec<u64>,
+}
 
 /// What happened to the fleet's connections.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionsReport {
     pub planned: u64,
     /// Connect attempts, retries included.
@@ -53,7 +120,7 @@ pub struct ConnectionsReport {
 }
 
 /// What the generator itself cost, and whether it was the limit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GeneratorReport {
     pub workers: usize,
     /// CPU seconds of the workers together.
@@ -70,7 +137,7 @@ pub struct GeneratorReport {
 }
 
 /// One worker's share.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerReport {
     pub worker: usize,
     pub connections: u64,
@@ -81,7 +148,7 @@ pub struct WorkerReport {
 /// Everything a run reports. Every point generated is in exactly one of `points_acked`,
 /// `points_failed` (QoS 1: sent, no PUBACK), `points_unsent` (never completely written),
 /// or — at QoS 0 — simply sent; `points_dropped` were due and never generated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub schema_version: u32,
     pub tool: String,
@@ -166,6 +233,18 @@ pub struct Report {
     pub interrupted_connecting: bool,
     /// Why the run did not deliver everything, if it did not.
     pub error: Option<String>,
+    /// `--threshold`s, judged on this report.
+    pub thresholds: Vec<Judged>,
+    /// `--shards`: this report's shard (0 and 1 when the run was not sharded).
+    pub shard: u64,
+    pub shards: u64,
+    /// Generation's start (the anchor) and the last write or acknowledgement, RFC 3339 UTC;
+    /// null when nothing was sent. `loadgen merge` takes its window from these.
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub histograms: HistogramsReport,
+    /// Set by `loadgen merge`: what the report was merged from.
+    pub merged: Option<MergedReport>,
     /// A lost connection's reconnect was refused for good (credentials, authorization): the
     /// run exits 4.
     #[serde(skip)]
@@ -582,8 +661,38 @@ impl Report {
             interrupted_by: signal.map(|s| s.name().to_string()),
             interrupted_connecting: signal.is_some() && nothing_up,
             error,
+            thresholds: Vec::new(),
+            shard: plan.shard.as_ref().map_or(0, |s| s.index),
+            shards: plan.shard.as_ref().map_or(1, |s| s.count),
+            started_at: anchor
+                .filter(|_| finished.is_some())
+                .map(|a| rfc3339(result.wall(a))),
+            ended_at: finished.map(|f| rfc3339(result.wall(f))),
+            histograms: HistogramsReport {
+                ack_us: if qos1 {
+                    mqtt_tool::hist::encode(&st.histos.ack_us)
+                } else {
+                    None
+                },
+                lag_us: if plan.rate.is_some() {
+                    mqtt_tool::hist::encode(&st.histos.lag_us)
+                } else {
+                    None
+                },
+                connect_us: mqtt_tool::hist::encode(&st.histos.connect_us),
+            },
+            merged: None,
             refused_on_reconnect: c.refused_on_reconnect > 0,
         }
+    }
+
+    /// Judges `thresholds` on this report and records the outcome in it.
+    pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        if thresholds.is_empty() {
+            return;
+        }
+        let json = serde_json::to_value(&*self).unwrap_or_default();
+        self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
     }
 
     /// Whether this report is of a fleet (its summary has the fleet's lines).
@@ -804,6 +913,27 @@ impl Report {
         if let Some(e) = &self.error {
             line("problem", crate::out::escape(e).into_owned());
         }
+        if let Some(m) = &self.merged {
+            line(
+                "merged",
+                format!(
+                    "{} reports, shards {} of {}{}",
+                    m.reports,
+                    fmt_list(&m.shards_present),
+                    self.shards,
+                    if m.shards_missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; MISSING shards {}", fmt_list(&m.shards_missing))
+                    }
+                ),
+            );
+        } else if self.shards > 1 {
+            line("shard", format!("{} of {}", self.shard, self.shards));
+        }
+        for t in mqtt_tool::threshold::summary_lines(&self.thresholds) {
+            line("threshold", crate::out::escape(&t).into_owned());
+        }
         o
     }
 
@@ -811,6 +941,33 @@ impl Report {
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
         crate::out::write_json(self, path)
     }
+}
+
+/// `0-3, 5` for people.
+pub fn fmt_list(v: &[u64]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i {
+            format!("{}-{}", v[i], v[j])
+        } else {
+            v[i].to_string()
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// A wall-clock time as the report writes it.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
 }
 
 /// The first device of connection `index`, within the fleet.

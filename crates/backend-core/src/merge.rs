@@ -1,0 +1,350 @@
+//! `loadgen merge` for backend-sub reports: the members of a share group, each of which saw
+//! a part of every device's points, added up so that the group's delivery is proven.
+//!
+//! Every member lists each device's received seq ranges (`--report-devices` for fleets past
+//! 1,000 devices); per device the ranges are united: what two members both received is a
+//! duplicate, and what no member received inside the device's span (from seq 0 with
+//! `--expect`) is missing. Histograms are added, so latency percentiles are exact.
+
+use std::collections::BTreeMap;
+
+use crate::report::{DeviceReport, FrontendReport, Report, SlowDevice, SCHEMA_VERSION, SLOWEST};
+use crate::verify::SeqRange;
+use mqtt_tool::format::{fmt_int, round3, Percentiles};
+use mqtt_tool::Error;
+
+/// Merges the reports of a share group's members; `expect` is the group's total.
+pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Report, Error> {
+    let Some((first_name, first)) = reports.first() else {
+        return Err(Error::usage("loadgen merge needs at least one report"));
+    };
+    for (name, r) in &reports {
+        if r.schema_version != SCHEMA_VERSION {
+            return Err(Error::usage(format!(
+                "{name} is a backend report of schema {}; merging needs schema {SCHEMA_VERSION}: rerun it with this version",
+                r.schema_version
+            )));
+        }
+        if r.merged_reports.is_some() {
+            return Err(Error::usage(format!(
+                "{name} is a merged report already; merge the members' own reports"
+            )));
+        }
+        if r.devices_listed != "all" || r.devices.iter().any(|d| d.ranges_truncated) {
+            return Err(Error::usage(format!(
+                "{name} does not list every device's received ranges in full; run the members with --report-devices so that the merge can prove delivery"
+            )));
+        }
+        if r.share_group != first.share_group {
+            return Err(Error::usage(format!(
+                "{name} is of share group {:?} but {first_name} of {:?}: these are different runs",
+                r.share_group, first.share_group
+            )));
+        }
+    }
+    let from_zero = expect.is_some();
+    let at_least_once = reports.iter().all(|(_, r)| r.at_least_once);
+
+    // Every device's ranges, over all members.
+    struct Acc {
+        ranges: Vec<(u64, u64)>,
+        received: u64,
+        duplicate: u64,
+        out_of_order: u64,
+        unverifiable: u64,
+        latency_max_us: Option<u64>,
+        first_retained: bool,
+        frontend: Option<String>,
+    }
+    let mut by_device: BTreeMap<String, Acc> = BTreeMap::new();
+    for (_, r) in &reports {
+        for d in &r.devices {
+            let a = by_device.entry(d.device_id.clone()).or_insert(Acc {
+                ranges: Vec::new(),
+                received: 0,
+                duplicate: 0,
+                out_of_order: 0,
+                unverifiable: 0,
+                latency_max_us: None,
+                first_retained: false,
+                frontend: d.frontend.clone(),
+            });
+            a.ranges
+                .extend(d.received_ranges.iter().map(|r| (r.0, r.1)));
+            a.received += d.received;
+            a.duplicate += d.duplicate;
+            a.out_of_order += d.out_of_order;
+            a.unverifiable += d.unverifiable;
+            a.latency_max_us = a.latency_max_us.max(d.latency_max_us);
+            a.first_retained |= d.first_retained;
+        }
+    }
+    let mut devices = Vec::with_capacity(by_device.len());
+    for (id, a) in by_device {
+        let listed: u64 = a.ranges.iter().map(|(s, e)| e - s + 1).sum();
+        let union = unite(a.ranges);
+        let unique: u64 = union.iter().map(|(s, e)| e - s + 1).sum();
+        let span_start = if from_zero {
+            0
+        } else {
+            union.first().map_or(0, |r| r.0)
+        };
+        let mut missing_ranges = Vec::new();
+        let mut at = span_start;
+        for (s, e) in &union {
+            if *s > at {
+                missing_ranges.push(SeqRange(at, s - 1));
+            }
+            at = e.saturating_add(1);
+        }
+        let missing: u64 = missing_ranges.iter().map(|r| r.len()).sum();
+        devices.push(DeviceReport {
+            device_id: id,
+            frontend: a.frontend,
+            received: a.received,
+            unique,
+            missing,
+            // A seq two members both got is a duplicate of the group's, besides each
+            // member's own.
+            duplicate: a.duplicate + listed.saturating_sub(unique),
+            duplicates_accepted: at_least_once,
+            out_of_order: a.out_of_order,
+            unverifiable: a.unverifiable,
+            first_seq: None,
+            last_seq: None,
+            min_seq: union.first().map(|r| r.0),
+            max_seq: union.last().map(|r| r.1),
+            missing_ranges,
+            received_ranges: union.iter().map(|(s, e)| SeqRange(*s, *e)).collect(),
+            ranges_truncated: false,
+            latency_max_us: a.latency_max_us,
+            first_retained: a.first_retained,
+        });
+    }
+
+    let mut m = first.clone();
+    let parts: Vec<&Report> = reports.iter().map(|(_, r)| r).collect();
+    let sum = |f: fn(&Report) -> u64| parts.iter().map(|r| f(r)).sum::<u64>();
+    m.points_received = sum(|r| r.points_received);
+    m.points_out_of_order = sum(|r| r.points_out_of_order);
+    m.points_unverifiable = sum(|r| r.points_unverifiable);
+    m.points_unrouted = sum(|r| r.points_unrouted);
+    m.points_untracked = sum(|r| r.points_untracked);
+    m.messages_received = sum(|r| r.messages_received);
+    m.legacy_messages = sum(|r| r.legacy_messages);
+    m.batch_messages = sum(|r| r.batch_messages);
+    m.malformed_messages = sum(|r| r.malformed_messages);
+    m.retained_messages = sum(|r| r.retained_messages);
+    m.bytes_received = sum(|r| r.bytes_received);
+    m.connections_lost = sum(|r| r.connections_lost);
+    m.reconnects = sum(|r| r.reconnects);
+    m.disconnected_s = round3(parts.iter().map(|r| r.disconnected_s).sum());
+    m.points_unique = devices.iter().map(|d| d.unique).sum();
+    let missing: u64 = devices.iter().map(|d| d.missing).sum();
+    m.points_missing = Some(missing);
+    m.points_duplicate = devices.iter().map(|d| d.duplicate).sum();
+    m.expect = expect;
+    m.at_least_once = at_least_once;
+
+    let mut latency: Option<hdrhistogram::Histogram<u64>> = None;
+    for (name, r) in &reports {
+        if let Some(t) = &r.histograms.latency_us {
+            let h = mqtt_tool::hist::decode(t)
+                .map_err(|e| Error::usage(format!("{name}: a histogram cannot be read ({e})")))?;
+            match &mut latency {
+                None => latency = Some(h),
+                Some(acc) => mqtt_tool::hist::add(acc, &h).map_err(Error::Other)?,
+            }
+        }
+    }
+    m.latency_us = latency.as_ref().and_then(Percentiles::of);
+    m.histograms.latency_us = latency.as_ref().and_then(mqtt_tool::hist::encode);
+
+    let times = |f: fn(&Report) -> &Option<String>| -> Vec<std::time::SystemTime> {
+        parts
+            .iter()
+            .filter_map(|r| {
+                f(r).as_deref()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+            })
+            .collect()
+    };
+    let start = times(|r| &r.started_at).into_iter().min();
+    let end = times(|r| &r.ended_at).into_iter().max();
+    m.started_at = start.map(|t| humantime::format_rfc3339_micros(t).to_string());
+    m.ended_at = end.map(|t| humantime::format_rfc3339_micros(t).to_string());
+    let elapsed = match (start, end) {
+        (Some(s), Some(e)) => e.duration_since(s).map_or(0.0, |d| d.as_secs_f64()),
+        _ => 0.0,
+    };
+    let per_s = |n: u64| {
+        if elapsed > 0.0 {
+            n as f64 / elapsed
+        } else {
+            0.0
+        }
+    };
+    m.elapsed_s = round3(elapsed);
+    m.point_rate = round3(per_s(m.points_received));
+    m.message_rate = round3(per_s(m.messages_received));
+    m.bytes_per_s = round3(per_s(m.bytes_received));
+
+    let mut frontends: BTreeMap<String, FrontendReport> = BTreeMap::new();
+    for r in &parts {
+        for f in &r.frontends {
+            let e = frontends.entry(f.name.clone()).or_insert(FrontendReport {
+                name: f.name.clone(),
+                points: 0,
+                device_count: 0,
+                devices: Vec::new(),
+                // Members' percentiles cannot be added: left out.
+                latency_us: None,
+            });
+            e.points += f.points;
+        }
+    }
+    for f in frontends.values_mut() {
+        let ids: Vec<String> = devices
+            .iter()
+            .filter(|d| d.frontend.as_deref() == Some(f.name.as_str()))
+            .map(|d| d.device_id.clone())
+            .collect();
+        f.device_count = ids.len() as u64;
+        f.devices = ids;
+    }
+    m.frontends = frontends.into_values().collect();
+    let mut slow: Vec<SlowDevice> = devices
+        .iter()
+        .filter_map(|d| {
+            d.latency_max_us.map(|l| SlowDevice {
+                device_id: d.device_id.clone(),
+                frontend: d.frontend.clone(),
+                latency_max_us: l,
+            })
+        })
+        .collect();
+    slow.sort_by(|a, b| {
+        b.latency_max_us
+            .cmp(&a.latency_max_us)
+            .then(a.device_id.cmp(&b.device_id))
+    });
+    slow.truncate(SLOWEST);
+    m.slowest_devices = slow;
+    m.devices_seen = devices.len() as u64;
+    m.devices_failing = devices.iter().filter(|d| d.failing()).count() as u64;
+    m.devices_listed = "all".into();
+
+    // The verdict of the group.
+    let mut problems = Vec::new();
+    for (name, r) in &reports {
+        if r.stopped_by == "failed" || r.stopped_by == "signal" {
+            problems.push(format!(
+                "{name} stopped by {}{}",
+                r.stopped_by,
+                r.reason
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if missing > 0 {
+        let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| d.missing > 0).collect();
+        let gaps: Vec<String> = gappy[0]
+            .missing_ranges
+            .iter()
+            .take(10)
+            .map(|r| r.to_string())
+            .collect();
+        problems.push(format!(
+            "no member received {} points: {} on {} ({}){}",
+            fmt_int(missing),
+            fmt_int(gappy[0].missing),
+            gappy[0].device_id,
+            gaps.join(", "),
+            if gappy.len() > 1 {
+                format!(
+                    ", and more on {} other devices",
+                    fmt_int(gappy.len() as u64 - 1)
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if m.points_duplicate > 0 && !at_least_once {
+        let on: Vec<String> = devices
+            .iter()
+            .filter(|d| d.duplicate > 0)
+            .take(3)
+            .map(|d| format!("{} ({})", d.device_id, fmt_int(d.duplicate)))
+            .collect();
+        problems.push(format!(
+            "{} duplicate points over the group, on {}",
+            fmt_int(m.points_duplicate),
+            on.join(", ")
+        ));
+    }
+    if m.points_unverifiable > 0 {
+        problems.push(format!(
+            "{} points arrived too late to verify",
+            fmt_int(m.points_unverifiable)
+        ));
+    }
+    if m.points_untracked > 0 {
+        problems.push(format!(
+            "{} points came from devices beyond a member's --max-devices and were not verified",
+            fmt_int(m.points_untracked)
+        ));
+    }
+    if m.malformed_messages > 0 {
+        problems.push(format!(
+            "{} malformed messages",
+            fmt_int(m.malformed_messages)
+        ));
+    }
+    if let Some(n) = expect {
+        if m.points_unique != n {
+            problems.push(format!(
+                "expected {} unique points over the group, {} arrived",
+                fmt_int(n),
+                fmt_int(m.points_unique)
+            ));
+        }
+    } else if m.messages_received == 0 {
+        problems.push("no message arrived at any member".into());
+    }
+    m.devices = devices;
+    m.reason = (!problems.is_empty()).then(|| problems.join("; "));
+    m.verified = m.reason.is_none();
+    m.thresholds = Vec::new();
+    m.merged_reports = Some(reports.len() as u64);
+    Ok(m)
+}
+
+/// Sorted, overlapping or adjacent ranges joined.
+fn unite(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unite;
+
+    #[test]
+    fn ranges_unite_over_overlaps_and_neighbours() {
+        assert_eq!(
+            unite(vec![(5, 9), (0, 2), (3, 4), (8, 12), (20, 20)]),
+            [(0, 12), (20, 20)]
+        );
+        assert_eq!(unite(vec![]), []);
+    }
+}

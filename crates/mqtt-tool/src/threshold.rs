@@ -1,0 +1,399 @@
+//! Thresholds over a report's own fields, as CI pipelines use them (k6's convention): each
+//! `--threshold` is `FIELD OP VALUE` (`ack_latency_p99<5ms`, `point_rate>=9900`,
+//! `points_failed==0`), judged after the run against the report's JSON; any failure makes
+//! the run exit 99 once the whole report is written.
+//!
+//! A tool names its fields in a [`Fields`] table (name, JSON pointer into its report, unit);
+//! the same table judges a merged report, which has the same shape.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// What a field's value measures, and so which units its limit takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A latency in the report in microseconds; limits take a time unit (`5ms`, `200us`).
+    Micros,
+    /// A time in the report in seconds; limits take a time unit (`30s`, `1m`).
+    Seconds,
+    /// A count or a rate; limits take `k`, `M`, `G` (`9.9k`).
+    Number,
+    /// A percentage; limits may end in `%`.
+    Percent,
+}
+
+/// One field thresholds may name.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    /// JSON pointer into the report (`/latency_us/p99`).
+    pub pointer: String,
+    pub unit: Unit,
+}
+
+/// The fields of one kind of report.
+#[derive(Debug, Clone, Default)]
+pub struct Fields(pub Vec<Field>);
+
+/// The percentiles a latency field offers, with the report key each reads.
+const PERCENTILES: [&str; 7] = ["min", "p50", "p90", "p99", "p999", "max", "mean"];
+
+impl Fields {
+    /// A plain field at the report's top level (or at `pointer`).
+    pub fn field(mut self, name: &str, pointer: &str, unit: Unit) -> Self {
+        self.0.push(Field {
+            name: name.to_string(),
+            pointer: pointer.to_string(),
+            unit,
+        });
+        self
+    }
+
+    /// Top-level numbers of the report, each under its own name.
+    pub fn numbers(mut self, names: &[&str], unit: Unit) -> Self {
+        for n in names {
+            self = self.field(n, &format!("/{n}"), unit);
+        }
+        self
+    }
+
+    /// `{prefix}_min` .. `{prefix}_max` over the percentiles object at `pointer`.
+    pub fn latency(mut self, prefix: &str, pointer: &str) -> Self {
+        for p in PERCENTILES {
+            self = self.field(
+                &format!("{prefix}_{p}"),
+                &format!("{pointer}/{p}"),
+                Unit::Micros,
+            );
+        }
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<&Field> {
+        self.0.iter().find(|f| f.name == name)
+    }
+
+    /// The field names for an error message, latencies folded (`ack_latency_{p50,..}`).
+    pub fn names(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for f in &self.0 {
+            if f.unit == Unit::Micros {
+                if let Some((prefix, p)) = f.name.rsplit_once('_') {
+                    if PERCENTILES.contains(&p) {
+                        let folded = format!("{prefix}_{{{}}}", PERCENTILES.join(","));
+                        if !out.contains(&folded) {
+                            out.push(folded);
+                        }
+                        continue;
+                    }
+                }
+            }
+            out.push(f.name.clone());
+        }
+        out.join(", ")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+}
+
+impl Op {
+    fn holds(self, value: f64, limit: f64) -> bool {
+        match self {
+            Op::Lt => value < limit,
+            Op::Le => value <= limit,
+            Op::Gt => value > limit,
+            Op::Ge => value >= limit,
+            Op::Eq => value == limit,
+            Op::Ne => value != limit,
+        }
+    }
+}
+
+/// A parsed threshold: its field, operator and limit in the report's unit.
+#[derive(Debug, Clone)]
+pub struct Threshold {
+    pub expr: String,
+    pub field: Field,
+    pub op: Op,
+    pub limit: f64,
+}
+
+/// A threshold judged: the value the run had (null: the report has none, which fails).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    pub expr: String,
+    pub field: String,
+    pub op: Op,
+    /// The limit, in the unit of the report's field (µs for latencies).
+    pub limit: f64,
+    pub value: Option<f64>,
+    pub pass: bool,
+}
+
+/// Parses `expr` against `fields`; a usage error says what is wrong and names the fields.
+pub fn parse(expr: &str, fields: &Fields) -> Result<Threshold, Error> {
+    let e = expr.trim();
+    let ops = [
+        ("<=", Op::Le),
+        (">=", Op::Ge),
+        ("==", Op::Eq),
+        ("!=", Op::Ne),
+        ("<", Op::Lt),
+        (">", Op::Gt),
+    ];
+    let found = e
+        .char_indices()
+        .find_map(|(i, _)| {
+            ops.iter()
+                .find(|(s, _)| e[i..].starts_with(s))
+                .map(|(s, op)| (i, s.len(), *op))
+        })
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "--threshold '{expr}' has no comparison; write FIELD OP VALUE with OP one of < <= > >= == !=, \
+                 e.g. ack_latency_p99<5ms"
+            ))
+        })?;
+    let (at, len, op) = found;
+    let name = e[..at].trim();
+    let value = e[at + len..].trim();
+    let field = fields.get(name).ok_or_else(|| {
+        Error::usage(format!(
+            "--threshold '{expr}': unknown field '{name}'; the fields are: {}",
+            fields.names()
+        ))
+    })?;
+    let limit = parse_limit(value, field.unit)
+        .map_err(|why| Error::usage(format!("--threshold '{expr}': {why}")))?;
+    Ok(Threshold {
+        expr: e.to_string(),
+        field: field.clone(),
+        op,
+        limit,
+    })
+}
+
+/// Parses each of `exprs`.
+pub fn parse_all(exprs: &[String], fields: &Fields) -> Result<Vec<Threshold>, Error> {
+    exprs.iter().map(|e| parse(e, fields)).collect()
+}
+
+fn parse_limit(v: &str, unit: Unit) -> Result<f64, String> {
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e'))
+        .unwrap_or(v.len());
+    // `1e3` parses as a number; a unit that starts with `e` does not exist.
+    let (num, suffix) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| format!("'{v}' is not a number"))?;
+    let suffix = suffix.trim();
+    match unit {
+        Unit::Micros | Unit::Seconds => {
+            let us = match suffix {
+                "ns" => n / 1000.0,
+                "us" | "µs" => n,
+                "ms" => n * 1e3,
+                "s" => n * 1e6,
+                "m" => n * 60e6,
+                "h" => n * 3600e6,
+                "" => {
+                    return Err(format!(
+                        "give the time a unit, e.g. {num}ms or {num}s (units: ns, us, ms, s, m, h)"
+                    ))
+                }
+                other => {
+                    return Err(format!(
+                        "'{other}' is not a time unit; use ns, us, ms, s, m or h"
+                    ))
+                }
+            };
+            Ok(if unit == Unit::Seconds { us / 1e6 } else { us })
+        }
+        Unit::Number => match suffix {
+            "" => Ok(n),
+            "k" | "K" => Ok(n * 1e3),
+            "M" => Ok(n * 1e6),
+            "G" => Ok(n * 1e9),
+            other => Err(format!(
+                "'{other}' is not a multiplier; write the number plain or with k, M or G"
+            )),
+        },
+        Unit::Percent => match suffix {
+            "" | "%" => Ok(n),
+            other => Err(format!(
+                "'{other}' is not allowed here; write a percentage like 99.5 or 99.5%"
+            )),
+        },
+    }
+}
+
+/// Judges every threshold against `report` (the report's JSON).
+pub fn judge(thresholds: &[Threshold], report: &serde_json::Value) -> Vec<Judged> {
+    thresholds
+        .iter()
+        .map(|t| {
+            let value = report.pointer(&t.field.pointer).and_then(|v| match v {
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
+                _ => None,
+            });
+            Judged {
+                expr: t.expr.clone(),
+                field: t.field.name.clone(),
+                op: t.op,
+                limit: t.limit,
+                value,
+                pass: value.is_some_and(|v| t.op.holds(v, t.limit)),
+            }
+        })
+        .collect()
+}
+
+/// The failed thresholds, as one line for the error (none: `None`).
+pub fn failures(judged: &[Judged]) -> Option<String> {
+    let failed: Vec<String> = judged
+        .iter()
+        .filter(|j| !j.pass)
+        .map(|j| match j.value {
+            Some(v) => format!("{} (was {})", j.expr, fmt_value(&j.field, v)),
+            None => format!("{} (the run has no {})", j.expr, j.field),
+        })
+        .collect();
+    (!failed.is_empty()).then(|| format!("thresholds failed: {}", failed.join(", ")))
+}
+
+/// A value as the summary shows it: latencies in a readable unit.
+pub fn fmt_value(field: &str, v: f64) -> String {
+    let latency = PERCENTILES
+        .iter()
+        .any(|p| field.ends_with(&format!("latency_{p}")) || field.ends_with(&format!("lag_{p}")));
+    if latency {
+        if v >= 1e6 {
+            format!("{:.3}s", v / 1e6)
+        } else if v >= 1e3 {
+            format!("{:.3}ms", v / 1e3)
+        } else {
+            format!("{v}us")
+        }
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{:.3}", v)
+    }
+}
+
+/// The summary's lines, one per threshold: `✓ ack_latency_p99<5ms  (2.104ms)`.
+pub fn summary_lines(judged: &[Judged]) -> Vec<String> {
+    judged
+        .iter()
+        .map(|j| {
+            format!(
+                "{} {}  ({})",
+                if j.pass { "pass" } else { "FAIL" },
+                j.expr,
+                j.value
+                    .map(|v| fmt_value(&j.field, v))
+                    .unwrap_or_else(|| "no value".into())
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields() -> Fields {
+        Fields::default()
+            .numbers(&["point_rate", "points_failed"], Unit::Number)
+            .numbers(&["target_pct"], Unit::Percent)
+            .numbers(&["elapsed_s"], Unit::Seconds)
+            .latency("ack_latency", "/latency_us")
+    }
+
+    #[test]
+    fn thresholds_parse_with_units_and_judge_the_reports_fields() {
+        let f = fields();
+        let report = json!({
+            "point_rate": 9950.5, "points_failed": 0, "target_pct": 99.5, "elapsed_s": 10.2,
+            "latency_us": {"p99": 4200, "max": 80000}
+        });
+        let t = parse_all(
+            &[
+                "ack_latency_p99<5ms".into(),
+                "point_rate >= 9.9k".into(),
+                "points_failed==0".into(),
+                "target_pct>=99%".into(),
+                "elapsed_s<10s".into(),
+                "ack_latency_max<=50ms".into(),
+            ],
+            &f,
+        )
+        .unwrap();
+        assert_eq!(t[0].limit, 5000.0);
+        assert_eq!(t[1].limit, 9900.0);
+        assert_eq!(t[4].limit, 10.0);
+        let j = judge(&t, &report);
+        let pass: Vec<bool> = j.iter().map(|j| j.pass).collect();
+        assert_eq!(pass, [true, true, true, true, false, false]);
+        assert_eq!(j[5].value, Some(80000.0));
+        let why = failures(&j).unwrap();
+        assert!(why.contains("elapsed_s<10s (was 10.200)"), "{why}");
+        assert!(
+            why.contains("ack_latency_max<=50ms (was 80.000ms)"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_field_the_run_does_not_have_fails_its_threshold() {
+        let t = parse_all(&["ack_latency_p99<5ms".into()], &fields()).unwrap();
+        let j = judge(&t, &json!({"latency_us": null}));
+        assert!(!j[0].pass);
+        assert_eq!(j[0].value, None);
+        assert!(failures(&j)
+            .unwrap()
+            .contains("the run has no ack_latency_p99"));
+    }
+
+    #[test]
+    fn bad_thresholds_are_usage_errors_that_say_what_to_write() {
+        let f = fields();
+        let msg = |e: &str| {
+            let err = parse(e, &f).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            err.to_string()
+        };
+        assert!(msg("p99 5ms").contains("has no comparison"));
+        let m = msg("ack_p99<5ms");
+        assert!(m.contains("unknown field 'ack_p99'"), "{m}");
+        assert!(
+            m.contains("ack_latency_{min,p50,p90,p99,p999,max,mean}"),
+            "{m}"
+        );
+        assert!(m.contains("point_rate"), "{m}");
+        assert!(msg("ack_latency_p99<5").contains("give the time a unit"));
+        assert!(msg("ack_latency_p99<5parsecs").contains("not a time unit"));
+        assert!(msg("point_rate>fast").contains("not a number"));
+        assert!(msg("point_rate>5x").contains("not a multiplier"));
+    }
+}
