@@ -172,20 +172,26 @@ impl ExportArgs {
     }
 }
 
-/// Parses `--start-at`: RFC 3339 (`2026-12-01T12:00:00Z`, fractions allowed) or seconds
-/// since the epoch (`1764590400`, `1764590400.5`).
-pub fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
+/// `--start-at`: an instant, or `now` (also an empty value: no barrier, as compose files
+/// give when the variable is unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartAt(pub Option<std::time::SystemTime>);
+
+/// Parses `--start-at`: RFC 3339 (`2026-12-01T12:00:00Z`, fractions allowed), seconds since
+/// the epoch (`1764590400`, `1764590400.5`), or `now`.
+pub fn parse_start_at(s: &str) -> Result<StartAt, String> {
     let t = s.trim();
+    if t.is_empty() || t == "now" {
+        return Ok(StartAt(None));
+    }
     if let Ok(secs) = t.parse::<f64>() {
         if !(0.0..1e11).contains(&secs) {
-            return Err(format!(
-                "'{s}' is not a time; give seconds since the epoch or RFC 3339"
-            ));
+            return Err(format!("'{s}' is not a time; give seconds since the epoch or RFC 3339"));
         }
-        return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
+        return Ok(StartAt(Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))));
     }
-    humantime::parse_rfc3339_weak(t).map_err(|e| {
-        format!("'{s}' is not a time ({e}); give RFC 3339 like 2026-12-01T12:00:00Z or seconds since the epoch")
+    humantime::parse_rfc3339_weak(t).map(|t| StartAt(Some(t))).map_err(|e| {
+        format!("'{s}' is not a time ({e}); give RFC 3339 like 2026-12-01T12:00:00Z, seconds since the epoch, or now")
     })
 }
 

@@ -196,9 +196,9 @@ pub struct ShardArgs {
     pub shard: Option<u64>,
 
     /// Wait for this wall-clock instant before the first connect, so that every shard starts
-    /// together: RFC 3339 in UTC (2026-12-01T12:00:00Z) or seconds since the epoch
+    /// together: RFC 3339 in UTC (2026-12-01T12:00:00Z), seconds since the epoch, or `now`
     #[arg(long, value_name = "TIME", value_parser = parse_start_at, env = "LOADGEN_START_AT")]
-    pub start_at: Option<std::time::SystemTime>,
+    pub start_at: Option<mqtt_tool::args::StartAt>,
 }
 
 /// MQTT QoS levels the publisher supports.

@@ -443,8 +443,8 @@ impl Plan {
             }
         }
         let start_at = match shards.start_at {
-            Some(t) => Some(check_start_at(t)?),
-            None => None,
+            Some(mqtt_tool::args::StartAt(Some(t))) => Some(check_start_at(t)?),
+            _ => None,
         };
         Ok(Plan {
             connect,
