@@ -11,6 +11,7 @@
 
 pub mod decode;
 pub mod merge;
+pub mod observe;
 pub mod receive;
 pub mod report;
 pub mod route;
@@ -155,6 +156,8 @@ pub struct Plan {
     pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
     pub hdr_log: Option<std::path::PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--metrics-addr` or `--hdr-log`: the receive loop shares its latency histogram.
+    pub live_histograms: bool,
     pub report_devices: bool,
     pub quiet: bool,
 }
@@ -237,6 +240,7 @@ impl Plan {
             report_json: exports.json.clone(),
             exports,
             thresholds,
+            live_histograms: a.output.hdr_log.is_some() || a.output.metrics_addr.is_some(),
             hdr_log: a.output.hdr_log,
             metrics_addr: a.output.metrics_addr,
             report_devices: a.verify.report_devices,
@@ -325,7 +329,11 @@ pub fn main(name: &'static str) -> ExitCode {
 }
 
 /// Receives, prints the report and returns the exit code.
-pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let metrics = plan
+        .metrics_addr
+        .map(mqtt_tool::metrics::bind)
+        .transpose()?;
     let choice = plan.connect.broker.clone();
     let (max_packet, port) = (plan.connect.max_packet_size, plan.connect.embedded_port);
     let tls = plan.connect.tls.is_some();
@@ -348,6 +356,25 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
         }
         Some(session) => {
             let live = Arc::new(receive::Live::default());
+            let log = match &plan.hdr_log {
+                Some(p) => Some(mqtt_tool::hist::CumulativeLog::create(
+                    p,
+                    std::time::Instant::now(),
+                    &format!(
+                        "{name} {}: end-to-end latency in microseconds, tag e2e",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                )?),
+                None => None,
+            };
+            let stop_watch = CancellationToken::new();
+            let watcher = tokio::spawn(observe::watch(
+                name,
+                live.clone(),
+                log,
+                metrics,
+                stop_watch.clone(),
+            ));
             let stop_progress = CancellationToken::new();
             let progress = tokio::spawn(progress(
                 live.clone(),
@@ -359,6 +386,13 @@ pub async fn run(name: &str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCod
             let rx = receive::run(plan, session, &target, live, shutdown).await;
             stop_progress.cancel();
             let _ = progress.await;
+            stop_watch.cancel();
+            if let Ok(Some(mut log)) = watcher.await {
+                if let Err(e) = log.interval(&[("e2e", &rx.latency_us)], std::time::Instant::now())
+                {
+                    mqtt_tool::errln!("warning: --hdr-log: {e}");
+                }
+            }
             rx
         }
     };

@@ -19,16 +19,28 @@ use crate::route::{FrontendId, Router};
 use crate::verify::{Arrival, Budget, DeviceTracker};
 use crate::Plan;
 
-/// Live counts for the progress line.
+/// Live counts for the progress line and `--metrics-addr`.
 #[derive(Debug, Default)]
 pub struct Live {
     pub messages: AtomicU64,
     pub points: AtomicU64,
     pub unique: AtomicU64,
     pub devices: AtomicU64,
-    /// Devices with a gap now (counted about once a second).
+    /// Devices with a gap now, the points in those gaps, and duplicates (counted about once
+    /// a second).
     pub gappy: AtomicU64,
+    pub missing: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub malformed: AtomicU64,
+    /// 1 while subscribed to the broker.
+    pub connected: AtomicU64,
+    /// The end-to-end latency histogram, copied about five times a second when
+    /// `--metrics-addr` or `--hdr-log` reads it.
+    pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
 }
+
+/// How often the latency histogram is copied for `Live::latency_us`.
+const LATENCY_SHARED_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Why receiving stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +334,7 @@ pub async fn run(
     let (mut now, mut arrival_us) = (Instant::now(), wall_us());
     // Devices with gaps, for the progress line: a walk over all devices about once a second.
     let mut gaps_counted = now;
+    let mut latency_shared = now;
     let from_zero = plan.expect.is_some();
     // Since the last reconnect: silence while the broker was away is not idleness.
     let mut back_at: Option<Instant> = None;
@@ -391,14 +404,38 @@ pub async fn run(
             live.points.store(rx.points, Relaxed);
             live.unique.store(rx.unique, Relaxed);
             live.devices.store(rx.devices.len() as u64, Relaxed);
+            live.malformed.store(rx.malformed_messages, Relaxed);
+            if rx.subscribed_at.is_some() {
+                live.connected.store(1, Relaxed);
+            }
             if now.duration_since(gaps_counted) >= std::time::Duration::from_secs(1) {
                 gaps_counted = now;
-                let gappy = rx
-                    .devices
-                    .iter()
-                    .filter(|d| d.tracker.has_gaps(from_zero))
-                    .count();
-                live.gappy.store(gappy as u64, Relaxed);
+                let (mut gappy, mut missing, mut duplicate) = (0u64, 0u64, 0u64);
+                for d in &rx.devices {
+                    let t = &d.tracker;
+                    duplicate += t.duplicates;
+                    if plan.share_group.is_none() {
+                        // Below the highest seen (from 0 with --expect): what has not come.
+                        let start = if from_zero { Some(0) } else { t.min_seq() };
+                        if let (Some(lo), Some(hi)) = (start, t.max_seq()) {
+                            let gap = (hi - lo).saturating_add(1).saturating_sub(t.unique());
+                            gappy += u64::from(gap > 0);
+                            missing = missing.saturating_add(gap);
+                        }
+                    }
+                }
+                live.gappy.store(gappy, Relaxed);
+                live.missing.store(missing, Relaxed);
+                live.duplicate.store(duplicate, Relaxed);
+            }
+            if plan.live_histograms && now.duration_since(latency_shared) >= LATENCY_SHARED_EVERY {
+                latency_shared = now;
+                if let Ok(mut h) = live.latency_us.lock() {
+                    match h.as_mut() {
+                        Some(h) => h.clone_from(&rx.latency_us),
+                        None => *h = Some(rx.latency_us.clone()),
+                    }
+                }
             }
             if !acks.is_empty() {
                 if let Err(e) = session.write(&acks).await {
@@ -476,6 +513,7 @@ pub async fn run(
         acks.clear();
         let down = Instant::now();
         rx.losses += 1;
+        live.connected.store(0, Relaxed);
         mqtt_tool::errln!(
             "connection to the broker lost: {}; reconnecting",
             mqtt_tool::out::escape(&why)

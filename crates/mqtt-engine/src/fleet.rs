@@ -64,6 +64,18 @@ impl FleetHandle {
         t
     }
 
+    /// The histograms of every worker as of its last hand-over (with `live_histograms`; else
+    /// empty until the end).
+    pub fn live_histos(&self) -> crate::stats::Histos {
+        let mut h = crate::stats::Histos::default();
+        for w in &self.0.live_histos {
+            if let Ok(w) = w.lock() {
+                h += &*w;
+            }
+        }
+        h
+    }
+
     /// When every connection was up or given up, once that happened.
     pub fn settled_at(&self) -> Option<Instant> {
         self.0.settled_at()

@@ -125,6 +125,9 @@ pub struct FleetSettings {
     pub start_delay: Duration,
     /// After generation: how long the last writes, acknowledgements and DISCONNECTs may take.
     pub drain_timeout: Duration,
+    /// Hand each worker's histograms to [`crate::FleetHandle::live_histos`] about five times
+    /// a second (for Prometheus and interval logs); off, the workers keep them to the end.
+    pub live_histograms: bool,
 }
 
 impl FleetSettings {

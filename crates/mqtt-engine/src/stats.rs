@@ -272,6 +272,12 @@ pub struct Live {
     pub up: AtomicU64,
     /// QoS 1 messages awaiting a PUBACK right now.
     pub inflight: AtomicU64,
+    pub messages_acked: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Never generated, and dropped offline.
+    pub points_dropped: AtomicU64,
+    pub points_rejected: AtomicU64,
+    pub reconnects: AtomicU64,
 }
 
 /// A copy of [`Live`], summed over workers.
@@ -286,6 +292,11 @@ pub struct LiveTotals {
     pub lost: u64,
     pub up: u64,
     pub inflight: u64,
+    pub messages_acked: u64,
+    pub bytes_sent: u64,
+    pub points_dropped: u64,
+    pub points_rejected: u64,
+    pub reconnects: u64,
 }
 
 impl Live {
@@ -300,6 +311,11 @@ impl Live {
             lost: self.lost.load(Relaxed),
             up: self.up.load(Relaxed),
             inflight: self.inflight.load(Relaxed),
+            messages_acked: self.messages_acked.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            points_dropped: self.points_dropped.load(Relaxed),
+            points_rejected: self.points_rejected.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
         }
     }
 }
@@ -315,6 +331,11 @@ impl AddAssign for LiveTotals {
         self.lost += o.lost;
         self.up += o.up;
         self.inflight += o.inflight;
+        self.messages_acked += o.messages_acked;
+        self.bytes_sent += o.bytes_sent;
+        self.points_dropped += o.points_dropped;
+        self.points_rejected += o.points_rejected;
+        self.reconnects += o.reconnects;
     }
 }
 

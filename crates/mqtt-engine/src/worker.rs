@@ -104,6 +104,8 @@ pub struct Shared {
     pub settled_ns: AtomicU64,
     pub control: Control,
     pub live: Vec<Live>,
+    /// Each worker's histograms as of its last hand-over (`live_histograms`).
+    pub live_histos: Vec<std::sync::Mutex<crate::stats::Histos>>,
 }
 
 impl Shared {
@@ -120,6 +122,7 @@ impl Shared {
             settled_ns: AtomicU64::new(0),
             control: Control::default(),
             live: (0..workers).map(|_| Live::default()).collect(),
+            live_histos: (0..workers).map(|_| Default::default()).collect(),
         }
     }
 
@@ -219,6 +222,9 @@ const PRECISE_MAX_RATE: f64 = 100.0;
 /// Writes per second one worker aims to stay under when its connections each have many
 /// messages a millisecond: past it, messages of a connection are coalesced into one write.
 const WRITES_PER_S: f64 = 5_000.0;
+/// How often a worker hands its histograms over when `live_histograms` is on: a copy of
+/// three histograms (~0.5 MB), cheap at this pace.
+const HISTOS_EVERY: Duration = Duration::from_millis(200);
 
 /// One worker's loop and everything it owns.
 pub struct Worker<P: Producer> {
@@ -258,6 +264,8 @@ pub struct Worker<P: Producer> {
     /// Dense schedule: how far due messages may be coalesced.
     tick: Duration,
     last_pass: Instant,
+    /// When the histograms were last handed to `shared.live_histos`.
+    histos_shared: Instant,
     /// Outbox capacity a connection keeps after a complete flush.
     keep_buffer: usize,
     rng: u64,
@@ -386,6 +394,7 @@ impl<P: Producer> Worker<P> {
             precise,
             tick,
             last_pass: now,
+            histos_shared: now,
             keep_buffer,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
             up: 0,
@@ -440,7 +449,7 @@ impl<P: Producer> Worker<P> {
                     self.drain_step(now);
                 }
             }
-            self.publish_live();
+            self.publish_live(now);
             if self.phase == WorkerPhase::Done {
                 break;
             }
@@ -457,7 +466,8 @@ impl<P: Producer> Worker<P> {
                 break;
             }
         }
-        self.publish_live();
+        self.publish_live(Instant::now());
+        self.share_histos();
         self.stats.cpu = sys::thread_cpu_time().saturating_sub(cpu0);
         self.stats.wall = started.elapsed();
         self.stats
@@ -1929,7 +1939,25 @@ impl<P: Producer> Worker<P> {
         self.phase = WorkerPhase::Done;
     }
 
-    fn publish_live(&self) {
+    /// Copies the histograms to where [`crate::FleetHandle::live_histos`] reads them.
+    fn share_histos(&self) {
+        if !self.s.live_histograms {
+            return;
+        }
+        if let Ok(mut h) = self.shared.live_histos[self.id].lock() {
+            h.ack_us.clone_from(&self.stats.histos.ack_us);
+            h.lag_us.clone_from(&self.stats.histos.lag_us);
+            h.connect_us.clone_from(&self.stats.histos.connect_us);
+        }
+    }
+
+    fn publish_live(&mut self, now: Instant) {
+        if self.s.live_histograms
+            && now.saturating_duration_since(self.histos_shared) >= HISTOS_EVERY
+        {
+            self.histos_shared = now;
+            self.share_histos();
+        }
         let l: &Live = &self.shared.live[self.id];
         let c = &self.stats.counts;
         let r = Ordering::Relaxed;
@@ -1937,6 +1965,12 @@ impl<P: Producer> Worker<P> {
         l.points_sent.store(c.points_sent, r);
         l.messages_sent.store(c.messages_sent, r);
         l.points_acked.store(c.points_acked, r);
+        l.messages_acked.store(c.messages_acked, r);
+        l.bytes_sent.store(c.bytes_sent, r);
+        l.points_dropped
+            .store(c.points_dropped + c.points_dropped_offline, r);
+        l.points_rejected.store(c.points_rejected, r);
+        l.reconnects.store(self.stats.conns.reconnects, r);
         l.connected.store(self.stats.conns.connected, r);
         l.failed.store(self.stats.conns.failed, r);
         l.lost.store(self.stats.conns.lost, r);

@@ -186,9 +186,13 @@ pub fn parse_start_at(s: &str) -> Result<StartAt, String> {
     }
     if let Ok(secs) = t.parse::<f64>() {
         if !(0.0..1e11).contains(&secs) {
-            return Err(format!("'{s}' is not a time; give seconds since the epoch or RFC 3339"));
+            return Err(format!(
+                "'{s}' is not a time; give seconds since the epoch or RFC 3339"
+            ));
         }
-        return Ok(StartAt(Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))));
+        return Ok(StartAt(Some(
+            std::time::UNIX_EPOCH + Duration::from_secs_f64(secs),
+        )));
     }
     humantime::parse_rfc3339_weak(t).map(|t| StartAt(Some(t))).map_err(|e| {
         format!("'{s}' is not a time ({e}); give RFC 3339 like 2026-12-01T12:00:00Z, seconds since the epoch, or now")

@@ -84,6 +84,64 @@ impl<W: Write> IntervalLog<W> {
     }
 }
 
+/// `--hdr-log`: an interval log fed with cumulative histograms (a snapshot of each tag's
+/// histogram so far); each interval is the difference from the last, so the intervals add
+/// up to the last snapshot exactly.
+pub struct CumulativeLog {
+    log: IntervalLog<std::io::BufWriter<std::fs::File>>,
+    started: std::time::Instant,
+    prev: Vec<(String, Histogram<u64>)>,
+    prev_at: Duration,
+}
+
+impl CumulativeLog {
+    /// Creates the log at `path`; its timestamps count from `started`.
+    pub fn create(
+        path: &std::path::Path,
+        started: std::time::Instant,
+        comment: &str,
+    ) -> Result<CumulativeLog, crate::Error> {
+        let fail = |e: std::io::Error| {
+            crate::Error::Other(format!("cannot write --hdr-log {}: {e}", path.display()))
+        };
+        let file = std::fs::File::create(path).map_err(fail)?;
+        let wall = SystemTime::now()
+            .checked_sub(started.elapsed())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let log = IntervalLog::begin(std::io::BufWriter::new(file), wall, comment).map_err(fail)?;
+        Ok(CumulativeLog {
+            log,
+            started,
+            prev: Vec::new(),
+            prev_at: Duration::ZERO,
+        })
+    }
+
+    /// Writes the interval from the last call to `at`, one histogram per tag of `now`.
+    pub fn interval(
+        &mut self,
+        now: &[(&str, &Histogram<u64>)],
+        at: std::time::Instant,
+    ) -> std::io::Result<()> {
+        let at = at.saturating_duration_since(self.started);
+        let length = at.saturating_sub(self.prev_at);
+        for (tag, h) in now {
+            let mut d = (*h).clone();
+            if let Some((_, prev)) = self.prev.iter().find(|(t, _)| t == tag) {
+                // Counts only grow between snapshots.
+                let _ = d.subtract(prev);
+            }
+            self.log.interval(tag, &d, self.prev_at, length)?;
+        }
+        self.prev = now
+            .iter()
+            .map(|(t, h)| (t.to_string(), (*h).clone()))
+            .collect();
+        self.prev_at = at;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ pub mod export;
 pub mod format;
 pub mod hist;
 pub mod lowat;
+pub mod metrics;
 pub mod mqtt;
 pub mod out;
 pub mod run;

@@ -19,6 +19,7 @@
 
 pub mod args;
 pub mod merge;
+pub mod observe;
 pub mod plan;
 pub mod produce;
 pub mod progress;
@@ -117,12 +118,16 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
 /// then lingers (`--embedded-linger`) so that subscribers get the last messages, until the
 /// time is up or a signal ends it; the report is out before.
 pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let metrics = plan
+        .metrics_addr
+        .map(mqtt_tool::metrics::bind)
+        .transpose()?;
     if let Some(at) = plan.start_at {
         if let Some(sig) = wait_for_start(at, plan, shutdown).await? {
             return Ok(ExitCode::from(sig.exit_code()));
         }
     }
-    let (mut report, signal, target) = execute(preset, plan, shutdown).await?;
+    let (mut report, signal, target) = execute(preset, plan, shutdown, metrics).await?;
     report.judge(&plan.thresholds);
     let text = report.render_text();
     plan.exports.write(&report, &text)?;
@@ -185,6 +190,7 @@ pub async fn execute(
     preset: &Preset,
     plan: &Plan,
     shutdown: &Shutdown,
+    metrics: Option<std::net::TcpListener>,
 ) -> Result<(Report, Option<shutdown::Signal>, broker::BrokerTarget), Error> {
     let choice = plan.connect.broker.clone();
     let tls = plan.connect.tls.is_some();
@@ -228,6 +234,27 @@ pub async fn execute(
     })
     .map_err(|e| Error::Other(format!("cannot start the workers: {e}")))?;
     let handle = fleet.handle();
+    let started = std::time::Instant::now();
+    let hdr_log = match &plan.hdr_log {
+        Some(p) => Some(observe::HdrLog::create(p, preset.name, plan, started)?),
+        None => None,
+    };
+    let watch_stop = CancellationToken::new();
+    let watcher = tokio::spawn(observe::watch(
+        handle.clone(),
+        hdr_log,
+        metrics.map(|l| {
+            (
+                l,
+                observe::source(
+                    preset.name,
+                    std::sync::Arc::new(plan.clone()),
+                    handle.clone(),
+                ),
+            )
+        }),
+        watch_stop.clone(),
+    ));
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(progress::run(
         handle.clone(),
@@ -252,6 +279,12 @@ pub async fn execute(
     };
     progress_stop.cancel();
     let samples = progress.await.unwrap_or_default();
+    watch_stop.cancel();
+    if let Ok(Some(mut log)) = watcher.await {
+        if let Err(e) = log.interval(&result.stats.histos, std::time::Instant::now()) {
+            mqtt_tool::errln!("warning: --hdr-log: {e}");
+        }
+    }
     let signal = shutdown.signal();
     let c = &result.stats.conns;
     if c.connected == 0 && signal.is_none() && plan.fleet.connections == 1 {

@@ -573,6 +573,7 @@ impl Plan {
             ),
             start_delay: self.start_delay,
             drain_timeout: self.drain_timeout,
+            live_histograms: self.metrics_addr.is_some() || self.hdr_log.is_some(),
         }
     }
 }

@@ -1097,3 +1097,192 @@ impl TlsFiles {
         l
     }
 }
+
+/// A GET over plain HTTP/1.1 to `addr` (`127.0.0.1:9464`): (status, body).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP head")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `s` for a URL's query string.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus (Debian's `prometheus` package), started on a free port with its own
+/// storage, scraping `targets` every second.
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[String]) -> Prometheus {
+        let dir = TempDir::new("prometheus");
+        let config = dir.path("prometheus.yml");
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: loadgen\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(which("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path("prometheus.log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            // Ready, and scraping: targets reach the scrape loops up to 5 s after the start
+            // (discovery updates are throttled), and a target scraped once has a health.
+            if http_get(&p.addr(), "/-/ready").is_ok_and(|(s, _)| s == 200)
+                && p.scraping(targets.len())
+            {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prometheus never became ready on port {port}");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether all `n` targets have been scraped at least once (up or down).
+    fn scraping(&self, n: usize) -> bool {
+        let Ok((200, body)) = http_get(&self.addr(), "/api/v1/targets") else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return false;
+        };
+        let active = v["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        active.len() == n && active.iter().all(|t| t["health"] != "unknown")
+    }
+
+    /// An instant query through the HTTP API: the first sample's value, if any.
+    pub fn query(&self, q: &str) -> Option<f64> {
+        let (status, body) = http_get(
+            &self.addr(),
+            &format!("/api/v1/query?query={}", url_encode(q)),
+        )
+        .expect("query prometheus");
+        assert_eq!(status, 200, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON from prometheus");
+        assert_eq!(v["status"], "success", "{q}: {body}");
+        let value = &v["data"]["result"][0]["value"][1];
+        value.as_str().and_then(|s| s.parse().ok())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tool from the OS packages: on PATH or in /usr/bin.
+pub fn which(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin"])
+    {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: scripts/test installs it (apt-get install prometheus)");
+}
+
+/// `promtool check metrics` on an exposition: (passed, what it said).
+pub fn promtool_check_metrics(text: &str) -> (bool, String) {
+    let mut child = Command::new(which("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

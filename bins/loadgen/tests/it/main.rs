@@ -4,4 +4,6 @@
 mod common;
 mod faults;
 mod fleet;
+mod k8s;
+mod observe;
 mod shards;

@@ -21,7 +21,7 @@ fn decode(v: &Value) -> Histogram<u64> {
 }
 
 /// base64 (standard alphabet), without a crate of the test's own.
-fn base64_decode(s: &str) -> Vec<u8> {
+pub fn base64_decode(s: &str) -> Vec<u8> {
     let val = |c: u8| match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,

@@ -1,0 +1,134 @@
+//! What backend-sub shows while it runs, besides the progress line: Prometheus metrics at
+//! `--metrics-addr`, and the end-to-end latency as an HdrHistogram interval log
+//! (`--hdr-log`, tag `e2e`), both read from the receive loop's [`Live`] figures.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mqtt_tool::hist::CumulativeLog;
+use mqtt_tool::metrics::Exposition;
+use tokio_util::sync::CancellationToken;
+
+use crate::receive::Live;
+
+fn empty() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")
+}
+
+/// The metrics of one scrape.
+pub fn exposition(tool: &str, live: &Live) -> String {
+    let latency = live
+        .latency_us
+        .lock()
+        .ok()
+        .and_then(|h| h.clone())
+        .unwrap_or_else(empty);
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+    Exposition::default()
+        .info(
+            "loadgen_info",
+            "The run: tool, version.",
+            &[
+                ("tool", tool.to_string()),
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ],
+        )
+        .counter(
+            "loadgen_backend_points_received_total",
+            "Points received, duplicates included.",
+            c(&live.points),
+        )
+        .counter(
+            "loadgen_backend_points_unique_total",
+            "Points received once at least.",
+            c(&live.unique),
+        )
+        .counter(
+            "loadgen_backend_points_duplicate_total",
+            "Points received again (counted about once a second).",
+            c(&live.duplicate),
+        )
+        .counter(
+            "loadgen_backend_messages_received_total",
+            "MQTT messages received.",
+            c(&live.messages),
+        )
+        .counter(
+            "loadgen_backend_malformed_messages_total",
+            "Messages that were not points.",
+            c(&live.malformed),
+        )
+        .gauge(
+            "loadgen_backend_points_missing",
+            "Points not (yet) received below each device's highest seq (about once a second; 0 in a share group).",
+            c(&live.missing) as f64,
+        )
+        .gauge(
+            "loadgen_backend_devices_seen",
+            "Devices that sent a point.",
+            c(&live.devices) as f64,
+        )
+        .gauge(
+            "loadgen_backend_devices_with_gaps",
+            "Devices with points missing now.",
+            c(&live.gappy) as f64,
+        )
+        .gauge(
+            "loadgen_backend_connected",
+            "1 while subscribed to the broker.",
+            c(&live.connected) as f64,
+        )
+        .histogram_us(
+            "loadgen_backend_e2e_latency_seconds",
+            "A point's timestamp to its arrival (publisher and backend share a clock).",
+            &latency,
+        )
+        .finish()
+}
+
+/// Serves `--metrics-addr` and writes `--hdr-log` intervals until `stop`; returns the log
+/// for its last interval.
+pub async fn watch(
+    tool: &'static str,
+    live: Arc<Live>,
+    mut log: Option<CumulativeLog>,
+    metrics: Option<std::net::TcpListener>,
+    stop: CancellationToken,
+) -> Option<CumulativeLog> {
+    let server = metrics.map(|l| {
+        let live = live.clone();
+        let source: mqtt_tool::metrics::Source = Arc::new(move || exposition(tool, &live));
+        tokio::spawn(mqtt_tool::metrics::serve(l, source, stop.clone()))
+    });
+    if log.is_some() {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let h = live
+                .latency_us
+                .lock()
+                .ok()
+                .and_then(|h| h.clone())
+                .unwrap_or_else(empty);
+            if let Some(l) = &mut log {
+                if let Err(e) = l.interval(&[("e2e", &h)], Instant::now()) {
+                    mqtt_tool::errln!("warning: --hdr-log stopped: {e}");
+                    log = None;
+                }
+            }
+        }
+    } else {
+        stop.cancelled().await;
+    }
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    log
+}

@@ -1,0 +1,190 @@
+//! What a run shows while it goes on, besides the progress line: the Prometheus metrics of
+//! `--metrics-addr`, and the HdrHistogram interval log of `--hdr-log`. Both read the fleet's
+//! live totals and the histograms its workers hand over about five times a second.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mqtt_engine::stats::Histos;
+use mqtt_engine::FleetHandle;
+use mqtt_tool::hist::CumulativeLog;
+use mqtt_tool::metrics::Exposition;
+
+use crate::error::Error;
+use crate::plan::Plan;
+
+/// The metrics of one scrape.
+pub fn exposition(tool: &str, plan: &Plan, fleet: &FleetHandle) -> String {
+    let t = fleet.live();
+    let h = fleet.live_histos();
+    let mut e = Exposition::default();
+    let shard = plan.shard.as_ref();
+    e.info(
+        "loadgen_info",
+        "The run: tool, version, shard.",
+        &[
+            ("tool", tool.to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("shard", shard.map_or(0, |s| s.index).to_string()),
+            ("shards", shard.map_or(1, |s| s.count).to_string()),
+        ],
+    )
+    .counter(
+        "loadgen_points_sent_total",
+        "Points written completely to the socket.",
+        t.points_sent,
+    )
+    .counter(
+        "loadgen_points_acked_total",
+        "Points whose message the broker acknowledged (QoS 1).",
+        t.points_acked,
+    )
+    .counter(
+        "loadgen_points_failed_total",
+        "Points sent and never acknowledged: known when the drain ends, 0 before.",
+        0,
+    )
+    .counter(
+        "loadgen_points_dropped_total",
+        "Points due and never sent: their connection was down or full.",
+        t.points_dropped,
+    )
+    .counter(
+        "loadgen_points_rejected_total",
+        "Points the broker refused with an MQTT 5 reason code.",
+        t.points_rejected,
+    )
+    .counter(
+        "loadgen_messages_sent_total",
+        "MQTT messages written completely to the socket.",
+        t.messages_sent,
+    )
+    .counter(
+        "loadgen_messages_acked_total",
+        "MQTT messages acknowledged by a PUBACK.",
+        t.messages_acked,
+    )
+    .counter(
+        "loadgen_bytes_sent_total",
+        "Payload bytes written to the socket.",
+        t.bytes_sent,
+    )
+    .counter(
+        "loadgen_connections_failed_total",
+        "Connections given up after their last connect attempt.",
+        t.failed,
+    )
+    .counter(
+        "loadgen_connections_lost_total",
+        "Connections lost after they were up.",
+        t.lost,
+    )
+    .counter(
+        "loadgen_reconnects_total",
+        "Reconnects that got their CONNACK.",
+        t.reconnects,
+    )
+    .gauge("loadgen_connections_up", "Connections up now.", t.up as f64)
+    .gauge(
+        "loadgen_messages_inflight",
+        "QoS 1 messages awaiting their PUBACK now.",
+        t.inflight as f64,
+    )
+    .gauge(
+        "loadgen_target_points_per_second",
+        "The target rate of this process (0: as fast as possible).",
+        plan.rate.unwrap_or(0.0),
+    )
+    .histogram_us(
+        "loadgen_ack_latency_seconds",
+        "Scheduled send time to PUBACK (QoS 1).",
+        &h.ack_us,
+    )
+    .histogram_us(
+        "loadgen_schedule_lag_seconds",
+        "Scheduled send time to written to the socket (paced runs).",
+        &h.lag_us,
+    );
+    e.finish()
+}
+
+/// `--hdr-log`: one interval a second of each latency histogram (tags `ack`, `lag`), the
+/// difference between the workers' hand-overs; the last interval comes from the run's final
+/// histograms, so the intervals add up to the report's exactly.
+pub struct HdrLog {
+    log: CumulativeLog,
+    qos1: bool,
+    paced: bool,
+}
+
+impl HdrLog {
+    pub fn create(path: &Path, tool: &str, plan: &Plan, started: Instant) -> Result<Self, Error> {
+        let comment = format!(
+            "{tool} {}: latencies in microseconds; tags: ack (scheduled send to PUBACK), lag (scheduled send to written)",
+            env!("CARGO_PKG_VERSION")
+        );
+        Ok(HdrLog {
+            log: CumulativeLog::create(path, started, &comment)?,
+            qos1: plan.qos == crate::args::Qos::AtLeastOnce,
+            paced: plan.rate.is_some(),
+        })
+    }
+
+    /// Writes the interval up to `at`, from `now_histos` (cumulative).
+    pub fn interval(&mut self, now_histos: &Histos, at: Instant) -> std::io::Result<()> {
+        let mut tags: Vec<(&str, &Histogram<u64>)> = Vec::new();
+        if self.qos1 {
+            tags.push(("ack", &now_histos.ack_us));
+        }
+        if self.paced {
+            tags.push(("lag", &now_histos.lag_us));
+        }
+        self.log.interval(&tags, at)
+    }
+}
+
+/// Runs `--hdr-log` and `--metrics-addr` beside the fleet until `stop`; returns the log for
+/// its last interval.
+pub async fn watch(
+    fleet: FleetHandle,
+    mut log: Option<HdrLog>,
+    metrics: Option<(std::net::TcpListener, mqtt_tool::metrics::Source)>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Option<HdrLog> {
+    let server =
+        metrics.map(|(l, source)| tokio::spawn(mqtt_tool::metrics::serve(l, source, stop.clone())));
+    if log.is_some() {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Some(l) = &mut log {
+                if let Err(e) = l.interval(&fleet.live_histos(), Instant::now()) {
+                    mqtt_tool::errln!("warning: --hdr-log stopped: {e}");
+                    log = None;
+                }
+            }
+        }
+    } else {
+        stop.cancelled().await;
+    }
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    log
+}
+
+/// The metrics source of a running fleet.
+pub fn source(
+    tool: &'static str,
+    plan: Arc<Plan>,
+    fleet: FleetHandle,
+) -> mqtt_tool::metrics::Source {
+    Arc::new(move || exposition(tool, &plan, &fleet))
+}
