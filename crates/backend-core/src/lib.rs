@@ -434,16 +434,57 @@ async fn progress(
     status: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
+    use std::io::IsTerminal;
     let start = tokio::time::Instant::now();
-    let period = every.unwrap_or(Duration::from_secs(3600));
+    // On a terminal, a live bar (points of --expect, or a counter) redrawn 4 times a second;
+    // else a plain line a second.
+    let bar = (every.is_some() && std::io::stderr().is_terminal()).then(|| {
+        let (bar, template) = match expect.filter(|n| *n > 0) {
+            Some(n) => (
+                indicatif::ProgressBar::new(n),
+                "{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} unique points  {msg}",
+            ),
+            None => (
+                indicatif::ProgressBar::new_spinner(),
+                "{spinner} [{elapsed_precise}] {human_pos} unique points  {msg}",
+            ),
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+        bar
+    });
+    let period = match (&bar, every) {
+        (Some(_), _) => Duration::from_millis(250),
+        (None, Some(e)) => e,
+        (None, None) => Duration::from_secs(3600),
+    };
     let mut tick = tokio::time::interval_at(start + period, period);
     let mut last = 0u64;
     let mut last_at = start;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick(), if every.is_some() => {}
-            _ = status.notified() => {}
+        let on_demand = tokio::select! {
+            _ = stop.cancelled() => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                return;
+            }
+            _ = tick.tick(), if every.is_some() => false,
+            _ = status.notified() => true,
+        };
+        if let Some(b) = &bar {
+            b.set_position(live.unique.load(Relaxed));
+            b.set_message(format!(
+                "{} received, {} devices ({} with gaps)",
+                fmt_int(live.points.load(Relaxed)),
+                fmt_int(live.devices.load(Relaxed)),
+                fmt_int(live.gappy.load(Relaxed))
+            ));
+            if !on_demand {
+                continue;
+            }
         }
         let now = tokio::time::Instant::now();
         let points = live.points.load(Relaxed);
@@ -452,7 +493,7 @@ async fn progress(
             format!("/{} ({:.1}%)", fmt_int(n), 100.0 * unique as f64 / n as f64)
         });
         let rate = (points - last) as f64 / (now - last_at).as_secs_f64().max(1e-9);
-        mqtt_tool::errln!(
+        let line = format!(
             "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices ({} with gaps)",
             start.elapsed().as_secs_f64(),
             fmt_int(points),
@@ -463,6 +504,10 @@ async fn progress(
             fmt_int(live.devices.load(Relaxed)),
             fmt_int(live.gappy.load(Relaxed))
         );
+        match &bar {
+            Some(b) => b.println(mqtt_tool::out::escape_keeping_lines(&line)),
+            None => mqtt_tool::errln!("{line}"),
+        }
         last = points;
         last_at = now;
     }

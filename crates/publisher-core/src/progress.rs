@@ -1,6 +1,6 @@
-//! A progress line on stderr about once a second (unless `--quiet`) and on SIGUSR1, read
-//! from the fleet's live figures; and samples of them, from which the report takes the rate
-//! after the ramp.
+//! Progress on stderr (unless `--quiet`): a live bar when stderr is a terminal, else a plain
+//! line about once a second; a line on SIGUSR1 either way. Read from the fleet's live
+//! figures, which are sampled meanwhile for the report's rate after the ramp.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,28 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use std::io::IsTerminal;
+
 use crate::format::fmt_int;
+
+/// The live bar: points sent of the total (or a counter when the run is timed).
+fn bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let (bar, template) = match total {
+        Some(t) => (
+            indicatif::ProgressBar::new(t),
+            "{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} points, eta {eta}  {msg}",
+        ),
+        None => (
+            indicatif::ProgressBar::new_spinner(),
+            "{spinner} [{elapsed_precise}] {human_pos} points  {msg}",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    bar
+}
 
 /// What the watcher saw: points sent when the ramp ended, and the latest sample.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,9 +61,16 @@ pub async fn run(
     let mut last = fleet.live();
     let mut last_at = start;
     let mut n = 0u64;
+    let bar = (print && std::io::stderr().is_terminal()).then(|| bar(total));
+    let mut recent = std::collections::VecDeque::with_capacity(12);
     loop {
         let on_demand = tokio::select! {
-            _ = stop.cancelled() => return samples,
+            _ = stop.cancelled() => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                return samples;
+            }
             _ = tick.tick() => false,
             _ = status.notified() => true,
         };
@@ -53,7 +81,41 @@ pub async fn run(
             samples.at_settle = Some((now.into_std(), t.points_sent));
         }
         n += u64::from(!on_demand);
-        if !(on_demand || (print && n % 10 == 0)) {
+        if let Some(b) = &bar {
+            b.set_position(t.points_sent);
+            // The rate over the last second of samples.
+            recent.push_back((now, t.points_sent));
+            while recent.len() > 11 {
+                recent.pop_front();
+            }
+            let (t0, p0) = recent[0];
+            let dt = (now - t0).as_secs_f64();
+            let rate = if dt > 0.0 {
+                (t.points_sent - p0.min(t.points_sent)) as f64 / dt
+            } else {
+                0.0
+            };
+            let mut msg = format!("{} points/s", fmt_int(rate.round() as u64));
+            if qos1 {
+                msg.push_str(&format!("  acked {}", fmt_int(t.points_acked)));
+            }
+            if connections > 1 {
+                msg.push_str(&format!(
+                    "  conns {}/{} up",
+                    fmt_int(t.up),
+                    fmt_int(connections)
+                ));
+                if t.failed + t.lost > 0 {
+                    msg.push_str(&format!(
+                        " ({} failed, {} lost)",
+                        fmt_int(t.failed),
+                        fmt_int(t.lost)
+                    ));
+                }
+            }
+            b.set_message(msg);
+        }
+        if !(on_demand || (print && bar.is_none() && n % 10 == 0)) {
             continue;
         }
         let dt = (now - last_at).as_secs_f64().max(1e-9);
@@ -86,7 +148,7 @@ pub async fn run(
         } else {
             String::new()
         };
-        mqtt_tool::errln!(
+        let line = format!(
             "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}{}",
             (now - start).as_secs_f64(),
             fmt_int(t.points_sent),
@@ -96,6 +158,10 @@ pub async fn run(
             acked,
             conns
         );
+        match &bar {
+            Some(b) => b.println(line),
+            None => mqtt_tool::errln!("{line}"),
+        }
         last = t;
         last_at = now;
     }
