@@ -15,9 +15,9 @@ use mqtt_tool::{errln, Error};
 #[command(
     name = "loadgen merge",
     version,
-    after_help = "Exit codes: 0 merged and complete, 1 a shard missing or a run incomplete, \
-                  2 usage or unreadable report, 5 the merged backend verification failed, \
-                  99 a --threshold failed."
+    after_help = "Exit codes: 0 merged and complete, 1 a shard missing, repeated or interrupted \
+                  (before any threshold) or a run incomplete, 2 usage or unreadable report, \
+                  5 the merged backend verification failed, 99 a --threshold failed."
 )]
 struct MergeArgs {
     /// Report files (--report-json of each shard or member), or directories: every *.json in
@@ -63,6 +63,30 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// What a file is, read without building its whole tree.
+#[derive(serde::Deserialize)]
+struct Probe {
+    schema_version: Option<u64>,
+    points_sent: Option<serde::de::IgnoredAny>,
+    points_received: Option<serde::de::IgnoredAny>,
+    merged: Option<serde::de::IgnoredAny>,
+    merged_reports: Option<serde::de::IgnoredAny>,
+}
+
+impl Probe {
+    fn of(name: &str, text: &str) -> Result<Probe, Error> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::usage(format!(
+                "{name} is not JSON ({e}); give --report-json files"
+            ))
+        })
+    }
+
+    fn merged(&self) -> bool {
+        self.merged.is_some() || self.merged_reports.is_some()
+    }
+}
+
 fn run(a: MergeArgs) -> Result<ExitCode, Error> {
     let exports = a.export.exports(None)?;
     let files = expand(&a.inputs)?;
@@ -70,16 +94,12 @@ fn run(a: MergeArgs) -> Result<ExitCode, Error> {
     for f in &files {
         let name = f.display().to_string();
         let text = mqtt_tool::out::read_bounded(f, REPORT_LIMIT, &format!("report {name}"))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::usage(format!(
-                "{name} is not JSON ({e}); give --report-json files"
-            ))
-        })?;
-        values.push((name, v));
+        let probe = Probe::of(&name, &text)?;
+        values.push((name, probe, text));
     }
     let backend = values
         .iter()
-        .filter(|(_, v)| v.get("points_received").is_some())
+        .filter(|(_, p, _)| p.points_received.is_some())
         .count();
     if backend > 0 && backend < values.len() {
         return Err(Error::usage(
@@ -99,6 +119,9 @@ fn run(a: MergeArgs) -> Result<ExitCode, Error> {
         m.judge(&thresholds);
         exports.write(&m, &m.render_text())?;
         if let Some(failed) = mqtt_tool::threshold::failures(&m.thresholds) {
+            if let Some(r) = &m.reason {
+                errln!("verification failed: {}", mqtt_tool::out::escape(r));
+            }
             return Err(Error::Thresholds(failed));
         }
         return Ok(match &m.reason {
@@ -112,8 +135,8 @@ fn run(a: MergeArgs) -> Result<ExitCode, Error> {
     if a.expect.is_some() {
         return Err(Error::usage("--expect is for backend-sub reports"));
     }
-    for (name, v) in &values {
-        if v.get("points_sent").is_none() {
+    for (name, p, _) in &values {
+        if p.points_sent.is_none() {
             return Err(Error::usage(format!(
                 "{name} is not a loadgen report (no points_sent or points_received)"
             )));
@@ -125,23 +148,30 @@ fn run(a: MergeArgs) -> Result<ExitCode, Error> {
     let mut m = publisher_core::merge::merge(reports, a.shards)?;
     m.judge(&thresholds);
     exports.write(&m, &m.render_text())?;
-    if let Some(failed) = mqtt_tool::threshold::failures(&m.thresholds) {
-        return Err(Error::Thresholds(failed));
-    }
-    match m.error {
-        Some(e) => Err(Error::Incomplete(e)),
-        None => Ok(ExitCode::SUCCESS),
+    // A shard missing, repeated or interrupted fails the merge before any threshold:
+    // figures without all of the run judge nothing.
+    let partial = m
+        .merged
+        .as_ref()
+        .is_some_and(|g| !g.shards_missing.is_empty() || !g.shards_duplicated.is_empty())
+        || m.interrupted_by.is_some();
+    let failed = mqtt_tool::threshold::failures(&m.thresholds);
+    match (m.error, failed) {
+        (Some(e), _) if partial => Err(Error::Incomplete(e)),
+        (_, Some(failed)) => Err(Error::Thresholds(failed)),
+        (Some(e), None) => Err(Error::Incomplete(e)),
+        (None, None) => Ok(ExitCode::SUCCESS),
     }
 }
 
 fn parse_all<T: serde::de::DeserializeOwned>(
-    values: Vec<(String, serde_json::Value)>,
+    values: Vec<(String, Probe, String)>,
 ) -> Result<Vec<(String, T)>, Error> {
     values
         .into_iter()
-        .map(|(name, v)| {
-            let schema = v.get("schema_version").and_then(|s| s.as_u64()).unwrap_or(0);
-            serde_json::from_value(v)
+        .map(|(name, probe, text)| {
+            let schema = probe.schema_version.unwrap_or(0);
+            serde_json::from_str(&text)
                 .map(|r| (name.clone(), r))
                 .map_err(|e| {
                     Error::usage(format!(
@@ -189,11 +219,7 @@ fn is_merged(f: &Path) -> bool {
     let Ok(text) = mqtt_tool::out::read_bounded(f, REPORT_LIMIT, "report") else {
         return false;
     };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
-    let merged = v.get("merged").is_some_and(|m| !m.is_null())
-        || v.get("merged_reports").is_some_and(|m| !m.is_null());
+    let merged = Probe::of("", &text).is_ok_and(|p| p.merged());
     if merged {
         errln!("skipping {}: a merged report", f.display());
     }

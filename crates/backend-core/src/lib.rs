@@ -330,10 +330,19 @@ pub fn main(name: &'static str) -> ExitCode {
 
 /// Receives, prints the report and returns the exit code.
 pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    // Metrics are served from before connecting to the end of the run.
     let metrics = plan
         .metrics_addr
         .map(mqtt_tool::metrics::bind)
         .transpose()?;
+    let live = Arc::new(receive::Live::default());
+    let metrics_stop = CancellationToken::new();
+    let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
+    if let Some(l) = metrics {
+        let live = live.clone();
+        let source: mqtt_tool::metrics::Source = Arc::new(move || observe::exposition(name, &live));
+        tokio::spawn(mqtt_tool::metrics::serve(l, source, metrics_stop.clone()));
+    }
     let choice = plan.connect.broker.clone();
     let (max_packet, port) = (plan.connect.max_packet_size, plan.connect.embedded_port);
     let tls = plan.connect.tls.is_some();
@@ -355,7 +364,6 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
             rx
         }
         Some(session) => {
-            let live = Arc::new(receive::Live::default());
             let log = match &plan.hdr_log {
                 Some(p) => Some(mqtt_tool::hist::CumulativeLog::create(
                     p,
@@ -368,13 +376,7 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
                 None => None,
             };
             let stop_watch = CancellationToken::new();
-            let watcher = tokio::spawn(observe::watch(
-                name,
-                live.clone(),
-                log,
-                metrics,
-                stop_watch.clone(),
-            ));
+            let watcher = tokio::spawn(observe::watch(live.clone(), log, stop_watch.clone()));
             let stop_progress = CancellationToken::new();
             let progress = tokio::spawn(progress(
                 live.clone(),

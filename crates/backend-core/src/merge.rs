@@ -42,6 +42,20 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             )));
         }
     }
+    // The same member twice (a copy, a second path) would count its points twice.
+    for (i, (name, r)) in reports.iter().enumerate() {
+        let same = |o: &Report| {
+            o.started_at == r.started_at
+                && o.ended_at == r.ended_at
+                && o.messages_received == r.messages_received
+                && o.bytes_received == r.bytes_received
+        };
+        if let Some((other, _)) = reports[..i].iter().find(|(_, o)| same(o)) {
+            return Err(Error::usage(format!(
+                "{name} and {other} are the same member's report; give each member once"
+            )));
+        }
+    }
     let from_zero = expect.is_some();
     let at_least_once = reports.iter().all(|(_, r)| r.at_least_once);
 
@@ -71,19 +85,21 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             });
             a.ranges
                 .extend(d.received_ranges.iter().map(|r| (r.0, r.1)));
-            a.received += d.received;
-            a.duplicate += d.duplicate;
-            a.out_of_order += d.out_of_order;
-            a.unverifiable += d.unverifiable;
+            a.received = a.received.saturating_add(d.received);
+            a.duplicate = a.duplicate.saturating_add(d.duplicate);
+            a.out_of_order = a.out_of_order.saturating_add(d.out_of_order);
+            a.unverifiable = a.unverifiable.saturating_add(d.unverifiable);
             a.latency_max_us = a.latency_max_us.max(d.latency_max_us);
             a.first_retained |= d.first_retained;
         }
     }
     let mut devices = Vec::with_capacity(by_device.len());
     for (id, a) in by_device {
-        let listed: u64 = a.ranges.iter().map(|(s, e)| e - s + 1).sum();
+        // Saturating: a report's ranges come from outside (0-18446744073709551615).
+        let len = |(s, e): &(u64, u64)| (e - s).saturating_add(1);
+        let listed = a.ranges.iter().map(len).fold(0u64, u64::saturating_add);
         let union = unite(a.ranges);
-        let unique: u64 = union.iter().map(|(s, e)| e - s + 1).sum();
+        let unique = union.iter().map(len).fold(0u64, u64::saturating_add);
         let span_start = if from_zero {
             0
         } else {
@@ -97,7 +113,10 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             }
             at = e.saturating_add(1);
         }
-        let missing: u64 = missing_ranges.iter().map(|r| r.len()).sum();
+        let missing = missing_ranges
+            .iter()
+            .map(|r| r.len())
+            .fold(0u64, u64::saturating_add);
         devices.push(DeviceReport {
             device_id: id,
             frontend: a.frontend,
@@ -106,7 +125,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             missing,
             // A seq two members both got is a duplicate of the group's, besides each
             // member's own.
-            duplicate: a.duplicate + listed.saturating_sub(unique),
+            duplicate: a.duplicate.saturating_add(listed.saturating_sub(unique)),
             duplicates_accepted: at_least_once,
             out_of_order: a.out_of_order,
             unverifiable: a.unverifiable,
@@ -124,7 +143,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
 
     let mut m = first.clone();
     let parts: Vec<&Report> = reports.iter().map(|(_, r)| r).collect();
-    let sum = |f: fn(&Report) -> u64| parts.iter().map(|r| f(r)).sum::<u64>();
+    let sum = |f: fn(&Report) -> u64| parts.iter().map(|r| f(r)).fold(0u64, u64::saturating_add);
     m.points_received = sum(|r| r.points_received);
     m.points_out_of_order = sum(|r| r.points_out_of_order);
     m.points_unverifiable = sum(|r| r.points_unverifiable);
@@ -139,10 +158,19 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     m.connections_lost = sum(|r| r.connections_lost);
     m.reconnects = sum(|r| r.reconnects);
     m.disconnected_s = round3(parts.iter().map(|r| r.disconnected_s).sum());
-    m.points_unique = devices.iter().map(|d| d.unique).sum();
-    let missing: u64 = devices.iter().map(|d| d.missing).sum();
+    m.points_unique = devices
+        .iter()
+        .map(|d| d.unique)
+        .fold(0, u64::saturating_add);
+    let missing = devices
+        .iter()
+        .map(|d| d.missing)
+        .fold(0, u64::saturating_add);
     m.points_missing = Some(missing);
-    m.points_duplicate = devices.iter().map(|d| d.duplicate).sum();
+    m.points_duplicate = devices
+        .iter()
+        .map(|d| d.duplicate)
+        .fold(0, u64::saturating_add);
     m.expect = expect;
     m.at_least_once = at_least_once;
 
@@ -200,7 +228,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
                 // Members' percentiles cannot be added: left out.
                 latency_us: None,
             });
-            e.points += f.points;
+            e.points = e.points.saturating_add(f.points);
         }
     }
     for f in frontends.values_mut() {

@@ -88,47 +88,33 @@ pub fn exposition(tool: &str, live: &Live) -> String {
         .finish()
 }
 
-/// Serves `--metrics-addr` and writes `--hdr-log` intervals until `stop`; returns the log
-/// for its last interval.
+/// Writes `--hdr-log` intervals until `stop`; returns the log for its last interval.
 pub async fn watch(
-    tool: &'static str,
     live: Arc<Live>,
     mut log: Option<CumulativeLog>,
-    metrics: Option<std::net::TcpListener>,
     stop: CancellationToken,
 ) -> Option<CumulativeLog> {
-    let server = metrics.map(|l| {
-        let live = live.clone();
-        let source: mqtt_tool::metrics::Source = Arc::new(move || exposition(tool, &live));
-        tokio::spawn(mqtt_tool::metrics::serve(l, source, stop.clone()))
-    });
-    if log.is_some() {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let h = live
-                .latency_us
-                .lock()
-                .ok()
-                .and_then(|h| h.clone())
-                .unwrap_or_else(empty);
-            if let Some(l) = &mut log {
-                if let Err(e) = l.interval(&[("e2e", &h)], Instant::now()) {
-                    mqtt_tool::errln!("warning: --hdr-log stopped: {e}");
-                    log = None;
-                }
+    log.as_ref()?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let h = live
+            .latency_us
+            .lock()
+            .ok()
+            .and_then(|h| h.clone())
+            .unwrap_or_else(empty);
+        if let Some(l) = &mut log {
+            if let Err(e) = l.interval(&[("e2e", &h)], Instant::now()) {
+                mqtt_tool::errln!("warning: --hdr-log stopped: {e}");
+                log = None;
             }
         }
-    } else {
-        stop.cancelled().await;
-    }
-    if let Some(s) = server {
-        let _ = s.await;
     }
     log
 }

@@ -364,7 +364,12 @@ impl Report {
         if thresholds.is_empty() {
             return;
         }
+        // Thresholds read scalars: the tree is built without the device lists, which for
+        // 100,000 devices would cost hundreds of MB.
+        let devices = std::mem::take(&mut self.devices);
+        let frontends = std::mem::take(&mut self.frontends);
         let json = serde_json::to_value(&*self).unwrap_or_default();
+        (self.devices, self.frontends) = (devices, frontends);
         self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
     }
 

@@ -194,6 +194,28 @@ pub fn parse_start_at(s: &str) -> Result<StartAt, String> {
             std::time::UNIX_EPOCH + Duration::from_secs_f64(secs),
         )));
     }
+    // humantime reads UTC (`Z`) only: an offset (`+01:00`) is applied here.
+    let (stamp, offset_s) = match t.rfind(['+', '-']) {
+        Some(i) if t.len() - i == 6 && t[..i].contains('T') && t.as_bytes()[i + 3] == b':' => {
+            let sign = if t.as_bytes()[i] == b'+' { 1i64 } else { -1 };
+            let (h, m) = (t[i + 1..i + 3].parse::<i64>(), t[i + 4..].parse::<i64>());
+            match (h, m) {
+                (Ok(h), Ok(m)) if h < 24 && m < 60 => (&t[..i], sign * (h * 3600 + m * 60)),
+                _ => return Err(format!("'{s}' has a bad UTC offset; write it like +01:00")),
+            }
+        }
+        _ => (t, 0),
+    };
+    if offset_s != 0 || stamp.len() != t.len() {
+        return humantime::parse_rfc3339_weak(&format!("{stamp}Z"))
+            .map(|u| {
+                let shift = Duration::from_secs(offset_s.unsigned_abs());
+                StartAt(Some(if offset_s >= 0 { u - shift } else { u + shift }))
+            })
+            .map_err(|e| {
+                format!("'{s}' is not a time ({e}); give RFC 3339 like 2026-12-01T12:00:00Z")
+            });
+    }
     humantime::parse_rfc3339_weak(t).map(|t| StartAt(Some(t))).map_err(|e| {
         format!("'{s}' is not a time ({e}); give RFC 3339 like 2026-12-01T12:00:00Z, seconds since the epoch, or now")
     })
@@ -374,6 +396,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn start_times_read_rfc_3339_with_offsets_epoch_seconds_and_now() {
+        use super::{parse_start_at, StartAt};
+        let at = |s: &str| parse_start_at(s).unwrap().0.unwrap();
+        let epoch = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(at("2026-12-01T12:00:00Z"), epoch(1_796_126_400));
+        assert_eq!(at("2026-12-01T13:00:00+01:00"), epoch(1_796_126_400));
+        assert_eq!(at("2026-12-01T07:00:00-05:00"), epoch(1_796_126_400));
+        assert_eq!(at("1796126400"), epoch(1_796_126_400));
+        assert_eq!(parse_start_at("now").unwrap(), StartAt(None));
+        assert_eq!(parse_start_at("").unwrap(), StartAt(None));
+        assert!(parse_start_at("2026-12-01T12:00:00+25:00").is_err());
+        assert!(parse_start_at("soon").is_err());
+    }
+
     use super::*;
 
     #[test]

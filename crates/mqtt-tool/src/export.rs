@@ -142,7 +142,15 @@ pub fn flatten(v: &Value) -> Vec<(String, String)> {
                     } else {
                         format!("{prefix}.{k}")
                     };
-                    walk(&key, v, rows);
+                    match v {
+                        // Counts by reason: one cell, so that every run has the same columns.
+                        Value::Object(by) if k.ends_with("_by_reason") => {
+                            let cell: Vec<String> =
+                                by.iter().map(|(r, n)| format!("{r}={n}")).collect();
+                            rows.push((key, cell.join("; ")));
+                        }
+                        _ => walk(&key, v, rows),
+                    }
                 }
             }
             Value::Array(_) => {}
@@ -273,6 +281,7 @@ mod tests {
             "tool": "loadgen pub", "points_sent": 1000, "latency_us": {"p99": 42, "max": 90},
             "error": null, "topic": "a,\"b\"|c", "per_worker": [{"worker": 0}],
             "histograms": {"ack_us": "HISTFAAAA"},
+            "failed_by_reason": {"refused": 2, "timeout": 1},
             "thresholds": [{"expr": "points_sent>=1k", "pass": true, "value": 1000}]
         })
     }
@@ -289,6 +298,7 @@ mod tests {
         assert!(lines[1].contains("\"a,\"\"b\"\"|c\""), "quoted: {csv}");
         assert!(!csv.contains("HISTF"), "histograms stay in the JSON");
         assert!(!csv.contains("per_worker"));
+        assert!(lines[1].contains("refused=2; timeout=1"), "one cell: {csv}");
     }
 
     #[test]

@@ -128,8 +128,12 @@ impl CumulativeLog {
         for (tag, h) in now {
             let mut d = (*h).clone();
             if let Some((_, prev)) = self.prev.iter().find(|(t, _)| t == tag) {
-                // Counts only grow between snapshots.
-                let _ = d.subtract(prev);
+                // Counts only grow between snapshots; if one ever shrank, say so.
+                if let Err(e) = d.subtract(prev) {
+                    return Err(std::io::Error::other(format!(
+                        "the {tag} histogram shrank between intervals ({e:?})"
+                    )));
+                }
             }
             self.log.interval(tag, &d, self.prev_at, length)?;
         }

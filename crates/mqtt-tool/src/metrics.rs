@@ -69,7 +69,9 @@ impl Exposition {
             let value = v.value_iterated_to();
             let n = v.count_at_value();
             sum_us += h.median_equivalent(value) as f64 * n as f64;
-            let s = value as f64 / 1e6;
+            // A bucket of HdrHistogram values belongs below a bound when its lowest value
+            // does: a 5.000 ms sample is in le="0.005".
+            let s = h.lowest_equivalent(value) as f64 / 1e6;
             if let Some(i) = BUCKETS_S.iter().position(|b| s <= *b) {
                 counts[i] += n;
             }

@@ -194,6 +194,12 @@ pub fn parse_all(exprs: &[String], fields: &Fields) -> Result<Vec<Threshold>, Er
 }
 
 fn parse_limit(v: &str, unit: Unit) -> Result<f64, String> {
+    // A yes/no field (`verified==true`) compares as 1 or 0.
+    match (unit, v) {
+        (Unit::Number, "true") => return Ok(1.0),
+        (Unit::Number, "false") => return Ok(0.0),
+        _ => {}
+    }
     let split = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e'))
         .unwrap_or(v.len());

@@ -118,16 +118,26 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
 /// then lingers (`--embedded-linger`) so that subscribers get the last messages, until the
 /// time is up or a signal ends it; the report is out before.
 pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    // Metrics are served from before the --start-at wait (zeros until the fleet starts) to
+    // the end of the run, the final figures included.
     let metrics = plan
         .metrics_addr
         .map(mqtt_tool::metrics::bind)
         .transpose()?;
+    let live = std::sync::Arc::new(observe::LiveRun::default());
+    let metrics_stop = CancellationToken::new();
+    let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
+    if let Some(l) = metrics {
+        let source = observe::source(preset.name, std::sync::Arc::new(plan.clone()), live.clone());
+        tokio::spawn(mqtt_tool::metrics::serve(l, source, metrics_stop.clone()));
+    }
     if let Some(at) = plan.start_at {
         if let Some(sig) = wait_for_start(at, plan, shutdown).await? {
             return Ok(ExitCode::from(sig.exit_code()));
         }
     }
-    let (mut report, signal, target) = execute(preset, plan, shutdown, metrics).await?;
+    let (mut report, signal, target) = execute(preset, plan, shutdown, &live).await?;
+    live.finished(&report);
     report.judge(&plan.thresholds);
     let text = report.render_text();
     plan.exports.write(&report, &text)?;
@@ -190,7 +200,7 @@ pub async fn execute(
     preset: &Preset,
     plan: &Plan,
     shutdown: &Shutdown,
-    metrics: Option<std::net::TcpListener>,
+    live: &observe::LiveRun,
 ) -> Result<(Report, Option<shutdown::Signal>, broker::BrokerTarget), Error> {
     let choice = plan.connect.broker.clone();
     let tls = plan.connect.tls.is_some();
@@ -239,22 +249,9 @@ pub async fn execute(
         Some(p) => Some(observe::HdrLog::create(p, preset.name, plan, started)?),
         None => None,
     };
+    let _ = live.fleet.set(handle.clone());
     let watch_stop = CancellationToken::new();
-    let watcher = tokio::spawn(observe::watch(
-        handle.clone(),
-        hdr_log,
-        metrics.map(|l| {
-            (
-                l,
-                observe::source(
-                    preset.name,
-                    std::sync::Arc::new(plan.clone()),
-                    handle.clone(),
-                ),
-            )
-        }),
-        watch_stop.clone(),
-    ));
+    let watcher = tokio::spawn(observe::watch(handle.clone(), hdr_log, watch_stop.clone()));
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(progress::run(
         handle.clone(),

@@ -48,10 +48,21 @@ pub fn merge(reports: Vec<(String, Report)>, shards: Option<u64>) -> Result<Repo
                 r.qos, r.batch, first.qos, first.batch
             )));
         }
-        if shards.is_none() && r.shards != first.shards {
+        if r.shards != shards.unwrap_or(first.shards) {
             return Err(Error::usage(format!(
-                "{name} is a shard of {} but {first_name} of {}; give --shards N to say how many the run had",
-                r.shards, first.shards
+                "{name} is a shard of a run of {} shards, not {}: these are reports of different runs",
+                r.shards,
+                shards.unwrap_or(first.shards)
+            )));
+        }
+        // Shards of one run waited for the same --start-at; a report left from another run
+        // (a shard that died before writing its own) has another.
+        if r.start_at != first.start_at {
+            return Err(Error::usage(format!(
+                "{name} started at --start-at {} but {first_name} at {}: a report of another run? \
+                 Remove the old reports before a new run",
+                r.start_at.as_deref().unwrap_or("none"),
+                first.start_at.as_deref().unwrap_or("none")
             )));
         }
     }
@@ -240,12 +251,26 @@ pub fn merge(reports: Vec<(String, Report)>, shards: Option<u64>) -> Result<Repo
     for r in &parts {
         if let Some(e) = &r.error {
             problems.push(format!("shard {}: {e}", r.shard));
+        } else if let Some(sig) = &r.interrupted_by {
+            // Interrupted after a clean flush: what it sent is counted, the rest of its
+            // share never went out.
+            problems.push(format!(
+                "shard {} was interrupted by {sig}{}",
+                r.shard,
+                if r.interrupted_connecting {
+                    " while connecting: it sent nothing"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     m.error = (!problems.is_empty()).then(|| problems.join("; "));
     m.interrupted_by = parts.iter().find_map(|r| r.interrupted_by.clone());
     m.interrupted_connecting = parts.iter().any(|r| r.interrupted_connecting);
-    m.outcome = if m.interrupted_by.is_some() {
+    m.outcome = if !missing.is_empty() || !duplicated.is_empty() {
+        "incomplete"
+    } else if m.interrupted_by.is_some() {
         "interrupted"
     } else if m.error.is_some() {
         "incomplete"

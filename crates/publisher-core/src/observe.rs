@@ -3,6 +3,7 @@
 //! live totals and the histograms its workers hand over about five times a second.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,30 @@ use mqtt_tool::metrics::Exposition;
 use crate::error::Error;
 use crate::plan::Plan;
 
+/// What the metrics read: the fleet once it runs, and the figures only its end knows.
+#[derive(Debug, Default)]
+pub struct LiveRun {
+    pub fleet: std::sync::OnceLock<FleetHandle>,
+    /// Set once the drain has ended (0 before): sent and never acknowledged.
+    pub points_failed: AtomicU64,
+    /// The run's report is out: the figures are final.
+    pub done: AtomicU64,
+}
+
+impl LiveRun {
+    /// Records what only the report knows.
+    pub fn finished(&self, report: &crate::Report) {
+        self.points_failed.store(report.points_failed, Relaxed);
+        self.done.store(1, Relaxed);
+    }
+}
+
 /// The metrics of one scrape.
-pub fn exposition(tool: &str, plan: &Plan, fleet: &FleetHandle) -> String {
-    let t = fleet.live();
-    let h = fleet.live_histos();
+pub fn exposition(tool: &str, plan: &Plan, run: &LiveRun) -> String {
+    let (t, h) = match run.fleet.get() {
+        Some(f) => (f.live(), f.live_histos()),
+        None => (Default::default(), Histos::default()),
+    };
     let mut e = Exposition::default();
     let shard = plan.shard.as_ref();
     e.info(
@@ -44,7 +65,7 @@ pub fn exposition(tool: &str, plan: &Plan, fleet: &FleetHandle) -> String {
     .counter(
         "loadgen_points_failed_total",
         "Points sent and never acknowledged: known when the drain ends, 0 before.",
-        0,
+        run.points_failed.load(Relaxed),
     )
     .counter(
         "loadgen_points_dropped_total",
@@ -91,6 +112,11 @@ pub fn exposition(tool: &str, plan: &Plan, fleet: &FleetHandle) -> String {
         "loadgen_messages_inflight",
         "QoS 1 messages awaiting their PUBACK now.",
         t.inflight as f64,
+    )
+    .gauge(
+        "loadgen_run_finished",
+        "1 once the run has ended and these figures are final.",
+        run.done.load(Relaxed) as f64,
     )
     .gauge(
         "loadgen_target_points_per_second",
@@ -145,46 +171,37 @@ impl HdrLog {
     }
 }
 
-/// Runs `--hdr-log` and `--metrics-addr` beside the fleet until `stop`; returns the log for
-/// its last interval.
+/// Writes `--hdr-log` intervals beside the fleet until `stop`; returns the log for its last
+/// interval.
 pub async fn watch(
     fleet: FleetHandle,
     mut log: Option<HdrLog>,
-    metrics: Option<(std::net::TcpListener, mqtt_tool::metrics::Source)>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Option<HdrLog> {
-    let server =
-        metrics.map(|(l, source)| tokio::spawn(mqtt_tool::metrics::serve(l, source, stop.clone())));
-    if log.is_some() {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if let Some(l) = &mut log {
-                if let Err(e) = l.interval(&fleet.live_histos(), Instant::now()) {
-                    mqtt_tool::errln!("warning: --hdr-log stopped: {e}");
-                    log = None;
-                }
+    log.as_ref()?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Some(l) = &mut log {
+            if let Err(e) = l.interval(&fleet.live_histos(), Instant::now()) {
+                mqtt_tool::errln!("warning: --hdr-log stopped: {e}");
+                log = None;
             }
         }
-    } else {
-        stop.cancelled().await;
-    }
-    if let Some(s) = server {
-        let _ = s.await;
     }
     log
 }
 
-/// The metrics source of a running fleet.
+/// The metrics source of a run.
 pub fn source(
     tool: &'static str,
     plan: Arc<Plan>,
-    fleet: FleetHandle,
+    run: Arc<LiveRun>,
 ) -> mqtt_tool::metrics::Source {
-    Arc::new(move || exposition(tool, &plan, &fleet))
+    Arc::new(move || exposition(tool, &plan, &run))
 }

@@ -273,7 +273,8 @@ impl Plan {
         // whole fleet (so `{i}` is in them whenever it has more than one device or
         // connection, and client ids never collide across shards), the rest for the slice.
         let shard = shard_of(&shards, devices, connections)?;
-        let (fleet_devices, mut devices, mut connections) = (devices, devices, connections);
+        let (fleet_devices, fleet_connections) = (devices, connections);
+        let (mut devices, mut connections) = (devices, connections);
         if let Some(sh) = &shard {
             device_start += sh.devices.start;
             devices = sh.devices.end - sh.devices.start;
@@ -402,18 +403,22 @@ impl Plan {
             Some(w) => w.min(connections),
             None => cores.min(connections),
         } as usize;
+        // The ramp's flags are the whole fleet's, like --rate: a shard takes its share.
+        let share = connections as f64 / fleet_connections as f64;
         let connect_rate = match connect_rate {
             Rate::Unlimited => None,
-            Rate::PerSecond(r) => Some(r),
+            Rate::PerSecond(r) => Some(r * share),
         };
         if max_connecting == 0 {
             return Err(Error::usage("--max-connecting must be at least 1"));
         }
+        let max_connecting = ((max_connecting as f64 * share).ceil() as u64).max(1);
         let connect_retries = match connect_retries {
             Some(n) => u32::try_from(n)
                 .map_err(|_| Error::usage("--connect-retries is too large; use at most 1000"))?
                 .min(1000),
-            None if connections == 1 => 0,
+            // One connection's failure is the run's; a shard's one connection is a fleet's.
+            None if fleet_connections == 1 => 0,
             None => FLEET_CONNECT_RETRIES,
         };
         let source_ips = parse_source_ips(&source_ips)?;
@@ -436,7 +441,14 @@ impl Plan {
             &output.export.thresholds,
             &crate::report::threshold_fields(),
         )?;
-        if let Some(p) = &output.hdr_log {
+        let hdr_log = output.hdr_log.as_ref().map(|p| match &shard {
+            Some(sh) => PathBuf::from(
+                p.to_string_lossy()
+                    .replace("{shard}", &sh.index.to_string()),
+            ),
+            None => p.clone(),
+        });
+        if let Some(p) = &hdr_log {
             crate::out::check_export_path("--hdr-log", p)?;
             if p.as_os_str() == "-" {
                 return Err(Error::usage("--hdr-log needs a file path, not -"));
@@ -478,7 +490,7 @@ impl Plan {
             report_json: exports.json.clone(),
             exports,
             thresholds,
-            hdr_log: output.hdr_log,
+            hdr_log,
             metrics_addr: output.metrics_addr,
             shard,
             start_at,

@@ -66,7 +66,7 @@ pub fn threshold_fields() -> Fields {
         )
         .field("ramp_s", "/connections/ramp_s", Unit::Seconds)
         .field("peak_rss_mb", "/generator/peak_rss_mb", Unit::Number)
-        .field("cpu_s", "/generator/cpu_s", Unit::Number)
+        .field("cpu_s", "/generator/cpu_s", Unit::Seconds)
         .latency("ack_latency", "/latency_us")
         .latency("schedule_lag", "/schedule_lag_us")
         .latency("connect_latency", "/connect_latency_us")
@@ -242,6 +242,8 @@ pub struct Report {
     /// null when nothing was sent. `loadgen merge` takes its window from these.
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
+    /// `--start-at`: the instant every shard of the run waited for, RFC 3339 UTC.
+    pub start_at: Option<String>,
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: what the report was merged from.
     pub merged: Option<MergedReport>,
@@ -668,6 +670,7 @@ impl Report {
                 .filter(|_| finished.is_some())
                 .map(|a| rfc3339(result.wall(a))),
             ended_at: finished.map(|f| rfc3339(result.wall(f))),
+            start_at: plan.start_at.map(rfc3339),
             histograms: HistogramsReport {
                 ack_us: if qos1 {
                     mqtt_tool::hist::encode(&st.histos.ack_us)

@@ -267,6 +267,44 @@ fn four_shards_against_one_broker_add_up_to_the_unsharded_run() {
         .iter()
         .all(|t| t["pass"] == true));
 
+    // Each shard's histogram is its own latency: its encoding reproduces its percentiles.
+    for s in &shards {
+        let h = decode(&s["histograms"]["ack_us"]);
+        let own = &s["latency_us"];
+        assert_eq!(
+            (h.len(), h.value_at_quantile(0.99)),
+            (n(own, "count"), n(own, "p99"))
+        );
+    }
+
+    // A shard interrupted (after a clean flush, so with no error of its own) fails the
+    // merge with exit 1 before any threshold; a report of another run is refused.
+    let mut interrupted = shards[1].clone();
+    interrupted["interrupted_by"] = "SIGTERM".into();
+    interrupted["outcome"] = "interrupted".into();
+    let other = TempDir::new("shards-interrupted");
+    for (i, s) in shards.iter().enumerate() {
+        let v = if i == 1 { &interrupted } else { s };
+        std::fs::write(other.path(&format!("shard-{i}.json")), v.to_string()).unwrap();
+    }
+    let (code, _, stderr) = run(&[
+        "merge",
+        "--threshold",
+        "point_rate>=1G",
+        other.0.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("shard 1 was interrupted by SIGTERM"),
+        "{stderr}"
+    );
+    let mut stale = shards[1].clone();
+    stale["start_at"] = "2026-01-01T00:00:00.000000Z".into();
+    std::fs::write(other.path("shard-1.json"), stale.to_string()).unwrap();
+    let (code, _, stderr) = run(&["merge", other.0.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("a report of another run?"), "{stderr}");
+
     // Three of four: named, and a failure.
     std::fs::remove_file(dir.path("shard-2.json")).unwrap();
     std::fs::remove_file(&merged_path).unwrap();
@@ -363,7 +401,7 @@ fn a_failed_threshold_exits_99_after_the_full_report_in_every_format() {
 
 #[test]
 fn bad_thresholds_shards_and_start_times_are_usage_errors_that_say_what_to_change() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--threshold", "ack_p99<5ms"],
             "unknown field 'ack_p99'; the fields are: point_rate",
@@ -382,6 +420,11 @@ fn bad_thresholds_shards_and_start_times_are_usage_errors_that_say_what_to_chang
         ),
         (&["--shard", "1"], "--shard needs --shards N"),
         (&["--start-at", "2020-01-01T00:00:00Z"], "passed"),
+        (
+            &["--start-at", "2099-01-01T00:00:00+01:00"],
+            "more than a day",
+        ),
+        (&["--start-at", "tomorrow"], "is not a time"),
     ];
     for (args, want) in cases {
         let (code, _, stderr) = run(&[&["pub", "--broker", "mqtt://127.0.0.1:1"], args].concat());
@@ -502,4 +545,90 @@ fn fmt(v: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[test]
+fn a_bad_job_completion_index_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args([
+            "pub",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--shards",
+            "4",
+            "--devices",
+            "8",
+        ])
+        .env("JOB_COMPLETION_INDEX", "three")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JOB_COMPLETION_INDEX 'three' is not a shard index"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_export_to_stdout_moves_the_summary_to_stderr_and_start_at_now_starts_at_once() {
+    let m = Mosquitto::start();
+    let (code, stdout, stderr) = run(&[
+        "pub",
+        "--broker",
+        &m.url(),
+        "--total",
+        "500",
+        "--rate",
+        "max",
+        "--quiet",
+        "--start-at",
+        "now",
+        "--report-csv",
+        "-",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "only the CSV on stdout: {stdout}");
+    assert!(lines[0].starts_with("schema_version,"), "{stdout}");
+    assert!(stderr.contains("== loadgen pub summary"), "{stderr}");
+    assert!(!stderr.contains("waiting"), "{stderr}");
+}
+
+#[test]
+fn backend_sub_thresholds_fail_with_exit_99_after_a_verified_run() {
+    let m = Mosquitto::start();
+    let b = backend(&[
+        "--broker",
+        &m.url(),
+        "--expect",
+        "300",
+        "--threshold",
+        "points_missing==0",
+        "--threshold",
+        "points_unique>=1k",
+        "--threshold",
+        "verified==true",
+    ]);
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--total",
+        "300",
+        "--qos",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let (code, r) = b.wait();
+    assert_eq!(code, 99, "{r:#}");
+    assert_matches_schema("schema/backend-report.schema.json", &r);
+    assert_eq!(r["verified"], true, "the run itself verified");
+    let pass: Vec<bool> = r["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["pass"].as_bool().unwrap())
+        .collect();
+    assert_eq!(pass, [true, false, true]);
 }
