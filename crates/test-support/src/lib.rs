@@ -1286,3 +1286,296 @@ pub fn promtool_check_metrics(text: &str) -> (bool, String) {
         ),
     )
 }
+
+/// A real PostgreSQL (Debian's packages) in a temporary directory on a free port of
+/// 127.0.0.1, made with `initdb` for the test and killed on drop. The superuser `loadgen`
+/// has a password (given to initdb in a file, never on a command line), so the tools'
+/// password handling is exercised; `url()` is what `DATABASE_URL` takes (without the
+/// password, which `password()` gives).
+pub struct Postgres {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+    /// As whom the server runs: PostgreSQL refuses to run as root.
+    ids: Option<(u32, u32)>,
+}
+
+/// The password of the tests' database superuser.
+pub const POSTGRES_PASSWORD: &str = "loadgen-test-secret";
+
+/// The directory of the newest PostgreSQL server binaries installed.
+pub fn postgres_bindir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                    Some((v, e.path().join("bin")))
+                })
+                .filter(|(_, p)| p.join("postgres").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().map(|(_, p)| p).expect(
+        "PostgreSQL is not installed: scripts/test installs it (apt-get install postgresql)",
+    )
+}
+
+/// The uid and gid of `user`.
+fn user_ids(user: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(user).ok()?;
+    // SAFETY: getpwnam takes a NUL-terminated name and returns a pointer into static
+    // storage or null; the fields are read before any other call.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: pw is non-null and points at a valid passwd record.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn chown_tree(p: &Path, (uid, gid): (u32, u32)) {
+    let _ = std::os::unix::fs::chown(p, Some(uid), Some(gid));
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            chown_tree(&e.path(), (uid, gid));
+        }
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = TempDir::new("postgres");
+        // SAFETY: geteuid has no preconditions.
+        let ids = if unsafe { libc::geteuid() } == 0 {
+            Some(user_ids("postgres").expect("the postgres user (from the postgresql package)"))
+        } else {
+            None
+        };
+        std::fs::write(dir.path("pwfile"), POSTGRES_PASSWORD).unwrap();
+        if let Some(ids) = ids {
+            chown_tree(&dir.0, ids);
+        }
+        let bin = postgres_bindir();
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path("data"))
+            .args([
+                "-U",
+                "loadgen",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", dir.path("pwfile").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = ids {
+            use std::os::unix::process::CommandExt;
+            initdb.uid(uid).gid(gid);
+        }
+        let out = initdb.output().expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            port: 0,
+            child: None,
+            dir,
+            ids,
+        };
+        for _attempt in 0..5 {
+            pg.port = free_port();
+            pg.spawn();
+            if pg.wait_ready(Duration::from_secs(20)) {
+                return pg;
+            }
+            pg.kill();
+            eprintln!("postgres did not come up on port {}: {}", pg.port, pg.log());
+        }
+        panic!("postgres did not start in 5 attempts")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path("postgres.log"))
+            .unwrap();
+        if let Some(ids) = self.ids {
+            let _ =
+                std::os::unix::fs::chown(self.dir.path("postgres.log"), Some(ids.0), Some(ids.1));
+        }
+        let mut cmd = Command::new(postgres_bindir().join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.0.display()))
+            // A test database: durability is not what is tested.
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .args(["-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((uid, gid)) = self.ids {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        self.child = Some(cmd.spawn().expect("spawn postgres"));
+    }
+
+    fn wait_ready(&self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            let ok = Command::new(postgres_bindir().join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// `postgres://loadgen@127.0.0.1:PORT/postgres`: the password goes by `PGPASSWORD` or
+    /// the tool's own environment variable.
+    pub fn url(&self) -> String {
+        format!("postgres://loadgen@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn password(&self) -> &'static str {
+        POSTGRES_PASSWORD
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("postgres.log")).unwrap_or_default()
+    }
+
+    /// Runs `sql` with psql; returns its unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(postgres_bindir().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "loadgen",
+                "-d",
+                "postgres",
+            ])
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", POSTGRES_PASSWORD)
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Kills the server (SIGKILL): every connection drops.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Its children (backends, the checkpointer) go with the postmaster; wait for them to
+        // release the data directory before a restart.
+        let pid_file = self.dir.path("data/postmaster.pid");
+        let end = Instant::now() + Duration::from_secs(10);
+        while pid_file.exists() && Instant::now() < end {
+            let pid: Option<i32> = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()));
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+            if !alive {
+                let _ = std::fs::remove_file(&pid_file);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Restarts the server as `pg_ctl restart -m fast` does: SIGINT (every session is ended,
+    /// what was committed stays), then a start on the same port.
+    pub fn restart_fast(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill has no memory preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGINT);
+            }
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill();
+        self.spawn();
+        assert!(
+            self.wait_ready(Duration::from_secs(30)),
+            "postgres did not come back: {}",
+            self.log()
+        );
+    }
+
+    /// Starts the server again on the same port after [`Postgres::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        assert!(
+            self.wait_ready(Duration::from_secs(30)),
+            "postgres did not come back: {}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // SIGQUIT: the postmaster ends its backends at once.
+            // SAFETY: kill has no memory preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGQUIT);
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! job-pub end to end, against a real PostgreSQL and a real Mosquitto, each started by the
+//! test on a free port; every claim of exactly-once is checked by an independent subscriber.
+
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use test_support::{assert_matches_schema, free_port, Mosquitto, Postgres, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_job-pub");
+
+fn job_pub(pg: &Postgres, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("DATABASE_URL", pg.url())
+        .env("PGPASSWORD", pg.password())
+        .stdin(Stdio::null());
+    c
+}
+
+fn ok(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v:#}"))
+}
+
+/// Every message on `job/#`, by payload.
+struct Collector {
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+    last: Arc<Mutex<Instant>>,
+}
+
+impl Collector {
+    fn start(port: u16) -> Collector {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let last = Arc::new(Mutex::new(Instant::now()));
+        let (s, l) = (seen.clone(), last.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut o = MqttOptions::new(format!("collector-{}", free_port()), "127.0.0.1", port);
+            o.set_keep_alive(Duration::from_secs(30))
+                .set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut conn) = Client::new(o, 1024);
+            client.subscribe("job/#", QoS::AtLeastOnce).unwrap();
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let body = String::from_utf8_lossy(&p.payload).into_owned();
+                        *s.lock().unwrap().entry(body).or_default() += 1;
+                        *l.lock().unwrap() = Instant::now();
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("collector subscribed");
+        Collector { seen, last }
+    }
+
+    /// Waits until `count` distinct messages arrived and nothing for `quiet`.
+    fn settle(&self, count: usize, quiet: Duration) -> HashMap<String, u32> {
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            let enough = self.seen.lock().unwrap().len() >= count;
+            if enough && self.last.lock().unwrap().elapsed() >= quiet {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn seed(pg: &Postgres, count: &str, fire_in: &str) {
+    ok(
+        job_pub(pg, &["seed", "--count", count, "--fire-in", fire_in])
+            .output()
+            .unwrap(),
+    );
+}
+
+#[test]
+fn three_instances_drain_50000_due_jobs_and_a_subscriber_gets_each_exactly_once() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    let out = ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    assert!(out.contains("migrated"), "{out}");
+    ok(job_pub(&pg, &["migrate"]).output().unwrap()); // again: nothing changes
+    seed(&pg, "50000", "0s..0s");
+    let sub = Collector::start(m.port);
+    let dir = TempDir::new("job-pub-three");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            job_pub(
+                &pg,
+                &[
+                    "run",
+                    "--broker",
+                    &m.url(),
+                    "--mqtt-version",
+                    "5",
+                    "--until-empty",
+                    "--quiet",
+                ],
+            )
+            .arg("--report-json")
+            .arg(dir.path(&format!("r{i}.json")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reports: Vec<Value> = (0..3)
+        .map(|i| {
+            serde_json::from_str(&std::fs::read_to_string(dir.path(&format!("r{i}.json"))).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let acked: u64 = reports.iter().map(|r| n(r, "jobs_acked")).sum();
+    assert_eq!(
+        acked, 50_000,
+        "the instances together acknowledged every job once"
+    );
+    for r in &reports {
+        assert_matches_schema("schema/job-pub-report.schema.json", r);
+        assert_eq!((n(r, "jobs_failed"), n(r, "jobs_republished")), (0, 0));
+        assert!(n(r, "jobs_acked") > 0, "every instance took a share: {r:#}");
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE NOT processed"),
+        "0"
+    );
+    let seen = sub.settle(50_000, Duration::from_millis(500));
+    assert_eq!(seen.len(), 50_000, "each job arrived");
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(twice.is_empty(), "published twice: {twice:?}");
+}
+
+#[test]
+fn overdue_jobs_are_published_and_counted_late_and_max_lateness_skips_older_ones() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    // 100 an hour overdue, 100 a minute overdue, 100 due in 1.5 s (within --lookahead 3s:
+    // claimed at once and held until they fire).
+    seed(&pg, "100", "-1h..-1h");
+    seed(&pg, "100", "-1m..-1m");
+    pg.psql("UPDATE jobs SET payload = 'minute-' || id WHERE id > 100");
+    seed(&pg, "100", "1500ms..1500ms");
+    pg.psql("UPDATE jobs SET payload = 'soon-' || id WHERE id > 200");
+    let sub = Collector::start(m.port);
+    let dir = TempDir::new("job-pub-late");
+    let out = job_pub(
+        &pg,
+        &[
+            "run",
+            "--broker",
+            &m.url(),
+            "--until-empty",
+            "--quiet",
+            "--max-lateness",
+            "30m",
+            "--lookahead",
+            "3s",
+        ],
+    )
+    .args([
+        "--threshold",
+        "jobs_skipped==100",
+        "--threshold",
+        "lateness_p90<1s",
+    ])
+    .arg("--report-json")
+    .arg(dir.path("r.json"))
+    .output()
+    .unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(99),
+        "lateness_p90<1s fails: half the jobs were a minute late\n{r:#}"
+    );
+    assert_eq!(n(&r, "jobs_claimed"), 300, "{r:#}\n{}", pg.psql("SELECT id, fire_at, now(), processed, claimed_until FROM jobs WHERE id IN (1, 150, 250)"));
+    assert_eq!(
+        n(&r, "jobs_skipped"),
+        100,
+        "an hour overdue: past --max-lateness"
+    );
+    assert_eq!(n(&r, "jobs_acked"), 200);
+    assert_eq!(n(&r, "jobs_late"), 100, "a minute overdue: published, late");
+    let lat = &r["lateness_us"];
+    assert!(
+        n(lat, "max") >= 60_000_000 && n(lat, "max") < 70_000_000,
+        "{lat}"
+    );
+    assert!(
+        n(lat, "min") < 100_000,
+        "the jobs due in a second went out on time: {lat}"
+    );
+    let t = r["thresholds"].as_array().unwrap();
+    assert_eq!(
+        (t[0]["pass"].as_bool(), t[1]["pass"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM jobs WHERE skipped"), "100");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE NOT processed"),
+        "0"
+    );
+    let seen = sub.settle(200, Duration::from_millis(300));
+    assert_eq!(seen.len(), 200);
+    assert!(
+        seen.keys()
+            .all(|k| k.starts_with("minute-") || k.starts_with("soon-")),
+        "none of the skipped"
+    );
+}
+
+#[test]
+fn bad_input_is_a_one_line_usage_error() {
+    let pg = Postgres::start();
+    // A password in --database-url on the command line would show in the process list.
+    let out = Command::new(BIN)
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://loadgen:secret@127.0.0.1:1/postgres",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("holds a password") && !err.contains("secret"),
+        "{err}"
+    );
+    // The table is not there yet.
+    let out = job_pub(
+        &pg,
+        &["run", "--broker", "mqtt://127.0.0.1:1", "--until-empty"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("run job-pub migrate first"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = job_pub(&pg, &["run", "--lease", "5s", "--ack-timeout", "10s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn read_report(p: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn spawn_run(
+    pg: &Postgres,
+    m: &Mosquitto,
+    report: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    job_pub(pg, &["run", "--broker", &m.url(), "--quiet"])
+        .args(extra)
+        .arg("--report-json")
+        .arg(report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_nothing() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    seed(&pg, "30000", "0s..0s");
+    let sub = Collector::start(m.port);
+    let dir = TempDir::new("job-pub-kill");
+    let lease = [
+        "--lease",
+        "2s",
+        "--ack-timeout",
+        "1s",
+        "--batch",
+        "500",
+        "--qos",
+        "1",
+    ];
+    let mut victim = spawn_run(
+        &pg,
+        &m,
+        &dir.path("victim.json"),
+        &[&lease[..], &["--until-empty"]].concat(),
+    );
+    // Freeze it until it is caught holding a claimed batch, then kill it there.
+    let victim_pid = victim.id();
+    let end = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        assert!(Instant::now() < end, "the victim never held a batch");
+        std::thread::sleep(Duration::from_millis(20));
+        signal(victim_pid, "STOP");
+        let held: u64 = pg
+            .psql(&format!(
+                "SELECT count(*) FROM jobs WHERE NOT processed AND claimed_until > now() AND claimed_by LIKE '%-{victim_pid}-%'"
+            ))
+            .parse()
+            .unwrap();
+        if held > 0 {
+            break held;
+        }
+        signal(victim_pid, "CONT");
+    };
+    let others: Vec<_> = (0..2)
+        .map(|i| {
+            spawn_run(
+                &pg,
+                &m,
+                &dir.path(&format!("other{i}.json")),
+                &[&lease[..], &["--until-empty"]].concat(),
+            )
+        })
+        .collect();
+    signal(victim_pid, "KILL");
+    let _ = victim.wait();
+    // The instance started again after the crash, beside the two others.
+    let restarted = spawn_run(
+        &pg,
+        &m,
+        &dir.path("restarted.json"),
+        &[&lease[..], &["--until-empty"]].concat(),
+    );
+    for c in others.into_iter().chain([restarted]) {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE NOT processed"),
+        "0"
+    );
+    let reports: Vec<Value> = ["other0", "other1", "restarted"]
+        .iter()
+        .map(|r| read_report(&dir.path(&format!("{r}.json"))))
+        .collect();
+    let republished: u64 = reports.iter().map(|r| n(r, "jobs_republished")).sum();
+    let again: u64 = pg
+        .psql("SELECT count(*) FROM jobs WHERE attempts > 1")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        republished, again,
+        "the reports count every job claimed again"
+    );
+    assert_eq!(
+        again, held,
+        "exactly the killed instance's claimed batch was claimed again"
+    );
+    assert!(held <= 500, "at most one batch: {held}");
+    let seen = sub.settle(30_000, Duration::from_millis(500));
+    assert_eq!(seen.len(), 30_000, "every job published at least once");
+    let duplicates: u64 = seen.values().map(|c| u64::from(*c) - 1).sum();
+    assert!(
+        duplicates <= held,
+        "{duplicates} duplicates, the killed batch held {held}"
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_batch_in_flight_and_a_database_restart_loses_no_job() {
+    let mut pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    // Jobs firing over 6 s: the instance runs through a database restart, then a SIGTERM.
+    seed(&pg, "6000", "0s..6s");
+    let sub = Collector::start(m.port);
+    let dir = TempDir::new("job-pub-restart");
+    let mut a = spawn_run(&pg, &m, &dir.path("a.json"), &["--batch", "200"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.restart_fast();
+    // Wait until every job due by now is done, then stop the instance.
+    let end = Instant::now() + Duration::from_secs(30);
+    while pg
+        .psql("SELECT count(*) FROM jobs WHERE processed")
+        .parse::<u64>()
+        .unwrap()
+        < 6000
+    {
+        assert!(
+            Instant::now() < end,
+            "jobs left: {}",
+            pg.psql("SELECT count(*) FROM jobs WHERE NOT processed")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(a.id(), "TERM");
+    let out = a.wait().unwrap();
+    assert_eq!(out.code(), Some(143));
+    let r = read_report(&dir.path("a.json"));
+    assert_matches_schema("schema/job-pub-report.schema.json", &r);
+    assert_eq!(r["outcome"], "interrupted");
+    assert!(
+        n(&r, "db_connections_opened") >= 2,
+        "the connection lost with the restart was replaced: {r:#}"
+    );
+    assert_eq!(n(&r, "jobs_acked"), 6000, "{r:#}");
+    assert_eq!(n(&r, "jobs_failed"), 0);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE claimed_until IS NOT NULL"),
+        "0",
+        "nothing left leased"
+    );
+    let seen = sub.settle(6000, Duration::from_millis(300));
+    assert_eq!(seen.len(), 6000, "no job lost");
+    // A completion lost with the restart republishes its batch, never more.
+    let duplicates: u64 = seen.values().map(|c| u64::from(*c) - 1).sum();
+    assert!(duplicates <= 200, "{duplicates}");
+}

@@ -1,0 +1,407 @@
+//! job-pub's subcommands and flags, checked into a typed [`Plan`] before anything runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, ExportArgs};
+use mqtt_tool::Error;
+
+/// Scheduled jobs from PostgreSQL to MQTT: any number of instances, no job published twice
+/// while they live, none lost when one dies.
+#[derive(Debug, Parser)]
+#[command(
+    name = "job-pub",
+    version,
+    after_help = "Exit codes: 0 done, 1 jobs failed or another failure, 2 usage, 3 the database or \
+                  the broker cannot be reached, 4 the broker refused the connection, 99 a \
+                  --threshold failed, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create the jobs table if missing and add what job-pub needs (lease columns, an index)
+    Migrate(DbArgs),
+    /// Bulk-insert test jobs (COPY)
+    Seed(SeedArgs),
+    /// Claim due jobs, publish them, mark them processed; until stopped (or --until-empty)
+    Run(Box<RunArgs>),
+}
+
+/// Where the jobs are.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
+pub struct DbArgs {
+    /// postgres://USER@HOST:PORT/DB; the password from PGPASSWORD or --database-password-file
+    /// (a password inside the URL only from the DATABASE_URL variable, never a flag)
+    #[arg(long, value_name = "URL", env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// File whose first line is the database password
+    #[arg(long, value_name = "FILE", env = "JOB_PUB_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+
+    /// The table of jobs
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "jobs",
+        env = "JOB_PUB_TABLE"
+    )]
+    pub table: String,
+
+    /// Database connections in the pool
+    #[arg(long, value_name = "N", default_value = "4", value_parser = parse_count, env = "JOB_PUB_POOL")]
+    pub pool: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Jobs to insert
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub count: u64,
+
+    /// When they fire, spread evenly over MIN..MAX from now (`0s..60s`; negative for overdue:
+    /// `-1h..-1h`)
+    #[arg(long, value_name = "MIN..MAX", default_value = "0s..0s", value_parser = parse_offsets, allow_hyphen_values = true)]
+    pub fire_in: (i64, i64),
+
+    /// Topic of job i: `{i}` is its number (from 0)
+    #[arg(long, value_name = "TEMPLATE", default_value = "job/{i}")]
+    pub topic_template: String,
+
+    /// Payload of job i: `{i}` is its number
+    #[arg(long, value_name = "TEMPLATE", default_value = "{\"job\":{i}}")]
+    pub payload_template: String,
+}
+
+/// How each job's id travels with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobIdMode {
+    /// MQTT 5 user property `job_id` (the payload unchanged)
+    Property,
+    /// The payload wrapped: `{"job_id":N,"payload":"<the payload as a JSON string>"}`
+    Wrapper,
+    /// Not at all
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Qos {
+    #[value(name = "0")]
+    AtMostOnce,
+    #[value(name = "1")]
+    AtLeastOnce,
+    #[value(name = "2")]
+    ExactlyOnce,
+}
+
+impl Qos {
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// QoS of every publish
+    #[arg(
+        long,
+        value_enum,
+        default_value = "1",
+        env = "JOB_PUB_QOS",
+        help_heading = "Jobs"
+    )]
+    pub qos: Qos,
+
+    /// Jobs claimed at once (one claim, one publish burst, one completion)
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = parse_count, env = "JOB_PUB_BATCH", help_heading = "Jobs")]
+    pub batch: u64,
+
+    /// How often to look for due jobs when there were none
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration, env = "JOB_PUB_POLL", help_heading = "Jobs")]
+    pub poll: Duration,
+
+    /// How long a claim holds: a job claimed by an instance that died is claimed again once
+    /// its lease has run out (longer than a batch takes to publish)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "JOB_PUB_LEASE", help_heading = "Jobs")]
+    pub lease: Duration,
+
+    /// Claim jobs due within this much ahead, and hold each until its fire_at
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration, env = "JOB_PUB_LOOKAHEAD", help_heading = "Jobs")]
+    pub lookahead: Duration,
+
+    /// A job published later than this after its fire_at counts as late
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, env = "JOB_PUB_LATE_AFTER", help_heading = "Jobs")]
+    pub late_after: Duration,
+
+    /// Skip (mark processed without publishing, counted) jobs overdue by more than this
+    /// [default: publish every overdue job]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "JOB_PUB_MAX_LATENESS", help_heading = "Jobs")]
+    pub max_lateness: Option<Duration>,
+
+    /// Exit once no due job remains (for tests and batch use) [default: run until stopped]
+    #[arg(long, help_heading = "Jobs")]
+    pub until_empty: bool,
+
+    /// Publish retained, as the seed publisher does
+    #[arg(long, help_heading = "Jobs")]
+    pub retain: bool,
+
+    /// How each message carries its job id [default: property with MQTT 5, none with 3.1.1]
+    #[arg(long, value_enum, env = "JOB_PUB_JOB_ID", help_heading = "Jobs")]
+    pub job_id: Option<JobIdMode>,
+
+    /// How long a batch may wait for its acknowledgements before its jobs count as failed
+    /// (they stay unprocessed and are claimed again when their lease runs out)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "JOB_PUB_ACK_TIMEOUT", help_heading = "Jobs")]
+    pub ack_timeout: Duration,
+
+    /// Give up when the database stays unreachable this long
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, env = "JOB_PUB_DB_TIMEOUT", help_heading = "Database")]
+    pub db_timeout: Duration,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    /// No progress lines on stderr
+    #[arg(long, short, env = "JOB_PUB_QUIET")]
+    pub quiet: bool,
+}
+
+fn parse_offsets(s: &str) -> Result<(i64, i64), String> {
+    let one = |t: &str| -> Result<i64, String> {
+        let t = t.trim();
+        let (neg, body) = match t.strip_prefix('-') {
+            Some(b) => (true, b),
+            None => (false, t),
+        };
+        let d = parse_duration(body)?;
+        let ms = i64::try_from(d.as_millis()).map_err(|_| format!("'{t}' is too long"))?;
+        Ok(if neg { -ms } else { ms })
+    };
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("'{s}' is not MIN..MAX; write e.g. 0s..60s"))?;
+    let (a, b) = (one(a)?, one(b)?);
+    if a > b {
+        return Err(format!("'{s}': MIN is after MAX"));
+    }
+    Ok((a, b))
+}
+
+/// The database to use, checked.
+#[derive(Debug, Clone)]
+pub struct DbPlan {
+    pub config: tokio_postgres::Config,
+    /// The URL without its password, for reports and errors.
+    pub shown: String,
+    pub table: String,
+    pub pool: usize,
+}
+
+/// What the run does, checked.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Migrate(DbPlan),
+    Seed(DbPlan, SeedArgs),
+    Run(Box<RunPlan>),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub db: DbPlan,
+    pub connect: mqtt_tool::connect::ConnectPlan,
+    pub qos: Qos,
+    pub batch: usize,
+    pub poll: Duration,
+    pub lease: Duration,
+    pub lookahead: Duration,
+    pub late_after: Duration,
+    pub max_lateness: Option<Duration>,
+    pub until_empty: bool,
+    pub retain: bool,
+    pub job_id: JobIdMode,
+    pub ack_timeout: Duration,
+    pub db_timeout: Duration,
+    pub exports: mqtt_tool::export::Exports,
+    pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
+    pub quiet: bool,
+}
+
+/// Whether `--database-url` came from the `DATABASE_URL` variable (where a password may be).
+pub fn url_from_env(m: &clap::ArgMatches) -> bool {
+    let sub = m.subcommand().map(|(_, s)| s);
+    sub.and_then(|s| s.value_source("database_url"))
+        .is_some_and(|v| v == clap::parser::ValueSource::EnvVariable)
+}
+
+impl DbPlan {
+    fn from_args(a: &DbArgs, url_from_env: bool) -> Result<DbPlan, Error> {
+        let mut config: tokio_postgres::Config = a.database_url.parse().map_err(|e| {
+            Error::usage(format!(
+                "--database-url is not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DB"
+            ))
+        })?;
+        if config.get_password().is_some() && !url_from_env {
+            return Err(Error::usage(
+                "--database-url holds a password, which would show in the process list; give it in PGPASSWORD or --database-password-file",
+            ));
+        }
+        if let Some(f) = &a.database_password_file {
+            let text =
+                mqtt_tool::out::read_bounded(f, 4096, &format!("password file {}", f.display()))?;
+            let pw = text.lines().next().unwrap_or("").to_string();
+            if pw.is_empty() {
+                return Err(Error::usage(format!(
+                    "password file {} is empty",
+                    f.display()
+                )));
+            }
+            config.password(pw);
+        } else if config.get_password().is_none() {
+            if let Ok(pw) = std::env::var("PGPASSWORD") {
+                config.password(pw);
+            }
+        }
+        if config.get_dbname().is_none() {
+            return Err(Error::usage(
+                "--database-url names no database; write postgres://USER@HOST:PORT/DB",
+            ));
+        }
+        let valid = !a.table.is_empty()
+            && a.table.len() <= 63
+            && a.table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !a.table.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(Error::usage(format!(
+                "--table '{}' is not a plain table name; use letters, digits and _",
+                mqtt_tool::out::escape(&a.table)
+            )));
+        }
+        if a.pool == 0 || a.pool > 64 {
+            return Err(Error::usage("--pool must be from 1 to 64"));
+        }
+        Ok(DbPlan {
+            shown: show(&config),
+            config,
+            table: a.table.clone(),
+            pool: a.pool as usize,
+        })
+    }
+}
+
+/// `postgres://user@host:port/db`, no password.
+fn show(c: &tokio_postgres::Config) -> String {
+    let host = c
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        c.get_user().unwrap_or(""),
+        c.get_dbname().unwrap_or("")
+    )
+}
+
+impl Plan {
+    pub fn from_cli(cli: Cli, url_from_env: bool) -> Result<Plan, Error> {
+        match cli.cmd {
+            Cmd::Migrate(db) => Ok(Plan::Migrate(DbPlan::from_args(&db, url_from_env)?)),
+            Cmd::Seed(s) => {
+                let db = DbPlan::from_args(&s.db, url_from_env)?;
+                if s.count == 0 {
+                    return Err(Error::usage("--count must be at least 1"));
+                }
+                Ok(Plan::Seed(db, s))
+            }
+            Cmd::Run(r) => {
+                let r = *r;
+                let db = DbPlan::from_args(&r.db, url_from_env)?;
+                if r.batch == 0 || r.batch > 100_000 {
+                    return Err(Error::usage("--batch must be from 1 to 100000"));
+                }
+                if r.lease < Duration::from_secs(1) {
+                    return Err(Error::usage("--lease must be at least 1s"));
+                }
+                if r.ack_timeout >= r.lease {
+                    return Err(Error::usage(format!(
+                        "--ack-timeout {} must be shorter than --lease {}: a batch still waiting for its acks when its lease ends may be published twice",
+                        humantime::format_duration(r.ack_timeout),
+                        humantime::format_duration(r.lease)
+                    )));
+                }
+                if mqtt_tool::connect::broker_uses_tls(&r.connection.broker) {
+                    return Err(Error::usage(
+                        "job-pub does not speak TLS yet; give an mqtt:// broker",
+                    ));
+                }
+                let mqtt5 = r.connection.mqtt_version == mqtt_tool::args::MqttVersion::V5;
+                let job_id = match (r.job_id, mqtt5) {
+                    (Some(JobIdMode::Property), false) => {
+                        return Err(Error::usage(
+                            "--job-id property needs MQTT 5; add --mqtt-version 5 or use --job-id wrapper",
+                        ))
+                    }
+                    (Some(m), _) => m,
+                    (None, true) => JobIdMode::Property,
+                    (None, false) => JobIdMode::None,
+                };
+                let connect = mqtt_tool::connect::connect_plan(
+                    r.connection,
+                    &format!("job-pub-{}", std::process::id()),
+                    1 << 20,
+                    "a job's payload",
+                )?;
+                let exports = r.export.exports(None)?;
+                let thresholds = mqtt_tool::threshold::parse_all(
+                    &r.export.thresholds,
+                    &crate::report::threshold_fields(),
+                )?;
+                Ok(Plan::Run(Box::new(RunPlan {
+                    db,
+                    connect,
+                    qos: r.qos,
+                    batch: r.batch as usize,
+                    poll: r.poll.max(Duration::from_millis(1)),
+                    lease: r.lease,
+                    lookahead: r.lookahead,
+                    late_after: r.late_after,
+                    max_lateness: r.max_lateness,
+                    until_empty: r.until_empty,
+                    retain: r.retain,
+                    job_id,
+                    ack_timeout: r.ack_timeout,
+                    db_timeout: r.db_timeout,
+                    exports,
+                    thresholds,
+                    quiet: r.quiet,
+                })))
+            }
+        }
+    }
+}

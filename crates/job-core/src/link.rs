@@ -1,0 +1,232 @@
+//! The MQTT connection of job-pub: rumqttc (3.1.1 or 5) with its event loop on a task that
+//! turns what happens into [`Ev`]s, so that the run loop sees each PUBLISH written and each
+//! acknowledgement, by packet id, whichever protocol is spoken.
+//!
+//! A link lives as long as its connection: when it fails the loop makes a new one (a clean
+//! session) and publishes again what the old one left unacknowledged.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use mqtt_tool::broker::BrokerTarget;
+use mqtt_tool::connect::ConnectPlan;
+use mqtt_tool::Error;
+use tokio::sync::mpsc;
+
+/// What the connection did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ev {
+    /// The CONNACK arrived.
+    Up,
+    /// A PUBLISH was written to the socket (packet id, 0 at QoS 0), in publish order.
+    Written(u16),
+    /// QoS 1: PUBACK; QoS 2: PUBCOMP. `Err` carries an MQTT 5 reason code of 0x80 or more.
+    Acked(u16, Result<(), u8>),
+    /// The connection failed.
+    Down(String),
+}
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+pub struct Link {
+    client: Client,
+    pub events: mpsc::UnboundedReceiver<Ev>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Requests queued in rumqttc before `publish` waits, and its window.
+const QUEUE: usize = 10_000;
+
+impl Link {
+    /// Connects and waits for the CONNACK (at most `--connect-timeout`).
+    pub async fn connect(
+        c: &ConnectPlan,
+        target: &BrokerTarget,
+        inflight: u16,
+    ) -> Result<Link, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client_id = c.client_id.clone();
+        let (client, task) = if c.mqtt5 {
+            let mut o = rumqttc::v5::MqttOptions::new(client_id, target.host.clone(), target.port);
+            o.set_keep_alive(c.keep_alive.max(Duration::from_secs(1)))
+                .set_clean_start(true)
+                .set_outgoing_inflight_upper_limit(inflight)
+                .set_max_packet_size(Some(c.max_packet_size as u32));
+            if let Some((u, p)) = &c.credentials {
+                o.set_credentials(
+                    u.clone(),
+                    p.as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                );
+            }
+            let (client, mut el) = rumqttc::v5::AsyncClient::new(o, QUEUE);
+            let task = tokio::spawn(async move {
+                use rumqttc::v5::mqttbytes::v5::Packet;
+                use rumqttc::v5::Event;
+                loop {
+                    let ev = match el.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                            if (a.code as u8) < 0x80 {
+                                Ev::Up
+                            } else {
+                                Ev::Down(format!("the broker refused the connection: {:?}", a.code))
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(a))) => {
+                            let code = a.reason as u8;
+                            Ev::Acked(a.pkid, if code >= 0x80 { Err(code) } else { Ok(()) })
+                        }
+                        Ok(Event::Incoming(Packet::PubRec(r))) if (r.reason as u8) >= 0x80 => {
+                            Ev::Acked(r.pkid, Err(r.reason as u8))
+                        }
+                        Ok(Event::Incoming(Packet::PubComp(a))) => Ev::Acked(a.pkid, Ok(())),
+                        Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                            Ev::Down(format!("the broker sent DISCONNECT ({:?})", d.reason_code))
+                        }
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(p))) => Ev::Written(p),
+                        Ok(_) => continue,
+                        Err(e) => Ev::Down(e.to_string()),
+                    };
+                    let down = matches!(ev, Ev::Down(_));
+                    if tx.send(ev).is_err() || down {
+                        return;
+                    }
+                }
+            });
+            (Client::V5(client), task)
+        } else {
+            let mut o = rumqttc::MqttOptions::new(client_id, target.host.clone(), target.port);
+            o.set_keep_alive(c.keep_alive.max(Duration::from_secs(1)))
+                .set_clean_session(true)
+                .set_inflight(inflight)
+                .set_max_packet_size(c.max_packet_size, c.max_packet_size);
+            if let Some((u, p)) = &c.credentials {
+                o.set_credentials(
+                    u.clone(),
+                    p.as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                );
+            }
+            let (client, mut el) = rumqttc::AsyncClient::new(o, QUEUE);
+            let task = tokio::spawn(async move {
+                use rumqttc::{Event, Packet};
+                loop {
+                    let ev = match el.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                            if a.code == rumqttc::ConnectReturnCode::Success {
+                                Ev::Up
+                            } else {
+                                Ev::Down(format!("the broker refused the connection: {:?}", a.code))
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(a))) => Ev::Acked(a.pkid, Ok(())),
+                        Ok(Event::Incoming(Packet::PubComp(a))) => Ev::Acked(a.pkid, Ok(())),
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(p))) => Ev::Written(p),
+                        Ok(_) => continue,
+                        Err(e) => Ev::Down(e.to_string()),
+                    };
+                    let down = matches!(ev, Ev::Down(_));
+                    if tx.send(ev).is_err() || down {
+                        return;
+                    }
+                }
+            });
+            (Client::V4(client), task)
+        };
+        let mut link = Link {
+            client,
+            events: rx,
+            task: Some(task),
+        };
+        let first = tokio::time::timeout(c.connect_timeout, link.events.recv()).await;
+        match first {
+            Ok(Some(Ev::Up)) => Ok(link),
+            Ok(Some(Ev::Down(why))) if why.contains("refused") => Err(Error::Refused {
+                broker: target.url(),
+                reason: why,
+            }),
+            Ok(Some(Ev::Down(why))) => Err(Error::Unreachable {
+                broker: target.url(),
+                reason: why,
+            }),
+            Ok(_) => Err(Error::Unreachable {
+                broker: target.url(),
+                reason: "the connection ended before its CONNACK".into(),
+            }),
+            Err(_) => {
+                drop(link);
+                Err(Error::Unreachable {
+                    broker: target.url(),
+                    reason: format!(
+                        "no CONNACK within {} (--connect-timeout)",
+                        humantime::format_duration(c.connect_timeout)
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Queues one PUBLISH (it is written in the order queued); `job_id` becomes the MQTT 5
+    /// user property when given.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        payload: Bytes,
+        job_id: Option<i64>,
+    ) -> Result<(), String> {
+        match &self.client {
+            Client::V4(c) => {
+                let q = match qos {
+                    0 => rumqttc::QoS::AtMostOnce,
+                    1 => rumqttc::QoS::AtLeastOnce,
+                    _ => rumqttc::QoS::ExactlyOnce,
+                };
+                c.publish_bytes(topic, q, retain, payload)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Client::V5(c) => {
+                let q = match qos {
+                    0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                };
+                let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    user_properties: job_id
+                        .map(|id| vec![("job_id".to_string(), id.to_string())])
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                c.publish_bytes_with_properties(topic, q, retain, payload, props)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// A DISCONNECT, then the end of the event loop.
+    pub async fn close(mut self) {
+        let _ = match &self.client {
+            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}

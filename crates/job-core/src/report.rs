@@ -1,0 +1,182 @@
+//! What a `job-pub run` did: every job it claimed ends acknowledged (processed), skipped
+//! (past `--max-lateness`, processed without publishing), rejected (MQTT 5 reason code) or
+//! failed (no acknowledgement in time: left unprocessed, claimed again when its lease runs
+//! out). Text summary and JSON (`schema/job-pub-report.schema.json`).
+
+use mqtt_tool::format::{fmt_int, fmt_percentiles, Percentiles};
+use mqtt_tool::threshold::{Fields, Judged, Unit};
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub fn threshold_fields() -> Fields {
+    Fields::default()
+        .numbers(
+            &[
+                "jobs_claimed",
+                "jobs_published",
+                "jobs_acked",
+                "jobs_failed",
+                "jobs_rejected",
+                "jobs_skipped",
+                "jobs_late",
+                "jobs_republished",
+                "jobs_lease_lost",
+                "job_rate",
+                "db_retries",
+                "mqtt_reconnects",
+            ],
+            Unit::Number,
+        )
+        .numbers(&["elapsed_s"], Unit::Seconds)
+        .latency("lateness", "/lateness_us")
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistogramsReport {
+    pub lateness_us: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub broker: String,
+    /// The database, without its password.
+    pub database: String,
+    pub table: String,
+    /// This instance's name in `claimed_by`.
+    pub instance: String,
+    pub qos: u8,
+    pub mqtt_version: String,
+    /// How a message carries its job id: property, wrapper or none.
+    pub job_id: String,
+    pub batch: u64,
+    /// Jobs this instance claimed.
+    pub jobs_claimed: u64,
+    /// PUBLISHes written to the socket (a job published again after a lost connection counts
+    /// once here and in `messages_resent`).
+    pub jobs_published: u64,
+    /// Acknowledged (QoS 1, 2) or written (QoS 0), and marked processed.
+    pub jobs_acked: u64,
+    /// Not acknowledged within --ack-timeout: left unprocessed for another claim.
+    pub jobs_failed: u64,
+    /// MQTT 5: refused by the broker with a reason code (marked processed: a retry would be
+    /// refused again).
+    pub jobs_rejected: u64,
+    /// Overdue past --max-lateness: marked processed without publishing.
+    pub jobs_skipped: u64,
+    /// Published more than --late-after after their fire_at.
+    pub jobs_late: u64,
+    /// Claimed before by an instance that did not finish them (a crash): published again.
+    pub jobs_republished: u64,
+    /// Acknowledged, but their lease had run out and another instance claimed them: they
+    /// may have been published twice.
+    pub jobs_lease_lost: u64,
+    pub messages_resent: u64,
+    pub claims: u64,
+    pub db_retries: u64,
+    /// Database connections opened (a lost one is replaced, the claimed jobs kept).
+    pub db_connections_opened: u64,
+    pub mqtt_reconnects: u64,
+    pub elapsed_s: f64,
+    /// Acknowledged jobs per second.
+    pub job_rate: f64,
+    /// Written to the socket minus fire_at, µs (0 when published on time).
+    pub lateness_us: Option<Percentiles>,
+    pub histograms: HistogramsReport,
+    pub started_at: String,
+    pub ended_at: String,
+    /// complete | interrupted | incomplete
+    pub outcome: String,
+    pub interrupted_by: Option<String>,
+    pub error: Option<String>,
+    pub thresholds: Vec<Judged>,
+}
+
+impl Report {
+    pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        if thresholds.is_empty() {
+            return;
+        }
+        let json = serde_json::to_value(&*self).unwrap_or_default();
+        self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut o = String::new();
+        let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
+        line(&format!("== {} summary", self.tool), String::new());
+        line("broker", self.broker.clone());
+        line(
+            "database",
+            format!("{} (table {})", self.database, self.table),
+        );
+        line(
+            "jobs",
+            format!(
+                "{} claimed, {} published, {} acknowledged, {} failed, {} rejected, {} skipped (past --max-lateness)",
+                fmt_int(self.jobs_claimed),
+                fmt_int(self.jobs_published),
+                fmt_int(self.jobs_acked),
+                fmt_int(self.jobs_failed),
+                fmt_int(self.jobs_rejected),
+                fmt_int(self.jobs_skipped)
+            ),
+        );
+        line(
+            "late",
+            format!(
+                "{} published more than --late-after after their fire_at",
+                fmt_int(self.jobs_late)
+            ),
+        );
+        if self.jobs_republished + self.jobs_lease_lost + self.messages_resent > 0 {
+            line(
+                "again",
+                format!(
+                    "{} republished after a crash, {} acknowledged after their lease ran out, {} resent after a lost connection",
+                    fmt_int(self.jobs_republished),
+                    fmt_int(self.jobs_lease_lost),
+                    fmt_int(self.messages_resent)
+                ),
+            );
+        }
+        line(
+            "rate",
+            format!(
+                "{} jobs/s over {:.3} s ({} claims, QoS {}, batch {})",
+                fmt_int(self.job_rate.round() as u64),
+                self.elapsed_s,
+                fmt_int(self.claims),
+                self.qos,
+                fmt_int(self.batch)
+            ),
+        );
+        if let Some(p) = &self.lateness_us {
+            line("lateness", fmt_percentiles(p, true));
+        }
+        if self.db_retries + self.mqtt_reconnects > 0 || self.db_connections_opened > 1 {
+            line(
+                "faults",
+                format!(
+                    "{} database retries, {} database connections opened, {} MQTT reconnects",
+                    fmt_int(self.db_retries),
+                    fmt_int(self.db_connections_opened),
+                    fmt_int(self.mqtt_reconnects)
+                ),
+            );
+        }
+        if let Some(sig) = &self.interrupted_by {
+            line("interrupted", format!("by {sig}"));
+        }
+        if let Some(e) = &self.error {
+            line("problem", mqtt_tool::out::escape(e).into_owned());
+        }
+        for t in mqtt_tool::threshold::summary_lines(&self.thresholds) {
+            line("threshold", t);
+        }
+        o
+    }
+}
