@@ -38,7 +38,7 @@ pub enum Cmd {
 pub struct DbArgs {
     /// postgres://USER@HOST:PORT/DB; the password from PGPASSWORD or --database-password-file
     /// (a password inside the URL only from the DATABASE_URL variable, never a flag)
-    #[arg(long, value_name = "URL", env = "DATABASE_URL")]
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
     /// File whose first line is the database password
@@ -355,6 +355,14 @@ impl Plan {
                         humantime::format_duration(r.lease)
                     )));
                 }
+                // Jobs published to a broker nobody else uses are gone: no falling back to an
+                // embedded one, as the load generators do.
+                if r.connection.broker == "auto" {
+                    return Err(Error::usage(
+                        "job-pub run needs --broker mqtt://HOST:PORT (or LOADGEN_BROKER): \
+                         jobs published to an embedded broker would reach nobody",
+                    ));
+                }
                 if mqtt_tool::connect::broker_uses_tls(&r.connection.broker) {
                     return Err(Error::usage(
                         "job-pub does not speak TLS yet; give an mqtt:// broker",
@@ -371,9 +379,11 @@ impl Plan {
                     (None, true) => JobIdMode::Property,
                     (None, false) => JobIdMode::None,
                 };
+                // Instances in containers all run as pid 1: the host and a random part keep
+                // their client ids apart (a shared one would take sessions over in a loop).
                 let connect = mqtt_tool::connect::connect_plan(
                     r.connection,
-                    &format!("job-pub-{}", std::process::id()),
+                    &crate::run::instance_name(),
                     1 << 20,
                     "a job's payload",
                 )?;

@@ -56,7 +56,14 @@ pub fn pool(db: &DbPlan) -> Result<Pool, Error> {
 /// SQL, a missing table, bad credentials).
 fn transient(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
-        None => true,
+        // A closed connection, or one that failed on its socket; not a type or protocol
+        // error, which would only fail again.
+        None => {
+            e.is_closed()
+                || std::iter::successors(std::error::Error::source(e), |s| s.source())
+                    .any(|s| s.is::<std::io::Error>())
+                || e.to_string().contains("timed out")
+        }
         Some(db) => {
             let code = db.code().code();
             // 08: connection exceptions; 57P: shutdown, crash, cannot connect now; 53:
@@ -203,7 +210,7 @@ pub async fn claim(
             SET claimed_until = now() + make_interval(secs => $3), claimed_by = $4,
                 attempts = j.attempts + 1
            FROM due WHERE j.id = due.id
-         RETURNING j.id, j.topic, j.payload::text, j.fire_at, j.attempts"
+         RETURNING j.id::bigint, j.topic, j.payload::text, j.fire_at, j.attempts::integer"
     );
     let stmt = c.prepare_cached(&sql).await?;
     let rows = c
@@ -247,7 +254,7 @@ pub async fn complete(
     let sql = format!(
         "UPDATE {table} SET processed = true, processed_at = now(), skipped = $3,
                 claimed_until = NULL
-          WHERE id = ANY($1) AND claimed_by = $2 AND NOT processed"
+          WHERE id = ANY($1::bigint[]) AND claimed_by = $2 AND NOT processed"
     );
     let stmt = c.prepare_cached(&sql).await?;
     Ok(c.execute(&stmt, &[&ids, &me, &skipped]).await?)

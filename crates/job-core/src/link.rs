@@ -22,8 +22,10 @@ pub enum Ev {
     Written(u16),
     /// QoS 1: PUBACK; QoS 2: PUBCOMP. `Err` carries an MQTT 5 reason code of 0x80 or more.
     Acked(u16, Result<(), u8>),
-    /// The connection failed.
+    /// The connection failed (or could not be made): worth another try.
     Down(String),
+    /// The broker refused the connection for good (credentials, authorization, client id).
+    Refused(String),
 }
 
 enum Client {
@@ -70,10 +72,15 @@ impl Link {
                 loop {
                     let ev = match el.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                            if (a.code as u8) < 0x80 {
-                                Ev::Up
-                            } else {
-                                Ev::Down(format!("the broker refused the connection: {:?}", a.code))
+                            let code = a.code as u8;
+                            match code {
+                                0..=0x7f => Ev::Up,
+                                // Server unavailable or busy, quota, connection rate: for now.
+                                0x88 | 0x89 | 0x97 | 0x9f => Ev::Down(format!(
+                                    "the broker turned the connection away for now: {:?}",
+                                    a.code
+                                )),
+                                _ => Ev::Refused(format!("{:?}", a.code)),
                             }
                         }
                         Ok(Event::Incoming(Packet::PubAck(a))) => {
@@ -89,9 +96,17 @@ impl Link {
                         }
                         Ok(Event::Outgoing(rumqttc::Outgoing::Publish(p))) => Ev::Written(p),
                         Ok(_) => continue,
+                        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                            match code as u8 {
+                                0x88 | 0x89 | 0x97 | 0x9f => Ev::Down(format!(
+                                    "the broker turned the connection away for now: {code:?}"
+                                )),
+                                _ => Ev::Refused(format!("{code:?}")),
+                            }
+                        }
                         Err(e) => Ev::Down(e.to_string()),
                     };
-                    let down = matches!(ev, Ev::Down(_));
+                    let down = matches!(ev, Ev::Down(_) | Ev::Refused(_));
                     if tx.send(ev).is_err() || down {
                         return;
                     }
@@ -117,20 +132,27 @@ impl Link {
                 use rumqttc::{Event, Packet};
                 loop {
                     let ev = match el.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                            if a.code == rumqttc::ConnectReturnCode::Success {
-                                Ev::Up
-                            } else {
-                                Ev::Down(format!("the broker refused the connection: {:?}", a.code))
-                            }
-                        }
+                        Ok(Event::Incoming(Packet::ConnAck(a))) => match a.code {
+                            rumqttc::ConnectReturnCode::Success => Ev::Up,
+                            rumqttc::ConnectReturnCode::ServiceUnavailable => Ev::Down(
+                                "the broker turned the connection away for now (server unavailable)"
+                                    .into(),
+                            ),
+                            other => Ev::Refused(format!("{other:?}")),
+                        },
                         Ok(Event::Incoming(Packet::PubAck(a))) => Ev::Acked(a.pkid, Ok(())),
                         Ok(Event::Incoming(Packet::PubComp(a))) => Ev::Acked(a.pkid, Ok(())),
                         Ok(Event::Outgoing(rumqttc::Outgoing::Publish(p))) => Ev::Written(p),
                         Ok(_) => continue,
+                        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => match code {
+                            rumqttc::ConnectReturnCode::ServiceUnavailable => Ev::Down(
+                                "the broker turned the connection away for now (server unavailable)".into(),
+                            ),
+                            other => Ev::Refused(format!("{other:?}")),
+                        },
                         Err(e) => Ev::Down(e.to_string()),
                     };
-                    let down = matches!(ev, Ev::Down(_));
+                    let down = matches!(ev, Ev::Down(_) | Ev::Refused(_));
                     if tx.send(ev).is_err() || down {
                         return;
                     }
@@ -146,7 +168,7 @@ impl Link {
         let first = tokio::time::timeout(c.connect_timeout, link.events.recv()).await;
         match first {
             Ok(Some(Ev::Up)) => Ok(link),
-            Ok(Some(Ev::Down(why))) if why.contains("refused") => Err(Error::Refused {
+            Ok(Some(Ev::Refused(why))) => Err(Error::Refused {
                 broker: target.url(),
                 reason: why,
             }),
@@ -213,10 +235,14 @@ impl Link {
 
     /// A DISCONNECT, then the end of the event loop.
     pub async fn close(mut self) {
-        let _ = match &self.client {
-            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
-            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
-        };
+        // Bounded: a stalled broker with a full queue must not hold the report.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            match &self.client {
+                Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+                Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            }
+        })
+        .await;
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }

@@ -107,15 +107,10 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     mqtt_tool::broker::check_version(&target, p.connect.mqtt5)?;
     let inflight = p.batch.min(u16::MAX as usize) as u16;
     let mut link = Link::connect(&p.connect, &target, inflight).await?;
-    let me = format!(
-        "{}-{}-{:x}",
-        hostname(),
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
-    let mut lateness = Histogram::<u64>::new_with_bounds(1, 3_600_000_000 * 24, 3).expect("bounds");
+    let me = instance_name();
+    // Lateness up to a year is exact; older jobs record as a year.
+    let mut lateness =
+        Histogram::<u64>::new_with_bounds(1, 366 * 24 * 3_600_000_000, 3).expect("bounds");
     let started_wall = SystemTime::now();
     let started = Instant::now();
     let mut last_progress = started;
@@ -124,29 +119,44 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let mut first_ack: Option<Instant> = None;
     let mut last_ack_at: Option<Instant> = None;
 
+    // A database or broker failure ends the loop with `error`; the report is written either way.
+    macro_rules! or_stop {
+        ($l:lifetime, $e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break $l;
+                }
+            }
+        };
+    }
     'run: loop {
         if shutdown.stop.is_cancelled() {
             break;
         }
-        let jobs = db::retry(
-            &p.db,
-            "claiming jobs",
-            p.db_timeout,
-            &mut n.db_retries,
-            || db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me),
-        )
-        .await?;
+        // Nothing is held while claiming: a signal during a database outage ends at once.
+        let claimed = tokio::select! {
+            r = db::retry(&p.db, "claiming jobs", p.db_timeout, &mut n.db_retries, || {
+                db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me)
+            }) => r,
+            _ = shutdown.stop.cancelled() => break 'run,
+        };
+        let jobs = or_stop!('run, claimed);
         n.claims += 1;
         if jobs.is_empty() {
             if p.until_empty {
-                let left = db::retry(
-                    &p.db,
-                    "counting due jobs",
-                    p.db_timeout,
-                    &mut n.db_retries,
-                    || db::due_left(&pool, &p.db.table),
-                )
-                .await?;
+                let left = or_stop!(
+                'run,
+                    db::retry(
+                        &p.db,
+                        "counting due jobs",
+                        p.db_timeout,
+                        &mut n.db_retries,
+                        || { db::due_left(&pool, &p.db.table) }
+                    )
+                    .await
+                );
                 if left == 0 {
                     break;
                 }
@@ -159,21 +169,43 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         n.claimed += jobs.len() as u64;
         let now = SystemTime::now();
-        let (skip, publish): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+        let (skip, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
             p.max_lateness
                 .is_some_and(|max| now.duration_since(j.fire_at).is_ok_and(|late| late > max))
         });
-        if !skip.is_empty() {
-            let ids: Vec<i64> = skip.iter().map(|j| j.id).collect();
-            let done = db::retry(
-                &p.db,
-                "marking skipped jobs",
-                p.db_timeout,
-                &mut n.db_retries,
-                || db::complete(&pool, &p.db.table, &ids, true, &me),
-            )
-            .await?;
-            n.skipped += done;
+        // A job that cannot be published (a wildcard or empty topic, too large for the
+        // packet limit) would fail every instance that claims it: refused here, counted,
+        // marked processed and skipped.
+        let (bad, publish): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| invalid(j, p).is_some());
+        for j in bad.iter().take(3) {
+            mqtt_tool::errln!(
+                "job {} cannot be published: {}; it is marked processed and skipped",
+                j.id,
+                invalid(j, p).unwrap_or_default()
+            );
+        }
+        for (set, count_in) in [(&skip, 0), (&bad, 1)] {
+            if set.is_empty() {
+                continue;
+            }
+            let ids: Vec<i64> = set.iter().map(|j| j.id).collect();
+            let done = or_stop!(
+                'run,
+                db::retry(
+                    &p.db,
+                    "marking skipped jobs",
+                    p.db_timeout,
+                    &mut n.db_retries,
+                    || { db::complete(&pool, &p.db.table, &ids, true, &me) }
+                )
+                .await
+            );
+            if count_in == 0 {
+                n.skipped += done;
+            } else {
+                n.rejected += done;
+            }
             n.lease_lost += ids.len() as u64 - done;
         }
         if publish.is_empty() {
@@ -181,38 +213,52 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         n.republished += publish.iter().filter(|j| j.attempts > 1).count() as u64;
         let outcome = publish_batch(p, &target, &mut link, &publish, &mut n, &mut lateness).await;
-        let (acked, rejected) = match outcome {
-            Ok(v) => v,
-            Err(e) => {
-                error = Some(e.to_string());
-                // What was acknowledged before the failure is still marked below? No: the
-                // batch's state is lost with the error; its jobs stay leased and are
-                // claimed again after their lease.
-                n.failed += publish.len() as u64;
-                break;
-            }
-        };
         let now_i = Instant::now();
-        if !acked.is_empty() {
+        if !outcome.acked.is_empty() {
             first_ack.get_or_insert(now_i);
             last_ack_at = Some(now_i);
         }
-        for (ids, skipped, what) in [
-            (&acked, false, "marking jobs processed"),
-            (&rejected, false, "marking rejected jobs"),
-        ] {
+        // What was acknowledged is marked processed even when the batch then failed: it must
+        // not be published again by another instance.
+        for ids in [&outcome.acked, &outcome.rejected] {
             if ids.is_empty() {
                 continue;
             }
-            let done = db::retry(&p.db, what, p.db_timeout, &mut n.db_retries, || {
-                db::complete(&pool, &p.db.table, ids, skipped, &me)
-            })
-            .await?;
+            let done = or_stop!(
+                'run,
+                db::retry(
+                    &p.db,
+                    "marking jobs processed",
+                    p.db_timeout,
+                    &mut n.db_retries,
+                    || { db::complete(&pool, &p.db.table, ids, false, &me) }
+                )
+                .await
+            );
             n.lease_lost += ids.len() as u64 - done;
         }
-        n.acked += acked.len() as u64;
-        n.rejected += rejected.len() as u64;
-        n.failed += (publish.len() - acked.len() - rejected.len()) as u64;
+        n.acked += outcome.acked.len() as u64;
+        n.rejected += outcome.rejected.len() as u64;
+        let unacked = (publish.len() - outcome.acked.len() - outcome.rejected.len()) as u64;
+        n.failed += unacked;
+        if let Some(e) = outcome.error {
+            error = Some(e.to_string());
+            break;
+        }
+        if unacked > 0 {
+            // Acknowledgements still owed would be matched to the next batch's messages:
+            // start it on a new connection.
+            match Link::connect(&p.connect, &target, inflight).await {
+                Ok(l) => {
+                    std::mem::replace(&mut link, l).close().await;
+                    n.mqtt_reconnects += 1;
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
         if !p.quiet && last_progress.elapsed() >= Duration::from_secs(1) {
             let dt = last_progress.elapsed().as_secs_f64();
             mqtt_tool::errln!(
@@ -309,6 +355,23 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
 
 use mqtt_tool::format::Percentiles;
 
+/// This instance's name: host, pid and a random part; its client id and `claimed_by`.
+pub fn instance_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let host: String = hostname()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(40)
+            .collect();
+        format!("job-pub-{host}-{}-{:x}", std::process::id(), nanos)
+    })
+    .clone()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -325,9 +388,41 @@ fn body(job: &Job, mode: JobIdMode) -> Bytes {
     }
 }
 
-/// Publishes `jobs` (held until each fire_at) and waits for their acknowledgements:
-/// (acknowledged ids, rejected ids). A lost connection is replaced and the unacknowledged
-/// jobs published again.
+/// What a batch came to: the jobs acknowledged and rejected, and the failure that ended it
+/// early, if one did (what was acknowledged before it still counts).
+struct Batch {
+    acked: Vec<i64>,
+    rejected: Vec<i64>,
+    error: Option<Error>,
+}
+
+/// Why `job` cannot be published, if it cannot.
+fn invalid(job: &Job, p: &RunPlan) -> Option<String> {
+    if job.topic.is_empty() {
+        return Some("its topic is empty".into());
+    }
+    if job.topic.contains(['+', '#', '\0']) {
+        return Some(format!(
+            "its topic '{}' holds a wildcard or NUL",
+            mqtt_tool::out::escape(&job.topic)
+        ));
+    }
+    if job.topic.len() > 65_535 {
+        return Some("its topic is longer than 65,535 bytes".into());
+    }
+    let size = job.topic.len() + job.payload.len() + 64;
+    if size > p.connect.max_packet_size {
+        return Some(format!(
+            "its message of {size} bytes is over --max-packet-size {}",
+            p.connect.max_packet_size
+        ));
+    }
+    None
+}
+
+/// Publishes `jobs` (held until each fire_at) and waits for their acknowledgements. A lost
+/// connection is replaced (with backoff, even when the new one comes up at once) and the
+/// unacknowledged jobs published again.
 async fn publish_batch(
     p: &RunPlan,
     target: &mqtt_tool::broker::BrokerTarget,
@@ -335,7 +430,34 @@ async fn publish_batch(
     jobs: &[Job],
     n: &mut Counts,
     lateness: &mut Histogram<u64>,
-) -> Result<(Vec<i64>, Vec<i64>), Error> {
+) -> Batch {
+    let mut backoff = Duration::from_millis(100);
+    let mut result = publish_attempts(p, target, link, jobs, n, lateness, &mut backoff).await;
+    let (mut acked, mut rejected, error) = (Vec::new(), Vec::new(), result.2.take());
+    for (i, j) in jobs.iter().enumerate() {
+        if result.0[i] {
+            acked.push(j.id);
+        } else if result.1[i] {
+            rejected.push(j.id);
+        }
+    }
+    Batch {
+        acked,
+        rejected,
+        error,
+    }
+}
+
+/// The attempts of [`publish_batch`]: (done, rejected, the failure that ended it).
+async fn publish_attempts(
+    p: &RunPlan,
+    target: &mqtt_tool::broker::BrokerTarget,
+    link: &mut Link,
+    jobs: &[Job],
+    n: &mut Counts,
+    lateness: &mut Histogram<u64>,
+    backoff: &mut Duration,
+) -> (Vec<bool>, Vec<bool>, Option<Error>) {
     let qos = p.qos.level();
     let mut done = vec![false; jobs.len()];
     let mut rejected = vec![false; jobs.len()];
@@ -419,21 +541,26 @@ async fn publish_batch(
             "connection to the broker lost: {}; reconnecting",
             mqtt_tool::out::escape(&why)
         );
-        let mut backoff = Duration::from_millis(100);
         let new = loop {
-            if Instant::now() >= deadline + p.lease - p.ack_timeout {
-                return Err(Error::Unreachable {
-                    broker: target.url(),
-                    reason: format!("lost ({why}) and not back before the batch's lease runs out"),
-                });
+            // Past the ack deadline, what is unacknowledged is left for another claim.
+            if Instant::now() >= deadline {
+                return (
+                    done,
+                    rejected,
+                    Some(Error::Unreachable {
+                        broker: target.url(),
+                        reason: format!("lost ({why}) and not back within --ack-timeout"),
+                    }),
+                );
             }
+            // Backoff even when the last connection came up at once: a broker that closes
+            // every connection must not be hammered.
+            tokio::time::sleep(*backoff).await;
+            *backoff = (*backoff * 2).min(Duration::from_secs(5));
             match Link::connect(&p.connect, target, p.batch.min(u16::MAX as usize) as u16).await {
                 Ok(l) => break l,
-                Err(e @ Error::Refused { .. }) => return Err(e),
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Err(e @ Error::Refused { .. }) => return (done, rejected, Some(e)),
+                Err(_) => {}
             }
         };
         *link = new;
@@ -443,15 +570,7 @@ async fn publish_batch(
             .collect();
         n.resent += to_send.iter().filter(|&&i| written_once[i]).count() as u64;
     }
-    let acked = (0..jobs.len())
-        .filter(|&i| done[i])
-        .map(|i| jobs[i].id)
-        .collect();
-    let refused = (0..jobs.len())
-        .filter(|&i| rejected[i])
-        .map(|i| jobs[i].id)
-        .collect();
-    Ok((acked, refused))
+    (done, rejected, None)
 }
 
 /// Applies one event; returns why the connection went down, if it did.
@@ -500,6 +619,6 @@ fn absorb(
             None
         }
         Ev::Up => None,
-        Ev::Down(why) => Some(why),
+        Ev::Down(why) | Ev::Refused(why) => Some(why),
     }
 }

@@ -456,3 +456,57 @@ fn sigterm_finishes_the_batch_in_flight_and_a_database_restart_loses_no_job() {
     let duplicates: u64 = seen.values().map(|c| u64::from(*c) - 1).sum();
     assert!(duplicates <= 200, "{duplicates}");
 }
+
+#[test]
+fn a_broker_restart_mid_run_is_reconnected_to_and_a_bad_job_is_refused_not_retried() {
+    let pg = Postgres::start();
+    let mut m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    seed(&pg, "4000", "0s..4s");
+    // A job no broker takes: it is refused once, counted, and does not stop the others.
+    pg.psql("UPDATE jobs SET topic = 'job/bad/#' WHERE id = 7");
+    let dir = TempDir::new("job-pub-broker-restart");
+    let mut a = spawn_run(
+        &pg,
+        &m,
+        &dir.path("a.json"),
+        &["--batch", "100", "--ack-timeout", "8s"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    m.restart();
+    let end = Instant::now() + Duration::from_secs(30);
+    while pg
+        .psql("SELECT count(*) FROM jobs WHERE processed")
+        .parse::<u64>()
+        .unwrap()
+        < 4000
+    {
+        assert!(
+            Instant::now() < end,
+            "left: {}",
+            pg.psql("SELECT count(*) FROM jobs WHERE NOT processed")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(a.id(), "TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(143));
+    let r = read_report(&dir.path("a.json"));
+    assert!(n(&r, "mqtt_reconnects") >= 1, "{r:#}");
+    assert_eq!(n(&r, "jobs_rejected"), 1, "the wildcard topic: {r:#}");
+    assert_eq!(n(&r, "jobs_acked") + n(&r, "jobs_rejected"), 4000, "{r:#}");
+    assert_eq!(pg.psql("SELECT skipped FROM jobs WHERE id = 7"), "t");
+    // Every acknowledgement was the broker's: nothing is left leased or unprocessed.
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE claimed_until IS NOT NULL"),
+        "0"
+    );
+}
+
+#[test]
+fn run_needs_an_explicit_broker() {
+    let pg = Postgres::start();
+    let out = job_pub(&pg, &["run", "--until-empty"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs --broker"), "{err}");
+}
