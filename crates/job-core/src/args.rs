@@ -348,9 +348,13 @@ impl Plan {
                 if r.lease < Duration::from_secs(1) {
                     return Err(Error::usage("--lease must be at least 1s"));
                 }
-                if r.ack_timeout >= r.lease {
+                // A batch is held until its last job fires (at most --lookahead after the
+                // claim), then waits at most --ack-timeout: all within its lease, or another
+                // instance could claim it while this one still publishes it.
+                if r.lookahead + r.ack_timeout >= r.lease {
                     return Err(Error::usage(format!(
-                        "--ack-timeout {} must be shorter than --lease {}: a batch still waiting for its acks when its lease ends may be published twice",
+                        "--lookahead {} plus --ack-timeout {} must be shorter than --lease {}: a batch still publishing when its lease ends may be published twice",
+                        humantime::format_duration(r.lookahead),
                         humantime::format_duration(r.ack_timeout),
                         humantime::format_duration(r.lease)
                     )));

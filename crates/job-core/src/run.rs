@@ -463,7 +463,18 @@ async fn publish_attempts(
     let mut rejected = vec![false; jobs.len()];
     let mut written_once = vec![false; jobs.len()];
     let mut to_send: Vec<usize> = (0..jobs.len()).collect();
-    let deadline = Instant::now() + p.ack_timeout;
+    // The acknowledgements are awaited from the last job's fire_at (the batch is held until
+    // then), so the whole batch stays within --lookahead + --ack-timeout, inside its lease.
+    let last_fire = jobs
+        .iter()
+        .map(|j| {
+            j.fire_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+        })
+        .max()
+        .unwrap_or_default();
+    let deadline = Instant::now() + last_fire + p.ack_timeout;
     loop {
         // Publish what is to be sent, in order; written ones are matched in that order.
         let mut order: VecDeque<usize> = VecDeque::with_capacity(to_send.len());

@@ -272,10 +272,16 @@ fn bad_input_is_a_one_line_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("run job-pub migrate first"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    let out = job_pub(&pg, &["run", "--lease", "5s", "--ack-timeout", "10s"])
+    // A batch held for --lookahead and awaited for --ack-timeout must fit in its lease.
+    let out = job_pub(&pg, &["run", "--lookahead", "25s", "--ack-timeout", "10s"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("plus --ack-timeout 10s must be shorter than --lease 30s"),
+        "{err}"
+    );
 }
 
 fn signal(pid: u32, sig: &str) {
