@@ -174,17 +174,11 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     m.expect = expect;
     m.at_least_once = at_least_once;
 
-    let mut latency: Option<hdrhistogram::Histogram<u64>> = None;
-    for (name, r) in &reports {
-        if let Some(t) = &r.histograms.latency_us {
-            let h = mqtt_tool::hist::decode(t)
-                .map_err(|e| Error::usage(format!("{name}: a histogram cannot be read ({e})")))?;
-            match &mut latency {
-                None => latency = Some(h),
-                Some(acc) => mqtt_tool::hist::add(acc, &h).map_err(Error::Other)?,
-            }
-        }
-    }
+    let latency = mqtt_tool::hist::sum(
+        reports
+            .iter()
+            .map(|(name, r)| (name.as_str(), &r.histograms.latency_us)),
+    )?;
     m.latency_us = latency.as_ref().and_then(Percentiles::of);
     m.histograms.latency_us = latency.as_ref().and_then(mqtt_tool::hist::encode);
 
@@ -197,22 +191,15 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             })
             .collect()
     };
-    let start = times(|r| &r.started_at).into_iter().min();
-    let end = times(|r| &r.ended_at).into_iter().max();
-    m.started_at = start.map(|t| humantime::format_rfc3339_micros(t).to_string());
-    m.ended_at = end.map(|t| humantime::format_rfc3339_micros(t).to_string());
-    let elapsed = match (start, end) {
-        (Some(s), Some(e)) => e.duration_since(s).map_or(0.0, |d| d.as_secs_f64()),
-        _ => 0.0,
-    };
-    let per_s = |n: u64| {
-        if elapsed > 0.0 {
-            n as f64 / elapsed
-        } else {
-            0.0
-        }
-    };
-    m.elapsed_s = round3(elapsed);
+    let w = mqtt_tool::hist::Window::of(times(|r| &r.started_at), times(|r| &r.ended_at));
+    m.started_at = w
+        .start
+        .map(|t| humantime::format_rfc3339_micros(t).to_string());
+    m.ended_at = w
+        .end
+        .map(|t| humantime::format_rfc3339_micros(t).to_string());
+    let per_s = |n: u64| w.per_s(n);
+    m.elapsed_s = round3(w.elapsed_s());
     m.point_rate = round3(per_s(m.points_received));
     m.message_rate = round3(per_s(m.messages_received));
     m.bytes_per_s = round3(per_s(m.bytes_received));

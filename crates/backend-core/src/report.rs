@@ -368,9 +368,9 @@ impl Report {
         // 100,000 devices would cost hundreds of MB.
         let devices = std::mem::take(&mut self.devices);
         let frontends = std::mem::take(&mut self.frontends);
-        let json = serde_json::to_value(&*self).unwrap_or_default();
+        let judged = mqtt_tool::threshold::judge_report(&*self, thresholds);
         (self.devices, self.frontends) = (devices, frontends);
-        self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
+        self.thresholds = judged;
     }
 
     pub fn render_text(&self) -> String {

@@ -97,11 +97,7 @@ pub struct Report {
 
 impl Report {
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
-        if thresholds.is_empty() {
-            return;
-        }
-        let json = serde_json::to_value(&*self).unwrap_or_default();
-        self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
+        self.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
     }
 
     pub fn render_text(&self) -> String {

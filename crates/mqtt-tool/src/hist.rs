@@ -41,6 +41,59 @@ pub fn add(into: &mut Histogram<u64>, from: &Histogram<u64>) -> Result<(), Strin
     into.add(from).map_err(|e| format!("{e:?}"))
 }
 
+/// The sum of the encoded histograms of several reports (named for errors): what `loadgen
+/// merge` computes its exact percentiles from; `None` when none has one.
+pub fn sum<'a>(
+    encoded: impl Iterator<Item = (&'a str, &'a Option<String>)>,
+) -> Result<Option<Histogram<u64>>, crate::Error> {
+    let mut into: Option<Histogram<u64>> = None;
+    for (name, text) in encoded {
+        let Some(text) = text else { continue };
+        let h = decode(text).map_err(|e| {
+            crate::Error::usage(format!("{name}: a histogram cannot be read ({e})"))
+        })?;
+        match &mut into {
+            None => into = Some(h),
+            Some(acc) => add(acc, &h).map_err(crate::Error::Other)?,
+        }
+    }
+    Ok(into)
+}
+
+/// The window of merged reports, from the earliest start to the latest end, and rates over it.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start: Option<SystemTime>,
+    pub end: Option<SystemTime>,
+}
+
+impl Window {
+    pub fn of(starts: Vec<SystemTime>, ends: Vec<SystemTime>) -> Window {
+        Window {
+            start: starts.into_iter().min(),
+            end: ends.into_iter().max(),
+        }
+    }
+
+    /// Seconds from start to end (0 without both).
+    pub fn elapsed_s(&self) -> f64 {
+        match (self.start, self.end) {
+            (Some(s), Some(e)) => e.duration_since(s).map_or(0.0, |d| d.as_secs_f64()),
+            _ => 0.0,
+        }
+    }
+
+    /// `n` per second of the window (0 for an empty window).
+    pub fn per_s(&self, n: u64) -> f64 {
+        let e = self.elapsed_s();
+        if e > 0.0 {
+            n as f64 / e
+        } else {
+            0.0
+        }
+    }
+}
+
 /// An HdrHistogram interval log being written: one histogram per tag and interval, as
 /// HdrHistogram's own log tools (HistogramLogProcessor, `IntervalLogIterator`) read them.
 /// Values are microseconds (the max column too).

@@ -273,6 +273,17 @@ pub fn judge(thresholds: &[Threshold], report: &serde_json::Value) -> Vec<Judged
         .collect()
 }
 
+/// Judges `thresholds` on `report` serialized (empty without thresholds: no tree is built).
+pub fn judge_report<T: Serialize>(report: &T, thresholds: &[Threshold]) -> Vec<Judged> {
+    if thresholds.is_empty() {
+        return Vec::new();
+    }
+    judge(
+        thresholds,
+        &serde_json::to_value(report).unwrap_or_default(),
+    )
+}
+
 /// The failed thresholds, as one line for the error (none: `None`).
 pub fn failures(judged: &[Judged]) -> Option<String> {
     let failed: Vec<String> = judged

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use hdrhistogram::Histogram;
+use mqtt_tool::hist::Window;
 
 use crate::error::Error;
 use crate::format::{round3, Percentiles};
@@ -144,22 +145,11 @@ pub fn merge(reports: Vec<(String, Report)>, shards: Option<u64>) -> Result<Repo
         .and_then(|v| v.into_iter().reduce(f64::max));
 
     let hist = |f: fn(&Report) -> &Option<String>| -> Result<Option<Histogram<u64>>, Error> {
-        let mut into: Option<Histogram<u64>> = None;
-        for (i, r) in parts.iter().enumerate() {
-            if let Some(text) = f(r) {
-                let h = mqtt_tool::hist::decode(text).map_err(|e| {
-                    Error::usage(format!(
-                        "{}: a histogram cannot be read ({e})",
-                        reports[counted[i]].0
-                    ))
-                })?;
-                match &mut into {
-                    None => into = Some(h),
-                    Some(acc) => mqtt_tool::hist::add(acc, &h).map_err(Error::Other)?,
-                }
-            }
-        }
-        Ok(into)
+        mqtt_tool::hist::sum(
+            counted
+                .iter()
+                .map(|&i| (reports[i].0.as_str(), f(&reports[i].1))),
+        )
     };
     let ack = hist(|r| &r.histograms.ack_us)?;
     let lag = hist(|r| &r.histograms.lag_us)?;
@@ -183,22 +173,11 @@ pub fn merge(reports: Vec<(String, Report)>, shards: Option<u64>) -> Result<Repo
         }
         Ok(v)
     };
-    let start = times(|r| &r.started_at)?.into_iter().min();
-    let end = times(|r| &r.ended_at)?.into_iter().max();
-    m.started_at = start.map(rfc3339);
-    m.ended_at = end.map(rfc3339);
-    let elapsed = match (start, end) {
-        (Some(s), Some(e)) => e.duration_since(s).map_or(0.0, |d| d.as_secs_f64()),
-        _ => 0.0,
-    };
-    let per_s = |n: u64| {
-        if elapsed > 0.0 {
-            n as f64 / elapsed
-        } else {
-            0.0
-        }
-    };
-    m.elapsed_s = round3(elapsed);
+    let w = Window::of(times(|r| &r.started_at)?, times(|r| &r.ended_at)?);
+    m.started_at = w.start.map(rfc3339);
+    m.ended_at = w.end.map(rfc3339);
+    let per_s = |n: u64| w.per_s(n);
+    m.elapsed_s = round3(w.elapsed_s());
     m.point_rate = round3(per_s(m.points_sent));
     m.message_rate = round3(per_s(m.messages_sent));
     m.bytes_per_s = round3(per_s(m.bytes_sent));

@@ -691,11 +691,7 @@ impl Report {
 
     /// Judges `thresholds` on this report and records the outcome in it.
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
-        if thresholds.is_empty() {
-            return;
-        }
-        let json = serde_json::to_value(&*self).unwrap_or_default();
-        self.thresholds = mqtt_tool::threshold::judge(thresholds, &json);
+        self.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
     }
 
     /// Whether this report is of a fleet (its summary has the fleet's lines).
