@@ -15,6 +15,7 @@ pub mod observe;
 pub mod receive;
 pub mod report;
 pub mod route;
+pub mod sink;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -57,7 +58,86 @@ pub struct BackendArgs {
     pub reconnect: mqtt_tool::args::ReconnectArgs,
 
     #[command(flatten)]
+    pub sink: SinkArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sink")]
+pub struct SinkArgs {
+    /// Store every unique point in PostgreSQL: postgres://USER@HOST:PORT/DB (the password from
+    /// PGPASSWORD or --sink-password-file; inside the URL only from the LOADGEN_SINK variable).
+    /// A message is acknowledged once its points are stored
+    #[arg(long, value_name = "URL", env = "LOADGEN_SINK", hide_env_values = true)]
+    pub sink: Option<String>,
+
+    /// File whose first line is the sink database's password
+    #[arg(long, value_name = "FILE", env = "LOADGEN_SINK_PASSWORD_FILE")]
+    pub sink_password_file: Option<std::path::PathBuf>,
+
+    /// The table of points (device_id, seq, ts, value, temperature, humidity, received_at)
+    #[arg(long, value_name = "NAME", default_value = "points")]
+    pub sink_table: String,
+
+    /// Create the table (and its index; a TimescaleDB hypertable when the extension is
+    /// there) if missing, before subscribing
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub sink_migrate: bool,
+
+    /// Database connections, each writing one COPY batch at a time
+    #[arg(long, value_name = "N", default_value = "2", value_parser = parse_count)]
+    pub sink_connections: u64,
+
+    /// Rows per COPY batch at most (a batch is written sooner when a connection is idle);
+    /// memory holds about 2 x --sink-connections + 1 batches of ~100 bytes a row
+    #[arg(long, value_name = "ROWS", default_value = "10k", value_parser = parse_count)]
+    pub sink_batch: u64,
+
+    /// How long a batch is retried through a lost database before its rows count as failed
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub sink_timeout: Duration,
+}
+
+impl SinkArgs {
+    /// The sink, checked; `url_from_env`: `--sink` came from `LOADGEN_SINK`.
+    pub fn plan(&self, url_from_env: bool) -> Result<Option<sink::SinkPlan>, Error> {
+        let Some(url) = &self.sink else {
+            return Ok(None);
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Error::usage(
+                "--sink takes a PostgreSQL URL: postgres://USER@HOST:PORT/DB",
+            ));
+        }
+        let database = pg_tool::Database::from_url(
+            url,
+            "--sink",
+            url_from_env,
+            self.sink_password_file.as_deref(),
+            "--sink-password-file",
+        )?;
+        pg_tool::check_table_name("--sink-table", &self.sink_table)?;
+        if self.sink_connections == 0 || self.sink_connections > 64 {
+            return Err(Error::usage("--sink-connections must be from 1 to 64"));
+        }
+        if self.sink_batch == 0 || self.sink_batch > 1_000_000 {
+            return Err(Error::usage("--sink-batch must be from 1 to 1M rows"));
+        }
+        if self.sink_timeout.is_zero() {
+            return Err(Error::usage("--sink-timeout must be longer than 0s"));
+        }
+        Ok(Some(sink::SinkPlan {
+            database,
+            table: self.sink_table.clone(),
+            connections: self.sink_connections as usize,
+            batch_rows: self.sink_batch as usize,
+            timeout: self.sink_timeout,
+            migrate: self.sink_migrate,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,10 +240,18 @@ pub struct Plan {
     pub live_histograms: bool,
     pub report_devices: bool,
     pub quiet: bool,
+    /// `--sink`: where unique points are stored.
+    pub sink: Option<sink::SinkPlan>,
 }
 
 impl Plan {
     pub fn from_args(a: BackendArgs) -> Result<Plan, Error> {
+        Plan::from_args_env(a, false)
+    }
+
+    /// `sink_url_from_env`: `--sink` came from `LOADGEN_SINK`, where a password may be.
+    pub fn from_args_env(a: BackendArgs, sink_url_from_env: bool) -> Result<Plan, Error> {
+        let sink = a.sink.plan(sink_url_from_env)?;
         let explicit_limit = a.connection.max_packet_size.is_some();
         let mut connect = connect_plan(
             a.connection,
@@ -245,6 +333,7 @@ impl Plan {
             metrics_addr: a.output.metrics_addr,
             report_devices: a.verify.report_devices,
             quiet: a.output.quiet,
+            sink,
         })
     }
 
@@ -321,7 +410,9 @@ pub fn main(name: &'static str) -> ExitCode {
                 command(name),
                 std::env::args_os().collect(),
             )?;
-            Plan::from_args(a).map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
+            let sink_from_env = sources.off_command_line("sink");
+            Plan::from_args_env(a, sink_from_env)
+                .map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
         },
         "stopping, writing the report",
         |plan, shutdown| async move { run(name, &plan, &shutdown).await },
@@ -351,6 +442,25 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
             .await
             .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
     broker::check_version(&target, plan.connect.mqtt5)?;
+    // The database first: a sink that cannot store is an error before anything is received.
+    let sink = match &plan.sink {
+        Some(p) => {
+            let started = tokio::select! {
+                s = sink::Sink::start(p.clone()) => Some(s?),
+                _ = shutdown.stop.cancelled() => None,
+            };
+            if started.is_some() && !plan.quiet {
+                mqtt_tool::errln!(
+                    "sink: storing unique points in {} table {} ({} connections)",
+                    p.database.shown,
+                    p.table,
+                    p.connections
+                );
+            }
+            started
+        }
+        None => None,
+    };
     let connected = tokio::select! {
         c = mqtt_tool::session::Session::open(&plan.connect, &target, plan.clean_session, plan.session_expiry) => Some(c?),
         _ = shutdown.stop.cancelled() => None,
@@ -361,6 +471,9 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
             let mut rx = receive::Received::new(&router);
             rx.stop = receive::Stop::Signal;
             rx.connecting_interrupted = true;
+            if let Some(s) = sink {
+                rx.sink = Some(s.finish().await.1);
+            }
             rx
         }
         Some(session) => {
@@ -385,7 +498,7 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
                 shutdown.status.clone(),
                 stop_progress.clone(),
             ));
-            let rx = receive::run(plan, session, &target, live, shutdown).await;
+            let rx = receive::run(plan, session, &target, live, shutdown, sink).await;
             stop_progress.cancel();
             let _ = progress.await;
             stop_watch.cancel();
@@ -426,6 +539,14 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
             mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
             Ok(ExitCode::from(EXIT_VERIFY_FAILED))
         }
+    }
+}
+
+/// ", N stored" once the sink has stored anything.
+fn stored(live: &receive::Live) -> String {
+    match live.stored.load(Relaxed) {
+        0 => String::new(),
+        n => format!(", {} stored", fmt_int(n)),
     }
 }
 
@@ -479,10 +600,11 @@ async fn progress(
         if let Some(b) = &bar {
             b.set_position(live.unique.load(Relaxed));
             b.set_message(format!(
-                "{} received, {} devices ({} with gaps)",
+                "{} received, {} devices ({} with gaps){}",
                 fmt_int(live.points.load(Relaxed)),
                 fmt_int(live.devices.load(Relaxed)),
-                fmt_int(live.gappy.load(Relaxed))
+                fmt_int(live.gappy.load(Relaxed)),
+                stored(&live)
             ));
             if !on_demand {
                 continue;
@@ -496,7 +618,7 @@ async fn progress(
         });
         let rate = (points - last) as f64 / (now - last_at).as_secs_f64().max(1e-9);
         let line = format!(
-            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices ({} with gaps)",
+            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices ({} with gaps){}",
             start.elapsed().as_secs_f64(),
             fmt_int(points),
             fmt_int(unique),
@@ -504,7 +626,8 @@ async fn progress(
             fmt_int(rate.round() as u64),
             fmt_int(live.messages.load(Relaxed)),
             fmt_int(live.devices.load(Relaxed)),
-            fmt_int(live.gappy.load(Relaxed))
+            fmt_int(live.gappy.load(Relaxed)),
+            stored(&live)
         );
         match &bar {
             Some(b) => b.println(mqtt_tool::out::escape_keeping_lines(&line)),

@@ -201,6 +201,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     let per_s = |n: u64| w.per_s(n);
     m.elapsed_s = round3(w.elapsed_s());
     m.point_rate = round3(per_s(m.points_received));
+    m.sink = merge_sinks(parts.iter().filter_map(|r| r.sink.as_ref()), m.elapsed_s);
     m.message_rate = round3(per_s(m.messages_received));
     m.bytes_per_s = round3(per_s(m.bytes_received));
 
@@ -345,6 +346,43 @@ fn unite(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         match out.last_mut() {
             Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
             _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The members' sinks added up: counts summed, the rate over the merged window.
+fn merge_sinks<'a>(
+    sinks: impl Iterator<Item = &'a crate::sink::SinkReport>,
+    elapsed_s: f64,
+) -> Option<crate::sink::SinkReport> {
+    let mut out: Option<crate::sink::SinkReport> = None;
+    for k in sinks {
+        let m = out.get_or_insert_with(|| crate::sink::SinkReport {
+            database: k.database.clone(),
+            table: k.table.clone(),
+            connections: 0,
+            batch_rows: k.batch_rows,
+            ..Default::default()
+        });
+        m.connections += k.connections;
+        m.rows_written += k.rows_written;
+        m.rows_failed += k.rows_failed;
+        m.rows_rejected += k.rows_rejected;
+        m.batches += k.batches;
+        m.batches_failed += k.batches_failed;
+        m.retries += k.retries;
+        m.paused_s = m.paused_s.max(k.paused_s);
+        m.max_buffered_rows = m.max_buffered_rows.max(k.max_buffered_rows);
+        for e in &k.errors {
+            if m.errors.len() < 5 {
+                m.errors.push(e.clone());
+            }
+        }
+    }
+    if let Some(m) = out.as_mut() {
+        if elapsed_s > 0.0 {
+            m.rows_per_s = round3(m.rows_written as f64 / elapsed_s);
         }
     }
     out

@@ -51,6 +51,11 @@ pub fn exposition(tool: &str, live: &Live) -> String {
             c(&live.duplicate),
         )
         .counter(
+            "loadgen_backend_sink_rows_written_total",
+            "Rows --sink committed to PostgreSQL.",
+            c(&live.stored),
+        )
+        .counter(
             "loadgen_backend_messages_received_total",
             "MQTT messages received.",
             c(&live.messages),

@@ -16,6 +16,7 @@ use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
 use crate::route::{FrontendId, Router};
+use crate::sink::Sink;
 use crate::verify::{Arrival, Budget, DeviceTracker};
 use crate::Plan;
 
@@ -34,6 +35,8 @@ pub struct Live {
     pub malformed: AtomicU64,
     /// 1 while subscribed to the broker.
     pub connected: AtomicU64,
+    /// Rows `--sink` committed.
+    pub stored: AtomicU64,
     /// The end-to-end latency histogram, copied about five times a second when
     /// `--metrics-addr` or `--hdr-log` reads it.
     pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
@@ -115,6 +118,8 @@ pub struct Received {
     pub reconnects: u64,
     pub disconnected: std::time::Duration,
     pub stop: Stop,
+    /// What `--sink` stored.
+    pub sink: Option<crate::sink::SinkReport>,
 }
 
 const MAX_TRACKED_US: u64 = 3_600_000_000;
@@ -192,6 +197,7 @@ impl Received {
             reconnects: 0,
             disconnected: std::time::Duration::ZERO,
             stop: Stop::Idle,
+            sink: None,
         }
     }
 }
@@ -205,6 +211,8 @@ struct Pipeline<'p> {
     last_device: Option<usize>,
     /// The points of one message; kept between messages for its allocation.
     points: Vec<Point<'static>>,
+    /// `--sink`: where each unique point goes.
+    sink: Option<Sink>,
 }
 
 /// An empty vector of points of any lifetime, in the allocation of `v` (collecting an
@@ -264,6 +272,9 @@ impl Pipeline<'_> {
                         Arrival::New | Arrival::Late
                     ) {
                         rx.unique += 1;
+                        if let Some(sink) = self.sink.as_mut() {
+                            sink.push(pt, arrival_us);
+                        }
                     }
                     dev.latency_max_us = dev.latency_max_us.max(latency);
                     rx.latency_us.saturating_record(latency);
@@ -307,6 +318,7 @@ pub async fn run(
     target: &BrokerTarget,
     live: Arc<Live>,
     shutdown: &Shutdown,
+    sink: Option<Sink>,
 ) -> Received {
     let router = Router::new(&plan.routes, &plan.route_prefixes);
     let mut rx = Received::new(&router);
@@ -317,11 +329,15 @@ pub async fn run(
         decoder: Decoder::default(),
         last_device: None,
         points: Vec::new(),
+        sink,
     };
     session.set_read_hold(plan.read_hold);
     let filters = plan.filters();
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
+        if let Some(sink) = pipe.sink.take() {
+            rx.sink = Some(sink.finish().await.1);
+        }
         return rx;
     }
     let started = Instant::now();
@@ -340,6 +356,8 @@ pub async fn run(
     let mut back_at: Option<Instant> = None;
     // The SUBACK after the last reconnect arrived (said once on stderr).
     let mut resubscribed = false;
+    // When the sink last released PUBACKs: a broker waiting for them is not idle.
+    let mut released_at: Option<Instant> = None;
     let mut rng = (std::process::id() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
 
     'session: loop {
@@ -437,12 +455,28 @@ pub async fn run(
                     }
                 }
             }
+            if let Some(sink) = pipe.sink.as_mut() {
+                // Acknowledged once stored: the sink holds them until then.
+                sink.hold(&mut acks);
+                let due = sink.step(Instant::now());
+                live.stored.store(sink.written(), Relaxed);
+                if !due.is_empty() {
+                    if let Err(e) = session.write(&due).await {
+                        break Some(e.to_string());
+                    }
+                    released_at = Some(Instant::now());
+                }
+            }
             if !acks.is_empty() {
                 if let Err(e) = session.write(&acks).await {
                     break Some(e.to_string());
                 }
                 acks.clear();
             }
+            // The database lags: read nothing more (the broker holds the rest) and do not
+            // take the pause for idleness.
+            let paused = pipe.sink.as_ref().is_some_and(Sink::full);
+            let sink_busy = pipe.sink.as_ref().is_some_and(Sink::busy);
             let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
             (None, _) => (suback_deadline, Stop::Failed(format!(
                 "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
@@ -454,7 +488,8 @@ pub async fn run(
                 back_at.unwrap_or(t) + plan.first_message_timeout.max(plan.idle_timeout),
                 Stop::Idle,
             ),
-            (Some(_), Some(t)) => (t + plan.idle_timeout, Stop::Idle),
+            (Some(_), Some(t)) if paused => (t.max(Instant::now()) + plan.idle_timeout, Stop::Idle),
+            (Some(_), Some(t)) => (t.max(released_at.unwrap_or(t)) + plan.idle_timeout, Stop::Idle),
             (Some(sub), None) => (
                 sub.max(back_at.unwrap_or(sub)) + plan.first_message_timeout,
                 Stop::FirstMessageTimeout,
@@ -488,7 +523,13 @@ pub async fn run(
             let read = tokio::select! {
                 biased;
                 _ = shutdown.stop.cancelled() => { rx.stop = Stop::Signal; break None }
-                r = session.read_more() => r,
+                r = session.read_more(), if !paused => r,
+                _ = async {
+                    match pipe.sink.as_mut() {
+                        Some(s) => s.next_done().await,
+                        None => std::future::pending().await,
+                    }
+                }, if sink_busy => continue,
                 _ = tokio::time::sleep_until(timer) => {
                     if timer == deadline {
                         rx.stop = why;
@@ -511,6 +552,9 @@ pub async fn run(
         // Reconnect: what the lost connection had not acknowledged the broker sends again (a
         // persistent session) or never (a clean one: the verdict shows the gap).
         acks.clear();
+        if let Some(sink) = pipe.sink.as_mut() {
+            sink.forget_acks();
+        }
         let down = Instant::now();
         rx.losses += 1;
         live.connected.store(0, Relaxed);
@@ -589,6 +633,14 @@ pub async fn run(
     live.points.store(rx.points, Relaxed);
     live.unique.store(rx.unique, Relaxed);
     live.devices.store(rx.devices.len() as u64, Relaxed);
+    if let Some(mut sink) = pipe.sink.take() {
+        // What was counted is stored (or fails) before its PUBACKs go.
+        sink.hold(&mut acks);
+        let (due, report) = sink.finish().await;
+        live.stored.store(report.rows_written, Relaxed);
+        rx.sink = Some(report);
+        acks = due;
+    }
     if !matches!(rx.stop, Stop::Failed(_)) {
         // The PUBACKs of what was counted, then DISCONNECT, so the broker sees a clean
         // goodbye; messages arriving meanwhile are past the stop and not counted.

@@ -52,6 +52,10 @@ pub fn threshold_fields() -> Fields {
             Unit::Number,
         )
         .numbers(&["elapsed_s", "disconnected_s"], Unit::Seconds)
+        .field("sink_rows_written", "/sink/rows_written", Unit::Number)
+        .field("sink_rows_failed", "/sink/rows_failed", Unit::Number)
+        .field("sink_rows_rejected", "/sink/rows_rejected", Unit::Number)
+        .field("sink_rows_per_s", "/sink/rows_per_s", Unit::Number)
         .latency("e2e_latency", "/latency_us")
 }
 
@@ -199,6 +203,9 @@ pub struct Report {
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: how many members' reports this one adds up.
     pub merged_reports: Option<u64>,
+    /// `--sink`: rows stored, failed and rejected (absent without a sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<crate::sink::SinkReport>,
 }
 
 impl Report {
@@ -356,6 +363,7 @@ impl Report {
                 latency_us: mqtt_tool::hist::encode(&rx.latency_us),
             },
             merged_reports: None,
+            sink: rx.sink.clone(),
         }
     }
 
@@ -460,6 +468,24 @@ impl Report {
                 self.elapsed_s
             ),
         );
+        if let Some(k) = &self.sink {
+            line(
+                "sink",
+                format!(
+                    "{} rows written, {} failed, {} rejected in {} batches ({} retried) to {} table {}; {} rows/s, paused {:.3} s for the database, at most {} rows buffered",
+                    fmt_int(k.rows_written),
+                    fmt_int(k.rows_failed),
+                    fmt_int(k.rows_rejected),
+                    fmt_int(k.batches + k.batches_failed),
+                    fmt_int(k.retries),
+                    esc(&k.database),
+                    esc(&k.table),
+                    fmt_int(k.rows_per_s.round() as u64),
+                    k.paused_s,
+                    fmt_int(k.max_buffered_rows)
+                ),
+            );
+        }
         if let Some(p) = &self.latency_us {
             let mut l = fmt_percentiles(p, true);
             if self.read_hold_us > 0 {
@@ -679,6 +705,18 @@ fn verdict(
             fmt_int(unverifiable),
             on(&|d| d.unverifiable)
         ));
+    }
+    if let Some(k) = &rx.sink {
+        let lost = k.rows_failed + k.rows_rejected;
+        if lost > 0 {
+            problems.push(format!(
+                "{} unique points were not stored ({} failed, {} the table cannot hold){}",
+                fmt_int(lost),
+                fmt_int(k.rows_failed),
+                fmt_int(k.rows_rejected),
+                k.errors.first().map_or(String::new(), |e| format!(": {e}"))
+            ));
+        }
     }
     if rx.untracked_points > 0 {
         problems.push(format!(

@@ -210,9 +210,7 @@ fn parse_offsets(s: &str) -> Result<(i64, i64), String> {
 /// The database to use, checked.
 #[derive(Debug, Clone)]
 pub struct DbPlan {
-    pub config: tokio_postgres::Config,
-    /// The URL without its password, for reports and errors.
-    pub shown: String,
+    pub database: pg_tool::Database,
     pub table: String,
     pub pool: usize,
 }
@@ -255,77 +253,23 @@ pub fn url_from_env(m: &clap::ArgMatches) -> bool {
 
 impl DbPlan {
     fn from_args(a: &DbArgs, url_from_env: bool) -> Result<DbPlan, Error> {
-        let mut config: tokio_postgres::Config = a.database_url.parse().map_err(|e| {
-            Error::usage(format!(
-                "--database-url is not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DB"
-            ))
-        })?;
-        if config.get_password().is_some() && !url_from_env {
-            return Err(Error::usage(
-                "--database-url holds a password, which would show in the process list; give it in PGPASSWORD or --database-password-file",
-            ));
-        }
-        if let Some(f) = &a.database_password_file {
-            let text =
-                mqtt_tool::out::read_bounded(f, 4096, &format!("password file {}", f.display()))?;
-            let pw = text.lines().next().unwrap_or("").to_string();
-            if pw.is_empty() {
-                return Err(Error::usage(format!(
-                    "password file {} is empty",
-                    f.display()
-                )));
-            }
-            config.password(pw);
-        } else if config.get_password().is_none() {
-            if let Ok(pw) = std::env::var("PGPASSWORD") {
-                config.password(pw);
-            }
-        }
-        if config.get_dbname().is_none() {
-            return Err(Error::usage(
-                "--database-url names no database; write postgres://USER@HOST:PORT/DB",
-            ));
-        }
-        let valid = !a.table.is_empty()
-            && a.table.len() <= 63
-            && a.table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !a.table.starts_with(|c: char| c.is_ascii_digit());
-        if !valid {
-            return Err(Error::usage(format!(
-                "--table '{}' is not a plain table name; use letters, digits and _",
-                mqtt_tool::out::escape(&a.table)
-            )));
-        }
+        let database = pg_tool::Database::from_url(
+            &a.database_url,
+            "--database-url",
+            url_from_env,
+            a.database_password_file.as_deref(),
+            "--database-password-file",
+        )?;
+        pg_tool::check_table_name("--table", &a.table)?;
         if a.pool == 0 || a.pool > 64 {
             return Err(Error::usage("--pool must be from 1 to 64"));
         }
         Ok(DbPlan {
-            shown: show(&config),
-            config,
+            database,
             table: a.table.clone(),
             pool: a.pool as usize,
         })
     }
-}
-
-/// `postgres://user@host:port/db`, no password.
-fn show(c: &tokio_postgres::Config) -> String {
-    let host = c
-        .get_hosts()
-        .first()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let port = c.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgres://{}@{host}:{port}/{}",
-        c.get_user().unwrap_or(""),
-        c.get_dbname().unwrap_or("")
-    )
 }
 
 impl Plan {

@@ -8,11 +8,10 @@
 //! died, or lost the database for longer than the lease) is claimed again by anyone.
 
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use mqtt_tool::Error;
-use tokio_postgres::NoTls;
 
 use crate::args::DbPlan;
 
@@ -27,153 +26,26 @@ pub struct Job {
     pub attempts: i32,
 }
 
-/// Database connections opened by the pools of this process: more than one in a sequential
-/// run means a lost connection was replaced.
-pub static CONNECTIONS_OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub use pg_tool::{DbError, CONNECTIONS_OPENED};
 
+/// The pool of `db`'s size.
 pub fn pool(db: &DbPlan) -> Result<Pool, Error> {
-    let mgr = Manager::from_config(
-        db.config.clone(),
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(mgr)
-        .max_size(db.pool)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(5)))
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .post_create(deadpool_postgres::Hook::sync_fn(|_, _| {
-            CONNECTIONS_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(())
-        }))
-        .build()
-        .map_err(|e| Error::Other(format!("cannot make the database pool: {e}")))
+    pg_tool::pool(&db.database, db.pool)
 }
 
-/// Whether an error may pass (the connection, the server restarting) or is for good (the
-/// SQL, a missing table, bad credentials).
-fn transient(e: &tokio_postgres::Error) -> bool {
-    match e.as_db_error() {
-        // A closed connection, or one that failed on its socket; not a type or protocol
-        // error, which would only fail again.
-        None => {
-            e.is_closed()
-                || std::iter::successors(std::error::Error::source(e), |s| s.source())
-                    .any(|s| s.is::<std::io::Error>())
-                || e.to_string().contains("timed out")
-        }
-        Some(db) => {
-            let code = db.code().code();
-            // 08: connection exceptions; 57P: shutdown, crash, cannot connect now; 53:
-            // insufficient resources; 40001/40P01: serialization, deadlock.
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code == "40001"
-                || code == "40P01"
-        }
-    }
-}
-
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(c) = src {
-                s.push_str(&format!(": {c}"));
-                src = c.source();
-            }
-            s
-        }
-    }
-}
-
-/// What went wrong with the database.
-#[derive(Debug)]
-pub enum DbError {
-    /// Lost or unreachable: try again.
-    Transient(String),
-    /// For good.
-    Fatal(String),
-}
-
-impl From<tokio_postgres::Error> for DbError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        if transient(&e) {
-            DbError::Transient(describe(&e))
-        } else {
-            DbError::Fatal(describe(&e))
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for DbError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        match e {
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => DbError::Transient(other.to_string()),
-        }
-    }
-}
-
-/// Retries `op` through transient failures, with jittered exponential backoff from 100 ms
-/// to 5 s, for at most `give_up`; counts each retry in `retries`. A fatal failure, or one
-/// that lasts, is an error naming `db` and what was being done.
+/// [`pg_tool::retry`] naming `db`.
 pub async fn retry<T, F, Fut>(
     db: &DbPlan,
     what: &str,
     give_up: Duration,
     retries: &mut u64,
-    mut op: F,
+    op: F,
 ) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, DbError>>,
 {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    let mut said = false;
-    loop {
-        match op().await {
-            Ok(v) => {
-                if said {
-                    mqtt_tool::errln!("the database is back ({what})");
-                }
-                return Ok(v);
-            }
-            Err(DbError::Fatal(why)) => {
-                return Err(Error::Other(format!(
-                    "database {}: {what}: {why}",
-                    db.shown
-                )))
-            }
-            Err(DbError::Transient(why)) => {
-                if started.elapsed() >= give_up {
-                    return Err(Error::Unreachable {
-                        broker: db.shown.clone(),
-                        reason: format!(
-                            "{what}: {why} (for {}, --db-timeout)",
-                            humantime::format_duration(Duration::from_secs(
-                                started.elapsed().as_secs()
-                            ))
-                        ),
-                    });
-                }
-                if !said {
-                    mqtt_tool::errln!("database {}: {what}: {why}; retrying", db.shown);
-                    said = true;
-                }
-                *retries += 1;
-                let jitter = 0.5 + (started.elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
-                tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    pg_tool::retry(&db.database, what, give_up, retries, op).await
 }
 
 /// `job-pub migrate`: the schema, applied in one transaction.

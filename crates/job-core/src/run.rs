@@ -36,7 +36,7 @@ pub async fn main(plan: Plan, shutdown: Shutdown) -> Result<ExitCode, Error> {
             .await?;
             println!(
                 "migrated: table {} is ready for job-pub ({})",
-                d.table, d.shown
+                d.table, d.database.shown
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -290,7 +290,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         tool: "job-pub".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         broker: target.url(),
-        database: p.db.shown.clone(),
+        database: p.db.database.shown.clone(),
         table: p.db.table.clone(),
         instance: me.clone(),
         qos: p.qos.level(),

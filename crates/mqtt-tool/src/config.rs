@@ -62,6 +62,12 @@ impl Sources {
         Sources { set }
     }
 
+    /// Whether `--long`'s value came from the environment or the config file, not the
+    /// command line (where everyone sees it: no place for a password).
+    pub fn off_command_line(&self, long: &str) -> bool {
+        self.set.iter().any(|(l, _)| l == long)
+    }
+
     /// `msg` with the source of the first flag it names, when that value did not come from
     /// the command line: `--duration must be longer than 0s (from LOADGEN_DURATION)`.
     pub fn annotate(&self, msg: &str) -> String {

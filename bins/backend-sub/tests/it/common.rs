@@ -63,9 +63,15 @@ pub fn multi_device_payload(points: &[(String, u64)]) -> Vec<u8> {
 
 /// Starts backend-sub with `args` and waits until it has subscribed.
 pub fn start(args: &[&str]) -> Backend {
+    start_env(args, &[])
+}
+
+/// [`start`] with environment variables set.
+pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Backend {
     let dir = TempDir::new("backend");
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(envs.iter().copied())
         .arg("--report-json")
         .arg(dir.path("report.json"))
         .stdin(Stdio::null())

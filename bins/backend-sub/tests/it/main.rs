@@ -1,9 +1,11 @@
 //! End-to-end tests of backend-sub against a real Mosquitto: the frontend publishers and
-//! crafted payloads (gaps, duplicates, reordering, malformed, mixed formats).
+//! crafted payloads (gaps, duplicates, reordering, malformed, mixed formats); the PostgreSQL
+//! sink against a real PostgreSQL.
 
 mod common;
 mod crafted;
 mod faults;
 mod frontends;
 mod hostile;
+mod sink;
 mod stops;

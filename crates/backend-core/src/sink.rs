@@ -1,0 +1,597 @@
+//! The PostgreSQL sink (`--sink postgres://...`): every unique point, stored.
+//!
+//! ```text
+//! receive loop --push(point)--> the open batch: binary COPY rows, and the PUBACKs of its messages
+//!     --seal--> queue --> writers (one per pooled connection): COPY .. FROM STDIN BINARY,
+//!                         retried through a lost database (pg-tool)
+//!     <--done(batch)-- : the batch's PUBACKs are written, in the order the messages came
+//! ```
+//!
+//! - A point is stored once: the first time the verifier sees its seq (a redelivery is a
+//!   duplicate, counted, not stored again).
+//! - A message is acknowledged only once its points are stored (or have failed for good), so
+//!   at QoS 1 the broker holds whatever is not yet in the database, and redelivers it if this
+//!   backend dies.
+//! - Memory is bounded: at most [`SinkPlan::max_sealed`] sealed batches wait or are written,
+//!   each of about `--sink-batch` rows. While that many do and the open batch is full too,
+//!   the receive loop reads nothing more ([`Sink::full`]): the socket fills, and the broker
+//!   holds the rest. That is the backpressure; the time spent so is reported.
+//! - A batch is sealed when it is full, or as soon as a writer is idle, so that a trickle
+//!   is stored at once and a flood in big batches.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use mqtt_tool::Error;
+use point_format::Point;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The shipped migration: the table, an index, a hypertable under TimescaleDB.
+pub const SCHEMA: &str = include_str!("sink.sql");
+
+/// The columns, in the order of every COPY row.
+pub const COLUMNS: &str = "device_id, seq, ts, value, temperature, humidity, received_at";
+
+/// Rows not stored when the run ended this long after the last message are counted failed.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors kept for the report.
+const ERRORS_KEPT: usize = 5;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// Timestamps stored: 1970-01-01 up to 9999-12-31 (PostgreSQL refuses a whole COPY for one
+/// out of its range; a hostile one is rejected alone).
+const TS_MAX_S: f64 = 253_402_300_799.0;
+
+/// The sink, checked.
+#[derive(Debug, Clone)]
+pub struct SinkPlan {
+    pub database: pg_tool::Database,
+    pub table: String,
+    pub connections: usize,
+    pub batch_rows: usize,
+    /// How long a batch is retried through a lost database before its rows count as failed.
+    pub timeout: Duration,
+    pub migrate: bool,
+}
+
+impl SinkPlan {
+    /// Sealed batches at most: two per connection, one written while one waits.
+    pub fn max_sealed(&self) -> usize {
+        2 * self.connections
+    }
+}
+
+/// What the sink did, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SinkReport {
+    /// The database, without its password.
+    pub database: String,
+    pub table: String,
+    pub connections: u64,
+    pub batch_rows: u64,
+    /// Rows committed to the table.
+    pub rows_written: u64,
+    /// Rows whose COPY failed for good (an error of the database, or one that outlasted
+    /// `--sink-timeout`, or the run ending first); their messages were acknowledged.
+    pub rows_failed: u64,
+    /// Points the table cannot hold (a seq above 2^63-1, a timestamp outside 1970..9999, a
+    /// NUL in a device id): not sent.
+    pub rows_rejected: u64,
+    /// Batches committed and failed.
+    pub batches: u64,
+    pub batches_failed: u64,
+    /// Batches tried again after the database was lost.
+    pub retries: u64,
+    /// Rows written per second of the sink's busy window (first batch sealed to last done).
+    pub rows_per_s: f64,
+    /// Time the subscription was paused because the database lagged (backpressure).
+    pub paused_s: f64,
+    /// Most rows held in memory at once (open and sealed batches).
+    pub max_buffered_rows: u64,
+    /// The first errors, one line each.
+    pub errors: Vec<String>,
+}
+
+/// How a sealed batch ended.
+#[derive(Debug)]
+struct Outcome {
+    id: u64,
+    written: u64,
+    failed: u64,
+    retries: u64,
+    error: Option<String>,
+}
+
+/// A batch on its way to a writer.
+struct Sealed {
+    id: u64,
+    rows: u64,
+    data: Bytes,
+}
+
+/// A sealed batch not yet done, with the PUBACKs it holds back.
+struct Pending {
+    id: u64,
+    rows: u64,
+    acks: Vec<u8>,
+    done: bool,
+}
+
+/// The receive loop's end of the sink.
+pub struct Sink {
+    plan: SinkPlan,
+    /// Rows of the open batch, after the COPY header.
+    data: BytesMut,
+    rows: u64,
+    /// PUBACKs of the messages whose points are in the open batch.
+    acks: Vec<u8>,
+    next_id: u64,
+    pending: VecDeque<Pending>,
+    /// Sealed and not done (the writers' share of `pending`).
+    writing: usize,
+    queue: mpsc::Sender<Sealed>,
+    done: mpsc::UnboundedReceiver<Outcome>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    report: SinkReport,
+    first_sealed: Option<Instant>,
+    last_done: Option<Instant>,
+    paused_since: Option<Instant>,
+    paused: Duration,
+}
+
+/// Binary COPY's header: signature, flags, no extension.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+impl Sink {
+    /// Connects, applies the migration when asked, and starts the writers.
+    pub async fn start(plan: SinkPlan) -> Result<Sink, Error> {
+        let pool = pg_tool::pool(&plan.database, plan.connections)?;
+        let mut retries = 0;
+        if plan.migrate {
+            let sql = SCHEMA.replace("{table}", &plan.table);
+            pg_tool::retry(
+                &plan.database,
+                "applying the sink's migration",
+                plan.timeout,
+                &mut retries,
+                || async {
+                    let c = pool.get().await?;
+                    c.batch_execute(&sql).await?;
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        // The table must take our rows: a COPY of none says so now, not at the first batch.
+        let copy = format!("COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)", plan.table);
+        let empty = Bytes::from(empty_copy());
+        pg_tool::retry(
+            &plan.database,
+            "checking the sink's table",
+            plan.timeout,
+            &mut retries,
+            || copy_batch(&pool, &copy, empty.clone()),
+        )
+        .await?;
+        // One more than may be sealed while running: `finish` seals the last past the cap.
+        let (queue, rx) = mpsc::channel(plan.max_sealed() + 1);
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let writers = (0..plan.connections)
+            .map(|_| {
+                tokio::spawn(writer(
+                    pool.clone(),
+                    plan.database.clone(),
+                    copy.clone(),
+                    plan.timeout,
+                    rx.clone(),
+                    done_tx.clone(),
+                ))
+            })
+            .collect();
+        let report = SinkReport {
+            database: plan.database.shown.clone(),
+            table: plan.table.clone(),
+            connections: plan.connections as u64,
+            batch_rows: plan.batch_rows as u64,
+            ..SinkReport::default()
+        };
+        let mut data = BytesMut::with_capacity(plan.batch_rows * 96 + 64);
+        data.put_slice(COPY_HEADER);
+        Ok(Sink {
+            plan,
+            data,
+            rows: 0,
+            acks: Vec::new(),
+            next_id: 0,
+            pending: VecDeque::new(),
+            writing: 0,
+            queue,
+            done,
+            writers,
+            report,
+            first_sealed: None,
+            last_done: None,
+            paused_since: None,
+            paused: Duration::ZERO,
+        })
+    }
+
+    /// Adds one unique point that arrived at `received_us` (wall clock, µs).
+    pub fn push(&mut self, p: &Point<'_>, received_us: f64) {
+        let Some(row) = Row::of(p, received_us) else {
+            self.report.rows_rejected += 1;
+            return;
+        };
+        row.encode(&mut self.data);
+        self.rows += 1;
+    }
+
+    /// Takes the PUBACKs of the messages just handled: they are written once the points
+    /// that came before them are stored.
+    pub fn hold(&mut self, acks: &mut Vec<u8>) {
+        self.acks.append(acks);
+    }
+
+    /// The open batch is full and no more may be sealed: read nothing until a writer is done.
+    pub fn full(&self) -> bool {
+        self.rows as usize >= self.plan.batch_rows && self.writing >= self.plan.max_sealed()
+    }
+
+    /// Rows committed so far.
+    pub fn written(&self) -> u64 {
+        self.report.rows_written
+    }
+
+    /// Sealed batches not yet done.
+    pub fn busy(&self) -> bool {
+        self.writing > 0
+    }
+
+    /// Seals the open batch when it is full or a writer is idle, records what the writers
+    /// finished, and returns the PUBACKs now due (in order; empty if none).
+    pub fn step(&mut self, now: Instant) -> Vec<u8> {
+        while let Ok(o) = self.done.try_recv() {
+            self.finished(o, now);
+        }
+        let full = self.rows as usize >= self.plan.batch_rows;
+        let room = self.writing < self.plan.max_sealed();
+        if (full && room) || (self.rows > 0 && self.writing < self.plan.connections) {
+            self.seal(now);
+        } else if self.rows == 0 && !self.acks.is_empty() {
+            // Messages without a new point (duplicates, malformed): due behind the batches
+            // before them.
+            self.pending.push_back(Pending {
+                id: u64::MAX,
+                rows: 0,
+                acks: std::mem::take(&mut self.acks),
+                done: true,
+            });
+        }
+        self.buffered();
+        match (self.full(), self.paused_since) {
+            (true, None) => self.paused_since = Some(now),
+            (false, Some(since)) => {
+                self.paused += now - since;
+                self.paused_since = None;
+            }
+            _ => {}
+        }
+        let mut due = Vec::new();
+        while self.pending.front().is_some_and(|p| p.done) {
+            if let Some(p) = self.pending.pop_front() {
+                due.extend_from_slice(&p.acks);
+            }
+        }
+        due
+    }
+
+    /// Waits until a writer is done with a batch (forever if none is writing).
+    pub async fn next_done(&mut self) {
+        if self.writing == 0 {
+            return std::future::pending().await;
+        }
+        if let Some(o) = self.done.recv().await {
+            self.finished(o, Instant::now());
+        }
+    }
+
+    /// The connection these PUBACKs were for is gone: the broker sends those messages again
+    /// (and their points, stored or on their way, count as duplicates then).
+    pub fn forget_acks(&mut self) {
+        self.acks.clear();
+        for p in &mut self.pending {
+            p.acks.clear();
+        }
+    }
+
+    fn buffered(&mut self) {
+        let sealed: u64 = self
+            .pending
+            .iter()
+            .filter(|p| !p.done)
+            .map(|p| p.rows)
+            .sum();
+        self.report.max_buffered_rows = self.report.max_buffered_rows.max(sealed + self.rows);
+    }
+
+    fn seal(&mut self, now: Instant) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut data = std::mem::replace(
+            &mut self.data,
+            BytesMut::with_capacity(self.plan.batch_rows * 96 + 64),
+        );
+        self.data.put_slice(COPY_HEADER);
+        data.put_i16(-1);
+        let rows = std::mem::take(&mut self.rows);
+        self.buffered();
+        self.pending.push_back(Pending {
+            id,
+            rows,
+            acks: std::mem::take(&mut self.acks),
+            done: false,
+        });
+        self.writing += 1;
+        self.first_sealed.get_or_insert(now);
+        // Never blocks: sealed batches are at most the queue's capacity.
+        if let Err(e) = self.queue.try_send(Sealed {
+            id,
+            rows,
+            data: data.freeze(),
+        }) {
+            let o = Outcome {
+                id,
+                written: 0,
+                failed: rows,
+                retries: 0,
+                error: Some(format!("the sink's writers are gone ({e})")),
+            };
+            self.finished(o, now);
+        }
+    }
+
+    fn finished(&mut self, o: Outcome, now: Instant) {
+        self.writing = self.writing.saturating_sub(1);
+        self.last_done = Some(now);
+        let r = &mut self.report;
+        r.rows_written += o.written;
+        r.rows_failed += o.failed;
+        r.retries += o.retries;
+        if o.failed > 0 {
+            r.batches_failed += 1;
+        } else {
+            r.batches += 1;
+        }
+        if let Some(e) = o.error {
+            if r.errors.len() < ERRORS_KEPT {
+                mqtt_tool::errln!("sink: {}", mqtt_tool::out::escape(&e));
+                r.errors.push(e);
+            }
+        }
+        if let Some(p) = self.pending.iter_mut().find(|p| p.id == o.id) {
+            p.done = true;
+        }
+    }
+
+    /// Stores what is left, waiting at most `--sink-timeout` plus a grace; returns the
+    /// PUBACKs now due and the report. Rows still not stored then count as failed.
+    pub async fn finish(mut self) -> (Vec<u8>, SinkReport) {
+        let now = Instant::now();
+        if self.rows > 0 {
+            // Past the cap on sealed batches if need be: nothing more will be read.
+            self.seal(now);
+        }
+        let deadline = now + self.plan.timeout + DRAIN_GRACE;
+        while self.writing > 0 {
+            match tokio::time::timeout_at(deadline, self.done.recv()).await {
+                Ok(Some(o)) => self.finished(o, Instant::now()),
+                _ => break,
+            }
+        }
+        let mut due = self.step(Instant::now());
+        if let Some(since) = self.paused_since.take() {
+            self.paused += Instant::now() - since;
+        }
+        let left: u64 = self
+            .pending
+            .iter()
+            .filter(|p| !p.done)
+            .map(|p| p.rows)
+            .sum();
+        if left > 0 {
+            self.report.rows_failed += left;
+            self.report.errors.push(format!(
+                "{left} rows were not stored within --sink-timeout after the run ended"
+            ));
+        }
+        for p in self.pending.drain(..) {
+            due.extend_from_slice(&p.acks);
+        }
+        for w in &self.writers {
+            w.abort();
+        }
+        let r = &mut self.report;
+        r.paused_s = (self.paused.as_secs_f64() * 1e3).round() / 1e3;
+        if let (Some(a), Some(b)) = (self.first_sealed, self.last_done) {
+            let s = (b - a).as_secs_f64();
+            if s > 0.0 {
+                r.rows_per_s = (r.rows_written as f64 / s * 1e3).round() / 1e3;
+            }
+        }
+        (due, self.report)
+    }
+}
+
+/// One point as a row of the table.
+struct Row<'a> {
+    device_id: &'a str,
+    seq: i64,
+    ts_us: i64,
+    value: f64,
+    temperature: Option<f64>,
+    humidity: Option<f64>,
+    received_us: i64,
+}
+
+impl<'a> Row<'a> {
+    /// `None`: the table cannot hold it.
+    fn of(p: &'a Point<'_>, received_us: f64) -> Option<Row<'a>> {
+        let seq = i64::try_from(p.seq).ok()?;
+        if !(p.timestamp.is_finite() && (0.0..=TS_MAX_S).contains(&p.timestamp)) {
+            return None;
+        }
+        if p.device_id.contains('\0') {
+            return None;
+        }
+        Some(Row {
+            device_id: &p.device_id,
+            seq,
+            ts_us: (p.timestamp * 1e6).round() as i64 - PG_EPOCH_US,
+            value: p.value,
+            temperature: p.temperature,
+            humidity: p.humidity,
+            received_us: received_us as i64 - PG_EPOCH_US,
+        })
+    }
+
+    /// Binary COPY: a field count, then each field as its length and its bytes (-1: NULL).
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_i16(7);
+        b.put_i32(self.device_id.len() as i32);
+        b.put_slice(self.device_id.as_bytes());
+        b.put_i32(8);
+        b.put_i64(self.seq);
+        b.put_i32(8);
+        b.put_i64(self.ts_us);
+        b.put_i32(8);
+        b.put_f64(self.value);
+        for v in [self.temperature, self.humidity] {
+            match v {
+                Some(v) => {
+                    b.put_i32(8);
+                    b.put_f64(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_i32(8);
+        b.put_i64(self.received_us);
+    }
+}
+
+fn empty_copy() -> Vec<u8> {
+    let mut v = COPY_HEADER.to_vec();
+    v.extend_from_slice(&(-1i16).to_be_bytes());
+    v
+}
+
+/// One COPY of a whole batch (header, rows, trailer), committed on its own.
+async fn copy_batch(
+    pool: &deadpool_postgres::Pool,
+    sql: &str,
+    data: Bytes,
+) -> Result<u64, pg_tool::DbError> {
+    let c = pool.get().await?;
+    let sink = c.copy_in::<_, Bytes>(sql).await?;
+    let mut sink = std::pin::pin!(sink);
+    sink.send(data).await?;
+    Ok(sink.as_mut().finish().await?)
+}
+
+async fn writer(
+    pool: deadpool_postgres::Pool,
+    database: pg_tool::Database,
+    sql: String,
+    timeout: Duration,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Sealed>>>,
+    done: mpsc::UnboundedSender<Outcome>,
+) {
+    loop {
+        let next = queue.lock().await.recv().await;
+        let Some(batch) = next else { return };
+        let mut retries = 0;
+        let r = pg_tool::retry(&database, "storing points", timeout, &mut retries, || {
+            copy_batch(&pool, &sql, batch.data.clone())
+        })
+        .await;
+        let o = match r {
+            Ok(n) => Outcome {
+                id: batch.id,
+                written: n,
+                failed: batch.rows.saturating_sub(n),
+                retries,
+                error: None,
+            },
+            Err(e) => Outcome {
+                id: batch.id,
+                written: 0,
+                failed: batch.rows,
+                retries,
+                error: Some(e.to_string()),
+            },
+        };
+        if done.send(o).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn point(seq: u64, ts: f64, id: &str) -> Point<'static> {
+        Point {
+            device_id: Cow::Owned(id.to_string()),
+            seq,
+            timestamp: ts,
+            value: 1.5,
+            temperature: Some(21.25),
+            humidity: None,
+        }
+    }
+
+    #[test]
+    fn a_row_is_encoded_as_binary_copy_fields() {
+        let p = point(7, 946_684_801.5, "dev");
+        let row = Row::of(&p, 946_684_802_000_000.0).expect("storable");
+        let mut b = BytesMut::new();
+        row.encode(&mut b);
+        let mut want = Vec::new();
+        want.extend_from_slice(&7i16.to_be_bytes());
+        want.extend_from_slice(&3i32.to_be_bytes());
+        want.extend_from_slice(b"dev");
+        for v in [7i64.to_be_bytes(), 1_500_000i64.to_be_bytes()] {
+            want.extend_from_slice(&8i32.to_be_bytes());
+            want.extend_from_slice(&v);
+        }
+        want.extend_from_slice(&8i32.to_be_bytes());
+        want.extend_from_slice(&1.5f64.to_be_bytes());
+        want.extend_from_slice(&8i32.to_be_bytes());
+        want.extend_from_slice(&21.25f64.to_be_bytes());
+        want.extend_from_slice(&(-1i32).to_be_bytes());
+        want.extend_from_slice(&8i32.to_be_bytes());
+        want.extend_from_slice(&2_000_000i64.to_be_bytes());
+        assert_eq!(&b[..], &want[..]);
+    }
+
+    #[test]
+    fn points_the_table_cannot_hold_are_rejected() {
+        assert!(Row::of(&point(u64::MAX, 1.0, "d"), 0.0).is_none());
+        assert!(Row::of(&point(1, f64::NAN, "d"), 0.0).is_none());
+        assert!(Row::of(&point(1, -1.0, "d"), 0.0).is_none());
+        assert!(Row::of(&point(1, 1e15, "d"), 0.0).is_none());
+        assert!(Row::of(&point(1, 1.0, "a\0b"), 0.0).is_none());
+        assert!(Row::of(&point(1, 1.0, "ok"), 0.0).is_some());
+    }
+}
