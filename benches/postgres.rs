@@ -1,0 +1,589 @@
+//! The PostgreSQL benches (scenarios J and K), on a PostgreSQL and a Mosquitto started here
+//! (both on this machine, on free ports; the server as the tests run it: `fsync=off`,
+//! `synchronous_commit=off`).
+//!
+//! ```text
+//! J1  job-pub, one instance, drains N due jobs (--until-empty)        jobs/s beside the seed's 750/s
+//! J3  three instances together drain N due jobs                     jobs/s beside J1
+//! J5  one instance, jobs falling due at 5,000/s steady              lateness p50/p99 (publish - fire_at)
+//! K1  backend-sub --sink: N points of frontend1-pub into the table  rows/s beside psql \copy
+//! ```
+//!
+//! In J, an independent subscriber (rumqttc, QoS 1, on the jobs' topics) counts every job
+//! it receives: missing and duplicates are its counts, not job-pub's. J1 and J3 measure the
+//! jobs acknowledged over the run's window (its report's `started_at`..`ended_at`; for J3 the
+//! earliest start to the latest end). The seed (the team's C# publisher, one instance) did
+//! 750 jobs/s; the targets are >= 7,500 for J1 (aim 20,000), J3 faster than J1, 0 missing,
+//! 0 duplicates, and a lateness p99 under 100 ms in J5.
+//!
+//! In K1, frontend1-pub publishes N points (1000-point batches, QoS 1, as fast as it can) to
+//! a backend-sub that stores each in the sink's table (2 connections, 10k-row batches, the
+//! shipped migration with its index); its rate is the sink's own (first batch sealed to last
+//! committed). The reference loads the same rows into the same (truncated) table from a
+//! file, with `psql -c "\copy points FROM FILE (FORMAT binary)"`, the fastest form psql has
+//! (CSV, slower, is shown too). Ours shares the two cores with the broker, the publisher and
+//! its own verification; psql has them to itself. Target: ours >= 0.8x psql's binary copy.
+//!
+//! `--gate` fails below the gates (`GATE_*`), or on any missing or duplicate job, or rows
+//! the sink did not store. `--quick`: smaller N, one run of K1 (else three).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use test_support::{free_port, Mosquitto, Postgres, TempDir};
+
+// Only build_release of it is used here.
+#[allow(dead_code)]
+mod common;
+
+/// The seed's one instance: 45,000 jobs a minute.
+const SEED_JOBS_PER_S: f64 = 750.0;
+const TARGET_J1: f64 = 7_500.0;
+const TARGET_LATENESS_P99_MS: f64 = 100.0;
+const TARGET_K1: f64 = 0.8;
+// CI gates, set well under what was measured (J1 30-42k jobs/s, K1 see the README) so that a
+// noisy machine does not flake them; the targets are printed beside.
+const GATE_J1: f64 = 7_500.0;
+const GATE_LATENESS_P99_MS: f64 = 100.0;
+const GATE_K1: f64 = 0.5;
+
+struct Bins {
+    job_pub: PathBuf,
+    backend: PathBuf,
+    publisher: PathBuf,
+}
+
+/// Every message on a topic filter, counted by topic (one topic per job).
+struct Collector {
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Collector {
+    fn start(port: u16, filter: &str) -> Collector {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let s = seen.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let filter = filter.to_string();
+        std::thread::spawn(move || {
+            let mut o = MqttOptions::new(
+                format!("bench-collector-{}", free_port()),
+                "127.0.0.1",
+                port,
+            );
+            o.set_keep_alive(Duration::from_secs(60))
+                .set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut conn) = Client::new(o, 1024);
+            client
+                .subscribe(&filter, QoS::AtLeastOnce)
+                .expect("subscribe");
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        *s.lock().unwrap().entry(p.topic.clone()).or_insert(0) += 1;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the collector subscribed");
+        Collector { seen }
+    }
+
+    /// (distinct jobs, duplicates) once `n` distinct arrived or nothing new came for 3 s.
+    fn settle(&self, n: u64, within: Duration) -> (u64, u64) {
+        let end = Instant::now() + within;
+        let mut last = (0, 0);
+        let mut quiet_since = Instant::now();
+        loop {
+            let now = {
+                let s = self.seen.lock().unwrap();
+                let distinct = s.len() as u64;
+                let total: u64 = s.values().map(|c| u64::from(*c)).sum();
+                (distinct, total - distinct)
+            };
+            if now != last {
+                quiet_since = Instant::now();
+                last = now;
+            }
+            if (now.0 >= n && quiet_since.elapsed() > Duration::from_millis(500))
+                || quiet_since.elapsed() > Duration::from_secs(3)
+                || Instant::now() >= end
+            {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn job_pub(bins: &Bins, pg: &Postgres, args: &[&str]) -> Command {
+    let mut c = Command::new(&bins.job_pub);
+    c.args(args)
+        .env("DATABASE_URL", pg.url())
+        .env("PGPASSWORD", pg.password())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
+fn ok(mut c: Command, what: &str) {
+    let st = c.stderr(Stdio::null()).status().expect(what);
+    assert!(st.success(), "{what} failed: {st}");
+}
+
+fn read_report(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+fn instant(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v.as_str().expect("an RFC 3339 time")).expect("RFC 3339")
+}
+
+/// Seeds `n` jobs on topics `job/<tag>/{i}` due over `fire_in`, after emptying the table.
+fn seed(bins: &Bins, pg: &Postgres, n: u64, tag: &str, fire_in: &str) {
+    pg.psql("TRUNCATE jobs");
+    ok(
+        job_pub(
+            bins,
+            pg,
+            &[
+                "seed",
+                "--count",
+                &n.to_string(),
+                "--fire-in",
+                fire_in,
+                "--topic-template",
+                &format!("job/{tag}/{{i}}"),
+            ],
+        ),
+        "job-pub seed",
+    );
+}
+
+struct Drained {
+    jobs_per_s: f64,
+    acked: u64,
+    distinct: u64,
+    duplicates: u64,
+    republished: u64,
+}
+
+/// Runs `instances` job-pub instances with --until-empty over `n` seeded jobs.
+fn drain(
+    bins: &Bins,
+    pg: &Postgres,
+    m: &Mosquitto,
+    n: u64,
+    instances: usize,
+    tag: &str,
+) -> Drained {
+    seed(bins, pg, n, tag, "-1s..0s");
+    let collector = Collector::start(m.port, &format!("job/{tag}/#"));
+    let dir = TempDir::new("job-bench");
+    let url = m.url();
+    let children: Vec<_> = (0..instances)
+        .map(|i| {
+            let report = dir.path(&format!("r{i}.json"));
+            let mut c = job_pub(
+                bins,
+                pg,
+                &[
+                    "run",
+                    "--broker",
+                    &url,
+                    "--until-empty",
+                    "--quiet",
+                    "--report-json",
+                ],
+            );
+            c.arg(&report);
+            (
+                c.stderr(Stdio::inherit()).spawn().expect("job-pub run"),
+                report,
+            )
+        })
+        .collect();
+    let reports: Vec<Value> = children
+        .into_iter()
+        .map(|(mut c, path)| {
+            assert!(c.wait().expect("wait").success(), "job-pub run failed");
+            read_report(&path)
+        })
+        .collect();
+    let (distinct, duplicates) = collector.settle(n, Duration::from_secs(30));
+    let acked: u64 = reports
+        .iter()
+        .map(|r| r["jobs_acked"].as_u64().unwrap_or(0))
+        .sum();
+    let republished: u64 = reports
+        .iter()
+        .map(|r| r["jobs_republished"].as_u64().unwrap_or(0))
+        .sum();
+    let start = reports
+        .iter()
+        .map(|r| instant(&r["started_at"]))
+        .min()
+        .expect("a report");
+    let end = reports
+        .iter()
+        .map(|r| instant(&r["ended_at"]))
+        .max()
+        .expect("a report");
+    let window = end.duration_since(start).unwrap_or_default().as_secs_f64();
+    Drained {
+        jobs_per_s: acked as f64 / window.max(1e-9),
+        acked,
+        distinct,
+        duplicates,
+        republished,
+    }
+}
+
+struct Steady {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    distinct: u64,
+    duplicates: u64,
+    late: u64,
+}
+
+/// `n` jobs due over `secs` from 2 s on, one instance running until all arrived.
+fn steady(bins: &Bins, pg: &Postgres, m: &Mosquitto, n: u64, secs: u64) -> Steady {
+    seed(bins, pg, n, "steady", &format!("2s..{}s", 2 + secs));
+    let collector = Collector::start(m.port, "job/steady/#");
+    let dir = TempDir::new("job-bench");
+    let report = dir.path("steady.json");
+    let mut c = job_pub(
+        bins,
+        pg,
+        &["run", "--broker", &m.url(), "--quiet", "--report-json"],
+    );
+    c.arg(&report);
+    let mut child = c.stderr(Stdio::inherit()).spawn().expect("job-pub run");
+    std::thread::sleep(Duration::from_secs(2 + secs));
+    let (distinct, duplicates) = collector.settle(n, Duration::from_secs(20));
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let _ = child.wait();
+    let r = read_report(&report);
+    let ms = |k: &str| r["lateness_us"][k].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    Steady {
+        p50_ms: ms("p50"),
+        p99_ms: ms("p99"),
+        max_ms: ms("max"),
+        distinct,
+        duplicates,
+        late: r["jobs_late"].as_u64().unwrap_or(0),
+    }
+}
+
+struct Sunk {
+    ours_rows_per_s: f64,
+    written: u64,
+    failed: u64,
+    paused_s: f64,
+    arrival_points_per_s: f64,
+    psql_binary_rows_per_s: f64,
+    psql_csv_rows_per_s: f64,
+}
+
+fn psql(pg: &Postgres, cmd: &str) -> f64 {
+    let started = Instant::now();
+    let out = Command::new(test_support::postgres_bindir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "loadgen",
+        ])
+        .args([
+            "-d",
+            "postgres",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            cmd,
+        ])
+        .env("PGPASSWORD", pg.password())
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed().as_secs_f64()
+}
+
+fn sink(bins: &Bins, pg: &Postgres, m: &Mosquitto, n: u64) -> Sunk {
+    let _ = pg.psql("DROP TABLE IF EXISTS points");
+    let dir = TempDir::new("sink-bench");
+    let report = dir.path("backend.json");
+    let url = m.url();
+    let mut backend = Command::new(&bins.backend)
+        .args([
+            "--broker",
+            &url,
+            "--sink",
+            &pg.url(),
+            "--expect",
+            &n.to_string(),
+        ])
+        .args(["--idle-timeout", "30s", "--quiet", "--report-json"])
+        .arg(&report)
+        .env("PGPASSWORD", pg.password())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("backend-sub");
+    // Subscribed (the table is made before that).
+    {
+        use std::io::BufRead;
+        let err = backend.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(err).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("stderr");
+            if line.starts_with("subscribed to") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+    }
+    let st = Command::new(&bins.publisher)
+        .args(["--broker", &url, "--qos", "1", "--rate", "0", "--quiet"])
+        .args(["--total", &n.to_string(), "--batch", "1000"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("frontend1-pub");
+    assert!(st.success(), "frontend1-pub failed");
+    assert!(
+        backend.wait().expect("wait").success(),
+        "backend-sub failed"
+    );
+    let r = read_report(&report);
+    let k = &r["sink"];
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let (written, failed) = (
+        k["rows_written"].as_u64().unwrap_or(0),
+        k["rows_failed"].as_u64().unwrap_or(0),
+    );
+    let bin = dir.path("points.bin");
+    let csv = dir.path("points.csv");
+    // psql's \copy reads and writes the files itself, as this user.
+    psql(
+        pg,
+        &format!("\\copy points TO '{}' (FORMAT binary)", bin.display()),
+    );
+    psql(
+        pg,
+        &format!("\\copy points TO '{}' (FORMAT csv)", csv.display()),
+    );
+    psql(pg, "TRUNCATE points");
+    let binary_s = psql(
+        pg,
+        &format!("\\copy points FROM '{}' (FORMAT binary)", bin.display()),
+    );
+    psql(pg, "TRUNCATE points");
+    let csv_s = psql(
+        pg,
+        &format!("\\copy points FROM '{}' (FORMAT csv)", csv.display()),
+    );
+    Sunk {
+        ours_rows_per_s: f(&k["rows_per_s"]),
+        written,
+        failed,
+        paused_s: f(&k["paused_s"]),
+        arrival_points_per_s: f(&r["point_rate"]),
+        psql_binary_rows_per_s: written as f64 / binary_s,
+        psql_csv_rows_per_s: written as f64 / csv_s,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut quick = false;
+    let mut gate = false;
+    let mut json_path = test_support::workspace_root().join("target/bench/postgres.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--gate" => gate = true,
+            "--json" => {
+                let p = PathBuf::from(args.next().expect("--json PATH"));
+                json_path = p.with_file_name("postgres.json");
+            }
+            "--only" => {
+                args.next();
+            }
+            "--bench" => {}
+            other => {
+                eprintln!("unknown argument {other}; use --quick, --gate, --json PATH");
+                std::process::exit(2);
+            }
+        }
+    }
+    let dir = common::build_release(
+        &["job-pub", "backend-sub", "frontend1-pub"],
+        &["job-pub", "backend-sub", "frontend1-pub"],
+    );
+    let bins = Bins {
+        job_pub: dir.join("job-pub"),
+        backend: dir.join("backend-sub"),
+        publisher: dir.join("frontend1-pub"),
+    };
+    let m = Mosquitto::start();
+    let pg = Postgres::start();
+    ok(job_pub(&bins, &pg, &["migrate"]), "job-pub migrate");
+    let (jobs, steady_jobs, steady_s, points, reps) = if quick {
+        (100_000, 25_000, 5, 400_000, 1)
+    } else {
+        (300_000, 50_000, 10, 1_000_000, 3)
+    };
+    let mut failures: Vec<String> = Vec::new();
+
+    let j1 = drain(&bins, &pg, &m, jobs, 1, "j1");
+    let j3 = drain(&bins, &pg, &m, jobs, 3, "j3");
+    let j5 = steady(&bins, &pg, &m, steady_jobs, steady_s);
+    println!(
+        "| scenario | what | jobs | jobs/s | x seed (750/s) | target | gate | received | missing | duplicates | republished | pass |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (id, what, d, target, gate_at) in [
+        (
+            "J1",
+            "one instance",
+            &j1,
+            format!(">= {TARGET_J1} jobs/s"),
+            GATE_J1,
+        ),
+        (
+            "J3",
+            "three instances",
+            &j3,
+            format!("> J1 ({:.0})", j1.jobs_per_s),
+            GATE_J1,
+        ),
+    ] {
+        let missing = jobs.saturating_sub(d.distinct);
+        let pass = d.jobs_per_s >= gate_at && missing == 0 && d.duplicates == 0 && d.acked == jobs;
+        println!(
+            "| {id} | {what} | {jobs} | {:.0} | {:.1}x | {target} | >= {gate_at:.0} | {} | {missing} | {} | {} | {} |",
+            d.jobs_per_s,
+            d.jobs_per_s / SEED_JOBS_PER_S,
+            d.distinct,
+            d.duplicates,
+            d.republished,
+            if pass { "yes" } else { "NO" }
+        );
+        if !pass {
+            failures.push(format!(
+                "{id} ({what}): {:.0} jobs/s (gate {gate_at:.0}), {} acked of {jobs}, {missing} missing, {} duplicates",
+                d.jobs_per_s, d.acked, d.duplicates
+            ));
+        }
+    }
+    let j3_faster = j3.jobs_per_s > j1.jobs_per_s;
+    println!(
+        "\nJ3 / J1: {:.2}x ({}: three instances together faster than one)\n",
+        j3.jobs_per_s / j1.jobs_per_s.max(1e-9),
+        if j3_faster { "yes" } else { "NO" }
+    );
+    let j5_missing = steady_jobs.saturating_sub(j5.distinct);
+    let j5_pass = j5.p99_ms < GATE_LATENESS_P99_MS && j5_missing == 0 && j5.duplicates == 0;
+    println!("| scenario | what | jobs | lateness p50 ms | p99 ms | max ms | target p99 | jobs late (> 1 s) | missing | duplicates | pass |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| J5 | 5,000 jobs/s steady for {steady_s} s | {steady_jobs} | {:.1} | {:.1} | {:.1} | < {TARGET_LATENESS_P99_MS} | {} | {j5_missing} | {} | {} |\n",
+        j5.p50_ms,
+        j5.p99_ms,
+        j5.max_ms,
+        j5.late,
+        j5.duplicates,
+        if j5_pass { "yes" } else { "NO" }
+    );
+    if !j5_pass {
+        failures.push(format!(
+            "J5: lateness p99 {:.1} ms (gate {GATE_LATENESS_P99_MS}), {j5_missing} missing, {} duplicates",
+            j5.p99_ms, j5.duplicates
+        ));
+    }
+
+    let runs: Vec<Sunk> = (0..reps).map(|_| sink(&bins, &pg, &m, points)).collect();
+    let ours = median(runs.iter().map(|s| s.ours_rows_per_s).collect());
+    let binary = median(runs.iter().map(|s| s.psql_binary_rows_per_s).collect());
+    let csv = median(runs.iter().map(|s| s.psql_csv_rows_per_s).collect());
+    let ratios: Vec<f64> = runs
+        .iter()
+        .map(|s| s.ours_rows_per_s / s.psql_binary_rows_per_s.max(1e-9))
+        .collect();
+    let ratio = median(ratios.clone());
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), r| (a.min(*r), b.max(*r)));
+    let stored = runs.iter().all(|s| s.written == points && s.failed == 0);
+    let k1_pass = ratio >= GATE_K1 && stored;
+    println!("| scenario | what | rows | ours rows/s | psql \\copy binary rows/s | psql \\copy csv rows/s | ratio (median) | ratio min..max | target | gate | arrival points/s | paused s (db behind) | stored all | pass |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| K1 | backend-sub --sink, 2 connections | {points} | {ours:.0} | {binary:.0} | {csv:.0} | {ratio:.2} | {lo:.2}..{hi:.2} | >= {TARGET_K1} | >= {GATE_K1} | {:.0} | {:.2} | {} | {} |",
+        median(runs.iter().map(|s| s.arrival_points_per_s).collect()),
+        median(runs.iter().map(|s| s.paused_s).collect()),
+        if stored { "yes" } else { "NO" },
+        if k1_pass { "yes" } else { "NO" }
+    );
+    if !k1_pass {
+        failures.push(format!(
+            "K1: the sink at {ratio:.2}x psql's binary \\copy (gate {GATE_K1}), all stored: {stored}"
+        ));
+    }
+    let doc = json!({
+        "quick": quick,
+        "seed_jobs_per_s": SEED_JOBS_PER_S,
+        "J1": {"jobs": jobs, "jobs_per_s": j1.jobs_per_s, "missing": jobs.saturating_sub(j1.distinct), "duplicates": j1.duplicates},
+        "J3": {"jobs": jobs, "jobs_per_s": j3.jobs_per_s, "missing": jobs.saturating_sub(j3.distinct), "duplicates": j3.duplicates},
+        "J5": {"jobs": steady_jobs, "lateness_p50_ms": j5.p50_ms, "lateness_p99_ms": j5.p99_ms, "lateness_max_ms": j5.max_ms, "missing": j5_missing, "duplicates": j5.duplicates},
+        "K1": {"rows": points, "ours_rows_per_s": ours, "psql_binary_rows_per_s": binary, "psql_csv_rows_per_s": csv, "ratio": ratio, "runs": reps},
+        "failures": failures,
+    });
+    if let Some(p) = json_path.parent() {
+        let _ = std::fs::create_dir_all(p);
+    }
+    if let Err(e) = std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    ) {
+        eprintln!("cannot write {}: {e}", json_path.display());
+    }
+    if gate && !failures.is_empty() {
+        for f in &failures {
+            eprintln!("gate: {f}");
+        }
+        std::process::exit(1);
+    }
+}
