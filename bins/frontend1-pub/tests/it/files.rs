@@ -83,6 +83,65 @@ fn compose_file_names_services_ports_and_files_that_exist() {
 }
 
 #[test]
+fn compose_runs_postgres_job_pub_alone_and_replicated_and_the_backend_with_its_sink() {
+    let mut compose: Value =
+        serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
+    // The services share settings through YAML merge keys (<<: *anchor), as compose reads them.
+    compose.apply_merge().expect("merge keys");
+    let svc = |name: &str| -> &Value {
+        let s = &compose["services"][name];
+        assert!(!s.is_null(), "service {name}");
+        s
+    };
+    let words = |v: &Value| -> Vec<String> {
+        v.as_sequence()
+            .expect("a command list")
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    let pg = svc("postgres");
+    assert!(pg["image"].as_str().unwrap().starts_with("postgres:"));
+    assert!(format!("{:?}", pg["healthcheck"]).contains("pg_isready"));
+    let profiles = |v: &Value| format!("{:?}", v["profiles"]);
+    for (name, first) in [
+        ("job-migrate", ["job-pub", "migrate"]),
+        ("job-seed", ["job-pub", "seed"]),
+        ("job-pub", ["job-pub", "run"]),
+        ("job-pub-many", ["job-pub", "run"]),
+        ("backend-sink", ["backend-sub", "--broker"]),
+    ] {
+        let s = svc(name);
+        let cmd = words(&s["command"]);
+        assert_eq!(&cmd[..2], first, "{name}: {cmd:?}");
+        // The password goes by the environment; no command line holds one.
+        assert!(
+            !cmd.iter()
+                .any(|w| w.contains(":loadgen-local@") || w.contains("PASSWORD")),
+            "{name}: {cmd:?}"
+        );
+        assert!(
+            format!("{:?}", s["environment"]).contains("PGPASSWORD"),
+            "{name} has no PGPASSWORD"
+        );
+    }
+    assert_eq!(
+        compose["services"]["job-pub-many"]["deploy"]["replicas"].as_u64(),
+        Some(3)
+    );
+    assert!(profiles(svc("job-pub-many")).contains("jobs-many"));
+    assert!(profiles(svc("job-pub")).contains("jobs"));
+    let sink = words(&svc("backend-sink")["command"]);
+    assert!(
+        sink.windows(2)
+            .any(|w| w[0] == "--sink" && w[1].starts_with("postgres://loadgen@postgres:5432/")),
+        "{sink:?}"
+    );
+    assert!(profiles(svc("backend-sink")).contains("sink"));
+    assert!(read("Dockerfile").contains("job-pub"));
+}
+
+#[test]
 fn shipped_config_files_run_as_their_frontend() {
     let m = Mosquitto::start();
     let cfg = workspace_root().join("configs/frontend1.toml");
