@@ -20,7 +20,8 @@ use crate::args::DbPlan;
 pub struct Job {
     pub id: i64,
     pub topic: String,
-    pub payload: String,
+    /// The payload's bytes: a text (json, jsonb, varchar) column's UTF-8, a bytea's as they are.
+    pub payload: bytes::Bytes,
     pub fire_at: SystemTime,
     /// Claims so far, this one included: more than one means republished.
     pub attempts: i32,
@@ -67,8 +68,14 @@ pub async fn claim(
     lookahead: Duration,
     lease: Duration,
     me: &str,
+    raw_payload: bool,
 ) -> Result<Vec<Job>, DbError> {
     let c = pool.get().await?;
+    let payload = if raw_payload {
+        "j.payload"
+    } else {
+        "convert_to(j.payload::text, 'UTF8')"
+    };
     let sql = format!(
         "WITH due AS (
              SELECT id FROM {table}
@@ -82,7 +89,7 @@ pub async fn claim(
             SET claimed_until = now() + make_interval(secs => $3), claimed_by = $4,
                 attempts = j.attempts + 1
            FROM due WHERE j.id = due.id
-         RETURNING j.id::bigint, j.topic, j.payload::text, j.fire_at, j.attempts::integer"
+         RETURNING j.id::bigint, j.topic, {payload}, j.fire_at, j.attempts::integer"
     );
     let stmt = c.prepare_cached(&sql).await?;
     let rows = c
@@ -101,7 +108,7 @@ pub async fn claim(
         .map(|r| Job {
             id: r.get(0),
             topic: r.get(1),
-            payload: r.get(2),
+            payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(2)),
             fire_at: r.get(3),
             attempts: r.get(4),
         })
@@ -138,4 +145,18 @@ pub async fn due_left(pool: &Pool, table: &str) -> Result<i64, DbError> {
     let sql = format!("SELECT count(*) FROM {table} WHERE NOT processed AND fire_at <= now()");
     let stmt = c.prepare_cached(&sql).await?;
     Ok(c.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Whether the table's `payload` column is bytea (published as it is) rather than text-like
+/// (published as its UTF-8 text; `::text` of a bytea would be its hex form).
+pub async fn payload_is_bytea(pool: &Pool, table: &str) -> Result<bool, DbError> {
+    let c = pool.get().await?;
+    let row = c
+        .query_opt(
+            "SELECT t.typname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+              WHERE a.attrelid = to_regclass($1) AND a.attname = 'payload' AND NOT a.attisdropped",
+            &[&table],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<_, String>(0) == "bytea"))
 }

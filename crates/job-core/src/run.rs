@@ -97,6 +97,14 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         )),
         e => e,
     })?;
+    let raw_payload = db::retry(
+        &p.db,
+        "reading the payload column's type",
+        p.db_timeout.min(Duration::from_secs(30)),
+        &mut n.db_retries,
+        || db::payload_is_bytea(&pool, &p.db.table),
+    )
+    .await?;
     let choice = p.connect.broker.clone();
     let (max_packet, port) = (p.connect.max_packet_size, p.connect.embedded_port);
     let target = tokio::task::spawn_blocking(move || {
@@ -138,7 +146,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         // Nothing is held while claiming: a signal during a database outage ends at once.
         let claimed = tokio::select! {
             r = db::retry(&p.db, "claiming jobs", p.db_timeout, &mut n.db_retries, || {
-                db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me)
+                db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me, raw_payload)
             }) => r,
             _ = shutdown.stop.cancelled() => break 'run,
         };
@@ -382,9 +390,18 @@ fn hostname() -> String {
 fn body(job: &Job, mode: JobIdMode) -> Bytes {
     match mode {
         JobIdMode::Wrapper => {
-            Bytes::from(serde_json::json!({"job_id": job.id, "payload": job.payload}).to_string())
+            // The payload as a JSON string; bytes that are not UTF-8 in base64 instead.
+            let doc = match std::str::from_utf8(&job.payload) {
+                Ok(text) => serde_json::json!({"job_id": job.id, "payload": text}),
+                Err(_) => {
+                    use base64::Engine;
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&job.payload);
+                    serde_json::json!({"job_id": job.id, "payload_base64": b64})
+                }
+            };
+            Bytes::from(doc.to_string())
         }
-        _ => Bytes::from(job.payload.clone()),
+        _ => job.payload.clone(),
     }
 }
 
@@ -437,7 +454,7 @@ async fn publish_batch(
     for (i, j) in jobs.iter().enumerate() {
         if result.0[i] {
             acked.push(j.id);
-        } else if result.1[i] {
+        } else if result.1[i] == Refusal::ForGood {
             rejected.push(j.id);
         }
     }
@@ -448,7 +465,29 @@ async fn publish_batch(
     }
 }
 
-/// The attempts of [`publish_batch`]: (done, rejected, the failure that ended it).
+/// How the broker answered a job it did not take (an MQTT 5 reason code of 0x80 or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// It did not refuse it (yet).
+    No,
+    /// For good (not authorized, topic or payload invalid): marked processed and skipped,
+    /// counted rejected, never tried again.
+    ForGood,
+    /// For now (quota exceeded, packet id in use): left leased and counted failed, so that
+    /// a later claim publishes it again once the lease runs out.
+    ForNow,
+}
+
+impl Refusal {
+    fn of(code: u8) -> Refusal {
+        match code {
+            0x91 | 0x97 => Refusal::ForNow,
+            _ => Refusal::ForGood,
+        }
+    }
+}
+
+/// The attempts of [`publish_batch`]: (done, refused, the failure that ended it).
 async fn publish_attempts(
     p: &RunPlan,
     target: &mqtt_tool::broker::BrokerTarget,
@@ -457,10 +496,10 @@ async fn publish_attempts(
     n: &mut Counts,
     lateness: &mut Histogram<u64>,
     backoff: &mut Duration,
-) -> (Vec<bool>, Vec<bool>, Option<Error>) {
+) -> (Vec<bool>, Vec<Refusal>, Option<Error>) {
     let qos = p.qos.level();
     let mut done = vec![false; jobs.len()];
-    let mut rejected = vec![false; jobs.len()];
+    let mut rejected = vec![Refusal::No; jobs.len()];
     let mut written_once = vec![false; jobs.len()];
     let mut to_send: Vec<usize> = (0..jobs.len()).collect();
     // The acknowledgements are awaited from the last job's fire_at (the batch is held until
@@ -517,7 +556,12 @@ async fn publish_attempts(
             }
         }
         // Wait for the rest.
-        while down.is_none() && done.iter().zip(&rejected).any(|(d, r)| !d && !r) {
+        while down.is_none()
+            && done
+                .iter()
+                .zip(&rejected)
+                .any(|(d, r)| !d && *r == Refusal::No)
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -577,7 +621,7 @@ async fn publish_attempts(
         *link = new;
         n.mqtt_reconnects += 1;
         to_send = (0..jobs.len())
-            .filter(|&i| !done[i] && !rejected[i])
+            .filter(|&i| !done[i] && rejected[i] == Refusal::No)
             .collect();
         n.resent += to_send.iter().filter(|&&i| written_once[i]).count() as u64;
     }
@@ -593,7 +637,7 @@ fn absorb(
     order: &mut VecDeque<usize>,
     by_pkid: &mut HashMap<u16, usize>,
     done: &mut [bool],
-    rejected: &mut [bool],
+    rejected: &mut [Refusal],
     written_once: &mut [bool],
     n: &mut Counts,
     lateness: &mut Histogram<u64>,
@@ -624,7 +668,7 @@ fn absorb(
             if let Some(i) = by_pkid.remove(&pkid) {
                 match result {
                     Ok(()) => done[i] = true,
-                    Err(_) => rejected[i] = true,
+                    Err(code) => rejected[i] = Refusal::of(code),
                 }
             }
             None

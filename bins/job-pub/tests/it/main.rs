@@ -516,3 +516,44 @@ fn run_needs_an_explicit_broker() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs --broker"), "{err}");
 }
+
+#[test]
+fn a_bytea_payload_is_published_as_its_bytes_not_its_hex_text() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    // The seed's columns, with the payload as bytea; migrate adds only what job-pub needs.
+    pg.psql(
+        "CREATE TABLE bjobs (id bigserial PRIMARY KEY, topic text NOT NULL, payload bytea NOT NULL,
+                             fire_at timestamptz NOT NULL, processed boolean NOT NULL DEFAULT false,
+                             processed_at timestamptz)",
+    );
+    ok(job_pub(&pg, &["migrate", "--table", "bjobs"])
+        .output()
+        .unwrap());
+    pg.psql(
+        "INSERT INTO bjobs (topic, payload, fire_at) VALUES
+           ('job/b1', convert_to('héllo', 'UTF8'), now()),
+           ('job/b2', '\\xdeadbeef'::bytea, now())",
+    );
+    let sub = Collector::start(m.port);
+    ok(job_pub(
+        &pg,
+        &[
+            "run",
+            "--broker",
+            &m.url(),
+            "--table",
+            "bjobs",
+            "--until-empty",
+            "--quiet",
+        ],
+    )
+    .output()
+    .unwrap());
+    let seen = sub.settle(2, Duration::from_millis(300));
+    let raw = String::from_utf8_lossy(&[0xde, 0xad, 0xbe, 0xef]).into_owned();
+    assert_eq!(seen.get("héllo"), Some(&1), "{seen:?}");
+    assert_eq!(seen.get(&raw), Some(&1), "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(pg.psql("SELECT count(*) FROM bjobs WHERE processed"), "2");
+}
