@@ -456,6 +456,13 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
                     p.table,
                     p.connections
                 );
+                if plan.qos == 0 || plan.clean_session {
+                    mqtt_tool::errln!(
+                        "sink: note: {}, so what the broker holds unstored for this backend is gone if it stops; \
+                         for storage that survives a restart use --qos 1 --clean-session false and a fixed --client-id",
+                        if plan.qos == 0 { "QoS 0 has no acknowledgements" } else { "the session is clean" }
+                    );
+                }
             }
             started
         }

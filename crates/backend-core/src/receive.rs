@@ -358,6 +358,9 @@ pub async fn run(
     let mut resubscribed = false;
     // When the sink last released PUBACKs: a broker waiting for them is not idle.
     let mut released_at: Option<Instant> = None;
+    // Reading held back for the sink since the last read: an unread PINGRESP then says
+    // nothing about the broker.
+    let mut held_back = false;
     let mut rng = (std::process::id() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
 
     'session: loop {
@@ -473,10 +476,11 @@ pub async fn run(
                 }
                 acks.clear();
             }
-            // The database lags: read nothing more (the broker holds the rest) and do not
-            // take the pause for idleness.
+            // The database lags: read nothing more (the broker holds the rest), and take
+            // neither the pause nor a batch being written for idleness.
             let paused = pipe.sink.as_ref().is_some_and(Sink::full);
             let sink_busy = pipe.sink.as_ref().is_some_and(Sink::busy);
+            held_back |= paused;
             let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
             (None, _) => (suback_deadline, Stop::Failed(format!(
                 "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
@@ -488,7 +492,13 @@ pub async fn run(
                 back_at.unwrap_or(t) + plan.first_message_timeout.max(plan.idle_timeout),
                 Stop::Idle,
             ),
-            (Some(_), Some(t)) if paused => (t.max(Instant::now()) + plan.idle_timeout, Stop::Idle),
+            // The sink is writing what came: PUBACKs are held, so a broker with a small
+            // in-flight window waits for them; that is not the stream going idle.
+            (Some(_), Some(_)) if paused || sink_busy => (
+                // Woken by the batch's end (bounded by --sink-timeout), not by a deadline.
+                Instant::now() + std::time::Duration::from_secs(3600),
+                Stop::Idle,
+            ),
             (Some(_), Some(t)) => (t.max(released_at.unwrap_or(t)) + plan.idle_timeout, Stop::Idle),
             (Some(sub), None) => (
                 sub.max(back_at.unwrap_or(sub)) + plan.first_message_timeout,
@@ -505,16 +515,29 @@ pub async fn run(
             }
             // A flood that never pauses would starve the ping branch below (bytes win): at QoS 0
             // nothing else is written, and the broker would close us after 1.5 keep-alives.
-            if session.ping_due().is_some_and(|p| p <= Instant::now()) {
+            // Held back, the answers are not read: a PINGREQ every half keep-alive regardless,
+            // so that the broker keeps the connection through a long pause.
+            let ping_at = if held_back {
+                session.keepalive_due()
+            } else {
+                session.ping_due()
+            };
+            if ping_at.is_some_and(|p| p <= Instant::now()) {
                 if let Err(e) = session.ping().await {
                     break Some(e.to_string());
                 }
             }
-            if session.dead_at().is_some_and(|d| d <= Instant::now()) {
+            let dead_at = if held_back { None } else { session.dead_at() };
+            if dead_at.is_some_and(|d| d <= Instant::now()) {
                 break Some("the broker did not answer a PINGREQ within the keep-alive".into());
             }
             // The next timer: the stop deadline, a ping to send, or a ping unanswered.
-            let timer = [session.ping_due(), session.dead_at()]
+            let ping_at = if held_back {
+                session.keepalive_due()
+            } else {
+                session.ping_due()
+            };
+            let timer = [ping_at, dead_at]
                 .into_iter()
                 .flatten()
                 .fold(deadline, Instant::min);
@@ -540,7 +563,10 @@ pub async fn run(
             };
             match read {
                 Ok(0) => break Some("the broker closed the connection".into()),
-                Ok(_) => (now, arrival_us) = (Instant::now(), wall_us()),
+                Ok(_) => {
+                    (now, arrival_us) = (Instant::now(), wall_us());
+                    held_back = false;
+                }
                 Err(e) => break Some(e.to_string()),
             }
         };

@@ -40,6 +40,10 @@ pub const COLUMNS: &str = "device_id, seq, ts, value, temperature, humidity, rec
 /// Rows not stored when the run ended this long after the last message are counted failed.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// Messages whose PUBACKs wait behind a batch being written, at most: a flood of
+/// duplicates (no rows) behind a stuck batch pauses reading too.
+const MAX_PENDING: usize = 100_000;
+
 /// Errors kept for the report.
 const ERRORS_KEPT: usize = 5;
 
@@ -153,7 +157,18 @@ const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 impl Sink {
     /// Connects, applies the migration when asked, and starts the writers.
     pub async fn start(plan: SinkPlan) -> Result<Sink, Error> {
-        let pool = pg_tool::pool(&plan.database, plan.connections)?;
+        // A COPY that waits longer than --sink-timeout (a lock, a stuck server) is cancelled
+        // by the server and its rows counted failed, rather than holding the run forever.
+        // And a commit is on the server's disk (WAL) before its PUBACKs go out, whatever
+        // the server's default.
+        let mut database = plan.database.clone();
+        let options = format!(
+            "{} -c statement_timeout={} -c synchronous_commit=on",
+            database.config.get_options().unwrap_or(""),
+            plan.timeout.as_millis()
+        );
+        database.config.options(options.trim_start());
+        let pool = pg_tool::pool(&database, plan.connections)?;
         let mut retries = 0;
         if plan.migrate {
             let sql = SCHEMA.replace("{table}", &plan.table);
@@ -170,7 +185,16 @@ impl Sink {
             )
             .await?;
         }
-        // The table must take our rows: a COPY of none says so now, not at the first batch.
+        // The table must take our rows, columns and types: said now, not at the first batch.
+        let types = pg_tool::retry(
+            &plan.database,
+            "reading the sink table's columns",
+            plan.timeout,
+            &mut retries,
+            || column_types(&pool, &plan.table),
+        )
+        .await?;
+        check_columns(&plan.table, &types)?;
         let copy = format!("COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)", plan.table);
         let empty = Bytes::from(empty_copy());
         pg_tool::retry(
@@ -243,7 +267,8 @@ impl Sink {
 
     /// The open batch is full and no more may be sealed: read nothing until a writer is done.
     pub fn full(&self) -> bool {
-        self.rows as usize >= self.plan.batch_rows && self.writing >= self.plan.max_sealed()
+        (self.rows as usize >= self.plan.batch_rows && self.writing >= self.plan.max_sealed())
+            || self.pending.len() >= MAX_PENDING
     }
 
     /// Rows committed so far.
@@ -299,8 +324,9 @@ impl Sink {
         if self.writing == 0 {
             return std::future::pending().await;
         }
-        if let Some(o) = self.done.recv().await {
-            self.finished(o, Instant::now());
+        match self.done.recv().await {
+            Some(o) => self.finished(o, Instant::now()),
+            None => self.writers_gone(),
         }
     }
 
@@ -359,6 +385,28 @@ impl Sink {
         }
     }
 
+    /// Every writer ended (none should): what they held is failed, and nothing waits on them.
+    fn writers_gone(&mut self) {
+        let now = Instant::now();
+        let undone: Vec<(u64, u64)> = self
+            .pending
+            .iter()
+            .filter(|p| !p.done)
+            .map(|p| (p.id, p.rows))
+            .collect();
+        for (id, rows) in undone {
+            let o = Outcome {
+                id,
+                written: 0,
+                failed: rows,
+                retries: 0,
+                error: Some("the sink's writers ended".into()),
+            };
+            self.finished(o, now);
+        }
+        self.writing = 0;
+    }
+
     fn finished(&mut self, o: Outcome, now: Instant) {
         self.writing = self.writing.saturating_sub(1);
         self.last_done = Some(now);
@@ -390,14 +438,17 @@ impl Sink {
             // Past the cap on sealed batches if need be: nothing more will be read.
             self.seal(now);
         }
-        let deadline = now + self.plan.timeout + DRAIN_GRACE;
+        // Each writer may have a batch being written and more queued: a --sink-timeout each.
+        let rounds = self.writing.div_ceil(self.plan.connections).max(1) as u32;
+        let deadline = now + self.plan.timeout * rounds + DRAIN_GRACE;
         while self.writing > 0 {
             match tokio::time::timeout_at(deadline, self.done.recv()).await {
                 Ok(Some(o)) => self.finished(o, Instant::now()),
-                _ => break,
+                Ok(None) => self.writers_gone(),
+                Err(_) => break,
             }
         }
-        let mut due = self.step(Instant::now());
+        let due = self.step(Instant::now());
         if let Some(since) = self.paused_since.take() {
             self.paused += Instant::now() - since;
         }
@@ -413,9 +464,9 @@ impl Sink {
                 "{left} rows were not stored within --sink-timeout after the run ended"
             ));
         }
-        for p in self.pending.drain(..) {
-            due.extend_from_slice(&p.acks);
-        }
+        // The PUBACKs of what is not stored are not sent: the broker keeps those messages
+        // (a persistent session sends them to the next run).
+        self.pending.clear();
         for w in &self.writers {
             w.abort();
         }
@@ -486,6 +537,62 @@ impl<'a> Row<'a> {
         b.put_i32(8);
         b.put_i64(self.received_us);
     }
+}
+
+/// The table's columns and their types (`format_type`), in order; empty if it is missing.
+async fn column_types(
+    pool: &deadpool_postgres::Pool,
+    table: &str,
+) -> Result<Vec<(String, String)>, pg_tool::DbError> {
+    let c = pool.get().await?;
+    let rows = c
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+               FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The types binary COPY rows need, column by column.
+const WANTED: [(&str, &[&str]); 7] = [
+    ("device_id", &["text", "character varying"]),
+    ("seq", &["bigint"]),
+    ("ts", &["timestamp with time zone"]),
+    ("value", &["double precision"]),
+    ("temperature", &["double precision"]),
+    ("humidity", &["double precision"]),
+    ("received_at", &["timestamp with time zone"]),
+];
+
+/// A one-line usage error naming the first column that is missing or of another type.
+fn check_columns(table: &str, have: &[(String, String)]) -> Result<(), Error> {
+    if have.is_empty() {
+        return Err(Error::usage(format!(
+            "the sink table {table} does not exist; let backend-sub create it (--sink-migrate true) or apply crates/backend-core/src/sink.sql"
+        )));
+    }
+    for (name, types) in WANTED {
+        match have.iter().find(|(n, _)| n == name) {
+            None => {
+                return Err(Error::usage(format!(
+                    "the sink table {table} has no column {name} ({}); use the shipped migration's table or another --sink-table",
+                    types[0]
+                )))
+            }
+            Some((_, t)) if !types.iter().any(|w| t.starts_with(w)) => {
+                return Err(Error::usage(format!(
+                    "the sink table {table} has {name} as {t}, not {}; use the shipped migration's table or another --sink-table",
+                    types[0]
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn empty_copy() -> Vec<u8> {
@@ -583,6 +690,26 @@ mod tests {
         want.extend_from_slice(&8i32.to_be_bytes());
         want.extend_from_slice(&2_000_000i64.to_be_bytes());
         assert_eq!(&b[..], &want[..]);
+    }
+
+    #[test]
+    fn a_table_of_other_types_is_a_usage_error_naming_the_column() {
+        let cols = |seq: &str| -> Vec<(String, String)> {
+            WANTED
+                .iter()
+                .map(|(n, t)| {
+                    let t = if *n == "seq" { seq } else { t[0] };
+                    (n.to_string(), t.to_string())
+                })
+                .collect()
+        };
+        assert!(check_columns("points", &cols("bigint")).is_ok());
+        let e = check_columns("points", &cols("integer"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seq as integer, not bigint"), "{e}");
+        let e = check_columns("points", &[]).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]

@@ -451,6 +451,12 @@ impl Session {
             .then(|| self.last_write + self.keep_alive / 2)
     }
 
+    /// When the broker last heard from us half a keep-alive ago, answered or not: a reader
+    /// that holds back (backpressure) still keeps the connection alive by this.
+    pub fn keepalive_due(&self) -> Option<Instant> {
+        (!self.keep_alive.is_zero()).then(|| self.last_write + self.keep_alive / 2)
+    }
+
     /// Writes a PINGREQ; the broker must answer (or send anything) within a keep-alive.
     pub async fn ping(&mut self) -> io::Result<()> {
         self.write(&PINGREQ).await?;

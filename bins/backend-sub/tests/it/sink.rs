@@ -132,34 +132,7 @@ fn a_locked_table_pauses_the_subscription_with_bounded_memory_and_loses_nothing(
         &[("PGPASSWORD", pg.password())],
     );
     // Another session holds the table for 6 s: every COPY waits for it.
-    let mut holder = Command::new(test_support::postgres_bindir().join("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "loadgen",
-        ])
-        .args(["-d", "postgres", "-X", "-q", "-v", "ON_ERROR_STOP=1"])
-        .args([
-            "-c",
-            "BEGIN; LOCK TABLE points IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
-        ])
-        .env("PGPASSWORD", pg.password())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("psql");
-    let locked_by = Instant::now() + Duration::from_secs(10);
-    while count(
-        &pg,
-        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-         WHERE c.relname = 'points' AND l.mode = 'AccessExclusiveLock' AND l.granted",
-    ) == 0
-    {
-        assert!(Instant::now() < locked_by, "the lock was never taken");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut holder = lock_table(&pg, 6);
     let mut p = publisher(
         "frontend1-pub",
         &url,
@@ -191,6 +164,172 @@ fn a_locked_table_pauses_the_subscription_with_bounded_memory_and_loses_nothing(
     assert!(buffered <= 3 * batch + 40_000, "{k:#}");
     // About 14 MB here; 400,000 rows held at once would add over 40 MB on their own.
     assert!(peak_kb < 30_000, "peak RSS {peak_kb} kB while paused");
+}
+
+/// Another session takes the table `points` and holds it for `secs`: every COPY waits.
+/// Returns once the lock is held.
+fn lock_table(pg: &Postgres, secs: u32) -> std::process::Child {
+    let holder = Command::new(test_support::postgres_bindir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "loadgen",
+        ])
+        .args(["-d", "postgres", "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .arg("-c")
+        .arg(format!(
+            "BEGIN; LOCK TABLE points IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({secs}); COMMIT;"
+        ))
+        .env("PGPASSWORD", pg.password())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let locked_by = Instant::now() + Duration::from_secs(10);
+    while count(
+        pg,
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         WHERE c.relname = 'points' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+    ) == 0
+    {
+        assert!(Instant::now() < locked_by, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holder
+}
+
+#[test]
+fn a_batch_held_by_the_database_is_not_taken_for_an_idle_stream() {
+    // Mosquitto's default window: 20 unacknowledged messages, then it waits for PUBACKs,
+    // which the backend holds until their points are stored.
+    let m = Mosquitto::start_with(&["max_inflight_messages 20".to_string()]);
+    let pg = Postgres::start();
+    let url = m.url();
+    let sink = pg.url();
+    let total: u64 = 60_000;
+    let backend = start_env(
+        &[
+            "--broker",
+            &url,
+            "--sink",
+            &sink,
+            "--expect",
+            &total.to_string(),
+            "--idle-timeout",
+            "1s",
+        ],
+        &[("PGPASSWORD", pg.password())],
+    );
+    let mut holder = lock_table(&pg, 3);
+    let mut p = publisher(
+        "frontend1-pub",
+        &url,
+        &[
+            "--total",
+            &total.to_string(),
+            "--batch",
+            "1000",
+            "--rate",
+            "0",
+        ],
+    );
+    // The stream stalls for 3 s behind the lock: longer than --idle-timeout, yet not idle.
+    assert!(p.wait().unwrap().success());
+    assert!(holder.wait().unwrap().success());
+    let out = backend.wait();
+    out.assert_code(0);
+    let r = &out.report;
+    assert_eq!(r["stopped_by"], "expected", "{r:#}");
+    assert_eq!(n(&r["sink"], "rows_written"), total);
+    assert_eq!(count(&pg, "SELECT count(*) FROM points"), total);
+}
+
+#[test]
+fn a_backend_killed_before_its_rows_are_stored_leaves_them_with_the_broker_for_the_next() {
+    let m = Mosquitto::start();
+    let pg = Postgres::start();
+    let url = m.url();
+    let sink = pg.url();
+    let total: u64 = 50_000;
+    let args = |expect: Option<&str>| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--broker",
+            &url,
+            "--sink",
+            &sink,
+            "--client-id",
+            "sink-restarted",
+            "--clean-session",
+            "false",
+            "--idle-timeout",
+            "20s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(n) = expect {
+            a.extend(["--expect".to_string(), n.to_string()]);
+        }
+        a
+    };
+    let first_args = args(None);
+    let first: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let first = start_env(&first, &[("PGPASSWORD", pg.password())]);
+    let mut holder = lock_table(&pg, 4);
+    let mut p = publisher(
+        "frontend1-pub",
+        &url,
+        &[
+            "--total",
+            &total.to_string(),
+            "--batch",
+            "1000",
+            "--rate",
+            "0",
+        ],
+    );
+    assert!(p.wait().unwrap().success());
+    // Received, their rows waiting on the lock, their PUBACKs held: killed.
+    std::thread::sleep(Duration::from_millis(500));
+    first.signal("KILL");
+    while !first.exited() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(holder.wait().unwrap().success());
+    let second_args = args(Some(&total.to_string()));
+    let second: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    // The broker sends the session's messages before it confirms the subscription: the
+    // second backend may be done before it says it subscribed, so it runs to its end here.
+    let dir = test_support::TempDir::new("sink-second");
+    let second = Command::new(crate::common::BIN)
+        .args(&second)
+        .arg("--report-json")
+        .arg(dir.path("report.json"))
+        .env("PGPASSWORD", pg.password())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backend-sub");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("report.json")).unwrap()).unwrap();
+    let k = &report["sink"];
+    assert_eq!(n(&report, "points_unique"), total, "{report:#}");
+    assert_eq!(n(k, "rows_written"), total, "{k:#}");
+    // Every point is in the table: the broker sent the next backend what the first never
+    // acknowledged, which was everything not stored.
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM points) d"
+        ),
+        total
+    );
 }
 
 #[test]
