@@ -49,13 +49,31 @@ where
     pg_tool::retry(&db.database, what, give_up, retries, op).await
 }
 
-/// `job-pub migrate`: the schema, applied in one transaction.
+/// `job-pub migrate`: the columns in one transaction, then the index, built concurrently
+/// (which no transaction may hold); an invalid index a failed build left is built again.
 pub async fn migrate(pool: &Pool, table: &str) -> Result<(), DbError> {
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;
     tx.batch_execute(&crate::SCHEMA.replace("{table}", table))
         .await?;
     tx.commit().await?;
+    let index = format!("{table}_due");
+    let invalid: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                             WHERE c.relname = $1 AND NOT i.indisvalid)",
+            &[&index],
+        )
+        .await?
+        .get(0);
+    if invalid {
+        c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+            .await?;
+    }
+    c.batch_execute(&format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} (fire_at, id) WHERE NOT processed"
+    ))
+    .await?;
     Ok(())
 }
 
@@ -130,13 +148,22 @@ pub async fn complete(
         return Ok(0);
     }
     let c = pool.get().await?;
+    // Counted with those already processed under this lease: a retry after a commit whose
+    // answer was lost finds its jobs done, not lost. (The count reads the snapshot from
+    // before the update, so no job counts twice.)
     let sql = format!(
-        "UPDATE {table} SET processed = true, processed_at = now(), skipped = $3,
-                claimed_until = NULL
-          WHERE id = ANY($1::bigint[]) AND claimed_by = $2 AND NOT processed"
+        "WITH done AS (
+             UPDATE {table} SET processed = true, processed_at = now(), skipped = $3,
+                    claimed_until = NULL
+              WHERE id = ANY($1::bigint[]) AND claimed_by = $2 AND NOT processed
+             RETURNING id)
+         SELECT (SELECT count(*) FROM done)
+              + (SELECT count(*) FROM {table}
+                  WHERE id = ANY($1::bigint[]) AND claimed_by = $2 AND processed)"
     );
     let stmt = c.prepare_cached(&sql).await?;
-    Ok(c.execute(&stmt, &[&ids, &me, &skipped]).await?)
+    let n: i64 = c.query_one(&stmt, &[&ids, &me, &skipped]).await?.get(0);
+    Ok(n.max(0) as u64)
 }
 
 /// Jobs due now and not processed (by anyone, leased or not): `--until-empty` waits for 0.

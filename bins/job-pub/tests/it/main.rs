@@ -103,6 +103,14 @@ fn three_instances_drain_50000_due_jobs_and_a_subscriber_gets_each_exactly_once(
     let out = ok(job_pub(&pg, &["migrate"]).output().unwrap());
     assert!(out.contains("migrated"), "{out}");
     ok(job_pub(&pg, &["migrate"]).output().unwrap()); // again: nothing changes
+                                                      // The index was built concurrently, and is valid (a failed build would leave it not).
+    assert_eq!(
+        pg.psql(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = 'jobs_due'"
+        ),
+        "t"
+    );
     seed(&pg, "50000", "0s..0s");
     let sub = Collector::start(m.port);
     let dir = TempDir::new("job-pub-three");
@@ -320,22 +328,21 @@ fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_
     seed(&pg, "30000", "0s..0s");
     let sub = Collector::start(m.port);
     let dir = TempDir::new("job-pub-kill");
-    let lease = [
-        "--lease",
-        "2s",
-        "--ack-timeout",
-        "1s",
-        "--batch",
-        "500",
-        "--qos",
-        "1",
-    ];
-    let mut victim = spawn_run(
-        &pg,
-        &m,
-        &dir.path("victim.json"),
-        &[&lease[..], &["--until-empty"]].concat(),
-    );
+    let with_lease = |lease: &'static str| -> Vec<&'static str> {
+        vec![
+            "--lease",
+            lease,
+            "--ack-timeout",
+            "1s",
+            "--batch",
+            "500",
+            "--qos",
+            "1",
+            "--until-empty",
+        ]
+    };
+    // The victim's lease outlives the others' draining of everything else.
+    let mut victim = spawn_run(&pg, &m, &dir.path("victim.json"), &with_lease("8s"));
     // Freeze it until it is caught holding a claimed batch, then kill it there.
     let victim_pid = victim.id();
     let end = Instant::now() + Duration::from_secs(30);
@@ -354,55 +361,75 @@ fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_
         }
         signal(victim_pid, "CONT");
     };
+    signal(victim_pid, "KILL");
+    let _ = victim.wait();
+    // Two others drain all but the dead instance's batch, which stays leased to it...
     let others: Vec<_> = (0..2)
         .map(|i| {
             spawn_run(
                 &pg,
                 &m,
                 &dir.path(&format!("other{i}.json")),
-                &[&lease[..], &["--until-empty"]].concat(),
+                &with_lease("2s"),
             )
         })
         .collect();
-    signal(victim_pid, "KILL");
-    let _ = victim.wait();
-    // The instance started again after the crash, beside the two others.
-    let restarted = spawn_run(
-        &pg,
-        &m,
-        &dir.path("restarted.json"),
-        &[&lease[..], &["--until-empty"]].concat(),
-    );
-    for c in others.into_iter().chain([restarted]) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while pg
+        .psql("SELECT count(*) FROM jobs WHERE NOT processed")
+        .parse::<u64>()
+        .unwrap()
+        > held
+    {
+        assert!(Instant::now() < end, "the others did not drain the rest");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in others {
+        signal(c.id(), "TERM");
         let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
+        assert_eq!(
+            out.status.code(),
+            Some(143),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     assert_eq!(
         pg.psql("SELECT count(*) FROM jobs WHERE NOT processed"),
+        held.to_string(),
+        "the dead instance's batch was still leased when the others stopped"
+    );
+    // ...until the instance, started again, claims it once the lease has run out.
+    let restarted = spawn_run(&pg, &m, &dir.path("restarted.json"), &with_lease("2s"));
+    let out = restarted.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE NOT processed"),
         "0"
     );
-    let reports: Vec<Value> = ["other0", "other1", "restarted"]
-        .iter()
-        .map(|r| read_report(&dir.path(&format!("{r}.json"))))
-        .collect();
-    let republished: u64 = reports.iter().map(|r| n(r, "jobs_republished")).sum();
     let again: u64 = pg
         .psql("SELECT count(*) FROM jobs WHERE attempts > 1")
         .parse()
         .unwrap();
     assert_eq!(
-        republished, again,
-        "the reports count every job claimed again"
-    );
-    assert_eq!(
         again, held,
         "exactly the killed instance's claimed batch was claimed again"
     );
     assert!(held <= 500, "at most one batch: {held}");
+    let r = read_report(&dir.path("restarted.json"));
+    assert_eq!(
+        (n(&r, "jobs_republished"), n(&r, "jobs_acked")),
+        (held, held),
+        "the restarted instance's report counts the republished batch: {r:#}"
+    );
+    for i in 0..2 {
+        let o = read_report(&dir.path(&format!("other{i}.json")));
+        assert_eq!(n(&o, "jobs_republished"), 0, "{o:#}");
+    }
     let seen = sub.settle(30_000, Duration::from_millis(500));
     assert_eq!(seen.len(), 30_000, "every job published at least once");
     let duplicates: u64 = seen.values().map(|c| u64::from(*c) - 1).sum();
@@ -461,6 +488,55 @@ fn sigterm_finishes_the_batch_in_flight_and_a_database_restart_loses_no_job() {
     // A completion lost with the restart republishes its batch, never more.
     let duplicates: u64 = seen.values().map(|c| u64::from(*c) - 1).sum();
     assert!(duplicates <= 200, "{duplicates}");
+}
+
+#[test]
+fn sigterm_mid_stream_completes_the_claimed_batch_and_leaves_nothing_leased() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    // Jobs falling due over 6 s, claimed a second ahead: a batch is always in flight.
+    seed(&pg, "6000", "0s..6s");
+    let sub = Collector::start(m.port);
+    let dir = TempDir::new("job-pub-term");
+    let mut a = spawn_run(
+        &pg,
+        &m,
+        &dir.path("a.json"),
+        &["--lookahead", "1s", "--batch", "5000"],
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let leased_at_term: u64 = pg
+        .psql("SELECT count(*) FROM jobs WHERE NOT processed AND claimed_until IS NOT NULL")
+        .parse()
+        .unwrap();
+    signal(a.id(), "TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(143));
+    assert!(leased_at_term > 0, "no batch was in flight at the signal");
+    let r = read_report(&dir.path("a.json"));
+    assert_eq!(r["outcome"], "interrupted", "{r:#}");
+    // The batch in flight was published and marked processed; the rest was never claimed.
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE claimed_until IS NOT NULL"),
+        "0",
+        "nothing left leased"
+    );
+    let processed: u64 = pg
+        .psql("SELECT count(*) FROM jobs WHERE processed")
+        .parse()
+        .unwrap();
+    assert_eq!(n(&r, "jobs_acked"), processed, "{r:#}");
+    assert!(processed < 6000, "the run did not stop early");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM jobs WHERE NOT processed AND attempts > 0"),
+        "0"
+    );
+    let seen = sub.settle(processed as usize, Duration::from_millis(300));
+    assert_eq!(
+        seen.len() as u64,
+        processed,
+        "each processed job was received"
+    );
 }
 
 #[test]
