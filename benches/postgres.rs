@@ -23,6 +23,9 @@
 //! file, with `psql -c "\copy points FROM FILE (FORMAT binary)"`, the fastest form psql has
 //! (CSV, slower, is shown too). Ours shares the two cores with the broker, the publisher and
 //! its own verification; psql has them to itself. Target: ours >= 0.8x psql's binary copy.
+//! Beside it, the rate at which backend-sub receives and verifies the same stream without a
+//! sink: with one, the stream goes at the slower of the two (the database sets the pace
+//! while the subscription is paused).
 //!
 //! `--gate` fails below the gates (`GATE_*`), or on any missing or duplicate job, or rows
 //! the sink did not store. `--quick`: smaller N, one run of K1 (else three).
@@ -420,6 +423,45 @@ fn sink(bins: &Bins, pg: &Postgres, m: &Mosquitto, n: u64) -> Sunk {
     }
 }
 
+/// backend-sub without a sink on the same stream: the points/s verification alone reaches.
+fn verify_only(bins: &Bins, m: &Mosquitto, n: u64) -> f64 {
+    let dir = TempDir::new("sink-bench");
+    let report = dir.path("backend.json");
+    let url = m.url();
+    let mut backend = Command::new(&bins.backend)
+        .args(["--broker", &url, "--expect", &n.to_string()])
+        .args(["--idle-timeout", "30s", "--quiet", "--report-json"])
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("backend-sub");
+    {
+        use std::io::BufRead;
+        let err = backend.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(err).lines();
+        for line in lines.by_ref() {
+            if line.expect("stderr").starts_with("subscribed to") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+    }
+    let st = Command::new(&bins.publisher)
+        .args(["--broker", &url, "--qos", "1", "--rate", "0", "--quiet"])
+        .args(["--total", &n.to_string(), "--batch", "1000"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("frontend1-pub");
+    assert!(st.success(), "frontend1-pub failed");
+    assert!(
+        backend.wait().expect("wait").success(),
+        "backend-sub failed"
+    );
+    read_report(&report)["point_rate"].as_f64().unwrap_or(0.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -535,6 +577,7 @@ fn main() {
     }
 
     let runs: Vec<Sunk> = (0..reps).map(|_| sink(&bins, &pg, &m, points)).collect();
+    let alone = median((0..reps).map(|_| verify_only(&bins, &m, points)).collect());
     let ours = median(runs.iter().map(|s| s.ours_rows_per_s).collect());
     let binary = median(runs.iter().map(|s| s.psql_binary_rows_per_s).collect());
     let csv = median(runs.iter().map(|s| s.psql_csv_rows_per_s).collect());
@@ -548,10 +591,10 @@ fn main() {
         .fold((f64::MAX, 0f64), |(a, b), r| (a.min(*r), b.max(*r)));
     let stored = runs.iter().all(|s| s.written == points && s.failed == 0);
     let k1_pass = ratio >= GATE_K1 && stored;
-    println!("| scenario | what | rows | ours rows/s | psql \\copy binary rows/s | psql \\copy csv rows/s | ratio (median) | ratio min..max | target | gate | arrival points/s | paused s (db behind) | stored all | pass |");
+    println!("| scenario | what | rows | ours rows/s | psql \\copy binary rows/s | psql \\copy csv rows/s | ratio (median) | ratio min..max | target | gate | arrival points/s (without the sink) | paused s (db behind) | stored all | pass |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| K1 | backend-sub --sink, 2 connections | {points} | {ours:.0} | {binary:.0} | {csv:.0} | {ratio:.2} | {lo:.2}..{hi:.2} | >= {TARGET_K1} | >= {GATE_K1} | {:.0} | {:.2} | {} | {} |",
+        "| K1 | backend-sub --sink, 2 connections | {points} | {ours:.0} | {binary:.0} | {csv:.0} | {ratio:.2} | {lo:.2}..{hi:.2} | >= {TARGET_K1} | >= {GATE_K1} | {:.0} ({alone:.0}) | {:.2} | {} | {} |",
         median(runs.iter().map(|s| s.arrival_points_per_s).collect()),
         median(runs.iter().map(|s| s.paused_s).collect()),
         if stored { "yes" } else { "NO" },
@@ -568,7 +611,7 @@ fn main() {
         "J1": {"jobs": jobs, "jobs_per_s": j1.jobs_per_s, "missing": jobs.saturating_sub(j1.distinct), "duplicates": j1.duplicates},
         "J3": {"jobs": jobs, "jobs_per_s": j3.jobs_per_s, "missing": jobs.saturating_sub(j3.distinct), "duplicates": j3.duplicates},
         "J5": {"jobs": steady_jobs, "lateness_p50_ms": j5.p50_ms, "lateness_p99_ms": j5.p99_ms, "lateness_max_ms": j5.max_ms, "missing": j5_missing, "duplicates": j5.duplicates},
-        "K1": {"rows": points, "ours_rows_per_s": ours, "psql_binary_rows_per_s": binary, "psql_csv_rows_per_s": csv, "ratio": ratio, "runs": reps},
+        "K1": {"rows": points, "verify_only_points_per_s": alone, "ours_rows_per_s": ours, "psql_binary_rows_per_s": binary, "psql_csv_rows_per_s": csv, "ratio": ratio, "runs": reps},
         "failures": failures,
     });
     if let Some(p) = json_path.parent() {

@@ -122,6 +122,18 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let started_wall = SystemTime::now();
     let started = Instant::now();
     let mut last_progress = started;
+    // On a terminal a live line (indicatif, redrawn in place); else a plain line a second.
+    let bar = (!p.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+        bar.enable_steady_tick(Duration::from_millis(250));
+        bar
+    });
     let mut last_acked = 0u64;
     let mut error: Option<String> = None;
     let mut first_ack: Option<Instant> = None;
@@ -269,20 +281,27 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         if !p.quiet && last_progress.elapsed() >= Duration::from_secs(1) {
             let dt = last_progress.elapsed().as_secs_f64();
-            mqtt_tool::errln!(
-                "[{:>6.1}s] {} jobs acknowledged ({} jobs/s), {} claimed, {} failed",
-                started.elapsed().as_secs_f64(),
+            let line = format!(
+                "{} jobs acknowledged ({} jobs/s), {} claimed, {} failed, {} late",
                 mqtt_tool::format::fmt_int(n.acked),
                 mqtt_tool::format::fmt_int(((n.acked - last_acked) as f64 / dt) as u64),
                 mqtt_tool::format::fmt_int(n.claimed),
-                mqtt_tool::format::fmt_int(n.failed)
+                mqtt_tool::format::fmt_int(n.failed),
+                mqtt_tool::format::fmt_int(n.late)
             );
+            match &bar {
+                Some(b) => b.set_message(line),
+                None => mqtt_tool::errln!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64()),
+            }
             last_progress = Instant::now();
             last_acked = n.acked;
         }
     }
     link.close().await;
     let signal = shutdown.signal();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     let elapsed = match (first_ack, last_ack_at) {
         (Some(_), Some(b)) => b.saturating_duration_since(started).as_secs_f64(),
         _ => started.elapsed().as_secs_f64(),
