@@ -358,9 +358,6 @@ pub async fn run(
     let mut resubscribed = false;
     // When the sink last released PUBACKs: a broker waiting for them is not idle.
     let mut released_at: Option<Instant> = None;
-    // Reading held back for the sink since the last read: an unread PINGRESP then says
-    // nothing about the broker.
-    let mut held_back = false;
     let mut rng = (std::process::id() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
 
     'session: loop {
@@ -480,7 +477,10 @@ pub async fn run(
             // neither the pause nor a batch being written for idleness.
             let paused = pipe.sink.as_ref().is_some_and(Sink::full);
             let sink_busy = pipe.sink.as_ref().is_some_and(Sink::busy);
-            held_back |= paused;
+            // Reading held back for the sink: an unread PINGRESP then says nothing about the
+            // broker. (A ping goes out every half keep-alive meanwhile, so once reading
+            // resumes the last one has half a keep-alive left to be answered.)
+            let held_back = paused;
             let (deadline, why) = match (rx.subscribed_at, rx.last_message) {
             (None, _) => (suback_deadline, Stop::Failed(format!(
                 "the broker did not confirm the subscription (no SUBACK within {}, --connect-timeout)",
@@ -563,10 +563,7 @@ pub async fn run(
             };
             match read {
                 Ok(0) => break Some("the broker closed the connection".into()),
-                Ok(_) => {
-                    (now, arrival_us) = (Instant::now(), wall_us());
-                    held_back = false;
-                }
+                Ok(_) => (now, arrival_us) = (Instant::now(), wall_us()),
                 Err(e) => break Some(e.to_string()),
             }
         };

@@ -84,7 +84,8 @@ pub struct SinkReport {
     /// Rows committed to the table.
     pub rows_written: u64,
     /// Rows whose COPY failed for good (an error of the database, or one that outlasted
-    /// `--sink-timeout`, or the run ending first); their messages were acknowledged.
+    /// `--sink-timeout`: their messages were acknowledged), or that were not stored when the
+    /// run ended (their messages were not: the broker keeps them).
     pub rows_failed: u64,
     /// Points the table cannot hold (a seq above 2^63-1, a timestamp outside 1970..9999, a
     /// NUL in a device id): not sent.
@@ -165,7 +166,7 @@ impl Sink {
         let options = format!(
             "{} -c statement_timeout={} -c synchronous_commit=on",
             database.config.get_options().unwrap_or(""),
-            plan.timeout.as_millis()
+            plan.timeout.as_millis().max(1)
         );
         database.config.options(options.trim_start());
         let pool = pg_tool::pool(&database, plan.connections)?;
@@ -583,7 +584,8 @@ fn check_columns(table: &str, have: &[(String, String)]) -> Result<(), Error> {
                     types[0]
                 )))
             }
-            Some((_, t)) if !types.iter().any(|w| t.starts_with(w)) => {
+            // The type without its modifier: varchar(64), timestamp(3) with time zone.
+            Some((_, t)) if !types.iter().any(|w| base_type(t) == *w) => {
                 return Err(Error::usage(format!(
                     "the sink table {table} has {name} as {t}, not {}; use the shipped migration's table or another --sink-table",
                     types[0]
@@ -593,6 +595,23 @@ fn check_columns(table: &str, have: &[(String, String)]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `format_type`'s text without a type modifier: `timestamp(3) with time zone` is
+/// `timestamp with time zone`, `character varying(64)` is `character varying`; an array
+/// keeps its `[]` (and matches nothing wanted).
+fn base_type(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    let mut depth = 0;
+    for ch in t.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn empty_copy() -> Vec<u8> {
@@ -708,6 +727,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("seq as integer, not bigint"), "{e}");
+        assert!(check_columns("points", &cols("bigint[]")).is_err());
+        assert_eq!(
+            base_type("timestamp(3) with time zone"),
+            "timestamp with time zone"
+        );
+        assert_eq!(base_type("character varying(64)"), "character varying");
         let e = check_columns("points", &[]).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
     }

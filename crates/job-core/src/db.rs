@@ -58,10 +58,10 @@ pub async fn migrate(pool: &Pool, table: &str) -> Result<(), DbError> {
         .await?;
     tx.commit().await?;
     let index = format!("{table}_due");
+    // Resolved as DROP and CREATE resolve it (search path, case folding).
     let invalid: bool = c
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                             WHERE c.relname = $1 AND NOT i.indisvalid)",
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid)",
             &[&index],
         )
         .await?

@@ -71,24 +71,15 @@ impl Link {
                 use rumqttc::v5::Event;
                 loop {
                     let ev = match el.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                            let code = a.code as u8;
-                            match code {
-                                0..=0x7f => Ev::Up,
-                                // Server unavailable or busy, quota, connection rate: for now.
-                                0x88 | 0x89 | 0x97 | 0x9f => Ev::Down(format!(
-                                    "the broker turned the connection away for now: {:?}",
-                                    a.code
-                                )),
-                                _ => Ev::Refused(format!("{:?}", a.code)),
-                            }
-                        }
+                        Ok(Event::Incoming(Packet::ConnAck(a))) => connack_v5(a.code),
                         Ok(Event::Incoming(Packet::PubAck(a))) => {
-                            let code = a.reason as u8;
+                            let code = puback_code(&a.reason);
                             Ev::Acked(a.pkid, if code >= 0x80 { Err(code) } else { Ok(()) })
                         }
-                        Ok(Event::Incoming(Packet::PubRec(r))) if (r.reason as u8) >= 0x80 => {
-                            Ev::Acked(r.pkid, Err(r.reason as u8))
+                        Ok(Event::Incoming(Packet::PubRec(r)))
+                            if pubrec_code(&r.reason) >= 0x80 =>
+                        {
+                            Ev::Acked(r.pkid, Err(pubrec_code(&r.reason)))
                         }
                         Ok(Event::Incoming(Packet::PubComp(a))) => Ev::Acked(a.pkid, Ok(())),
                         Ok(Event::Incoming(Packet::Disconnect(d))) => {
@@ -97,12 +88,7 @@ impl Link {
                         Ok(Event::Outgoing(rumqttc::Outgoing::Publish(p))) => Ev::Written(p),
                         Ok(_) => continue,
                         Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
-                            match code as u8 {
-                                0x88 | 0x89 | 0x97 | 0x9f => Ev::Down(format!(
-                                    "the broker turned the connection away for now: {code:?}"
-                                )),
-                                _ => Ev::Refused(format!("{code:?}")),
-                            }
+                            connack_v5(code)
                         }
                         Err(e) => Ev::Down(e.to_string()),
                     };
@@ -254,5 +240,77 @@ impl Drop for Link {
         if let Some(t) = &self.task {
             t.abort();
         }
+    }
+}
+
+/// A CONNACK of MQTT 5: up, turned away for now (server unavailable or busy, quota,
+/// connection rate), or refused for good. By variant: rumqttc's reason enums carry no wire
+/// values (`as u8` gives the variant's position, not its code).
+fn connack_v5(code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> Ev {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+    match code {
+        C::Success => Ev::Up,
+        C::ServiceUnavailable
+        | C::ServerUnavailable
+        | C::ServerBusy
+        | C::QuotaExceeded
+        | C::ConnectionRateExceeded => Ev::Down(format!(
+            "the broker turned the connection away for now: {code:?}"
+        )),
+        other => Ev::Refused(format!("{other:?}")),
+    }
+}
+
+/// The wire code of a PUBACK's reason (MQTT 5, 3.4.2.1).
+fn puback_code(r: &rumqttc::v5::mqttbytes::v5::PubAckReason) -> u8 {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
+    match r {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// The wire code of a PUBREC's reason (MQTT 5, 3.5.2.1).
+fn pubrec_code(r: &rumqttc::v5::mqttbytes::v5::PubRecReason) -> u8 {
+    use rumqttc::v5::mqttbytes::v5::PubRecReason as R;
+    match r {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason};
+
+    #[test]
+    fn reasons_are_read_by_their_wire_codes_not_their_positions() {
+        assert_eq!(puback_code(&PubAckReason::NotAuthorized), 0x87);
+        assert_eq!(puback_code(&PubAckReason::QuotaExceeded), 0x97);
+        assert_eq!(puback_code(&PubAckReason::NoMatchingSubscribers), 0x10);
+        assert!(matches!(connack_v5(ConnectReturnCode::Success), Ev::Up));
+        assert!(matches!(
+            connack_v5(ConnectReturnCode::ServerBusy),
+            Ev::Down(_)
+        ));
+        assert!(matches!(
+            connack_v5(ConnectReturnCode::NotAuthorized),
+            Ev::Refused(_)
+        ));
     }
 }

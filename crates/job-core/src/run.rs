@@ -240,7 +240,8 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         // What was acknowledged is marked processed even when the batch then failed: it must
         // not be published again by another instance.
-        for ids in [&outcome.acked, &outcome.rejected] {
+        // The broker's refusals are marked skipped: processed, never published.
+        for (ids, skipped) in [(&outcome.acked, false), (&outcome.rejected, true)] {
             if ids.is_empty() {
                 continue;
             }
@@ -251,7 +252,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                     "marking jobs processed",
                     p.db_timeout,
                     &mut n.db_retries,
-                    || { db::complete(&pool, &p.db.table, ids, false, &me) }
+                    || { db::complete(&pool, &p.db.table, ids, skipped, &me) }
                 )
                 .await
             );

@@ -73,6 +73,11 @@ impl Database {
             config.keepalives_interval(Duration::from_secs(5));
             config.keepalives_retries(3);
         }
+        // Data sent and never acknowledged (a COPY into a network gone dead) fails within
+        // this, not TCP's quarter of an hour of retransmissions.
+        if !url.contains("tcp_user_timeout") {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }

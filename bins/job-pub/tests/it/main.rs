@@ -341,8 +341,9 @@ fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_
             "--until-empty",
         ]
     };
-    // The victim's lease outlives the others' draining of everything else.
-    let mut victim = spawn_run(&pg, &m, &dir.path("victim.json"), &with_lease("8s"));
+    // The victim's lease outlives the others' draining of everything else, however slow
+    // the machine; it is run out by hand below.
+    let mut victim = spawn_run(&pg, &m, &dir.path("victim.json"), &with_lease("120s"));
     // Freeze it until it is caught holding a claimed batch, then kill it there.
     let victim_pid = victim.id();
     let end = Instant::now() + Duration::from_secs(30);
@@ -400,6 +401,7 @@ fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_
         "the dead instance's batch was still leased when the others stopped"
     );
     // ...until the instance, started again, claims it once the lease has run out.
+    pg.psql("UPDATE jobs SET claimed_until = now() - interval '1 second' WHERE NOT processed");
     let restarted = spawn_run(&pg, &m, &dir.path("restarted.json"), &with_lease("2s"));
     let out = restarted.wait_with_output().unwrap();
     assert!(
@@ -505,11 +507,21 @@ fn sigterm_mid_stream_completes_the_claimed_batch_and_leaves_nothing_leased() {
         &dir.path("a.json"),
         &["--lookahead", "1s", "--batch", "5000"],
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    let leased_at_term: u64 = pg
-        .psql("SELECT count(*) FROM jobs WHERE NOT processed AND claimed_until IS NOT NULL")
-        .parse()
-        .unwrap();
+    // Some jobs done and a batch leased: the signal comes mid-stream.
+    let end = Instant::now() + Duration::from_secs(20);
+    let leased_at_term = loop {
+        let row = pg.psql(
+            "SELECT count(*) FILTER (WHERE processed), \
+                    count(*) FILTER (WHERE NOT processed AND claimed_until IS NOT NULL) FROM jobs",
+        );
+        let (done, leased) = row.split_once('|').unwrap();
+        let (done, leased): (u64, u64) = (done.parse().unwrap(), leased.parse().unwrap());
+        if done > 0 && leased > 0 {
+            break leased;
+        }
+        assert!(Instant::now() < end, "no batch in flight: {row}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     signal(a.id(), "TERM");
     assert_eq!(a.wait().unwrap().code(), Some(143));
     assert!(leased_at_term > 0, "no batch was in flight at the signal");
@@ -582,6 +594,70 @@ fn a_broker_restart_mid_run_is_reconnected_to_and_a_bad_job_is_refused_not_retri
         pg.psql("SELECT count(*) FROM jobs WHERE claimed_until IS NOT NULL"),
         "0"
     );
+}
+
+#[test]
+fn a_job_the_broker_denies_by_acl_under_mqtt5_is_rejected_not_counted_acknowledged() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("job-pub-acl");
+    let acl = dir.path("acl");
+    // Anonymous clients may publish under job/ok/ only, and read everything.
+    std::fs::write(&acl, "topic write job/ok/#\ntopic read #\n").unwrap();
+    let m = Mosquitto::start_with(&[format!("acl_file {}", acl.display())]);
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    ok(job_pub(
+        &pg,
+        &[
+            "seed",
+            "--count",
+            "20",
+            "--fire-in",
+            "0s..0s",
+            "--topic-template",
+            "job/ok/{i}",
+        ],
+    )
+    .output()
+    .unwrap());
+    pg.psql("INSERT INTO jobs (topic, payload, fire_at) VALUES ('job/denied/1', 'x', now()), ('job/denied/2', 'y', now())");
+    let sub = Collector::start(m.port);
+    let report = dir.path("r.json");
+    let out = job_pub(
+        &pg,
+        &[
+            "run",
+            "--broker",
+            &m.url(),
+            "--mqtt-version",
+            "5",
+            "--until-empty",
+            "--quiet",
+        ],
+    )
+    .arg("--report-json")
+    .arg(&report)
+    .output()
+    .unwrap();
+    let r = read_report(&report);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The broker answered 0x87 (not authorized) for the two: refused for good, counted.
+    assert_eq!(
+        (n(&r, "jobs_acked"), n(&r, "jobs_rejected")),
+        (20, 2),
+        "{r:#}"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM jobs WHERE topic LIKE 'job/denied/%' AND processed AND skipped"
+        ),
+        "2"
+    );
+    let seen = sub.settle(20, Duration::from_millis(300));
+    assert_eq!(seen.len(), 20, "{seen:?}");
 }
 
 #[test]
