@@ -12,15 +12,35 @@ use std::time::{Duration, Instant};
 
 use test_support::Mosquitto;
 
+/// Every package and binary any bench runs. Each bench builds them all, the same set every
+/// time: cargo unifies features per build, so benches that each built their own few
+/// packages compiled the shared dependencies once per distinct set (minutes in CI); one set
+/// builds once, and the later benches find it done.
+const PACKAGES: &[&str] = &[
+    "loadgen",
+    "frontend1-pub",
+    "backend-sub",
+    "job-pub",
+    "loadgen-benches",
+];
+const BINS: &[&str] = &[
+    "loadgen",
+    "frontend1-pub",
+    "backend-sub",
+    "job-pub",
+    "mqtt-refclient",
+    "fleet-refclient",
+];
+
 /// The release binaries a bench runs, built with the cargo that runs the bench.
-pub fn build_release(packages: &[&str], bins: &[&str]) -> PathBuf {
+pub fn build_release() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = test_support::workspace_root();
     let mut args = vec!["build", "--release", "--locked"];
-    for p in packages {
+    for p in PACKAGES {
         args.extend(["-p", p]);
     }
-    for b in bins {
+    for b in BINS {
         args.extend(["--bin", b]);
     }
     let st = Command::new(cargo)

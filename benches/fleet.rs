@@ -207,10 +207,7 @@ fn main() {
         }
     }
     test_support::raise_nofile_limit();
-    let dir = build_release(
-        &["loadgen", "loadgen-benches"],
-        &["loadgen", "fleet-refclient", "mqtt-refclient"],
-    );
+    let dir = build_release();
     let bins = Bins {
         loadgen: dir.join("loadgen"),
         refclient: dir.join("fleet-refclient"),

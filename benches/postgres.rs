@@ -490,10 +490,7 @@ fn main() {
             }
         }
     }
-    let dir = common::build_release(
-        &["job-pub", "backend-sub", "frontend1-pub"],
-        &["job-pub", "backend-sub", "frontend1-pub"],
-    );
+    let dir = common::build_release();
     let bins = Bins {
         job_pub: dir.join("job-pub"),
         backend: dir.join("backend-sub"),

@@ -146,10 +146,7 @@ fn main() {
             }
         }
     }
-    let dir = build_release(
-        &["backend-sub", "frontend1-pub", "loadgen-benches"],
-        &["backend-sub", "frontend1-pub", "mqtt-refclient"],
-    );
+    let dir = build_release();
     let bins = Bins {
         backend: dir.join("backend-sub"),
         publisher: dir.join("frontend1-pub"),

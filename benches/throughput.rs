@@ -351,10 +351,7 @@ struct Bins {
 
 /// Builds the release binaries the bench runs.
 fn build_binaries() -> Bins {
-    let dir = common::build_release(
-        &["frontend1-pub", "loadgen-benches"],
-        &["frontend1-pub", "mqtt-refclient"],
-    );
+    let dir = common::build_release();
     Bins {
         publisher: dir.join("frontend1-pub"),
         refclient: dir.join("mqtt-refclient"),
