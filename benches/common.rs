@@ -43,11 +43,35 @@ pub fn build_release() -> PathBuf {
     for b in BINS {
         args.extend(["--bin", b]);
     }
-    let st = Command::new(cargo)
-        .current_dir(&root)
-        .args(&args)
-        .status()
-        .expect("run cargo build");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root).args(&args);
+    // Without what `cargo bench` set for this bench's own process (its package, its
+    // library paths): a build script that watches such a variable (ring's does) would see
+    // it change from bench to bench, and every bench rebuilt ring and all above it.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let keep = [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_NET_",
+            "CARGO_HTTP_",
+            "CARGO_REGISTRIES_",
+            "CARGO_REGISTRY_",
+            "CARGO_BUILD_",
+            "CARGO_PROFILE_",
+            "CARGO_TERM_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p));
+        if (k.starts_with("CARGO_") && !keep)
+            || k == "OUT_DIR"
+            || k == "LD_LIBRARY_PATH"
+            || k == "RUST_RECURSION_COUNT"
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    let st = cmd.status().expect("run cargo build");
     assert!(st.success(), "cargo build failed");
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or(root.join("target"), PathBuf::from)
