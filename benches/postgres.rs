@@ -340,51 +340,14 @@ fn psql(pg: &Postgres, cmd: &str) -> f64 {
 
 fn sink(bins: &Bins, pg: &Postgres, m: &Mosquitto, n: u64) -> Sunk {
     let _ = pg.psql("DROP TABLE IF EXISTS points");
-    let dir = TempDir::new("sink-bench");
-    let report = dir.path("backend.json");
-    let url = m.url();
-    let mut backend = Command::new(&bins.backend)
-        .args([
-            "--broker",
-            &url,
-            "--sink",
-            &pg.url(),
-            "--expect",
-            &n.to_string(),
-        ])
-        .args(["--idle-timeout", "30s", "--quiet", "--report-json"])
-        .arg(&report)
-        .env("PGPASSWORD", pg.password())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("backend-sub");
-    // Subscribed (the table is made before that).
-    {
-        use std::io::BufRead;
-        let err = backend.stderr.take().expect("stderr");
-        let mut lines = std::io::BufReader::new(err).lines();
-        for line in lines.by_ref() {
-            let line = line.expect("stderr");
-            if line.starts_with("subscribed to") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-    }
-    let st = Command::new(&bins.publisher)
-        .args(["--broker", &url, "--qos", "1", "--rate", "0", "--quiet"])
-        .args(["--total", &n.to_string(), "--batch", "1000"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("frontend1-pub");
-    assert!(st.success(), "frontend1-pub failed");
-    assert!(
-        backend.wait().expect("wait").success(),
-        "backend-sub failed"
+    let sink_url = pg.url();
+    let (r, dir) = stream(
+        bins,
+        m,
+        n,
+        &["--sink", &sink_url],
+        &[("PGPASSWORD", pg.password())],
     );
-    let r = read_report(&report);
     let k = &r["sink"];
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     let (written, failed) = (
@@ -425,18 +388,36 @@ fn sink(bins: &Bins, pg: &Postgres, m: &Mosquitto, n: u64) -> Sunk {
 
 /// backend-sub without a sink on the same stream: the points/s verification alone reaches.
 fn verify_only(bins: &Bins, m: &Mosquitto, n: u64) -> f64 {
+    stream(bins, m, n, &[], &[]).0["point_rate"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+/// backend-sub (with `extra` flags and `envs`) subscribed, then frontend1-pub publishing `n`
+/// points to it as fast as it can (1000-point batches, QoS 1); returns the backend's report
+/// and the directory it lies in.
+fn stream(
+    bins: &Bins,
+    m: &Mosquitto,
+    n: u64,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (Value, TempDir) {
     let dir = TempDir::new("sink-bench");
     let report = dir.path("backend.json");
     let url = m.url();
     let mut backend = Command::new(&bins.backend)
         .args(["--broker", &url, "--expect", &n.to_string()])
+        .args(extra)
         .args(["--idle-timeout", "30s", "--quiet", "--report-json"])
         .arg(&report)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("backend-sub");
+    // Subscribed (a sink's table is made before that).
     {
         use std::io::BufRead;
         let err = backend.stderr.take().expect("stderr");
@@ -459,7 +440,7 @@ fn verify_only(bins: &Bins, m: &Mosquitto, n: u64) -> f64 {
         backend.wait().expect("wait").success(),
         "backend-sub failed"
     );
-    read_report(&report)["point_rate"].as_f64().unwrap_or(0.0)
+    (read_report(&report), dir)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -264,16 +264,12 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             ));
         }
     }
-    if let Some(k) = &m.sink {
-        let lost = k.rows_failed + k.rows_rejected;
-        if lost > 0 {
-            problems.push(format!(
-                "{} unique points were not stored by the members' sinks ({} failed, {} rejected)",
-                fmt_int(lost),
-                fmt_int(k.rows_failed),
-                fmt_int(k.rows_rejected)
-            ));
-        }
+    if let Some(problem) = m
+        .sink
+        .as_ref()
+        .and_then(crate::sink::SinkReport::not_stored)
+    {
+        problems.push(problem);
     }
     if missing > 0 {
         let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| d.missing > 0).collect();

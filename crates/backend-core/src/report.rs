@@ -706,17 +706,12 @@ fn verdict(
             on(&|d| d.unverifiable)
         ));
     }
-    if let Some(k) = &rx.sink {
-        let lost = k.rows_failed + k.rows_rejected;
-        if lost > 0 {
-            problems.push(format!(
-                "{} unique points were not stored ({} failed, {} the table cannot hold){}",
-                fmt_int(lost),
-                fmt_int(k.rows_failed),
-                fmt_int(k.rows_rejected),
-                k.errors.first().map_or(String::new(), |e| format!(": {e}"))
-            ));
-        }
+    if let Some(problem) = rx
+        .sink
+        .as_ref()
+        .and_then(crate::sink::SinkReport::not_stored)
+    {
+        problems.push(problem);
     }
     if rx.untracked_points > 0 {
         problems.push(format!(

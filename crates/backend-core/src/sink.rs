@@ -105,6 +105,24 @@ pub struct SinkReport {
     pub errors: Vec<String>,
 }
 
+impl SinkReport {
+    /// The verdict's line when points were not stored, with the first error.
+    pub fn not_stored(&self) -> Option<String> {
+        let lost = self.rows_failed + self.rows_rejected;
+        (lost > 0).then(|| {
+            format!(
+                "{} unique points were not stored ({} failed, {} the table cannot hold){}",
+                mqtt_tool::format::fmt_int(lost),
+                mqtt_tool::format::fmt_int(self.rows_failed),
+                mqtt_tool::format::fmt_int(self.rows_rejected),
+                self.errors
+                    .first()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            )
+        })
+    }
+}
+
 /// How a sealed batch ended.
 #[derive(Debug)]
 struct Outcome {
