@@ -22,7 +22,7 @@ pub struct Fleet {
 pub struct FleetResult {
     pub stats: Stats,
     pub per_worker: Vec<Stats>,
-    /// Generation's anchor (first connection up + `--start-delay`), if any came up.
+    /// Generation's anchor (the end of the connect ramp + `--start-delay`), if the ramp ended.
     pub anchor: Option<Instant>,
     /// When every connection was up or given up, if that happened.
     pub settled_at: Option<Instant>,
@@ -81,7 +81,7 @@ impl FleetHandle {
         self.0.settled_at()
     }
 
-    /// Generation's anchor, once the first connection is up.
+    /// Generation's anchor, once the connect ramp is over.
     pub fn anchor(&self) -> Option<Instant> {
         self.0.anchor()
     }

@@ -9,10 +9,10 @@
 //! single-device schedule: point `p` at `(p + 1) / R`.
 //!
 //! Messages are placed in *slots*: slot `k` of a device holds its points `k·b .. k·b+n`
-//! (b the batch). A device whose connection comes up late starts at the first slot still
-//! ahead (its seqs start at 0 all the same), so the fleet's schedule does not burst to catch
-//! up on a ramp. `--total` is split evenly over the devices; `--duration` ends every device's
-//! schedule at the same instant.
+//! (b the batch). The anchor is the end of the connect ramp (every connection up or given
+//! up), so every device starts at slot 0 and a run sends what was asked for, N x r x D
+//! points ([`Schedule::planned`]), however long the ramp took. `--total` is split evenly over
+//! the devices; `--duration` ends every device's schedule at the same instant.
 
 use std::time::Duration;
 
@@ -112,6 +112,35 @@ impl Schedule {
         k
     }
 
+    /// Points device `d` is to send in all: its quota, and no more than its slots due by
+    /// the end of `--duration`; `None` when that is open (no quota, unpaced or no end).
+    pub fn planned_for(&self, d: u64) -> Option<u64> {
+        let quota = self.quota(d);
+        let (Some(_), Some(end)) = (self.rate, self.duration) else {
+            return quota;
+        };
+        // Whole messages due by the end, then a last partial one of the quota if it is too.
+        let full = self.first_slot_at(d, end + Duration::from_nanos(1));
+        let by_time = full.saturating_mul(self.batch);
+        Some(match quota {
+            None => by_time,
+            Some(q) if q <= by_time => q,
+            Some(q) => {
+                let rest = q - by_time;
+                let fits = rest < self.batch && self.due(d, full, rest).is_some_and(|t| t <= end);
+                by_time + if fits { rest } else { 0 }
+            }
+        })
+    }
+
+    /// Points the whole fleet is to send (what the user asked for: N x r x D, or the
+    /// total); `None` when that is open.
+    pub fn planned(&self) -> Option<u64> {
+        (0..self.devices).try_fold(0u64, |sum, d| {
+            Some(sum.saturating_add(self.planned_for(d)?))
+        })
+    }
+
     /// Whether a message due at `due` (after the anchor) is past the end of the run.
     pub fn is_past_end(&self, due: Duration) -> bool {
         self.duration.is_some_and(|end| due > end)
@@ -191,6 +220,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn planned_points_are_devices_times_rate_times_duration() {
+        // 5,000 devices at 1 point/s for 60 s: 300,000 points, whatever the ramp takes.
+        let s = Schedule::new(5000, Some(5000.0), 1, None, Some(Duration::from_secs(60)));
+        assert_eq!(s.planned(), Some(300_000));
+        // 1000-point messages at 10k/s for 250 ms: two whole messages due by the end.
+        let s = Schedule::new(
+            1,
+            Some(10_000.0),
+            1000,
+            None,
+            Some(Duration::from_millis(250)),
+        );
+        assert_eq!(s.planned(), Some(2000));
+        // A total and a duration: the smaller, with a last partial message when it is due.
+        let s = Schedule::new(
+            1,
+            Some(10_000.0),
+            1000,
+            Some(2500),
+            Some(Duration::from_secs(1)),
+        );
+        assert_eq!(s.planned(), Some(2500));
+        let s = Schedule::new(
+            1,
+            Some(10_000.0),
+            1000,
+            Some(2500),
+            Some(Duration::from_millis(240)),
+        );
+        assert_eq!(s.planned(), Some(2000));
+        // Open: as fast as possible for a duration, or paced for ever.
+        assert_eq!(
+            Schedule::new(2, None, 1, None, Some(Duration::from_secs(1))).planned(),
+            None
+        );
+        assert_eq!(Schedule::new(2, Some(1.0), 1, None, None).planned(), None);
+        assert_eq!(
+            Schedule::new(7, None, 3, Some(20), None).planned(),
+            Some(20)
+        );
     }
 
     #[test]

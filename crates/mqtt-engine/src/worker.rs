@@ -95,8 +95,8 @@ pub struct Shared {
     /// The clock's origin for `anchor_ns`, and the wall clock then (µs since the epoch).
     pub epoch: Instant,
     pub wall_epoch_us: u64,
-    /// Generation's anchor: nanoseconds after `epoch`, plus one (0: not yet set). Set by the
-    /// first connection up anywhere, `--start-delay` after it.
+    /// Generation's anchor: nanoseconds after `epoch`, plus one (0: not yet set). Set when the
+    /// connect ramp is over (every connection up or given up), `--start-delay` after it.
     anchor_ns: AtomicU64,
     /// Connections up or given up, fleet-wide: the ramp is over when it reaches the plan's.
     pub settled: AtomicU64,
@@ -480,7 +480,15 @@ impl<P: Producer> Worker<P> {
     }
 
     fn generation_over(&self, now: Instant) -> bool {
-        if self.shared.control.stop.load(Ordering::Relaxed) || self.live_devices == 0 {
+        if self.shared.control.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        // Before the anchor the ramp is still on: devices of other connections may yet come
+        // up, and connections with nothing to send are load all the same.
+        if self.anchor.is_none() {
+            return false;
+        }
+        if self.live_devices == 0 {
             return true;
         }
         // Unpaced, --duration ends generation by the clock; paced, each device's schedule ends.
@@ -746,27 +754,26 @@ impl<P: Producer> Worker<P> {
         if self.phase != WorkerPhase::Generating {
             return; // generation ended meanwhile: the drain closes it
         }
-        let anchor = match self.anchor {
-            Some(a) => a,
-            None => {
-                let a = self.shared.set_anchor(now + self.s.start_delay);
-                self.set_anchor(a);
-                a
-            }
-        };
-        let offset = now.saturating_duration_since(anchor);
+        // Generation starts when the ramp is over (the anchor), so every device starts at its
+        // first slot: what the user asked for is N x r x D points, whatever the ramp took.
         let devices = self.conns[c as usize].devices.clone();
         for dl in devices {
             let d = self.d0 + dl as u64;
             let dev = &mut self.devices[dl as usize];
             if dev.state == DevState::Waiting {
                 dev.state = DevState::Active;
-                dev.next_slot = self.s.schedule.first_slot_at(d, offset);
+                dev.next_slot = 0;
+                // A device with nothing to send (more devices than points) is done at once,
+                // not when its first slot comes round.
+                if self.s.schedule.next_points(d, 0) == 0 {
+                    self.finish(dl);
+                }
             }
         }
     }
 
-    /// One more connection is up or given up; the last one ends the ramp.
+    /// One more connection is up or given up; the last one ends the ramp and anchors
+    /// generation, `--start-delay` later, for every worker.
     fn settle(&mut self, now: Instant) {
         let settled = self.shared.settled.fetch_add(1, Ordering::AcqRel) + 1;
         if settled >= self.s.connections {
@@ -775,6 +782,10 @@ impl<P: Producer> Worker<P> {
                 self.shared
                     .settled_ns
                     .compare_exchange(0, ns, Ordering::AcqRel, Ordering::Acquire);
+            let a = self.shared.set_anchor(now + self.s.start_delay);
+            self.set_anchor(a);
+            // Workers asleep until their next keep-alive start generating now.
+            self.shared.control.wake_all();
         }
     }
 

@@ -117,7 +117,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "LOADGEN_DRAIN_TIMEOUT")]
     pub drain_timeout: Duration,
 
-    /// Wait this long after connecting before generating (lets subscribers attach first)
+    /// Wait this long after the connect ramp before generating (lets subscribers attach first)
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, env = "LOADGEN_START_DELAY")]
     pub start_delay: Duration,
 

@@ -196,6 +196,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The fleet's schedule: when each device's points fall due, and how many it sends.
+    pub fn schedule(&self) -> Schedule {
+        Schedule::new(
+            self.fleet.devices,
+            self.rate,
+            self.batch as u64,
+            self.total,
+            self.duration,
+        )
+    }
+
     pub fn from_args(args: PublisherArgs, preset: &Preset) -> Result<Plan, Error> {
         let PublisherArgs {
             connection,
@@ -576,13 +587,7 @@ impl Plan {
                     MAX_DEVICE_ID,
                 ),
             },
-            schedule: Schedule::new(
-                self.fleet.devices,
-                self.rate,
-                self.batch as u64,
-                self.total,
-                self.duration,
-            ),
+            schedule: self.schedule(),
             start_delay: self.start_delay,
             drain_timeout: self.drain_timeout,
             live_histograms: self.metrics_addr.is_some() || self.hdr_log.is_some(),

@@ -171,7 +171,8 @@ pub struct Report {
     pub batch: u64,
     /// Points per second of the fleet; null = as fast as possible.
     pub target_rate: Option<f64>,
-    /// Points planned; null = until the duration ends.
+    /// Points planned: the total, or devices x rate x duration for a paced run; null when
+    /// that is open (as fast as possible until the duration ends).
     pub points_planned: Option<u64>,
     /// QoS 1 window and queue of each connection.
     pub max_inflight: u16,
@@ -524,6 +525,20 @@ impl Report {
                 fmt_int(t.points_dropped)
             ));
         }
+        // What the user asked for (N x r x D points, or the total) is either generated or
+        // counted by reason above; a shortfall no reason explains is no silent success.
+        let points_planned = plan.schedule().planned();
+        let accounted = t
+            .points_enqueued
+            .saturating_add(t.points_dropped)
+            .saturating_add(t.points_dropped_offline);
+        if let Some(planned) = points_planned.filter(|p| signal.is_none() && accounted < *p) {
+            problems.push(format!(
+                "{} of the {} points planned were never generated",
+                fmt_int(planned - accounted),
+                fmt_int(planned)
+            ));
+        }
         if st.cut_short && problems.is_empty() {
             problems.push("the flush was cut short".into());
         }
@@ -567,7 +582,7 @@ impl Report {
             window_clamped: c.window_clamped,
             batch: plan.batch as u64,
             target_rate: plan.rate,
-            points_planned: plan.total,
+            points_planned,
             max_inflight: plan.max_inflight,
             max_queued: plan.max_queued as u64,
             points_enqueued: t.points_enqueued,
@@ -779,18 +794,21 @@ impl Report {
                 fmt_int(self.points_dropped_offline)
             ));
         }
+        let planned = self
+            .points_planned
+            .map_or(String::new(), |p| format!("{} planned, ", fmt_int(p)));
         line(
             "points",
             match self.points_acked {
                 Some(acked) => format!(
-                    "{} sent, {} acknowledged, {} failed, {} unsent{dropped}",
+                    "{planned}{} sent, {} acknowledged, {} failed, {} unsent{dropped}",
                     fmt_int(self.points_sent),
                     fmt_int(acked),
                     fmt_int(self.points_failed),
                     fmt_int(self.points_unsent)
                 ),
                 None => format!(
-                    "{} sent, {} unsent{dropped}",
+                    "{planned}{} sent, {} unsent{dropped}",
                     fmt_int(self.points_sent),
                     fmt_int(self.points_unsent)
                 ),
