@@ -3,7 +3,7 @@
 //! only while bytes wait); the worker drives it.
 
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
@@ -51,6 +51,8 @@ pub struct Conn {
     /// Bumped whenever timers set earlier must not apply any more.
     pub generation: u32,
     pub up_at: Option<Instant>,
+    /// The keep-alive in force: ours, or the broker's Server Keep Alive (MQTT 5).
+    pub keep_alive: Duration,
     /// Last time a write made progress, and a read brought bytes (for the keep-alive).
     pub last_out: Instant,
     pub last_in: Instant,
@@ -79,6 +81,8 @@ pub struct Conn {
     pub reconnect_attempt: u32,
     /// It came back at least once.
     pub reconnected: bool,
+    /// Lost at least once.
+    pub lost_before: bool,
     /// A PUBACK arrived since it was last up.
     pub acked_since_up: bool,
     /// Losses in a row without progress in between (see the worker's `lose`).
@@ -101,9 +105,11 @@ impl Conn {
         devices: Range<u32>,
         window: u16,
         retaining: bool,
+        keep_alive: Duration,
         now: Instant,
     ) -> Conn {
         Conn {
+            keep_alive,
             index,
             devices,
             phase: Phase::Idle,
@@ -132,6 +138,7 @@ impl Conn {
             down_since: None,
             reconnect_attempt: 0,
             reconnected: false,
+            lost_before: false,
             acked_since_up: false,
             losses_in_a_row: 0,
             replay: None,
@@ -201,6 +208,8 @@ impl Conn {
             buf.extend_from_slice(&r.bytes[s..e]);
             if meta.resend && dup {
                 buf[at] |= 0x08; // DUP: the broker may have it (MQTT 3.1.1 section 3.3.1.1)
+            } else {
+                buf[at] &= !0x08; // a new message, though it went out before with DUP
             }
             spans.push((self.out.seal(meta), meta.resend));
         }

@@ -6,27 +6,32 @@
 use std::io;
 use std::time::Duration;
 
-/// A CONNACK return code other than 0 (MQTT 3.1.1 section 3.2.2.3).
+/// A CONNACK return code other than 0 (MQTT 3.1.1 section 3.2.2.3, MQTT 5 section 3.2.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConnackCode {
-    /// 1: the broker does not speak this protocol version.
-    Protocol,
-    /// 2: the client id is not allowed.
+    /// 1 (0x84): the broker does not speak the protocol version asked for (4: 3.1.1, 5).
+    Protocol(u8),
+    /// 2 (0x85): the client id is not allowed.
     BadClientId,
-    /// 3: the broker is unavailable.
+    /// 3 (0x88, 0x89): the broker is unavailable or busy, for now.
     Unavailable,
-    /// 4: bad user name or password.
+    /// 4 (0x86, 0x8C): bad user name or password.
     BadCredentials,
-    /// 5: not authorized.
+    /// 5 (0x87, 0x8A): not authorized.
     NotAuthorized,
+    /// MQTT 5 0x9F: connecting too fast, for now.
+    RateExceeded,
+    /// MQTT 5 0x97: a quota of the broker's is exhausted, for now.
+    QuotaExceeded,
     /// Any other code.
     Other(u8),
 }
 
 impl ConnackCode {
+    /// A 3.1.1 CONNACK return code.
     pub fn from_code(code: u8) -> ConnackCode {
         match code {
-            1 => ConnackCode::Protocol,
+            1 => ConnackCode::Protocol(4),
             2 => ConnackCode::BadClientId,
             3 => ConnackCode::Unavailable,
             4 => ConnackCode::BadCredentials,
@@ -38,15 +43,27 @@ impl ConnackCode {
     /// An MQTT 5 CONNACK reason code (0x80 and up refuse).
     pub fn from_v5_code(code: u8) -> ConnackCode {
         match code {
-            // A 3.1.1 broker answers an MQTT 5 CONNECT with its own codes.
-            1..=5 => ConnackCode::from_code(code),
-            0x84 => ConnackCode::Protocol,
+            // A 3.1.1 broker answers an MQTT 5 CONNECT with its own codes: 1 says it does
+            // not speak 5.
+            1 | 0x84 => ConnackCode::Protocol(5),
+            2..=5 => ConnackCode::from_code(code),
             0x85 => ConnackCode::BadClientId,
             0x88 | 0x89 => ConnackCode::Unavailable,
             0x86 | 0x8C => ConnackCode::BadCredentials,
             0x87 | 0x8A => ConnackCode::NotAuthorized,
+            0x97 => ConnackCode::QuotaExceeded,
+            0x9F => ConnackCode::RateExceeded,
             other => ConnackCode::Other(other),
         }
+    }
+
+    /// Whether the broker refuses only for now (unavailable, busy, too fast, over a quota):
+    /// worth retrying, and no refusal of this client for good.
+    pub fn is_for_now(self) -> bool {
+        matches!(
+            self,
+            ConnackCode::Unavailable | ConnackCode::RateExceeded | ConnackCode::QuotaExceeded
+        )
     }
 }
 
@@ -76,9 +93,16 @@ pub fn reason_name(code: u8) -> &'static str {
         0x9B => "QoS not supported",
         0x9C => "use another server",
         0x9D => "server moved",
+        0x9E => "shared subscriptions not supported",
         0x9F => "connection rate exceeded",
         _ => "unknown reason",
     }
+}
+
+/// Whether a DISCONNECT with `reason` refuses the packet that provoked it (too large, a
+/// topic or payload or QoS it does not take), rather than the connection as a whole.
+pub fn refuses_a_packet(reason: u8) -> bool {
+    matches!(reason, 0x90 | 0x95 | 0x99 | 0x9A | 0x9B)
 }
 
 /// Why a connection attempt failed.
@@ -98,6 +122,19 @@ pub enum ConnectFailure {
     Io(io::ErrorKind),
     /// The TLS handshake failed (a certificate not trusted, a name that does not match).
     Tls(String),
+    /// The broker's CONNACK breaks the protocol (MQTT 5: Receive Maximum 0, ...).
+    BrokerProtocol(&'static str),
+    /// The broker cannot take what this run sends (its MQTT 5 CONNACK limits).
+    Limit(BrokerLimit),
+}
+
+/// What an MQTT 5 broker's CONNACK rules out for this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BrokerLimit {
+    /// Maximum QoS 0, and the run publishes at QoS 1.
+    QosZeroOnly,
+    /// Maximum Packet Size `limit`, and the run's largest PUBLISH takes `largest` bytes.
+    PacketSize { limit: u32, largest: u64 },
 }
 
 impl ConnectFailure {
@@ -108,8 +145,10 @@ impl ConnectFailure {
             self,
             ConnectFailure::NotMqtt
                 | ConnectFailure::Tls(_)
+                | ConnectFailure::BrokerProtocol(_)
+                | ConnectFailure::Limit(_)
                 | ConnectFailure::Connack(
-                    ConnackCode::Protocol
+                    ConnackCode::Protocol(_)
                         | ConnackCode::BadClientId
                         | ConnackCode::BadCredentials
                         | ConnackCode::NotAuthorized
@@ -117,9 +156,14 @@ impl ConnectFailure {
         )
     }
 
-    /// Whether the broker itself refused (a CONNACK code): exit code 4 rather than 3.
+    /// Whether the broker refused this client for good (a CONNACK code that is not "for
+    /// now"): exit code 4 rather than 3.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, ConnectFailure::Connack(_))
+        match self {
+            ConnectFailure::Connack(c) => !c.is_for_now(),
+            ConnectFailure::Limit(_) => true,
+            _ => false,
+        }
     }
 
     pub fn of_io(e: &io::Error) -> ConnectFailure {
@@ -215,5 +259,32 @@ mod tests {
             ConnectFailure::ClosedBeforeConnack
         );
         assert_eq!(ConnackCode::from_code(4), ConnackCode::BadCredentials);
+    }
+
+    #[test]
+    fn a_broker_unavailable_for_now_is_no_refusal_for_good() {
+        // Exit 3 (unreachable for now), not 4 (refused): 3.1.1 code 3, MQTT 5 0x88, 0x89,
+        // 0x97 and 0x9F.
+        for f in [
+            ConnackCode::from_code(3),
+            ConnackCode::from_v5_code(0x88),
+            ConnackCode::from_v5_code(0x89),
+            ConnackCode::from_v5_code(0x97),
+            ConnackCode::from_v5_code(0x9F),
+        ] {
+            let f = ConnectFailure::Connack(f);
+            assert!(!f.is_refusal() && !f.is_fatal(), "{f:?}");
+        }
+        for f in [
+            ConnackCode::from_code(4),
+            ConnackCode::from_v5_code(0x87),
+            ConnackCode::from_v5_code(0x85),
+        ] {
+            assert!(ConnectFailure::Connack(f).is_refusal(), "{f:?}");
+        }
+        assert_eq!(reason_name(0x9F), "connection rate exceeded");
+        // A 3.1.1 broker answers an MQTT 5 CONNECT with code 1: it does not speak 5.
+        assert_eq!(ConnackCode::from_v5_code(1), ConnackCode::Protocol(5));
+        assert_eq!(ConnackCode::from_code(1), ConnackCode::Protocol(4));
     }
 }

@@ -115,6 +115,12 @@ impl Inflight {
         self.queue.remove(at)
     }
 
+    /// Whether `pkid` was handed out on this connection: a PUBACK for one that was not can
+    /// be no repeat.
+    pub fn was_issued(&self, pkid: u16) -> bool {
+        pkid != 0 && (pkid as u64) <= self.issued.min(IDS)
+    }
+
     /// Records where the message issued last lies in the outbox, and its payload bytes.
     pub fn place_last(&mut self, (start, end): (u64, u64), bytes: u32) {
         if let Some(a) = self.queue.back_mut() {

@@ -174,8 +174,8 @@ pub enum Incoming {
     ConnAck {
         session_present: bool,
         code: u8,
-        /// MQTT 5: the most QoS 1 messages the broker takes unacknowledged.
-        receive_maximum: Option<u16>,
+        /// MQTT 5: what the broker's CONNACK properties ask of the client.
+        limits: ConnackLimits,
     },
     /// A packet id and its reason code (MQTT 5; 0, success, under 3.1.1).
     PubAck(u16, u8),
@@ -184,6 +184,35 @@ pub enum Incoming {
     PingResp,
     /// Anything else (a PUBLISH, a SUBACK): skipped.
     Other(u8),
+}
+
+/// The MQTT 5 CONNACK properties that bind a client (section 3.2.2.3), as the broker sent
+/// them (none under 3.1.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnackLimits {
+    /// Receive Maximum: the most QoS 1 messages the broker takes unacknowledged.
+    pub receive_maximum: Option<u16>,
+    /// Maximum Packet Size: the largest packet the broker takes, in bytes.
+    pub maximum_packet_size: Option<u32>,
+    /// Maximum QoS: 0 or 1 (absent: 2).
+    pub maximum_qos: Option<u8>,
+    /// Server Keep Alive: the keep-alive the client must use instead of its own, seconds.
+    pub server_keep_alive: Option<u16>,
+}
+
+impl ConnackLimits {
+    /// What in them is a protocol error (a value of 0 where the protocol forbids it).
+    pub fn violation(&self) -> Option<&'static str> {
+        if self.receive_maximum == Some(0) {
+            Some("Receive Maximum 0")
+        } else if self.maximum_packet_size == Some(0) {
+            Some("Maximum Packet Size 0")
+        } else if self.maximum_qos.is_some_and(|q| q > 1) {
+            Some("a Maximum QoS other than 0 or 1")
+        } else {
+            None
+        }
+    }
 }
 
 /// Why the bytes from the broker are not MQTT.
@@ -277,20 +306,31 @@ pub fn next_packet(
                 .first()
                 .zip(body.get(1))
                 .ok_or_else(|| Malformed::Invalid("a short CONNACK".into()))?;
-            let mut receive_maximum = None;
+            let mut limits = ConnackLimits::default();
             if v5 && body.len() > 2 {
                 let props = properties(&body[2..])
                     .ok_or_else(|| Malformed::Invalid("CONNACK properties".into()))?;
                 for (id, v) in props {
-                    if id == 0x21 && v.len() == 2 {
-                        receive_maximum = Some(u16::from_be_bytes([v[0], v[1]]));
+                    match (id, v.len()) {
+                        (0x21, 2) => {
+                            limits.receive_maximum = Some(u16::from_be_bytes([v[0], v[1]]))
+                        }
+                        (0x27, 4) => {
+                            limits.maximum_packet_size =
+                                Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+                        }
+                        (0x24, 1) => limits.maximum_qos = Some(v[0]),
+                        (0x13, 2) => {
+                            limits.server_keep_alive = Some(u16::from_be_bytes([v[0], v[1]]))
+                        }
+                        _ => {}
                     }
                 }
             }
             Incoming::ConnAck {
                 session_present: flags & 1 == 1,
                 code,
-                receive_maximum,
+                limits,
             }
         }
         Ok(PacketType::PubAck) => {
@@ -441,11 +481,45 @@ mod tests {
                 Incoming::ConnAck {
                     session_present: false,
                     code: 0,
-                    receive_maximum: Some(20)
+                    limits: ConnackLimits {
+                        receive_maximum: Some(20),
+                        ..Default::default()
+                    }
                 },
                 8
             ))
         );
+        // Maximum Packet Size 10,000, Maximum QoS 0, Server Keep Alive 5 s.
+        let connack = [
+            0x20, 0x0D, 0x01, 0x00, 0x0A, 0x27, 0x00, 0x00, 0x27, 0x10, 0x24, 0x00, 0x13, 0x00,
+            0x05,
+        ];
+        let limits = ConnackLimits {
+            maximum_packet_size: Some(10_000),
+            maximum_qos: Some(0),
+            server_keep_alive: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_packet(&connack, 1 << 20, true).unwrap(),
+            Some((
+                Incoming::ConnAck {
+                    session_present: true,
+                    code: 0,
+                    limits
+                },
+                15
+            ))
+        );
+        assert_eq!(limits.violation(), None);
+        // Receive Maximum 0 is a protocol error (MQTT 5 section 3.2.2.3.3).
+        let zero = [0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x00];
+        match next_packet(&zero, 1 << 20, true).unwrap() {
+            Some((Incoming::ConnAck { limits, .. }, _)) => {
+                assert_eq!(limits.violation(), Some("Receive Maximum 0"))
+            }
+            other => panic!("{other:?}"),
+        }
         let puback = [0x40, 0x04, 0x00, 0x07, 0x87, 0x00];
         assert_eq!(
             next_packet(&puback, 1 << 20, true).unwrap(),

@@ -27,8 +27,12 @@ pub struct Counts {
     pub bytes_sent: u64,
     pub points_acked: u64,
     pub messages_acked: u64,
-    /// PUBACKs for an id with nothing in flight: ignored.
+    /// PUBACKs for an id used before and acknowledged already (a broker repeating itself):
+    /// ignored.
     pub duplicate_acks: u64,
+    /// PUBACKs for a packet id this connection never used (a broker's error, or a session
+    /// resumed from an earlier client): ignored.
+    pub acks_unknown_id: u64,
     pub points_dropped: u64,
     /// Messages written again on a new connection after theirs was lost unacknowledged.
     pub messages_resent: u64,
@@ -37,6 +41,10 @@ pub struct Counts {
     /// MQTT 5: a PUBACK with a reason code of 0x80 or more refused them.
     pub points_rejected: u64,
     pub messages_rejected: u64,
+    /// Latencies past the histograms' ceiling ([`MAX_TRACKED_US`]), recorded at it: PUBACK
+    /// latency and schedule lag.
+    pub latency_clamped: u64,
+    pub lag_clamped: u64,
 }
 
 impl AddAssign for Counts {
@@ -49,16 +57,28 @@ impl AddAssign for Counts {
         self.points_acked += o.points_acked;
         self.messages_acked += o.messages_acked;
         self.duplicate_acks += o.duplicate_acks;
+        self.acks_unknown_id += o.acks_unknown_id;
         self.points_dropped += o.points_dropped;
         self.messages_resent += o.messages_resent;
         self.points_dropped_offline += o.points_dropped_offline;
         self.points_rejected += o.points_rejected;
         self.messages_rejected += o.messages_rejected;
+        self.latency_clamped += o.latency_clamped;
+        self.lag_clamped += o.lag_clamped;
     }
 }
 
-/// Highest latency a histogram tracks exactly; larger values are recorded as this.
-const MAX_TRACKED_US: u64 = 3_600_000_000;
+/// Highest latency a histogram tracks exactly; larger values are recorded as this, and
+/// counted ([`record_clamped`]).
+pub const MAX_TRACKED_US: u64 = 3_600_000_000;
+
+/// Records `us` in `h`, at its ceiling when it is beyond, counting that in `clamped`.
+pub fn record_clamped(h: &mut Histogram<u64>, us: u64, clamped: &mut u64) {
+    if us > h.high() {
+        *clamped += 1;
+    }
+    h.saturating_record(us);
+}
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
@@ -110,7 +130,9 @@ pub struct Conns {
     pub connected: u64,
     /// Connections given up after their last attempt.
     pub failed: u64,
-    /// Connections lost after they were up.
+    /// Losses of a connection that was up (events: one connection may be lost many times).
+    pub losses: u64,
+    /// Connections lost at least once after they were up.
     pub lost: u64,
     /// Connections not up yet when generation ended (the ramp was not over).
     pub not_up: u64,
@@ -119,6 +141,11 @@ pub struct Conns {
     pub reconnected: u64,
     /// Reconnects whose broker had lost the persistent session (`--clean-session false`).
     pub sessions_lost: u64,
+    /// First connects whose broker still held a session of this client id from before
+    /// (`--clean-session false`): an earlier run's, or another client's.
+    pub sessions_resumed: u64,
+    /// MQTT 5 DISCONNECTs from the broker while up, by reason code.
+    pub disconnects: BTreeMap<u8, u64>,
     /// Connections lost and not back at the end (a fatal refusal, or the run ended first).
     pub down_at_end: u64,
     /// Time connections spent down after a loss, summed over connections.
@@ -148,8 +175,10 @@ pub struct Conns {
 const LOSSES_KEPT: usize = 10;
 
 impl Conns {
-    pub fn record_loss(&mut self, conn: u64, lost: Lost) {
-        self.lost += 1;
+    /// A loss of connection `conn`; `first`: its first.
+    pub fn record_loss(&mut self, conn: u64, lost: Lost, first: bool) {
+        self.losses += 1;
+        self.lost += u64::from(first);
         if self.first_losses.len() < LOSSES_KEPT {
             self.first_losses.push((conn, lost));
         }
@@ -162,11 +191,16 @@ impl AddAssign<&Conns> for Conns {
         self.attempts += o.attempts;
         self.connected += o.connected;
         self.failed += o.failed;
+        self.losses += o.losses;
         self.lost += o.lost;
         self.not_up += o.not_up;
         self.reconnects += o.reconnects;
         self.reconnected += o.reconnected;
         self.sessions_lost += o.sessions_lost;
+        self.sessions_resumed += o.sessions_resumed;
+        for (k, v) in &o.disconnects {
+            *self.disconnects.entry(*k).or_default() += v;
+        }
         self.down_at_end += o.down_at_end;
         self.disconnected += o.disconnected;
         self.flapping += o.flapping;

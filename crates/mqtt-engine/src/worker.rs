@@ -27,7 +27,7 @@ use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::{Conn, Phase};
-use crate::error::{ConnackCode, ConnectFailure, LostKind};
+use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind};
 use crate::outbox::{Flushed, MsgMeta};
 use crate::packets::{self, Incoming};
 use crate::settings::{FleetSettings, Qos};
@@ -322,6 +322,7 @@ impl<P: Producer> Worker<P> {
                 first..last,
                 s.publish.max_inflight,
                 retaining,
+                s.conn.keep_alive,
                 now,
             ));
         }
@@ -722,9 +723,14 @@ impl<P: Producer> Worker<P> {
             if !self.s.conn.clean_session && !session_present {
                 st.sessions_lost += 1;
             }
-            conn.put_replay(!self.s.conn.clean_session);
+            // DUP only within the session that may hold them: in a new one (the broker
+            // lost it, or a clean session) they are new messages.
+            conn.put_replay(!self.s.conn.clean_session && session_present);
         } else {
             self.stats.conns.connected += 1;
+            if !self.s.conn.clean_session && session_present {
+                self.stats.conns.sessions_resumed += 1;
+            }
             let _ = self
                 .stats
                 .histos
@@ -732,13 +738,10 @@ impl<P: Producer> Worker<P> {
                 .record(micros(now - conn.attempt_started).max(1));
             self.settle(now);
         }
-        if !self.s.conn.keep_alive.is_zero() {
-            self.timers.push(Reverse((
-                now + self.s.conn.keep_alive,
-                TimerKind::KeepAlive,
-                c,
-                gen,
-            )));
+        let keep_alive = self.conns[c as usize].keep_alive;
+        if !keep_alive.is_zero() {
+            self.timers
+                .push(Reverse((now + keep_alive, TimerKind::KeepAlive, c, gen)));
         }
         if reconnect {
             // What fell due while it was down goes out now (beyond the offline buffer:
@@ -1005,7 +1008,8 @@ impl<P: Producer> Worker<P> {
             conn.down_since = Some(now);
             conn.reconnect_attempt = 1;
             self.up = self.up.saturating_sub(1);
-            self.stats.conns.record_loss(conn.index, lost);
+            let first = !std::mem::replace(&mut conn.lost_before, true);
+            self.stats.conns.record_loss(conn.index, lost, first);
             let r = self.s.reconnect.as_ref().expect("reconnect is on");
             let (lo, hi) = (r.backoff_min, r.backoff_max);
             let delay = self.backoff(lo, hi, 1);
@@ -1032,7 +1036,8 @@ impl<P: Producer> Worker<P> {
         conn.generation += 1;
         self.done_conns += 1;
         self.up = self.up.saturating_sub(1);
-        self.stats.conns.record_loss(conn.index, lost);
+        let first = !std::mem::replace(&mut conn.lost_before, true);
+        self.stats.conns.record_loss(conn.index, lost, first);
         self.devices_gone(c);
     }
 
@@ -1099,8 +1104,8 @@ impl<P: Producer> Worker<P> {
     }
 
     fn keep_alive(&mut self, c: u32, now: Instant) {
-        let ka = self.s.conn.keep_alive;
         let conn = &mut self.conns[c as usize];
+        let ka = conn.keep_alive;
         if conn.phase != Phase::Up {
             return;
         }
@@ -1512,7 +1517,11 @@ impl<P: Producer> Worker<P> {
             stats.counts.bytes_sent += m.bytes as u64;
             if paced {
                 let lag = now.saturating_duration_since(m.scheduled);
-                stats.histos.lag_us.saturating_record(micros(lag));
+                crate::stats::record_clamped(
+                    &mut stats.histos.lag_us,
+                    micros(lag),
+                    &mut stats.counts.lag_clamped,
+                );
                 if let Some(a) = anchor {
                     let second = (now.saturating_duration_since(*a).as_secs() as usize)
                         .min(LAG_SECONDS_KEPT - 1);
@@ -1757,17 +1766,30 @@ impl<P: Producer> Worker<P> {
                 Incoming::ConnAck {
                     code,
                     session_present,
-                    receive_maximum,
+                    limits,
                 },
             ) => {
+                if code == 0 {
+                    if let Some(f) = self.unusable(&limits) {
+                        self.fail_attempt(c, f, now);
+                        return None;
+                    }
+                    // MQTT 5: the broker's Server Keep Alive replaces ours.
+                    self.conns[c as usize].keep_alive = limits
+                        .server_keep_alive
+                        .map_or(self.s.conn.keep_alive, |s| Duration::from_secs(s.into()));
+                }
+                let receive_maximum = limits.receive_maximum;
+                if code == 0 {
+                    if let Some(rm) = receive_maximum {
+                        let r = &mut self.stats.conns.receive_maximum;
+                        *r = Some(r.map_or(rm, |x| x.min(rm)));
+                    }
+                }
                 if code == 0 && self.qos1 {
                     // MQTT 5: never more unacknowledged than the broker takes.
                     if self.conns[c as usize].inflight.limit(receive_maximum) {
                         self.stats.conns.window_clamped += 1;
-                    }
-                    if let Some(rm) = receive_maximum {
-                        let r = &mut self.stats.conns.receive_maximum;
-                        *r = Some(r.map_or(rm, |x| x.min(rm)));
                     }
                 }
                 self.on_connack(c, code, session_present, now);
@@ -1778,54 +1800,44 @@ impl<P: Producer> Worker<P> {
                 None
             }
             (Phase::Up | Phase::Closing, Incoming::PubAck(id, reason)) => {
-                let conn = &mut self.conns[c as usize];
-                match conn.inflight.ack(id) {
-                    Some(a) => {
-                        conn.acked_any = true;
-                        conn.acked_since_up = true;
-                        if reason >= 0x80 {
-                            // MQTT 5: the broker answered, and refused (not authorized, too
-                            // large, quota): rejected, not acknowledged, not failed.
-                            self.stats.counts.points_rejected += a.points as u64;
-                            self.stats.counts.messages_rejected += 1;
-                            *self.stats.rejected_by_reason.entry(reason).or_default() += 1;
-                        } else {
-                            self.stats.counts.points_acked += a.points as u64;
-                            self.stats.counts.messages_acked += 1;
-                            self.stats.histos.ack_us.saturating_record(micros(
-                                now.saturating_duration_since(a.scheduled),
-                            ));
-                        }
-                        self.stats.last_ack = Some(now);
-                        if conn.retaining {
-                            let upto = conn.inflight.first_start().unwrap_or(conn.out.end());
-                            conn.out.release(upto);
-                        }
-                        if conn.inflight.is_empty() {
-                            conn.inflight.trim();
-                            conn.out.trim(self.keep_buffer);
-                            if self.phase != WorkerPhase::Generating {
-                                self.drain_check.push(c);
-                            }
-                        }
-                        self.unpaced_idle = false;
-                    }
-                    None => self.stats.counts.duplicate_acks += 1,
-                }
+                self.on_puback(c, id, reason, now);
                 Some(true)
             }
             (_, Incoming::PingResp) => {
                 self.conns[c as usize].ping = None;
                 Some(false)
             }
-            (Phase::Closing, Incoming::Disconnect(_)) => {
+            (Phase::Closing, Incoming::Disconnect(reason)) => {
                 // Our DISCONNECT is out and everything was acknowledged: a broker that says
-                // goodbye first is no loss.
+                // goodbye first is no loss. (Its reason still counts: at QoS 0 a refusal
+                // of a packet fails the run.)
+                if reason != 0 {
+                    *self.stats.conns.disconnects.entry(reason).or_default() += 1;
+                }
                 self.close(c);
                 None
             }
             (Phase::Up, Incoming::Disconnect(reason)) => {
                 // MQTT 5: the broker says why it ends the connection; the close follows.
+                *self.stats.conns.disconnects.entry(reason).or_default() += 1;
+                if self.qos1 && crate::error::refuses_a_packet(reason) {
+                    // The broker reads in order and acknowledged all it took before: the
+                    // oldest message in flight is the one it refused. Rejected, not resent.
+                    let oldest = self.conns[c as usize]
+                        .inflight
+                        .iter()
+                        .next()
+                        .map(|a| a.pkid);
+                    if let Some(id) = oldest {
+                        let conn = &self.conns[c as usize];
+                        let before = (conn.acked_any, conn.acked_since_up);
+                        self.on_puback(c, id, reason, now);
+                        // No PUBACK came, and no progress: a loss per refused message ends
+                        // in the give-up.
+                        let conn = &mut self.conns[c as usize];
+                        (conn.acked_any, conn.acked_since_up) = before;
+                    }
+                }
                 self.lose(
                     c,
                     LostKind::Other(format!(
@@ -1838,6 +1850,72 @@ impl<P: Producer> Worker<P> {
             }
             _ => Some(false),
         }
+    }
+
+    /// A PUBACK for `id` with `reason` (MQTT 5; 0 under 3.1.1).
+    fn on_puback(&mut self, c: u32, id: u16, reason: u8, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        match conn.inflight.ack(id) {
+            Some(a) => {
+                conn.acked_any = true;
+                conn.acked_since_up = true;
+                if reason >= 0x80 {
+                    // MQTT 5: the broker answered, and refused (not authorized, too
+                    // large, quota): rejected, not acknowledged, not failed.
+                    self.stats.counts.points_rejected += a.points as u64;
+                    self.stats.counts.messages_rejected += 1;
+                    *self.stats.rejected_by_reason.entry(reason).or_default() += 1;
+                } else {
+                    self.stats.counts.points_acked += a.points as u64;
+                    self.stats.counts.messages_acked += 1;
+                    crate::stats::record_clamped(
+                        &mut self.stats.histos.ack_us,
+                        micros(now.saturating_duration_since(a.scheduled)),
+                        &mut self.stats.counts.latency_clamped,
+                    );
+                }
+                self.stats.last_ack = Some(now);
+                if conn.retaining {
+                    let upto = conn.inflight.first_start().unwrap_or(conn.out.end());
+                    conn.out.release(upto);
+                }
+                if conn.inflight.is_empty() {
+                    conn.inflight.trim();
+                    conn.out.trim(self.keep_buffer);
+                    if self.phase != WorkerPhase::Generating {
+                        self.drain_check.push(c);
+                    }
+                }
+                self.unpaced_idle = false;
+            }
+            None if conn.inflight.was_issued(id) => self.stats.counts.duplicate_acks += 1,
+            None => self.stats.counts.acks_unknown_id += 1,
+        }
+    }
+
+    /// What in an accepting MQTT 5 CONNACK rules this run out: a protocol error, QoS 0
+    /// only for a QoS 1 run, or a Maximum Packet Size our largest message exceeds (a clear
+    /// error before anything is sent, not a DISCONNECT 0x95 per message).
+    fn unusable(&self, limits: &packets::ConnackLimits) -> Option<ConnectFailure> {
+        if let Some(what) = limits.violation() {
+            return Some(ConnectFailure::BrokerProtocol(what));
+        }
+        if self.qos1 && limits.maximum_qos == Some(0) {
+            return Some(ConnectFailure::Limit(BrokerLimit::QosZeroOnly));
+        }
+        let limit = limits.maximum_packet_size?;
+        let props = self
+            .s
+            .conn
+            .mqtt5
+            .as_ref()
+            .map_or(0, |v5| v5.publish_properties.len());
+        let p = &self.s.publish;
+        let largest = (packets::publish_overhead(p.max_topic, props) + p.max_payload) as u64;
+        (largest > limit as u64).then_some(ConnectFailure::Limit(BrokerLimit::PacketSize {
+            limit,
+            largest,
+        }))
     }
 
     // ----- the end --------------------------------------------------------------------
@@ -1984,7 +2062,7 @@ impl<P: Producer> Worker<P> {
         l.reconnects.store(self.stats.conns.reconnects, r);
         l.connected.store(self.stats.conns.connected, r);
         l.failed.store(self.stats.conns.failed, r);
-        l.lost.store(self.stats.conns.lost, r);
+        l.lost.store(self.stats.conns.losses, r);
         l.up.store(self.up, r);
         if self.qos1 {
             l.inflight.store(

@@ -8,7 +8,7 @@ fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-pub use mqtt_engine::error::{ConnackCode, ConnectFailure, Lost, LostKind};
+pub use mqtt_engine::error::{BrokerLimit, ConnackCode, ConnectFailure, Lost, LostKind};
 
 /// One line on a lost connection: what happened, and the likely causes where they fit.
 /// `broker_up` says whether the broker accepted a new TCP connection right after the loss
@@ -69,12 +69,24 @@ pub fn describe_failure(f: &ConnectFailure, connect_timeout: Duration) -> String
             "the connection closed before CONNACK (a broker at its connection limit, or not an MQTT broker?)"
                 .into()
         }
-        ConnectFailure::Connack(code) => connack_refusal(*code).into(),
+        ConnectFailure::Connack(code) => connack_refusal(*code),
         ConnectFailure::NotMqtt => {
             "it answered CONNECT with something other than a CONNACK (is it an MQTT broker?)".into()
         }
         ConnectFailure::Io(kind) => std::io::Error::from(*kind).to_string(),
         ConnectFailure::Tls(e) => format!("the TLS handshake failed: {e}"),
+        ConnectFailure::BrokerProtocol(what) => {
+            format!("the broker's CONNACK breaks the MQTT 5 protocol ({what})")
+        }
+        ConnectFailure::Limit(BrokerLimit::QosZeroOnly) => {
+            "the broker takes QoS 0 only (MQTT 5 Maximum QoS 0); use --qos 0".into()
+        }
+        ConnectFailure::Limit(BrokerLimit::PacketSize { limit, largest }) => format!(
+            "the broker takes packets of at most {} bytes (MQTT 5 Maximum Packet Size) and a \
+             message of this run takes up to {}; lower --batch",
+            crate::format::fmt_int(*limit as u64),
+            crate::format::fmt_int(*largest)
+        ),
     }
 }
 
@@ -88,30 +100,55 @@ pub fn failure_key(f: &ConnectFailure) -> String {
         ConnectFailure::NotMqtt => "not MQTT".into(),
         ConnectFailure::Io(kind) => format!("io: {kind:?}"),
         ConnectFailure::Tls(_) => "TLS".into(),
+        ConnectFailure::BrokerProtocol(_) => "CONNACK: protocol error".into(),
+        ConnectFailure::Limit(BrokerLimit::QosZeroOnly) => "broker limit: QoS 0 only".into(),
+        ConnectFailure::Limit(BrokerLimit::PacketSize { .. }) => {
+            "broker limit: maximum packet size".into()
+        }
     }
 }
 
 fn connack_name(code: ConnackCode) -> String {
     match code {
-        ConnackCode::Protocol => "protocol version".into(),
+        ConnackCode::Protocol(_) => "protocol version".into(),
         ConnackCode::BadClientId => "client id rejected".into(),
         ConnackCode::Unavailable => "server unavailable".into(),
         ConnackCode::BadCredentials => "bad user name or password".into(),
         ConnackCode::NotAuthorized => "not authorized".into(),
+        ConnackCode::RateExceeded => "connection rate exceeded".into(),
+        ConnackCode::QuotaExceeded => "quota exceeded".into(),
         ConnackCode::Other(n) => format!("code {n}"),
     }
 }
 
-fn connack_refusal(code: ConnackCode) -> &'static str {
+fn connack_refusal(code: ConnackCode) -> String {
     match code {
         ConnackCode::BadCredentials => {
             "bad user name or password; check --username and LOADGEN_PASSWORD or --password-file"
+                .into()
         }
-        ConnackCode::NotAuthorized => "not authorized; check --username and the password",
-        ConnackCode::BadClientId => "client id rejected; choose another --client-id",
-        ConnackCode::Protocol => "MQTT 3.1.1 is not accepted by this broker",
-        ConnackCode::Unavailable => "service unavailable",
-        ConnackCode::Other(_) => "refused with an unknown CONNACK code",
+        ConnackCode::NotAuthorized => "not authorized; check --username and the password".into(),
+        ConnackCode::BadClientId => "client id rejected; choose another --client-id".into(),
+        ConnackCode::Protocol(5) => {
+            "the broker does not accept MQTT 5; use --mqtt-version 3.1.1".into()
+        }
+        ConnackCode::Protocol(_) => {
+            "the broker does not accept MQTT 3.1.1; try --mqtt-version 5".into()
+        }
+        ConnackCode::Unavailable => {
+            "the broker is unavailable for now (CONNACK: server unavailable or busy)".into()
+        }
+        ConnackCode::RateExceeded => {
+            "the broker refuses connections this fast for now (CONNACK 0x9F); lower --connect-rate"
+                .into()
+        }
+        ConnackCode::QuotaExceeded => {
+            "a quota of the broker's is exhausted for now (CONNACK 0x97)".into()
+        }
+        ConnackCode::Other(n) => format!(
+            "refused with CONNACK code {n} (0x{n:02x}: {})",
+            mqtt_engine::error::reason_name(n)
+        ),
     }
 }
 

@@ -151,6 +151,9 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
     if let Some(sig) = signal {
         return Ok(ExitCode::from(sig.exit_code()));
     }
+    if let Some(e) = report.start_failure.take() {
+        return Err(e.into_error(target.url(), report.error.unwrap_or_default()));
+    }
     let thresholds = mqtt_tool::threshold::failures(&report.thresholds);
     match (report.error, thresholds) {
         (Some(reason), _) if report.refused_on_reconnect => Err(Error::Refused {
@@ -284,11 +287,13 @@ pub async fn execute(
     }
     let signal = shutdown.signal();
     let c = &result.stats.conns;
+    // No connection came up: the run is the connection's failure (exit 3 or 4), and the
+    // report says so too.
+    let mut not_started = None;
     if c.connected == 0 && signal.is_none() && plan.fleet.connections == 1 {
-        // The one connection never came up: the run is the connection's failure, as ever.
         if let Some((failure, _)) = c.gave_up.iter().next() {
             let reason = mqtt_tool::mqtt::describe_failure(failure, plan.connect.connect_timeout);
-            return Err(if failure.is_refusal() {
+            not_started = Some(if failure.is_refusal() {
                 Error::Refused {
                     broker: target.url(),
                     reason,
@@ -319,7 +324,7 @@ pub async fn execute(
             format::fmt_int(c.planned),
             reasons.join("; ")
         );
-        return Err(match fatal {
+        not_started = Some(match fatal {
             Some(_) => Error::Refused {
                 broker: target.url(),
                 reason,
@@ -357,6 +362,9 @@ pub async fn execute(
         .await
         .ok();
     }
-    let report = Report::build(preset.name, plan, &target, &result, &observed, signal);
+    let mut report = Report::build(preset.name, plan, &target, &result, &observed, signal);
+    if let Some(e) = not_started {
+        report.not_started(e);
+    }
     Ok((report, signal, target))
 }

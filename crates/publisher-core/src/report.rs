@@ -23,7 +23,7 @@ use crate::shutdown::Signal;
 use mqtt_tool::mqtt::{describe_failure, describe_lost, failure_key};
 use mqtt_tool::threshold::{Fields, Judged, Unit};
 
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The fields `--threshold` may name, with where each is in the report.
 pub fn threshold_fields() -> Fields {
@@ -45,6 +45,9 @@ pub fn threshold_fields() -> Fields {
                 "messages_acked",
                 "messages_resent",
                 "duplicate_acks",
+                "acks_unknown_id",
+                "latency_clamped",
+                "schedule_lag_clamped",
                 "reconnects",
                 "bytes_sent",
             ],
@@ -59,6 +62,7 @@ pub fn threshold_fields() -> Fields {
         )
         .field("connections_failed", "/connections/failed", Unit::Number)
         .field("connections_lost", "/connections/lost", Unit::Number)
+        .field("connection_losses", "/connections/losses", Unit::Number)
         .field(
             "connections_down_at_end",
             "/connections/down_at_end",
@@ -100,14 +104,21 @@ pub struct ConnectionsReport {
     pub connected: u64,
     /// Given up after their last attempt.
     pub failed: u64,
-    /// Lost after they were up.
+    /// Connections lost at least once after they were up.
     pub lost: u64,
+    /// Losses of connections that were up: events, one connection may be lost many times.
+    pub losses: u64,
     /// Not up yet when generation ended: the ramp took longer than the run.
     pub not_up: u64,
     /// Connections that reconnected after a loss, at least once.
     pub reconnected: u64,
     /// Reconnects whose broker had lost the persistent session.
     pub sessions_lost: u64,
+    /// First connects (`--clean-session false`) whose broker still held a session of that
+    /// client id from before: an earlier run's or another client's.
+    pub sessions_resumed: u64,
+    /// MQTT 5 DISCONNECTs from the broker, by reason, as "0x95 packet too large".
+    pub disconnects_by_reason: BTreeMap<String, u64>,
     /// Lost and not back when the run ended (a fatal refusal, or the run ended first).
     pub down_at_end: u64,
     /// Connections given up, by the reason of their last attempt.
@@ -204,6 +215,9 @@ pub struct Report {
     pub messages_acked: Option<u64>,
     /// PUBACKs for messages already acknowledged (a broker repeating itself): ignored.
     pub duplicate_acks: u64,
+    /// PUBACKs for packet ids the connection never used (a broker's error, or a session
+    /// resumed from an earlier client): ignored.
+    pub acks_unknown_id: u64,
     /// Payload bytes written to the socket.
     pub bytes_sent: u64,
     pub elapsed_s: f64,
@@ -219,6 +233,9 @@ pub struct Report {
     pub latency_us: Option<Percentiles>,
     /// Scheduled send time -> written to the socket, microseconds (paced runs).
     pub schedule_lag_us: Option<Percentiles>,
+    /// Latencies and lags beyond the histograms' ceiling (1 h), recorded at it.
+    pub latency_clamped: u64,
+    pub schedule_lag_clamped: u64,
     pub devices: u64,
     pub device_start: u64,
     pub connections: ConnectionsReport,
@@ -252,6 +269,29 @@ pub struct Report {
     /// run exits 4.
     #[serde(skip)]
     pub refused_on_reconnect: bool,
+    /// No connection came up: the run exits as the broker's failure (3 or 4), after the
+    /// report is written.
+    #[serde(skip)]
+    pub start_failure: Option<StartFailure>,
+}
+
+/// Why no connection of the run came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFailure {
+    /// Exit 3: refused, timed out, not MQTT, a TLS failure, the broker unavailable for now.
+    Unreachable,
+    /// Exit 4: the broker refused for good (credentials, authorization, client id, version).
+    Refused,
+}
+
+impl StartFailure {
+    /// The run's error, `reason` being the report's.
+    pub fn into_error(self, broker: String, reason: String) -> Error {
+        match self {
+            StartFailure::Unreachable => Error::Unreachable { broker, reason },
+            StartFailure::Refused => Error::Refused { broker, reason },
+        }
+    }
 }
 
 /// What the run frame measured around the engine.
@@ -511,6 +551,25 @@ impl Report {
                 reasons.join(", ")
             ));
         }
+        let refusals: Vec<String> = c
+            .disconnects
+            .iter()
+            .filter(|(code, _)| !qos1 && mqtt_engine::error::refuses_a_packet(**code))
+            .map(|(code, n)| {
+                format!(
+                    "0x{code:02x} {} ({})",
+                    mqtt_engine::error::reason_name(*code),
+                    fmt_int(*n)
+                )
+            })
+            .collect();
+        if !refusals.is_empty() {
+            problems.push(format!(
+                "the broker ended connections with DISCONNECT {}: it refused a message, and at \
+                 QoS 0 the points it refused cannot be told from those it took (--qos 1 counts them)",
+                refusals.join(", ")
+            ));
+        }
         if t.points_dropped_offline > 0 {
             problems.push(format!(
                 "{} points fell due while their connection was down and overflowed --offline-buffer \
@@ -609,6 +668,9 @@ impl Report {
             disconnected_s: round3(c.disconnected.as_secs_f64()),
             messages_acked: qos1.then_some(t.messages_acked),
             duplicate_acks: t.duplicate_acks,
+            acks_unknown_id: t.acks_unknown_id,
+            latency_clamped: t.latency_clamped,
+            schedule_lag_clamped: t.lag_clamped,
             bytes_sent: t.bytes_sent,
             elapsed_s: round3(elapsed),
             point_rate: round3(point_rate),
@@ -634,9 +696,21 @@ impl Report {
                 connected: c.connected,
                 failed: c.failed,
                 lost: c.lost,
+                losses: c.losses,
                 not_up: c.not_up,
                 reconnected: c.reconnected,
                 sessions_lost: c.sessions_lost,
+                sessions_resumed: c.sessions_resumed,
+                disconnects_by_reason: c
+                    .disconnects
+                    .iter()
+                    .map(|(code, n)| {
+                        (
+                            format!("0x{code:02x} {}", mqtt_engine::error::reason_name(*code)),
+                            *n,
+                        )
+                    })
+                    .collect(),
                 down_at_end: c.down_at_end,
                 failed_by_reason: c
                     .gave_up
@@ -701,6 +775,7 @@ impl Report {
             },
             merged: None,
             refused_on_reconnect: c.refused_on_reconnect > 0,
+            start_failure: None,
         }
     }
 
@@ -712,6 +787,20 @@ impl Report {
     /// Whether this report is of a fleet (its summary has the fleet's lines).
     fn is_fleet(&self) -> bool {
         self.devices > 1 || self.connections.planned > 1
+    }
+
+    /// No connection came up: `e` (unreachable or refused) is the run's error and exit code.
+    pub fn not_started(&mut self, e: Error) {
+        let (kind, reason) = match e {
+            Error::Refused { reason, .. } => (StartFailure::Refused, reason),
+            Error::Unreachable { reason, .. } => (StartFailure::Unreachable, reason),
+            other => (StartFailure::Unreachable, other.to_string()),
+        };
+        self.error = Some(reason);
+        if self.outcome == "complete" {
+            self.outcome = "incomplete".into();
+        }
+        self.start_failure = Some(kind);
     }
 
     /// The human summary.
@@ -747,10 +836,11 @@ impl Report {
             );
             let c = &self.connections;
             let mut conns = format!(
-                "{} connected, {} failed, {} lost ({} attempts)",
+                "{} came up, {} failed, {} lost ({} losses), {} attempts",
                 fmt_int(c.connected),
                 fmt_int(c.failed),
                 fmt_int(c.lost),
+                fmt_int(c.losses),
                 fmt_int(c.attempts)
             );
             if c.not_up > 0 {
@@ -843,6 +933,51 @@ impl Report {
                     } else {
                         String::new()
                     }
+                ),
+            );
+        }
+        if self.acks_unknown_id > 0 {
+            line(
+                "unknown acks",
+                format!(
+                    "{} PUBACKs for packet ids this run never used (ignored){}",
+                    fmt_int(self.acks_unknown_id),
+                    if self.connections.sessions_resumed > 0 {
+                        ": an earlier client's session"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        if self.connections.sessions_resumed > 0 {
+            line(
+                "sessions",
+                format!(
+                    "{} connections resumed a session the broker kept for their client id from \
+                     before (--clean-session false): whatever it still held for that session \
+                     (queued messages, unacknowledged ids) is the earlier client's, not this \
+                     run's; use fresh client ids or --clean-session true for a run of its own",
+                    fmt_int(self.connections.sessions_resumed)
+                ),
+            );
+        }
+        if !self.connections.disconnects_by_reason.is_empty() {
+            let list: Vec<String> = self
+                .connections
+                .disconnects_by_reason
+                .iter()
+                .map(|(r, n)| format!("{r} ({})", fmt_int(*n)))
+                .collect();
+            line("broker disconnects", list.join(", "));
+        }
+        if self.latency_clamped + self.schedule_lag_clamped > 0 {
+            line(
+                "clamped",
+                format!(
+                    "{} latencies and {} schedule lags beyond 1 h were recorded as 1 h",
+                    fmt_int(self.latency_clamped),
+                    fmt_int(self.schedule_lag_clamped)
                 ),
             );
         }

@@ -617,11 +617,65 @@ pub mod fake {
         /// `device_data/flood` as fast as the subscriber takes them, for 3 s; and, like a
         /// strict broker, closes a client that sent nothing for 1.5 s (1.5 keep-alives of 1 s).
         Flood,
+        /// Answers CONNECT with a CONNACK refusing with this 3.1.1 return code (to an MQTT
+        /// 5 CONNECT as well, as a 3.1.1-only broker does).
+        Refuse(u8),
+        /// Speaks MQTT 5: answers CONNECT with a CONNACK carrying these property bytes
+        /// (without their length), acknowledges every QoS 1 PUBLISH, answers PINGREQ,
+        /// closes a client silent for `close_silent_ms` (0: never), and answers a PUBLISH
+        /// longer than `disconnect_over` bytes (0: never) with DISCONNECT 0x95 (packet too
+        /// large) without announcing its limit.
+        Mqtt5 {
+            props: &'static [u8],
+            close_silent_ms: u64,
+            disconnect_over: usize,
+        },
+        /// Closes its first connection after reading the first QoS 1 PUBLISH, unacknowledged;
+        /// later connections get a CONNACK with Session Present `session_present` and every
+        /// PUBLISH acknowledged. Every PUBLISH is in [`FakeBroker::published`].
+        DropFirstUnacked { session_present: bool },
+        /// Answers CONNECT with Session Present set (a session kept from before), then a
+        /// PUBACK for packet id 0xBEEF, which the client never used; acknowledges the rest.
+        StaleSession,
+    }
+
+    /// A PUBLISH the fake broker read: on its `conn`th connection (from 1), its first byte
+    /// (DUP is 0x08) and packet id.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Published {
+        pub conn: u32,
+        pub first: u8,
+        pub pkid: Option<u16>,
+    }
+
+    impl Published {
+        pub fn dup(&self) -> bool {
+            self.first & 0x08 != 0
+        }
     }
 
     /// How long [`Behaviour::Flood`] floods, and the silence after which it closes a client.
     pub const FLOOD_FOR: Duration = Duration::from_secs(3);
     pub const FLOOD_SILENCE: Duration = Duration::from_millis(1500);
+
+    /// Closes `sock` once nothing was read for 1.5 x `keep_alive_ms` (`last_in`: ms since
+    /// `t0`); true when it is closed or gone.
+    fn stop_after(
+        sock: &TcpStream,
+        t0: std::time::Instant,
+        last_in: &std::sync::atomic::AtomicU64,
+        keep_alive_ms: u64,
+    ) -> bool {
+        if sock.peer_addr().is_err() {
+            return true;
+        }
+        let silent = t0.elapsed().as_millis() as u64 - last_in.load(Ordering::Relaxed);
+        if silent > keep_alive_ms * 3 / 2 {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return true;
+        }
+        false
+    }
 
     /// Writes QoS 0 PUBLISHes to `sock` for [`FLOOD_FOR`]; closes it once the reader saw
     /// nothing for [`FLOOD_SILENCE`] (`last_in`: milliseconds since `t0`).
@@ -665,6 +719,7 @@ pub mod fake {
         pub port: u16,
         stop: Arc<AtomicBool>,
         thread: Option<JoinHandle<()>>,
+        published: Arc<std::sync::Mutex<Vec<Published>>>,
     }
 
     impl FakeBroker {
@@ -674,6 +729,8 @@ pub mod fake {
             listener.set_nonblocking(true).unwrap();
             let stop = Arc::new(AtomicBool::new(false));
             let s = stop.clone();
+            let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = published.clone();
             let thread = std::thread::spawn(move || {
                 let mut conns = Vec::new();
                 let mut accepted = 0u32;
@@ -687,8 +744,10 @@ pub mod fake {
                                     continue;
                                 }
                             }
-                            let s = s.clone();
-                            conns.push(std::thread::spawn(move || serve(sock, behaviour, &s)));
+                            let (s, log) = (s.clone(), log.clone());
+                            conns.push(std::thread::spawn(move || {
+                                serve(sock, behaviour, &s, accepted, &log)
+                            }));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
@@ -701,11 +760,20 @@ pub mod fake {
                 port,
                 stop,
                 thread: Some(thread),
+                published,
             }
         }
 
         pub fn url(&self) -> String {
             format!("mqtt://127.0.0.1:{}", self.port)
+        }
+
+        /// Every PUBLISH read so far, in order.
+        pub fn published(&self) -> Vec<Published> {
+            self.published
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
         }
     }
 
@@ -751,7 +819,13 @@ pub mod fake {
         Some((first[0], body))
     }
 
-    fn serve(mut sock: TcpStream, behaviour: Behaviour, stop: &AtomicBool) {
+    fn serve(
+        mut sock: TcpStream,
+        behaviour: Behaviour,
+        stop: &AtomicBool,
+        conn: u32,
+        log: &std::sync::Mutex<Vec<Published>>,
+    ) {
         let idle = |stop: &AtomicBool| {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -764,19 +838,72 @@ pub mod fake {
             .unwrap();
         let t0 = std::time::Instant::now();
         let last_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Behaviour::Mqtt5 {
+            close_silent_ms, ..
+        } = behaviour
+        {
+            if close_silent_ms > 0 {
+                // Like a broker enforcing its Server Keep Alive: a client silent for
+                // 1.5 keep-alives is closed.
+                let (w, last_in) = (sock.try_clone().unwrap(), last_in.clone());
+                std::thread::spawn(move || {
+                    while !stop_after(&w, t0, &last_in, close_silent_ms) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
+        }
         while let Some((first, body)) = read_packet(&mut sock, stop) {
             last_in.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
             let reply: Vec<u8> = match first >> 4 {
-                1 => vec![0x20, 0x02, 0x00, 0x00], // CONNECT -> CONNACK, accepted
+                1 => match behaviour {
+                    Behaviour::Refuse(code) => vec![0x20, 0x02, 0x00, code],
+                    Behaviour::Mqtt5 { props, .. } => {
+                        let mut c = vec![0x20, (3 + props.len()) as u8, 0x00, 0x00];
+                        c.push(props.len() as u8);
+                        c.extend_from_slice(props);
+                        c
+                    }
+                    Behaviour::DropFirstUnacked { session_present } if conn > 1 => {
+                        vec![0x20, 0x02, u8::from(session_present), 0x00]
+                    }
+                    // Session Present, then a PUBACK for an id never used.
+                    Behaviour::StaleSession => vec![0x20, 0x02, 0x01, 0x00, 0x40, 0x02, 0xBE, 0xEF],
+                    _ => vec![0x20, 0x02, 0x00, 0x00], // CONNECT -> CONNACK, accepted
+                },
                 3 => {
                     let qos = (first >> 1) & 0x03;
+                    let topic_len = body
+                        .get(..2)
+                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+                    let id = body.get(2 + topic_len..4 + topic_len);
+                    log.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Published {
+                            conn,
+                            first,
+                            pkid: id
+                                .filter(|_| qos > 0)
+                                .map(|i| u16::from_be_bytes([i[0], i[1]])),
+                        });
+                    if let Behaviour::Mqtt5 {
+                        disconnect_over, ..
+                    } = behaviour
+                    {
+                        if disconnect_over > 0 && body.len() > disconnect_over {
+                            let _ = sock.write_all(&[0xe0, 0x01, 0x95]);
+                            return;
+                        }
+                    }
                     if qos == 0 || body.len() < 2 {
                         continue;
                     }
-                    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
-                    let Some(id) = body.get(2 + topic_len..4 + topic_len) else {
+                    let Some(id) = id else {
                         return;
                     };
+                    if matches!(behaviour, Behaviour::DropFirstUnacked { .. }) && conn == 1 {
+                        return; // closed, unacknowledged
+                    }
                     let ack = [0x40, 0x02, id[0], id[1]];
                     if behaviour == Behaviour::DuplicateAcks {
                         [ack, ack].concat() // the second is the repeat

@@ -10,6 +10,7 @@ mod errors;
 mod faults;
 mod files;
 mod mqtt5;
+mod protocol;
 mod report;
 mod signals;
 mod stall;

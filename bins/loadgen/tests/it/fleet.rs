@@ -72,7 +72,7 @@ fn a_thousand_devices_over_a_thousand_connections_deliver_every_seq_at_qos1() {
     // A summary, not a thousand lines.
     assert!(out.stdout.lines().count() < 30, "{}", out.stdout);
     assert!(
-        out.stdout.contains("1,000 connected, 0 failed"),
+        out.stdout.contains("1,000 came up, 0 failed"),
         "{}",
         out.stdout
     );
