@@ -425,7 +425,7 @@ mod tests {
                 Incoming::ConnAck {
                     session_present: true,
                     code: 0,
-                    receive_maximum: None,
+                    limits: ConnackLimits::default(),
                 },
                 Incoming::PubAck(0x1234, 0),
                 Incoming::PingResp,

@@ -172,8 +172,9 @@ impl ExportArgs {
     }
 }
 
-/// `--start-at`: an instant, or `now` (also an empty value: no barrier, as compose files
-/// give when the variable is unset).
+/// `--start-at`: an instant, or `now` (no barrier). An empty value is an error: it is what a
+/// failed `date` leaves in `LOADGEN_START_AT`, and shards that silently start at once are
+/// no barrier (compose gives `now` when the variable is unset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartAt(pub Option<std::time::SystemTime>);
 
@@ -181,7 +182,15 @@ pub struct StartAt(pub Option<std::time::SystemTime>);
 /// the epoch (`1764590400`, `1764590400.5`), or `now`.
 pub fn parse_start_at(s: &str) -> Result<StartAt, String> {
     let t = s.trim();
-    if t.is_empty() || t == "now" {
+    if t.is_empty() {
+        return Err(
+            "is empty; give an instant (RFC 3339 like 2026-12-01T12:00:00Z, or seconds since \
+             the epoch) or now for no barrier (an empty LOADGEN_START_AT is what a failed date \
+             command leaves)"
+                .into(),
+        );
+    }
+    if t == "now" {
         return Ok(StartAt(None));
     }
     if let Ok(secs) = t.parse::<f64>() {
@@ -406,7 +415,8 @@ mod tests {
         assert_eq!(at("2026-12-01T07:00:00-05:00"), epoch(1_796_126_400));
         assert_eq!(at("1796126400"), epoch(1_796_126_400));
         assert_eq!(parse_start_at("now").unwrap(), StartAt(None));
-        assert_eq!(parse_start_at("").unwrap(), StartAt(None));
+        // Empty is what a failed `date` leaves: an error, not "no barrier".
+        assert!(parse_start_at("").unwrap_err().contains("is empty"));
         assert!(parse_start_at("2026-12-01T12:00:00+25:00").is_err());
         assert!(parse_start_at("soon").is_err());
     }

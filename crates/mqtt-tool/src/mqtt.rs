@@ -152,6 +152,69 @@ fn connack_refusal(code: ConnackCode) -> String {
     }
 }
 
+/// A blocking TCP connection to `host:port` with `timeout` on connecting and on each read
+/// and write; `None` when there is none.
+pub fn connect_with_timeout(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Option<std::net::TcpStream> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addrs = (host, port).to_socket_addrs().ok()?;
+    for a in addrs.take(4) {
+        if let Ok(s) = TcpStream::connect_timeout(&a, timeout) {
+            let _ = s.set_read_timeout(Some(timeout));
+            let _ = s.set_write_timeout(Some(timeout));
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Whether what listens at `host:port` answers a plain MQTT 3.1.1 CONNECT with a CONNACK
+/// (within `timeout`): tells an `mqtts://` URL pointed at a plain port.
+pub fn speaks_plain_mqtt(host: &str, port: u16, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    let Some(mut s) = connect_with_timeout(host, port, timeout) else {
+        return false;
+    };
+    // CONNECT, MQTT 3.1.1, clean session, keep-alive 10 s, client id "loadgen-probe".
+    let id = b"loadgen-probe";
+    let mut p = vec![0x10, (10 + 2 + id.len()) as u8];
+    p.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    p.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    p.extend_from_slice(id);
+    let mut got = [0u8; 4];
+    let answered = s.write_all(&p).is_ok() && s.read_exact(&mut got).is_ok();
+    let _ = s.write_all(&[0xE0, 0x00]); // DISCONNECT
+    answered && got[0] == 0x20 && got[1] == 0x02
+}
+
+/// When a broker could not be connected to in a way a scheme mix-up explains (closed or
+/// reset before CONNACK, an answer that is not MQTT, a TLS failure), what to change if it
+/// is one: probes `host:port` once with the other scheme.
+pub fn scheme_hint(f: &ConnectFailure, host: &str, port: u16, tls: bool) -> Option<String> {
+    let suspicious = matches!(
+        f,
+        ConnectFailure::ClosedBeforeConnack | ConnectFailure::NotMqtt | ConnectFailure::Tls(_)
+    );
+    if !suspicious {
+        return None;
+    }
+    let timeout = Duration::from_secs(2);
+    if tls && speaks_plain_mqtt(host, port, timeout) {
+        Some(format!(
+            "it speaks plain MQTT there, not TLS: use mqtt://{host}:{port}"
+        ))
+    } else if !tls && crate::tls::answers_tls(host, port, timeout) {
+        Some(format!(
+            "it speaks TLS there: use mqtts://{host}:{port} (with --ca-file if its issuer is your own)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Whether something at `host:port` accepts a TCP connection within `timeout`.
 pub fn accepts_connections(host: &str, port: u16, timeout: Duration) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};

@@ -25,18 +25,56 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest PEM file read (a system CA bundle is a few hundred KiB): a mistaken
+/// `/dev/zero` must not eat memory or hang.
+const MAX_PEM_FILE: u64 = 4 << 20;
+
+fn read_pem(path: &Path, flag: &str) -> Result<String, Error> {
+    crate::out::read_bounded(path, MAX_PEM_FILE, &format!("{flag} {}", path.display()))
+}
+
 fn certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| Error::usage(format!("{flag} {}: {e}", path.display())))?
+    let text = read_pem(path, flag)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| Error::usage(format!("{flag} {}: {e}", path.display())))?;
+        .map_err(|e| Error::usage(format!("{flag} {}: {}", path.display(), pem_error(&e))))?;
     if certs.is_empty() {
         return Err(Error::usage(format!(
-            "{flag} {}: no PEM certificate in it",
+            "{flag} {}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)",
             path.display()
         )));
     }
     Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    let text = read_pem(path, "--key")?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| {
+        let why = if text.contains("ENCRYPTED") {
+            "an encrypted private key, which needs a passphrase this tool does not take; give \
+             it unencrypted (openssl pkey -in KEY -out key.pem)"
+                .to_string()
+        } else if matches!(e, rustls::pki_types::pem::Error::NoItemsFound) {
+            "no private key in it (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                .to_string()
+        } else {
+            pem_error(&e)
+        };
+        Error::usage(format!("--key {}: {why}", path.display()))
+    })
+}
+
+/// A PEM error in words, not as a debug dump.
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::NoItemsFound => "nothing in PEM form in it".into(),
+        E::MissingSectionEnd { .. } | E::IllegalSectionStart { .. } => {
+            "a PEM section is cut off or broken".into()
+        }
+        E::Base64Decode(_) => "a PEM section is not valid base64".into(),
+        _ => "not a readable PEM file".into(),
+    }
 }
 
 /// The client configuration for the TLS flags.
@@ -79,8 +117,7 @@ pub fn client_config(
         (None, None) => builder.with_no_client_auth(),
         (Some(c), Some(k)) => {
             let chain = certs(c, "--cert")?;
-            let key = PrivateKeyDer::from_pem_file(k)
-                .map_err(|e| Error::usage(format!("--key {}: {e}", k.display())))?;
+            let key = private_key(k)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| Error::usage(format!("--cert/--key: {e}")))?
@@ -104,6 +141,47 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
             "--broker host '{host}' is not a TLS server name: {e}"
         ))
     })
+}
+
+/// Whether what listens at `host:port` answers a TLS ClientHello with a TLS handshake
+/// (within `timeout`): tells an `mqtt://` URL pointed at a TLS port. Nothing is verified;
+/// nothing is sent after the handshake starts.
+pub fn answers_tls(host: &str, port: u16, timeout: std::time::Duration) -> bool {
+    use std::io::Write;
+    let Ok(config) = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+                .with_no_client_auth()
+        })
+    else {
+        return false;
+    };
+    let name = ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));
+    let Ok(mut tls) = rustls::ClientConnection::new(Arc::new(config), name) else {
+        return false;
+    };
+    let Some(mut sock) = crate::mqtt::connect_with_timeout(host, port, timeout) else {
+        return false;
+    };
+    let mut hello = Vec::new();
+    if tls.write_tls(&mut hello).is_err() || sock.write_all(&hello).is_err() {
+        return false;
+    }
+    // A ServerHello moves the handshake on; a plain MQTT broker closes or answers garbage.
+    for _ in 0..8 {
+        match tls.read_tls(&mut sock) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => match tls.process_new_packets() {
+                Ok(_) if tls.protocol_version().is_some() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            },
+        }
+    }
+    false
 }
 
 /// `--insecure`: every certificate is accepted (signatures are still checked, so that the

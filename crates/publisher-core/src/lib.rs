@@ -232,6 +232,7 @@ pub async fn execute(
             reason: "the name has no address".into(),
         });
     }
+    plan::check_source_families(&plan.fleet.source_ips, &addrs, &target.url())?;
     let settings = plan.fleet_settings(addrs);
     let (device_id, topic) = (plan.device_id_template.clone(), plan.topic_template.clone());
     let (seed, sensor_fields, offset) = (plan.seed, plan.sensor_fields, plan.fleet.device_start);
@@ -363,7 +364,26 @@ pub async fn execute(
         .ok();
     }
     let mut report = Report::build(preset.name, plan, &target, &result, &observed, signal);
-    if let Some(e) = not_started {
+    if let Some(mut e) = not_started {
+        // An mqtt:// URL at a TLS port, or mqtts:// at a plain one, fails as a closed
+        // connection: one probe with the other scheme says which.
+        if let Some(f) = c
+            .gave_up
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(f, _)| f.clone())
+        {
+            let (host, port, tls) = (target.host.clone(), target.port, plan.connect.tls.is_some());
+            let hint = tokio::task::spawn_blocking(move || mqtt::scheme_hint(&f, &host, port, tls))
+                .await
+                .ok()
+                .flatten();
+            if let (Some(hint), Error::Unreachable { reason, .. } | Error::Refused { reason, .. }) =
+                (hint, &mut e)
+            {
+                *reason = format!("{reason}; {hint}");
+            }
+        }
         report.not_started(e);
     }
     Ok((report, signal, target))

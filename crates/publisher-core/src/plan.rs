@@ -714,11 +714,56 @@ pub fn parse_source_ips(values: &[String]) -> Result<Vec<IpAddr>, Error> {
             }
             None => out.push(v.parse().map_err(|_| bad())?),
         }
+        if let Some(ip) = out.iter().find(|ip| !is_unicast(ip)) {
+            return Err(Error::usage(format!(
+                "--source-ip {ip} is a multicast, broadcast or unspecified address: a connection \
+                 comes from one unicast address of this host (omit --source-ip for the default)"
+            )));
+        }
         if out.len() as u64 > MAX {
             return Err(Error::usage("--source-ip gives more than 65,536 addresses"));
         }
     }
     Ok(out)
+}
+
+/// Whether `ip` can be a TCP connection's own address.
+fn is_unicast(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+    }
+}
+
+/// Refuses `--source-ip` addresses of a family the broker's addresses are not (an IPv6
+/// source cannot reach an IPv4 broker): a usage error naming both, not a connect failure
+/// per connection.
+pub fn check_source_families(
+    source_ips: &[IpAddr],
+    broker_addrs: &[std::net::SocketAddr],
+    broker: &str,
+) -> Result<(), Error> {
+    let Some(ip) = source_ips
+        .iter()
+        .find(|ip| !broker_addrs.iter().any(|a| a.is_ipv4() == ip.is_ipv4()))
+    else {
+        return Ok(());
+    };
+    let (mine, theirs) = if ip.is_ipv4() {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    };
+    Err(Error::usage(format!(
+        "--source-ip {ip} is {mine} and broker {broker} has {theirs} addresses only ({}); give \
+         {theirs} source addresses",
+        broker_addrs
+            .iter()
+            .take(3)
+            .map(|a| a.ip().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// The local ports one source address can use for connections (Linux's
@@ -794,6 +839,22 @@ mod tests {
 
     #[test]
     fn source_addresses_and_ranges_parse() {
+        for bad in ["224.0.0.1", "255.255.255.255", "0.0.0.0", "ff02::1", "::"] {
+            let e = parse_source_ips(&[bad.into()]).unwrap_err().to_string();
+            assert!(
+                e.contains("multicast, broadcast or unspecified"),
+                "{bad}: {e}"
+            );
+        }
+        let v4: Vec<std::net::SocketAddr> = vec!["127.0.0.1:1883".parse().unwrap()];
+        let e = check_source_families(&["::1".parse().unwrap()], &v4, "localhost:1883")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("IPv6 and broker localhost:1883 has IPv4 addresses only"),
+            "{e}"
+        );
+        assert!(check_source_families(&["127.0.0.2".parse().unwrap()], &v4, "b").is_ok());
         let ips = parse_source_ips(&["127.0.0.1-127.0.0.3".into(), "::1".into()]).unwrap();
         assert_eq!(ips.len(), 4);
         assert_eq!(ips[2], "127.0.0.3".parse::<IpAddr>().unwrap());

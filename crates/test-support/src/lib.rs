@@ -476,6 +476,32 @@ impl Subscriber {
         self.received.lock().unwrap().clone()
     }
 
+    /// Waits until at least `points` points arrived, for up to `within`; whether they did.
+    /// What a test waits for before a fault: the run is under way, not a guess in ms.
+    pub fn wait_points(&self, points: u64, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.received.lock().unwrap().points >= points {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Waits until nothing arrived for `quiet` (for up to `within`): after the publisher's
+    /// traffic is held back, the broker has handed on everything it took.
+    pub fn wait_quiet(&self, quiet: Duration, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.last_arrival.lock().unwrap().elapsed() >= quiet {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
     /// Waits until `points` points arrived (then a little longer, to catch duplicates) or
     /// nothing arrived for `idle`; stops and returns what arrived.
     pub fn finish(mut self, points: u64, idle: Duration) -> Received {
@@ -1121,7 +1147,14 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// A CA, a server and a client certificate, all on the P-256 curve.
     pub fn new(dir: &TempDir) -> TlsFiles {
+        TlsFiles::with_ca_curve(dir, "prime256v1")
+    }
+
+    /// The same with the CAs' keys on `curve` (an OpenSSL name: `secp521r1` signs the
+    /// certificates with an algorithm the client cannot verify).
+    pub fn with_ca_curve(dir: &TempDir, ca_curve: &str) -> TlsFiles {
         let run = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -1141,9 +1174,10 @@ impl TlsFiles {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
         ];
+        let ca_curve = format!("ec_paramgen_curve:{ca_curve}");
         for ca in ["ca", "other-ca"] {
             let mut a = vec!["req", "-x509", "-days", "2"];
-            a.extend(ec);
+            a.extend(["-newkey", "ec", "-pkeyopt", ca_curve.as_str(), "-nodes"]);
             let (key, crt, subj) = (
                 format!("{ca}.key"),
                 format!("{ca}.crt"),

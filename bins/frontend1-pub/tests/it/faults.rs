@@ -86,10 +86,20 @@ fn a_broker_killed_and_restarted_mid_run_loses_no_acknowledged_point() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        sub.wait_points(5_000, Duration::from_secs(10)),
+        "the run started"
+    );
+    // Held back first, so that the broker has handed on everything it acknowledged before
+    // it dies: a broker killed with acknowledged points in its queues loses them, which is
+    // the broker's loss (an acknowledgement proves receipt, not delivery), not ours.
     proxy.set_accepting(false);
+    proxy.set_stalled(true);
+    assert!(sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(10)));
+    proxy.cut_all(); // the publisher's connection goes with the broker
+    proxy.set_stalled(false);
     m.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500)); // the outage itself
     m.restart();
     assert!(
         sub.wait_subscribed(2, Duration::from_secs(10)),

@@ -176,3 +176,149 @@ fn a_qos0_flood_over_tls_arrives_whole_to_its_last_point() {
     sub.finish(300_000, std::time::Duration::from_secs(5))
         .assert_exactly_once(DEVICE, 300_000);
 }
+
+/// `/dev/zero` (or any endless file) as a certificate or key file: a usage error at once,
+/// not gigabytes read.
+#[test]
+fn an_endless_tls_file_is_refused_at_once() {
+    for flags in [
+        vec!["--ca-file", "/dev/zero"],
+        vec!["--cert", "/dev/zero", "--key", "/dev/zero"],
+    ] {
+        let started = std::time::Instant::now();
+        let mut args = vec!["--broker", "mqtts://127.0.0.1:1", "--total", "1"];
+        args.extend(flags.iter().copied());
+        let out = publish(&args);
+        out.assert_code(2);
+        assert!(out.stderr.contains("larger than"), "{}", out.stderr);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{flags:?}"
+        );
+    }
+}
+
+/// An encrypted private key is named as such, with what to do, not "no items found".
+#[test]
+fn an_encrypted_client_key_says_so_and_how_to_decrypt_it() {
+    let dir = TempDir::new("tlsenc");
+    let files = TlsFiles::new(&dir);
+    let enc = dir.path("enc.key");
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:secret", "-in"])
+        .arg(&files.client_key)
+        .arg("-out")
+        .arg(&enc)
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok);
+    let out = publish(&[
+        "--broker",
+        "mqtts://127.0.0.1:1",
+        "--cert",
+        files.client_cert.to_str().unwrap(),
+        "--key",
+        enc.to_str().unwrap(),
+        "--total",
+        "1",
+    ]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("encrypted private key") && out.stderr.contains("openssl pkey"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A broker certificate from an issuer the client does not trust: the error says to pass
+/// the issuer with --ca-file.
+#[test]
+fn an_unknown_issuer_says_to_pass_its_ca_with_ca_file() {
+    let dir = TempDir::new("tlsissuer");
+    let files = TlsFiles::new(&dir);
+    let (_m, port) = tls_broker(&files, false);
+    let out = publish(&[
+        "--broker",
+        &format!("mqtts://127.0.0.1:{port}"),
+        "--ca-file",
+        files.other_ca.to_str().unwrap(),
+        "--total",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("issuer this host does not trust") && out.stderr.contains("--ca-file"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A chain signed with P-521, which ring does not verify: said in words, not as the OID
+/// bytes of rustls's debug form.
+#[test]
+fn a_signature_algorithm_the_client_cannot_verify_is_said_in_words() {
+    let dir = TempDir::new("tlsp521");
+    let files = TlsFiles::with_ca_curve(&dir, "secp521r1");
+    let (_m, port) = tls_broker(&files, false);
+    let out = publish(&[
+        "--broker",
+        &format!("mqtts://127.0.0.1:{port}"),
+        "--ca-file",
+        files.ca.to_str().unwrap(),
+        "--total",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("algorithm this client does not verify"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("signature_algorithm_id"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The scheme mixed up: mqtt:// at a TLS listener, mqtts:// at a plain one. Both fail as a
+/// closed connection; the error says which scheme the port speaks.
+#[test]
+fn a_scheme_mixed_up_with_the_port_says_which_scheme_to_use() {
+    let dir = TempDir::new("tlsmix");
+    let files = TlsFiles::new(&dir);
+    let (m, port) = tls_broker(&files, false);
+    let out = publish(&[
+        "--broker",
+        &format!("mqtt://127.0.0.1:{port}"),
+        "--total",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(3);
+    assert!(
+        out.stderr
+            .contains(&format!("use mqtts://127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    let out = publish(&[
+        "--broker",
+        &format!("mqtts://127.0.0.1:{}", m.port),
+        "--ca-file",
+        files.ca.to_str().unwrap(),
+        "--total",
+        "1",
+        "--quiet",
+    ]);
+    out.assert_code(3);
+    assert!(
+        out.stderr
+            .contains(&format!("use mqtt://127.0.0.1:{}", m.port)),
+        "{}",
+        out.stderr
+    );
+}

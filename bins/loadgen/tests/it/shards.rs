@@ -401,7 +401,7 @@ fn a_failed_threshold_exits_99_after_the_full_report_in_every_format() {
 
 #[test]
 fn bad_thresholds_shards_and_start_times_are_usage_errors_that_say_what_to_change() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["--threshold", "ack_p99<5ms"],
             "unknown field 'ack_p99'; the fields are: point_rate",
@@ -425,6 +425,15 @@ fn bad_thresholds_shards_and_start_times_are_usage_errors_that_say_what_to_chang
             "more than a day",
         ),
         (&["--start-at", "tomorrow"], "is not a time"),
+        // What a failed `date` leaves: no silent "no barrier".
+        (&["--start-at", ""], "is empty"),
+        (&["--start-at", "  "], "is empty"),
+        // A source address of the wrong family, or one no connection can come from.
+        (&["--source-ip", "::1"], "is IPv6 and broker"),
+        (
+            &["--source-ip", "224.0.0.1"],
+            "multicast, broadcast or unspecified",
+        ),
     ];
     for (args, want) in cases {
         let (code, _, stderr) = run(&[&["pub", "--broker", "mqtt://127.0.0.1:1"], args].concat());
@@ -432,6 +441,19 @@ fn bad_thresholds_shards_and_start_times_are_usage_errors_that_say_what_to_chang
         assert!(stderr.contains(want), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
+    // The same through the environment, named by its variable.
+    let out = Command::new(BIN)
+        .args(["pub", "--broker", "mqtt://127.0.0.1:1"])
+        .env("LOADGEN_START_AT", "")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("LOADGEN_START_AT") && stderr.contains("is empty"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(&["pub", "--shards", "2", "--devices", "2"]);
     assert_eq!(code, 2);
     assert!(
