@@ -111,6 +111,36 @@ fn check_v2_header(v2: &[u8]) -> Result<(), String> {
             v2.len().saturating_sub(V2_HEADER)
         ));
     }
+    check_counts(&v2[V2_HEADER..V2_HEADER + payload])
+}
+
+/// Refuses the one count HdrHistogram's decoder cannot take: a run of 2^63 empty buckets
+/// (zig-zag u64::MAX), which it negates, overflowing. The varints are read as it reads them:
+/// 7 bits a byte, the ninth byte whole.
+fn check_counts(payload: &[u8]) -> Result<(), String> {
+    let mut i = 0;
+    while i < payload.len() {
+        let mut value = 0u64;
+        let mut n = 0;
+        while let Some(&b) = payload.get(i + n) {
+            if n == 8 {
+                value |= u64::from(b) << 56;
+                n += 1;
+                break;
+            }
+            value |= u64::from(b & 0x7f) << (7 * n);
+            n += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if value == u64::MAX {
+            return Err(format!(
+                "a count at byte {i} is a run of 2^63 empty buckets, which no histogram has"
+            ));
+        }
+        i += n.max(1);
+    }
     Ok(())
 }
 
@@ -332,6 +362,13 @@ mod tests {
         let e = decode(&v2(4, 3, u64::MAX, 4)).unwrap_err();
         assert!(e.contains("range"), "{e}");
         assert!(decode(&v2(0, 3, 3_600_000_000, 0)).unwrap().is_empty());
+        // A zero run of 2^63 (zig-zag u64::MAX): HdrHistogram's decoder would negate it.
+        let mut b = base64::engine::general_purpose::STANDARD
+            .decode(v2(9, 3, 3_600_000_000, 0))
+            .unwrap();
+        b.extend([0xff; 9]);
+        let e = decode(&base64::engine::general_purpose::STANDARD.encode(b)).unwrap_err();
+        assert!(e.contains("2^63 empty buckets"), "{e}");
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Windows {
                              these are reports of different runs; give the reports of one run \
                              (or --max-gap {} if its reports really are this far apart)",
                             fmt_gap(gap),
-                            fmt_gap(gap + Duration::from_secs(1)),
+                            fmt_gap(Duration::from_secs(gap.as_secs() + 1)),
                         )));
                     }
                 }
@@ -330,9 +330,14 @@ impl Windows {
     }
 }
 
-/// A gap in whole seconds for people: `6h 0m 12s`.
+/// A gap for people: `6h 0m 12s`, or `412ms` under ten seconds.
 fn fmt_gap(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    let d = if d < Duration::from_secs(10) {
+        Duration::from_millis(d.as_millis() as u64)
+    } else {
+        Duration::from_secs(d.as_secs())
+    };
+    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
