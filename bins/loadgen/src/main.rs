@@ -61,7 +61,9 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Some(other) => {
-            eprintln!("error: unknown command '{other}'; use loadgen pub or loadgen merge (loadgen help lists the commands)");
+            mqtt_tool::run::print_error(&format!(
+                "unknown command '{other}'; use loadgen pub or loadgen merge (loadgen help lists the commands)"
+            ));
             ExitCode::from(2)
         }
     }

@@ -1,12 +1,22 @@
 //! `loadgen merge`: the reports of a sharded run (or of a share group's backends) added up
 //! into one report, exported and judged like any run's.
+//!
+//! Reports are read one at a time, each streamed from its file (at most [`REPORT_LIMIT`]
+//! bytes) into the running merge, so memory holds one report and the sums, never every
+//! report's text. Each file is first probed for what it is, so that an error says which
+//! case it is: not there, not a regular file, too large, not JSON, JSON but not a report.
 
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use mqtt_tool::args::ExportArgs;
+use mqtt_tool::config::Sources;
+use mqtt_tool::out::escape;
 use mqtt_tool::{errln, Error};
+use serde::de::{self, Deserialize, IgnoredAny, MapAccess, Visitor};
 
 /// Adds up the reports of one run's shards (publishers) or of a share group's members
 /// (backend-sub): counts summed, histograms added (exact percentiles), the window from the
@@ -16,16 +26,16 @@ use mqtt_tool::{errln, Error};
     name = "loadgen merge",
     version,
     after_help = "Exit codes: 0 merged and complete, 1 a shard missing, repeated or interrupted \
-                  (before any threshold) or a run incomplete, 2 usage or unreadable report, \
-                  5 the merged backend verification failed, 99 a --threshold failed."
+                  (before any threshold) or a run incomplete, 2 usage or a report that cannot be \
+                  merged, 5 the merged backend verification failed, 99 a --threshold failed."
 )]
 struct MergeArgs {
-    /// Report files (--report-json of each shard or member), or directories: every *.json in
-    /// them that is not a merged report
+    /// Report files (--report-json of each shard or member, at most 2 GiB each), or
+    /// directories: every *.json in them that is not a merged report
     #[arg(required = true, value_name = "REPORT")]
     inputs: Vec<PathBuf>,
 
-    /// Shards the run had [default: what the reports say]
+    /// Shards the run had, at most 100,000 [default: what the reports say]
     #[arg(long, value_name = "N", value_parser = mqtt_tool::args::parse_count)]
     shards: Option<u64>,
 
@@ -34,157 +44,354 @@ struct MergeArgs {
     #[arg(long, value_name = "N", value_parser = mqtt_tool::args::parse_count)]
     expect: Option<u64>,
 
+    /// Reports whose windows (first to last message) leave a longer gap between them, none
+    /// running, are of different runs and refused
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = mqtt_tool::args::parse_duration)]
+    max_gap: Duration,
+
     #[command(flatten)]
     export: ExportArgs,
 }
 
-/// Report files of large fleets run to hundreds of MB; more is not a report.
+/// Report files of large fleets run to hundreds of MB; more is not a report. Stated in
+/// `--help` and the README.
 const REPORT_LIMIT: u64 = 2 << 30;
 
 pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
-    mqtt_tool::init_tracing();
-    let args = match MergeArgs::command()
-        .try_get_matches_from(argv)
-        .and_then(|m| MergeArgs::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
-    match run(args) {
-        Ok(code) => code,
-        Err(e) => {
-            errln!("error: {e}");
-            ExitCode::from(e.exit_code())
+    mqtt_tool::run_sync(
+        || mqtt_tool::config::parse_layered_sourced::<MergeArgs>(MergeArgs::command(), argv),
+        |(args, sources)| run(args, &sources),
+    )
+}
+
+/// The two kinds of report a merge adds up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Publisher,
+    Backend,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Publisher => "publisher (loadgen pub)",
+            Kind::Backend => "backend-sub",
         }
     }
 }
 
-/// What a file is, read without building its whole tree.
-#[derive(serde::Deserialize)]
+/// What a file is, read without building its tree: the few fields that tell the kind.
+#[derive(Debug, Default)]
 struct Probe {
     schema_version: Option<u64>,
-    points_sent: Option<serde::de::IgnoredAny>,
-    points_received: Option<serde::de::IgnoredAny>,
-    merged: Option<serde::de::IgnoredAny>,
-    merged_reports: Option<serde::de::IgnoredAny>,
+    tool: Option<String>,
+    points_sent: bool,
+    points_received: bool,
+    merged: bool,
+}
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Probe, D::Error> {
+        d.deserialize_any(ProbeVisitor)
+    }
+}
+
+struct ProbeVisitor;
+
+impl ProbeVisitor {
+    fn not_an_object<E: de::Error>(what: &str) -> Result<Probe, E> {
+        Err(E::custom(format_args!("{what}, not an object")))
+    }
+}
+
+impl<'de> Visitor<'de> for ProbeVisitor {
+    type Value = Probe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a report (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+        let mut p = Probe::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "schema_version" => {
+                    p.schema_version = map.next_value::<serde_json::Value>()?.as_u64();
+                }
+                "tool" => {
+                    p.tool = map
+                        .next_value::<serde_json::Value>()?
+                        .as_str()
+                        .map(str::to_string);
+                }
+                "points_sent" => {
+                    map.next_value::<IgnoredAny>()?;
+                    p.points_sent = true;
+                }
+                "points_received" => {
+                    map.next_value::<IgnoredAny>()?;
+                    p.points_received = true;
+                }
+                "merged" | "merged_reports" => {
+                    p.merged |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Probe, A::Error> {
+        Self::not_an_object("an array")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Probe, E> {
+        Self::not_an_object("a string")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Probe, E> {
+        Self::not_an_object("true or false")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Probe, E> {
+        Self::not_an_object("a number")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Probe, E> {
+        Self::not_an_object("a number")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Probe, E> {
+        Self::not_an_object("a number")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Probe, E> {
+        Self::not_an_object("null")
+    }
+}
+
+const GIVE: &str = "give the --report-json files of loadgen pub shards or of backend-sub members";
+
+/// The open file of report `path`, bounded ([`REPORT_LIMIT`]) and classified.
+fn open(path: &Path, name: &str) -> Result<BufReader<std::fs::File>, Error> {
+    mqtt_tool::out::open_regular(path, REPORT_LIMIT, &format!("report {name}"))
+        .map(|f| BufReader::with_capacity(1 << 16, f))
+}
+
+/// A JSON error of report `name`: not JSON, unreadable, or `data` (JSON of another shape).
+fn json_error(name: &str, e: serde_json::Error, data: impl FnOnce(String) -> String) -> Error {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => Error::usage(format!("cannot read report {name}: {e}")),
+        Category::Syntax | Category::Eof => {
+            Error::usage(format!("{name} is not JSON ({e}); {GIVE}"))
+        }
+        Category::Data => Error::usage(data(plain(&e.to_string()))),
+    }
+}
+
+/// serde's message without our type names (`expected struct Report`): people need the
+/// field and the value, not the name of a type inside the tool.
+fn plain(msg: &str) -> String {
+    let words: Vec<&str> = msg.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        let named = words
+            .get(i + 1)
+            .is_some_and(|w| w.starts_with(|c: char| c.is_ascii_uppercase()));
+        match words[i] {
+            "struct" if named => {
+                out.push("an object");
+                i += 2;
+            }
+            "enum" if named => {
+                out.push("one of the values this version knows");
+                i += 2;
+            }
+            w => {
+                out.push(w);
+                i += 1;
+            }
+        }
+    }
+    out.join(" ")
 }
 
 impl Probe {
-    fn of(name: &str, text: &str) -> Result<Probe, Error> {
-        serde_json::from_str(text).map_err(|e| {
-            Error::usage(format!(
-                "{name} is not JSON ({e}); give --report-json files"
-            ))
+    fn read(path: &Path, name: &str) -> Result<Probe, Error> {
+        serde_json::from_reader(open(path, name)?).map_err(|e| {
+            json_error(name, e, |why| {
+                format!("{name} is JSON but not a report ({why}); {GIVE}")
+            })
         })
     }
 
-    fn merged(&self) -> bool {
-        self.merged.is_some() || self.merged_reports.is_some()
+    /// The kind of report, or why it is none that merge adds up.
+    fn kind(&self, name: &str) -> Result<Kind, Error> {
+        match (self.points_sent, self.points_received) {
+            (true, false) => Ok(Kind::Publisher),
+            (false, true) => Ok(Kind::Backend),
+            _ => Err(Error::usage(format!(
+                "{name} is JSON but not a report loadgen merge adds up ({}); {GIVE}",
+                match self.tool.as_deref() {
+                    Some(t) => format!("a report of {}", escape(t)),
+                    None => "it has neither points_sent nor points_received".into(),
+                }
+            ))),
+        }
     }
 }
 
-fn run(a: MergeArgs) -> Result<ExitCode, Error> {
-    let exports = a.export.exports(None)?;
+/// The full parse of report `name`, streamed from its file.
+fn parse<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    name: &str,
+    probe: &Probe,
+    kind: Kind,
+) -> Result<T, Error> {
+    serde_json::from_reader(open(path, name)?).map_err(|e| {
+        json_error(name, e, |why| {
+            format!(
+                "{name} is not a {} report this version can merge (schema {}: {why}); rerun it with loadgen {}",
+                kind.name(),
+                probe.schema_version.unwrap_or(0),
+                env!("CARGO_PKG_VERSION")
+            )
+        })
+    })
+}
+
+/// A merge of either kind, in progress (each holds a report and its sums).
+enum Merging {
+    Publisher(Box<publisher_core::merge::Merge>),
+    Backend(Box<backend_core::merge::Merge>),
+}
+
+fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
+    // An error about a flag set by the environment names the variable.
+    let named = |e: Error| match e {
+        Error::Usage(m) => Error::Usage(sources.annotate(&m)),
+        e => e,
+    };
+    let exports = a.export.exports(None).map_err(named)?;
     let files = expand(&a.inputs)?;
-    let mut values = Vec::with_capacity(files.len());
-    for f in &files {
-        let name = f.display().to_string();
-        let text = mqtt_tool::out::read_bounded(f, REPORT_LIMIT, &format!("report {name}"))?;
-        let probe = Probe::of(&name, &text)?;
-        values.push((name, probe, text));
-    }
-    let backend = values
-        .iter()
-        .filter(|(_, p, _)| p.points_received.is_some())
-        .count();
-    if backend > 0 && backend < values.len() {
-        return Err(Error::usage(
-            "these are publisher and backend reports mixed; merge each kind on its own",
-        ));
-    }
-    if backend > 0 {
-        if a.shards.is_some() {
-            return Err(Error::usage(
-                "--shards is for publisher reports; a share group's members are all given",
-            ));
-        }
-        let reports = parse_all::<backend_core::report::Report>(values)?;
-        let fields = backend_core::report::threshold_fields();
-        let thresholds = mqtt_tool::threshold::parse_all(&a.export.thresholds, &fields)?;
-        let mut m = backend_core::merge::merge(reports, a.expect)?;
-        m.judge(&thresholds);
-        exports.write(&m, &m.render_text())?;
-        if let Some(failed) = mqtt_tool::threshold::failures(&m.thresholds) {
-            if let Some(r) = &m.reason {
-                errln!("verification failed: {}", mqtt_tool::out::escape(r));
+    let mut merging: Option<(Kind, String, Merging)> = None;
+    let mut thresholds = Vec::new();
+    for (path, in_dir) in files {
+        let name = path.display().to_string();
+        let probe = Probe::read(&path, &name)?;
+        if probe.merged {
+            if in_dir {
+                // An earlier merge's output beside the shards' reports.
+                errln!("skipping {name}: a merged report");
+                continue;
             }
-            return Err(Error::Thresholds(failed));
-        }
-        return Ok(match &m.reason {
-            None => ExitCode::SUCCESS,
-            Some(r) => {
-                errln!("verification failed: {}", mqtt_tool::out::escape(r));
-                ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
-            }
-        });
-    }
-    if a.expect.is_some() {
-        return Err(Error::usage("--expect is for backend-sub reports"));
-    }
-    for (name, p, _) in &values {
-        if p.points_sent.is_none() {
             return Err(Error::usage(format!(
-                "{name} is not a loadgen report (no points_sent or points_received)"
+                "{name} is a merged report already; merge the shards' or members' own reports"
             )));
         }
+        let kind = probe.kind(&name)?;
+        if let Some((first_kind, first, _)) = &merging {
+            if kind != *first_kind {
+                return Err(Error::usage(format!(
+                    "{name} is a {} report but {first} a {} report: merge each kind on its own",
+                    kind.name(),
+                    first_kind.name()
+                )));
+            }
+        } else {
+            let (m, fields) = match kind {
+                Kind::Publisher => {
+                    if a.expect.is_some() {
+                        return Err(Error::usage("--expect is for backend-sub reports"));
+                    }
+                    (
+                        Merging::Publisher(Box::new(publisher_core::merge::Merge::new(
+                            a.shards, a.max_gap,
+                        )?)),
+                        publisher_core::report::threshold_fields(),
+                    )
+                }
+                Kind::Backend => {
+                    if a.shards.is_some() {
+                        return Err(Error::usage(
+                            "--shards is for publisher reports; a share group's members are all given",
+                        ));
+                    }
+                    (
+                        Merging::Backend(Box::new(backend_core::merge::Merge::new(
+                            a.expect, a.max_gap,
+                        ))),
+                        backend_core::report::threshold_fields(),
+                    )
+                }
+            };
+            thresholds =
+                mqtt_tool::threshold::parse_all(&a.export.thresholds, &fields).map_err(named)?;
+            merging = Some((kind, name.clone(), m));
+        }
+        match &mut merging {
+            Some((_, _, Merging::Publisher(m))) => {
+                m.add(name.clone(), parse(&path, &name, &probe, kind)?)?
+            }
+            Some((_, _, Merging::Backend(m))) => {
+                m.add(name.clone(), parse(&path, &name, &probe, kind)?)?
+            }
+            None => {}
+        }
     }
-    let reports = parse_all::<publisher_core::Report>(values)?;
-    let fields = publisher_core::report::threshold_fields();
-    let thresholds = mqtt_tool::threshold::parse_all(&a.export.thresholds, &fields)?;
-    let mut m = publisher_core::merge::merge(reports, a.shards)?;
-    m.judge(&thresholds);
-    exports.write(&m, &m.render_text())?;
-    // A shard missing, repeated or interrupted fails the merge before any threshold:
-    // figures without all of the run judge nothing.
-    let partial = m
-        .merged
-        .as_ref()
-        .is_some_and(|g| !g.shards_missing.is_empty() || !g.shards_duplicated.is_empty())
-        || m.interrupted_by.is_some();
-    let failed = mqtt_tool::threshold::failures(&m.thresholds);
-    match (m.error, failed) {
-        (Some(e), _) if partial => Err(Error::Incomplete(e)),
-        (_, Some(failed)) => Err(Error::Thresholds(failed)),
-        (Some(e), None) => Err(Error::Incomplete(e)),
-        (None, None) => Ok(ExitCode::SUCCESS),
+    match merging {
+        None => Err(Error::usage(format!(
+            "no report to merge (every one given is a merged report); {GIVE}"
+        ))),
+        Some((_, _, Merging::Backend(m))) => {
+            let mut m = m.finish()?;
+            m.judge(&thresholds);
+            exports.write(&m, &m.render_text())?;
+            let verdict = |r: &str| {
+                errln!(
+                    "{}",
+                    mqtt_tool::run::bounded(
+                        format!("verification failed: {}", escape(r)),
+                        mqtt_tool::run::MAX_ERROR_LINE
+                    )
+                )
+            };
+            if let Some(failed) = mqtt_tool::threshold::failures(&m.thresholds) {
+                if let Some(r) = &m.reason {
+                    verdict(r);
+                }
+                return Err(Error::Thresholds(failed));
+            }
+            Ok(match &m.reason {
+                None => ExitCode::SUCCESS,
+                Some(r) => {
+                    verdict(r);
+                    ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
+                }
+            })
+        }
+        Some((_, _, Merging::Publisher(m))) => {
+            let mut m = m.finish()?;
+            m.judge(&thresholds);
+            exports.write(&m, &m.render_text())?;
+            // A shard missing, repeated or interrupted fails the merge before any threshold:
+            // figures without all of the run judge nothing.
+            let partial =
+                m.merged.as_ref().is_some_and(|g| {
+                    !g.shards_missing.is_empty() || !g.shards_duplicated.is_empty()
+                }) || m.interrupted_by.is_some();
+            let failed = mqtt_tool::threshold::failures(&m.thresholds);
+            match (m.error, failed) {
+                (Some(e), _) if partial => Err(Error::Incomplete(e)),
+                (_, Some(failed)) => Err(Error::Thresholds(failed)),
+                (Some(e), None) => Err(Error::Incomplete(e)),
+                (None, None) => Ok(ExitCode::SUCCESS),
+            }
+        }
     }
 }
 
-fn parse_all<T: serde::de::DeserializeOwned>(
-    values: Vec<(String, Probe, String)>,
-) -> Result<Vec<(String, T)>, Error> {
-    values
-        .into_iter()
-        .map(|(name, probe, text)| {
-            let schema = probe.schema_version.unwrap_or(0);
-            serde_json::from_str(&text)
-                .map(|r| (name.clone(), r))
-                .map_err(|e| {
-                    Error::usage(format!(
-                        "{name} is not a report this version can merge (schema {schema}: {e}); rerun it with loadgen {}",
-                        env!("CARGO_PKG_VERSION")
-                    ))
-                })
-        })
-        .collect()
-}
-
-/// Files as given, and every `*.json` of a directory that is not a merged report.
-fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+/// Files as given, and every `*.json` of a directory (`true`: found in a directory, where
+/// a merged report is skipped rather than refused).
+fn expand(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>, Error> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
@@ -192,7 +399,6 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
                 .map_err(|e| Error::usage(format!("cannot read directory {}: {e}", p.display())))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.extension().is_some_and(|x| x == "json") && f.is_file())
-                .filter(|f| !is_merged(f))
                 .collect();
             found.sort();
             if found.is_empty() {
@@ -201,27 +407,10 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
                     p.display()
                 )));
             }
-            out.extend(found);
-        } else if p.is_file() {
-            out.push(p.clone());
+            out.extend(found.into_iter().map(|f| (f, true)));
         } else {
-            return Err(Error::usage(format!(
-                "report {} does not exist; give report files or a directory of them",
-                p.display()
-            )));
+            out.push((p.clone(), false));
         }
     }
     Ok(out)
-}
-
-/// A merged report in a directory of shard reports (an earlier merge's output) is skipped.
-fn is_merged(f: &Path) -> bool {
-    let Ok(text) = mqtt_tool::out::read_bounded(f, REPORT_LIMIT, "report") else {
-        return false;
-    };
-    let merged = Probe::of("", &text).is_ok_and(|p| p.merged());
-    if merged {
-        errln!("skipping {}: a merged report", f.display());
-    }
-    merged
 }

@@ -113,7 +113,9 @@ pub fn parse_layered_sourced<T: FromArgMatches>(
         .clone()
         .try_get_matches_from(&argv)
         .map_err(|e| clap_exit_sourced(e, &cmd, &argv))?;
-    let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+    // A command without a `--config` flag (`loadgen merge`) layers the environment alone.
+    let config = first.try_get_one::<PathBuf>("config").ok().flatten();
+    let Some(path) = config.cloned() else {
         let sources = Sources::of(&cmd, &first, &[], None);
         return T::from_arg_matches(&first)
             .map(|t| (t, sources))

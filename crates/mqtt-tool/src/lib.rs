@@ -14,6 +14,7 @@
 //! - [`mqtt`]: connecting with rumqttc and what a lost connection means.
 //! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
 //! - [`out`]: writing safely; [`format`]: figures as reports show them.
+//! - [`hist`]: histograms in reports; [`merge`]: what both kinds of `loadgen merge` share.
 
 pub mod args;
 pub mod broker;
@@ -24,6 +25,7 @@ pub mod export;
 pub mod format;
 pub mod hist;
 pub mod lowat;
+pub mod merge;
 pub mod metrics;
 pub mod mqtt;
 pub mod out;
@@ -34,4 +36,4 @@ pub mod threshold;
 pub mod tls;
 
 pub use error::Error;
-pub use run::{init_tracing, run_main};
+pub use run::{init_tracing, run_main, run_sync};

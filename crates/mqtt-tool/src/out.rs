@@ -135,7 +135,39 @@ pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<String, Error
     String::from_utf8(bytes).map_err(|_| Error::usage(format!("{what} is not UTF-8 text")))
 }
 
+/// Opens the regular file at `path` to be read whole, refusing one over `limit` bytes before
+/// a byte is read; each error says which of the cases it is: not there, not a regular file
+/// (a device such as `/dev/zero`, a directory, a pipe), too large, or unreadable. `what`
+/// names it, e.g. `report shard-0.json`.
+pub fn open_regular(path: &Path, limit: u64, what: &str) -> Result<std::fs::File, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::usage(format!("{what} does not exist")),
+        _ => Error::usage(format!("cannot read {what}: {e}")),
+    })?;
+    if !meta.is_file() {
+        return Err(Error::usage(format!(
+            "{what} is not a regular file ({}); give a file",
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "a device, pipe or socket"
+            }
+        )));
+    }
+    if meta.len() > limit {
+        return Err(Error::usage(format!(
+            "{what} is larger than {} ({} bytes)",
+            fmt_size(limit),
+            crate::format::fmt_int(meta.len())
+        )));
+    }
+    std::fs::File::open(path).map_err(|e| Error::usage(format!("cannot read {what}: {e}")))
+}
+
 fn fmt_size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        return format!("{} GiB", bytes >> 30);
+    }
     if bytes >= 1 << 20 {
         format!("{} MiB", bytes >> 20)
     } else {

@@ -179,6 +179,16 @@ pub fn parse(expr: &str, fields: &Fields) -> Result<Threshold, Error> {
         ))
     })?;
     let limit = parse_limit(value, field.unit)
+        .and_then(|l| {
+            // A limit the report's JSON cannot hold (it writes infinity as null).
+            if l.is_finite() {
+                Ok(l)
+            } else {
+                Err(format!(
+                    "'{value}' is too large a number; give a limit below 1e308 in the field's unit"
+                ))
+            }
+        })
         .map_err(|why| Error::usage(format!("--threshold '{expr}': {why}")))?;
     Ok(Threshold {
         expr: e.to_string(),
@@ -284,17 +294,37 @@ pub fn judge_report<T: Serialize>(report: &T, thresholds: &[Threshold]) -> Vec<J
     )
 }
 
-/// The failed thresholds, as one line for the error (none: `None`).
+/// Failed thresholds the error line names; the report and the summary list them all.
+const FAILURES_NAMED: usize = 5;
+
+/// The failed thresholds, as one line for the error (none: `None`): the first few, and how
+/// many more.
 pub fn failures(judged: &[Judged]) -> Option<String> {
-    let failed: Vec<String> = judged
+    let failed: Vec<&Judged> = judged.iter().filter(|j| !j.pass).collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = failed
         .iter()
-        .filter(|j| !j.pass)
+        .take(FAILURES_NAMED)
         .map(|j| match j.value {
             Some(v) => format!("{} (was {})", j.expr, fmt_value(&j.field, v)),
             None => format!("{} (the run has no {})", j.expr, j.field),
         })
         .collect();
-    (!failed.is_empty()).then(|| format!("thresholds failed: {}", failed.join(", ")))
+    let more = failed.len() - named.len();
+    Some(format!(
+        "thresholds failed: {}{}",
+        named.join(", "),
+        if more > 0 {
+            format!(
+                ", and {} more (the report lists every threshold)",
+                crate::format::fmt_int(more as u64)
+            )
+        } else {
+            String::new()
+        }
+    ))
 }
 
 /// A value as the summary shows it: latencies in a readable unit.
@@ -412,5 +442,33 @@ mod tests {
         assert!(msg("ack_latency_p99<5parsecs").contains("not a time unit"));
         assert!(msg("point_rate>fast").contains("not a number"));
         assert!(msg("point_rate>5x").contains("not a multiplier"));
+    }
+
+    #[test]
+    fn a_limit_that_overflows_to_infinity_is_a_usage_error() {
+        let f = fields();
+        for expr in [
+            "point_rate>1e308k",
+            "point_rate<1e306G",
+            "ack_latency_p99<1e306h",
+            "elapsed_s<1e306m",
+        ] {
+            let e = parse(expr, &f).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("too large"), "{expr}: {e}");
+        }
+        assert!(parse("point_rate>1e300k", &f).unwrap().limit.is_finite());
+    }
+
+    #[test]
+    fn many_failed_thresholds_are_summarised_on_one_line() {
+        let t: Vec<Threshold> = (1..=3000)
+            .map(|i| parse(&format!("point_rate>={i}G"), &fields()).unwrap())
+            .collect();
+        let j = judge(&t, &json!({"point_rate": 10.0}));
+        let line = failures(&j).unwrap();
+        assert!(line.len() < 400, "{line}");
+        assert!(line.contains("point_rate>=1G (was 10)"), "{line}");
+        assert!(line.contains("and 2,995 more"), "{line}");
     }
 }

@@ -90,6 +90,12 @@ fn shard_of(
             ))
         }
         (Some(0), _) => return Err(Error::usage("--shards must be at least 1")),
+        (Some(n), _) if n > crate::merge::MAX_SHARDS => {
+            return Err(Error::usage(format!(
+                "--shards {n} is more than a run can have ({}, which loadgen merge adds up); run fewer, larger shards",
+                crate::format::fmt_int(crate::merge::MAX_SHARDS)
+            )))
+        }
         (Some(n), _) => n,
     };
     let index = match a.shard {

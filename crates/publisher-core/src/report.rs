@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::format::{fmt_int, fmt_percentiles, fmt_rate, round3, Percentiles};
 use crate::plan::Plan;
 use crate::shutdown::Signal;
+use mqtt_tool::merge::{fmt_ranges, IndexRange};
 use mqtt_tool::mqtt::{describe_failure, describe_lost, failure_key};
 use mqtt_tool::threshold::{Fields, Judged, Unit};
 
@@ -85,14 +86,16 @@ pub struct HistogramsReport {
     pub connect_us: Option<String>,
 }
 
-/// A merged report's sources: how many reports, which shards, which are missing.
+/// A merged report's sources: how many reports, which shards, which are missing; shards as
+/// ranges (`"1-99999"`, `"5"`), so the lists are as long as the reports given, never as long
+/// as the run's shard count.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MergedReport {
     pub reports: u64,
-    pub shards_present: Vec<u64>,
-    pub shards_missing: Vec<u64>,
+    pub shards_present: Vec<IndexRange>,
+    pub shards_missing: Vec<IndexRange>,
     /// Shards given more than once (only the first is counted).
-    pub shards_duplicated: Vec<u64>,
+    pub shards_duplicated: Vec<IndexRange>,
 }
 
 /// What happened to the fleet's connections.
@@ -1071,12 +1074,16 @@ impl Report {
                 format!(
                     "{} reports, shards {} of {}{}",
                     m.reports,
-                    fmt_list(&m.shards_present),
+                    fmt_ranges(&m.shards_present),
                     self.shards,
                     if m.shards_missing.is_empty() {
                         String::new()
                     } else {
-                        format!("; MISSING shards {}", fmt_list(&m.shards_missing))
+                        format!(
+                            "; MISSING shards {} ({})",
+                            fmt_ranges(&m.shards_missing),
+                            fmt_int(m.shards_missing.iter().map(IndexRange::len).sum())
+                        )
                     }
                 ),
             );
@@ -1093,28 +1100,6 @@ impl Report {
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
         crate::out::write_json(self, path)
     }
-}
-
-/// `0-3, 5` for people.
-pub fn fmt_list(v: &[u64]) -> String {
-    if v.is_empty() {
-        return "none".into();
-    }
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let mut j = i;
-        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
-            j += 1;
-        }
-        out.push(if j > i {
-            format!("{}-{}", v[i], v[j])
-        } else {
-            v[i].to_string()
-        });
-        i = j + 1;
-    }
-    out.join(", ")
 }
 
 /// A wall-clock time as the report writes it.

@@ -1740,3 +1740,23 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// Limits the address space of the process `cmd` starts (RLIMIT_AS) to `bytes`: a test of a
+/// memory bound runs under it, so that a regression fails an allocation (and the test)
+/// instead of taking the machine's memory.
+pub fn limit_memory(cmd: &mut std::process::Command, bytes: u64) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}

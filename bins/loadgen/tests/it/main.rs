@@ -5,5 +5,6 @@ mod common;
 mod faults;
 mod fleet;
 mod k8s;
+mod merge;
 mod observe;
 mod shards;
