@@ -14,6 +14,7 @@
 //! - [`mqtt`]: connecting with rumqttc and what a lost connection means.
 //! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
 //! - [`out`]: writing safely; [`format`]: figures as reports show them.
+//! - [`topic`]: the topic names MQTT lets a client publish to.
 
 pub mod args;
 pub mod broker;
@@ -32,6 +33,7 @@ pub mod session;
 pub mod shutdown;
 pub mod threshold;
 pub mod tls;
+pub mod topic;
 
 pub use error::Error;
 pub use run::{init_tracing, run_main};
