@@ -124,6 +124,19 @@ fn a_topic_mqtt_forbids_is_refused_up_front_and_the_jobs_around_it_go_out_once()
         (Some(&1), Some(&1), 2),
         "{seen:?}"
     );
+    // Nor does seed write such jobs.
+    let out = job_pub(
+        &pg,
+        &["seed", "--count", "3", "--topic-template", "$SYS/{i}"],
+    )
+    .output()
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--topic-template makes the topic '$SYS/0', which starts with '$'"),
+        "{err}"
+    );
 }
 
 #[test]
