@@ -27,8 +27,8 @@
 //! sink: with one, the stream goes at the slower of the two (the database sets the pace
 //! while the subscription is paused).
 //!
-//! `--gate` fails below the gates (`GATE_*`), or on any missing or duplicate job, or rows
-//! the sink did not store. `--quick`: smaller N, one run of K1 (else three).
+//! `--gate` fails below the gates (`GATE_*`, J3 against J1 as well as absolute), or on any
+//! missing or duplicate job, or rows the sink did not store. `--quick`: smaller N, one run of K1 (else three).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,12 @@ const TARGET_K1: f64 = 0.8;
 // noisy machine does not flake them; the targets are printed beside.
 const GATE_J1: f64 = 7_500.0;
 const GATE_LATENESS_P99_MS: f64 = 100.0;
+// J3 over J1: three instances together must beat one by this factor. Measured 1.32x on this
+// 2-core machine (README, bench J), where the three share the cores with PostgreSQL and
+// Mosquitto; 1.10 is within ~15% of that, so a change that loses the parallel gain (claims
+// that wait on each other's rows instead of SKIP LOCKED, one instance holding the others
+// off) fails, while the noise of single runs of J1 and J3 does not.
+const GATE_J3_OVER_J1: f64 = 1.10;
 const GATE_K1: f64 = 0.5;
 
 struct Bins {
@@ -232,7 +238,11 @@ fn drain(
         .sum();
     let republished: u64 = reports
         .iter()
-        .map(|r| r["jobs_republished"].as_u64().unwrap_or(0))
+        .map(|r| {
+            r["jobs_republished_after_lease_expiry"]
+                .as_u64()
+                .unwrap_or(0)
+        })
         .sum();
     let start = reports
         .iter()
@@ -506,7 +516,7 @@ fn main() {
             "J3",
             "three instances",
             &j3,
-            format!("> J1 ({:.0})", j1.jobs_per_s),
+            format!(">= {GATE_J3_OVER_J1}x J1 ({:.0})", j1.jobs_per_s),
             GATE_J1,
         ),
     ] {
@@ -528,12 +538,18 @@ fn main() {
             ));
         }
     }
-    let j3_faster = j3.jobs_per_s > j1.jobs_per_s;
+    let j3_over_j1 = j3.jobs_per_s / j1.jobs_per_s.max(1e-9);
+    let j3_faster = j3_over_j1 >= GATE_J3_OVER_J1;
     println!(
-        "\nJ3 / J1: {:.2}x ({}: three instances together faster than one)\n",
-        j3.jobs_per_s / j1.jobs_per_s.max(1e-9),
+        "\nJ3 / J1: {j3_over_j1:.2}x (gate {GATE_J3_OVER_J1}x; {}: three instances together faster than one)\n",
         if j3_faster { "yes" } else { "NO" }
     );
+    if !j3_faster {
+        failures.push(format!(
+            "J3: three instances at {:.0} jobs/s, {j3_over_j1:.2}x one instance's {:.0} (gate {GATE_J3_OVER_J1}x)",
+            j3.jobs_per_s, j1.jobs_per_s
+        ));
+    }
     let j5_missing = steady_jobs.saturating_sub(j5.distinct);
     let j5_pass = j5.p99_ms < GATE_LATENESS_P99_MS && j5_missing == 0 && j5.duplicates == 0;
     println!("| scenario | what | jobs | lateness p50 ms | p99 ms | max ms | target p99 | jobs late (> 1 s) | missing | duplicates | pass |");
@@ -587,7 +603,7 @@ fn main() {
         "quick": quick,
         "seed_jobs_per_s": SEED_JOBS_PER_S,
         "J1": {"jobs": jobs, "jobs_per_s": j1.jobs_per_s, "missing": jobs.saturating_sub(j1.distinct), "duplicates": j1.duplicates},
-        "J3": {"jobs": jobs, "jobs_per_s": j3.jobs_per_s, "missing": jobs.saturating_sub(j3.distinct), "duplicates": j3.duplicates},
+        "J3": {"jobs": jobs, "jobs_per_s": j3.jobs_per_s, "over_j1": j3_over_j1, "gate_over_j1": GATE_J3_OVER_J1, "missing": jobs.saturating_sub(j3.distinct), "duplicates": j3.duplicates},
         "J5": {"jobs": steady_jobs, "lateness_p50_ms": j5.p50_ms, "lateness_p99_ms": j5.p99_ms, "lateness_max_ms": j5.max_ms, "missing": j5_missing, "duplicates": j5.duplicates},
         "K1": {"rows": points, "verify_only_points_per_s": alone, "ours_rows_per_s": ours, "psql_binary_rows_per_s": binary, "psql_csv_rows_per_s": csv, "ratio": ratio, "runs": reps},
         "failures": failures,

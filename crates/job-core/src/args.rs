@@ -13,9 +13,11 @@ use mqtt_tool::Error;
 #[command(
     name = "job-pub",
     version,
-    after_help = "Exit codes: 0 done, 1 jobs failed or another failure, 2 usage, 3 the database or \
-                  the broker cannot be reached, 4 the broker refused the connection, 99 a \
-                  --threshold failed, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."
+    after_help = "Exit codes: 0 done, 1 jobs failed, rejected, given up or unreadable, or another \
+                  failure, 2 usage (a table job-pub cannot use, too), 3 the database or the \
+                  broker cannot be reached, 4 the broker or the database refused the \
+                  connection, 99 a --threshold failed, 129/130/143 stopped by \
+                  SIGHUP/SIGINT/SIGTERM."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -281,11 +283,23 @@ impl Plan {
                 if s.count == 0 {
                     return Err(Error::usage("--count must be at least 1"));
                 }
+                // The jobs' topics differ only by their number: the first and the last
+                // stand for every one.
+                for i in [0, s.count - 1] {
+                    let topic = s.topic_template.replace("{i}", &i.to_string());
+                    if let Err(e) = mqtt_tool::topic::check_topic_name(&topic) {
+                        return Err(Error::usage(format!(
+                            "--topic-template makes the topic '{}', which {e}",
+                            mqtt_tool::out::escape(&topic)
+                        )));
+                    }
+                }
                 Ok(Plan::Seed(db, s))
             }
             Cmd::Run(r) => {
                 let r = *r;
-                let db = DbPlan::from_args(&r.db, url_from_env)?;
+                let mut db = DbPlan::from_args(&r.db, url_from_env)?;
+                db.database = db.database.with_timeout_flag("--db-timeout");
                 if r.batch == 0 || r.batch > 100_000 {
                     return Err(Error::usage("--batch must be from 1 to 100000"));
                 }

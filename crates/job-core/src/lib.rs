@@ -12,18 +12,21 @@
 //! ```
 //!
 //! - [`args`]: the subcommands and their flags; [`db`]: connecting, the pool, the SQL.
-//! - [`seed`]: test jobs by COPY; [`run`]: the claim-publish-complete loop; [`link`]: the
-//!   MQTT connection (rumqttc, 3.1.1 or 5); [`report`]: what a run did.
+//! - [`seed`]: test jobs by COPY; [`run`]: the claim-publish-complete loop; [`publish`]:
+//!   one batch to the broker; [`link`]: the MQTT connection (rumqttc, 3.1.1 or 5);
+//!   [`report`]: what a run did.
 //!
 //! A crash (kill -9) leaves its claimed jobs leased: when the lease runs out another
-//! instance claims them again and republishes them, counted as republished; so a crash
-//! republishes at most what was in flight, and each message carries its job id
+//! instance claims them again and republishes them, counted as republished after their
+//! lease expired (as are jobs left by a batch not acknowledged in time, or by a database
+//! outage longer than the lease); so a crash republishes at most what was in flight, and each message carries its job id
 //! (an MQTT 5 user property `job_id`, or with `--job-id wrapper` a JSON wrapper) so that
 //! consumers can drop a redelivery.
 
 pub mod args;
 pub mod db;
 pub mod link;
+pub mod publish;
 pub mod report;
 pub mod run;
 pub mod seed;

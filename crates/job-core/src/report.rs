@@ -1,13 +1,17 @@
 //! What a `job-pub run` did: every job it claimed ends acknowledged (processed), skipped
-//! (past `--max-lateness`, processed without publishing), rejected (MQTT 5 reason code) or
-//! failed (no acknowledgement in time: left unprocessed, claimed again when its lease runs
-//! out). Text summary and JSON (`schema/job-pub-report.schema.json`).
+//! (past `--max-lateness`, processed without publishing), rejected (a topic MQTT forbids, a
+//! message over the packet limit, an MQTT 5 reason code), given up (the broker closed the
+//! connection each time it was sent), unreadable (a row job-pub cannot read) or failed (no
+//! acknowledgement in time: left unprocessed, claimed again when its lease runs out).
+//! Text summary and JSON (`schema/job-pub-report.schema.json`).
 
 use mqtt_tool::format::{fmt_int, fmt_percentiles, Percentiles};
 use mqtt_tool::threshold::{Fields, Judged, Unit};
 use serde::{Deserialize, Serialize};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `jobs_republished` named for what it counts (`jobs_republished_after_lease_expiry`);
+/// `jobs_given_up`, `jobs_unreadable`, `jobs_unrecorded`, `lateness_clamped`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub fn threshold_fields() -> Fields {
     Fields::default()
@@ -18,10 +22,14 @@ pub fn threshold_fields() -> Fields {
                 "jobs_acked",
                 "jobs_failed",
                 "jobs_rejected",
+                "jobs_given_up",
+                "jobs_unreadable",
                 "jobs_skipped",
                 "jobs_late",
-                "jobs_republished",
+                "jobs_republished_after_lease_expiry",
                 "jobs_lease_lost",
+                "jobs_unrecorded",
+                "lateness_clamped",
                 "job_rate",
                 "db_retries",
                 "mqtt_reconnects",
@@ -58,22 +66,37 @@ pub struct Report {
     /// PUBLISHes written to the socket (a job published again after a lost connection counts
     /// once here and in `messages_resent`).
     pub jobs_published: u64,
-    /// Acknowledged (QoS 1, 2) or written (QoS 0), and marked processed.
+    /// Acknowledged (QoS 1, 2) or written (QoS 0) to the broker; marked processed unless
+    /// counted in `jobs_unrecorded` too.
     pub jobs_acked: u64,
-    /// Not acknowledged within --ack-timeout: left unprocessed for another claim.
+    /// Not acknowledged within --ack-timeout (or refused for now by an MQTT 5 reason code,
+    /// or never sent because the database went away first): left unprocessed for another
+    /// claim.
     pub jobs_failed: u64,
-    /// MQTT 5: refused by the broker with a reason code (marked processed: a retry would be
-    /// refused again).
+    /// Refused for good, marked processed and skipped: a topic MQTT forbids or a message over
+    /// --max-packet-size (refused before sending), or an MQTT 5 reason code from the broker.
     pub jobs_rejected: u64,
+    /// The broker closed the connection each of the three times the job was sent alone:
+    /// marked processed and skipped.
+    pub jobs_given_up: u64,
+    /// Rows that cannot be read as a job (a NULL topic or payload, text that is not UTF-8):
+    /// marked processed and skipped, each named by its id on stderr.
+    pub jobs_unreadable: u64,
     /// Overdue past --max-lateness: marked processed without publishing.
     pub jobs_skipped: u64,
     /// Published more than --late-after after their fire_at.
     pub jobs_late: u64,
-    /// Claimed before by an instance that did not finish them (a crash): published again.
-    pub jobs_republished: u64,
+    /// Claimed before and left unprocessed until their lease expired (an instance that
+    /// died, a batch not acknowledged in time, a database outage longer than the lease):
+    /// published again.
+    pub jobs_republished_after_lease_expiry: u64,
     /// Acknowledged, but their lease had run out and another instance claimed them: they
     /// may have been published twice.
     pub jobs_lease_lost: u64,
+    /// Counted above, but their fate could not be written to the database (it was gone):
+    /// still leased, claimed again when their lease runs out (those acknowledged are
+    /// published again).
+    pub jobs_unrecorded: u64,
     pub messages_resent: u64,
     pub claims: u64,
     pub db_retries: u64,
@@ -85,6 +108,8 @@ pub struct Report {
     pub job_rate: f64,
     /// Written to the socket minus fire_at, µs (0 when published on time).
     pub lateness_us: Option<Percentiles>,
+    /// Jobs later than the lateness histogram's ceiling (366 days), recorded at it.
+    pub lateness_clamped: u64,
     pub histograms: HistogramsReport,
     pub started_at: String,
     pub ended_at: String,
@@ -109,18 +134,31 @@ impl Report {
             "database",
             format!("{} (table {})", self.database, self.table),
         );
-        line(
-            "jobs",
-            format!(
-                "{} claimed, {} published, {} acknowledged, {} failed, {} rejected, {} skipped (past --max-lateness)",
-                fmt_int(self.jobs_claimed),
-                fmt_int(self.jobs_published),
-                fmt_int(self.jobs_acked),
-                fmt_int(self.jobs_failed),
-                fmt_int(self.jobs_rejected),
-                fmt_int(self.jobs_skipped)
-            ),
+        let mut jobs = format!(
+            "{} claimed, {} published, {} acknowledged, {} failed, {} rejected",
+            fmt_int(self.jobs_claimed),
+            fmt_int(self.jobs_published),
+            fmt_int(self.jobs_acked),
+            fmt_int(self.jobs_failed),
+            fmt_int(self.jobs_rejected)
         );
+        if self.jobs_given_up > 0 {
+            jobs.push_str(&format!(
+                ", {} given up (the broker closed the connection for each)",
+                fmt_int(self.jobs_given_up)
+            ));
+        }
+        if self.jobs_unreadable > 0 {
+            jobs.push_str(&format!(
+                ", {} unreadable rows",
+                fmt_int(self.jobs_unreadable)
+            ));
+        }
+        jobs.push_str(&format!(
+            ", {} skipped (past --max-lateness)",
+            fmt_int(self.jobs_skipped)
+        ));
+        line("jobs", jobs);
         line(
             "late",
             format!(
@@ -128,14 +166,25 @@ impl Report {
                 fmt_int(self.jobs_late)
             ),
         );
-        if self.jobs_republished + self.jobs_lease_lost + self.messages_resent > 0 {
+        if self.jobs_republished_after_lease_expiry + self.jobs_lease_lost + self.messages_resent
+            > 0
+        {
             line(
                 "again",
                 format!(
-                    "{} republished after a crash, {} acknowledged after their lease ran out, {} resent after a lost connection",
-                    fmt_int(self.jobs_republished),
+                    "{} republished after their lease expired, {} acknowledged after their lease ran out, {} resent after a lost connection",
+                    fmt_int(self.jobs_republished_after_lease_expiry),
                     fmt_int(self.jobs_lease_lost),
                     fmt_int(self.messages_resent)
+                ),
+            );
+        }
+        if self.jobs_unrecorded > 0 {
+            line(
+                "unrecorded",
+                format!(
+                    "{} jobs not marked in the database (it was gone): still leased, they are claimed again when their lease runs out, and those acknowledged published again",
+                    fmt_int(self.jobs_unrecorded)
                 ),
             );
         }
@@ -152,6 +201,18 @@ impl Report {
         );
         if let Some(p) = &self.lateness_us {
             line("lateness", fmt_percentiles(p, true));
+        }
+        if self.lateness_clamped > 0 {
+            line(
+                "clamped",
+                format!(
+                    "{} later than the lateness histogram's ceiling (366 days), recorded at it",
+                    match self.lateness_clamped {
+                        1 => "1 job".to_string(),
+                        k => format!("{} jobs", fmt_int(k)),
+                    }
+                ),
+            );
         }
         if self.db_retries + self.mqtt_reconnects > 0 || self.db_connections_opened > 1 {
             line(

@@ -1,25 +1,36 @@
 //! The claim-publish-complete loop of `job-pub run`, and the other subcommands' frames.
 //!
-//! Each turn claims a batch (a lease, committed at once), holds each job until its fire_at
-//! (claims look `--lookahead` ahead), publishes the batch pipelined, waits for every
-//! acknowledgement, and marks the acknowledged jobs processed. A lost MQTT connection is
-//! replaced and what it left unacknowledged is published again; a lost database is retried
-//! with backoff, the claimed jobs kept, for `--db-timeout`. A signal ends the loop after the
-//! batch in flight.
+//! Each turn claims a batch (a lease, committed at once), sets aside what cannot be
+//! published (past `--max-lateness`, a row that cannot be read, a topic MQTT forbids),
+//! publishes the rest ([`crate::publish`]) and marks each job by its fate. A lost database
+//! is retried with backoff, the claimed jobs kept, for `--db-timeout`. A signal ends the
+//! loop after the batch in flight.
+//!
+//! Every job claimed ends in one count: acknowledged, failed, rejected, given up,
+//! unreadable or skipped. Those whose fate could not be written to the database (it was
+//! gone) are counted again in `jobs_unrecorded`: still leased, they are claimed (and, if
+//! acknowledged, published) again when their lease runs out.
 
-use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use deadpool_postgres::Pool;
 use hdrhistogram::Histogram;
+use mqtt_tool::format::Percentiles;
 use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::Error;
 
-use crate::args::{JobIdMode, Plan, RunPlan};
+use crate::args::{DbPlan, JobIdMode, Plan, RunPlan};
 use crate::db::{self, Job};
-use crate::link::{Ev, Link};
+use crate::link::Link;
+use crate::publish::{invalid, publish_batch};
 use crate::report::{HistogramsReport, Report, SCHEMA_VERSION};
+
+/// Jobs named on stderr per batch for each reason they are set aside; the rest are counted.
+const NAMED_PER_BATCH: usize = 5;
+
+/// The ceiling of the lateness histogram: later jobs are recorded at it, and counted.
+pub const LATENESS_CEILING: Duration = Duration::from_secs(366 * 24 * 3600);
 
 pub async fn main(plan: Plan, shutdown: Shutdown) -> Result<ExitCode, Error> {
     match plan {
@@ -33,7 +44,8 @@ pub async fn main(plan: Plan, shutdown: Shutdown) -> Result<ExitCode, Error> {
                 &mut retries,
                 || db::migrate(&pool, &d.table),
             )
-            .await?;
+            .await?
+            .map_err(Error::Usage)?;
             println!(
                 "migrated: table {} is ready for job-pub ({})",
                 d.table, d.database.shown
@@ -63,48 +75,107 @@ pub async fn main(plan: Plan, shutdown: Shutdown) -> Result<ExitCode, Error> {
 
 /// Counts of one run.
 #[derive(Debug, Default)]
-struct Counts {
-    claimed: u64,
-    published: u64,
-    acked: u64,
-    failed: u64,
-    rejected: u64,
-    skipped: u64,
-    late: u64,
-    republished: u64,
-    lease_lost: u64,
-    resent: u64,
-    claims: u64,
-    db_retries: u64,
-    mqtt_reconnects: u64,
+pub struct Counts {
+    pub claimed: u64,
+    pub published: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub given_up: u64,
+    pub unreadable: u64,
+    pub skipped: u64,
+    pub late: u64,
+    pub republished_after_lease_expiry: u64,
+    pub lease_lost: u64,
+    pub unrecorded: u64,
+    pub resent: u64,
+    pub claims: u64,
+    pub db_retries: u64,
+    pub mqtt_reconnects: u64,
+    pub lateness_clamped: u64,
+}
+
+/// Names up to [`NAMED_PER_BATCH`] of `jobs` (id, why) on stderr, then how many more.
+fn name_jobs<'a>(jobs: impl ExactSizeIterator<Item = (Option<i64>, &'a str)>, fate: &str) {
+    let total = jobs.len();
+    for (id, why) in jobs.take(NAMED_PER_BATCH) {
+        match id {
+            Some(id) => mqtt_tool::errln!("job {id} {fate}: {why}; it is marked processed and skipped"),
+            None => mqtt_tool::errln!(
+                "a claimed row {fate}: {why}; without an id it cannot be set aside, and is claimed again when its lease runs out"
+            ),
+        }
+    }
+    if total > NAMED_PER_BATCH {
+        mqtt_tool::errln!(
+            "... and {} more jobs {fate} in this batch",
+            total - NAMED_PER_BATCH
+        );
+    }
+}
+
+/// Marks each group of ids processed (`true`: skipped, never published), in order; counts
+/// in `lease_lost` those another instance had claimed meanwhile. When the database is gone
+/// this group and the ones after it are counted in `unrecorded`, and the error returned.
+async fn mark(
+    db: &DbPlan,
+    pool: &Pool,
+    me: &str,
+    give_up: Duration,
+    n: &mut Counts,
+    groups: &[(&[i64], bool)],
+) -> Result<(), Error> {
+    for (k, (ids, skipped)) in groups.iter().enumerate() {
+        if ids.is_empty() {
+            continue;
+        }
+        let what = if *skipped {
+            "marking jobs skipped"
+        } else {
+            "marking jobs processed"
+        };
+        let r = db::retry(db, what, give_up, &mut n.db_retries, || {
+            db::complete(pool, &db.table, ids, *skipped, me)
+        })
+        .await;
+        match r {
+            Ok(done) => n.lease_lost += ids.len() as u64 - done.min(ids.len() as u64),
+            Err(e) => {
+                n.unrecorded += groups[k..].iter().map(|(g, _)| g.len() as u64).sum::<u64>();
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let pool = db::pool(&p.db)?;
     let mut n = Counts::default();
-    // The table must be there, migrated: a clear error now rather than at the first claim.
-    db::retry(
+    // The table must be there, migrated, of columns job-pub can read: a clear error now
+    // rather than at the first claim.
+    let columns = db::retry(
         &p.db,
         "checking the table",
         p.db_timeout.min(Duration::from_secs(30)),
         &mut n.db_retries,
-        || db::due_left(&pool, &p.db.table),
-    )
-    .await
-    .map_err(|e| match e {
-        Error::Other(m) if m.contains("does not exist") => Error::usage(format!(
-            "{m}; run job-pub migrate first (it creates the table and what job-pub needs)"
-        )),
-        e => e,
-    })?;
-    let raw_payload = db::retry(
-        &p.db,
-        "reading the payload column's type",
-        p.db_timeout.min(Duration::from_secs(30)),
-        &mut n.db_retries,
-        || db::payload_is_bytea(&pool, &p.db.table),
+        || db::table_columns(&pool, &p.db.table),
     )
     .await?;
+    let raw_payload = db::judge(&p.db.table, &columns)
+        .map_err(|e| Error::usage(format!("{e} (database {})", p.db.database.shown)))?;
+    let sql_ascii = db::retry(
+        &p.db,
+        "reading the database's encoding",
+        p.db_timeout.min(Duration::from_secs(30)),
+        &mut n.db_retries,
+        || db::sql_ascii(&pool),
+    )
+    .await?;
+    let reading = db::Reading {
+        raw_payload,
+        sql_ascii,
+    };
     let choice = p.connect.broker.clone();
     let (max_packet, port) = (p.connect.max_packet_size, p.connect.embedded_port);
     let target = tokio::task::spawn_blocking(move || {
@@ -116,9 +187,9 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let inflight = p.batch.min(u16::MAX as usize) as u16;
     let mut link = Link::connect(&p.connect, &target, inflight).await?;
     let me = instance_name();
-    // Lateness up to a year is exact; older jobs record as a year.
-    let mut lateness =
-        Histogram::<u64>::new_with_bounds(1, 366 * 24 * 3_600_000_000, 3).expect("bounds");
+    // Lateness up to a year is exact; later jobs record at the ceiling, counted.
+    let mut lateness = Histogram::<u64>::new_with_bounds(1, LATENESS_CEILING.as_micros() as u64, 3)
+        .map_err(|e| Error::Other(format!("cannot make the lateness histogram: {e}")))?;
     let started_wall = SystemTime::now();
     let started = Instant::now();
     let mut last_progress = started;
@@ -135,135 +206,139 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         bar
     });
     let mut last_acked = 0u64;
-    let mut error: Option<String> = None;
+    // The failure that ended the run early (the database gone, the broker refusing).
+    let mut error: Option<Error> = None;
     let mut first_ack: Option<Instant> = None;
     let mut last_ack_at: Option<Instant> = None;
 
-    // A database or broker failure ends the loop with `error`; the report is written either way.
-    macro_rules! or_stop {
-        ($l:lifetime, $e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(e) => {
-                    error = Some(e.to_string());
-                    break $l;
-                }
-            }
-        };
-    }
-    'run: loop {
+    loop {
         if shutdown.stop.is_cancelled() {
             break;
         }
         // Nothing is held while claiming: a signal during a database outage ends at once.
         let claimed = tokio::select! {
             r = db::retry(&p.db, "claiming jobs", p.db_timeout, &mut n.db_retries, || {
-                db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me, raw_payload)
+                db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me, reading)
             }) => r,
-            _ = shutdown.stop.cancelled() => break 'run,
+            _ = shutdown.stop.cancelled() => break,
         };
-        let jobs = or_stop!('run, claimed);
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
         n.claims += 1;
-        if jobs.is_empty() {
+        if claimed.is_empty() {
             if p.until_empty {
-                let left = or_stop!(
-                'run,
-                    db::retry(
-                        &p.db,
-                        "counting due jobs",
-                        p.db_timeout,
-                        &mut n.db_retries,
-                        || { db::due_left(&pool, &p.db.table) }
-                    )
-                    .await
-                );
-                if left == 0 {
-                    break;
+                let left = db::retry(
+                    &p.db,
+                    "counting due jobs",
+                    p.db_timeout,
+                    &mut n.db_retries,
+                    || db::due_left(&pool, &p.db.table),
+                )
+                .await;
+                match left {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
                 }
             }
             tokio::select! {
                 _ = tokio::time::sleep(p.poll) => {}
-                _ = shutdown.stop.cancelled() => break 'run,
+                _ = shutdown.stop.cancelled() => break,
             }
             continue;
         }
-        n.claimed += jobs.len() as u64;
+        n.claimed += claimed.len() as u64;
         let now = SystemTime::now();
-        let (skip, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+        let (skip, jobs): (Vec<Job>, Vec<Job>) = claimed.jobs.into_iter().partition(|j| {
             p.max_lateness
                 .is_some_and(|max| now.duration_since(j.fire_at).is_ok_and(|late| late > max))
         });
-        // A job that cannot be published (a wildcard or empty topic, too large for the
-        // packet limit) would fail every instance that claims it: refused here, counted,
-        // marked processed and skipped.
-        let (bad, publish): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| invalid(j, p).is_some());
-        for j in bad.iter().take(3) {
-            mqtt_tool::errln!(
-                "job {} cannot be published: {}; it is marked processed and skipped",
-                j.id,
-                invalid(j, p).unwrap_or_default()
-            );
+        // A job that cannot be published (a topic MQTT forbids, too large for the packet
+        // limit) or a row that cannot be read would fail every instance that claims it:
+        // counted, marked processed and skipped, named.
+        let mut publish = Vec::with_capacity(jobs.len());
+        let mut bad: Vec<(i64, String)> = Vec::new();
+        for j in jobs {
+            match invalid(&j, p) {
+                Some(why) => bad.push((j.id, why)),
+                None => publish.push(j),
+            }
         }
-        for (set, count_in) in [(&skip, 0), (&bad, 1)] {
-            if set.is_empty() {
-                continue;
-            }
-            let ids: Vec<i64> = set.iter().map(|j| j.id).collect();
-            let done = or_stop!(
-                'run,
-                db::retry(
-                    &p.db,
-                    "marking skipped jobs",
-                    p.db_timeout,
-                    &mut n.db_retries,
-                    || { db::complete(&pool, &p.db.table, &ids, true, &me) }
-                )
-                .await
-            );
-            if count_in == 0 {
-                n.skipped += done;
-            } else {
-                n.rejected += done;
-            }
-            n.lease_lost += ids.len() as u64 - done;
+        name_jobs(
+            bad.iter().map(|(id, why)| (Some(*id), why.as_str())),
+            "cannot be published",
+        );
+        name_jobs(
+            claimed.unreadable.iter().map(|u| (u.id, u.why.as_str())),
+            "cannot be read",
+        );
+        let skip_ids: Vec<i64> = skip.iter().map(|j| j.id).collect();
+        let bad_ids: Vec<i64> = bad.iter().map(|(id, _)| *id).collect();
+        let unreadable_ids: Vec<i64> = claimed.unreadable.iter().filter_map(|u| u.id).collect();
+        n.skipped += skip_ids.len() as u64;
+        n.rejected += bad_ids.len() as u64;
+        n.unreadable += claimed.unreadable.len() as u64;
+        let set_aside = [&skip_ids[..], &bad_ids[..], &unreadable_ids[..]].concat();
+        if let Err(e) = mark(
+            &p.db,
+            &pool,
+            &me,
+            p.db_timeout,
+            &mut n,
+            &[(&set_aside, true)],
+        )
+        .await
+        {
+            // What was to be published is left leased, never sent: failed, claimed again
+            // when its lease runs out.
+            n.failed += publish.len() as u64;
+            error = Some(e);
+            break;
         }
         if publish.is_empty() {
             continue;
         }
-        n.republished += publish.iter().filter(|j| j.attempts > 1).count() as u64;
+        n.republished_after_lease_expiry +=
+            publish.iter().filter(|j| j.attempts > 1).count() as u64;
         let outcome = publish_batch(p, &target, &mut link, &publish, &mut n, &mut lateness).await;
         let now_i = Instant::now();
         if !outcome.acked.is_empty() {
             first_ack.get_or_insert(now_i);
             last_ack_at = Some(now_i);
         }
-        // What was acknowledged is marked processed even when the batch then failed: it must
-        // not be published again by another instance.
-        // The broker's refusals are marked skipped: processed, never published.
-        for (ids, skipped) in [(&outcome.acked, false), (&outcome.rejected, true)] {
-            if ids.is_empty() {
-                continue;
-            }
-            let done = or_stop!(
-                'run,
-                db::retry(
-                    &p.db,
-                    "marking jobs processed",
-                    p.db_timeout,
-                    &mut n.db_retries,
-                    || { db::complete(&pool, &p.db.table, ids, skipped, &me) }
-                )
-                .await
-            );
-            n.lease_lost += ids.len() as u64 - done;
-        }
         n.acked += outcome.acked.len() as u64;
         n.rejected += outcome.rejected.len() as u64;
-        let unacked = (publish.len() - outcome.acked.len() - outcome.rejected.len()) as u64;
+        n.given_up += outcome.given_up.len() as u64;
+        let settled = outcome.acked.len() + outcome.rejected.len() + outcome.given_up.len();
+        let unacked = (publish.len() - settled) as u64;
         n.failed += unacked;
+        // What was acknowledged is marked processed first, even when the batch then failed:
+        // it must not be published again by another instance. The broker's refusals and the
+        // jobs given up are marked skipped: processed, never published.
+        let refused = [&outcome.rejected[..], &outcome.given_up[..]].concat();
+        let marked = mark(
+            &p.db,
+            &pool,
+            &me,
+            p.db_timeout,
+            &mut n,
+            &[(&outcome.acked, false), (&refused, true)],
+        )
+        .await;
+        if let Err(e) = marked {
+            error = Some(e);
+            break;
+        }
         if let Some(e) = outcome.error {
-            error = Some(e.to_string());
+            error = Some(e);
             break;
         }
         if unacked > 0 {
@@ -275,7 +350,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                     n.mqtt_reconnects += 1;
                 }
                 Err(e) => {
-                    error = Some(e.to_string());
+                    error = Some(e);
                     break;
                 }
             }
@@ -307,11 +382,32 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         (Some(_), Some(b)) => b.saturating_duration_since(started).as_secs_f64(),
         _ => started.elapsed().as_secs_f64(),
     };
+    // Not everything claimed went out: said, after what ended the run, if anything did.
     if error.is_none() && n.failed > 0 {
-        error = Some(format!(
+        error = Some(Error::Incomplete(format!(
             "{} jobs were not acknowledged within --ack-timeout; they stay unprocessed and are claimed again when their lease runs out",
             mqtt_tool::format::fmt_int(n.failed)
-        ));
+        )));
+    }
+    let not_published = n.rejected + n.given_up + n.unreadable;
+    if error.is_none() && not_published > 0 {
+        let why: Vec<String> = [
+            (n.rejected, "rejected"),
+            (
+                n.given_up,
+                "given up after the broker closed the connection for each",
+            ),
+            (n.unreadable, "unreadable rows"),
+        ]
+        .iter()
+        .filter(|(k, _)| *k > 0)
+        .map(|(k, what)| format!("{} {what}", mqtt_tool::format::fmt_int(*k)))
+        .collect();
+        error = Some(Error::Incomplete(format!(
+            "{} jobs could not be published ({}); they are marked processed and skipped, named above",
+            mqtt_tool::format::fmt_int(not_published),
+            why.join(", ")
+        )));
     }
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
@@ -335,10 +431,13 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         jobs_acked: n.acked,
         jobs_failed: n.failed,
         jobs_rejected: n.rejected,
+        jobs_given_up: n.given_up,
+        jobs_unreadable: n.unreadable,
         jobs_skipped: n.skipped,
         jobs_late: n.late,
-        jobs_republished: n.republished,
+        jobs_republished_after_lease_expiry: n.republished_after_lease_expiry,
         jobs_lease_lost: n.lease_lost,
+        jobs_unrecorded: n.unrecorded,
         messages_resent: n.resent,
         claims: n.claims,
         db_retries: n.db_retries,
@@ -351,6 +450,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             0.0
         }),
         lateness_us: Percentiles::of(&lateness),
+        lateness_clamped: n.lateness_clamped,
         histograms: HistogramsReport {
             lateness_us: mqtt_tool::hist::encode(&lateness),
         },
@@ -363,7 +463,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         .into(),
         interrupted_by: signal.map(|s| s.name().to_string()),
-        error: error.clone(),
+        error: error.as_ref().map(|e| e.to_string()),
         thresholds: Vec::new(),
     };
     report.judge(&p.thresholds);
@@ -376,12 +476,10 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         return Err(Error::Thresholds(failed));
     }
     match error {
-        Some(e) => Err(Error::Incomplete(e)),
+        Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
     }
 }
-
-use mqtt_tool::format::Percentiles;
 
 /// This instance's name: host, pid and a random part; its client id and `claimed_by`.
 pub fn instance_name() -> String {
@@ -404,296 +502,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())
-}
-
-/// The message body of `job`.
-fn body(job: &Job, mode: JobIdMode) -> Bytes {
-    match mode {
-        JobIdMode::Wrapper => {
-            // The payload as a JSON string; bytes that are not UTF-8 in base64 instead.
-            let doc = match std::str::from_utf8(&job.payload) {
-                Ok(text) => serde_json::json!({"job_id": job.id, "payload": text}),
-                Err(_) => {
-                    use base64::Engine;
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(&job.payload);
-                    serde_json::json!({"job_id": job.id, "payload_base64": b64})
-                }
-            };
-            Bytes::from(doc.to_string())
-        }
-        _ => job.payload.clone(),
-    }
-}
-
-/// What a batch came to: the jobs acknowledged and rejected, and the failure that ended it
-/// early, if one did (what was acknowledged before it still counts).
-struct Batch {
-    acked: Vec<i64>,
-    rejected: Vec<i64>,
-    error: Option<Error>,
-}
-
-/// Why `job` cannot be published, if it cannot.
-fn invalid(job: &Job, p: &RunPlan) -> Option<String> {
-    if job.topic.is_empty() {
-        return Some("its topic is empty".into());
-    }
-    if job.topic.contains(['+', '#', '\0']) {
-        return Some(format!(
-            "its topic '{}' holds a wildcard or NUL",
-            mqtt_tool::out::escape(&job.topic)
-        ));
-    }
-    if job.topic.len() > 65_535 {
-        return Some("its topic is longer than 65,535 bytes".into());
-    }
-    let size = job.topic.len() + job.payload.len() + 64;
-    if size > p.connect.max_packet_size {
-        return Some(format!(
-            "its message of {size} bytes is over --max-packet-size {}",
-            p.connect.max_packet_size
-        ));
-    }
-    None
-}
-
-/// Publishes `jobs` (held until each fire_at) and waits for their acknowledgements. A lost
-/// connection is replaced (with backoff, even when the new one comes up at once) and the
-/// unacknowledged jobs published again.
-async fn publish_batch(
-    p: &RunPlan,
-    target: &mqtt_tool::broker::BrokerTarget,
-    link: &mut Link,
-    jobs: &[Job],
-    n: &mut Counts,
-    lateness: &mut Histogram<u64>,
-) -> Batch {
-    let mut backoff = Duration::from_millis(100);
-    let mut result = publish_attempts(p, target, link, jobs, n, lateness, &mut backoff).await;
-    let (mut acked, mut rejected, error) = (Vec::new(), Vec::new(), result.2.take());
-    for (i, j) in jobs.iter().enumerate() {
-        if result.0[i] {
-            acked.push(j.id);
-        } else if result.1[i] == Refusal::ForGood {
-            rejected.push(j.id);
-        }
-    }
-    Batch {
-        acked,
-        rejected,
-        error,
-    }
-}
-
-/// How the broker answered a job it did not take (an MQTT 5 reason code of 0x80 or more).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// It did not refuse it (yet).
-    No,
-    /// For good (not authorized, topic or payload invalid): marked processed and skipped,
-    /// counted rejected, never tried again.
-    ForGood,
-    /// For now (quota exceeded, packet id in use): left leased and counted failed, so that
-    /// a later claim publishes it again once the lease runs out.
-    ForNow,
-}
-
-impl Refusal {
-    fn of(code: u8) -> Refusal {
-        match code {
-            0x91 | 0x97 => Refusal::ForNow,
-            _ => Refusal::ForGood,
-        }
-    }
-}
-
-/// The attempts of [`publish_batch`]: (done, refused, the failure that ended it).
-async fn publish_attempts(
-    p: &RunPlan,
-    target: &mqtt_tool::broker::BrokerTarget,
-    link: &mut Link,
-    jobs: &[Job],
-    n: &mut Counts,
-    lateness: &mut Histogram<u64>,
-    backoff: &mut Duration,
-) -> (Vec<bool>, Vec<Refusal>, Option<Error>) {
-    let qos = p.qos.level();
-    let mut done = vec![false; jobs.len()];
-    let mut rejected = vec![Refusal::No; jobs.len()];
-    let mut written_once = vec![false; jobs.len()];
-    let mut to_send: Vec<usize> = (0..jobs.len()).collect();
-    // The acknowledgements are awaited from the last job's fire_at (the batch is held until
-    // then), so the whole batch stays within --lookahead + --ack-timeout, inside its lease.
-    let last_fire = jobs
-        .iter()
-        .map(|j| {
-            j.fire_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-        })
-        .max()
-        .unwrap_or_default();
-    let deadline = Instant::now() + last_fire + p.ack_timeout;
-    loop {
-        // Publish what is to be sent, in order; written ones are matched in that order.
-        let mut order: VecDeque<usize> = VecDeque::with_capacity(to_send.len());
-        let mut by_pkid: HashMap<u16, usize> = HashMap::with_capacity(to_send.len());
-        let mut down: Option<String> = None;
-        for &i in &to_send {
-            let j = &jobs[i];
-            if let Ok(wait) = j.fire_at.duration_since(SystemTime::now()) {
-                tokio::time::sleep(wait).await;
-            }
-            let id = (p.job_id == JobIdMode::Property).then_some(j.id);
-            if let Err(e) = link
-                .publish(&j.topic, qos, p.retain, body(j, p.job_id), id)
-                .await
-            {
-                down = Some(e);
-                break;
-            }
-            order.push_back(i);
-            // Keep up with what the connection did meanwhile.
-            while let Ok(ev) = link.events.try_recv() {
-                if let Some(why) = absorb(
-                    ev,
-                    qos,
-                    jobs,
-                    &mut order,
-                    &mut by_pkid,
-                    &mut done,
-                    &mut rejected,
-                    &mut written_once,
-                    n,
-                    lateness,
-                    p,
-                ) {
-                    down = Some(why);
-                }
-            }
-            if down.is_some() {
-                break;
-            }
-        }
-        // Wait for the rest.
-        while down.is_none()
-            && done
-                .iter()
-                .zip(&rejected)
-                .any(|(d, r)| !d && *r == Refusal::No)
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(left, link.events.recv()).await {
-                Err(_) => break,
-                Ok(None) => down = Some("the connection's event loop ended".into()),
-                Ok(Some(ev)) => {
-                    if let Some(why) = absorb(
-                        ev,
-                        qos,
-                        jobs,
-                        &mut order,
-                        &mut by_pkid,
-                        &mut done,
-                        &mut rejected,
-                        &mut written_once,
-                        n,
-                        lateness,
-                        p,
-                    ) {
-                        down = Some(why);
-                    }
-                }
-            }
-        }
-        let Some(why) = down else {
-            break;
-        };
-        // A lost connection: a new one, and what is not acknowledged goes out again.
-        mqtt_tool::errln!(
-            "connection to the broker lost: {}; reconnecting",
-            mqtt_tool::out::escape(&why)
-        );
-        let new = loop {
-            // Past the ack deadline, what is unacknowledged is left for another claim.
-            if Instant::now() >= deadline {
-                return (
-                    done,
-                    rejected,
-                    Some(Error::Unreachable {
-                        broker: target.url(),
-                        reason: format!("lost ({why}) and not back within --ack-timeout"),
-                    }),
-                );
-            }
-            // Backoff even when the last connection came up at once: a broker that closes
-            // every connection must not be hammered.
-            tokio::time::sleep(*backoff).await;
-            *backoff = (*backoff * 2).min(Duration::from_secs(5));
-            match Link::connect(&p.connect, target, p.batch.min(u16::MAX as usize) as u16).await {
-                Ok(l) => break l,
-                Err(e @ Error::Refused { .. }) => return (done, rejected, Some(e)),
-                Err(_) => {}
-            }
-        };
-        *link = new;
-        n.mqtt_reconnects += 1;
-        to_send = (0..jobs.len())
-            .filter(|&i| !done[i] && rejected[i] == Refusal::No)
-            .collect();
-        n.resent += to_send.iter().filter(|&&i| written_once[i]).count() as u64;
-    }
-    (done, rejected, None)
-}
-
-/// Applies one event; returns why the connection went down, if it did.
-#[allow(clippy::too_many_arguments)]
-fn absorb(
-    ev: Ev,
-    qos: u8,
-    jobs: &[Job],
-    order: &mut VecDeque<usize>,
-    by_pkid: &mut HashMap<u16, usize>,
-    done: &mut [bool],
-    rejected: &mut [Refusal],
-    written_once: &mut [bool],
-    n: &mut Counts,
-    lateness: &mut Histogram<u64>,
-    p: &RunPlan,
-) -> Option<String> {
-    match ev {
-        Ev::Written(pkid) => {
-            let i = order.pop_front()?;
-            if !written_once[i] {
-                written_once[i] = true;
-                n.published += 1;
-                let late = SystemTime::now()
-                    .duration_since(jobs[i].fire_at)
-                    .unwrap_or_default();
-                lateness.saturating_record(late.as_micros().min(u64::MAX as u128) as u64);
-                if late > p.late_after {
-                    n.late += 1;
-                }
-            }
-            if qos == 0 {
-                done[i] = true;
-            } else {
-                by_pkid.insert(pkid, i);
-            }
-            None
-        }
-        Ev::Acked(pkid, result) => {
-            if let Some(i) = by_pkid.remove(&pkid) {
-                match result {
-                    Ok(()) => done[i] = true,
-                    Err(code) => rejected[i] = Refusal::of(code),
-                }
-            }
-            None
-        }
-        Ev::Up => None,
-        Ev::Down(why) | Ev::Refused(why) => Some(why),
-    }
 }

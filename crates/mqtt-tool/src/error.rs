@@ -1,8 +1,9 @@
 //! Typed errors of the publisher and the exit code each maps to.
 //!
-//! The codes are part of the CLI contract (README, "Exit codes"): 2 usage, 3 broker unreachable,
-//! 4 broker refused the connection, 99 a threshold failed, 1 anything else. Interrupted runs exit 130/143 and are not
-//! errors: they come from the report.
+//! The codes are part of the CLI contract (README, "Exit codes"): 2 usage, 3 broker (or
+//! database) unreachable, 4 broker (or database) refused the connection, 99 a threshold
+//! failed, 1 anything else. Interrupted runs exit 130/143 and are not errors: they come from
+//! the report.
 
 use std::process::ExitCode;
 
@@ -18,6 +19,14 @@ pub enum Error {
     /// The broker answered CONNECT with a refusal.
     #[error("broker {broker} refused the connection: {reason}")]
     Refused { broker: String, reason: String },
+    /// The database cannot be reached (refused, DNS, timeout), at the start or for longer
+    /// than the tool waits through an outage.
+    #[error("cannot reach database {database}: {reason}")]
+    DatabaseUnreachable { database: String, reason: String },
+    /// The database server refused the connection for good (authentication, a role or a
+    /// database that does not exist, pg_hba.conf): the reason says what to change.
+    #[error("database {database} refused the connection: {reason}")]
+    DatabaseRefused { database: String, reason: String },
     /// The run happened but did not deliver everything (lost connection, missing acks).
     #[error("{0}")]
     Incomplete(String),
@@ -36,8 +45,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
-            Error::Unreachable { .. } => 3,
-            Error::Refused { .. } => 4,
+            Error::Unreachable { .. } | Error::DatabaseUnreachable { .. } => 3,
+            Error::Refused { .. } | Error::DatabaseRefused { .. } => 4,
             Error::Thresholds(_) => 99,
             Error::Incomplete(_) | Error::Other(_) => 1,
         }

@@ -15,6 +15,7 @@
 //! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
 //! - [`out`]: writing safely; [`format`]: figures as reports show them.
 //! - [`hist`]: histograms in reports; [`merge`]: what both kinds of `loadgen merge` share.
+//! - [`topic`]: the topic names MQTT lets a client publish to.
 
 pub mod args;
 pub mod broker;
@@ -34,6 +35,7 @@ pub mod session;
 pub mod shutdown;
 pub mod threshold;
 pub mod tls;
+pub mod topic;
 
 pub use error::Error;
 pub use run::{init_tracing, run_main, run_sync};

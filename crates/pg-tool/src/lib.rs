@@ -4,8 +4,9 @@
 //! - [`Database`]: a URL checked into a connection config, its password never from a flag
 //!   (from the environment or a file), and a form without the password for reports and logs.
 //! - [`pool`]: a deadpool of tokio-postgres connections, counted in [`CONNECTIONS_OPENED`].
-//! - [`DbError`]: transient (the connection, the server restarting) told apart from fatal
-//!   (the SQL, a missing table, bad credentials), and [`retry`] through the transient ones.
+//! - [`DbError`]: transient (the connection, the server restarting) told apart from a
+//!   refusal (the password, the role, the database: by SQLSTATE, each with what to change)
+//!   and from fatal (the SQL, a missing table), and [`retry`] through the transient ones.
 
 use std::future::Future;
 use std::path::Path;
@@ -21,6 +22,12 @@ pub struct Database {
     pub config: tokio_postgres::Config,
     /// The URL without its password, for reports and errors.
     pub shown: String,
+    /// The flag that gave the URL, and the one of the password file: errors say what to
+    /// change by them.
+    pub url_flag: String,
+    pub password_flag: String,
+    /// The flag of how long [`retry`] waits through an outage, when the tool has one.
+    pub timeout_flag: Option<String>,
 }
 
 impl Database {
@@ -84,7 +91,16 @@ impl Database {
         Ok(Database {
             shown: show(&config),
             config,
+            url_flag: flag.to_string(),
+            password_flag: password_flag.to_string(),
+            timeout_flag: None,
         })
+    }
+
+    /// Names `flag` as the bound of [`retry`]'s wait in its errors.
+    pub fn with_timeout_flag(mut self, flag: &str) -> Database {
+        self.timeout_flag = Some(flag.to_string());
+        self
     }
 }
 
@@ -192,12 +208,72 @@ fn describe(e: &tokio_postgres::Error) -> String {
 pub enum DbError {
     /// Lost or unreachable: try again.
     Transient(String),
+    /// The server turned the connection away, and will again until something changes.
+    Refused(Refusal),
     /// For good.
     Fatal(String),
 }
 
+/// Why the server turned a connection away: its SQLSTATE and message, or (no SQLSTATE) a
+/// password the client had none to give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+/// SQLSTATEs of a server refusing a connection: invalid authorization specification (a
+/// role that does not exist or may not log in, pg_hba.conf), invalid password, no such
+/// database.
+const REFUSALS: [&str; 3] = ["28000", "28P01", "3D000"];
+
+impl Refusal {
+    /// The refusal and what to change, naming `db`'s flags.
+    pub fn explain(&self, db: &Database) -> String {
+        let user = db.config.get_user().unwrap_or("");
+        let dbname = db.config.get_dbname().unwrap_or("");
+        let (url, pw) = (&db.url_flag, &db.password_flag);
+        let change = match self.sqlstate.as_str() {
+            "" => format!("give the password in PGPASSWORD or {pw}"),
+            "28P01" => format!("check the user in {url} and its password (PGPASSWORD or {pw})"),
+            "3D000" => format!("create it (CREATE DATABASE {dbname}) or name another in {url}"),
+            // One SQLSTATE for several causes: told apart by the server's (English) words,
+            // with advice that fits them all otherwise.
+            _ if self.message.contains("not permitted to log in") => {
+                format!("let it log in (ALTER ROLE {user} LOGIN) or name another user in {url}")
+            }
+            _ if self.message.contains("does not exist") => format!(
+                "create the role (CREATE ROLE {user} LOGIN PASSWORD '...') or name another user in {url}"
+            ),
+            _ if self.message.contains("pg_hba.conf") => format!(
+                "add a line for this user, database and address to the server's pg_hba.conf, or connect as another user in {url}"
+            ),
+            _ => format!("check the user in {url} and the server's pg_hba.conf"),
+        };
+        if self.sqlstate.is_empty() {
+            format!("{}; {change}", self.message)
+        } else {
+            format!("{} ({}); {change}", self.message, self.sqlstate)
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            if REFUSALS.contains(&db.code().code()) {
+                return DbError::Refused(Refusal {
+                    sqlstate: db.code().code().to_string(),
+                    message: db.message().to_string(),
+                });
+            }
+        } else if e.to_string().contains("password missing") {
+            // The server asked for a password and none was given.
+            return DbError::Refused(Refusal {
+                sqlstate: String::new(),
+                message: "the server asks for a password and none was given".into(),
+            });
+        }
         if transient(&e) {
             DbError::Transient(describe(&e))
         } else {
@@ -216,8 +292,8 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 /// Retries `op` through transient failures, with jittered exponential backoff from 100 ms
-/// to 5 s, for at most `give_up`; counts each retry in `retries`. A fatal failure, or one
-/// that lasts, is an error naming `db` and what was being done.
+/// to 5 s, for at most `give_up`; counts each retry in `retries`. A refusal, a fatal
+/// failure, or one that lasts, is an error naming `db` (and what was being done).
 pub async fn retry<T, F, Fut>(
     db: &Database,
     what: &str,
@@ -240,6 +316,12 @@ where
                 }
                 return Ok(v);
             }
+            Err(DbError::Refused(r)) => {
+                return Err(Error::DatabaseRefused {
+                    database: db.shown.clone(),
+                    reason: r.explain(db),
+                })
+            }
             Err(DbError::Fatal(why)) => {
                 return Err(Error::Other(format!(
                     "database {}: {what}: {why}",
@@ -248,14 +330,15 @@ where
             }
             Err(DbError::Transient(why)) => {
                 if started.elapsed() >= give_up {
-                    return Err(Error::Unreachable {
-                        broker: db.shown.clone(),
-                        reason: format!(
-                            "{what}: {why} (for {}, --db-timeout)",
-                            humantime::format_duration(Duration::from_secs(
-                                started.elapsed().as_secs()
-                            ))
-                        ),
+                    let waited = humantime::format_duration(Duration::from_secs(
+                        started.elapsed().as_secs(),
+                    ));
+                    return Err(Error::DatabaseUnreachable {
+                        database: db.shown.clone(),
+                        reason: match &db.timeout_flag {
+                            Some(flag) => format!("{what}: {why} (for {waited}, {flag})"),
+                            None => format!("{what}: {why} (for {waited})"),
+                        },
                     });
                 }
                 if !said {
@@ -267,6 +350,58 @@ where
                 tokio::time::sleep(backoff.mul_f64(jitter)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Database {
+        Database::from_url(
+            "postgres://app@db:5432/jobs",
+            "--database-url",
+            false,
+            None,
+            "--database-password-file",
+        )
+        .unwrap()
+    }
+
+    fn explain(sqlstate: &str, message: &str) -> String {
+        Refusal {
+            sqlstate: sqlstate.into(),
+            message: message.into(),
+        }
+        .explain(&db())
+    }
+
+    #[test]
+    fn each_refusal_says_what_to_change() {
+        let e = explain("3D000", "database \"jobs\" does not exist");
+        assert!(
+            e.ends_with(
+                "(3D000); create it (CREATE DATABASE jobs) or name another in --database-url"
+            ),
+            "{e}"
+        );
+        let e = explain("28000", "role \"app\" does not exist");
+        assert!(
+            e.contains("CREATE ROLE app LOGIN") && !e.contains("DATABASE"),
+            "{e}"
+        );
+        let e = explain("28000", "role \"app\" is not permitted to log in");
+        assert!(e.contains("ALTER ROLE app LOGIN"), "{e}");
+        let e = explain(
+            "28000",
+            "no pg_hba.conf entry for host \"10.0.0.1\", user \"app\"",
+        );
+        assert!(e.contains("add a line") && e.contains("pg_hba.conf"), "{e}");
+        let e = explain("28P01", "password authentication failed for user \"app\"");
+        assert!(e.contains("PGPASSWORD or --database-password-file"), "{e}");
+        for e in [e, explain("28000", "x")] {
+            assert!(!e.contains("migrate") && !e.contains("broker"), "{e}");
         }
     }
 }

@@ -648,44 +648,33 @@ pub fn check_device_id(device_id: &str, topic_template: &str) -> Result<(), Erro
         )));
     }
     if topic_template.contains("{device_id}") {
-        if device_id.contains(['+', '#']) {
+        if let Err(e) = mqtt_tool::topic::check_characters(device_id) {
             return Err(Error::usage(format!(
-                "--device-id '{}' contains '+' or '#', which are wildcards in the topic it goes into; remove them",
+                "--device-id '{}' {e}, and it goes into the topic; remove it",
                 crate::out::escape(device_id)
             )));
-        }
-        if device_id.contains('\0') {
-            return Err(Error::usage(
-                "--device-id contains a NUL character, which a topic cannot hold; remove it",
-            ));
         }
     }
     Ok(())
 }
 
-/// Checks a rendered topic: one topic to publish to.
+/// Checks a rendered topic: one topic to publish to, by MQTT's rules for topic names (the
+/// check job-pub makes of each job's topic too): a broker closes the connection of a client
+/// that publishes to a topic it forbids, which would read as a lost connection.
 pub fn check_topic(topic: &str) -> Result<(), Error> {
-    if topic.is_empty() {
-        return Err(Error::usage(
-            "--topic is empty; give a topic such as device_data/{device_id}",
-        ));
-    }
-    if topic.contains(['+', '#']) {
-        return Err(Error::usage(format!(
-            "--topic '{}' contains a wildcard ('+' or '#'); publish topics must name one topic",
+    use mqtt_tool::topic::TopicError;
+    mqtt_tool::topic::check_topic_name(topic).map_err(|e| {
+        let change = match e {
+            TopicError::Empty => "give a topic such as device_data/{device_id}",
+            TopicError::TooLong(_) => "shorten it",
+            TopicError::Reserved => "publish under another first level",
+            TopicError::Wildcard(_) | TopicError::Forbidden(_) => "remove it",
+        };
+        Error::usage(format!(
+            "--topic '{}' {e}; {change}",
             crate::out::escape(topic)
-        )));
-    }
-    if topic.contains('\0') {
-        return Err(Error::usage("--topic must not contain a NUL character"));
-    }
-    if topic.len() > u16::MAX as usize {
-        return Err(Error::usage(format!(
-            "--topic is {} bytes, longer than MQTT allows (65535 bytes)",
-            topic.len()
-        )));
-    }
-    Ok(())
+        ))
+    })
 }
 
 /// Renders the topic template for one device and checks it (for one-off use and tests).
@@ -841,6 +830,28 @@ mod tests {
         assert!(render_topic("a/+/b", "d").is_err());
         assert!(render_topic("a/#", "d").is_err());
         assert!(render_topic("{device_id}", "").is_err());
+    }
+
+    #[test]
+    fn topics_mqtt_forbids_are_usage_errors_naming_the_flag_and_the_character() {
+        let usage = |r: Result<String, Error>| match r {
+            Err(Error::Usage(m)) => m,
+            other => panic!("not a usage error: {other:?}"),
+        };
+        let m = usage(render_topic("job/\u{1}/{device_id}", "d1"));
+        assert!(m.starts_with("--topic 'job/\\x01/d1'"), "{m}");
+        assert!(m.contains("control character \\x01 (U+0001)"), "{m}");
+        let m = usage(render_topic("$SYS/{device_id}", "d1"));
+        assert!(m.starts_with("--topic '$SYS/d1' starts with '$'"), "{m}");
+        let m = usage(render_topic("d/\u{85}", "d1"));
+        assert!(m.contains("\\u{85} (U+0085)"), "{m}");
+        // In the device id, the device id is named.
+        let m = usage(render_topic("d/{device_id}", "dev\u{7f}ice"));
+        assert!(m.starts_with("--device-id 'dev\\x7fice' holds"), "{m}");
+        let m = usage(render_topic("d/{device_id}", "a+b"));
+        assert!(m.contains("wildcard '+'"), "{m}");
+        // Outside the topic, a device id may hold anything printable.
+        assert_eq!(render_topic("d/x", "a+b").unwrap(), "d/x");
     }
 
     #[test]

@@ -147,6 +147,24 @@ fn wildcard_topic_is_a_usage_error() {
     assert_one_line_error(&["--topic", "a/+/b"], 2, "wildcard");
 }
 
+/// A broker closes the connection of a client that publishes what MQTT forbids in a topic:
+/// refused before connecting, naming the flag and the character, never blamed on a packet
+/// size or a lost connection.
+#[test]
+fn a_control_character_or_a_dollar_topic_is_a_usage_error_naming_the_flag() {
+    let line = assert_one_line_error(&["--topic", "device_data/\u{1}x"], 2, "--topic");
+    assert!(line.contains("control character \\x01 (U+0001)"), "{line}");
+    assert!(!line.contains("--batch"), "{line}");
+    let line = assert_one_line_error(&["--topic", "$SYS/broker/x"], 2, "--topic");
+    assert!(line.contains("starts with '$'"), "{line}");
+    let line = assert_one_line_error(
+        &["--topic", "d/{device_id}", "--device-id", "dev\u{1b}ice"],
+        2,
+        "--device-id",
+    );
+    assert!(line.contains("\\x1b (U+001B)"), "{line}");
+}
+
 #[test]
 fn refused_tcp_connection_is_unreachable() {
     let url = format!("mqtt://127.0.0.1:{}", free_port());

@@ -10,6 +10,8 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use test_support::{assert_matches_schema, free_port, Mosquitto, Postgres, TempDir};
 
+mod hostile;
+
 const BIN: &str = env!("CARGO_BIN_EXE_job-pub");
 
 fn job_pub(pg: &Postgres, args: &[&str]) -> Command {
@@ -157,7 +159,13 @@ fn three_instances_drain_50000_due_jobs_and_a_subscriber_gets_each_exactly_once(
     );
     for r in &reports {
         assert_matches_schema("schema/job-pub-report.schema.json", r);
-        assert_eq!((n(r, "jobs_failed"), n(r, "jobs_republished")), (0, 0));
+        assert_eq!(
+            (
+                n(r, "jobs_failed"),
+                n(r, "jobs_republished_after_lease_expiry")
+            ),
+            (0, 0)
+        );
         assert!(n(r, "jobs_acked") > 0, "every instance took a share: {r:#}");
     }
     assert_eq!(
@@ -424,13 +432,16 @@ fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_
     assert!(held <= 500, "at most one batch: {held}");
     let r = read_report(&dir.path("restarted.json"));
     assert_eq!(
-        (n(&r, "jobs_republished"), n(&r, "jobs_acked")),
+        (
+            n(&r, "jobs_republished_after_lease_expiry"),
+            n(&r, "jobs_acked")
+        ),
         (held, held),
         "the restarted instance's report counts the republished batch: {r:#}"
     );
     for i in 0..2 {
         let o = read_report(&dir.path(&format!("other{i}.json")));
-        assert_eq!(n(&o, "jobs_republished"), 0, "{o:#}");
+        assert_eq!(n(&o, "jobs_republished_after_lease_expiry"), 0, "{o:#}");
     }
     let seen = sub.settle(30_000, Duration::from_millis(500));
     assert_eq!(seen.len(), 30_000, "every job published at least once");
@@ -603,7 +614,14 @@ fn a_job_the_broker_denies_by_acl_under_mqtt5_is_rejected_not_counted_acknowledg
     let acl = dir.path("acl");
     // Anonymous clients may publish under job/ok/ only, and read everything.
     std::fs::write(&acl, "topic write job/ok/#\ntopic read #\n").unwrap();
-    let m = Mosquitto::start_with(&[format!("acl_file {}", acl.display())]);
+    // Mosquitto 2.0.11 with the project's `max_queued_messages 0` (no limit) closes the
+    // connection after denying a QoS 1 publish, instead of answering 0x87: that case is
+    // `hostile::a_job_the_broker_closes_the_connection_for_is_given_up_after_three_losses`.
+    // Here, the broker as configured by default, which answers.
+    let m = Mosquitto::start_with(&[
+        format!("acl_file {}", acl.display()),
+        "max_queued_messages 1000".into(),
+    ]);
     ok(job_pub(&pg, &["migrate"]).output().unwrap());
     ok(job_pub(
         &pg,
