@@ -917,7 +917,23 @@ pub mod fake {
                     } = behaviour
                     {
                         if disconnect_over > 0 && body.len() > disconnect_over {
+                            // DISCONNECT, then a graceful close: what the client still
+                            // sends is read and dropped, so that no reset overtakes the
+                            // DISCONNECT.
                             let _ = sock.write_all(&[0xe0, 0x01, 0x95]);
+                            let _ = sock.shutdown(std::net::Shutdown::Write);
+                            let mut sink = [0u8; 4096];
+                            let end = std::time::Instant::now() + Duration::from_secs(2);
+                            while std::time::Instant::now() < end {
+                                match sock.read(&mut sink) {
+                                    Ok(0) => break,
+                                    Ok(_) => {}
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => break,
+                                }
+                            }
                             return;
                         }
                     }
