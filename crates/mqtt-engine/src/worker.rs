@@ -102,6 +102,9 @@ pub struct Shared {
     pub settled: AtomicU64,
     /// When the ramp was over, nanoseconds after `epoch` plus one (0: not yet).
     pub settled_ns: AtomicU64,
+    /// Connections awaiting their CONNACK, fleet-wide: `--max-connecting` bounds the sum
+    /// over workers, not each worker's share rounded up.
+    connecting: AtomicU64,
     pub control: Control,
     pub live: Vec<Live>,
     /// Each worker's histograms as of its last hand-over (`live_histograms`).
@@ -120,6 +123,7 @@ impl Shared {
             anchor_ns: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             settled_ns: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
             control: Control::default(),
             live: (0..workers).map(|_| Live::default()).collect(),
             live_histos: (0..workers).map(|_| Default::default()).collect(),
@@ -144,6 +148,21 @@ impl Shared {
             Ok(_) => at,
             Err(_) => self.anchor().unwrap_or(at),
         }
+    }
+
+    /// Takes one of `max` fleet-wide connect slots; false when all are taken.
+    fn take_connect_slot(&self, max: u64) -> bool {
+        self.connecting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_connect_slot(&self) {
+        let _ = self
+            .connecting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// When the ramp was over, once it is.
@@ -246,8 +265,10 @@ pub struct Worker<P: Producer> {
     /// Devices not Done.
     live_devices: u64,
     ramp: VecDeque<u32>,
+    /// This worker's connections awaiting their CONNACK (each holds a fleet-wide slot).
     connecting: usize,
-    max_connecting: usize,
+    /// The ramp waits for a slot another worker holds: look again soon.
+    slots_full: bool,
     token_interval: Option<Duration>,
     next_token: Instant,
     timers: BinaryHeap<Reverse<(Instant, TimerKind, u32, u32)>>,
@@ -327,7 +348,6 @@ impl<P: Producer> Worker<P> {
             ));
         }
         let workers = s.workers.max(1) as f64;
-        let max_connecting = (s.ramp.max_connecting as f64 / workers).ceil().max(1.0) as usize;
         let token_interval = s
             .ramp
             .connect_rate
@@ -380,7 +400,7 @@ impl<P: Producer> Worker<P> {
             cur_k: 0,
             cur_dl: 0,
             connecting: 0,
-            max_connecting,
+            slots_full: false,
             token_interval,
             next_token: now,
             timers: BinaryHeap::new(),
@@ -585,20 +605,37 @@ impl<P: Producer> Worker<P> {
     // ----- the ramp -------------------------------------------------------------------
 
     fn start_connects(&mut self, now: Instant) {
+        self.slots_full = false;
         while let Some(&c) = self.ramp.front() {
-            if self.connecting >= self.max_connecting {
+            if self.token_interval.is_some() && now < self.next_token {
+                break;
+            }
+            if !self
+                .shared
+                .take_connect_slot(self.s.ramp.max_connecting as u64)
+            {
+                self.slots_full = true;
                 break;
             }
             if let Some(iv) = self.token_interval {
-                if now < self.next_token {
-                    break;
-                }
                 // Tokens do not pile up while the ramp waits on --max-connecting.
                 self.next_token = self.next_token.max(now - iv.min(now - self.shared.epoch)) + iv;
             }
             self.ramp.pop_front();
             self.start_connect(c, now);
+            if !matches!(
+                self.conns[c as usize].phase,
+                Phase::Connecting | Phase::AwaitConnack
+            ) {
+                self.shared.give_connect_slot(); // it failed at once
+            }
         }
+    }
+
+    /// A connection of this worker got its CONNACK or failed before: its slot is free.
+    fn connect_ended(&mut self) {
+        self.connecting = self.connecting.saturating_sub(1);
+        self.shared.give_connect_slot();
     }
 
     fn start_connect(&mut self, c: u32, now: Instant) {
@@ -698,7 +735,7 @@ impl<P: Producer> Worker<P> {
             };
             return self.fail_attempt(c, ConnectFailure::Connack(code), now);
         }
-        self.connecting = self.connecting.saturating_sub(1);
+        self.connect_ended();
         let conn = &mut self.conns[c as usize];
         // Up before: this is a reconnect after a loss.
         let reconnect = conn.up_at.is_some();
@@ -793,10 +830,13 @@ impl<P: Producer> Worker<P> {
     }
 
     fn fail_attempt(&mut self, c: u32, f: ConnectFailure, now: Instant) {
-        let conn = &mut self.conns[c as usize];
-        if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
-            self.connecting = self.connecting.saturating_sub(1);
+        if matches!(
+            self.conns[c as usize].phase,
+            Phase::Connecting | Phase::AwaitConnack
+        ) {
+            self.connect_ended();
         }
+        let conn = &mut self.conns[c as usize];
         conn.tls = None;
         conn.close_notify_sent = false;
         if let Some(mut sock) = conn.sock.take() {
@@ -1044,10 +1084,13 @@ impl<P: Producer> Worker<P> {
     /// Closes a connection that is not up (generation ended during the ramp) or that has
     /// finished its goodbye.
     fn close(&mut self, c: u32) {
-        let conn = &mut self.conns[c as usize];
-        if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
-            self.connecting = self.connecting.saturating_sub(1);
+        if matches!(
+            self.conns[c as usize].phase,
+            Phase::Connecting | Phase::AwaitConnack
+        ) {
+            self.connect_ended();
         }
+        let conn = &mut self.conns[c as usize];
         if let Some(t) = conn.down_since.take() {
             // Lost, and the run ended before it came back.
             self.stats.conns.down_at_end += 1;
@@ -2090,8 +2133,13 @@ impl<P: Producer> Worker<P> {
         if let Some(Reverse((at, ..))) = self.timers.peek() {
             consider(*at);
         }
-        if !self.ramp.is_empty() && self.connecting < self.max_connecting {
-            consider(self.next_token.max(now));
+        if !self.ramp.is_empty() {
+            if !self.slots_full {
+                consider(self.next_token.max(now));
+            } else if self.connecting == 0 {
+                // Every slot is another worker's: none of ours will wake us when one frees.
+                consider(now + Duration::from_millis(1));
+            }
         }
         if let WorkerPhase::Draining { deadline } = self.phase {
             consider(deadline);

@@ -167,6 +167,18 @@ impl Mosquitto {
         std::fs::read_to_string(self._dir.path("mosquitto.log")).unwrap_or_default()
     }
 
+    /// Waits until the broker's log holds `needle`, for up to `within`; whether it did.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// CPU seconds (user + system) the broker process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat =
@@ -663,6 +675,9 @@ pub mod fake {
         /// Answers CONNECT with Session Present set (a session kept from before), then a
         /// PUBACK for packet id 0xBEEF, which the client never used; acknowledges the rest.
         StaleSession,
+        /// Answers each CONNECT `ms` milliseconds late, then acknowledges like a broker; the
+        /// most connections it held waiting at once is [`FakeBroker::most_waiting`].
+        SlowConnack { ms: u64 },
     }
 
     /// A PUBLISH the fake broker read: on its `conn`th connection (from 1), its first byte
@@ -746,6 +761,16 @@ pub mod fake {
         stop: Arc<AtomicBool>,
         thread: Option<JoinHandle<()>>,
         published: Arc<std::sync::Mutex<Vec<Published>>>,
+        accepted: Arc<std::sync::atomic::AtomicU64>,
+        waiting: Arc<Waiting>,
+    }
+
+    /// Connections a [`Behaviour::SlowConnack`] broker holds before their CONNACK: now, and
+    /// the most at once.
+    #[derive(Default)]
+    struct Waiting {
+        now: std::sync::atomic::AtomicU64,
+        most: std::sync::atomic::AtomicU64,
     }
 
     impl FakeBroker {
@@ -757,6 +782,10 @@ pub mod fake {
             let s = stop.clone();
             let published = Arc::new(std::sync::Mutex::new(Vec::new()));
             let log = published.clone();
+            let accepted_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = accepted_count.clone();
+            let waiting = Arc::new(Waiting::default());
+            let waits = waiting.clone();
             let thread = std::thread::spawn(move || {
                 let mut conns = Vec::new();
                 let mut accepted = 0u32;
@@ -764,15 +793,16 @@ pub mod fake {
                     match listener.accept() {
                         Ok((sock, _)) => {
                             accepted += 1;
+                            counter.fetch_add(1, Ordering::SeqCst);
                             if let Behaviour::CloseFirst(n) = behaviour {
                                 if accepted <= n {
                                     drop(sock);
                                     continue;
                                 }
                             }
-                            let (s, log) = (s.clone(), log.clone());
+                            let (s, log, waits) = (s.clone(), log.clone(), waits.clone());
                             conns.push(std::thread::spawn(move || {
-                                serve(sock, behaviour, &s, accepted, &log)
+                                serve(sock, behaviour, &s, accepted, &log, &waits)
                             }));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -787,7 +817,26 @@ pub mod fake {
                 stop,
                 thread: Some(thread),
                 published,
+                accepted: accepted_count,
+                waiting,
             }
+        }
+
+        /// The most connections held waiting for their CONNACK at once.
+        pub fn most_waiting(&self) -> u64 {
+            self.waiting.most.load(Ordering::SeqCst)
+        }
+
+        /// Waits until `n` connections were accepted in all, for up to `within`.
+        pub fn wait_accepted(&self, n: u64, within: Duration) -> bool {
+            let end = std::time::Instant::now() + within;
+            while std::time::Instant::now() < end {
+                if self.accepted.load(Ordering::SeqCst) >= n {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
         }
 
         pub fn url(&self) -> String {
@@ -851,6 +900,7 @@ pub mod fake {
         stop: &AtomicBool,
         conn: u32,
         log: &std::sync::Mutex<Vec<Published>>,
+        waiting: &Waiting,
     ) {
         let idle = |stop: &AtomicBool| {
             while !stop.load(Ordering::Relaxed) {
@@ -892,6 +942,13 @@ pub mod fake {
                     }
                     Behaviour::DropFirstUnacked { session_present } if conn > 1 => {
                         vec![0x20, 0x02, u8::from(session_present), 0x00]
+                    }
+                    Behaviour::SlowConnack { ms } => {
+                        let now = waiting.now.fetch_add(1, Ordering::SeqCst) + 1;
+                        waiting.most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(ms));
+                        waiting.now.fetch_sub(1, Ordering::SeqCst);
+                        vec![0x20, 0x02, 0x00, 0x00]
                     }
                     // Session Present, then a PUBACK for an id never used.
                     Behaviour::StaleSession => vec![0x20, 0x02, 0x01, 0x00, 0x40, 0x02, 0xBE, 0xEF],

@@ -1,4 +1,6 @@
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -35,11 +37,49 @@ impl Outcome {
     }
 }
 
-/// A publisher process started with a JSON report file.
+/// A publisher process started with a JSON report file; its output is collected as it
+/// comes, so that a test can wait for a line before it acts.
 pub struct Running {
     pub child: Child,
     started: Instant,
     dir: TempDir,
+    stdout: Collected,
+    stderr: Collected,
+}
+
+/// What a pipe said so far, and the thread that reads it.
+struct Collected {
+    text: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collected {
+    fn of(pipe: impl Read + Send + 'static) -> Collected {
+        let text = Arc::new(Mutex::new(String::new()));
+        let t = text.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut t = t.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        Collected {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.text.lock().unwrap().contains(needle)
+    }
+
+    fn finish(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        std::mem::take(&mut *self.text.lock().unwrap())
+    }
 }
 
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
@@ -56,11 +96,15 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
         cmd.env(k, v);
     }
     let started = Instant::now();
-    let child = cmd.spawn().expect("spawn publisher");
+    let mut child = cmd.spawn().expect("spawn publisher");
+    let stdout = Collected::of(child.stdout.take().expect("stdout piped"));
+    let stderr = Collected::of(child.stderr.take().expect("stderr piped"));
     Running {
         child,
         started,
         dir,
+        stdout,
+        stderr,
     }
 }
 
@@ -78,6 +122,19 @@ impl Running {
         assert!(st.success());
     }
 
+    /// Waits until stdout or stderr holds `needle` (a progress line, the summary), for up
+    /// to `within`; whether it did. What a test waits for before a signal or a fault.
+    pub fn wait_for_output(&self, needle: &str, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.stdout.contains(needle) || self.stderr.contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// Whether the process exits within `limit` (its output is collected by [`Running::wait`]).
     pub fn exits_within(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
@@ -92,19 +149,21 @@ impl Running {
 
     pub fn wait(self) -> Outcome {
         let Running {
-            child,
+            mut child,
             started,
             dir,
+            stdout,
+            stderr,
         } = self;
-        let out = child.wait_with_output().expect("wait publisher");
+        let status = child.wait().expect("wait publisher");
         let wall = started.elapsed();
         let report = std::fs::read_to_string(dir.path("report.json"))
             .ok()
             .map(|t| serde_json::from_str(&t).expect("report is JSON"));
         Outcome {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.finish(),
+            stderr: stderr.finish(),
             wall,
             report,
         }

@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use test_support::fake::{Behaviour, FakeBroker};
-use test_support::Mosquitto;
+use test_support::{Mosquitto, Subscriber};
 
-use crate::common::{assert_no_escapes, n, publish, publish_env, spawn};
+use crate::common::{assert_no_escapes, n, publish, publish_env, spawn, TOPIC};
 
 /// Two runs with the preset client id `1`: the broker drops the first when the second
 /// connects, and the first says the client id may be in use elsewhere.
 #[test]
 fn a_client_id_takeover_is_named_as_a_likely_cause() {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let first = spawn(
         &[
             "--broker",
@@ -28,7 +29,10 @@ fn a_client_id_takeover_is_named_as_a_likely_cause() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(2_000, Duration::from_secs(10)),
+        "the run started"
+    );
     let second = publish(&[
         "--broker",
         &m.url(),
@@ -50,6 +54,7 @@ fn a_client_id_takeover_is_named_as_a_likely_cause() {
 #[test]
 fn a_broker_that_dies_mid_run_is_named_as_gone() {
     let mut m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let run = spawn(
         &[
             "--broker",
@@ -67,7 +72,10 @@ fn a_broker_that_dies_mid_run_is_named_as_gone() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(2_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.kill();
     let out = run.wait();
     out.assert_code(1);

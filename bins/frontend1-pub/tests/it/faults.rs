@@ -152,9 +152,12 @@ fn a_broker_stopped_past_the_keep_alive_is_reconnected_to_when_it_resumes() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        sub.wait_points(2_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.signal("STOP");
-    std::thread::sleep(Duration::from_millis(3000));
+    std::thread::sleep(Duration::from_millis(3000)); // the stop itself: past the keep-alive
     m.signal("CONT");
     let out = run.wait();
     let got = sub.finish(total, Duration::from_secs(5));
@@ -200,13 +203,22 @@ fn connections_cut_half_closed_and_stalled_by_a_proxy_reconnect_with_exact_count
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // Each fault once the run delivers (again): more points at the subscriber prove the
+    // connection came back.
+    let delivers_more = |more: u64| {
+        let now = sub.snapshot().points;
+        assert!(
+            sub.wait_points(now + more, Duration::from_secs(10)),
+            "no points after {now}"
+        );
+    };
+    delivers_more(3_000);
     proxy.cut_all();
-    std::thread::sleep(Duration::from_millis(1500));
+    delivers_more(3_000);
     proxy.half_close_all();
-    std::thread::sleep(Duration::from_millis(1500));
+    delivers_more(3_000);
     proxy.set_stalled(true);
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(2500)); // the stall itself: past the keep-alive
     proxy.set_stalled(false);
     proxy.cut_all(); // the stalled connection's bytes must not arrive late
     let out = run.wait();
@@ -247,10 +259,13 @@ fn an_outage_past_the_offline_buffer_drops_what_the_subscriber_misses() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     proxy.set_accepting(false);
     proxy.cut_all();
-    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::sleep(Duration::from_millis(2000)); // the outage itself
     proxy.set_accepting(true);
     let out = run.wait();
     let got = sub.finish(total, Duration::from_secs(3));
@@ -285,6 +300,10 @@ fn a_reconnect_refused_for_bad_credentials_exits_4_without_retrying() {
     let m = Mosquitto::start_with(&[
         "allow_anonymous false".into(),
         format!("password_file {}", pw.display()),
+        // Its reload on SIGHUP is logged at this level: what the test waits for.
+        "log_type error".into(),
+        "log_type warning".into(),
+        "log_type information".into(),
     ]);
     let proxy = Proxy::start(m.port);
     let secret_file = dir.path("secret");
@@ -303,15 +322,19 @@ fn a_reconnect_refused_for_bad_credentials_exits_4_without_retrying() {
             "20s",
             "--reconnect-backoff",
             "50ms..100ms",
-            "--quiet",
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Connected and publishing (a progress line) before the password changes.
+    assert!(run.wait_for_output("points/s", Duration::from_secs(10)));
     // A new password for the user, read by Mosquitto on SIGHUP; then the connection is cut.
     mosquitto_password_file(&dir, "loader", "another-password");
     m.signal("HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        m.wait_for_log("Reloading config", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
     let before = proxy.accepted();
     proxy.cut_all();
     let mut run = run;
@@ -354,11 +377,10 @@ fn a_broker_that_never_returns_ends_the_run_after_the_reconnect_timeout() {
             "50ms..200ms",
             "--reconnect-timeout",
             "2s",
-            "--quiet",
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(800));
+    assert!(run.wait_for_output("points/s", Duration::from_secs(10)));
     m.kill();
     let ended = run.exits_within(Duration::from_secs(15));
     if !ended {
@@ -413,7 +435,10 @@ fn a_qos0_run_reconnects_after_a_cut_and_completes() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(5_000, Duration::from_secs(10)),
+        "the run started"
+    );
     proxy.cut_all();
     let out = run.wait();
     let got = sub.finish(total, Duration::from_secs(3));

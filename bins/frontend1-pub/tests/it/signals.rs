@@ -26,7 +26,10 @@ fn sigint_mid_run_flushes_reports_and_exits_130() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(2_000, Duration::from_secs(10)),
+        "the run started"
+    );
     run.signal("INT");
     let out = run.wait();
     out.assert_code(130);
@@ -60,7 +63,7 @@ fn sigterm_mid_run_exits_143_with_a_report() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    assert!(run.wait_for_output("points/s", Duration::from_secs(10)));
     run.signal("TERM");
     let out = run.wait();
     out.assert_code(143);
@@ -84,11 +87,11 @@ fn one_sigterm_ends_a_run_blocked_on_a_broker_that_stopped_reading() {
             "0",
             "--drain-timeout",
             "3s",
-            "--quiet",
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // Under way (a progress line), and soon blocked: the broker reads nothing.
+    assert!(run.wait_for_output("points/s", Duration::from_secs(10)));
     run.signal("TERM");
     let ended = run.exits_within(Duration::from_secs(6));
     if !ended {
@@ -109,7 +112,10 @@ fn one_sigterm_ends_a_run_blocked_on_a_broker_that_stopped_reading() {
 fn sigint_while_connecting_exits_130_at_once_with_a_summary() {
     let fake = FakeBroker::start(Behaviour::Silent);
     let mut run = spawn(&["--broker", &fake.url(), "--connect-timeout", "20s"], &[]);
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        fake.wait_accepted(1, Duration::from_secs(10)),
+        "it connects"
+    );
     run.signal("INT");
     let ended = run.exits_within(Duration::from_secs(3));
     if !ended {
@@ -149,7 +155,7 @@ fn sighup_mid_run_exits_129_with_a_report() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    assert!(run.wait_for_output("points/s", Duration::from_secs(10)));
     run.signal("HUP");
     let out = run.wait();
     out.assert_code(129);
@@ -163,6 +169,7 @@ fn sighup_mid_run_exits_129_with_a_report() {
 #[test]
 fn sigusr1_prints_a_status_line_and_the_run_goes_on() {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let run = spawn(
         &[
             "--broker",
@@ -175,7 +182,10 @@ fn sigusr1_prints_a_status_line_and_the_run_goes_on() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     run.signal("USR1");
     let out = run.wait();
     out.assert_code(0);
@@ -200,7 +210,8 @@ fn the_first_signal_ends_the_embedded_linger() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // The summary is out before the linger starts.
+    assert!(run.wait_for_output("summary", Duration::from_secs(10)));
     run.signal("INT");
     let mut run = run;
     let ended = run.exits_within(Duration::from_secs(3));

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use test_support::Mosquitto;
+use test_support::{Mosquitto, Subscriber};
 
-use crate::common::{n, spawn};
+use crate::common::{n, spawn, TOPIC};
 
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -16,6 +16,7 @@ fn rss_kb(pid: u32) -> Option<u64> {
 #[test]
 fn stalled_broker_keeps_memory_bounded_and_shows_up_as_schedule_lag() {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let run = spawn(
         &[
             "--broker",
@@ -30,7 +31,10 @@ fn stalled_broker_keeps_memory_bounded_and_shows_up_as_schedule_lag() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.signal("STOP");
     let stalled = Instant::now();
     let mut peak = 0;
@@ -62,6 +66,7 @@ fn stalled_broker_keeps_memory_bounded_and_shows_up_as_schedule_lag() {
 /// still ends at --duration, the drain deadline bounds the rest, and the report is written.
 fn stalled_broker_cannot_hold_the_run_past_duration_and_drain(qos: &str) {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let mut run = spawn(
         &[
             "--broker",
@@ -82,7 +87,10 @@ fn stalled_broker_cannot_hold_the_run_past_duration_and_drain(qos: &str) {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.signal("STOP");
     // 3 s of generation, then at most 2 s of drain (and a moment for DISCONNECT).
     let ended = run.exits_within(Duration::from_secs(8));
@@ -117,6 +125,7 @@ fn stalled_broker_at_qos1_cannot_hold_the_run_past_duration_and_drain() {
 #[test]
 fn points_owed_when_the_schedule_ends_are_written_in_the_drain() {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let run = spawn(
         &[
             "--broker",
@@ -135,9 +144,12 @@ fn points_owed_when_the_schedule_ends_are_written_in_the_drain() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.signal("STOP");
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(3500)); // the stall itself: past the duration
     m.signal("CONT");
     let out = run.wait();
     out.assert_code(0);
@@ -161,6 +173,7 @@ fn points_owed_when_the_schedule_ends_are_written_in_the_drain() {
 #[test]
 fn a_full_queue_of_small_messages_drains_after_a_stall() {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let run = spawn(
         &[
             "--broker",
@@ -179,9 +192,12 @@ fn a_full_queue_of_small_messages_drains_after_a_stall() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.signal("STOP");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1000)); // the stall itself
     m.signal("CONT");
     let out = run.wait();
     out.assert_code(0);
@@ -240,6 +256,7 @@ fn a_broker_that_stops_reading_is_found_by_the_keep_alive() {
 #[test]
 fn an_unpaced_run_over_a_stalled_broker_ends_by_its_duration() {
     let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, TOPIC);
     let mut run = spawn(
         &[
             "--broker",
@@ -256,7 +273,10 @@ fn an_unpaced_run_over_a_stalled_broker_ends_by_its_duration() {
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sub.wait_points(1_000, Duration::from_secs(10)),
+        "the run started"
+    );
     m.signal("STOP");
     let ended = run.exits_within(Duration::from_secs(9));
     m.signal("CONT");

@@ -16,6 +16,9 @@ use crate::common::{backend, n, publish};
 fn a_fleet_of_500_connections_comes_back_after_a_broker_restart_and_loses_nothing_acked() {
     let mut m = Mosquitto::start();
     let proxy = Proxy::start(m.port);
+    // The test's own subscriber tells when the run is under way and when the broker has
+    // handed on all it took.
+    let sub = Subscriber::start(m.port, "device_data/#");
     let b = backend(&[
         "--broker",
         &m.url(),
@@ -55,10 +58,20 @@ fn a_fleet_of_500_connections_comes_back_after_a_broker_restart_and_loses_nothin
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         publish(&a)
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(2_000, Duration::from_secs(15)),
+        "the run started"
+    );
+    // Held back, then cut, once the broker has handed on everything it acknowledged: a
+    // broker killed with acknowledged points in its queues loses them (an acknowledgement
+    // proves receipt, not delivery), which is the broker's loss, not the fleet's.
     proxy.set_accepting(false);
+    proxy.set_stalled(true);
+    assert!(sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(10)));
+    proxy.cut_all();
+    proxy.set_stalled(false);
     m.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500)); // the outage itself
     m.restart();
     assert!(b.wait_for_line("subscribed again", Duration::from_secs(10)));
     proxy.set_accepting(true);
@@ -138,17 +151,21 @@ fn a_reconnect_wave_into_max_connections_backs_off_until_room_frees() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         publish(&a)
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sub.wait_points(200, Duration::from_secs(15)),
+        "the run started"
+    );
     proxy.set_accepting(false);
     proxy.cut_all();
+    // Mosquitto frees the cut clients' places when it reads their ends: nothing says when.
     std::thread::sleep(Duration::from_millis(300));
     // 20 other clients take their places (the subscriber holds one of the 50 too).
     let squatters: Vec<std::net::TcpStream> = (0..20)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", m.port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(200)); // their CONNECT-less places taken
     proxy.set_accepting(true);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500)); // the wave meets a full broker a while
     drop(squatters);
     let out = run.join().unwrap();
     let got = sub.finish(devices * per_device, Duration::from_secs(5));

@@ -199,6 +199,71 @@ fn a_fleet_with_more_devices_than_points_ends_with_its_last_point() {
     assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
 }
 
+/// `--workers 3`: three threads share 30 connections evenly, each with its own figures in
+/// the report, and together they send every point.
+#[test]
+fn workers_share_the_connections_and_their_figures_add_up() {
+    let m = Mosquitto::start();
+    let out = publish(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "30",
+        "--workers",
+        "3",
+        "--qos",
+        "1",
+        "--rate",
+        "3000",
+        "--batch",
+        "1",
+        "--total",
+        "3000",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let r = out.report();
+    assert_eq!(n(&r["generator"], "workers"), 3);
+    let workers = r["per_worker"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    for w in workers {
+        assert_eq!(n(w, "connections"), 10, "{w:#}");
+        assert_eq!(n(w, "points_sent"), 1000, "{w:#}");
+    }
+    assert_eq!(n(r, "points_acked"), 3000);
+}
+
+/// `--max-connecting 3`: a broker that answers each CONNECT 100 ms late never holds more
+/// than 3 of the fleet's 24 connections waiting at once, so the ramp takes at least
+/// 24 / 3 x 100 ms.
+#[test]
+fn max_connecting_bounds_the_connections_awaiting_their_connack() {
+    use test_support::fake::{Behaviour, FakeBroker};
+    let fake = FakeBroker::start(Behaviour::SlowConnack { ms: 100 });
+    let out = publish(&[
+        "--broker",
+        &fake.url(),
+        "--devices",
+        "24",
+        "--connect-rate",
+        "max",
+        "--max-connecting",
+        "3",
+        "--workers",
+        "2",
+        "--total",
+        "24",
+        "--rate",
+        "0",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    let most = fake.most_waiting();
+    assert!((1..=3).contains(&most), "{most} waiting at once");
+    let ramp = out.report()["connections"]["ramp_s"].as_f64().unwrap();
+    assert!(ramp >= 0.75, "ramp {ramp} s");
+}
+
 /// A broker that takes 50 more clients: the other 50 of a 100-connection fleet are counted
 /// as failed with their reason, the run exits 1 with one line, and every point of the 50
 /// connected devices arrives. Without retries: Mosquitto 2.0 lowers its count of clients
@@ -373,6 +438,7 @@ fn a_rate_far_beyond_the_broker_neither_hangs_nor_ignores_signals() {
     ]);
     out.assert_code(0);
     assert_eq!(n(out.report(), "points_sent"), 200_000);
+    let sub = test_support::Subscriber::start(m.port, "device_data/#");
     let mut child = std::process::Command::new(crate::common::BIN)
         .args([
             "pub",
@@ -387,7 +453,11 @@ fn a_rate_far_beyond_the_broker_neither_hangs_nor_ignores_signals() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Generating, far behind its schedule, when the signal comes.
+    assert!(
+        sub.wait_points(10_000, std::time::Duration::from_secs(15)),
+        "the run started"
+    );
     let sent = std::time::Instant::now();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
