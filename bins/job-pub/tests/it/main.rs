@@ -452,6 +452,24 @@ fn an_instance_killed_mid_batch_costs_at_most_its_batch_in_duplicates_and_loses_
     );
 }
 
+/// Waits until `n` jobs are marked processed: the run is under way, what a test waits for
+/// before a fault (not a guessed sleep).
+fn wait_processed(pg: &Postgres, n: u64) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while pg
+        .psql("SELECT count(*) FROM jobs WHERE processed")
+        .parse::<u64>()
+        .unwrap_or(0)
+        < n
+    {
+        assert!(
+            Instant::now() < end,
+            "fewer than {n} jobs were ever processed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sigterm_finishes_the_batch_in_flight_and_a_database_restart_loses_no_job() {
     let mut pg = Postgres::start();
@@ -462,7 +480,7 @@ fn sigterm_finishes_the_batch_in_flight_and_a_database_restart_loses_no_job() {
     let sub = Collector::start(m.port);
     let dir = TempDir::new("job-pub-restart");
     let mut a = spawn_run(&pg, &m, &dir.path("a.json"), &["--batch", "200"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_processed(&pg, 500);
     pg.restart_fast();
     // Wait until every job due by now is done, then stop the instance.
     let end = Instant::now() + Duration::from_secs(30);
@@ -577,7 +595,7 @@ fn a_broker_restart_mid_run_is_reconnected_to_and_a_bad_job_is_refused_not_retri
         &dir.path("a.json"),
         &["--batch", "100", "--ack-timeout", "8s"],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_processed(&pg, 500);
     m.restart();
     let end = Instant::now() + Duration::from_secs(30);
     while pg
