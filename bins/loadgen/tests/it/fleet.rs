@@ -264,6 +264,40 @@ fn max_connecting_bounds_the_connections_awaiting_their_connack() {
     assert!(ramp >= 0.75, "ramp {ramp} s");
 }
 
+/// A broker that accepts connections and never answers them (one out of descriptors
+/// behaves so): the run names the connect timeouts as the cause, not the ramp, and counts
+/// connections (`lost`) apart from loss events (`losses`).
+#[test]
+fn connect_timeouts_are_named_as_such_not_blamed_on_the_ramp() {
+    use test_support::fake::{Behaviour, FakeBroker};
+    let fake = FakeBroker::start(Behaviour::Silent);
+    let out = publish(&[
+        "--broker",
+        &fake.url(),
+        "--devices",
+        "6",
+        "--connect-timeout",
+        "200ms",
+        "--connect-retries",
+        "0",
+        "--rate-per-device",
+        "1",
+        "--duration",
+        "1s",
+        "--quiet",
+    ]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let error = out.report()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("no CONNACK within 200ms"), "{error}");
+    assert!(!error.contains("ramp"), "{error}");
+    let c = &out.report()["connections"];
+    assert_eq!(
+        (n(c, "failed"), n(c, "not_up"), n(c, "losses")),
+        (6, 0, 0),
+        "{c:#}"
+    );
+}
+
 /// A broker that takes 50 more clients: the other 50 of a 100-connection fleet are counted
 /// as failed with their reason, the run exits 1 with one line, and every point of the 50
 /// connected devices arrives. Without retries: Mosquitto 2.0 lowers its count of clients
