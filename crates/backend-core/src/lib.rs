@@ -112,13 +112,15 @@ impl SinkArgs {
                 "--sink takes a PostgreSQL URL: postgres://USER@HOST:PORT/DB",
             ));
         }
-        let database = pg_tool::Database::from_url(
+        let mut database = pg_tool::Database::from_url(
             url,
             "--sink",
             url_from_env,
             self.sink_password_file.as_deref(),
             "--sink-password-file",
         )?;
+        // Every wait of the sink for its database is bounded by --sink-timeout.
+        database.timeout_flag = "--sink-timeout";
         pg_tool::check_table_name("--sink-table", &self.sink_table)?;
         if self.sink_connections == 0 || self.sink_connections > 64 {
             return Err(Error::usage("--sink-connections must be from 1 to 64"));
@@ -479,7 +481,7 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
             rx.stop = receive::Stop::Signal;
             rx.connecting_interrupted = true;
             if let Some(s) = sink {
-                rx.sink = Some(s.finish().await.1);
+                rx.sink = Some(s.finish(&shutdown.abort).await.1);
             }
             rx
         }

@@ -336,7 +336,7 @@ pub async fn run(
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
         if let Some(sink) = pipe.sink.take() {
-            rx.sink = Some(sink.finish().await.1);
+            rx.sink = Some(sink.finish(&shutdown.abort).await.1);
         }
         return rx;
     }
@@ -659,7 +659,7 @@ pub async fn run(
     if let Some(mut sink) = pipe.sink.take() {
         // What was counted is stored (or fails) before its PUBACKs go.
         sink.hold(&mut acks);
-        let (due, report) = sink.finish().await;
+        let (due, report) = sink.finish(&shutdown.abort).await;
         live.stored.store(report.rows_written, Relaxed);
         rx.sink = Some(report);
         acks = due;

@@ -15,6 +15,10 @@ pub enum Error {
     /// No MQTT connection could be opened (refused, DNS, timeout).
     #[error("cannot reach broker {broker}: {reason}")]
     Unreachable { broker: String, reason: String },
+    /// A database (job-pub's, backend-sub's sink) could not be reached or was lost for
+    /// longer than the tool's timeout: exit 3, as an unreachable broker.
+    #[error("cannot reach database {database}: {reason}")]
+    DatabaseUnreachable { database: String, reason: String },
     /// The broker answered CONNECT with a refusal.
     #[error("broker {broker} refused the connection: {reason}")]
     Refused { broker: String, reason: String },
@@ -36,7 +40,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
-            Error::Unreachable { .. } => 3,
+            Error::Unreachable { .. } | Error::DatabaseUnreachable { .. } => 3,
             Error::Refused { .. } => 4,
             Error::Thresholds(_) => 99,
             Error::Incomplete(_) | Error::Other(_) => 1,

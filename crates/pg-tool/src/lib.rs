@@ -21,6 +21,8 @@ pub struct Database {
     pub config: tokio_postgres::Config,
     /// The URL without its password, for reports and errors.
     pub shown: String,
+    /// The flag that bounds how long [`retry`] tries, named when it gives up.
+    pub timeout_flag: &'static str,
 }
 
 impl Database {
@@ -84,6 +86,7 @@ impl Database {
         Ok(Database {
             shown: show(&config),
             config,
+            timeout_flag: "--db-timeout",
         })
     }
 }
@@ -248,13 +251,14 @@ where
             }
             Err(DbError::Transient(why)) => {
                 if started.elapsed() >= give_up {
-                    return Err(Error::Unreachable {
-                        broker: db.shown.clone(),
+                    return Err(Error::DatabaseUnreachable {
+                        database: db.shown.clone(),
                         reason: format!(
-                            "{what}: {why} (for {}, --db-timeout)",
+                            "{what}: {why} (for {}, {})",
                             humantime::format_duration(Duration::from_secs(
                                 started.elapsed().as_secs()
-                            ))
+                            )),
+                            db.timeout_flag
                         ),
                     });
                 }
