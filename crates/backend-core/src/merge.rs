@@ -150,6 +150,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     m.points_unrouted = sum(|r| r.points_unrouted);
     m.points_untracked = sum(|r| r.points_untracked);
     m.messages_received = sum(|r| r.messages_received);
+    m.packets_truncated = sum(|r| r.packets_truncated);
     m.legacy_messages = sum(|r| r.legacy_messages);
     m.batch_messages = sum(|r| r.batch_messages);
     m.malformed_messages = sum(|r| r.malformed_messages);

@@ -117,6 +117,14 @@ pub struct Received {
     pub losses: u64,
     pub reconnects: u64,
     pub disconnected: std::time::Duration,
+    /// Packets begun and never whole: cut off by the end of a connection, or left half
+    /// sent by a broker gone silent until the idle stop.
+    pub packets_truncated: u64,
+    /// Of those, PUBLISHes the broker will not send again (QoS 0, or a clean session, or
+    /// the run ended): their points are unknown.
+    pub truncated_unrecovered: u64,
+    /// The first of those, described for the verdict.
+    pub truncated_first: Option<String>,
     pub stop: Stop,
     /// What `--sink` stored.
     pub sink: Option<crate::sink::SinkReport>,
@@ -132,6 +140,20 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
 }
 
 impl Received {
+    /// Counts the packet `session` holds half of as the connection ends (`how`: why);
+    /// `resent`: the broker sends an unacknowledged QoS 1 PUBLISH again (a persistent
+    /// session, reconnecting).
+    fn truncated(&mut self, session: &Session, how: &str, resent: bool) {
+        let Some(p) = session.partial() else { return };
+        self.packets_truncated += 1;
+        if p.is_publish() && !(resent && p.qos() > 0) {
+            self.truncated_unrecovered += 1;
+            self.truncated_first
+                .get_or_insert_with(|| format!("{} {how}", p.describe()));
+        }
+        mqtt_tool::errln!("{} was cut off {how}", p.describe());
+    }
+
     /// The index of device `id`, added on first sight; `None` once `max` devices are tracked.
     fn device(
         &mut self,
@@ -196,6 +218,9 @@ impl Received {
             losses: 0,
             reconnects: 0,
             disconnected: std::time::Duration::ZERO,
+            packets_truncated: 0,
+            truncated_unrecovered: 0,
+            truncated_first: None,
             stop: Stop::Idle,
             sink: None,
         }
@@ -567,7 +592,18 @@ pub async fn run(
                 Err(e) => break Some(e.to_string()),
             }
         };
-        let Some(why) = lost else { break 'session };
+        let Some(why) = lost else {
+            if matches!(rx.stop, Stop::Idle | Stop::FirstMessageTimeout) {
+                // Silence with half a packet read: the broker stopped inside it.
+                rx.truncated(&session, "when the broker went silent", false);
+            }
+            break 'session;
+        };
+        rx.truncated(
+            &session,
+            "when the connection ended",
+            plan.reconnect.is_some() && !plan.clean_session,
+        );
         let Some((lo, hi, give_up)) = plan.reconnect else {
             rx.stop = Stop::Failed(format!("connection to the broker lost: {why}"));
             break 'session;

@@ -37,6 +37,7 @@ pub fn threshold_fields() -> Fields {
                 "points_unrouted",
                 "points_untracked",
                 "messages_received",
+                "packets_truncated",
                 "malformed_messages",
                 "retained_messages",
                 "bytes_received",
@@ -166,6 +167,10 @@ pub struct Report {
     /// Points of devices beyond `--max-devices`: counted, not verified.
     pub points_untracked: u64,
     pub messages_received: u64,
+    /// Packets begun and never whole (cut off by the end of a connection, or half sent
+    /// before a silence); a PUBLISH the broker does not send again fails the verdict.
+    #[serde(default)]
+    pub packets_truncated: u64,
     pub legacy_messages: u64,
     pub batch_messages: u64,
     pub malformed_messages: u64,
@@ -329,6 +334,7 @@ impl Report {
             points_unrouted: rx.unrouted_points,
             points_untracked: rx.untracked_points,
             messages_received: rx.messages,
+            packets_truncated: rx.packets_truncated,
             legacy_messages: rx.legacy_messages,
             batch_messages: rx.batch_messages,
             malformed_messages: rx.malformed_messages,
@@ -430,13 +436,18 @@ impl Report {
         line(
             "messages",
             format!(
-                "{} received ({} legacy, {} batched, {} malformed{})",
+                "{} received ({} legacy, {} batched, {} malformed{}{})",
                 fmt_int(self.messages_received),
                 fmt_int(self.legacy_messages),
                 fmt_int(self.batch_messages),
                 fmt_int(self.malformed_messages),
                 if self.retained_messages > 0 {
                     format!(", {} retained", fmt_int(self.retained_messages))
+                } else {
+                    String::new()
+                },
+                if self.packets_truncated > 0 {
+                    format!(", {} packets cut off", fmt_int(self.packets_truncated))
                 } else {
                     String::new()
                 }
@@ -768,6 +779,20 @@ fn verdict(
         problems.push(format!(
             "{} malformed messages",
             fmt_int(rx.malformed_messages)
+        ));
+    }
+    if rx.truncated_unrecovered > 0 {
+        problems.push(format!(
+            "{} cut off before {} end ({}{}): {} points are unknown, and the broker does not send {} again",
+            match rx.truncated_unrecovered {
+                1 => "1 message".to_string(),
+                k => format!("{} messages", fmt_int(k)),
+            },
+            if rx.truncated_unrecovered == 1 { "its" } else { "their" },
+            rx.truncated_first.as_deref().unwrap_or("a PUBLISH"),
+            if rx.truncated_unrecovered > 1 { ", the first" } else { "" },
+            if rx.truncated_unrecovered == 1 { "its" } else { "their" },
+            if rx.truncated_unrecovered == 1 { "it" } else { "them" },
         ));
     }
     if rx.messages == 0 && plan.expect != Some(0) && problems.is_empty() {
