@@ -151,6 +151,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     m.points_untracked = sum(|r| r.points_untracked);
     m.messages_received = sum(|r| r.messages_received);
     m.packets_truncated = sum(|r| r.packets_truncated);
+    m.latency_clamped = sum(|r| r.latency_clamped);
     m.legacy_messages = sum(|r| r.legacy_messages);
     m.batch_messages = sum(|r| r.batch_messages);
     m.malformed_messages = sum(|r| r.malformed_messages);
@@ -216,8 +217,10 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
                 devices: Vec::new(),
                 // Members' percentiles cannot be added: left out.
                 latency_us: None,
+                latency_clamped: 0,
             });
             e.points = e.points.saturating_add(f.points);
+            e.latency_clamped = e.latency_clamped.saturating_add(f.latency_clamped);
         }
     }
     for f in frontends.values_mut() {

@@ -37,6 +37,8 @@ pub struct Live {
     pub connected: AtomicU64,
     /// Rows `--sink` committed.
     pub stored: AtomicU64,
+    /// Latencies past the histogram's ceiling, recorded at it.
+    pub latency_clamped: AtomicU64,
     /// The end-to-end latency histogram, copied about five times a second when
     /// `--metrics-addr` or `--hdr-log` reads it.
     pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
@@ -81,6 +83,8 @@ pub struct Frontend {
     /// Indexes into [`Received::devices`].
     pub devices: Vec<usize>,
     pub latency_us: Histogram<u64>,
+    /// Latencies past the histogram's ceiling, recorded at it.
+    pub latency_clamped: u64,
 }
 
 /// Everything received.
@@ -103,6 +107,8 @@ pub struct Received {
     /// The ranges all devices together may still hold.
     pub budget: Budget,
     pub latency_us: Histogram<u64>,
+    /// Latencies past the histogram's ceiling ([`MAX_TRACKED_US`]), recorded at it.
+    pub latency_clamped: u64,
     /// First malformed payloads, for the report: (topic, error).
     pub malformed_samples: Vec<(String, String)>,
     pub first_message: Option<Instant>,
@@ -130,7 +136,8 @@ pub struct Received {
     pub sink: Option<crate::sink::SinkReport>,
 }
 
-const MAX_TRACKED_US: u64 = 3_600_000_000;
+/// The latency histograms' ceiling: an hour.
+pub const MAX_TRACKED_US: u64 = 3_600_000_000;
 const MALFORMED_LOGGED: usize = 5;
 const DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -205,10 +212,12 @@ impl Received {
                     points: 0,
                     devices: Vec::new(),
                     latency_us: histogram(3),
+                    latency_clamped: 0,
                 })
                 .collect(),
             budget: Budget::default(),
             latency_us: histogram(3),
+            latency_clamped: 0,
             malformed_samples: Vec::new(),
             first_message: None,
             last_message: None,
@@ -302,11 +311,15 @@ impl Pipeline<'_> {
                         }
                     }
                     dev.latency_max_us = dev.latency_max_us.max(latency);
+                    // Past the ceiling a latency is recorded at it: counted, so said.
+                    let clamped = latency > rx.latency_us.high();
+                    rx.latency_clamped += u64::from(clamped);
                     rx.latency_us.saturating_record(latency);
                     match dev.frontend {
                         Some(fe) => {
                             let f = &mut rx.frontends[fe];
                             f.points += 1;
+                            f.latency_clamped += u64::from(clamped);
                             f.latency_us.saturating_record(latency);
                         }
                         None => rx.unrouted_points += 1,
@@ -448,6 +461,7 @@ pub async fn run(
             live.unique.store(rx.unique, Relaxed);
             live.devices.store(rx.devices.len() as u64, Relaxed);
             live.malformed.store(rx.malformed_messages, Relaxed);
+            live.latency_clamped.store(rx.latency_clamped, Relaxed);
             if rx.subscribed_at.is_some() {
                 live.connected.store(1, Relaxed);
             }

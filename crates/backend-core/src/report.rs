@@ -23,6 +23,9 @@ use crate::Plan;
 
 pub const SCHEMA_VERSION: u32 = 5;
 
+/// The latency histograms' ceiling, as the summary names it.
+const CEILING: &str = "1h";
+
 /// The fields `--threshold` may name, with where each is in the report.
 pub fn threshold_fields() -> Fields {
     Fields::default()
@@ -36,6 +39,7 @@ pub fn threshold_fields() -> Fields {
                 "points_unverifiable",
                 "points_unrouted",
                 "points_untracked",
+                "latency_clamped",
                 "messages_received",
                 "packets_truncated",
                 "malformed_messages",
@@ -133,6 +137,9 @@ pub struct FrontendReport {
     /// Its device ids: all with --report-devices, else the first few.
     pub devices: Vec<String>,
     pub latency_us: Option<Percentiles>,
+    /// Its latencies past the histogram's ceiling (an hour), recorded at it.
+    #[serde(default)]
+    pub latency_clamped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +191,10 @@ pub struct Report {
     pub bytes_per_s: f64,
     /// Arrival minus the point's timestamp (publisher and backend share a clock), µs.
     pub latency_us: Option<Percentiles>,
+    /// Latencies past the histogram's ceiling (an hour), recorded at it: the percentiles
+    /// and the histogram hold them as an hour.
+    #[serde(default)]
+    pub latency_clamped: u64,
     /// Devices that sent at least one point (tracked ones: see --max-devices).
     pub devices_seen: u64,
     /// Devices with missing, duplicate or unverifiable points.
@@ -264,6 +275,7 @@ impl Report {
                     .map(|i| rx.devices[*i].id.clone())
                     .collect(),
                 latency_us: Percentiles::of(&f.latency_us),
+                latency_clamped: f.latency_clamped,
             })
             .collect();
         // Saturating: under --expect a hostile seq near u64::MAX claims 2^64 missing points.
@@ -345,6 +357,7 @@ impl Report {
             message_rate: round3(per_s(rx.messages)),
             bytes_per_s: round3(per_s(rx.bytes)),
             latency_us: Percentiles::of(&rx.latency_us),
+            latency_clamped: rx.latency_clamped,
             devices_seen,
             devices_failing,
             devices_listed: if list_all { "all" } else { "failing" }.into(),
@@ -504,6 +517,17 @@ impl Report {
                 l.push_str(&format!(
                     " (includes up to {} of read batching at high rates, --read-hold)",
                     humantime::format_duration(std::time::Duration::from_micros(self.read_hold_us))
+                ));
+            }
+            if self.latency_clamped > 0 {
+                l.push_str(&format!(
+                    "; {} above {} recorded as {}",
+                    match self.latency_clamped {
+                        1 => "1 sample".to_string(),
+                        k => format!("{} samples", fmt_int(k)),
+                    },
+                    CEILING,
+                    CEILING
                 ));
             }
             line("e2e latency", l);
