@@ -58,6 +58,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     }
     let from_zero = expect.is_some();
     let at_least_once = reports.iter().all(|(_, r)| r.at_least_once);
+    let accept_disconnected = reports.iter().all(|(_, r)| r.accept_disconnected);
 
     // Every device's ranges, over all members.
     struct Acc {
@@ -69,6 +70,8 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         latency_max_us: Option<u64>,
         first_retained: bool,
         frontend: Option<String>,
+        /// Each member's seqs missed while it was disconnected.
+        missed: Vec<Vec<SeqRange>>,
     }
     let mut by_device: BTreeMap<String, Acc> = BTreeMap::new();
     for (_, r) in &reports {
@@ -82,7 +85,9 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
                 latency_max_us: None,
                 first_retained: false,
                 frontend: d.frontend.clone(),
+                missed: Vec::new(),
             });
+            a.missed.push(d.missed_disconnected_ranges.clone());
             a.ranges
                 .extend(d.received_ranges.iter().map(|r| (r.0, r.1)));
             a.received = a.received.saturating_add(d.received);
@@ -117,6 +122,17 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             .iter()
             .map(|r| r.len())
             .fold(0u64, u64::saturating_add);
+        // What no member received and every member missed while it was itself
+        // disconnected (a member that did not see the device vouches for nothing).
+        let missed_ranges = if a.missed.len() == reports.len() {
+            crate::outage::missed_by_all(&a.missed, &missing_ranges, usize::MAX)
+        } else {
+            Vec::new()
+        };
+        let missed = missed_ranges
+            .iter()
+            .map(|r| r.len())
+            .fold(0u64, u64::saturating_add);
         devices.push(DeviceReport {
             device_id: id,
             frontend: a.frontend,
@@ -134,6 +150,9 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             min_seq: union.first().map(|r| r.0),
             max_seq: union.last().map(|r| r.1),
             missing_ranges,
+            missed_disconnected: missed,
+            missed_disconnected_ranges: missed_ranges,
+            disconnected_accepted: accept_disconnected,
             received_ranges: union.iter().map(|(s, e)| SeqRange(*s, *e)).collect(),
             ranges_truncated: false,
             latency_max_us: a.latency_max_us,
@@ -169,6 +188,17 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         .map(|d| d.missing)
         .fold(0, u64::saturating_add);
     m.points_missing = Some(missing);
+    let missed = devices
+        .iter()
+        .map(|d| d.missed_disconnected)
+        .fold(0, u64::saturating_add);
+    m.points_missed_disconnected = Some(missed);
+    m.accept_disconnected = accept_disconnected;
+    m.outages = parts
+        .iter()
+        .flat_map(|r| r.outages.iter().cloned())
+        .take(crate::outage::LISTED_OUTAGES)
+        .collect();
     m.points_duplicate = devices
         .iter()
         .map(|d| d.duplicate)
@@ -275,7 +305,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     {
         problems.push(problem);
     }
-    if missing > 0 {
+    if missing > 0 && !(accept_disconnected && missed == missing) {
         let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| d.missing > 0).collect();
         let gaps: Vec<String> = gappy[0]
             .missing_ranges
@@ -284,8 +314,16 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
             .map(|r| r.to_string())
             .collect();
         problems.push(format!(
-            "no member received {} points: {} on {} ({}){}",
+            "no member received {} points{}: {} on {} ({}){}",
             fmt_int(missing),
+            if missed > 0 {
+                format!(
+                    " ({} of them due while every member was disconnected)",
+                    fmt_int(missed)
+                )
+            } else {
+                String::new()
+            },
             fmt_int(gappy[0].missing),
             gappy[0].device_id,
             gaps.join(", "),

@@ -15,9 +15,10 @@ use mqtt_tool::session::{Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
+use crate::outage::{DeviceOutage, Outages};
 use crate::route::{FrontendId, Router};
 use crate::sink::Sink;
-use crate::verify::{Arrival, Budget, DeviceTracker};
+use crate::verify::{Arrival, Budget, DeviceTracker, SeqRange};
 use crate::Plan;
 
 /// Live counts for the progress line and `--metrics-addr`.
@@ -73,6 +74,10 @@ pub struct Device {
     pub latency_max_us: u64,
     /// Its first message was a retained one (left on the topic before this run).
     pub first_retained: bool,
+    /// When its highest seq so far was scheduled (the point's `ts`, s).
+    pub frontier_ts: f64,
+    /// Its seqs scheduled while this backend was disconnected, not received.
+    pub outage: Option<Box<DeviceOutage>>,
 }
 
 /// One frontend's share of the points.
@@ -119,6 +124,8 @@ pub struct Received {
     pub connecting_interrupted: bool,
     /// A reconnect was refused for good (credentials, authorization): exit 4.
     pub refused: bool,
+    /// This backend's own outages, for what it missed during them.
+    pub outages: Outages,
     /// Connections lost, reconnects that came through, and the time spent away.
     pub losses: u64,
     pub reconnects: u64,
@@ -182,6 +189,8 @@ impl Received {
             tracker: DeviceTracker::default(),
             latency_max_us: 0,
             first_retained: false,
+            frontier_ts: f64::NAN,
+            outage: None,
         });
         let i = self.devices.len() - 1;
         if let Some(fe) = frontend {
@@ -224,6 +233,7 @@ impl Received {
             subscribed_at: None,
             connecting_interrupted: false,
             refused: false,
+            outages: Outages::new(),
             losses: 0,
             reconnects: 0,
             disconnected: std::time::Duration::ZERO,
@@ -301,14 +311,36 @@ impl Pipeline<'_> {
                     if dev.tracker.received == 0 {
                         dev.first_retained = retain;
                     }
-                    if matches!(
-                        dev.tracker.record(pt.seq, &mut rx.budget),
-                        Arrival::New | Arrival::Late
-                    ) {
+                    // Only after an outage of this backend's: where the device stood.
+                    let highest = match rx.outages.list.is_empty() {
+                        true => None,
+                        false => dev.tracker.max_seq(),
+                    };
+                    let arrival = dev.tracker.record(pt.seq, &mut rx.budget);
+                    match arrival {
+                        Arrival::New => {
+                            if let Some(h) = highest.filter(|h| pt.seq > h.saturating_add(1)) {
+                                let gap = SeqRange(h + 1, pt.seq - 1);
+                                rx.outages
+                                    .gap(&mut dev.outage, gap, dev.frontier_ts, pt.timestamp);
+                            }
+                            dev.frontier_ts = pt.timestamp;
+                        }
+                        Arrival::Late => {
+                            if let Some(o) = dev.outage.as_mut() {
+                                o.arrived_late(pt.seq);
+                            }
+                        }
+                        Arrival::Duplicate | Arrival::Unverifiable => {}
+                    }
+                    if matches!(arrival, Arrival::New | Arrival::Late) {
                         rx.unique += 1;
                         if let Some(sink) = self.sink.as_mut() {
                             sink.push(pt, arrival_us);
                         }
+                    }
+                    if !retain {
+                        rx.outages.arrived(latency);
                     }
                     dev.latency_max_us = dev.latency_max_us.max(latency);
                     // Past the ceiling a latency is recorded at it: counted, so said.
@@ -424,6 +456,9 @@ pub async fn run(
                         }
                         rx.first_message.get_or_insert(now);
                         rx.last_message = Some(now);
+                        // Delivering again (a persistent session's queue may come before
+                        // the SUBACK).
+                        rx.outages.back(arrival_us / 1e6);
                         pipe.message(&mut rx, topic, payload, retain, arrival_us);
                         if plan.expect.is_some_and(|n| rx.unique >= n) {
                             rx.stop = Stop::Expected;
@@ -440,6 +475,7 @@ pub async fn run(
                             ));
                             break 'receiving None;
                         }
+                        rx.outages.back(wall_us() / 1e6);
                         if rx.subscribed_at.is_some() && back_at.is_some() && !resubscribed {
                             resubscribed = true;
                             mqtt_tool::errln!("subscribed again to {}", filters.join(", "));
@@ -467,6 +503,7 @@ pub async fn run(
             }
             if now.duration_since(gaps_counted) >= std::time::Duration::from_secs(1) {
                 gaps_counted = now;
+                rx.outages.roll();
                 let (mut gappy, mut missing, mut duplicate) = (0u64, 0u64, 0u64);
                 for d in &rx.devices {
                     let t = &d.tracker;
@@ -630,6 +667,9 @@ pub async fn run(
         }
         let down = Instant::now();
         rx.losses += 1;
+        // From the last bytes read: nothing since proves the connection was there.
+        let p99 = rx.latency_us.value_at_quantile(0.99);
+        rx.outages.lost(arrival_us / 1e6, p99);
         live.connected.store(0, Relaxed);
         mqtt_tool::errln!(
             "connection to the broker lost: {}; reconnecting",
