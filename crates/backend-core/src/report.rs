@@ -24,7 +24,11 @@ use crate::verify::SeqRange;
 /// A wall-clock time in seconds, as the report writes it.
 fn wall_s(t: f64) -> String {
     let at = std::time::UNIX_EPOCH
-        .checked_add(std::time::Duration::from_secs_f64(t.max(0.0).min(1e12)))
+        .checked_add(std::time::Duration::from_secs_f64(if t.is_finite() {
+            t.clamp(0.0, 1e12)
+        } else {
+            0.0
+        }))
         .unwrap_or(std::time::UNIX_EPOCH);
     humantime::format_rfc3339_micros(at).to_string()
 }

@@ -110,23 +110,19 @@ fn serve(mut sock: TcpStream, script: Script, stop: &AtomicBool) {
         .unwrap();
     let mut scripted = false;
     while let Some((first, body)) = read_packet(&mut sock, stop) {
-        match first >> 4 {
-            1 => {
-                if sock.write_all(&[0x20, 0x02, 0x00, 0x00]).is_err() {
-                    return;
-                }
-            }
+        let reply: &[u8] = match first >> 4 {
+            1 => &[0x20, 0x02, 0x00, 0x00], // CONNACK, accepted
             8 if !scripted && body.len() >= 2 => {
                 scripted = true;
                 script(&mut sock, [body[0], body[1]]);
+                continue;
             }
-            12 => {
-                if sock.write_all(&[0xd0, 0x00]).is_err() {
-                    return;
-                }
-            }
+            12 => &[0xd0, 0x00], // PINGRESP
             14 => return,
-            _ => {}
+            _ => continue,
+        };
+        if sock.write_all(reply).is_err() {
+            return;
         }
     }
 }
