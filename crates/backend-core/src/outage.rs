@@ -365,6 +365,94 @@ mod tests {
         assert_eq!(o.list[1].window(25.0), (19.97, 25.0));
     }
 
+    /// A share group's member that received `seqs` of device d, and missed `away` while it
+    /// was itself disconnected.
+    fn member(seqs: &[u64], away: &[SeqRange], stamp: u64) -> crate::Report {
+        use clap::FromArgMatches;
+        let m = crate::command("backend-sub").get_matches_from([
+            "backend-sub",
+            "--share-group",
+            "g",
+            "--report-devices",
+        ]);
+        let plan =
+            crate::Plan::from_args(crate::BackendArgs::from_arg_matches(&m).unwrap()).unwrap();
+        let router = crate::route::Router::new(&[], &[]);
+        let mut rx = crate::receive::Received::new(&router);
+        let mut t = crate::verify::DeviceTracker::default();
+        for s in seqs {
+            t.record(*s, &mut rx.budget);
+        }
+        rx.devices.push(crate::receive::Device {
+            id: "d".into(),
+            frontend: None,
+            tracker: t,
+            latency_max_us: 0,
+            first_retained: false,
+            frontier_ts: f64::NAN,
+            outage: (!away.is_empty()).then(|| {
+                Box::new(DeviceOutage {
+                    ranges: away.to_vec(),
+                    missed: away.iter().map(SeqRange::len).sum(),
+                })
+            }),
+        });
+        rx.messages = 1 + stamp; // members told apart
+        rx.points = seqs.len() as u64;
+        rx.unique = seqs.len() as u64;
+        crate::Report::build("backend-sub", &plan, "mqtt://b", false, &rx)
+    }
+
+    /// Two members of a share group, both away over seqs 40..=59 (a broker restart): what
+    /// no member received there is missed while disconnected; where only one was away, the
+    /// other should have been sent it, so a gap there is lost.
+    #[test]
+    fn merge_counts_as_missed_while_disconnected_only_what_every_member_missed() {
+        let a: Vec<u64> = (0..100)
+            .filter(|s| s % 2 == 0 && !(40..60).contains(s))
+            .collect();
+        let b: Vec<u64> = (0..100)
+            .filter(|s| s % 2 == 1 && !(40..60).contains(s) && !(80..90).contains(s))
+            .collect();
+        let ra = member(&a, &[r(41, 59), r(81, 89)], 0);
+        let rb = member(&b, &[r(40, 58)], 1);
+        // Listed as it stands: what it did not receive of what fell in its outages.
+        assert_eq!(
+            ra.devices[0].missed_disconnected_ranges,
+            [
+                r(41, 59),
+                r(81, 81),
+                r(83, 83),
+                r(85, 85),
+                r(87, 87),
+                r(89, 89)
+            ]
+        );
+        let m = crate::merge::merge(vec![("a".into(), ra), ("b".into(), rb)], None).unwrap();
+        let d = &m.devices[0];
+        assert_eq!(
+            d.missing_ranges,
+            [
+                r(40, 59),
+                r(81, 81),
+                r(83, 83),
+                r(85, 85),
+                r(87, 87),
+                r(89, 89)
+            ]
+        );
+        assert_eq!(d.missed_disconnected_ranges, [r(41, 58)]);
+        assert_eq!((d.missing, d.missed_disconnected), (25, 18));
+        assert_eq!(m.points_missed_disconnected, Some(18));
+        let reason = m.reason.unwrap_or_default();
+        assert!(
+            reason.contains(
+                "no member received 25 points (18 of them due while every member was disconnected)"
+            ),
+            "{reason}"
+        );
+    }
+
     #[test]
     fn ranges_intersect_and_subtract() {
         let a = [r(0, 9), r(20, 29), r(40, 40)];
