@@ -23,6 +23,10 @@
 //!   stream showed just then: the highest end-to-end latency of the points that arrived in
 //!   the last second or two before the loss (retained ones aside); if none arrived then,
 //!   the run's p99 so far.
+//! - **A kept session**: when the backend reconnects with `--clean-session false` at QoS 1
+//!   and the broker says it kept the session (CONNACK's Session Present), the broker queued
+//!   what came meanwhile: the outage excuses nothing (a gap is the broker's, its queue
+//!   limit say).
 //! - **To**: the first sign that the new subscription delivers (its SUBACK, or a PUBLISH
 //!   before it). A point scheduled later reached the broker after the subscription was
 //!   live (its timestamp is when it was due, never later than its sending), so it was
@@ -55,6 +59,9 @@ pub struct Outage {
     pub margin: f64,
     /// When the new subscription delivered (its SUBACK or a PUBLISH); `None`: never.
     pub to: Option<f64>,
+    /// The broker kept the backend's persistent session (QoS 1) across it: it queued what
+    /// came meanwhile, so nothing is excused.
+    pub session_kept: bool,
 }
 
 impl Outage {
@@ -109,6 +116,7 @@ impl Outages {
             from: last_read,
             margin: margin_us as f64 / 1e6,
             to: None,
+            session_kept: false,
         });
         self.recent_us = [0, 0];
     }
@@ -117,6 +125,13 @@ impl Outages {
     pub fn back(&mut self, now: f64) {
         if let Some(o) = self.list.last_mut().filter(|o| o.to.is_none()) {
             o.to = Some(now);
+        }
+    }
+
+    /// The broker kept the session across the open outage and queued for it.
+    pub fn session_kept(&mut self) {
+        if let Some(o) = self.list.last_mut().filter(|o| o.to.is_none()) {
+            o.session_kept = true;
         }
     }
 
@@ -136,7 +151,7 @@ impl Outages {
         let first = self
             .list
             .partition_point(|o| o.to.is_some_and(|to| to < lo_t));
-        for o in &self.list[first..] {
+        for o in self.list[first..].iter().filter(|o| !o.session_kept) {
             let (from, to) = o.window(f64::INFINITY);
             if from > hi_t {
                 continue;
@@ -322,7 +337,8 @@ mod tests {
             [Outage {
                 from: 1000.0,
                 margin: 0.05,
-                to: Some(1002.0)
+                to: Some(1002.0),
+                session_kept: false,
             }]
         );
         // Seqs 951..=2999 never came, between 950 (due at 999.95) and 3000 (at 1002.0):
@@ -345,6 +361,15 @@ mod tests {
         let b = both.expect("classified");
         // 999.95..1002.0 and 1001.5..1004.0 at 1 ms a seq from 999.0: 951..=4999.
         assert_eq!((b.ranges, b.missed), (vec![r(951, 4999)], 4049));
+        // An outage across which the broker kept the session (and queued): nothing of
+        // it is excused.
+        let mut kept = Outages::new();
+        kept.lost(1000.0, 0);
+        kept.session_kept();
+        kept.back(1002.0);
+        let mut none = None;
+        kept.gap(&mut none, r(951, 2999), 999.95, 1002.0);
+        assert!(none.is_none());
         // A gap while connected, after the outage: not classified.
         o.gap(&mut dev, r(4000, 4100), 1003.0, 1003.2);
         assert_eq!(dev.as_ref().map(|d| d.ranges.len()), Some(1));

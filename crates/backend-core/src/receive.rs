@@ -728,6 +728,10 @@ pub async fn run(
         };
         rx.reconnects += 1;
         rx.disconnected += down.elapsed();
+        if !plan.clean_session && plan.qos > 0 && session.session_present() {
+            // The broker queued for this session while it was away: nothing is excused.
+            rx.outages.session_kept();
+        }
         session.set_read_hold(plan.read_hold);
         if let Err(e) = session.subscribe(&filters, plan.qos).await {
             rx.stop = Stop::Failed(format!("cannot subscribe after reconnecting: {e}"));

@@ -70,7 +70,7 @@ impl Missed {
             .fold(f64::NEG_INFINITY, f64::max);
         let went_by = rx.outages.list.last().is_some_and(|o| {
             let (from, to) = o.window(now_s());
-            (from..=to).contains(&newest)
+            !o.session_kept && (from..=to).contains(&newest)
         });
         Missed {
             gaps,
@@ -195,6 +195,10 @@ pub struct OutageReport {
     pub to: Option<String>,
     /// Points due this long before `from` were still in flight, ms: counted missed too.
     pub margin_ms: f64,
+    /// The broker kept the persistent session (QoS 1) across it and queued for it: nothing
+    /// of it is excused.
+    #[serde(default)]
+    pub session_kept: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -473,6 +477,7 @@ impl Report {
                     from: wall_s(o.from),
                     to: o.to.map(wall_s),
                     margin_ms: round3(o.margin * 1e3),
+                    session_kept: o.session_kept,
                 })
                 .collect(),
             points_duplicate: duplicate,

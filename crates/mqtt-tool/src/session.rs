@@ -47,6 +47,8 @@ pub enum Packet<'a> {
         codes: &'a [u8],
     },
     ConnAck {
+        /// The broker kept this client's session (MQTT 3.1.1 section 3.2.2.2).
+        session_present: bool,
         code: u8,
     },
     PingResp,
@@ -191,6 +193,8 @@ pub struct Session {
     /// The packet id of the SUBSCRIBE not yet acknowledged: a SUBACK for any other is a
     /// protocol error.
     awaiting_suback: Option<u16>,
+    /// The CONNACK said the broker kept this client's session.
+    session_present: bool,
 }
 
 /// Sets `SO_RCVLOWAT` on `fd`.
@@ -307,7 +311,10 @@ fn packet(first: u8, body: &mut [u8], v5: bool) -> Result<Packet<'_>, Malformed>
                     .ok_or(Malformed::Invalid("a short SUBACK"))?,
             })
         }
-        2 if body.len() == 2 || (v5 && body.len() > 2) => Ok(Packet::ConnAck { code: body[1] }),
+        2 if body.len() == 2 || (v5 && body.len() > 2) => Ok(Packet::ConnAck {
+            session_present: body[0] & 1 == 1,
+            code: body[1],
+        }),
         2 => Err(Malformed::Invalid("a CONNACK of the wrong length")),
         13 => Ok(Packet::PingResp),
         t => Ok(Packet::Other(t)),
@@ -382,6 +389,7 @@ impl Session {
                 ping_sent: None,
                 lowat: Lowat::new(Duration::ZERO, Instant::now()),
                 awaiting_suback: None,
+                session_present: false,
             };
             let credentials = cp
                 .credentials
@@ -412,7 +420,13 @@ impl Session {
                 .map_err(|e| (io_failure(&e), Some(e)))?;
             let code = loop {
                 match s.next_packet() {
-                    Ok(Some(Packet::ConnAck { code })) => break code,
+                    Ok(Some(Packet::ConnAck {
+                        code,
+                        session_present,
+                    })) => {
+                        s.session_present = session_present;
+                        break code;
+                    }
                     Ok(Some(_)) | Err(_) => return Err((ConnectFailure::NotMqtt, None)),
                     Ok(None) => {}
                 }
@@ -439,6 +453,12 @@ impl Session {
         }
         s.compact();
         Ok(s)
+    }
+
+    /// Whether the broker kept this client's session (and so what it queued for it while
+    /// it was away): the CONNACK's Session Present flag.
+    pub fn session_present(&self) -> bool {
+        self.session_present
     }
 
     /// Sends SUBSCRIBE (packet id 1) for `filters`, each at `qos`.
@@ -706,6 +726,7 @@ mod tests {
             ping_sent: None,
             lowat: Lowat::new(Duration::ZERO, Instant::now()),
             awaiting_suback: Some(1),
+            session_present: false,
         }
     }
 

@@ -64,6 +64,14 @@ fn a_backend_cut_off_for_a_while_reconnects_to_its_session_and_misses_nothing() 
     );
     assert!(r["disconnected_s"].as_f64().unwrap() >= 0.9, "{r:#}");
     assert!(out.stdout.contains("faults"), "{}", out.stdout);
+    // The broker kept the session and queued for it: the outage excuses nothing.
+    assert!(
+        r["outages"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty() && o.iter().all(|o| o["session_kept"] == true)),
+        "{r:#}"
+    );
+    assert_eq!(n(r, "points_missed_disconnected"), 0);
 }
 
 /// Fault 1 with both sides reconnecting: the broker is killed and started again; the
