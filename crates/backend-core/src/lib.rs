@@ -417,7 +417,8 @@ pub fn command(name: &'static str) -> Command {
         .about("Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery")
         .after_help(
             "Exit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
-             3 broker unreachable, 4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
+             3 broker (or the --sink database) unreachable, 4 broker refused the connection, 129 SIGHUP, 130 SIGINT, \
+             143 SIGTERM; SIGUSR1 prints progress.",
         )
 }
 

@@ -21,8 +21,8 @@
 //! - **Margin**: points scheduled shortly before were still in flight (publisher queue,
 //!   broker) and died with the connection. How long a point was in flight is what the
 //!   stream showed just then: the highest end-to-end latency of the points that arrived in
-//!   the last second or two before the loss (retained ones aside); if none arrived then,
-//!   the run's p99 so far.
+//!   the last second or two before the loss (retained ones aside, each at most an hour,
+//!   the histograms' ceiling); if none arrived then, the run's p99 so far.
 //! - **A kept session**: when the backend reconnects with `--clean-session false` at QoS 1
 //!   and the broker says it kept the session (CONNACK's Session Present), the broker queued
 //!   what came meanwhile: the outage excuses nothing (a gap is the broker's, its queue

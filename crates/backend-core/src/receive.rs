@@ -340,7 +340,9 @@ impl Pipeline<'_> {
                         }
                     }
                     if !retain {
-                        rx.outages.arrived(latency);
+                        // What the stream has in flight, for an outage's margin; a
+                        // timestamp from another era is bounded by the histograms' ceiling.
+                        rx.outages.arrived(latency.min(MAX_TRACKED_US));
                     }
                     dev.latency_max_us = dev.latency_max_us.max(latency);
                     // Past the ceiling a latency is recorded at it: counted, so said.
