@@ -20,6 +20,7 @@ fn wall(t: std::time::Instant) -> String {
 use crate::outage::{intersect, subtract, LISTED_OUTAGES};
 use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;
+use crate::Plan;
 
 /// A wall-clock time in seconds, as the report writes it.
 fn wall_s(t: f64) -> String {
@@ -82,7 +83,6 @@ impl Missed {
         self.gaps.saturating_add(self.tail)
     }
 }
-use crate::Plan;
 
 pub const SCHEMA_VERSION: u32 = 5;
 
