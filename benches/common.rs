@@ -83,11 +83,14 @@ pub struct Measured {
     pub stdout: String,
     /// User + system CPU seconds.
     pub cpu_s: f64,
-    /// Peak resident memory of the process's own image (VmHWM), sampled every
-    /// [`RSS_SAMPLE`] while it ran. Not `wait4`'s `ru_maxrss`: exec keeps the high-water mark
-    /// of the memory it replaces, the bench's own (shared with a spawned child until its
-    /// exec), so every process smaller than the bench would report the bench's size.
+    /// Peak resident memory of the process's own image (VmHWM), read as it exits (see
+    /// [`Running`]). Not `wait4`'s `ru_maxrss`: exec keeps the high-water mark of the memory
+    /// it replaces, the bench's own (shared with a spawned child until its exec), so every
+    /// process smaller than the bench would report the bench's size.
     pub rss_mb: f64,
+    /// Whether `rss_mb` was read at the exit (else sampled every [`RSS_SAMPLE`] while the
+    /// process ran, which can miss a peak in its last moments).
+    pub rss_at_exit: bool,
     pub wall: f64,
     /// CPU seconds the broker used meanwhile.
     pub broker_cpu: f64,
@@ -101,11 +104,20 @@ pub fn measure(mut cmd: Command, broker: &Mosquitto) -> Measured {
     Running::start(cmd, broker).finish(broker)
 }
 
-/// How often a measured process's peak memory is sampled.
+/// How often a measured process's peak memory is sampled (where it cannot be read at its
+/// exit).
 pub const RSS_SAMPLE: Duration = Duration::from_millis(10);
 
 /// A child process under measurement: started, read from while it runs, then reaped by
 /// [`Running::finish`] for its figures.
+///
+/// Its peak memory is read when it exits: a thread of ours follows it with ptrace
+/// (`PTRACE_SEIZE` with `PTRACE_O_TRACEEXIT`), which stops it on its way out, before its
+/// memory is released, where its VmHWM is final; the thread passes every other stop on
+/// (signals are delivered, and a SIGSTOP stops it until a SIGCONT, as the backlog scenarios
+/// need). A sampler that reads VmHWM every 10 ms missed what a process took in its last
+/// milliseconds (a backend building its report and exiting). Where ptrace is not allowed,
+/// the sampler's figure stands.
 pub struct Running {
     /// The process, its stdout taken (stdin and stderr there when `cmd` piped them).
     pub child: Child,
@@ -114,8 +126,16 @@ pub struct Running {
     started: Instant,
     broker_before: f64,
     peak_kb: Arc<AtomicU64>,
-    sampled: Arc<AtomicBool>,
-    sampler: JoinHandle<()>,
+    /// Follows the process to its end and reaps it.
+    follower: JoinHandle<Exit>,
+}
+
+/// How a followed process ended.
+struct Exit {
+    status: libc::c_int,
+    ru: libc::rusage,
+    /// VmHWM when it stopped on its way out (None: not traced, or gone first).
+    at_exit_kb: Option<u64>,
 }
 
 /// The VmHWM line of a /proc/PID/status, in kB (none once the process has exited).
@@ -123,6 +143,99 @@ fn vm_hwm_kb(status_path: &str) -> Option<u64> {
     let status = std::fs::read_to_string(status_path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One ptrace request with no address.
+fn ptrace(request: libc::c_uint, pid: libc::pid_t, data: libc::c_long) -> libc::c_long {
+    // SAFETY: these requests (SEIZE, CONT, LISTEN) read no memory of ours; `data` is an
+    // option mask or a signal number.
+    unsafe {
+        libc::ptrace(
+            request,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            data as *mut libc::c_void,
+        )
+    }
+}
+
+/// Follows child `pid` to its exit (see [`Running`]) and reaps it; `sampler` is stopped
+/// (`sampled`) and joined before the reaping, so that it never reads a process that took
+/// the pid.
+fn follow(
+    pid: libc::pid_t,
+    status_path: &str,
+    sampled: &AtomicBool,
+    sampler: JoinHandle<()>,
+) -> Exit {
+    // This thread is the tracer: it must make every ptrace request.
+    let traced = ptrace(
+        libc::PTRACE_SEIZE,
+        pid,
+        libc::PTRACE_O_TRACEEXIT as libc::c_long,
+    ) == 0;
+    let mut at_exit_kb = None;
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid, and waitid writes it for our own child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // WNOWAIT: the exit is seen here, and reaped below once the sampler has stopped.
+        // SAFETY: waitid writes `info`, which we own.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        if rc != 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            panic!("waitid: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo, whose si_status is set.
+        let st = unsafe { info.si_status() };
+        match info.si_code {
+            libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED => break,
+            libc::CLD_TRAPPED if traced => {
+                let (sig, event) = (st & 0xff, (st >> 8) & 0xff);
+                let stopping = [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
+                if sig == libc::SIGTRAP && event == libc::PTRACE_EVENT_EXIT {
+                    // On its way out, its memory still there: the final peak.
+                    at_exit_kb = vm_hwm_kb(status_path);
+                    ptrace(libc::PTRACE_CONT, pid, 0);
+                } else if event == libc::PTRACE_EVENT_STOP && stopping.contains(&sig) {
+                    // A group-stop (SIGSTOP): stopped it stays, until a SIGCONT.
+                    ptrace(libc::PTRACE_LISTEN, pid, 0);
+                } else if event == libc::PTRACE_EVENT_STOP {
+                    // Woken from a group-stop (or interrupted): it runs on.
+                    ptrace(libc::PTRACE_CONT, pid, 0);
+                } else {
+                    // A signal on its way: delivered as it would have been.
+                    ptrace(libc::PTRACE_CONT, pid, sig as libc::c_long);
+                }
+            }
+            _ => {
+                // Stopped untraced (SIGSTOP): take the report, wait on.
+                let mut status = 0;
+                // SAFETY: waitpid writes `status`, which we own.
+                unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED | libc::WNOHANG) };
+            }
+        }
+    }
+    sampled.store(true, Ordering::Relaxed);
+    sampler.join().expect("memory sampler");
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid, and wait4 writes it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut ru) };
+    assert_eq!(rc, pid, "wait4");
+    Exit {
+        status,
+        ru,
+        at_exit_kb,
+    }
 }
 
 impl Running {
@@ -138,7 +251,8 @@ impl Running {
         let sampled = Arc::new(AtomicBool::new(false));
         let status_path = format!("/proc/{}/status", child.id());
         let sampler = std::thread::spawn({
-            let (peak_kb, sampled) = (peak_kb.clone(), sampled.clone());
+            let (peak_kb, sampled, status_path) =
+                (peak_kb.clone(), sampled.clone(), status_path.clone());
             move || {
                 while !sampled.load(Ordering::Relaxed) {
                     if let Some(kb) = vm_hwm_kb(&status_path) {
@@ -148,54 +262,55 @@ impl Running {
                 }
             }
         });
+        let pid = child.id() as libc::pid_t;
+        let follower = std::thread::spawn(move || follow(pid, &status_path, &sampled, sampler));
         Running {
             child,
             stdout,
             started,
             broker_before,
             peak_kb,
-            sampled,
-            sampler,
+            follower,
         }
     }
 
     /// Waits for the process to end and returns what it printed and used.
-    pub fn finish(mut self, broker: &Mosquitto) -> Measured {
+    pub fn finish(self, broker: &Mosquitto) -> Measured {
+        let Running {
+            child: _child,
+            mut stdout,
+            started,
+            broker_before,
+            peak_kb,
+            follower,
+        } = self;
         let mut out = String::new();
-        self.stdout.read_to_string(&mut out).expect("read stdout");
-        let pid = self.child.id() as libc::pid_t;
-        // Wait for the exit without reaping, so that the sampler's last look is at this
-        // process and not at one that took its pid.
-        // SAFETY: a zeroed siginfo_t is valid, and waitid writes it for our own child.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        assert_eq!(rc, 0, "waitid");
-        self.sampled.store(true, Ordering::Relaxed);
-        self.sampler.join().expect("memory sampler");
-        let mut status = 0;
-        // SAFETY: a zeroed rusage is valid, and wait4 writes it for our own child.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        assert_eq!(rc, pid, "wait4");
-        let wall = self.started.elapsed().as_secs_f64();
+        stdout.read_to_string(&mut out).expect("read stdout");
+        let exit = follower.join().expect("the process follower");
+        let wall = started.elapsed().as_secs_f64();
         let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        Measured {
+        let sampled_kb = peak_kb.load(Ordering::Relaxed);
+        let (kb, at_exit) = match exit.at_exit_kb {
+            Some(kb) => (kb.max(sampled_kb), true),
+            None if sampled_kb > 0 => (sampled_kb, false),
+            None => (exit.ru.ru_maxrss as u64, false), // gone before the first sample
+        };
+        let status = exit.status;
+        let m = Measured {
             stdout: out,
-            cpu_s: cpu(ru.ru_utime) + cpu(ru.ru_stime),
-            rss_mb: match self.peak_kb.load(Ordering::Relaxed) {
-                0 => ru.ru_maxrss as f64, // gone before the first sample
-                kb => kb as f64,
-            } / 1024.0,
+            cpu_s: cpu(exit.ru.ru_utime) + cpu(exit.ru.ru_stime),
+            rss_mb: kb as f64 / 1024.0,
+            rss_at_exit: at_exit,
             wall,
-            broker_cpu: broker.cpu_seconds() - self.broker_before,
+            broker_cpu: broker.cpu_seconds() - broker_before,
             ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        };
+        if !m.rss_at_exit {
+            eprintln!(
+                "note: peak memory of pid {} sampled every {RSS_SAMPLE:?}, not read at its exit (ptrace refused?): a last-moment peak may be missed",
+                _child.id()
+            );
         }
+        m
     }
 }

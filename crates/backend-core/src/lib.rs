@@ -12,6 +12,7 @@
 pub mod decode;
 pub mod merge;
 pub mod observe;
+pub mod outage;
 pub mod receive;
 pub mod report;
 pub mod route;
@@ -36,6 +37,10 @@ pub use report::Report;
 
 /// Exit code when verification fails.
 pub const EXIT_VERIFY_FAILED: u8 = 5;
+
+/// backend-sub's default `--reconnect-backoff`: short and capped (the publishers' is
+/// 100ms..10s), since what is published while it is away is missed.
+pub const RECONNECT_BACKOFF: &str = "50ms..1s";
 
 /// Every flag of the backend.
 #[derive(Debug, Clone, Args)]
@@ -119,6 +124,8 @@ impl SinkArgs {
             self.sink_password_file.as_deref(),
             "--sink-password-file",
         )?;
+        // Every wait of the sink for its database is bounded by --sink-timeout.
+        let database = database.with_timeout_flag("--sink-timeout");
         pg_tool::check_table_name("--sink-table", &self.sink_table)?;
         if self.sink_connections == 0 || self.sink_connections > 64 {
             return Err(Error::usage("--sink-connections must be from 1 to 64"));
@@ -205,6 +212,12 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub at_least_once: bool,
 
+    /// Accept in the verdict the points due while this backend was itself disconnected
+    /// (still counted and listed, apart from those lost while it was connected): with a
+    /// clean session the broker keeps nothing for it while it is away
+    #[arg(long)]
+    pub accept_disconnected: bool,
+
     /// List every device in the JSON report, and every frontend's device ids (default: the
     /// devices with a problem, at most 1,000, so that a fleet's report stays small)
     #[arg(long)]
@@ -227,6 +240,8 @@ pub struct Plan {
     pub max_devices: usize,
     pub read_hold: Duration,
     pub at_least_once: bool,
+    /// `--accept-disconnected`: points missed while disconnected pass the verdict.
+    pub accept_disconnected: bool,
     /// Reconnect backoff (first, longest) and how long to try; `None`: `--reconnect false`.
     pub reconnect: Option<(Duration, Duration, Duration)>,
     pub clean_session: bool,
@@ -318,6 +333,7 @@ impl Plan {
             max_devices: usize::try_from(a.verify.max_devices).unwrap_or(usize::MAX),
             read_hold: a.verify.read_hold,
             at_least_once: a.verify.at_least_once,
+            accept_disconnected: a.verify.accept_disconnected,
             reconnect: a.reconnect.reconnect.then_some((
                 a.reconnect.reconnect_backoff.0,
                 a.reconnect.reconnect_backoff.1,
@@ -395,10 +411,14 @@ impl FromArgMatches for Parsed {
 
 pub fn command(name: &'static str) -> Command {
     BackendArgs::augment_args(Command::new(name).version(env!("CARGO_PKG_VERSION")))
+        // A clean-session subscriber misses what is published while it is away (the broker
+        // queues nothing for it): it comes back fast, and often, not after 10 s.
+        .mut_arg("reconnect_backoff", |a| a.default_value(RECONNECT_BACKOFF))
         .about("Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery")
         .after_help(
             "Exit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
-             3 broker unreachable, 4 broker refused the connection, 129 SIGHUP, 130 SIGINT, 143 SIGTERM; SIGUSR1 prints progress.",
+             3 broker (or the --sink database) unreachable, 4 broker refused the connection, 129 SIGHUP, 130 SIGINT, \
+             143 SIGTERM; SIGUSR1 prints progress.",
         )
 }
 
@@ -479,7 +499,7 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
             rx.stop = receive::Stop::Signal;
             rx.connecting_interrupted = true;
             if let Some(s) = sink {
-                rx.sink = Some(s.finish().await.1);
+                rx.sink = Some(s.finish(&shutdown.abort).await.1);
             }
             rx
         }

@@ -38,6 +38,9 @@ struct Acc {
     latency_max_us: Option<u64>,
     first_retained: bool,
     frontend: Option<String>,
+    /// Each member's seqs it missed while itself disconnected (one list per member that
+    /// saw the device).
+    missed: Vec<Vec<SeqRange>>,
 }
 
 /// What tells one member's report from a copy of it.
@@ -59,6 +62,10 @@ pub struct Merge {
     problems: Vec<String>,
     problems_more: u64,
     at_least_once: bool,
+    accept_disconnected: bool,
+    /// The members' outages, as many as a report lists.
+    outages: Vec<crate::report::OutageReport>,
+    frontend_clamped: BTreeMap<String, u64>,
 }
 
 impl Merge {
@@ -80,6 +87,9 @@ impl Merge {
             problems: Vec::new(),
             problems_more: 0,
             at_least_once: true,
+            accept_disconnected: true,
+            outages: Vec::new(),
+            frontend_clamped: BTreeMap::new(),
         }
     }
 
@@ -109,7 +119,9 @@ impl Merge {
                 latency_max_us: None,
                 first_retained: false,
                 frontend: d.frontend.clone(),
+                missed: Vec::new(),
             });
+            a.missed.push(d.missed_disconnected_ranges.clone());
             let field = |f: &str| format!("{f} of device {}", escape(&d.device_id));
             a.ranges
                 .extend(d.received_ranges.iter().map(|r| (r.0, r.1)));
@@ -129,6 +141,17 @@ impl Merge {
                 points,
                 f.points,
             )?;
+            let clamped = self.frontend_clamped.entry(f.name.clone()).or_default();
+            add.count(
+                &format!("latency_clamped of frontend {}", escape(&f.name)),
+                clamped,
+                f.latency_clamped,
+            )?;
+        }
+        for o in &r.outages {
+            if self.outages.len() < crate::outage::LISTED_OUTAGES {
+                self.outages.push(o.clone());
+            }
         }
         if let Some(k) = &r.sink {
             add_sink(&mut self.sink, k, &add)?;
@@ -149,6 +172,7 @@ impl Merge {
             }
         }
         self.at_least_once &= r.at_least_once;
+        self.accept_disconnected &= r.accept_disconnected;
         match &mut self.m {
             None => {
                 let mut r = r;
@@ -219,6 +243,8 @@ impl Merge {
         self.windows.check_one_run(self.max_gap)?;
         let from_zero = self.expect.is_some();
         let at_least_once = self.at_least_once;
+        let accept_disconnected = self.accept_disconnected;
+        let members = self.names.len();
         let names = std::mem::take(&mut self.names);
         let total = |field: &'static str| {
             let names = &names;
@@ -257,6 +283,17 @@ impl Merge {
                 .iter()
                 .map(|r| r.len())
                 .try_fold(0, total("points_missing"))?;
+            // What no member received and every member missed while it was itself
+            // disconnected (a member that did not see the device vouches for nothing).
+            let missed_ranges = if a.missed.len() == members {
+                crate::outage::missed_by_all(&a.missed, &missing_ranges, usize::MAX)
+            } else {
+                Vec::new()
+            };
+            let missed = missed_ranges
+                .iter()
+                .map(|r| r.len())
+                .fold(0u64, u64::saturating_add);
             devices.push(DeviceReport {
                 device_id: id,
                 frontend: a.frontend,
@@ -274,6 +311,9 @@ impl Merge {
                 min_seq: union.first().map(|r| r.0),
                 max_seq: union.last().map(|r| r.1),
                 missing_ranges,
+                missed_disconnected: missed,
+                missed_disconnected_ranges: missed_ranges,
+                disconnected_accepted: accept_disconnected,
                 received_ranges: union.iter().map(|(s, e)| SeqRange(*s, *e)).collect(),
                 ranges_truncated: false,
                 latency_max_us: a.latency_max_us,
@@ -290,6 +330,13 @@ impl Merge {
             .map(|d| d.missing)
             .try_fold(0, total("points_missing"))?;
         m.points_missing = Some(missing);
+        let missed = devices
+            .iter()
+            .map(|d| d.missed_disconnected)
+            .fold(0, u64::saturating_add);
+        m.points_missed_disconnected = Some(missed);
+        m.accept_disconnected = accept_disconnected;
+        m.outages = std::mem::take(&mut self.outages);
         m.points_duplicate = devices
             .iter()
             .map(|d| d.duplicate)
@@ -319,10 +366,12 @@ impl Merge {
             k
         });
 
+        let frontend_clamped = std::mem::take(&mut self.frontend_clamped);
         m.frontends = self
             .frontends
             .into_iter()
             .map(|(name, points)| {
+                let latency_clamped = frontend_clamped.get(&name).copied().unwrap_or(0);
                 let ids: Vec<String> = devices
                     .iter()
                     .filter(|d| d.frontend.as_deref() == Some(name.as_str()))
@@ -335,6 +384,7 @@ impl Merge {
                     devices: ids,
                     // Members' percentiles cannot be added: left out.
                     latency_us: None,
+                    latency_clamped,
                 }
             })
             .collect();
@@ -374,7 +424,7 @@ impl Merge {
         {
             problems.push(problem);
         }
-        if missing > 0 {
+        if missing > 0 && !(accept_disconnected && missed == missing) {
             let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| d.missing > 0).collect();
             let gaps: Vec<String> = gappy[0]
                 .missing_ranges
@@ -383,8 +433,16 @@ impl Merge {
                 .map(|r| r.to_string())
                 .collect();
             problems.push(format!(
-                "no member received {} points: {} on {} ({}){}",
+                "no member received {} points{}: {} on {} ({}){}",
                 fmt_int(missing),
+                if missed > 0 {
+                    format!(
+                        " ({} of them due while every member was disconnected)",
+                        fmt_int(missed)
+                    )
+                } else {
+                    String::new()
+                },
                 fmt_int(gappy[0].missing),
                 escape(&gappy[0].device_id),
                 gaps.join(", "),
@@ -637,6 +695,12 @@ fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
         r.connections_lost,
     )?;
     add.count("reconnects", &mut m.reconnects, r.reconnects)?;
+    add.count(
+        "packets_truncated",
+        &mut m.packets_truncated,
+        r.packets_truncated,
+    )?;
+    add.count("latency_clamped", &mut m.latency_clamped, r.latency_clamped)?;
     add.secs("disconnected_s", &mut m.disconnected_s, r.disconnected_s)
 }
 

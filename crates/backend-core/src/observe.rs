@@ -85,6 +85,11 @@ pub fn exposition(tool: &str, live: &Live) -> String {
             "1 while subscribed to the broker.",
             c(&live.connected) as f64,
         )
+        .counter(
+            "loadgen_backend_e2e_latency_clamped_total",
+            "Latencies past the histogram's ceiling (an hour), recorded in it as an hour.",
+            c(&live.latency_clamped),
+        )
         .histogram_us(
             "loadgen_backend_e2e_latency_seconds",
             "A point's timestamp to its arrival (publisher and backend share a clock).",

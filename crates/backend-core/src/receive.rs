@@ -15,9 +15,10 @@ use mqtt_tool::session::{Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
+use crate::outage::{DeviceOutage, Outages};
 use crate::route::{FrontendId, Router};
 use crate::sink::Sink;
-use crate::verify::{Arrival, Budget, DeviceTracker};
+use crate::verify::{Arrival, Budget, DeviceTracker, SeqRange};
 use crate::Plan;
 
 /// Live counts for the progress line and `--metrics-addr`.
@@ -37,6 +38,8 @@ pub struct Live {
     pub connected: AtomicU64,
     /// Rows `--sink` committed.
     pub stored: AtomicU64,
+    /// Latencies past the histogram's ceiling, recorded at it.
+    pub latency_clamped: AtomicU64,
     /// The end-to-end latency histogram, copied about five times a second when
     /// `--metrics-addr` or `--hdr-log` reads it.
     pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
@@ -71,6 +74,10 @@ pub struct Device {
     pub latency_max_us: u64,
     /// Its first message was a retained one (left on the topic before this run).
     pub first_retained: bool,
+    /// When its highest seq so far was scheduled (the point's `ts`, s).
+    pub frontier_ts: f64,
+    /// Its seqs scheduled while this backend was disconnected, not received.
+    pub outage: Option<Box<DeviceOutage>>,
 }
 
 /// One frontend's share of the points.
@@ -81,6 +88,8 @@ pub struct Frontend {
     /// Indexes into [`Received::devices`].
     pub devices: Vec<usize>,
     pub latency_us: Histogram<u64>,
+    /// Latencies past the histogram's ceiling, recorded at it.
+    pub latency_clamped: u64,
 }
 
 /// Everything received.
@@ -103,6 +112,8 @@ pub struct Received {
     /// The ranges all devices together may still hold.
     pub budget: Budget,
     pub latency_us: Histogram<u64>,
+    /// Latencies past the histogram's ceiling ([`MAX_TRACKED_US`]), recorded at it.
+    pub latency_clamped: u64,
     /// First malformed payloads, for the report: (topic, error).
     pub malformed_samples: Vec<(String, String)>,
     pub first_message: Option<Instant>,
@@ -113,16 +124,27 @@ pub struct Received {
     pub connecting_interrupted: bool,
     /// A reconnect was refused for good (credentials, authorization): exit 4.
     pub refused: bool,
+    /// This backend's own outages, for what it missed during them.
+    pub outages: Outages,
     /// Connections lost, reconnects that came through, and the time spent away.
     pub losses: u64,
     pub reconnects: u64,
     pub disconnected: std::time::Duration,
+    /// Packets begun and never whole: cut off by the end of a connection, or left half
+    /// sent by a broker gone silent until the idle stop.
+    pub packets_truncated: u64,
+    /// Of those, PUBLISHes the broker will not send again (QoS 0, or a clean session, or
+    /// the run ended): their points are unknown.
+    pub truncated_unrecovered: u64,
+    /// The first of those, described for the verdict.
+    pub truncated_first: Option<String>,
     pub stop: Stop,
     /// What `--sink` stored.
     pub sink: Option<crate::sink::SinkReport>,
 }
 
-const MAX_TRACKED_US: u64 = 3_600_000_000;
+/// The latency histograms' ceiling: an hour.
+pub const MAX_TRACKED_US: u64 = 3_600_000_000;
 const MALFORMED_LOGGED: usize = 5;
 const DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -132,6 +154,20 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
 }
 
 impl Received {
+    /// Counts the packet `session` holds half of as the connection ends (`how`: why);
+    /// `resent`: the broker sends an unacknowledged QoS 1 PUBLISH again (a persistent
+    /// session, reconnecting).
+    fn truncated(&mut self, session: &Session, how: &str, resent: bool) {
+        let Some(p) = session.partial() else { return };
+        self.packets_truncated += 1;
+        if p.is_publish() && !(resent && p.qos() > 0) {
+            self.truncated_unrecovered += 1;
+            self.truncated_first
+                .get_or_insert_with(|| format!("{} {how}", p.describe()));
+        }
+        mqtt_tool::errln!("{} was cut off {how}", p.describe());
+    }
+
     /// The index of device `id`, added on first sight; `None` once `max` devices are tracked.
     fn device(
         &mut self,
@@ -153,6 +189,8 @@ impl Received {
             tracker: DeviceTracker::default(),
             latency_max_us: 0,
             first_retained: false,
+            frontier_ts: f64::NAN,
+            outage: None,
         });
         let i = self.devices.len() - 1;
         if let Some(fe) = frontend {
@@ -183,19 +221,25 @@ impl Received {
                     points: 0,
                     devices: Vec::new(),
                     latency_us: histogram(3),
+                    latency_clamped: 0,
                 })
                 .collect(),
             budget: Budget::default(),
             latency_us: histogram(3),
+            latency_clamped: 0,
             malformed_samples: Vec::new(),
             first_message: None,
             last_message: None,
             subscribed_at: None,
             connecting_interrupted: false,
             refused: false,
+            outages: Outages::new(),
             losses: 0,
             reconnects: 0,
             disconnected: std::time::Duration::ZERO,
+            packets_truncated: 0,
+            truncated_unrecovered: 0,
+            truncated_first: None,
             stop: Stop::Idle,
             sink: None,
         }
@@ -267,21 +311,49 @@ impl Pipeline<'_> {
                     if dev.tracker.received == 0 {
                         dev.first_retained = retain;
                     }
-                    if matches!(
-                        dev.tracker.record(pt.seq, &mut rx.budget),
-                        Arrival::New | Arrival::Late
-                    ) {
+                    // Only after an outage of this backend's: where the device stood.
+                    let highest = match rx.outages.list.is_empty() {
+                        true => None,
+                        false => dev.tracker.max_seq(),
+                    };
+                    let arrival = dev.tracker.record(pt.seq, &mut rx.budget);
+                    match arrival {
+                        Arrival::New => {
+                            if let Some(h) = highest.filter(|h| pt.seq > h.saturating_add(1)) {
+                                let gap = SeqRange(h + 1, pt.seq - 1);
+                                rx.outages
+                                    .gap(&mut dev.outage, gap, dev.frontier_ts, pt.timestamp);
+                            }
+                            dev.frontier_ts = pt.timestamp;
+                        }
+                        Arrival::Late => {
+                            if let Some(o) = dev.outage.as_mut() {
+                                o.arrived_late(pt.seq);
+                            }
+                        }
+                        Arrival::Duplicate | Arrival::Unverifiable => {}
+                    }
+                    if matches!(arrival, Arrival::New | Arrival::Late) {
                         rx.unique += 1;
                         if let Some(sink) = self.sink.as_mut() {
                             sink.push(pt, arrival_us);
                         }
                     }
+                    if !retain {
+                        // What the stream has in flight, for an outage's margin; a
+                        // timestamp from another era is bounded by the histograms' ceiling.
+                        rx.outages.arrived(latency.min(MAX_TRACKED_US));
+                    }
                     dev.latency_max_us = dev.latency_max_us.max(latency);
+                    // Past the ceiling a latency is recorded at it: counted, so said.
+                    let clamped = latency > rx.latency_us.high();
+                    rx.latency_clamped += u64::from(clamped);
                     rx.latency_us.saturating_record(latency);
                     match dev.frontend {
                         Some(fe) => {
                             let f = &mut rx.frontends[fe];
                             f.points += 1;
+                            f.latency_clamped += u64::from(clamped);
                             f.latency_us.saturating_record(latency);
                         }
                         None => rx.unrouted_points += 1,
@@ -336,7 +408,7 @@ pub async fn run(
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
         if let Some(sink) = pipe.sink.take() {
-            rx.sink = Some(sink.finish().await.1);
+            rx.sink = Some(sink.finish(&shutdown.abort).await.1);
         }
         return rx;
     }
@@ -386,6 +458,9 @@ pub async fn run(
                         }
                         rx.first_message.get_or_insert(now);
                         rx.last_message = Some(now);
+                        // Delivering again (a persistent session's queue may come before
+                        // the SUBACK).
+                        rx.outages.back(arrival_us / 1e6);
                         pipe.message(&mut rx, topic, payload, retain, arrival_us);
                         if plan.expect.is_some_and(|n| rx.unique >= n) {
                             rx.stop = Stop::Expected;
@@ -402,6 +477,7 @@ pub async fn run(
                             ));
                             break 'receiving None;
                         }
+                        rx.outages.back(wall_us() / 1e6);
                         if rx.subscribed_at.is_some() && back_at.is_some() && !resubscribed {
                             resubscribed = true;
                             mqtt_tool::errln!("subscribed again to {}", filters.join(", "));
@@ -423,11 +499,13 @@ pub async fn run(
             live.unique.store(rx.unique, Relaxed);
             live.devices.store(rx.devices.len() as u64, Relaxed);
             live.malformed.store(rx.malformed_messages, Relaxed);
+            live.latency_clamped.store(rx.latency_clamped, Relaxed);
             if rx.subscribed_at.is_some() {
                 live.connected.store(1, Relaxed);
             }
             if now.duration_since(gaps_counted) >= std::time::Duration::from_secs(1) {
                 gaps_counted = now;
+                rx.outages.roll();
                 let (mut gappy, mut missing, mut duplicate) = (0u64, 0u64, 0u64);
                 for d in &rx.devices {
                     let t = &d.tracker;
@@ -567,7 +645,18 @@ pub async fn run(
                 Err(e) => break Some(e.to_string()),
             }
         };
-        let Some(why) = lost else { break 'session };
+        let Some(why) = lost else {
+            if matches!(rx.stop, Stop::Idle | Stop::FirstMessageTimeout) {
+                // Silence with half a packet read: the broker stopped inside it.
+                rx.truncated(&session, "when the broker went silent", false);
+            }
+            break 'session;
+        };
+        rx.truncated(
+            &session,
+            "when the connection ended",
+            plan.reconnect.is_some() && !plan.clean_session,
+        );
         let Some((lo, hi, give_up)) = plan.reconnect else {
             rx.stop = Stop::Failed(format!("connection to the broker lost: {why}"));
             break 'session;
@@ -580,6 +669,9 @@ pub async fn run(
         }
         let down = Instant::now();
         rx.losses += 1;
+        // From the last bytes read: nothing since proves the connection was there.
+        let p99 = rx.latency_us.value_at_quantile(0.99);
+        rx.outages.lost(arrival_us / 1e6, p99);
         live.connected.store(0, Relaxed);
         mqtt_tool::errln!(
             "connection to the broker lost: {}; reconnecting",
@@ -638,6 +730,10 @@ pub async fn run(
         };
         rx.reconnects += 1;
         rx.disconnected += down.elapsed();
+        if !plan.clean_session && plan.qos > 0 && session.session_present() {
+            // The broker queued for this session while it was away: nothing is excused.
+            rx.outages.session_kept();
+        }
         session.set_read_hold(plan.read_hold);
         if let Err(e) = session.subscribe(&filters, plan.qos).await {
             rx.stop = Stop::Failed(format!("cannot subscribe after reconnecting: {e}"));
@@ -659,7 +755,7 @@ pub async fn run(
     if let Some(mut sink) = pipe.sink.take() {
         // What was counted is stored (or fails) before its PUBACKs go.
         sink.hold(&mut acks);
-        let (due, report) = sink.finish().await;
+        let (due, report) = sink.finish(&shutdown.abort).await;
         live.stored.store(report.rows_written, Relaxed);
         rx.sink = Some(report);
         acks = due;

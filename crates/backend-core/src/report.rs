@@ -17,11 +17,77 @@ fn wall(t: std::time::Instant) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
+use crate::outage::{intersect, subtract, LISTED_OUTAGES};
 use crate::receive::{Received, Stop};
 use crate::verify::SeqRange;
 use crate::Plan;
 
+/// A wall-clock time in seconds, as the report writes it.
+fn wall_s(t: f64) -> String {
+    let at = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs_f64(if t.is_finite() {
+            t.clamp(0.0, 1e12)
+        } else {
+            0.0
+        }))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+/// Wall-clock seconds now.
+fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What this backend missed while it was itself disconnected.
+struct Missed {
+    /// Of the devices' gaps.
+    gaps: u64,
+    /// With `--expect`: the points that never came after the last one that did, when the
+    /// stream ended while this backend was away.
+    tail: u64,
+}
+
+impl Missed {
+    fn of(plan: &Plan, rx: &Received, devices: &[DeviceReport], missing: u64) -> Missed {
+        if plan.share_group.is_some() {
+            return Missed { gaps: 0, tail: 0 };
+        }
+        let gaps = devices
+            .iter()
+            .fold(0u64, |a, d| a.saturating_add(d.missed_disconnected));
+        let short = plan.expect.map_or(0, |n| n.saturating_sub(rx.unique));
+        let beyond = short.saturating_sub(missing);
+        // The newest point of any device was due within the last outage (so the stream
+        // was flowing when this backend went, and nothing due after it came back arrived):
+        // the rest of the stream went by meanwhile.
+        let newest = rx
+            .devices
+            .iter()
+            .map(|d| d.frontier_ts)
+            .filter(|t| t.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let went_by = rx.outages.list.last().is_some_and(|o| {
+            let (from, to) = o.window(now_s());
+            !o.session_kept && (from..=to).contains(&newest)
+        });
+        Missed {
+            gaps,
+            tail: if went_by { beyond } else { 0 },
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.gaps.saturating_add(self.tail)
+    }
+}
+
 pub const SCHEMA_VERSION: u32 = 5;
+
+/// The latency histograms' ceiling, as the summary names it.
+const CEILING: &str = "1h";
 
 /// The fields `--threshold` may name, with where each is in the report.
 pub fn threshold_fields() -> Fields {
@@ -31,12 +97,15 @@ pub fn threshold_fields() -> Fields {
                 "points_received",
                 "points_unique",
                 "points_missing",
+                "points_missed_disconnected",
                 "points_duplicate",
                 "points_out_of_order",
                 "points_unverifiable",
                 "points_unrouted",
                 "points_untracked",
+                "latency_clamped",
                 "messages_received",
+                "packets_truncated",
                 "malformed_messages",
                 "retained_messages",
                 "bytes_received",
@@ -98,6 +167,16 @@ pub struct DeviceReport {
     pub max_seq: Option<u64>,
     /// Gaps, as `1200-1299` or `5000` (at most 10,000 listed).
     pub missing_ranges: Vec<SeqRange>,
+    /// Of `missing`, the points due while this backend was itself disconnected.
+    #[serde(default)]
+    pub missed_disconnected: u64,
+    /// Their ranges (part of `missing_ranges`). In a share group, where nothing is judged
+    /// missing here, the seqs this member could not receive, for `loadgen merge`.
+    #[serde(default)]
+    pub missed_disconnected_ranges: Vec<SeqRange>,
+    /// `--accept-disconnected`: its points missed while disconnected do not fail it.
+    #[serde(skip)]
+    pub disconnected_accepted: bool,
     /// What arrived, as ranges (at most 10,000 listed): lets several backends' reports merge.
     pub received_ranges: Vec<SeqRange>,
     pub ranges_truncated: bool,
@@ -105,6 +184,21 @@ pub struct DeviceReport {
     pub latency_max_us: Option<u64>,
     /// Its first message was retained: stored on the topic before this backend subscribed.
     pub first_retained: bool,
+}
+
+/// One outage of this backend, as the report gives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutageReport {
+    /// The last bytes read on the lost connection, RFC 3339 UTC.
+    pub from: String,
+    /// The first delivery after subscribing again (null: the run ended disconnected).
+    pub to: Option<String>,
+    /// Points due this long before `from` were still in flight, ms: counted missed too.
+    pub margin_ms: f64,
+    /// The broker kept the persistent session (QoS 1) across it and queued for it: nothing
+    /// of it is excused.
+    #[serde(default)]
+    pub session_kept: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,7 +212,12 @@ impl DeviceReport {
     /// Missing, duplicate or unverifiable points: what fails verification. (A retained first
     /// message alone does not; the verdict names it only beside a failure.)
     pub fn failing(&self) -> bool {
-        self.missing > 0
+        let excused = if self.disconnected_accepted {
+            self.missed_disconnected
+        } else {
+            0
+        };
+        self.missing > excused
             || (self.duplicate > 0 && !self.duplicates_accepted)
             || self.unverifiable > 0
     }
@@ -132,6 +231,9 @@ pub struct FrontendReport {
     /// Its device ids: all with --report-devices, else the first few.
     pub devices: Vec<String>,
     pub latency_us: Option<Percentiles>,
+    /// Its latencies past the histogram's ceiling (an hour), recorded at it.
+    #[serde(default)]
+    pub latency_clamped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +260,18 @@ pub struct Report {
     pub points_unique: u64,
     /// Null in a share group, where gaps belong to the other members.
     pub points_missing: Option<u64>,
+    /// Points due while this backend was itself disconnected that never came: of
+    /// `points_missing`, and with `--expect` the tail of a stream that ended meanwhile.
+    /// Null in a share group.
+    #[serde(default)]
+    pub points_missed_disconnected: Option<u64>,
+    /// `--accept-disconnected`: those pass the verdict (still counted and listed).
+    #[serde(default)]
+    pub accept_disconnected: bool,
+    /// This backend's own outages (the first 100): from the last bytes read on the lost
+    /// connection to the first delivery after subscribing again.
+    #[serde(default)]
+    pub outages: Vec<OutageReport>,
     pub points_duplicate: u64,
     pub points_out_of_order: u64,
     /// Arrived below a device's verification window (thousands of gaps behind its newest).
@@ -166,6 +280,10 @@ pub struct Report {
     /// Points of devices beyond `--max-devices`: counted, not verified.
     pub points_untracked: u64,
     pub messages_received: u64,
+    /// Packets begun and never whole (cut off by the end of a connection, or half sent
+    /// before a silence); a PUBLISH the broker does not send again fails the verdict.
+    #[serde(default)]
+    pub packets_truncated: u64,
     pub legacy_messages: u64,
     pub batch_messages: u64,
     pub malformed_messages: u64,
@@ -179,6 +297,10 @@ pub struct Report {
     pub bytes_per_s: f64,
     /// Arrival minus the point's timestamp (publisher and backend share a clock), µs.
     pub latency_us: Option<Percentiles>,
+    /// Latencies past the histogram's ceiling (an hour), recorded at it: the percentiles
+    /// and the histogram hold them as an hour.
+    #[serde(default)]
+    pub latency_clamped: u64,
     /// Devices that sent at least one point (tracked ones: see --max-devices).
     pub devices_seen: u64,
     /// Devices with missing, duplicate or unverifiable points.
@@ -222,6 +344,14 @@ impl Report {
                 ranges_left -= missing.ranges.len().min(ranges_left);
                 let (received, received_truncated) = d.tracker.received_ranges(ranges_left);
                 ranges_left -= received.len().min(ranges_left);
+                let (missed, missed_ranges) = match &d.outage {
+                    Some(o) => (
+                        o.missed.min(missing.count),
+                        intersect(&missing.ranges, &o.ranges, ranges_left),
+                    ),
+                    None => (0, Vec::new()),
+                };
+                ranges_left -= missed_ranges.len().min(ranges_left);
                 DeviceReport {
                     device_id: d.id.clone(),
                     frontend: d.frontend.map(|f| rx.frontends[f].name.clone()),
@@ -237,6 +367,9 @@ impl Report {
                     min_seq: d.tracker.min_seq(),
                     max_seq: d.tracker.max_seq(),
                     missing_ranges: if shared { Vec::new() } else { missing.ranges },
+                    missed_disconnected: if shared { 0 } else { missed },
+                    missed_disconnected_ranges: missed_ranges,
+                    disconnected_accepted: plan.accept_disconnected,
                     received_ranges: received,
                     ranges_truncated: received_truncated || (!shared && missing.truncated),
                     latency_max_us: (d.tracker.received > 0).then_some(d.latency_max_us),
@@ -259,6 +392,7 @@ impl Report {
                     .map(|i| rx.devices[*i].id.clone())
                     .collect(),
                 latency_us: Percentiles::of(&f.latency_us),
+                latency_clamped: f.latency_clamped,
             })
             .collect();
         // Saturating: under --expect a hostile seq near u64::MAX claims 2^64 missing points.
@@ -279,7 +413,16 @@ impl Report {
                 0.0
             }
         };
-        let reason = verdict(plan, rx, &devices, missing, duplicate, unverifiable);
+        let missed = Missed::of(plan, rx, &devices, missing);
+        let reason = verdict(
+            plan,
+            rx,
+            &devices,
+            missing,
+            &missed,
+            duplicate,
+            unverifiable,
+        );
         let devices_seen = devices.len() as u64;
         let devices_failing = devices.iter().filter(|d| d.failing()).count() as u64;
         if !list_all {
@@ -323,12 +466,27 @@ impl Report {
             points_received: rx.points,
             points_unique: rx.unique,
             points_missing: (!shared).then_some(missing),
+            points_missed_disconnected: (!shared).then_some(missed.total()),
+            accept_disconnected: plan.accept_disconnected,
+            outages: rx
+                .outages
+                .list
+                .iter()
+                .take(LISTED_OUTAGES)
+                .map(|o| OutageReport {
+                    from: wall_s(o.from),
+                    to: o.to.map(wall_s),
+                    margin_ms: round3(o.margin * 1e3),
+                    session_kept: o.session_kept,
+                })
+                .collect(),
             points_duplicate: duplicate,
             points_out_of_order: out_of_order,
             points_unverifiable: unverifiable,
             points_unrouted: rx.unrouted_points,
             points_untracked: rx.untracked_points,
             messages_received: rx.messages,
+            packets_truncated: rx.packets_truncated,
             legacy_messages: rx.legacy_messages,
             batch_messages: rx.batch_messages,
             malformed_messages: rx.malformed_messages,
@@ -339,6 +497,7 @@ impl Report {
             message_rate: round3(per_s(rx.messages)),
             bytes_per_s: round3(per_s(rx.bytes)),
             latency_us: Percentiles::of(&rx.latency_us),
+            latency_clamped: rx.latency_clamped,
             devices_seen,
             devices_failing,
             devices_listed: if list_all { "all" } else { "failing" }.into(),
@@ -409,11 +568,27 @@ impl Report {
         line(
             "points",
             format!(
-                "{} received, {} unique, {} missing, {} duplicate, {} out of order, {} unrouted{}",
+                "{} received, {} unique, {}, {} duplicate, {} out of order, {} unrouted{}",
                 fmt_int(self.points_received),
                 fmt_int(self.points_unique),
-                self.points_missing
-                    .map_or("n/a (share group)".into(), fmt_int),
+                match (
+                    self.points_missing,
+                    self.points_missed_disconnected.unwrap_or(0)
+                ) {
+                    (None, _) => "n/a missing (share group)".into(),
+                    (Some(m), 0) => format!("{} missing", fmt_int(m)),
+                    (Some(m), k) if k <= m => format!(
+                        "{} missing ({} while this backend was disconnected)",
+                        fmt_int(m),
+                        fmt_int(k)
+                    ),
+                    // With --expect, the tail of a stream that ended while it was away.
+                    (Some(m), k) => format!(
+                        "{} missing, {} due while this backend was disconnected never came",
+                        fmt_int(m),
+                        fmt_int(k)
+                    ),
+                },
                 fmt_int(self.points_duplicate),
                 fmt_int(self.points_out_of_order),
                 fmt_int(self.points_unrouted),
@@ -430,13 +605,18 @@ impl Report {
         line(
             "messages",
             format!(
-                "{} received ({} legacy, {} batched, {} malformed{})",
+                "{} received ({} legacy, {} batched, {} malformed{}{})",
                 fmt_int(self.messages_received),
                 fmt_int(self.legacy_messages),
                 fmt_int(self.batch_messages),
                 fmt_int(self.malformed_messages),
                 if self.retained_messages > 0 {
                     format!(", {} retained", fmt_int(self.retained_messages))
+                } else {
+                    String::new()
+                },
+                if self.packets_truncated > 0 {
+                    format!(", {} packets cut off", fmt_int(self.packets_truncated))
                 } else {
                     String::new()
                 }
@@ -493,6 +673,17 @@ impl Report {
                 l.push_str(&format!(
                     " (includes up to {} of read batching at high rates, --read-hold)",
                     humantime::format_duration(std::time::Duration::from_micros(self.read_hold_us))
+                ));
+            }
+            if self.latency_clamped > 0 {
+                l.push_str(&format!(
+                    "; {} above {} recorded as {}",
+                    match self.latency_clamped {
+                        1 => "1 sample".to_string(),
+                        k => format!("{} samples", fmt_int(k)),
+                    },
+                    CEILING,
+                    CEILING
                 ));
             }
             line("e2e latency", l);
@@ -614,7 +805,13 @@ impl Report {
                 None if self.expect == Some(0) => {
                     "subscribed; nothing was expected (--expect 0), so nothing was checked".into()
                 }
-                None => "every point arrived exactly once".into(),
+                None => match self.points_missed_disconnected.filter(|k| *k > 0) {
+                    Some(k) => format!(
+                        "every point arrived exactly once, but for {} due while this backend was disconnected (accepted: --accept-disconnected)",
+                        fmt_int(k)
+                    ),
+                    None => "every point arrived exactly once".into(),
+                },
                 Some(r) => format!("FAILED: {}", escape(r)),
             },
         );
@@ -638,6 +835,7 @@ fn verdict(
     rx: &Received,
     devices: &[DeviceReport],
     missing: u64,
+    missed: &Missed,
     duplicate: u64,
     unverifiable: u64,
 ) -> Option<String> {
@@ -660,19 +858,23 @@ fn verdict(
         }
         s
     };
-    if missing > 0 {
-        // The first device with its gaps, then how many more on how many other devices.
-        let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| d.missing > 0).collect();
-        let first = gappy[0];
-        let gaps: Vec<String> = first
-            .missing_ranges
+    // The first device with its gaps, then how many more on how many other devices.
+    let gaps_on = |total: u64,
+                   count: &dyn Fn(&DeviceReport) -> u64,
+                   ranges: &dyn Fn(&DeviceReport) -> Vec<SeqRange>|
+     -> String {
+        let gappy: Vec<&DeviceReport> = devices.iter().filter(|d| count(d) > 0).collect();
+        let Some(first) = gappy.first() else {
+            return String::new();
+        };
+        let gaps: Vec<String> = ranges(first)
             .iter()
             .take(10)
             .map(|r| r.to_string())
             .collect();
         let mut text = format!(
-            "missing {} points on {}: {}",
-            fmt_int(first.missing),
+            "{} points on {}: {}",
+            fmt_int(count(first)),
             first.device_id,
             gaps.join(", ")
         );
@@ -684,13 +886,55 @@ fn verdict(
                 .collect();
             text.push_str(&format!(
                 ", and {} more on {} other devices ({}{})",
-                fmt_int(missing.saturating_sub(first.missing)),
+                fmt_int(total.saturating_sub(count(first))),
                 fmt_int(gappy.len() as u64 - 1),
                 others.join(", "),
                 if gappy.len() > 4 { ", ..." } else { "" }
             ));
         }
-        problems.push(text);
+        text
+    };
+    // Lost while this backend was connected: the broker's or the publisher's doing.
+    let lost = missing.saturating_sub(missed.gaps);
+    if lost > 0 {
+        let lost_of = |d: &DeviceReport| d.missing.saturating_sub(d.missed_disconnected);
+        let lost_ranges =
+            |d: &DeviceReport| subtract(&d.missing_ranges, &d.missed_disconnected_ranges, 10);
+        problems.push(format!(
+            "missing {}{}",
+            if rx.outages.list.is_empty() {
+                String::new()
+            } else {
+                "while this backend was connected, ".into()
+            },
+            gaps_on(lost, &lost_of, &lost_ranges)
+        ));
+    }
+    if missed.total() > 0 && !plan.accept_disconnected {
+        let mut which = Vec::new();
+        if missed.gaps > 0 {
+            which.push(gaps_on(missed.gaps, &|d| d.missed_disconnected, &|d| {
+                d.missed_disconnected_ranges.clone()
+            }));
+        }
+        if missed.tail > 0 {
+            which.push(format!(
+                "the last {} expected, the stream having ended meanwhile",
+                fmt_int(missed.tail)
+            ));
+        }
+        problems.push(format!(
+            "{} points were due while this backend was itself disconnected ({}, {:.1} s) and never came ({}): \
+             it cannot vouch for them; with a clean session the broker keeps nothing for it while it is away \
+             (--clean-session false and a fixed --client-id make the broker queue them; --accept-disconnected lets them pass)",
+            fmt_int(missed.total()),
+            match rx.outages.list.len() {
+                1 => "1 outage".to_string(),
+                k => format!("{} outages", fmt_int(k as u64)),
+            },
+            rx.disconnected.as_secs_f64(),
+            which.join("; ")
+        ));
     }
     if duplicate > 0 && !plan.at_least_once {
         problems.push(format!(
@@ -720,8 +964,14 @@ fn verdict(
             fmt_int(plan.max_devices as u64)
         ));
     }
+    // With --accept-disconnected, a shortfall that is all missed while away passes.
+    let excused = if plan.accept_disconnected {
+        missed.total()
+    } else {
+        0
+    };
     if let Some(n) = plan.expect {
-        if rx.unique < n {
+        if rx.unique < n && n - rx.unique > excused {
             // The tail never came: say where each device stopped.
             let mut last: Vec<String> = devices
                 .iter()
@@ -768,6 +1018,20 @@ fn verdict(
         problems.push(format!(
             "{} malformed messages",
             fmt_int(rx.malformed_messages)
+        ));
+    }
+    if rx.truncated_unrecovered > 0 {
+        problems.push(format!(
+            "{} cut off before {} end ({}{}): {} points are unknown, and the broker does not send {} again",
+            match rx.truncated_unrecovered {
+                1 => "1 message".to_string(),
+                k => format!("{} messages", fmt_int(k)),
+            },
+            if rx.truncated_unrecovered == 1 { "its" } else { "their" },
+            rx.truncated_first.as_deref().unwrap_or("a PUBLISH"),
+            if rx.truncated_unrecovered > 1 { ", the first" } else { "" },
+            if rx.truncated_unrecovered == 1 { "its" } else { "their" },
+            if rx.truncated_unrecovered == 1 { "it" } else { "them" },
         ));
     }
     if rx.messages == 0 && plan.expect != Some(0) && problems.is_empty() {

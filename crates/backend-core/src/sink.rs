@@ -30,6 +30,7 @@ use point_format::Point;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The shipped migration: the table, an index, a hypertable under TimescaleDB.
 pub const SCHEMA: &str = include_str!("sink.sql");
@@ -215,15 +216,23 @@ impl Sink {
         .await?;
         check_columns(&plan.table, &types)?;
         let copy = format!("COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)", plan.table);
-        let empty = Bytes::from(empty_copy());
+        // What the catalog cannot tell (a CHECK, a trigger, a policy, a privilege): one row
+        // of the points' shape, copied and rolled back.
+        let trial = Bytes::from(trial_copy());
         pg_tool::retry(
             &plan.database,
             "checking the sink's table",
             plan.timeout,
             &mut retries,
-            || copy_batch(&pool, &copy, empty.clone()),
+            || copy_rolled_back(&pool, &copy, trial.clone()),
         )
-        .await?;
+        .await?
+        .map_err(|why| {
+            Error::usage(format!(
+                "the sink table {} refuses a row of the points' shape ({why}): every batch would fail; change the table or use another --sink-table",
+                plan.table
+            ))
+        })?;
         // One more than may be sealed while running: `finish` seals the last past the cap.
         let (queue, rx) = mpsc::channel(plan.max_sealed() + 1);
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -449,9 +458,11 @@ impl Sink {
         }
     }
 
-    /// Stores what is left, waiting at most `--sink-timeout` plus a grace; returns the
-    /// PUBACKs now due and the report. Rows still not stored then count as failed.
-    pub async fn finish(mut self) -> (Vec<u8>, SinkReport) {
+    /// Stores what is left, waiting at most `--sink-timeout` per queued batch plus a grace,
+    /// or until `abandon` (a second signal) ends every wait at once; returns the PUBACKs now
+    /// due and the report. Rows still not stored then count as failed, and the COPYs in
+    /// flight are cancelled with their writers.
+    pub async fn finish(mut self, abandon: &CancellationToken) -> (Vec<u8>, SinkReport) {
         let now = Instant::now();
         if self.rows > 0 {
             // Past the cap on sealed batches if need be: nothing more will be read.
@@ -460,8 +471,17 @@ impl Sink {
         // Each writer may have a batch being written and more queued: a --sink-timeout each.
         let rounds = self.writing.div_ceil(self.plan.connections).max(1) as u32;
         let deadline = now + self.plan.timeout * rounds + DRAIN_GRACE;
+        let mut abandoned = false;
         while self.writing > 0 {
-            match tokio::time::timeout_at(deadline, self.done.recv()).await {
+            let done = tokio::select! {
+                biased;
+                _ = abandon.cancelled() => {
+                    abandoned = true;
+                    break;
+                }
+                d = tokio::time::timeout_at(deadline, self.done.recv()) => d,
+            };
+            match done {
                 Ok(Some(o)) => self.finished(o, Instant::now()),
                 Ok(None) => self.writers_gone(),
                 Err(_) => break,
@@ -479,9 +499,11 @@ impl Sink {
             .sum();
         if left > 0 {
             self.report.rows_failed += left;
-            self.report.errors.push(format!(
-                "{left} rows were not stored within --sink-timeout after the run ended"
-            ));
+            self.report.errors.push(if abandoned {
+                format!("{left} rows were not stored: a second signal abandoned the wait for the database")
+            } else {
+                format!("{left} rows were not stored within --sink-timeout after the run ended")
+            });
         }
         // The PUBACKs of what is not stored are not sent: the broker keeps those messages
         // (a persistent session sends them to the next run).
@@ -558,22 +580,42 @@ impl<'a> Row<'a> {
     }
 }
 
-/// The table's columns and their types (`format_type`), in order; empty if it is missing.
+/// A column of the sink's table, as the catalog has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Column {
+    name: String,
+    /// `format_type`'s text.
+    ty: String,
+    not_null: bool,
+    /// The database fills it when a row leaves it out: a default, an identity, generated.
+    filled: bool,
+}
+
+/// The table's columns, in order; empty if it is missing.
 async fn column_types(
     pool: &deadpool_postgres::Pool,
     table: &str,
-) -> Result<Vec<(String, String)>, pg_tool::DbError> {
+) -> Result<Vec<Column>, pg_tool::DbError> {
     let c = pool.get().await?;
     let rows = c
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
                FROM pg_attribute a
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&table],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            ty: r.get(1),
+            not_null: r.get(2),
+            filled: r.get(3),
+        })
+        .collect())
 }
 
 /// The types binary COPY rows need, column by column.
@@ -587,15 +629,36 @@ const WANTED: [(&str, &[&str]); 7] = [
     ("received_at", &["timestamp with time zone"]),
 ];
 
-/// A one-line usage error naming the first column that is missing or of another type.
-fn check_columns(table: &str, have: &[(String, String)]) -> Result<(), Error> {
+/// Columns a point may leave empty (publishers without sensor fields).
+const NULLABLE: [&str; 2] = ["temperature", "humidity"];
+
+/// A one-line usage error naming the first column that is missing, of another type, or
+/// one that would make every row fail: NOT NULL where a point may have nothing, or a
+/// column of the table's own that must be set and that the database does not fill.
+fn check_columns(table: &str, have: &[Column]) -> Result<(), Error> {
     if have.is_empty() {
         return Err(Error::usage(format!(
             "the sink table {table} does not exist; let backend-sub create it (--sink-migrate true) or apply crates/backend-core/src/sink.sql"
         )));
     }
+    for c in have {
+        let ours = WANTED.iter().any(|(n, _)| *n == c.name);
+        if ours && c.not_null && NULLABLE.contains(&c.name.as_str()) {
+            return Err(Error::usage(format!(
+                "the sink table {table} has {} NOT NULL, but a point may come without one and would fail its whole batch; drop NOT NULL or use another --sink-table",
+                c.name
+            )));
+        }
+        if !ours && c.not_null && !c.filled {
+            return Err(Error::usage(format!(
+                "the sink table {table} has a column {} ({} NOT NULL, no default) that the sink does not write, so every row would fail; give it a default, drop NOT NULL or use another --sink-table",
+                escape_ident(&c.name),
+                c.ty
+            )));
+        }
+    }
     for (name, types) in WANTED {
-        match have.iter().find(|(n, _)| n == name) {
+        match have.iter().find(|c| c.name == name).map(|c| (&c.name, &c.ty)) {
             None => {
                 return Err(Error::usage(format!(
                     "the sink table {table} has no column {name} ({}); use the shipped migration's table or another --sink-table",
@@ -632,10 +695,64 @@ fn base_type(t: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn empty_copy() -> Vec<u8> {
-    let mut v = COPY_HEADER.to_vec();
-    v.extend_from_slice(&(-1i16).to_be_bytes());
-    v
+/// A column name from the catalog, shown safely (it may hold anything).
+fn escape_ident(name: &str) -> String {
+    mqtt_tool::out::escape(name).into_owned()
+}
+
+/// A whole binary COPY of one row as the publishers write points, at the current time.
+fn trial_copy() -> Vec<u8> {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let p = Point {
+        device_id: std::borrow::Cow::Borrowed("backend-sub-start-check"),
+        seq: 0,
+        timestamp: now_s,
+        value: 50.12,
+        temperature: Some(21.53),
+        humidity: Some(45.2),
+    };
+    let mut b = BytesMut::from(COPY_HEADER);
+    if let Some(row) = Row::of(&p, now_s * 1e6) {
+        row.encode(&mut b);
+    }
+    b.put_i16(-1);
+    b.to_vec()
+}
+
+/// SQLSTATE classes of a row the table refuses (data, integrity, a trigger's RAISE, access
+/// rules and privileges, a policy's check): the table's doing, not the connection's.
+const REFUSALS: [&str; 5] = ["22", "23", "P0", "42", "44"];
+
+/// Copies `data` in a transaction that is rolled back: `Ok(Err(why))` when the table
+/// refuses it.
+async fn copy_rolled_back(
+    pool: &deadpool_postgres::Pool,
+    sql: &str,
+    data: Bytes,
+) -> Result<Result<(), String>, pg_tool::DbError> {
+    let mut c = pool.get().await?;
+    let tx = c.transaction().await?;
+    let copied = async {
+        let sink = tx.copy_in::<_, Bytes>(sql).await?;
+        let mut sink = std::pin::pin!(sink);
+        sink.send(data).await?;
+        sink.as_mut().finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => {
+            tx.rollback().await?;
+            Ok(Ok(()))
+        }
+        Err(e) => match e.as_db_error() {
+            Some(db) if REFUSALS.iter().any(|c| db.code().code().starts_with(c)) => {
+                Ok(Err(format!("{} ({})", db.message(), db.code().code())))
+            }
+            _ => Err(e.into()),
+        },
+    }
 }
 
 /// One COPY of a whole batch (header, rows, trailer), committed on its own.
@@ -731,12 +848,12 @@ mod tests {
 
     #[test]
     fn a_table_of_other_types_is_a_usage_error_naming_the_column() {
-        let cols = |seq: &str| -> Vec<(String, String)> {
+        let cols = |seq: &str| -> Vec<Column> {
             WANTED
                 .iter()
                 .map(|(n, t)| {
                     let t = if *n == "seq" { seq } else { t[0] };
-                    (n.to_string(), t.to_string())
+                    column(n, t, false, false)
                 })
                 .collect()
         };
@@ -753,6 +870,60 @@ mod tests {
         assert_eq!(base_type("character varying(64)"), "character varying");
         let e = check_columns("points", &[]).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    fn column(name: &str, ty: &str, not_null: bool, filled: bool) -> Column {
+        Column {
+            name: name.into(),
+            ty: ty.into(),
+            not_null,
+            filled,
+        }
+    }
+
+    #[test]
+    fn a_column_that_would_fail_every_row_is_a_usage_error_naming_it() {
+        let ours = || -> Vec<Column> {
+            WANTED
+                .iter()
+                .map(|(n, t)| column(n, t[0], !NULLABLE.contains(n), false))
+                .collect()
+        };
+        assert!(check_columns("points", &ours()).is_ok());
+        let mut t = ours();
+        t.push(column("tenant", "text", true, false));
+        let e = check_columns("points", &t).unwrap_err().to_string();
+        assert!(
+            e.contains("column tenant (text NOT NULL, no default)"),
+            "{e}"
+        );
+        // Filled by the database (a default, an identity, generated), or nullable: fine.
+        for c in [
+            column("tenant", "text", true, true),
+            column("note", "text", false, false),
+        ] {
+            let mut t = ours();
+            t.push(c);
+            assert!(check_columns("points", &t).is_ok());
+        }
+        let mut t = ours();
+        t[4].not_null = true;
+        let e = check_columns("points", &t).unwrap_err().to_string();
+        assert!(e.contains("temperature NOT NULL"), "{e}");
+        // A hostile column name reaches the terminal escaped.
+        let mut t = ours();
+        t.push(column("evil\u{1b}[2J", "text", true, false));
+        let e = check_columns("points", &t).unwrap_err().to_string();
+        assert!(!e.contains('\u{1b}'), "{e}");
+    }
+
+    #[test]
+    fn the_start_up_row_is_a_whole_copy_of_one_storable_point() {
+        let b = trial_copy();
+        assert!(b.starts_with(COPY_HEADER));
+        assert!(b.ends_with(&(-1i16).to_be_bytes()));
+        // Header, one row of 7 fields (the id is 23 bytes), trailer.
+        assert_eq!(b.len(), COPY_HEADER.len() + 2 + 4 + 23 + 6 * 12 + 2);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum Packet<'a> {
         codes: &'a [u8],
     },
     ConnAck {
+        /// The broker kept this client's session (MQTT 3.1.1 section 3.2.2.2).
+        session_present: bool,
         code: u8,
     },
     PingResp,
@@ -61,6 +63,53 @@ pub enum Malformed {
     TooLarge(usize, usize),
     #[error("not an MQTT packet: {0}")]
     Invalid(&'static str),
+    /// Well-formed, but not what the protocol allows here.
+    #[error("{0} (a protocol error)")]
+    Protocol(String),
+}
+
+/// The start of a packet that has not arrived whole: what is left in the read buffer when
+/// the connection ends or the broker goes silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// Its fixed header's first byte (the type in the high nibble, a PUBLISH's QoS in bits 1-2).
+    pub first: u8,
+    /// Bytes of it received.
+    pub have: usize,
+    /// Its whole length, when the fixed header arrived.
+    pub len: Option<usize>,
+}
+
+impl Partial {
+    pub fn is_publish(&self) -> bool {
+        self.first >> 4 == 3
+    }
+
+    /// A PUBLISH's QoS (0 for other packets).
+    pub fn qos(&self) -> u8 {
+        if self.is_publish() {
+            (self.first >> 1) & 3
+        } else {
+            0
+        }
+    }
+
+    /// "a PUBLISH of 1,234 bytes, 617 of them received", for a verdict.
+    pub fn describe(&self) -> String {
+        let what = match self.first >> 4 {
+            3 => "a PUBLISH",
+            9 => "a SUBACK",
+            _ => "a packet",
+        };
+        match self.len {
+            Some(len) => format!(
+                "{what} of {} bytes, {} of them received",
+                crate::format::fmt_int(len as u64),
+                crate::format::fmt_int(self.have as u64)
+            ),
+            None => format!("{what} whose fixed header was cut off"),
+        }
+    }
 }
 
 /// The connection: plain TCP, or TLS over it (`mqtts://`).
@@ -141,6 +190,11 @@ pub struct Session {
     ping_sent: Option<Instant>,
     /// How many bytes a read waits for.
     lowat: Lowat,
+    /// The packet id of the SUBSCRIBE not yet acknowledged: a SUBACK for any other is a
+    /// protocol error.
+    awaiting_suback: Option<u16>,
+    /// The CONNACK said the broker kept this client's session.
+    session_present: bool,
 }
 
 /// Sets `SO_RCVLOWAT` on `fd`.
@@ -257,7 +311,10 @@ fn packet(first: u8, body: &mut [u8], v5: bool) -> Result<Packet<'_>, Malformed>
                     .ok_or(Malformed::Invalid("a short SUBACK"))?,
             })
         }
-        2 if body.len() == 2 || (v5 && body.len() > 2) => Ok(Packet::ConnAck { code: body[1] }),
+        2 if body.len() == 2 || (v5 && body.len() > 2) => Ok(Packet::ConnAck {
+            session_present: body[0] & 1 == 1,
+            code: body[1],
+        }),
         2 => Err(Malformed::Invalid("a CONNACK of the wrong length")),
         13 => Ok(Packet::PingResp),
         t => Ok(Packet::Other(t)),
@@ -331,6 +388,8 @@ impl Session {
                 last_write: Instant::now(),
                 ping_sent: None,
                 lowat: Lowat::new(Duration::ZERO, Instant::now()),
+                awaiting_suback: None,
+                session_present: false,
             };
             let credentials = cp
                 .credentials
@@ -361,7 +420,13 @@ impl Session {
                 .map_err(|e| (io_failure(&e), Some(e)))?;
             let code = loop {
                 match s.next_packet() {
-                    Ok(Some(Packet::ConnAck { code })) => break code,
+                    Ok(Some(Packet::ConnAck {
+                        code,
+                        session_present,
+                    })) => {
+                        s.session_present = session_present;
+                        break code;
+                    }
                     Ok(Some(_)) | Err(_) => return Err((ConnectFailure::NotMqtt, None)),
                     Ok(None) => {}
                 }
@@ -390,8 +455,15 @@ impl Session {
         Ok(s)
     }
 
+    /// Whether the broker kept this client's session (and so what it queued for it while
+    /// it was away): the CONNACK's Session Present flag.
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
     /// Sends SUBSCRIBE (packet id 1) for `filters`, each at `qos`.
     pub async fn subscribe(&mut self, filters: &[String], qos: u8) -> io::Result<()> {
+        self.awaiting_suback = Some(1);
         if self.v5 {
             use rumqttc::v5::mqttbytes::v5::{Filter, Subscribe};
             let q = if qos == 0 {
@@ -549,7 +621,32 @@ impl Session {
         self.need = 0;
         let at = self.start;
         self.start += frame;
-        packet(first, &mut self.buf[at + hlen..at + frame], self.v5).map(Some)
+        let p = packet(first, &mut self.buf[at + hlen..at + frame], self.v5)?;
+        if let Packet::SubAck { pkid, .. } = &p {
+            if self.awaiting_suback != Some(*pkid) {
+                return Err(Malformed::Protocol(format!(
+                    "a SUBACK for packet id {pkid}, which no SUBSCRIBE of this connection waits for"
+                )));
+            }
+            self.awaiting_suback = None;
+        }
+        Ok(Some(p))
+    }
+
+    /// The packet begun in the read buffer and not whole yet, if any (after
+    /// [`Session::next_packet`] said `None`).
+    pub fn partial(&self) -> Option<Partial> {
+        let unread = &self.buf[self.start..self.end];
+        let first = *unread.first()?;
+        let len = match fixed_header(unread) {
+            Ok(Some((_, hlen, rest))) => Some(hlen + rest),
+            _ => None,
+        };
+        Some(Partial {
+            first,
+            have: unread.len(),
+            len,
+        })
     }
 
     /// Says DISCONNECT and closes our side, within `timeout`.
@@ -608,6 +705,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A session over a local socket whose read buffer holds `bytes`, as if read.
+    async fn session_holding(bytes: &[u8]) -> Session {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let mut buf = vec![0; 1024];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Session {
+            stream: Stream::Plain(stream),
+            buf,
+            start: 0,
+            end: bytes.len(),
+            need: 0,
+            max_packet: 1024,
+            keep_alive: Duration::ZERO,
+            v5: false,
+            last_write: Instant::now(),
+            ping_sent: None,
+            lowat: Lowat::new(Duration::ZERO, Instant::now()),
+            awaiting_suback: Some(1),
+            session_present: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_suback_no_subscribe_waits_for_is_a_protocol_error() {
+        let suback = |id: u8| [0x90, 3, 0, id, 0];
+        let mut s = session_holding(&[suback(7), suback(1), suback(1)].concat()).await;
+        let e = s.next_packet().unwrap_err();
+        assert!(matches!(e, Malformed::Protocol(_)), "{e}");
+        assert!(e.to_string().contains("packet id 7"), "{e}");
+        assert!(matches!(
+            s.next_packet(),
+            Ok(Some(Packet::SubAck { pkid: 1, .. }))
+        ));
+        // Its SUBSCRIBE was acknowledged already.
+        assert!(matches!(s.next_packet(), Err(Malformed::Protocol(_))));
+    }
+
+    #[tokio::test]
+    async fn a_packet_not_yet_whole_is_described_as_partial() {
+        let publish = publish("device_data/x", 1, 9, b"{}", false);
+        let mut s = session_holding(&publish[..6]).await;
+        assert!(s.next_packet().unwrap().is_none());
+        let p = s.partial().expect("a partial packet");
+        assert_eq!(
+            p,
+            Partial {
+                first: 0x32,
+                have: 6,
+                len: Some(publish.len())
+            }
+        );
+        assert!(p.is_publish() && p.qos() == 1);
+        assert_eq!(p.describe(), "a PUBLISH of 21 bytes, 6 of them received");
+        let s = session_holding(&publish[..1]).await;
+        assert_eq!(
+            s.partial().map(|p| p.describe()),
+            Some("a PUBLISH whose fixed header was cut off".to_string())
+        );
+        assert!(session_holding(&[]).await.partial().is_none());
     }
 
     #[test]

@@ -27,8 +27,14 @@ pub struct Backend {
 /// Runs backend-sub with `args` to the end, without waiting for a subscription (for runs
 /// that fail before it); returns (exit code, stdout, stderr).
 pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    run_to_end_env(args, &[])
+}
+
+/// [`run_to_end`] with environment variables set.
+pub fn run_to_end_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run backend-sub");

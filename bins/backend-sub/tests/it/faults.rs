@@ -2,12 +2,12 @@
 //! that the run's verdict covers the whole stream.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use test_support::proxy::Proxy;
-use test_support::{workspace_bin, Mosquitto};
+use test_support::{workspace_bin, Mosquitto, Subscriber};
 
-use crate::common::{n, start};
+use crate::common::{n, run_to_end, start, validate};
 
 fn publisher(url: &str, total: &str) -> std::process::Child {
     Command::new(workspace_bin("frontend1-pub"))
@@ -64,6 +64,14 @@ fn a_backend_cut_off_for_a_while_reconnects_to_its_session_and_misses_nothing() 
     );
     assert!(r["disconnected_s"].as_f64().unwrap() >= 0.9, "{r:#}");
     assert!(out.stdout.contains("faults"), "{}", out.stdout);
+    // The broker kept the session and queued for it: the outage excuses nothing.
+    assert!(
+        r["outages"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty() && o.iter().all(|o| o["session_kept"] == true)),
+        "{r:#}"
+    );
+    assert_eq!(n(r, "points_missed_disconnected"), 0);
 }
 
 /// Fault 1 with both sides reconnecting: the broker is killed and started again; the
@@ -312,4 +320,180 @@ fn a_backend_reconnect_refused_for_bad_credentials_exits_4() {
         proxy.accepted() - before
     );
     assert!(!out.stderr.contains("first-pass") && !out.stdout.contains("first-pass"));
+}
+
+/// frontend1-pub, QoS 1, one point a message at `rate`, `total` points.
+fn paced_publisher(url: &str, total: u64, rate: u64) -> std::process::Child {
+    Command::new(workspace_bin("frontend1-pub"))
+        .args(["--broker", url, "--qos", "1", "--batch", "1", "--quiet"])
+        .args(["--rate", &rate.to_string(), "--total", &total.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn publisher")
+}
+
+/// Waits until the independent subscriber holds at least `points`.
+fn wait_points(sub: &Subscriber, points: u64) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while sub.snapshot().points < points {
+        assert!(
+            Instant::now() < end,
+            "the stream never reached {points} points"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// backend-sub's own outage (a clean session: the broker keeps nothing for it meanwhile)
+/// in the middle of a stream that an independent subscriber receives whole. What it
+/// missed is told from what was lost while it was connected (nothing here): counted and
+/// listed apart, named in the verdict, which fails (exit 5) unless --accept-disconnected.
+#[test]
+fn points_due_while_the_backend_was_away_are_told_from_points_lost_while_connected() {
+    let m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let witness = Subscriber::start(m.port, "device_data/#");
+    let total: u64 = 12_000;
+    let args = |accept: bool| {
+        let mut a = vec![
+            "--broker".to_string(),
+            proxy.url(),
+            "--expect".into(),
+            total.to_string(),
+            "--idle-timeout".into(),
+            "2s".into(),
+        ];
+        if accept {
+            a.push("--accept-disconnected".into());
+        }
+        a
+    };
+    let strict_args = args(false);
+    let lenient_args = args(true);
+    let mut strict = start(&strict_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut lenient = start(&lenient_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut p = paced_publisher(&m.url(), total, 2000);
+    wait_points(&witness, 2000);
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    let at_cut = witness.snapshot().points;
+    wait_points(&witness, at_cut + 2000);
+    proxy.set_accepting(true);
+    for b in [&mut strict, &mut lenient] {
+        assert!(b.wait_for_line("subscribed again", Duration::from_secs(10)));
+    }
+    assert!(p.wait().unwrap().success());
+    // Nothing was lost by the broker: the witness, connected throughout, has it all.
+    witness
+        .finish(total, Duration::from_secs(5))
+        .assert_exactly_once("frontend1_ultra_high_perf_device", total);
+    for (b, accepted) in [(strict, false), (lenient, true)] {
+        let out = b.wait();
+        out.assert_code(if accepted { 0 } else { 5 });
+        let r = &out.report;
+        validate(r);
+        let missing = n(r, "points_missing");
+        assert!(missing >= 1000, "{r:#}");
+        assert_eq!(n(r, "points_unique") + missing, total, "{r:#}");
+        assert_eq!(n(r, "points_missed_disconnected"), missing, "{r:#}");
+        let d = out.device("frontend1_ultra_high_perf_device");
+        assert_eq!(
+            d["missed_disconnected_ranges"], d["missing_ranges"],
+            "{d:#}"
+        );
+        let outages = r["outages"].as_array().unwrap();
+        assert_eq!(outages.len(), 1, "{r:#}");
+        assert!(outages[0]["to"].is_string(), "{r:#}");
+        let stdout = &out.stdout;
+        assert!(
+            stdout.contains("while this backend was disconnected"),
+            "{stdout}"
+        );
+        if accepted {
+            assert_eq!(r["verified"], true, "{r:#}");
+        } else {
+            let verdict = r["reason"].as_str().unwrap();
+            assert!(
+                verdict.contains(&format!(
+                    "{} points were due while this backend was itself disconnected",
+                    thousands(missing)
+                )),
+                "{verdict}"
+            );
+            assert!(
+                !verdict.contains("while this backend was connected"),
+                "{verdict}"
+            );
+        }
+    }
+}
+
+/// The stream ends while backend-sub is away (the case a default 10 s backoff made common):
+/// with --expect, the points that never came after the last one that did are missed while
+/// disconnected, not lost.
+#[test]
+fn a_stream_that_ended_while_the_backend_was_away_is_missed_not_lost() {
+    let m = Mosquitto::start();
+    let proxy = Proxy::start(m.port);
+    let witness = Subscriber::start(m.port, "device_data/#");
+    let total: u64 = 4000;
+    let mut backend = start(&[
+        "--broker",
+        &proxy.url(),
+        "--expect",
+        &total.to_string(),
+        "--idle-timeout",
+        "1s",
+        "--first-message-timeout",
+        "1s",
+    ]);
+    let mut p = paced_publisher(&m.url(), total, 2000);
+    wait_points(&witness, 1000);
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    assert!(p.wait().unwrap().success());
+    witness
+        .finish(total, Duration::from_secs(5))
+        .assert_exactly_once("frontend1_ultra_high_perf_device", total);
+    proxy.set_accepting(true);
+    assert!(backend.wait_for_line("subscribed again", Duration::from_secs(10)));
+    let out = backend.wait();
+    out.assert_code(5);
+    let r = &out.report;
+    validate(r);
+    let unique = n(r, "points_unique");
+    assert!(unique < total, "{r:#}");
+    assert_eq!(n(r, "points_missed_disconnected"), total - unique, "{r:#}");
+    let verdict = r["reason"].as_str().unwrap();
+    assert!(
+        verdict.contains("the stream having ended meanwhile"),
+        "{verdict}"
+    );
+}
+
+/// backend-sub's reconnect backoff is short and capped by default: a clean-session
+/// subscriber misses what is published while it is away.
+#[test]
+fn the_backends_default_reconnect_backoff_is_short() {
+    let (code, stdout, _) = run_to_end(&["--help"]);
+    assert_eq!(code, 0);
+    let line = stdout
+        .lines()
+        .skip_while(|l| !l.contains("--reconnect-backoff"))
+        .take_while(|l| !l.trim_start().starts_with("--reconnect-timeout"))
+        .collect::<String>();
+    assert!(line.contains("[default: 50ms..1s]"), "{line}");
+}
+
+/// 12,345 as the summaries write it.
+fn thousands(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

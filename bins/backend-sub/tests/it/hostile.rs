@@ -291,3 +291,31 @@ fn a_hundred_thousand_devices_with_a_few_faulty_ones_are_proven_in_bounded_memor
         assert!(verdict.contains(&id(i)), "{verdict}");
     }
 }
+
+/// A latency past the histogram's ceiling (a point stamped in 1970 arrives 56 years late) is
+/// recorded at the ceiling, and counted so: overall and for its frontend, in the JSON and
+/// the summary, never silently shown as an hour.
+#[test]
+fn latencies_past_the_histograms_ceiling_are_counted_as_clamped() {
+    let m = Mosquitto::start();
+    let backend = start(&["--broker", &m.url(), "--idle-timeout", "1s"]);
+    let stale = br#"{"device_id":"frontend1_old","seq":0,"timestamp":1.0,"value":1.5}"#.to_vec();
+    publish_payloads(
+        m.port,
+        TOPIC,
+        &[stale, payload("frontend1_new", &[0, 1, 2])],
+    );
+    let out = backend.wait();
+    out.assert_code(0);
+    let r = &out.report;
+    validate(r);
+    assert_eq!(n(r, "latency_clamped"), 1, "{r:#}");
+    assert_eq!(n(out.frontend("frontend1"), "latency_clamped"), 1);
+    assert_eq!(n(out.frontend("frontend2"), "latency_clamped"), 0);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("e2e latency"))
+        .unwrap_or_default();
+    assert!(line.contains("1 sample above 1h"), "{}", out.stdout);
+}

@@ -7,5 +7,6 @@ mod crafted;
 mod faults;
 mod frontends;
 mod hostile;
+mod protocol;
 mod sink;
 mod stops;

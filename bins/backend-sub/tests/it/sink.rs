@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use test_support::{payload, publish_payloads, workspace_bin, Mosquitto, Postgres};
 
-use crate::common::{n, run_to_end, start_env, validate};
+use crate::common::{n, run_to_end, run_to_end_env, start_env, validate};
 
 fn publisher(bin: &str, url: &str, extra: &[&str]) -> std::process::Child {
     Command::new(workspace_bin(bin))
@@ -430,4 +430,150 @@ fn bad_sinks_are_usage_errors_and_an_unreachable_database_exits_3() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A table the sink cannot fill: a column of its own that must be set and has no default,
+/// a NOT NULL on a sensor column (points may come without one), a CHECK or a trigger that
+/// refuses every row. Each is a usage error at start that names what to change, not a run
+/// whose every batch fails after its messages were taken from the broker.
+#[test]
+fn a_table_that_would_refuse_every_row_is_a_usage_error_naming_why() {
+    let pg = Postgres::start();
+    let cols = "device_id text, seq bigint, ts timestamptz, value double precision, \
+                temperature double precision, humidity double precision, received_at timestamptz";
+    pg.psql(&format!(
+        "CREATE TABLE tenanted ({cols}, tenant text NOT NULL); \
+         CREATE TABLE defaulted ({cols}, tenant text NOT NULL DEFAULT 'acme', \
+                                 id bigint GENERATED ALWAYS AS IDENTITY); \
+         CREATE TABLE strict_sensors (device_id text, seq bigint, ts timestamptz, \
+                value double precision, temperature double precision NOT NULL, \
+                humidity double precision, received_at timestamptz); \
+         CREATE TABLE checked ({cols}, CONSTRAINT no_rows_please CHECK (seq < 0)); \
+         CREATE TABLE triggered ({cols}); \
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'this table takes no points'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON triggered FOR EACH ROW EXECUTE FUNCTION refuse();"
+    ));
+    let sink = pg.url();
+    let run = |table: &str| {
+        run_to_end_env(
+            &[
+                "--broker",
+                "embedded",
+                "--sink",
+                &sink,
+                "--sink-table",
+                table,
+                "--sink-migrate",
+                "false",
+                "--sink-timeout",
+                "5s",
+                "--expect",
+                "0",
+            ],
+            &[("PGPASSWORD", pg.password())],
+        )
+    };
+    for (table, needles) in [
+        ("tenanted", &["tenant", "NOT NULL", "no default"][..]),
+        ("strict_sensors", &["temperature", "NOT NULL"][..]),
+        ("checked", &["no_rows_please"][..]),
+        ("triggered", &["this table takes no points"][..]),
+    ] {
+        let (code, _, err) = run(table);
+        assert_eq!(code, 2, "{table}: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{table}: '{needle}' not in {err}");
+        }
+        assert!(err.contains(table), "{table}: {err}");
+    }
+    // A column of its own with a default (or generated) is filled by the database: fine,
+    // and the start-up check leaves no row behind.
+    let (code, _, err) = run("defaulted");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count(&pg, "SELECT count(*) FROM defaulted"), 0);
+}
+
+/// The database down with rows waiting: the first signal waits for the sink within its
+/// deadlines, the second abandons every database wait at once, counts what is not stored
+/// as failed, and the report is written within a second or two, not after the
+/// (2 x connections + 1) x --sink-timeout the queued batches could take.
+#[test]
+fn a_second_signal_abandons_the_sinks_database_waits_at_once() {
+    let m = Mosquitto::start();
+    let mut pg = Postgres::start();
+    let sink = pg.url();
+    let mut backend = start_env(
+        &[
+            "--broker",
+            &m.url(),
+            "--sink",
+            &sink,
+            "--sink-batch",
+            "100",
+            "--sink-timeout",
+            "30s",
+            "--idle-timeout",
+            "60s",
+        ],
+        &[("PGPASSWORD", pg.password())],
+    );
+    pg.kill();
+    let msgs: Vec<Vec<u8>> = (0..10u64)
+        .map(|i| payload("dev_down", &(i * 100..(i + 1) * 100).collect::<Vec<_>>()))
+        .collect();
+    publish_payloads(m.port, "device_data/down", &msgs);
+    // The writers have found the database gone and are retrying.
+    assert!(
+        backend.wait_for_line("database ", Duration::from_secs(20)),
+        "the sink never said the database was gone"
+    );
+    backend.signal("TERM");
+    assert!(backend.wait_for_line("SIGTERM:", Duration::from_secs(10)));
+    let second = Instant::now();
+    backend.signal("TERM");
+    let out = backend.wait();
+    let took = second.elapsed();
+    out.assert_code(143);
+    assert!(
+        took < Duration::from_secs(3),
+        "the exit took {took:?} after the second signal"
+    );
+    let r = &out.report;
+    validate(r);
+    let k = &r["sink"];
+    assert_eq!(n(r, "points_unique"), 1000, "{r:#}");
+    assert_eq!(
+        (n(k, "rows_written"), n(k, "rows_failed")),
+        (0, 1000),
+        "{k:#}"
+    );
+    let errors = k["errors"].to_string();
+    assert!(errors.contains("second signal"), "{errors}");
+}
+
+/// Whatever the sink waits for, its errors name the database and the flag that bounds the
+/// wait (--sink-timeout), never a broker or a flag backend-sub does not have.
+#[test]
+fn database_errors_name_the_database_and_the_sinks_own_flag() {
+    let port = test_support::free_port();
+    let (code, _, err) = run_to_end(&[
+        "--broker",
+        "embedded",
+        "--sink",
+        &format!("postgres://u@127.0.0.1:{port}/db"),
+        "--sink-timeout",
+        "1s",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("database postgres://u@127.0.0.1:{port}/db")),
+        "{err}"
+    );
+    assert!(last.contains("--sink-timeout"), "{err}");
+    assert!(
+        !err.contains("broker postgres") && !err.contains("--db-timeout"),
+        "{err}"
+    );
 }
