@@ -373,7 +373,12 @@ fn a_database_restart_mid_run_is_retried_and_every_point_is_stored() {
             "100k",
         ],
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Storing, when the database goes.
+    let end = Instant::now() + Duration::from_secs(30);
+    while count(&pg, "SELECT count(*) FROM points") < 20_000 {
+        assert!(Instant::now() < end, "nothing was stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     pg.restart_fast();
     assert!(p.wait().unwrap().success());
     let out = backend.wait();

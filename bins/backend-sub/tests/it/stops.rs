@@ -109,7 +109,10 @@ fn sigterm_while_connecting_exits_143_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        fake.wait_accepted(1, Duration::from_secs(10)),
+        "it connects"
+    );
     let sent = Instant::now();
     signal(child.id(), "TERM");
     while sent.elapsed() < Duration::from_secs(3) {
