@@ -417,7 +417,7 @@ pub fn command(name: &'static str) -> Command {
         .about("Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery")
         .after_help(
             "Exit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
-             3 broker (or the --sink database) unreachable, 4 broker refused the connection, 129 SIGHUP, 130 SIGINT, \
+             3 broker (or the --sink database) unreachable, 4 broker (or the --sink database) refused the connection, 129 SIGHUP, 130 SIGINT, \
              143 SIGTERM; SIGUSR1 prints progress.",
         )
 }
@@ -489,7 +489,7 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
         None => None,
     };
     let connected = tokio::select! {
-        c = mqtt_tool::session::Session::open(&plan.connect, &target, plan.clean_session, plan.session_expiry) => Some(c?),
+        c = mqtt_tool::session::Session::open_first(&plan.connect, &target, plan.clean_session, plan.session_expiry) => Some(c?),
         _ = shutdown.stop.cancelled() => None,
     };
     let rx = match connected {

@@ -513,6 +513,12 @@ impl Merge {
 /// it describes; the sink storing at most the unique points.
 fn check_figures(name: &str, r: &Report) -> Result<Option<Histogram<u64>>, Error> {
     let c = Check { report: name };
+    // A device listed twice would count its points twice and pass for two members.
+    let mut ids: Vec<&str> = r.devices.iter().map(|d| d.device_id.as_str()).collect();
+    ids.sort_unstable();
+    if let Some(pair) = ids.windows(2).find(|p| p[0] == p[1]) {
+        return Err(c.fails(format!("it lists device {} twice", escape(pair[0]))));
+    }
     for d in &r.devices {
         let id = escape(&d.device_id);
         for pair in d.received_ranges.windows(2) {

@@ -1,6 +1,7 @@
 //! The receiving loop: subscribe, then for every PUBLISH decode, route and verify, until a
 //! stop condition holds.
 
+use mqtt_tool::hist::record_clamped;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -143,8 +144,8 @@ pub struct Received {
     pub sink: Option<crate::sink::SinkReport>,
 }
 
-/// The latency histograms' ceiling: an hour.
-pub const MAX_TRACKED_US: u64 = 3_600_000_000;
+/// The latency histograms' ceiling (an hour), the publishers' too.
+pub use mqtt_tool::hist::MAX_TRACKED_US;
 const MALFORMED_LOGGED: usize = 5;
 const DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -346,15 +347,12 @@ impl Pipeline<'_> {
                     }
                     dev.latency_max_us = dev.latency_max_us.max(latency);
                     // Past the ceiling a latency is recorded at it: counted, so said.
-                    let clamped = latency > rx.latency_us.high();
-                    rx.latency_clamped += u64::from(clamped);
-                    rx.latency_us.saturating_record(latency);
+                    record_clamped(&mut rx.latency_us, latency, &mut rx.latency_clamped);
                     match dev.frontend {
                         Some(fe) => {
                             let f = &mut rx.frontends[fe];
                             f.points += 1;
-                            f.latency_clamped += u64::from(clamped);
-                            f.latency_us.saturating_record(latency);
+                            record_clamped(&mut f.latency_us, latency, &mut f.latency_clamped);
                         }
                         None => rx.unrouted_points += 1,
                     }

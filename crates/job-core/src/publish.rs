@@ -73,7 +73,15 @@ pub fn invalid(job: &Job, p: &RunPlan) -> Option<String> {
             mqtt_tool::out::escape(&job.topic)
         ));
     }
-    let size = job.topic.len() + job.payload.len() + 64;
+    // What goes out: the body as the job id mode makes it (a wrapper escapes the payload
+    // as a JSON string, or base64), the topic, the fixed and variable headers, and a job id
+    // property (its name and up to 20 digits).
+    let property = if p.job_id == JobIdMode::Property {
+        32
+    } else {
+        0
+    };
+    let size = job.topic.len() + body(job, p.job_id).len() + 64 + property;
     if size > p.connect.max_packet_size {
         return Some(format!(
             "its message of {size} bytes is over --max-packet-size {}",
@@ -457,8 +465,5 @@ impl Publishing<'_> {
 /// counted in `lateness_clamped`.
 pub fn record(lateness: &mut Histogram<u64>, late: Duration, n: &mut Counts) {
     let us = late.as_micros().min(u64::MAX as u128) as u64;
-    if us > lateness.high() {
-        n.lateness_clamped += 1;
-    }
-    lateness.saturating_record(us);
+    mqtt_tool::hist::record_clamped(lateness, us, &mut n.lateness_clamped);
 }

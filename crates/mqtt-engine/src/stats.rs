@@ -301,6 +301,7 @@ pub struct Live {
     pub points_acked: AtomicU64,
     pub connected: AtomicU64,
     pub failed: AtomicU64,
+    /// Connections lost at least once (as the report's `connections.lost`).
     pub lost: AtomicU64,
     /// Connections up right now.
     pub up: AtomicU64,
@@ -376,6 +377,17 @@ impl AddAssign for LiveTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_past_the_ceiling_are_recorded_at_it_and_counted() {
+        let mut h = histogram();
+        let mut clamped = 0;
+        record_clamped(&mut h, 1_000, &mut clamped);
+        // 56 years, as a timestamp from another era gives.
+        record_clamped(&mut h, 56 * 365 * 86_400 * 1_000_000, &mut clamped);
+        assert_eq!((h.len(), clamped), (2, 1));
+        assert!(h.max() >= MAX_TRACKED_US && h.max() < MAX_TRACKED_US * 2);
+    }
 
     #[test]
     fn per_worker_stats_merge_exactly() {

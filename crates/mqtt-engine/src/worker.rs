@@ -971,26 +971,16 @@ impl<P: Producer> Worker<P> {
         }
     }
 
-    /// Points device `dl`'s schedule still holds from its next slot: what is left of its
-    /// quota, and no more than its slots before --duration ends.
+    /// Points device `dl`'s schedule still holds: what it is to send in all (its quota, and
+    /// no more than its slots due by the end of --duration, as [`Schedule::planned_for`]
+    /// counts them) less what it has generated or dropped offline.
     fn points_left(&self, dl: u32) -> u64 {
         let d = self.d0 + dl as u64;
-        let dev = &self.devices[dl as usize];
-        let by_quota = self.s.schedule.quota(d).map(|q| q.saturating_sub(dev.sent));
-        let by_time = self.s.schedule.duration().map(|end| {
-            let slots = self
-                .s
-                .schedule
-                .first_slot_at(d, end)
-                .saturating_sub(dev.next_slot);
-            slots.saturating_mul(self.s.schedule.batch())
-        });
-        match (by_quota, by_time) {
-            (Some(q), Some(t)) => q.min(t),
-            (Some(q), None) => q,
-            (None, Some(t)) => t,
-            (None, None) => 0,
-        }
+        let sent = self.devices[dl as usize].sent;
+        self.s
+            .schedule
+            .planned_for(d)
+            .map_or(0, |p| p.saturating_sub(sent))
     }
 
     /// A connection that was up is gone: it reconnects when it still has something to
@@ -2105,7 +2095,7 @@ impl<P: Producer> Worker<P> {
         l.reconnects.store(self.stats.conns.reconnects, r);
         l.connected.store(self.stats.conns.connected, r);
         l.failed.store(self.stats.conns.failed, r);
-        l.lost.store(self.stats.conns.losses, r);
+        l.lost.store(self.stats.conns.lost, r);
         l.up.store(self.up, r);
         if self.qos1 {
             l.inflight.store(

@@ -42,9 +42,20 @@ pub fn describe_lost(
         Some(false) => format!(
             "; nothing accepts connections at {broker} any more: the broker stopped or restarted"
         ),
+        // Early, with messages large enough to meet a broker's size limit (those start at a
+        // few KiB: AWS IoT 128 KiB, HiveMQ Cloud 256 KiB, an operator's message_size_limit).
+        Some(true) if lost.early() && lost.largest_message as usize >= LIKELY_SIZE_LIMIT => {
+            format!(
+                "; it dropped the first messages ({} bytes): a packet size limit on the broker \
+                 (Mosquitto: max_packet_size, message_size_limit) is the likely cause; lower --batch",
+                crate::format::fmt_int(lost.largest_message as u64)
+            )
+        }
+        // Early, with small messages: not their size, but what they are or where they go.
         Some(true) if lost.early() => format!(
-            "; it dropped the first messages ({} bytes): a packet size limit on the broker \
-             (Mosquitto: max_packet_size, message_size_limit) is the likely cause; lower --batch",
+            "; it dropped the first messages ({} bytes, too small for a size limit): the broker \
+             refuses their topic (a reserved or invalid name), an ACL or a policy forbids them, \
+             or it refuses this client; its log says which",
             crate::format::fmt_int(lost.largest_message as u64)
         ),
         Some(true) => format!(
@@ -215,6 +226,10 @@ pub fn scheme_hint(f: &ConnectFailure, host: &str, port: u16, tls: bool) -> Opti
     }
 }
 
+/// Payload bytes below which a message is taken to be too small to meet a broker's packet
+/// size limit: an early close of smaller ones has another cause.
+const LIKELY_SIZE_LIMIT: usize = 1024;
+
 /// Whether something at `host:port` accepts a TCP connection within `timeout`.
 pub fn accepts_connections(host: &str, port: u16, timeout: Duration) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
@@ -307,5 +322,21 @@ mod tests {
             ping.contains("keep-alive") && !ping.contains("client id"),
             "{ping}"
         );
+    }
+
+    /// A broker that drops the first 117-byte messages (a `$SYS` or control-character topic,
+    /// an ACL): not blamed on a size limit, which such a message cannot meet.
+    #[test]
+    fn an_early_close_of_small_messages_is_not_blamed_on_a_size_limit() {
+        let small = Lost {
+            largest_message: 117,
+            ..lost(LostKind::Closed, 50, false, Some(10))
+        };
+        let text = describe_lost(&small, "1", "mqtt://127.0.0.1:1", Some(true));
+        assert!(!text.contains("packet size limit"), "{text}");
+        assert!(text.contains("refuses their topic"), "{text}");
+        let large = lost(LostKind::Closed, 50, false, Some(10));
+        let text = describe_lost(&large, "1", "mqtt://127.0.0.1:1", Some(true));
+        assert!(text.contains("packet size limit"), "{text}");
     }
 }

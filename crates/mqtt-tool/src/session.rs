@@ -332,6 +332,18 @@ fn io_failure(e: &io::Error) -> ConnectFailure {
     }
 }
 
+/// A failed TLS handshake in words that say what to change (rustls's error, when it is
+/// one); an end of stream during the handshake is a close before CONNACK.
+fn tls_failure(e: &io::Error) -> ConnectFailure {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => ConnectFailure::Tls(mqtt_engine::tls::describe(r)),
+        None => match io_failure(e) {
+            ConnectFailure::Io(_) => ConnectFailure::Tls(e.to_string()),
+            other => other,
+        },
+    }
+}
+
 impl Session {
     /// Connects and waits for the CONNACK, within the plan's connect timeout. Failures are
     /// the exit codes' kinds: unreachable (3) or refused by the broker (4). With
@@ -342,6 +354,28 @@ impl Session {
         target: &BrokerTarget,
         clean_session: bool,
         session_expiry: Duration,
+    ) -> Result<Session, Error> {
+        Session::open_with(cp, target, clean_session, session_expiry, false).await
+    }
+
+    /// [`Session::open`] for a run's first connection: a failure that a scheme mixed up
+    /// with the port explains (`mqtt://` at a TLS port, `mqtts://` at a plain one) is
+    /// probed once with the other scheme and named.
+    pub async fn open_first(
+        cp: &ConnectPlan,
+        target: &BrokerTarget,
+        clean_session: bool,
+        session_expiry: Duration,
+    ) -> Result<Session, Error> {
+        Session::open_with(cp, target, clean_session, session_expiry, true).await
+    }
+
+    async fn open_with(
+        cp: &ConnectPlan,
+        target: &BrokerTarget,
+        clean_session: bool,
+        session_expiry: Duration,
+        hint: bool,
     ) -> Result<Session, Error> {
         let broker = target.url();
         let fail = |f: ConnectFailure, io: Option<io::Error>| match f {
@@ -372,7 +406,7 @@ impl Session {
                     let tls = tokio_rustls::TlsConnector::from(t.config.clone())
                         .connect(name, stream)
                         .await
-                        .map_err(|e| (ConnectFailure::Tls(e.to_string()), None))?;
+                        .map_err(|e| (tls_failure(&e), None))?;
                     Stream::Tls(Box::new(tls))
                 }
             };
@@ -440,7 +474,22 @@ impl Session {
         };
         let (mut s, code) = match tokio::time::timeout(cp.connect_timeout, attempt).await {
             Err(_) => return Err(fail(ConnectFailure::Timeout, None)),
-            Ok(Err((f, io))) => return Err(fail(f, io)),
+            Ok(Err((f, io))) => {
+                let mut e = fail(f.clone(), io);
+                if hint {
+                    let (host, port, tls) = (target.host.clone(), target.port, cp.tls.is_some());
+                    let said = tokio::task::spawn_blocking(move || {
+                        crate::mqtt::scheme_hint(&f, &host, port, tls)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    if let (Some(said), Error::Unreachable { reason, .. }) = (said, &mut e) {
+                        *reason = format!("{reason}; {said}");
+                    }
+                }
+                return Err(e);
+            }
             Ok(Ok(s)) => s,
         };
         if code != 0 {

@@ -233,6 +233,9 @@ pub async fn execute(
         });
     }
     plan::check_source_families(&plan.fleet.source_ips, &addrs, &target.url())?;
+    // A name with addresses of both families (localhost): connections from IPv4 sources go
+    // to its IPv4 addresses only, and the other way round.
+    let addrs = plan::reachable_from(&plan.fleet.source_ips, addrs);
     let settings = plan.fleet_settings(addrs);
     let (device_id, topic) = (plan.device_id_template.clone(), plan.topic_template.clone());
     let (seed, sensor_fields, offset) = (plan.seed, plan.sensor_fields, plan.fleet.device_start);

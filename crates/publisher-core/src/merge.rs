@@ -371,6 +371,16 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
             fmt_int(failed)
         )
     })?;
+    c.that(
+        r.points_unsent == r.points_enqueued.saturating_sub(r.points_sent),
+        || {
+            format!(
+                "points_unsent is {} but what points_sent leaves of points_enqueued is {}",
+                fmt_int(r.points_unsent),
+                fmt_int(r.points_enqueued.saturating_sub(r.points_sent))
+            )
+        },
+    )?;
     let messages_acked = r.messages_acked.unwrap_or(0);
     c.that(messages_acked <= r.messages_sent, || {
         format!(
@@ -438,6 +448,16 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
                         fmt_int(*n)
                     }
                 )));
+            }
+            // Complete means every planned point was generated.
+            if let Some(planned) = r.points_planned {
+                c.that(r.points_enqueued >= planned, || {
+                    format!(
+                        "its outcome is complete, but it generated {} of the {} points planned",
+                        fmt_int(r.points_enqueued),
+                        fmt_int(planned)
+                    )
+                })?;
             }
         }
         "interrupted" => c.that(r.interrupted_by.is_some(), || {

@@ -761,6 +761,21 @@ pub fn check_source_families(
     )))
 }
 
+/// The broker's addresses the source addresses can reach (all of them without
+/// `--source-ip`): a family none of the sources has is left out.
+pub fn reachable_from(
+    source_ips: &[IpAddr],
+    broker_addrs: Vec<std::net::SocketAddr>,
+) -> Vec<std::net::SocketAddr> {
+    if source_ips.is_empty() {
+        return broker_addrs;
+    }
+    broker_addrs
+        .into_iter()
+        .filter(|a| source_ips.iter().any(|ip| ip.is_ipv4() == a.is_ipv4()))
+        .collect()
+}
+
 /// The local ports one source address can use for connections (Linux's
 /// ip_local_port_range), or a common default.
 fn ephemeral_ports() -> u64 {
@@ -872,6 +887,16 @@ mod tests {
             "{e}"
         );
         assert!(check_source_families(&["127.0.0.2".parse().unwrap()], &v4, "b").is_ok());
+        // localhost with both families, IPv4 sources: its IPv4 address only.
+        let both: Vec<std::net::SocketAddr> = vec![
+            "[::1]:1883".parse().unwrap(),
+            "127.0.0.1:1883".parse().unwrap(),
+        ];
+        assert_eq!(
+            reachable_from(&["127.0.0.2".parse().unwrap()], both.clone()),
+            vec!["127.0.0.1:1883".parse::<std::net::SocketAddr>().unwrap()]
+        );
+        assert_eq!(reachable_from(&[], both.clone()), both);
         let ips = parse_source_ips(&["127.0.0.1-127.0.0.3".into(), "::1".into()]).unwrap();
         assert_eq!(ips.len(), 4);
         assert_eq!(ips[2], "127.0.0.3".parse::<IpAddr>().unwrap());

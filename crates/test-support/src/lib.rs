@@ -675,6 +675,9 @@ pub mod fake {
         /// Answers CONNECT with Session Present set (a session kept from before), then a
         /// PUBACK for packet id 0xBEEF, which the client never used; acknowledges the rest.
         StaleSession,
+        /// Answers its first N connections like a broker and never answers the rest (a
+        /// broker out of descriptors or stuck behaves so).
+        AnswerFirst(u32),
         /// Answers each CONNECT `ms` milliseconds late, then acknowledges like a broker; the
         /// most connections it held waiting at once is [`FakeBroker::most_waiting`].
         SlowConnack { ms: u64 },
@@ -710,7 +713,8 @@ pub mod fake {
         if sock.peer_addr().is_err() {
             return true;
         }
-        let silent = t0.elapsed().as_millis() as u64 - last_in.load(Ordering::Relaxed);
+        let silent =
+            (t0.elapsed().as_millis() as u64).saturating_sub(last_in.load(Ordering::Relaxed));
         if silent > keep_alive_ms * 3 / 2 {
             let _ = sock.shutdown(std::net::Shutdown::Both);
             return true;
@@ -725,7 +729,8 @@ pub mod fake {
         let mut seq = 0u64;
         let mut batch = Vec::new();
         while t0.elapsed() < FLOOD_FOR {
-            let silent = t0.elapsed().as_millis() as u64 - last_in.load(Ordering::Relaxed);
+            let silent =
+                (t0.elapsed().as_millis() as u64).saturating_sub(last_in.load(Ordering::Relaxed));
             if silent > FLOOD_SILENCE.as_millis() as u64 {
                 let _ = sock.shutdown(std::net::Shutdown::Both);
                 return;
@@ -907,7 +912,9 @@ pub mod fake {
                 std::thread::sleep(Duration::from_millis(20));
             }
         };
-        if behaviour == Behaviour::Silent {
+        if behaviour == Behaviour::Silent
+            || matches!(behaviour, Behaviour::AnswerFirst(n) if conn > n)
+        {
             return idle(stop);
         }
         sock.set_read_timeout(Some(Duration::from_millis(50)))

@@ -328,3 +328,56 @@ fn tls_publisher_and_backend_prove_every_point() {
         (20_000, 20)
     );
 }
+
+/// backend-sub's TLS failures say what to change, as the publishers' do: an issuer it does
+/// not trust (--ca-file), and a scheme mixed up with the port (mqtt:// at the TLS listener,
+/// mqtts:// at the plain one), found by one probe with the other scheme.
+#[test]
+fn tls_failures_of_the_backend_say_what_to_change() {
+    let dir = test_support::TempDir::new("btlserr");
+    let files = test_support::TlsFiles::new(&dir);
+    let port = free_port();
+    let m = Mosquitto::start_with(&files.listener(port, false));
+    assert!(test_support::wait_for_listener(
+        port,
+        std::time::Duration::from_secs(5)
+    ));
+    let tls_url = format!("mqtts://127.0.0.1:{port}");
+    let (code, _, err) = crate::common::run_to_end(&[
+        "--broker",
+        &tls_url,
+        "--ca-file",
+        files.other_ca.to_str().unwrap(),
+        "--reconnect",
+        "false",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("--ca-file") && err.contains("does not trust"),
+        "{err}"
+    );
+    let (code, _, err) = crate::common::run_to_end(&[
+        "--broker",
+        &format!("mqtt://127.0.0.1:{port}"),
+        "--reconnect",
+        "false",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!("use mqtts://127.0.0.1:{port}")),
+        "{err}"
+    );
+    let (code, _, err) = crate::common::run_to_end(&[
+        "--broker",
+        &format!("mqtts://127.0.0.1:{}", m.port),
+        "--ca-file",
+        files.ca.to_str().unwrap(),
+        "--reconnect",
+        "false",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!("use mqtt://127.0.0.1:{}", m.port)),
+        "{err}"
+    );
+}

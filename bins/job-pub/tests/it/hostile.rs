@@ -192,6 +192,41 @@ fn a_job_the_broker_closes_the_connection_for_is_given_up_after_three_losses() {
     assert!(seen.get("one").is_some_and(|c| *c <= 2), "{seen:?}");
 }
 
+/// The size check measures what goes out: a payload of quotes doubles when the wrapper
+/// escapes it into a JSON string. 600,000 quotes fit the 1 MiB packet limit raw, not
+/// wrapped: refused up front, not sent and refused by the client or the broker on every
+/// instance that claims it.
+#[test]
+fn a_job_over_the_packet_limit_once_wrapped_is_refused_up_front() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    pg.psql(
+        "INSERT INTO jobs (topic, payload, fire_at) VALUES
+           ('job/1', 'one', now()), ('job/2', repeat('\"', 600000), now()),
+           ('job/3', 'three', now())",
+    );
+    let dir = TempDir::new("job-pub-wrapped");
+    let out = wait_bounded(
+        run_until_empty(&pg, &m, &dir.path("r.json"), &["--job-id", "wrapper"]),
+        Duration::from_secs(60),
+    );
+    assert_no_panic(&out);
+    assert!(dir.path("r.json").exists(), "no report: {}", stderr(&out));
+    let r = read_report(&dir.path("r.json"));
+    assert_eq!(
+        (
+            n(&r, "jobs_acked"),
+            n(&r, "jobs_rejected"),
+            n(&r, "jobs_failed")
+        ),
+        (2, 1, 0),
+        "{r:#}\n{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("job 2 "), "{}", stderr(&out));
+}
+
 #[test]
 fn the_database_gone_after_publishing_counts_the_jobs_left_unmarked_and_exits_3() {
     let mut pg = Postgres::start();

@@ -264,38 +264,79 @@ fn max_connecting_bounds_the_connections_awaiting_their_connack() {
     assert!(ramp >= 0.75, "ramp {ramp} s");
 }
 
-/// A broker that accepts connections and never answers them (one out of descriptors
-/// behaves so): the run names the connect timeouts as the cause, not the ramp, and counts
-/// connections (`lost`) apart from loss events (`losses`).
+/// A broker that answers 6 of 10 connections and never the other 4 (one out of
+/// descriptors behaves so), with connects that time out after the run's duration: the ramp
+/// waits for them, the run names the 4 connect timeouts as the cause (it used to blame the
+/// ramp: "not up yet when generation ended"), and counts connections (`lost`) apart from
+/// loss events (`losses`).
 #[test]
 fn connect_timeouts_are_named_as_such_not_blamed_on_the_ramp() {
     use test_support::fake::{Behaviour, FakeBroker};
-    let fake = FakeBroker::start(Behaviour::Silent);
+    let fake = FakeBroker::start(Behaviour::AnswerFirst(6));
     let out = publish(&[
         "--broker",
         &fake.url(),
         "--devices",
-        "6",
+        "10",
+        "--connect-rate",
+        "max",
         "--connect-timeout",
-        "200ms",
+        "1500ms",
         "--connect-retries",
         "0",
         "--rate-per-device",
-        "1",
+        "2",
         "--duration",
         "1s",
         "--quiet",
     ]);
-    assert_ne!(out.code, 0, "{}", out.stderr);
-    let error = out.report()["error"].as_str().unwrap().to_string();
-    assert!(error.contains("no CONNACK within 200ms"), "{error}");
+    out.assert_code(1);
+    let r = out.report();
+    let error = r["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("4 of 10 connections failed: no CONNACK within 1s 500ms"),
+        "{error}"
+    );
     assert!(!error.contains("ramp"), "{error}");
-    let c = &out.report()["connections"];
+    let c = &r["connections"];
     assert_eq!(
-        (n(c, "failed"), n(c, "not_up"), n(c, "losses")),
-        (6, 0, 0),
+        (
+            n(c, "connected"),
+            n(c, "failed"),
+            n(c, "not_up"),
+            n(c, "losses")
+        ),
+        (6, 4, 0, 0),
         "{c:#}"
     );
+    // The 6 that came up sent their whole share; the 4 failed ones' is counted dropped.
+    assert_eq!((n(r, "points_sent"), n(r, "points_dropped")), (12, 8));
+}
+
+/// MQTT 5's Receive Maximum is reported at QoS 0 too (it used to be only at QoS 1).
+#[test]
+fn the_brokers_receive_maximum_is_reported_at_qos0() {
+    use test_support::fake::{Behaviour, FakeBroker};
+    let fake = FakeBroker::start(Behaviour::Mqtt5 {
+        props: &[0x21, 0x00, 0x14],
+        close_silent_ms: 0,
+        disconnect_over: 0,
+    });
+    let out = publish(&[
+        "--broker",
+        &fake.url(),
+        "--mqtt-version",
+        "5",
+        "--qos",
+        "0",
+        "--total",
+        "10",
+        "--rate",
+        "0",
+        "--quiet",
+    ]);
+    out.assert_code(0);
+    assert_eq!(n(out.report(), "receive_maximum"), 20);
 }
 
 /// A broker that takes 50 more clients: the other 50 of a 100-connection fleet are counted

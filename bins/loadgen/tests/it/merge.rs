@@ -242,6 +242,17 @@ fn merge_refuses_a_shard_whose_figures_do_not_add_up() {
     r["outcome"] = "splendid".into();
     refused(&r, &["outcome"]);
 
+    // Unsent points that do not follow from what was generated and sent.
+    let mut r = shards[0].clone();
+    r["points_unsent"] = 5.into();
+    refused(&r, &["points_unsent"]);
+
+    // "complete", having generated fewer points than it planned.
+    let mut r = shards[0].clone();
+    let planned = r["points_planned"].as_u64().unwrap();
+    r["points_planned"] = (planned * 2).into();
+    refused(&r, &["complete", "planned"]);
+
     // The real shards still merge.
     let p0 = write(&dir, "shard-0.json", &shards[0]);
     let out = merge(&[s(&p0), s(&other)]);
@@ -569,6 +580,12 @@ fn merge_refuses_member_reports_whose_figures_do_not_add_up() {
     let mut bad = r.clone();
     bad["devices"][0]["received_ranges"] = json!(["0-60", "40-99"]);
     refused(&bad, &["received_ranges"]);
+
+    // A device listed twice: its points counted twice, as if two members had it.
+    let mut bad = r.clone();
+    let first = bad["devices"][0].clone();
+    bad["devices"].as_array_mut().unwrap().push(first);
+    refused(&bad, &["twice"]);
 
     // A latency count of 2^64 - 2 against 200 points.
     let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
