@@ -13,7 +13,8 @@
 //!
 //! `cargo bench -p loadgen-benches --bench soak` (about 11 minutes); `--json PATH` writes
 //! `soak.json` beside PATH (default `target/bench/soak.json`); `--gate` exits 1 on a failed
-//! check. With `--quick` it does nothing: the soak is not a quick check.
+//! check; `--duration SECS` shortens the run (to try the bench out; the checks need more than a
+//! minute). With `--quick` it does nothing: the soak is not a quick check.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -30,6 +31,7 @@ mod common;
 
 const DEVICES: u64 = 5_000;
 const RATE: f64 = DEVICES as f64; // 1 point/s each
+/// The run's length, unless `--duration SECS` says otherwise (to try the bench out).
 const DURATION_S: u64 = 600;
 const SAMPLE: Duration = Duration::from_secs(10);
 /// Samples before this are the warm-up: the connect ramp, buffers growing to their size.
@@ -56,6 +58,7 @@ struct Sample {
 fn main() {
     let mut quick = false;
     let mut gate = false;
+    let mut duration_s = DURATION_S;
     let mut json_path = test_support::workspace_root().join("target/bench/soak.json");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -66,12 +69,19 @@ fn main() {
                 let p = PathBuf::from(args.next().expect("--json PATH"));
                 json_path = p.with_file_name("soak.json");
             }
+            "--duration" => {
+                duration_s = args
+                    .next()
+                    .and_then(|d| d.parse().ok())
+                    .filter(|d| *d > 0)
+                    .expect("--duration SECS");
+            }
             "--only" => {
                 args.next();
             }
             "--bench" => {}
             other => {
-                eprintln!("unknown argument {other}; use --gate, --json PATH");
+                eprintln!("unknown argument {other}; use --gate, --duration SECS, --json PATH");
                 std::process::exit(2);
             }
         }
@@ -87,7 +97,7 @@ fn main() {
     let tmp = TempDir::new("soak");
     let (sub_report, pub_report) = (tmp.path("backend.json"), tmp.path("pub.json"));
     let (sub_metrics, pub_metrics) = (free_port(), free_port());
-    let expect = (DEVICES * DURATION_S).to_string();
+    let expect = (DEVICES * duration_s).to_string();
 
     let mut sub = Command::new(dir.join("backend-sub"))
         .args(["--broker", &broker.url(), "--topic", "device_data/#"])
@@ -107,7 +117,7 @@ fn main() {
     let mut publisher = Command::new(dir.join("loadgen"))
         .args(["pub", "--broker", &broker.url()])
         .args(["--devices", &DEVICES.to_string(), "--rate-per-device", "1"])
-        .args(["--qos", "1", "--duration", &format!("{DURATION_S}s")])
+        .args(["--qos", "1", "--duration", &format!("{duration_s}s")])
         .args(["--metrics-addr", &format!("127.0.0.1:{pub_metrics}")])
         .arg("--quiet")
         .arg("--report-json")
@@ -122,7 +132,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut samples: Vec<Sample> = Vec::new();
     // Bounded: the run's duration, its ramp and drain, and a margin.
-    let give_up = started + Duration::from_secs(DURATION_S + 120);
+    let give_up = started + Duration::from_secs(duration_s + 120);
     let mut next = started + SAMPLE;
     let pub_status = loop {
         if let Some(st) = publisher.try_wait().expect("wait loadgen pub") {
@@ -153,7 +163,7 @@ fn main() {
         let _ = sub.kill();
         panic!(
             "loadgen pub still ran {} s after it started",
-            DURATION_S + 120
+            duration_s + 120
         );
     };
     let sub_status = wait_within(&mut sub, Duration::from_secs(60));
@@ -213,7 +223,7 @@ fn main() {
             RATE_ERROR * 100.0
         ));
     }
-    let planned = DEVICES * DURATION_S;
+    let planned = DEVICES * duration_s;
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
     if !pub_status.success()
         || n(&pub_r, "points_planned") != planned
@@ -252,7 +262,7 @@ fn main() {
         format!("{lo:.1}..{hi:.1} MB")
     };
     println!(
-        "| S7 | 5,000 devices, 1 point/s each, QoS 1, 10 min, backend-sub verifying | {planned} | {} | {} unique, {} | {steady:.1} points/s | {}; {} | {} |",
+        "| S7 | 5,000 devices, 1 point/s each, QoS 1, {duration_s} s, backend-sub verifying | {planned} | {} | {} unique, {} | {steady:.1} points/s | {}; {} | {} |",
         n(&pub_r, "points_acked"),
         n(&sub_r, "points_unique"),
         if verified { "verified" } else { "NOT verified" },
@@ -261,7 +271,7 @@ fn main() {
         if failures.is_empty() { "yes" } else { "NO" }
     );
     let doc = json!({
-        "scenario": "S7", "devices": DEVICES, "duration_s": DURATION_S, "rate": RATE,
+        "scenario": "S7", "devices": DEVICES, "duration_s": duration_s, "rate": RATE,
         "points_planned": planned, "points_acked": pub_r["points_acked"],
         "points_unique": sub_r["points_unique"], "verified": verified,
         "steady_point_rate": steady, "failures": failures,
