@@ -9,8 +9,8 @@
 //! `--gate` fails, naming the scenario, below the target (an absolute rate: the issue's own
 //! figure, like the job targets), when a message costs more than its one output `Vec`, or
 //! when the rate falls below [`GATE_RATIO_BATCH`] / [`GATE_RATIO_SINGLE`] of serde_json's in
-//! the same run. `--quick` changes nothing (the bench takes seconds); `--json PATH` writes `decode.json`
-//! beside PATH (default `target/bench/decode.json`).
+//! the same run. `--quick` changes nothing (the bench takes seconds); `--json PATH` writes
+//! `decode.json` beside PATH (default `target/bench/decode.json`).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -32,11 +32,13 @@ const TARGET_BATCH: usize = 1000;
 /// Allocations per message at most: the output `Vec` the backend makes for each message,
 /// and the copy buffer growing to its size once in a round (a few per 1,000 messages).
 const MAX_ALLOCATIONS_PER_MESSAGE: f64 = 1.01;
-// CI gates, ours / serde_json in points/s (median of the rounds), within ~15% of what
-// `--quick` measured on a quiet machine: batch 1000 MEASURED_D1000, one point per message
-// MEASURED_D1.
-const GATE_RATIO_BATCH: f64 = 1.0;
-const GATE_RATIO_SINGLE: f64 = 1.0;
+// CI gates, ours / serde_json in points/s (the median of the rounds), within ~15% of what
+// `--quick` measured on a quiet machine: 0.85 x the median of 6 runs, or 0.95 x the lowest
+// run when that is lower, rounded down.
+// batch 1000: 3.63 3.67 3.70 4.13 3.94 3.70 (median 3.70; 14.3-19.1M points/s): gate 3.1
+// batch 1:    1.99 2.11 2.13 1.99 1.93 2.01 (median 2.00): gate 1.7
+const GATE_RATIO_BATCH: f64 = 3.1;
+const GATE_RATIO_SINGLE: f64 = 1.7;
 
 fn payloads(batch: usize) -> Vec<Vec<u8>> {
     let enc = Encoder::new(DEVICE);

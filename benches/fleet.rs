@@ -173,13 +173,17 @@ fn reference(bins: &Bins, source: &str, args: &[&str], count: bool) -> Side {
     }
 }
 
-// CI gates. F1 --quick: ours at most this many times the reference's CPU per message
-// (measured F1_QUICK_MEASURED on a quiet machine; the gate is ~15% above). The full bench keeps
-// the target, 1.5x.
-const GATE_F1_CPU_QUICK: f64 = 2.5;
-/// F2: CPU per message at QoS 1 at most this many times F1's (the target).
-const GATE_F2_CPU_OVER_F1: f64 = 2.0;
-/// F3: share of one core at most (the target).
+// CI gates, from 6 `--quick` runs on a quiet machine: 1.15 x the median, or 1.05 x the highest
+// run when that is higher, rounded up (one pair of runs a scenario swings more than 15%).
+// F1 --quick, ours / the reference's CPU per message: 0.93 1.16 1.06 1.12 1.33 0.92 (median
+// 1.09): 1.4. The full bench keeps the target, 1.5x.
+const GATE_F1_CPU_QUICK: f64 = 1.4;
+// F2 (QoS 1) / F1 CPU per message: 1.47 1.17 1.33 1.26 1.36 1.64 (median 1.35): 1.75, under
+// the target of 2x.
+const GATE_F2_CPU_OVER_F1: f64 = 1.75;
+/// F3: share of one core at most, the target (an absolute figure, like the job
+/// targets: a ratio needs a reference, and fleet-refclient has no gateway mode). Measured
+/// 2.3-3.5% in `--quick` (15 s), lower over 60 s.
 const GATE_F3_CORE_PCT: f64 = 10.0;
 
 struct Row {
@@ -351,15 +355,19 @@ fn main() {
                 o.messages,
                 o.acked.map_or(String::new(), |a| format!(", {a} acked"))
             ),
-            reference: format!(
-                "{:.2} CPU s ({:.1} µs/msg), {:.0} MB, delivered {}/{} sent",
-                r.cpu_s,
-                r.cpu_us_per_msg(),
-                r.rss_mb,
-                r.delivered,
-                r.messages
-            ),
-            ratio: Some(ratio),
+            reference: if r.messages == 0 {
+                "not run (--quick)".into()
+            } else {
+                format!(
+                    "{:.2} CPU s ({:.1} µs/msg), {:.0} MB, delivered {}/{} sent",
+                    r.cpu_s,
+                    r.cpu_us_per_msg(),
+                    r.rss_mb,
+                    r.delivered,
+                    r.messages
+                )
+            },
+            ratio: (r.messages > 0).then_some(ratio),
             target,
             emqtt: if n1 >= 10_000 { "98% core, 3.0 GB" } else { "18-65% core, 0.55-1.4 GB" },
             pass,
