@@ -54,10 +54,11 @@ const TOPIC: &str = "device_data/#";
 /// The target of the issue: ours receives at least this share of the reference's points/s.
 const TARGET: f64 = 0.9;
 // CI gates, ours / reference in points/s (the median of 3 runs), within ~15% of what `--quick`
-// measured on a quiet machine: 0.85 x the median of 3 `--quick` runs, or 0.95 x the lowest
+// measured on a quiet machine: 0.85 x the median of 4 `--quick` runs, or 0.95 x the lowest
 // when that is lower, rounded down.
-//   D2-S2  0.85 0.89 0.93: 0.75       D2-S2b 0.37 0.39 0.36: 0.31
-//   D2-S1  1.12 0.96 1.07: 0.9        D2-S1b 0.55 0.65 0.62: 0.52
+//   D2-S2  0.85 0.89 0.93 0.86: 0.74       D2-S2b 0.37 0.39 0.36 0.49: 0.31
+//   D2-S1  1.12 0.96 1.07 1.01: 0.88       D2-S1b 0.55 0.65 0.62 0.53: 0.49
+// (D2-S2b: the full bench, 5M points, measured 0.32, so 0.31 rather than 0.32.)
 // (One run each, as --quick used to do: D2-S2 0.97 0.74 1.15, D2-S2b 0.38 0.56 0.33, D2-S1
 // 1.13 1.08 1.15, D2-S1b 0.65 0.57 0.51: too wide for a gate this close.)
 // History: the gates were first set to about 70% of what backend-sub reached. Measured over
@@ -70,10 +71,10 @@ const TARGET: f64 = 0.9;
 // mqtt_tool::lowat) the full bench gave D2-S2 0.97 (0.91-1.01), D2-S2b 0.39 (0.33-0.39),
 // D2-S1 1.16 (1.16-1.17) and D2-S1b 0.54 (0.52-0.58); --quick runs D2-S1 0.88-1.08 and
 // D2-S1b 0.41-0.59.
-const GATE_D2_S2: f64 = 0.75;
+const GATE_D2_S2: f64 = 0.74;
 const GATE_D2_S2_BACKLOG: f64 = 0.31;
-const GATE_D2_S1: f64 = 0.9;
-const GATE_D2_S1_BACKLOG: f64 = 0.52;
+const GATE_D2_S1: f64 = 0.88;
+const GATE_D2_S1_BACKLOG: f64 = 0.49;
 /// The reference subscriber stops when nothing arrived for this long (seconds): longer than
 /// a backlog's publishing takes on a busy machine.
 const REF_IDLE_S: &str = "30";
