@@ -312,8 +312,10 @@ fn main() {
         let (target, pass) = if id == "F1" {
             f1_cpu_per_msg = Some(o.cpu_us_per_msg());
             let cpu_gate = if quick { GATE_F1_CPU_QUICK } else { 1.5 };
-            let rate_gate = if quick { 0.02 } else { 0.005 };
-            let lag_ok = o.lag_p99_us.is_some_and(|l| l < 5_000) || quick;
+            // The targets, in --quick too (measured there on a quiet machine: the rate
+            // off by 0.001-0.007%, lag p99 1.1-3.5 ms; the rate's gate was 2%, the lag's none).
+            let rate_gate = 0.005;
+            let lag_ok = o.lag_p99_us.is_some_and(|l| l < 5_000);
             let rss_ok = o.rss_mb <= 64.0;
             (
                 format!(

@@ -18,8 +18,16 @@ use test_support::{Mosquitto, TempDir};
 mod common;
 
 const TOPIC: &str = "device_data/frontend1_ultra_high_perf_device";
-/// CI gate: fail when a paced run's achieved rate is off the target by more than this.
-const PACING_GATE: f64 = 0.02;
+/// CI gate: fail when a paced run's achieved rate is off the target by more than this, the
+/// project's own target for a paced rate (F1, S7). `--quick` on a quiet machine, 7 runs: off
+/// by 0.002-0.006% at 10k points/s, 0.001-0.058% at 1M points/s (the gate was 2%).
+const PACING_GATE: f64 = 0.005;
+// CI gates of S1-S4, ours / the reference in messages/s (the median of the runs): 0.85 x the
+// median of 7 `--quick` runs on a quiet machine, or 0.95 x the lowest run when that is lower,
+// rounded down (they were 0.7, and 0.65 for S2 with a subscriber):
+//   S1      0.95-1.01 (median 1.00): 0.84     S1+sub  0.95-1.08 (1.03): 0.87
+//   S2      0.89-1.08 (0.99): 0.84            S2+sub  0.83-1.05 (0.98): 0.78
+//   S3      1.02-1.11 (1.06): 0.90            S4      0.94-1.27 (1.08): 0.89
 // CI gate of S1: ours may spend at most this many times the reference's CPU per message
 // (the median of each side's runs). `--quick` on a quiet machine, 1M messages: 3.81 4.30 4.39
 // 4.07 (with 200,000 messages: 4.22 4.01 5.03); the gate is 1.15 x the median (4.18).
@@ -124,7 +132,7 @@ fn main() {
             // messages it was about 10 ms, and the CPU ratio swung 4.0-5.0x with it.
             points: 1_000_000 * k,
             subscriber: false,
-            gate: 0.7,
+            gate: 0.84,
             cpu_gate: Some(1.0 / GATE_S1_CPU),
         },
         Scenario {
@@ -134,7 +142,7 @@ fn main() {
             batch: 1,
             points: 200_000 * k,
             subscriber: true,
-            gate: 0.7,
+            gate: 0.87,
             cpu_gate: None,
         },
         Scenario {
@@ -144,7 +152,7 @@ fn main() {
             batch: 1000,
             points: 2_500_000 * k,
             subscriber: false,
-            gate: 0.7,
+            gate: 0.84,
             cpu_gate: None,
         },
         Scenario {
@@ -154,7 +162,7 @@ fn main() {
             batch: 1000,
             points: 2_500_000 * k,
             subscriber: true,
-            gate: 0.65,
+            gate: 0.78,
             cpu_gate: None,
         },
         Scenario {
@@ -164,7 +172,7 @@ fn main() {
             batch: 1,
             points: 100_000 * k,
             subscriber: false,
-            gate: 0.7,
+            gate: 0.90,
             cpu_gate: None,
         },
         Scenario {
@@ -174,7 +182,7 @@ fn main() {
             batch: 1000,
             points: 1_000_000 * k,
             subscriber: false,
-            gate: 0.7,
+            gate: 0.89,
             cpu_gate: None,
         },
     ];
