@@ -26,7 +26,7 @@ const PACING_GATE: f64 = 0.005;
 // median of 7 `--quick` runs on a quiet machine, or 0.95 x the lowest run when that is lower,
 // rounded down (they were 0.7, and 0.65 for S2 with a subscriber):
 //   S1      0.95-1.01 (median 1.00): 0.84     S1+sub  0.95-1.08 (1.03): 0.87
-//   S2      0.89-1.08 (0.99): 0.84            S2+sub  0.83-1.05 (0.98): 0.78
+//   S2      0.89-1.08 (0.99): 0.84            S2+sub  0.82-1.05 (0.98): 0.78
 //   S3      1.02-1.11 (1.06): 0.90            S4      0.94-1.27 (1.08): 0.89
 // CI gate of S1: ours may spend at most this many times the reference's CPU per message
 // (the median of each side's runs). `--quick` on a quiet machine, 1M messages: 3.81 4.30 4.39
