@@ -5,13 +5,21 @@
 //! 1000. A counting allocator shows how many allocations our path makes per message: the
 //! output `Vec` the backend makes for each message, and nothing per point.
 //! `cargo bench -p loadgen-benches --bench decode`
+//!
+//! `--gate` fails, naming the scenario, below the target (an absolute rate: the issue's own
+//! figure, like the job targets), when a message costs more than its one output `Vec`, or
+//! when the rate falls below [`GATE_RATIO_BATCH`] / [`GATE_RATIO_SINGLE`] of serde_json's in
+//! the same run. `--quick` changes nothing (the bench takes seconds); `--json PATH` writes
+//! `decode.json` beside PATH (default `target/bench/decode.json`).
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use backend_core::decode::Decoder;
 use point_format::{Encoder, Point};
 use publisher_core::source::PointSource;
+use serde_json::json;
 
 mod alloc_count;
 
@@ -21,6 +29,16 @@ const POINTS_PER_ROUND: usize = 1_000_000;
 /// Points per second the decoder must reach for batches of [`TARGET_BATCH`].
 const TARGET: f64 = 10e6;
 const TARGET_BATCH: usize = 1000;
+/// Allocations per message at most: the output `Vec` the backend makes for each message,
+/// and the copy buffer growing to its size once in a round (a few per 1,000 messages).
+const MAX_ALLOCATIONS_PER_MESSAGE: f64 = 1.01;
+// CI gates, ours / serde_json in points/s (the median of the rounds), within ~15% of what
+// `--quick` measured on a quiet machine: 0.85 x the median of 6 runs, or 0.95 x the lowest
+// run when that is lower, rounded down.
+// batch 1000: 3.63 3.67 3.70 4.13 3.94 3.70 (median 3.70; 14.3-19.1M points/s): gate 3.1
+// batch 1:    1.99 2.11 2.13 1.99 1.93 2.01 (median 2.00): gate 1.7
+const GATE_RATIO_BATCH: f64 = 3.1;
+const GATE_RATIO_SINGLE: f64 = 1.7;
 
 fn payloads(batch: usize) -> Vec<Vec<u8>> {
     let enc = Encoder::new(DEVICE);
@@ -87,35 +105,101 @@ fn median(mut v: Vec<(f64, f64)>) -> ((f64, f64), f64) {
 }
 
 fn main() {
-    println!("| scenario | ours (M points/s) | ours (MB/s) | ours (allocations/message) | serde_json reference (M points/s) | ratio | spread | target |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for batch in [1000usize, 1] {
+    let mut quick = false;
+    let mut gate = false;
+    let mut json_path = test_support::workspace_root().join("target/bench/decode.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--gate" => gate = true,
+            // The throughput bench's JSON path: this one writes decode.json beside it.
+            "--json" => {
+                let p = PathBuf::from(args.next().expect("--json PATH"));
+                json_path = p.with_file_name("decode.json");
+            }
+            "--only" => {
+                args.next();
+            }
+            "--bench" => {} // passed by cargo bench
+            other => {
+                eprintln!("unknown argument {other}; use --quick, --gate, --json PATH");
+                std::process::exit(2);
+            }
+        }
+    }
+    // A few seconds in all: `--quick` runs the same rounds, so that the gate sees the median
+    // of five.
+    let rounds = ROUNDS;
+    println!("| scenario | ours (M points/s) | ours (MB/s) | ours (allocations/message, at most {MAX_ALLOCATIONS_PER_MESSAGE}) | serde_json reference (M points/s) | ratio | spread | gate | target | pass |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let (mut rows, mut failures) = (Vec::new(), Vec::new());
+    for (batch, gate_ratio) in [(1000usize, GATE_RATIO_BATCH), (1, GATE_RATIO_SINGLE)] {
         let msgs = payloads(batch);
         let _ = (ours(&msgs), reference(&msgs)); // warm-up
         let (mut a, mut b, mut allocations) = (Vec::new(), Vec::new(), 0.0f64);
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             let (rates, allocs) = ours(&msgs);
             a.push(rates);
             allocations = allocations.max(allocs);
             b.push(reference(&msgs));
         }
         let (((pts, bps), spread), ((rpts, _), _)) = (median(a), median(b));
+        let ratio = pts / rpts;
+        let id = format!("D decode, batch {batch}");
+        let target_met = batch != TARGET_BATCH || pts >= TARGET;
         let target = if batch == TARGET_BATCH {
-            let verdict = if pts >= TARGET { "met" } else { "MISSED" };
             format!(
-                "target >= {:.0}M points/s (batch {TARGET_BATCH}): {verdict}",
-                TARGET / 1e6
+                ">= {:.0}M points/s: {}",
+                TARGET / 1e6,
+                if target_met { "met" } else { "MISSED" }
             )
         } else {
             "-".to_string()
         };
+        if !target_met {
+            failures.push(format!(
+                "{id}: {:.2}M points/s, below the target {:.0}M",
+                pts / 1e6,
+                TARGET / 1e6
+            ));
+        }
+        if ratio < gate_ratio {
+            failures.push(format!(
+                "{id}: {ratio:.2}x serde_json, below the gate {gate_ratio}x"
+            ));
+        }
+        if allocations > MAX_ALLOCATIONS_PER_MESSAGE {
+            failures.push(format!(
+                "{id}: {allocations:.2} allocations per message, more than the output Vec"
+            ));
+        }
+        let pass = target_met && ratio >= gate_ratio && allocations <= MAX_ALLOCATIONS_PER_MESSAGE;
         println!(
-            "| D decode, batch {batch} | {:.2} | {:.0} | {allocations:.2} | {:.2} | {:.2} | {:.0}% | {target} |",
+            "| {id} | {:.2} | {:.0} | {allocations:.2} | {:.2} | {ratio:.2} | {:.0}% | >= {gate_ratio}x | {target} | {} |",
             pts / 1e6,
             bps / 1e6,
             rpts / 1e6,
-            pts / rpts,
-            spread * 100.0
+            spread * 100.0,
+            if pass { "yes" } else { "NO" }
         );
+        rows.push(json!({"scenario": id, "batch": batch, "rounds": rounds,
+            "ours_points_per_s": pts, "ours_bytes_per_s": bps, "reference_points_per_s": rpts,
+            "ratio": ratio, "spread": spread, "gate": gate_ratio,
+            "target_points_per_s": (batch == TARGET_BATCH).then_some(TARGET),
+            "allocations_per_message": allocations, "pass": pass}));
+    }
+    if let Some(dir) = json_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let doc = json!({"quick": quick, "scenarios": rows});
+    if let Err(e) = std::fs::write(&json_path, format!("{doc:#}\n")) {
+        eprintln!("cannot write {}: {e}", json_path.display());
+    }
+    if gate && !failures.is_empty() {
+        for f in &failures {
+            eprintln!("REGRESSION: {f}");
+        }
+        std::process::exit(1);
     }
 }

@@ -9,8 +9,10 @@
 //! F4  15,000 connections as fast as the broker accepts them
 //! ```
 //!
-//! `--quick` runs the short form CI gates on (F1 with 2,000 devices for 15 s, F4 with 10,000
-//! connections); `--gate` fails, naming the scenario, past its threshold. Figures are
+//! `--quick` runs the short form CI gates on (F1 and F2 with 2,000 devices for 15 s, F3 for
+//! 15 s, F4 with 10,000 connections); `--gate` fails, naming the scenario, past its
+//! threshold. "Every point delivered" is the counting subscriber's count against what was
+//! asked for (devices x rate x duration), never against the publisher's own count. Figures are
 //! absolute (CPU seconds and per message, share of a core, peak RSS, rates, latencies) and
 //! as the ratio to the reference, beside each target and emqtt-bench's figure from the issue
 //! (measured on a machine like this one: 98% of a core and 3.0 GB at 10,000 clients). Every
@@ -54,9 +56,9 @@ impl Counter {
         Counter { child, out }
     }
 
-    /// Messages received, once the broker delivered what it still had.
+    /// Messages received, once the broker delivered what it still had (the subscriber reads
+    /// on until its socket stays quiet).
     fn stop(mut self) -> u64 {
-        std::thread::sleep(std::time::Duration::from_millis(1500));
         drop(self.child.stdin.take());
         let mut line = String::new();
         self.out.read_line(&mut line).expect("subscriber count");
@@ -73,7 +75,11 @@ struct Side {
     wall_s: f64,
     rss_mb: f64,
     messages: u64,
+    /// Messages the counting subscriber received.
     delivered: u64,
+    /// Ours: the report's points planned and acknowledged (QoS 1).
+    planned: Option<u64>,
+    acked: Option<u64>,
     /// Points/s after the ramp (ours) or over the publish phase (reference).
     rate: f64,
     lag_p99_us: Option<u64>,
@@ -129,6 +135,8 @@ fn ours(bins: &Bins, source: &str, args: &[&str], count: bool) -> Side {
         rss_mb: m.rss_mb,
         messages: r["messages_sent"].as_u64().unwrap_or(0),
         delivered,
+        planned: r["points_planned"].as_u64(),
+        acked: r["points_acked"].as_u64(),
         rate: r["steady_point_rate"].as_f64().unwrap_or(0.0),
         lag_p99_us: r["schedule_lag_us"]["p99"].as_u64(),
         ack_p50_us: r["latency_us"]["p50"].as_u64(),
@@ -164,6 +172,19 @@ fn reference(bins: &Bins, source: &str, args: &[&str], count: bool) -> Side {
         ..Side::default()
     }
 }
+
+// CI gates, from 6 `--quick` runs on a quiet machine: 1.15 x the median, or 1.05 x the highest
+// run when that is higher, rounded up (one pair of runs a scenario swings more than 15%).
+// F1 --quick, ours / the reference's CPU per message: 0.93 1.16 1.06 1.12 1.33 0.92 (median
+// 1.09): 1.4. The full bench keeps the issue's target, 1.5x.
+const GATE_F1_CPU_QUICK: f64 = 1.4;
+// F2 (QoS 1) / F1 CPU per message: 1.47 1.17 1.33 1.26 1.36 1.64 (median 1.35): 1.75, under
+// the issue's target of 2x.
+const GATE_F2_CPU_OVER_F1: f64 = 1.75;
+/// F3: share of one core at most, the issue's target (an absolute figure, like the job
+/// targets: a ratio needs a reference, and fleet-refclient has no gateway mode). Measured
+/// 2.3-3.5% in `--quick` (15 s), lower over 60 s.
+const GATE_F3_CORE_PCT: f64 = 10.0;
 
 struct Row {
     id: &'static str,
@@ -218,6 +239,8 @@ fn main() {
     } else {
         (10_000, 60, 15_000)
     };
+    // F3's seconds after its ramp.
+    let secs3 = if quick { 15u64 } else { 60 };
     let mut rows = Vec::new();
     // A /24 of its own for each bench run (127.0.N.x, N from the process id): a run right
     // after another would otherwise connect from addresses whose ports still sit in
@@ -235,10 +258,12 @@ fn main() {
     // The ramp at --connect-rate max takes a second or two; the rate is judged after it.
     let ours_duration = format!("{}s", secs + 2);
     let secs_s = secs.to_string();
-    let mut f1_cpu_per_msg = 0.0;
+    let mut f1_cpu_per_msg = None;
     let wanted = |id: &str| only.as_deref().map_or(true, |o| o == id);
+    // What a fleet run is asked for: devices x 1 point/s x its duration.
+    let asked = n1 * (secs + 2);
     for (id, qos) in [("F1", "0"), ("F2", "1")] {
-        if (quick && id == "F2") || !wanted(id) {
+        if !wanted(id) {
             continue;
         }
         let fleet_args = [
@@ -258,31 +283,39 @@ fn main() {
             "100",
         ];
         let o = ours(&bins, &next_ip(), &fleet_args, true);
-        let r = reference(
-            &bins,
-            &next_ip(),
-            &[
-                "--connections",
-                &n1s,
-                "--rate-per-conn",
-                "1",
-                "--duration",
-                &secs_s,
-                "--qos",
-                qos,
-                "--max-connecting",
-                "100",
-            ],
-            true,
-        );
+        // F2 is gated against F1, not the reference: --quick leaves its reference out.
+        let r = if quick && id == "F2" {
+            Side::default()
+        } else {
+            reference(
+                &bins,
+                &next_ip(),
+                &[
+                    "--connections",
+                    &n1s,
+                    "--rate-per-conn",
+                    "1",
+                    "--duration",
+                    &secs_s,
+                    "--qos",
+                    qos,
+                    "--max-connecting",
+                    "100",
+                ],
+                true,
+            )
+        };
         let ratio = o.cpu_us_per_msg() / r.cpu_us_per_msg().max(1e-9);
         let rate_err = (o.rate - n1 as f64).abs() / n1 as f64;
-        let delivered_all = o.delivered >= o.messages;
+        // The subscriber's count against what was asked; the report must agree on both.
+        let delivered_all = o.delivered == asked && o.planned == Some(asked) && o.messages == asked;
         let (target, pass) = if id == "F1" {
-            f1_cpu_per_msg = o.cpu_us_per_msg();
-            let cpu_gate = if quick { 2.5 } else { 1.5 };
-            let rate_gate = if quick { 0.02 } else { 0.005 };
-            let lag_ok = o.lag_p99_us.is_some_and(|l| l < 5_000) || quick;
+            f1_cpu_per_msg = Some(o.cpu_us_per_msg());
+            let cpu_gate = if quick { GATE_F1_CPU_QUICK } else { 1.5 };
+            // The issue's targets, in --quick too (measured there on a quiet machine: the rate
+            // off by 0.001-0.007%, lag p99 1.1-3.5 ms; the rate's gate was 2%, the lag's none).
+            let rate_gate = 0.005;
+            let lag_ok = o.lag_p99_us.is_some_and(|l| l < 5_000);
             let rss_ok = o.rss_mb <= 64.0;
             (
                 format!(
@@ -292,17 +325,22 @@ fn main() {
                 ratio <= cpu_gate && rss_ok && delivered_all && rate_err <= rate_gate && lag_ok,
             )
         } else {
-            let vs_f1 = o.cpu_us_per_msg() / f1_cpu_per_msg.max(1e-9);
+            // Against F1 of the same bench run; run alone (--only F2), against the target.
+            let vs_f1 = f1_cpu_per_msg.map(|f1| o.cpu_us_per_msg() / f1.max(1e-9));
+            let acked_all = o.acked == Some(asked);
             (
-                format!("all acknowledged, CPU <= 2x F1's ({vs_f1:.2}x)"),
-                vs_f1 <= 2.0 && delivered_all,
+                format!(
+                    "all acknowledged and delivered, CPU <= {GATE_F2_CPU_OVER_F1}x F1's ({})",
+                    vs_f1.map_or("F1 not run".into(), |v| format!("{v:.2}x"))
+                ),
+                vs_f1.map_or(true, |v| v <= GATE_F2_CPU_OVER_F1) && delivered_all && acked_all,
             )
         };
         rows.push(Row {
             id,
             what: format!("{n1} devices / {n1} connections, 1 pt/s, QoS {qos}, {secs} s"),
             figure: format!(
-                "{:.2} CPU s ({:.1} µs/msg, {:.1}% core), {:.0} MB, {:.0} pts/s after ramp ({:+.2}%), lag p99 {} µs{}, delivered {}/{}",
+                "{:.2} CPU s ({:.1} µs/msg, {:.1}% core), {:.0} MB, {:.0} pts/s after ramp ({:+.2}%), lag p99 {} µs{}, delivered {}/{asked} asked ({} sent{})",
                 o.cpu_s,
                 o.cpu_us_per_msg(),
                 o.core_pct(),
@@ -316,17 +354,22 @@ fn main() {
                     String::new()
                 },
                 o.delivered,
-                o.messages
+                o.messages,
+                o.acked.map_or(String::new(), |a| format!(", {a} acked"))
             ),
-            reference: format!(
-                "{:.2} CPU s ({:.1} µs/msg), {:.0} MB, delivered {}/{}",
-                r.cpu_s,
-                r.cpu_us_per_msg(),
-                r.rss_mb,
-                r.delivered,
-                r.messages
-            ),
-            ratio: Some(ratio),
+            reference: if r.messages == 0 {
+                "not run (--quick)".into()
+            } else {
+                format!(
+                    "{:.2} CPU s ({:.1} µs/msg), {:.0} MB, delivered {}/{} sent",
+                    r.cpu_s,
+                    r.cpu_us_per_msg(),
+                    r.rss_mb,
+                    r.delivered,
+                    r.messages
+                )
+            },
+            ratio: (r.messages > 0).then_some(ratio),
             target,
             emqtt: if n1 >= 10_000 { "98% core, 3.0 GB" } else { "18-65% core, 0.55-1.4 GB" },
             pass,
@@ -335,7 +378,9 @@ fn main() {
     }
 
     // F3: 100,000 devices over 100 gateway connections.
-    if !quick && wanted("F3") {
+    if wanted("F3") {
+        let duration3 = format!("{}s", secs3 + 2);
+        let asked3 = 100_000 * (secs3 + 2);
         let o = ours(
             &bins,
             &next_ip(),
@@ -349,18 +394,22 @@ fn main() {
                 "--batch",
                 "1",
                 "--duration",
-                "62s",
+                &duration3,
                 "--connect-rate",
                 "max",
             ],
             true,
         );
-        let pass = o.core_pct() <= 10.0 && o.delivered >= o.messages;
+        let delivered_all =
+            o.delivered == asked3 && o.planned == Some(asked3) && o.messages == asked3;
+        let pass = o.core_pct() <= GATE_F3_CORE_PCT && delivered_all;
         rows.push(Row {
             id: "F3",
-            what: "100,000 devices / 100 connections, 1 pt/s (100k pts/s), QoS 0, 60 s".into(),
+            what: format!(
+                "100,000 devices / 100 connections, 1 pt/s (100k pts/s), QoS 0, {secs3} s"
+            ),
             figure: format!(
-                "{:.2} CPU s ({:.1}% core), {:.0} MB, {:.0} pts/s, lag p99 {} µs, delivered {}/{}",
+                "{:.2} CPU s ({:.1}% core), {:.0} MB, {:.0} pts/s, lag p99 {} µs, delivered {}/{asked3} asked ({} sent)",
                 o.cpu_s,
                 o.core_pct(),
                 o.rss_mb,
@@ -371,7 +420,7 @@ fn main() {
             ),
             reference: "n/a (one device per connection)".into(),
             ratio: None,
-            target: "<= 10% of one core, all delivered".into(),
+            target: format!("<= {GATE_F3_CORE_PCT}% of one core, all delivered"),
             emqtt: "n/a",
             pass,
             json: json!({"ours": side_json(&o)}),

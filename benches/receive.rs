@@ -11,8 +11,8 @@
 //! D2-S1b  the same from a backlog
 //! ```
 //!
-//! In each scenario the two subscribers take turns, 3 runs each (1 with `--quick`, on
-//! 2,000,000 and 400,000 points), every run on a fresh broker: the subscriber subscribes,
+//! In each scenario the two subscribers take turns, 3 runs each (with `--quick` on 2,000,000
+//! and 400,000 points), every run on a fresh broker: the subscriber subscribes,
 //! then `frontend1-pub` publishes exactly N points of one device (seqs 0..N-1) as fast as it
 //! can. (Not `mqtt-refclient pub`: it cycles 256 pre-encoded messages, so its seqs repeat,
 //! which backend-sub rightly fails as duplicates.) The figure is what the subscriber
@@ -53,10 +53,17 @@ mod common;
 const TOPIC: &str = "device_data/#";
 /// The target of the issue: ours receives at least this share of the reference's points/s.
 const TARGET: f64 = 0.9;
-// CI gates, ours / reference in points/s, set to about 70% of what backend-sub reached when
-// they were set, so that they catch regressions without flaking. Measured over full and
-// --quick runs, on a quiet machine and with one or two busy loops beside: D2-S2 0.60-0.87,
-// D2-S2b 0.13-0.37, D2-S1 0.64-1.01, D2-S1b 0.38-0.66 (rumqttc's receive path). With the
+// CI gates, ours / reference in points/s (the median of 3 runs), within ~15% of what `--quick`
+// measured on a quiet machine: 0.85 x the median of 4 `--quick` runs, or 0.95 x the lowest
+// when that is lower, rounded down.
+//   D2-S2  0.85 0.89 0.93 0.86: 0.74       D2-S2b 0.37 0.39 0.36 0.49: 0.31
+//   D2-S1  1.12 0.96 1.07 1.01: 0.88       D2-S1b 0.55 0.65 0.62 0.53: 0.49
+// (D2-S2b: the full bench, 5M points, measured 0.32, so 0.31 rather than 0.32.)
+// (One run each, as --quick used to do: D2-S2 0.97 0.74 1.15, D2-S2b 0.38 0.56 0.33, D2-S1
+// 1.13 1.08 1.15, D2-S1b 0.65 0.57 0.51: too wide for a gate this close.)
+// History: the gates were first set to about 70% of what backend-sub reached. Measured over
+// full and --quick runs, on a quiet machine and with one or two busy loops beside: D2-S2
+// 0.60-0.87, D2-S2b 0.13-0.37, D2-S1 0.64-1.01, D2-S1b 0.38-0.66 (rumqttc's receive path). With the
 // backend's own session (large reads, decoding in place) D2-S2 is 0.88-0.93 and D2-S2b
 // 0.35-0.36, but D2-S1b fell to 0.11-0.15: Mosquitto sends each message in its own segment
 // (set_tcp_nodelay), so draining a backlog of single points cost one read per message. With
@@ -64,10 +71,10 @@ const TARGET: f64 = 0.9;
 // mqtt_tool::lowat) the full bench gave D2-S2 0.97 (0.91-1.01), D2-S2b 0.39 (0.33-0.39),
 // D2-S1 1.16 (1.16-1.17) and D2-S1b 0.54 (0.52-0.58); --quick runs D2-S1 0.88-1.08 and
 // D2-S1b 0.41-0.59.
-const GATE_D2_S2: f64 = 0.7;
-const GATE_D2_S2_BACKLOG: f64 = 0.2;
-const GATE_D2_S1: f64 = 0.7;
-const GATE_D2_S1_BACKLOG: f64 = 0.3;
+const GATE_D2_S2: f64 = 0.74;
+const GATE_D2_S2_BACKLOG: f64 = 0.31;
+const GATE_D2_S1: f64 = 0.88;
+const GATE_D2_S1_BACKLOG: f64 = 0.49;
 /// The reference subscriber stops when nothing arrived for this long (seconds): longer than
 /// a backlog's publishing takes on a busy machine.
 const REF_IDLE_S: &str = "30";
@@ -152,7 +159,9 @@ fn main() {
         publisher: dir.join("frontend1-pub"),
         refclient: dir.join("mqtt-refclient"),
     };
-    let reps = if quick { 1 } else { 3 };
+    // Three runs in both modes: one run's ratio swung by a third on a quiet machine (D2-S2
+    // 0.74-1.15 in --quick), and the gates are within ~15% of the median.
+    let reps = 3;
     let (s2_points, s1_points) = if quick {
         (2_000_000, 400_000)
     } else {

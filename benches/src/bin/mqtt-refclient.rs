@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES
-//! mqtt-refclient sub PORT FILTER        (prints "ready", counts until stdin closes)
+//! mqtt-refclient sub PORT FILTER        (prints "ready", counts until stdin closes and
+//!                                        then nothing more arrived for 1 s)
 //! mqtt-refclient recv PORT FILTER QOS POINTS IDLE_S
 //!                                       (prints "ready", counts until POINTS points arrived
 //!                                        or none for IDLE_S seconds)
@@ -29,6 +30,10 @@ use rumqttc::{Connect, Packet, Publish, QoS, Subscribe};
 const CHUNK: usize = 1 << 20;
 const WINDOW: u64 = 65_535;
 const POOL: usize = 256;
+/// `sub`, asked to stop: it stops once nothing arrived for this long...
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// ...or this long after it was asked, whichever comes first.
+const DRAIN_MAX: Duration = Duration::from_secs(60);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -187,10 +192,23 @@ fn subscribe(a: &[String]) -> Result<(), String> {
     let (mut messages, mut bytes) = (0u64, 0u64);
     let mut rx = BytesMut::with_capacity(4 << 20);
     let mut chunk = vec![0u8; 1 << 20];
-    while !quit.load(Ordering::Relaxed) {
+    // Once asked to stop, what the broker still has for us is read until the socket stays
+    // quiet (a backlog keeps it busy however long it takes to drain, within DRAIN_MAX).
+    let mut last_data = Instant::now();
+    let mut quit_at: Option<Instant> = None;
+    loop {
+        if quit.load(Ordering::Relaxed) {
+            let at = *quit_at.get_or_insert_with(Instant::now);
+            if last_data.elapsed() >= DRAIN_QUIET || at.elapsed() >= DRAIN_MAX {
+                break;
+            }
+        }
         match stream.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => rx.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                rx.extend_from_slice(&chunk[..n]);
+                last_data = Instant::now();
+            }
             Err(e)
                 if matches!(
                     e.kind(),

@@ -92,6 +92,12 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // A test that names no broker gets `auto`, which probes 127.0.0.1:1883, where a real
+    // broker may listen: it probes a port nothing listens on instead (a test may set its own).
+    cmd.env(
+        "LOADGEN_AUTO_BROKER",
+        format!("127.0.0.1:{}", test_support::free_port()),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
