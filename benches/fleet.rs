@@ -475,7 +475,10 @@ fn main() {
         }
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (ratio, o, r) = pairs.swap_remove(1);
-        let gate4 = if quick { 0.8 } else { 0.9 };
+        // --quick, the median of three pairs: 0.79-0.99 over the quiet runs that set the other
+        // gates (0.79 and 0.82 among them), so the old 0.8 failed a quiet machine; 0.85 x
+        // the median of ~0.89, as every other gate, is 0.75. The full bench keeps 0.9.
+        let gate4 = if quick { 0.75 } else { 0.9 };
         rows.push(Row {
             id: "F4",
             what: format!("{n4} connections, as fast as the broker accepts"),
