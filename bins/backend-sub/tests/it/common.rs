@@ -133,6 +133,31 @@ impl Backend {
         false
     }
 
+    /// Waits until the backend says (on SIGUSR1, asked every 100 ms) that it received
+    /// `points` points, for up to `within`: what a test waits for before a signal, rather
+    /// than a guessed sleep.
+    pub fn wait_received(&mut self, points: u64, within: Duration) -> bool {
+        let want = format!("received {points} points");
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            self.signal("USR1");
+            let tick = std::time::Instant::now() + Duration::from_millis(100);
+            while let Some(left) = tick.checked_duration_since(std::time::Instant::now()) {
+                match self.stderr.recv_timeout(left) {
+                    Ok(line) => {
+                        let hit = line.contains(&want);
+                        self.seen.push(line);
+                        if hit {
+                            return true;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        false
+    }
+
     /// Whether the process has exited (its status is collected by [`Backend::wait`]).
     pub fn exited(&self) -> bool {
         match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {

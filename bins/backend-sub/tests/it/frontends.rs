@@ -153,13 +153,13 @@ fn unreachable_broker_exits_3() {
 #[test]
 fn sigint_prints_the_summary_and_exits_130() {
     let m = Mosquitto::start();
-    let backend = start(&["--broker", &m.url()]);
+    let mut backend = start(&["--broker", &m.url()]);
     test_support::publish_payloads(
         m.port,
         "device_data/x",
         &[test_support::payload("dev", &[0, 1, 2])],
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(backend.wait_received(3, std::time::Duration::from_secs(10)));
     backend.signal("INT");
     let out = backend.wait();
     out.assert_code(130);
@@ -171,13 +171,13 @@ fn sigint_prints_the_summary_and_exits_130() {
 #[test]
 fn sigterm_prints_the_summary_and_exits_143() {
     let m = Mosquitto::start();
-    let backend = start(&["--broker", &m.url()]);
+    let mut backend = start(&["--broker", &m.url()]);
     test_support::publish_payloads(
         m.port,
         "device_data/x",
         &[test_support::payload("dev", &[0, 1])],
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(backend.wait_received(2, std::time::Duration::from_secs(10)));
     backend.signal("TERM");
     let out = backend.wait();
     out.assert_code(143);
