@@ -11,7 +11,6 @@
 //! `encode.json` beside PATH (default `target/bench/encode.json`).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -20,6 +19,7 @@ use publisher_core::source::PointSource;
 use serde_json::json;
 
 mod alloc_count;
+mod flags;
 
 const DEVICE: &str = "frontend1_ultra_high_perf_device";
 const ROUNDS: usize = 5;
@@ -93,29 +93,11 @@ fn median(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
-    let mut quick = false;
-    let mut gate = false;
-    let mut json_path = test_support::workspace_root().join("target/bench/encode.json");
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--gate" => gate = true,
-            // The throughput bench's JSON path: this one writes encode.json beside it.
-            "--json" => {
-                let p = PathBuf::from(args.next().expect("--json PATH"));
-                json_path = p.with_file_name("encode.json");
-            }
-            "--only" => {
-                args.next();
-            }
-            "--bench" => {} // passed by cargo bench
-            other => {
-                eprintln!("unknown argument {other}; use --quick, --gate, --json PATH");
-                std::process::exit(2);
-            }
-        }
-    }
+    let flags::Flags {
+        quick,
+        gate,
+        json: json_path,
+    } = flags::parse("encode.json");
     // A few seconds in all: `--quick` runs the same rounds, so that the gate sees the median
     // of five.
     let rounds = ROUNDS;

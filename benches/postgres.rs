@@ -50,6 +50,7 @@ use test_support::{free_port, Mosquitto, Postgres, TempDir};
 // Only build_release of it is used here.
 #[allow(dead_code)]
 mod common;
+mod flags;
 
 /// The seed's one instance: 45,000 jobs a minute.
 const SEED_JOBS_PER_S: f64 = 750.0;
@@ -562,28 +563,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let mut quick = false;
-    let mut gate = false;
-    let mut json_path = test_support::workspace_root().join("target/bench/postgres.json");
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--gate" => gate = true,
-            "--json" => {
-                let p = PathBuf::from(args.next().expect("--json PATH"));
-                json_path = p.with_file_name("postgres.json");
-            }
-            "--only" => {
-                args.next();
-            }
-            "--bench" => {}
-            other => {
-                eprintln!("unknown argument {other}; use --quick, --gate, --json PATH");
-                std::process::exit(2);
-            }
-        }
-    }
+    let flags::Flags {
+        quick,
+        gate,
+        json: json_path,
+    } = flags::parse("postgres.json");
     let dir = common::build_release();
     let bins = Bins {
         job_pub: dir.join("job-pub"),
