@@ -867,7 +867,8 @@ pub mod fake {
     }
 
     /// Reads one packet: (first byte, body); None when the peer is gone or we are stopping.
-    fn read_packet(sock: &mut TcpStream, stop: &AtomicBool) -> Option<(u8, Vec<u8>)> {
+    /// Scripted servers of the tests use it too.
+    pub fn read_packet(sock: &mut TcpStream, stop: &AtomicBool) -> Option<(u8, Vec<u8>)> {
         let mut first = [0u8; 1];
         loop {
             match sock.read(&mut first) {

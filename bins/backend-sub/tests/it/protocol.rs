@@ -2,13 +2,14 @@
 //! connection or by silence, a SUBACK for a packet id never used. A scripted server plays
 //! the broker, since no real one does these on demand.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use test_support::fake::read_packet;
 use test_support::payload;
 
 use crate::common::{n, run_to_end, start, validate};
@@ -70,39 +71,6 @@ impl Drop for Scripted {
             let _ = t.join();
         }
     }
-}
-
-/// One packet: (first byte, body); None when the peer is gone or the broker stops.
-fn read_packet(sock: &mut TcpStream, stop: &AtomicBool) -> Option<(u8, Vec<u8>)> {
-    let mut first = [0u8; 1];
-    loop {
-        match sock.read(&mut first) {
-            Ok(0) => return None,
-            Ok(_) => break,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                if stop.load(Ordering::Relaxed) {
-                    return None;
-                }
-            }
-            Err(_) => return None,
-        }
-    }
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        sock.read_exact(&mut b).ok()?;
-        len |= ((b[0] & 0x7f) as usize) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 || shift > 21 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    sock.read_exact(&mut body).ok()?;
-    Some((first[0], body))
 }
 
 fn serve(mut sock: TcpStream, script: Script, stop: &AtomicBool) {
