@@ -1,8 +1,7 @@
-//! backend-sub: subscribes, decodes both point formats, routes points per device to their
-//! frontend and proves delivery.
+//! backend-sub: `loadgen sub` with the seed's routes (see [`backend_core::BACKEND_SUB`]):
+//! subscribes, decodes both point formats, routes points per device to their frontend and
+//! proves delivery.
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    backend_core::main("backend-sub")
+fn main() -> std::process::ExitCode {
+    backend_core::main(backend_core::BACKEND_SUB)
 }

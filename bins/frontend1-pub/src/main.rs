@@ -1,17 +1,6 @@
-//! frontend1-pub: publisher-core with frontend 1's device, topic and client id.
+//! frontend1-pub: `loadgen pub` with the seed's frontend1 preset (its device, topic, client id and
+//! batch of 1,000 points a message), see [`publisher_core::FRONTEND1`].
 
-use std::process::ExitCode;
-
-use publisher_core::Preset;
-
-const PRESET: Preset = Preset {
-    name: "frontend1-pub",
-    about: "Publishes frontend 1's device data points to MQTT at an exact rate and reports what the broker got",
-    device_id: "frontend1_ultra_high_perf_device",
-    client_id: "1",
-    batch: "1000",
-};
-
-fn main() -> ExitCode {
-    publisher_core::main(PRESET)
+fn main() -> std::process::ExitCode {
+    publisher_core::main(publisher_core::FRONTEND1)
 }

@@ -1,17 +1,6 @@
-//! frontend2-pub: publisher-core with frontend 2's device, topic and client id.
+//! frontend2-pub: `loadgen pub` with the seed's frontend2 preset (its device, topic, client id and
+//! batch of 1,000 points a message), see [`publisher_core::FRONTEND2`].
 
-use std::process::ExitCode;
-
-use publisher_core::Preset;
-
-const PRESET: Preset = Preset {
-    name: "frontend2-pub",
-    about: "Publishes frontend 2's device data points to MQTT at an exact rate and reports what the broker got",
-    device_id: "frontend2_ultra_high_perf_device",
-    client_id: "2",
-    batch: "1000",
-};
-
-fn main() -> ExitCode {
-    publisher_core::main(PRESET)
+fn main() -> std::process::ExitCode {
+    publisher_core::main(publisher_core::FRONTEND2)
 }

@@ -57,9 +57,39 @@ struct MergeArgs {
 /// `--help` and the README.
 const REPORT_LIMIT: u64 = 2 << 30;
 
+/// `loadgen merge`'s command: its flags with their `LOADGEN_<FLAG>` variables, examples.
+pub fn command() -> clap::Command {
+    let cmd = MergeArgs::command();
+    let exit_codes = cmd
+        .get_after_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    mqtt_tool::cli::with_env_scheme(cmd.after_help(format!(
+        "Examples:
+  # the three shards' reports of one run, judged as one
+  loadgen merge shard-0.json shard-1.json shard-2.json \\
+      --threshold 'point_rate>=29000' --report-md merged.md
+  # every report in a directory (a merged report there is skipped)
+  loadgen merge reports/ --shards 3 --report-json merged.json
+
+{}
+
+{exit_codes}",
+        mqtt_tool::cli::ENV_HELP
+    )))
+}
+
+/// Parses `argv` (the program's name first) without merging anything.
+pub fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<(), mqtt_tool::config::ParseExit> {
+    mqtt_tool::config::parse_layered_sourced::<MergeArgs>(command(), argv).map(|_| ())
+}
+
 pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
     mqtt_tool::run_sync(
-        || mqtt_tool::config::parse_layered_sourced::<MergeArgs>(MergeArgs::command(), argv),
+        || {
+            mqtt_tool::cli::warn_environment(&command(), &[]);
+            mqtt_tool::config::parse_layered_sourced::<MergeArgs>(command(), argv)
+        },
         |(args, sources)| run(args, &sources),
     )
 }

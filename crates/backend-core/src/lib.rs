@@ -154,7 +154,8 @@ pub struct SubscribeArgs {
     #[arg(long = "topic", value_name = "FILTER", default_values_t = [String::from("device_data/#")])]
     pub topics: Vec<String>,
 
-    /// QoS of the subscription (1 makes the broker queue for this backend)
+    /// QoS of the subscription: 1 by default (the publishers default to 0) so that the broker
+    /// queues for this subscriber and acknowledges each message it hands over
     #[arg(long, value_name = "QOS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
 
@@ -172,8 +173,7 @@ pub struct VerifyArgs {
     pub routes: Vec<(String, String)>,
 
     /// Route devices whose id starts with PREFIX: PREFIX=FRONTEND (repeatable)
-    #[arg(long = "route-prefix", value_name = "PREFIX=FRONTEND", value_parser = route::parse_pair,
-          default_values = ["frontend1=frontend1", "frontend2=frontend2"])]
+    #[arg(long = "route-prefix", value_name = "PREFIX=FRONTEND", value_parser = route::parse_pair)]
     pub route_prefixes: Vec<(String, String)>,
 
     /// Stop as soon as this many unique points arrived; each device's seqs are then expected
@@ -409,30 +409,102 @@ impl FromArgMatches for Parsed {
     }
 }
 
-pub fn command(name: &'static str) -> Command {
-    BackendArgs::augment_args(Command::new(name).version(env!("CARGO_PKG_VERSION")))
+/// What distinguishes `loadgen sub` from `backend-sub`: the name and the seed's routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// The default `--route-prefix`es: backend-sub routes the seed's two frontends.
+    pub route_prefixes: &'static [&'static str],
+    /// The examples at the end of `--help` (each line that starts with the tool's name is a
+    /// command, parsed by a test).
+    pub examples: &'static str,
+}
+
+/// `loadgen sub`: the verifying subscriber, no routes unless asked.
+pub const LOADGEN_SUB: Preset = Preset {
+    name: "loadgen sub",
+    about: "Subscribes to device data, decodes both point formats and proves that every point arrived, once, per device",
+    route_prefixes: &[],
+    examples: "Examples:
+  # prove the delivery of 1,000 devices x 600 points (a loadgen pub run of 60 s at 10 points/s each)
+  loadgen sub --broker mqtt://127.0.0.1:1883 --expect 600k --report-json sub.json
+  # a CI gate on delivery and end-to-end latency, with a Markdown summary
+  loadgen sub --broker mqtt://127.0.0.1:1883 --expect 100k \\
+      --threshold 'points_missing==0' --threshold 'e2e_latency_p99<100ms' --report-md sub.md
+  # store every unique point in PostgreSQL (the password from PGPASSWORD)
+  loadgen sub --broker mqtt://127.0.0.1:1883 --expect 100k \\
+      --sink postgres://loadgen@127.0.0.1:5432/loadgen",
+};
+
+/// `backend-sub`: `loadgen sub` with the seed's routes (devices starting with `frontend1`
+/// to frontend1, `frontend2` to frontend2).
+pub const BACKEND_SUB: Preset = Preset {
+    name: "backend-sub",
+    about: "Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery",
+    route_prefixes: &["frontend1=frontend1", "frontend2=frontend2"],
+    examples: "Examples:
+  # the seed's backend: both frontends' 100,000 points each, routed and verified
+  backend-sub --broker mqtt://127.0.0.1:1883 --expect 200k
+  # the report as JSON on stdout, the summary on stderr
+  backend-sub --broker mqtt://127.0.0.1:1883 --expect 200k --report-json -",
+};
+
+pub fn command(preset: &Preset) -> Command {
+    let routes = if preset.route_prefixes.is_empty() {
+        "none".to_string()
+    } else {
+        preset.route_prefixes.join(", ")
+    };
+    let cmd = BackendArgs::augment_args(Command::new(preset.name).version(env!("CARGO_PKG_VERSION")))
         // A clean-session subscriber misses what is published while it is away (the broker
         // queues nothing for it): it comes back fast, and often, not after 10 s.
-        .mut_arg("reconnect_backoff", |a| a.default_value(RECONNECT_BACKOFF))
-        .about("Subscribes to device data, decodes both point formats, routes points per device to frontends and proves delivery")
-        .after_help(
-            "Exit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
+        .mut_arg("reconnect_backoff", |a| {
+            a.default_value(RECONNECT_BACKOFF).help(
+                "The first and the longest wait between reconnect attempts, MIN..MAX; shorter \
+                 than the publishers' 100ms..10s because what is published while a subscriber \
+                 is away is missed: it comes back fast",
+            )
+        })
+        .mut_arg("route_prefixes", |a| {
+            a.default_values(preset.route_prefixes.iter().copied())
+                .help(format!(
+                    "Route devices whose id starts with PREFIX: PREFIX=FRONTEND (repeatable) \
+                     [default: {routes}]"
+                ))
+        })
+        .about(preset.about)
+        .after_help(format!(
+            "{}\n\n{}\n\nExit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
              3 broker (or the --sink database) unreachable, 4 broker (or the --sink database) refused the connection, 129 SIGHUP, 130 SIGINT, \
              143 SIGTERM; SIGUSR1 prints progress.",
-        )
+            preset.examples,
+            mqtt_tool::cli::ENV_HELP
+        ));
+    mqtt_tool::cli::with_env_scheme(cmd)
+}
+
+/// Parses `argv` (the program's name first) for `preset` into a plan.
+pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan, ParseExit> {
+    let (Parsed(a), sources) = config::parse_layered_sourced::<Parsed>(command(preset), argv)?;
+    let sink_from_env = sources.off_command_line("sink");
+    Plan::from_args_env(a, sink_from_env)
+        .map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
 }
 
 /// The whole backend program: parse, receive, report, exit code.
-pub fn main(name: &'static str) -> ExitCode {
+pub fn main(preset: Preset) -> ExitCode {
+    main_with_args(preset, std::env::args_os().collect())
+}
+
+/// [`main`] with the arguments given (the program's name first): `loadgen sub` passes its
+/// subcommand's.
+pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode {
+    let name = preset.name;
     mqtt_tool::run_main(
-        || {
-            let (Parsed(a), sources) = config::parse_layered_sourced::<Parsed>(
-                command(name),
-                std::env::args_os().collect(),
-            )?;
-            let sink_from_env = sources.off_command_line("sink");
-            Plan::from_args_env(a, sink_from_env)
-                .map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
+        move || {
+            mqtt_tool::cli::warn_environment(&command(&preset), &[]);
+            parse_plan(&preset, argv)
         },
         "stopping, writing the report",
         |plan, shutdown| async move { run(name, &plan, &shutdown).await },

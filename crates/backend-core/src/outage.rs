@@ -394,7 +394,7 @@ mod tests {
     /// was itself disconnected.
     fn member(seqs: &[u64], away: &[SeqRange], stamp: u64) -> crate::Report {
         use clap::FromArgMatches;
-        let m = crate::command("backend-sub").get_matches_from([
+        let m = crate::command(&crate::BACKEND_SUB).get_matches_from([
             "backend-sub",
             "--share-group",
             "g",

@@ -7,18 +7,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, ExportArgs};
 use mqtt_tool::Error;
 
+/// What each exit code of job-pub (`loadgen jobs`) means.
+pub const EXIT_CODES: &str =
+    "Exit codes: 0 done, 1 jobs failed, rejected, given up or unreadable, \
+or another failure, 2 usage (a table job-pub cannot use, too), 3 the database or the broker \
+cannot be reached, 4 the broker or the database refused the connection, 99 a --threshold \
+failed, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.";
+
 /// Scheduled jobs from PostgreSQL to MQTT: any number of instances, no job published twice
 /// while they live, none lost when one dies.
 #[derive(Debug, Parser)]
-#[command(
-    name = "job-pub",
-    version,
-    after_help = "Exit codes: 0 done, 1 jobs failed, rejected, given up or unreadable, or another \
-                  failure, 2 usage (a table job-pub cannot use, too), 3 the database or the \
-                  broker cannot be reached, 4 the broker or the database refused the \
-                  connection, 99 a --threshold failed, 129/130/143 stopped by \
-                  SIGHUP/SIGINT/SIGTERM."
-)]
+#[command(name = "job-pub", version, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -38,26 +37,22 @@ pub enum Cmd {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Database")]
 pub struct DbArgs {
-    /// postgres://USER@HOST:PORT/DB; the password from PGPASSWORD or --database-password-file
-    /// (a password inside the URL only from the DATABASE_URL variable, never a flag)
-    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    /// postgres://USER@HOST:PORT/DB (or the DATABASE_URL variable, as libpq users expect);
+    /// the password from PGPASSWORD or --database-password-file (a password inside the URL
+    /// only from a variable, never a flag)
+    #[arg(long, value_name = "URL", hide_env_values = true)]
     pub database_url: String,
 
     /// File whose first line is the database password
-    #[arg(long, value_name = "FILE", env = "JOB_PUB_DATABASE_PASSWORD_FILE")]
+    #[arg(long, value_name = "FILE")]
     pub database_password_file: Option<PathBuf>,
 
     /// The table of jobs
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "jobs",
-        env = "JOB_PUB_TABLE"
-    )]
+    #[arg(long, value_name = "NAME", default_value = "jobs")]
     pub table: String,
 
     /// Database connections in the pool
-    #[arg(long, value_name = "N", default_value = "4", value_parser = parse_count, env = "JOB_PUB_POOL")]
+    #[arg(long, value_name = "N", default_value = "4", value_parser = parse_count)]
     pub pool: u64,
 }
 
@@ -123,40 +118,35 @@ pub struct RunArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
-    /// QoS of every publish
-    #[arg(
-        long,
-        value_enum,
-        default_value = "1",
-        env = "JOB_PUB_QOS",
-        help_heading = "Jobs"
-    )]
+    /// QoS of every publish: 1 by default (the publishers default to 0): a job is marked
+    /// processed only once the broker acknowledged it (receipt, not delivery)
+    #[arg(long, value_enum, default_value = "1", help_heading = "Jobs")]
     pub qos: Qos,
 
     /// Jobs claimed at once (one claim, one publish burst, one completion)
-    #[arg(long, value_name = "N", default_value = "1000", value_parser = parse_count, env = "JOB_PUB_BATCH", help_heading = "Jobs")]
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = parse_count, help_heading = "Jobs")]
     pub batch: u64,
 
     /// How often to look for due jobs when there were none
-    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration, env = "JOB_PUB_POLL", help_heading = "Jobs")]
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration, help_heading = "Jobs")]
     pub poll: Duration,
 
     /// How long a claim holds: a job claimed by an instance that died is claimed again once
     /// its lease has run out (longer than a batch takes to publish)
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "JOB_PUB_LEASE", help_heading = "Jobs")]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, help_heading = "Jobs")]
     pub lease: Duration,
 
     /// Claim jobs due within this much ahead, and hold each until its fire_at
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration, env = "JOB_PUB_LOOKAHEAD", help_heading = "Jobs")]
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration, help_heading = "Jobs")]
     pub lookahead: Duration,
 
     /// A job published later than this after its fire_at counts as late
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, env = "JOB_PUB_LATE_AFTER", help_heading = "Jobs")]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, help_heading = "Jobs")]
     pub late_after: Duration,
 
     /// Skip (mark processed without publishing, counted) jobs overdue by more than this
     /// [default: publish every overdue job]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "JOB_PUB_MAX_LATENESS", help_heading = "Jobs")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Jobs")]
     pub max_lateness: Option<Duration>,
 
     /// Exit once no due job remains (for tests and batch use) [default: run until stopped]
@@ -168,23 +158,23 @@ pub struct RunArgs {
     pub retain: bool,
 
     /// How each message carries its job id [default: property with MQTT 5, none with 3.1.1]
-    #[arg(long, value_enum, env = "JOB_PUB_JOB_ID", help_heading = "Jobs")]
+    #[arg(long, value_enum, help_heading = "Jobs")]
     pub job_id: Option<JobIdMode>,
 
     /// How long a batch may wait for its acknowledgements before its jobs count as failed
     /// (they stay unprocessed and are claimed again when their lease runs out)
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "JOB_PUB_ACK_TIMEOUT", help_heading = "Jobs")]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Jobs")]
     pub ack_timeout: Duration,
 
     /// Give up when the database stays unreachable this long
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, env = "JOB_PUB_DB_TIMEOUT", help_heading = "Database")]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, help_heading = "Database")]
     pub db_timeout: Duration,
 
     #[command(flatten)]
     pub export: ExportArgs,
 
     /// No progress lines on stderr
-    #[arg(long, short, env = "JOB_PUB_QUIET")]
+    #[arg(long, short)]
     pub quiet: bool,
 }
 
@@ -248,6 +238,7 @@ pub struct RunPlan {
 
 /// Whether `--database-url` came from the `DATABASE_URL` variable (where a password may be).
 pub fn url_from_env(m: &clap::ArgMatches) -> bool {
+    // `DATABASE_URL` is read as `LOADGEN_DATABASE_URL` (mqtt_tool::cli::DATABASE_URL).
     let sub = m.subcommand().map(|(_, s)| s);
     sub.and_then(|s| s.value_source("database_url"))
         .is_some_and(|v| v == clap::parser::ValueSource::EnvVariable)
@@ -321,7 +312,7 @@ impl Plan {
                 // embedded one, as the load generators do.
                 if r.connection.broker == "auto" {
                     return Err(Error::usage(
-                        "job-pub run needs --broker mqtt://HOST:PORT (or LOADGEN_BROKER): \
+                        "run needs --broker mqtt://HOST:PORT (or LOADGEN_BROKER): \
                          jobs published to an embedded broker would reach nobody",
                     ));
                 }

@@ -39,31 +39,98 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use mqtt_tool::config::ParseExit;
 
-/// `job-pub`: parse, run, exit code.
-pub fn main() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+/// What distinguishes `loadgen jobs` from `job-pub`: the name its help and errors show.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub name: &'static str,
+    /// The examples at the end of `--help` (each line that starts with the tool's name is a
+    /// command, parsed by a test).
+    pub examples: &'static str,
+}
+
+/// `loadgen jobs`.
+pub const LOADGEN_JOBS: Preset = Preset {
+    name: "loadgen jobs",
+    examples:
+        "Examples (the database password from PGPASSWORD; DATABASE_URL works for --database-url):
+  loadgen jobs migrate --database-url postgres://loadgen@127.0.0.1:5432/loadgen
+  # 10,000 jobs falling due over the next minute
+  loadgen jobs seed --database-url postgres://loadgen@127.0.0.1:5432/loadgen \\
+      --count 10k --fire-in 0s..60s
+  # publish them as they fall due, then exit
+  loadgen jobs run --database-url postgres://loadgen@127.0.0.1:5432/loadgen \\
+      --broker mqtt://127.0.0.1:1883 --until-empty --report-json jobs.json",
+};
+
+/// `job-pub`: the seed's name for `loadgen jobs`.
+pub const JOB_PUB: Preset = Preset {
+    name: "job-pub",
+    examples:
+        "Examples (the database password from PGPASSWORD; DATABASE_URL works for --database-url):
+  job-pub migrate --database-url postgres://loadgen@127.0.0.1:5432/loadgen
+  # 10,000 jobs falling due over the next minute
+  job-pub seed --database-url postgres://loadgen@127.0.0.1:5432/loadgen \\
+      --count 10k --fire-in 0s..60s
+  # publish them as they fall due, then exit
+  job-pub run --database-url postgres://loadgen@127.0.0.1:5432/loadgen \\
+      --broker mqtt://127.0.0.1:1883 --until-empty --report-json jobs.json",
+};
+
+/// The clap command of `preset`: [`args::Cli`] under the preset's name, every flag with its
+/// `LOADGEN_<FLAG>` variable, and `run --broker` shown as required (jobs published to an
+/// embedded broker reach nobody).
+pub fn command(preset: &Preset) -> clap::Command {
+    let cmd = args::Cli::command()
+        .name(preset.name)
+        .bin_name(preset.name)
+        .after_help(format!(
+            "{}\n\n{}\n\n{}",
+            preset.examples,
+            mqtt_tool::cli::ENV_HELP,
+            args::EXIT_CODES
+        ))
+        .mut_subcommands(|sub| {
+            sub.after_help(format!(
+                "{}\n\n{}",
+                mqtt_tool::cli::ENV_HELP,
+                args::EXIT_CODES
+            ))
+        })
+        .mut_subcommand("run", |run| {
+            run.mut_arg("broker", |a| {
+                // `auto` stays the value behind the scenes, refused by the plan with a message
+                // that says why; help shows no default.
+                a.hide_default_value(true).help(
+                    "Broker: mqtt://host:port or host:port (required: jobs published to an \
+                     embedded broker, as `auto` gives the load generators, would reach nobody)",
+                )
+            })
+        });
+    mqtt_tool::cli::with_env_scheme(cmd)
+}
+
+/// Parses `argv` (the program's name first) for `preset` into a plan.
+pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<args::Plan, ParseExit> {
+    let m = mqtt_tool::config::matches(command(preset), argv)?;
+    let from_env = args::url_from_env(&m);
+    let cli = args::Cli::from_arg_matches(&m).map_err(|e| ParseExit::Usage(e.to_string()))?;
+    args::Plan::from_cli(cli, from_env).map_err(|e| ParseExit::Usage(e.to_string()))
+}
+
+/// `job-pub` or `loadgen jobs`: parse, run, exit code.
+pub fn main(preset: Preset) -> ExitCode {
+    main_with_args(preset, std::env::args_os().collect())
+}
+
+/// [`main`] with the arguments given (the program's name first).
+pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode {
     mqtt_tool::run_main(
         move || {
-            let m = args::Cli::command()
-                .try_get_matches_from(argv)
-                .map_err(|e| {
-                    if e.use_stderr() {
-                        ParseExit::Usage(
-                            e.to_string()
-                                .lines()
-                                .next()
-                                .unwrap_or("")
-                                .trim_start_matches("error: ")
-                                .to_string(),
-                        )
-                    } else {
-                        ParseExit::Info(e)
-                    }
-                })?;
-            let from_env = args::url_from_env(&m);
-            let cli =
-                args::Cli::from_arg_matches(&m).map_err(|e| ParseExit::Usage(e.to_string()))?;
-            args::Plan::from_cli(cli, from_env).map_err(|e| ParseExit::Usage(e.to_string()))
+            mqtt_tool::cli::warn_environment(
+                &command(&preset),
+                &[mqtt_tool::cli::DATABASE_URL, mqtt_tool::cli::JOB_PUB_NAMES],
+            );
+            parse_plan(&preset, argv)
         },
         "finishing the batch in flight, then reporting",
         |plan, shutdown| async move { run::main(plan, shutdown).await },

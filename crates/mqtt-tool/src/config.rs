@@ -147,6 +147,14 @@ pub fn parse_layered_sourced<T: FromArgMatches>(
         .map_err(clap_exit)
 }
 
+/// Parses `argv` with `cmd` (no config file): the matches, or the exit a usage error or
+/// `--help` ends in, an error about a value from the environment naming the variable.
+pub fn matches(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatches, ParseExit> {
+    cmd.clone()
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_exit_sourced(e, &cmd, &argv))
+}
+
 /// Like [`clap_exit`], but an error about a value that came from the environment names the
 /// variable (`LOADGEN_RATE`), not the flag the user never typed.
 fn clap_exit_sourced(e: clap::Error, cmd: &Command, argv: &[OsString]) -> ParseExit {
@@ -163,7 +171,12 @@ fn clap_exit_sourced(e: clap::Error, cmd: &Command, argv: &[OsString]) -> ParseE
         .strip_prefix("--")
         .and_then(|rest| rest.split([' ', '=']).next())
         .unwrap_or("");
-    let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(long)) else {
+    fn find<'a>(cmd: &'a Command, long: &str) -> Option<&'a clap::Arg> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .or_else(|| cmd.get_subcommands().find_map(|s| find(s, long)))
+    }
+    let Some(arg) = find(cmd, long) else {
         return exit;
     };
     let on_command_line = argv.iter().skip(1).any(|a| {
@@ -271,7 +284,7 @@ fn file_args(cmd: &Command, first: &ArgMatches, path: &Path) -> Result<Vec<Strin
 }
 
 /// The key nearest to `key` by edit distance, if it is close enough to be a typo.
-fn closest<'a>(key: &str, keys: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(key: &str, keys: &[&'a str]) -> Option<&'a str> {
     fn distance(a: &str, b: &str) -> usize {
         let b: Vec<char> = b.chars().collect();
         let mut prev: Vec<usize> = (0..=b.len()).collect();

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - [`args`]: the connection and output flags, and the value parsers of every tool.
-//! - [`config`]: defaults < config file < environment < command line.
+//! - [`config`]: defaults < config file < environment < command line; [`cli`]: the
+//!   `LOADGEN_<FLAG>` variable of every flag.
 //! - [`connect`]: the validated connection settings; [`broker`]: the broker to use.
 //! - [`mqtt`]: connecting with rumqttc and what a lost connection means.
 //! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
@@ -19,6 +20,7 @@
 
 pub mod args;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod error;

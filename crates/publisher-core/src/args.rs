@@ -99,7 +99,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOADGEN_DURATION")]
     pub duration: Option<Duration>,
 
-    /// MQTT quality of service
+    /// MQTT quality of service: 0 by default, the load itself; 1 makes the broker
+    /// acknowledge every message (receipt, not delivery) and each loss counted. (`loadgen
+    /// sub` subscribes at 1 by default, so that the broker queues for it)
     #[arg(long, value_enum, default_value = "0", env = "LOADGEN_QOS")]
     pub qos: Qos,
 

@@ -53,19 +53,88 @@ pub struct Preset {
     /// The default of `--batch`: the seed publishers batch 1000 points, a fleet's devices
     /// send one point a message.
     pub batch: &'static str,
+    /// Why `--batch` defaults to [`Preset::batch`], said in `--help`.
+    pub batch_why: &'static str,
+    /// The examples at the end of `--help` (each line that starts with the tool's name is a
+    /// command, parsed by a test).
+    pub examples: &'static str,
 }
+
+/// `loadgen pub`: a fleet of simulated devices, one point a message.
+pub const LOADGEN_PUB: Preset = Preset {
+    name: "loadgen pub",
+    about: "Publishes the data points of a fleet of simulated devices to MQTT at an exact rate and reports what the broker got",
+    device_id: "sensor-{i:05}",
+    client_id: "loadgen-{i}",
+    batch: "1",
+    batch_why: "a device sends one point a message, as real devices do; frontend1-pub and \
+                frontend2-pub batch 1000",
+    examples: "Examples:
+  # 1,000 devices, 10 points/s each, for a minute, at QoS 1; a verdict on the acknowledgements
+  loadgen pub --broker mqtt://127.0.0.1:1883 --devices 1000 --rate-per-device 10 \\
+      --duration 60s --qos 1
+  # a CI gate: thresholds, a Markdown summary and a JSON report
+  loadgen pub --devices 100 --rate 10k --duration 30s --qos 1 \\
+      --threshold 'ack_latency_p99<50ms' --threshold 'point_rate>=9900' \\
+      --report-md summary.md --report-json report.json
+  # the third of 3 shards (0 to 2) of one fleet, all started at one instant, given to each
+  # machine as START_AT=$(date -u -d +2min +%FT%TZ)
+  loadgen pub --broker mqtt://127.0.0.1:1883 --devices 9000 --rate-per-device 1 \\
+      --shards 3 --shard 2 --start-at \"$START_AT\" --duration 5m \\
+      --report-json shard-{shard}.json",
+};
+
+/// `frontend1-pub`: the seed's frontend 1, its ultra-high-performance device.
+pub const FRONTEND1: Preset = Preset {
+    name: "frontend1-pub",
+    about: "Publishes frontend 1's device data points to MQTT at an exact rate and reports what the broker got",
+    device_id: "frontend1_ultra_high_perf_device",
+    client_id: "1",
+    batch: "1000",
+    batch_why: "the seed's frontend publishes its one device's points 1,000 to a message; \
+                loadgen pub's devices send one",
+    examples: "Examples:
+  # the seed's setup: 100,000 points, 1,000 a message, at 10,000 points/s
+  frontend1-pub --broker mqtt://127.0.0.1:1883
+  # at QoS 1 for 30 s, the JSON report on stdout
+  frontend1-pub --broker mqtt://127.0.0.1:1883 --qos 1 --duration 30s --report-json -",
+};
+
+/// `frontend2-pub`: the seed's frontend 2.
+pub const FRONTEND2: Preset = Preset {
+    name: "frontend2-pub",
+    about: "Publishes frontend 2's device data points to MQTT at an exact rate and reports what the broker got",
+    device_id: "frontend2_ultra_high_perf_device",
+    client_id: "2",
+    batch: "1000",
+    batch_why: "the seed's frontend publishes its one device's points 1,000 to a message; \
+                loadgen pub's devices send one",
+    examples: "Examples:
+  # the seed's setup: 100,000 points, 1,000 a message, at 10,000 points/s
+  frontend2-pub --broker mqtt://127.0.0.1:1883
+  # single-object messages (the legacy format) at 1,000 points/s
+  frontend2-pub --broker mqtt://127.0.0.1:1883 --batch 1 --rate 1000",
+};
 
 /// The clap command of a preset: every flag from [`PublisherArgs`], the preset's name.
 pub fn command(preset: &Preset) -> Command {
     let cmd = Command::new(preset.name).version(env!("CARGO_PKG_VERSION"));
-    PublisherArgs::augment_args(cmd)
+    let cmd = PublisherArgs::augment_args(cmd)
         .about(preset.about)
-        .after_help(
-            "Exit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
+        .after_help(format!(
+            "{}\n\n{}\n\nExit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
              4 broker refused the connection, 99 a --threshold failed, 129 SIGHUP, 130 SIGINT, \
              143 SIGTERM; SIGUSR1 prints progress.",
-        )
-        .mut_arg("batch", |a| a.default_value(preset.batch))
+            preset.examples,
+            mqtt_tool::cli::ENV_HELP
+        ))
+        .mut_arg("batch", |a| {
+            a.default_value(preset.batch).help(format!(
+                "Points per MQTT message: 1 sends the legacy single JSON object, N > 1 a JSON \
+                 array of N points (default {}: {})",
+                preset.batch, preset.batch_why
+            ))
+        })
         .mut_arg("device_id", |a| {
             a.help(format!(
                 "Device id written into every point, a template: {{i}} is the device's index, \
@@ -79,7 +148,8 @@ pub fn command(preset: &Preset) -> Command {
                  connection's first device) [default: {}]",
                 preset.client_id
             ))
-        })
+        });
+    mqtt_tool::cli::with_env_scheme(cmd)
 }
 
 struct Parsed(PublisherArgs);
@@ -108,7 +178,10 @@ pub fn main(preset: Preset) -> ExitCode {
 /// subcommand's.
 pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode {
     mqtt_tool::run_main(
-        move || parse_plan(&preset, argv),
+        move || {
+            mqtt_tool::cli::warn_environment(&command(&preset), &[]);
+            parse_plan(&preset, argv)
+        },
         "stopping generation, flushing what was generated",
         |plan, shutdown| async move { run(&preset, &plan, &shutdown).await },
     )

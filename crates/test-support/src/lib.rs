@@ -1841,3 +1841,68 @@ pub fn limit_memory(cmd: &mut std::process::Command, bytes: u64) -> &mut std::pr
         })
     }
 }
+
+/// Splits a shell command line into words as `sh` would for the simple commands of our help
+/// texts and docs: blanks separate words, `'...'` and `"..."` quote (in `"..."` a backslash
+/// escapes `"`, `\`, `$`), a backslash outside quotes escapes the next character, `\` at a
+/// line's end continues it. No expansion: `$VAR` stays as written.
+pub fn shell_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => word.push(ch),
+                        None => return Err(format!("unclosed ' in: {line}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(ch @ ('"' | '\\' | '$' | '`')) => word.push(ch),
+                            Some(ch) => {
+                                word.push('\\');
+                                word.push(ch);
+                            }
+                            None => return Err(format!("unclosed \" in: {line}")),
+                        },
+                        Some(ch) => word.push(ch),
+                        None => return Err(format!("unclosed \" in: {line}")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some('\n') => {}
+                Some(ch) => {
+                    in_word = true;
+                    word.push(ch);
+                }
+                None => {}
+            },
+            _ => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}

@@ -4,6 +4,7 @@
 mod common;
 mod faults;
 mod fleet;
+mod help;
 mod k8s;
 mod merge;
 mod observe;
