@@ -109,12 +109,13 @@ fn nearest_command(typed: &str) -> Option<&'static str> {
         })
 }
 
-/// The help texts of every tool and subcommand, with the program name their examples start
-/// with: what the help-example test reads.
-pub fn help_texts() -> Vec<(String, String)> {
-    let mut out = vec![("loadgen".to_string(), HELP.to_string())];
-    let mut render = |prog: &str, mut cmd: clap::Command| {
-        out.push((prog.to_string(), cmd.render_long_help().to_string()));
+/// The long help of every tool and subcommand, each with the arguments that reach it
+/// (`["job-pub", "run"]`; examples in it start with the first): what the help tests read.
+pub fn help_texts() -> Vec<(Vec<String>, String)> {
+    let mut out = vec![(vec!["loadgen".to_string()], HELP.to_string())];
+    let mut render = |name: &str, mut cmd: clap::Command| {
+        let prefix: Vec<String> = name.split(' ').map(str::to_string).collect();
+        out.push((prefix.clone(), cmd.render_long_help().to_string()));
         let subs: Vec<String> = cmd
             .get_subcommands()
             .map(|s| s.get_name().to_string())
@@ -122,7 +123,9 @@ pub fn help_texts() -> Vec<(String, String)> {
             .collect();
         for s in subs {
             if let Some(sc) = cmd.find_subcommand_mut(&s) {
-                out.push((prog.to_string(), sc.render_long_help().to_string()));
+                let mut p = prefix.clone();
+                p.push(s.clone());
+                out.push((p, sc.render_long_help().to_string()));
             }
         }
     };
@@ -131,18 +134,15 @@ pub fn help_texts() -> Vec<(String, String)> {
         publisher_core::FRONTEND1,
         publisher_core::FRONTEND2,
     ] {
-        let prog = p.name.split(' ').next().unwrap_or(p.name);
-        render(prog, publisher_core::command(&p));
+        render(p.name, publisher_core::command(&p));
     }
     for p in [backend_core::LOADGEN_SUB, backend_core::BACKEND_SUB] {
-        let prog = p.name.split(' ').next().unwrap_or(p.name);
-        render(prog, backend_core::command(&p));
+        render(p.name, backend_core::command(&p));
     }
     for p in [job_core::LOADGEN_JOBS, job_core::JOB_PUB] {
-        let prog = p.name.split(' ').next().unwrap_or(p.name);
-        render(prog, job_core::command(&p));
+        render(p.name, job_core::command(&p));
     }
-    render("loadgen", merge::command());
+    render("loadgen merge", merge::command());
     out
 }
 

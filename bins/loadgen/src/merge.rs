@@ -59,7 +59,18 @@ const REPORT_LIMIT: u64 = 2 << 30;
 
 /// `loadgen merge`'s command: its flags with their `LOADGEN_<FLAG>` variables, examples.
 pub fn command() -> clap::Command {
-    let cmd = MergeArgs::command();
+    // The merged report is a publisher's or a backend's: either's fields.
+    let mut fields = publisher_core::report::threshold_fields();
+    for f in backend_core::report::threshold_fields().0 {
+        if fields.get(&f.name).is_none() {
+            fields.0.push(f);
+        }
+    }
+    let cmd = mqtt_tool::cli::threshold_help(
+        MergeArgs::command(),
+        &fields,
+        &["point_rate>=29000", "points_missing==0"],
+    );
     let exit_codes = cmd
         .get_after_help()
         .map(|h| h.to_string())

@@ -481,6 +481,15 @@ pub fn command(preset: &Preset) -> Command {
             preset.examples,
             mqtt_tool::cli::ENV_HELP
         ));
+    let cmd = mqtt_tool::cli::threshold_help(
+        cmd,
+        &report::threshold_fields(),
+        &[
+            "points_missing==0",
+            "e2e_latency_p99<100ms",
+            "point_rate>=9900",
+        ],
+    );
     mqtt_tool::cli::with_env_scheme(cmd)
 }
 

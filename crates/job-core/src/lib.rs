@@ -97,7 +97,12 @@ pub fn command(preset: &Preset) -> clap::Command {
             ))
         })
         .mut_subcommand("run", |run| {
-            run.mut_arg("broker", |a| {
+            mqtt_tool::cli::threshold_help(
+                run,
+                &report::threshold_fields(),
+                &["jobs_failed==0", "lateness_p99<100ms"],
+            )
+            .mut_arg("broker", |a| {
                 // `auto` stays the value behind the scenes, refused by the plan with a message
                 // that says why; help shows no default.
                 a.hide_default_value(true).help(

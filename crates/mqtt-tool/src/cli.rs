@@ -32,6 +32,23 @@ pub const ENV_HELP: &str =
 LOADGEN_MAX_INFLIGHT); the command line wins over the environment, the environment over \
 --config. The MQTT password comes from LOADGEN_PASSWORD (or --password-file), never a flag.";
 
+/// `cmd` with the help of `--threshold` naming this tool's own fields, and examples on them
+/// (the shared help once showed publisher fields in tools that reject them).
+pub fn threshold_help(
+    cmd: Command,
+    fields: &crate::threshold::Fields,
+    examples: &[&str],
+) -> Command {
+    let examples: Vec<String> = examples.iter().map(|e| format!("`{e}`")).collect();
+    let help = format!(
+        "A pass/fail check on a report field, repeatable: {}; a time takes a unit (ms, s), a \
+         rate is per second; any failure exits 99 after the full report. The fields: {}",
+        examples.join(", "),
+        fields.names()
+    );
+    cmd.mut_arg("thresholds", |a| a.help(help))
+}
+
 /// [`adopt_environment`], its warnings printed on stderr.
 pub fn warn_environment(cmd: &Command, aliases: &[Alias]) {
     for w in adopt_environment(cmd, aliases) {

@@ -70,7 +70,8 @@ impl Fields {
         self
     }
 
-    fn get(&self, name: &str) -> Option<&Field> {
+    /// The field named `name`.
+    pub fn get(&self, name: &str) -> Option<&Field> {
         self.0.iter().find(|f| f.name == name)
     }
 

@@ -149,6 +149,15 @@ pub fn command(preset: &Preset) -> Command {
                 preset.client_id
             ))
         });
+    let cmd = mqtt_tool::cli::threshold_help(
+        cmd,
+        &report::threshold_fields(),
+        &[
+            "ack_latency_p99<50ms",
+            "point_rate>=9900",
+            "points_failed==0",
+        ],
+    );
     mqtt_tool::cli::with_env_scheme(cmd)
 }
 

@@ -53,8 +53,9 @@ fn with_sample_values(example: &str) -> String {
 fn every_example_in_every_help_parses_for_the_tool_that_shows_it() {
     let mut checked = 0;
     let mut failures = Vec::new();
-    for (program, help) in loadgen::help_texts() {
-        for example in examples(&program, &help) {
+    for (prefix, help) in loadgen::help_texts() {
+        let program = &prefix[0];
+        for example in examples(program, &help) {
             let example = with_sample_values(&example);
             let words = shell_words(&example).expect("an example is one shell command");
             let argv: Vec<OsString> = words.into_iter().map(OsString::from).collect();
@@ -75,9 +76,58 @@ fn every_example_in_every_help_parses_for_the_tool_that_shows_it() {
 
 #[test]
 fn every_tool_help_shows_examples_and_the_environment_scheme() {
-    for (program, help) in loadgen::help_texts() {
-        assert!(help.contains("LOADGEN_<FLAG>"), "{program}: {help}");
+    for (prefix, help) in loadgen::help_texts() {
+        assert!(help.contains("LOADGEN_<FLAG>"), "{prefix:?}: {help}");
     }
+}
+
+/// The `--threshold` examples in the help of `--threshold` itself: `field<op>value` in
+/// backticks, up to the list of fields.
+fn threshold_examples(help: &str) -> Vec<String> {
+    let Some(at) = help.find("--threshold <EXPR>") else {
+        return Vec::new();
+    };
+    let text = &help[at..];
+    let text = &text[..text.find("The fields:").unwrap_or(text.len())];
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|e| e.split_whitespace().collect::<String>())
+        .collect()
+}
+
+#[test]
+fn every_threshold_example_in_every_help_is_valid_for_its_tool() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (prefix, help) in loadgen::help_texts() {
+        for expr in threshold_examples(&help) {
+            let mut argv: Vec<OsString> = prefix.iter().map(OsString::from).collect();
+            // merge needs a report to name; job-pub's run its database and broker.
+            if prefix.last().is_some_and(|p| p == "merge") {
+                argv.push("x.json".into());
+            }
+            if prefix.last().is_some_and(|p| p == "run") {
+                for a in [
+                    "--database-url",
+                    "postgres://x@127.0.0.1:1/x",
+                    "--broker",
+                    "mqtt://127.0.0.1:1",
+                ] {
+                    argv.push(a.into());
+                }
+            }
+            argv.push("--threshold".into());
+            argv.push(expr.clone().into());
+            if let Err(e) = loadgen::check(argv) {
+                failures.push(format!("{prefix:?} --threshold {expr}: {e}"));
+            }
+            checked += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // pub x3, sub x2, jobs run x2, merge: at least two each.
+    assert!(checked >= 16, "only {checked} threshold examples found");
 }
 
 /// A check that a wrong field in a help example would fail: `--threshold` fields are the
