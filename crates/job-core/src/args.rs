@@ -29,7 +29,8 @@ pub enum Cmd {
     Migrate(DbArgs),
     /// Bulk-insert test jobs (COPY)
     Seed(SeedArgs),
-    /// Claim due jobs, publish them, mark them processed; until stopped (or --until-empty)
+    /// Claim due jobs, publish them, mark them processed; until stopped (or --until-empty,
+    /// --duration)
     Run(Box<RunArgs>),
 }
 
@@ -149,9 +150,28 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Jobs")]
     pub max_lateness: Option<Duration>,
 
-    /// Exit once no due job remains (for tests and batch use) [default: run until stopped]
-    #[arg(long, help_heading = "Jobs")]
+    /// Exit once nothing is left due within --horizon and every claimed job is done (for
+    /// tests and batch use): jobs due seconds ahead are waited for [default: run until
+    /// stopped]
+    #[arg(long, help_heading = "Stop")]
     pub until_empty: bool,
+
+    /// With --until-empty: wait for the jobs due up to this long after the run's start
+    /// (jobs inserted meanwhile too) [default: up to the latest unprocessed fire_at in the
+    /// table at the start]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Stop")]
+    pub horizon: Option<Duration>,
+
+    /// The furthest --until-empty waits: a table that also holds jobs due days ahead (a
+    /// production schedule) must not keep a test run alive for days, and an hour covers a
+    /// test's schedule. Jobs due later are left for later runs, counted in the report
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, help_heading = "Stop")]
+    pub max_horizon: Duration,
+
+    /// End the run after this long, exit 0 (with --until-empty: whichever comes first). No
+    /// job due later is claimed; the batch in flight is finished and counted
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Stop")]
+    pub duration: Option<Duration>,
 
     /// Publish retained, as the seed publisher does
     #[arg(long, help_heading = "Jobs")]
@@ -199,6 +219,32 @@ fn parse_offsets(s: &str) -> Result<(i64, i64), String> {
     Ok((a, b))
 }
 
+/// `--horizon` bounds `--until-empty`'s wait, within `--max-horizon`; `--duration` ends a run.
+fn check_stop(r: &RunArgs) -> Result<(), Error> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if let Some(h) = r.horizon {
+        if !r.until_empty {
+            return Err(Error::usage(format!(
+                "--horizon {} bounds how long --until-empty waits; add --until-empty (or end the run by the clock with --duration)",
+                show(h)
+            )));
+        }
+        if h > r.max_horizon {
+            return Err(Error::usage(format!(
+                "--horizon {} is beyond --max-horizon {}; raise --max-horizon",
+                show(h),
+                show(r.max_horizon)
+            )));
+        }
+    }
+    if r.duration == Some(Duration::ZERO) {
+        return Err(Error::usage(
+            "--duration 0s would end the run before it starts; give e.g. --duration 30s",
+        ));
+    }
+    Ok(())
+}
+
 /// The database to use, checked.
 #[derive(Debug, Clone)]
 pub struct DbPlan {
@@ -227,6 +273,10 @@ pub struct RunPlan {
     pub late_after: Duration,
     pub max_lateness: Option<Duration>,
     pub until_empty: bool,
+    /// `--horizon` (checked: with --until-empty, within --max-horizon).
+    pub horizon: Option<Duration>,
+    pub max_horizon: Duration,
+    pub duration: Option<Duration>,
     pub retain: bool,
     pub job_id: JobIdMode,
     pub ack_timeout: Duration,
@@ -308,6 +358,7 @@ impl Plan {
                         humantime::format_duration(r.lease)
                     )));
                 }
+                check_stop(&r)?;
                 // Jobs published to a broker nobody else uses are gone: no falling back to an
                 // embedded one, as the load generators do.
                 if r.connection.broker == "auto" {
@@ -356,6 +407,9 @@ impl Plan {
                     late_after: r.late_after,
                     max_lateness: r.max_lateness,
                     until_empty: r.until_empty,
+                    horizon: r.horizon,
+                    max_horizon: r.max_horizon,
+                    duration: r.duration,
                     retain: r.retain,
                     job_id,
                     ack_timeout: r.ack_timeout,

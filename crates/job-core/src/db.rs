@@ -392,13 +392,25 @@ pub async fn sql_ascii(pool: &Pool) -> Result<bool, DbError> {
     Ok(enc.eq_ignore_ascii_case("SQL_ASCII"))
 }
 
-/// Claims up to `batch` jobs due within `lookahead`, leased to `me` for `lease`. Each row is
-/// read on its own: one that cannot be published comes back apart, named by its id.
+/// How far ahead a run claims, beyond `--lookahead`: jobs due after `horizon` are not
+/// claimed before they are due (`--until-empty` does not wait for them, but publishes one
+/// that falls due while it runs); jobs due after `deadline` (`--duration`'s end) never.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimBound {
+    pub horizon: Option<SystemTime>,
+    pub deadline: Option<SystemTime>,
+}
+
+/// Claims up to `batch` jobs due within `lookahead` and `bound`, leased to `me` for `lease`.
+/// Each row is read on its own: one that cannot be published comes back apart, named by
+/// its id.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim(
     pool: &Pool,
     table: &str,
     batch: usize,
     lookahead: Duration,
+    bound: ClaimBound,
     lease: Duration,
     me: &str,
     how: Reading,
@@ -418,7 +430,9 @@ pub async fn claim(
         "WITH due AS (
              SELECT id FROM {table}
              WHERE NOT processed
-               AND fire_at <= now() + make_interval(secs => $2)
+               AND fire_at <= least(now() + make_interval(secs => $2),
+                                    greatest(coalesce($5::timestamptz, 'infinity'::timestamptz), now()),
+                                    coalesce($6::timestamptz, 'infinity'::timestamptz))
                AND (claimed_until IS NULL OR claimed_until < now())
              ORDER BY fire_at, id
              LIMIT $1
@@ -438,6 +452,8 @@ pub async fn claim(
                 &lookahead.as_secs_f64(),
                 &lease.as_secs_f64(),
                 &me,
+                &bound.horizon,
+                &bound.deadline,
             ],
         )
         .await?;
@@ -485,12 +501,89 @@ pub async fn complete(
     Ok(n.max(0) as u64)
 }
 
-/// Jobs due now and not processed (by anyone, leased or not): `--until-empty` waits for 0.
-pub async fn due_left(pool: &Pool, table: &str) -> Result<i64, DbError> {
+/// The database's clock at a run's start, and the latest fire_at of the jobs not yet
+/// processed (none: no such job), from which `--until-empty`'s horizon is drawn. Both ends
+/// of the partial index: cheap on any table.
+pub async fn start_point(
+    pool: &Pool,
+    table: &str,
+) -> Result<(SystemTime, Option<SystemTime>), DbError> {
     let c = pool.get().await?;
-    let sql = format!("SELECT count(*) FROM {table} WHERE NOT processed AND fire_at <= now()");
+    let sql = format!("SELECT now(), max(fire_at) FROM {table} WHERE NOT processed");
+    let row = c.query_one(&sql, &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Whether any job due by `until` is not processed yet (leased by anyone or not): what
+/// `--until-empty` waits for. An `EXISTS`, stopping at the first row: cheap enough to ask
+/// at every poll.
+pub async fn any_left(pool: &Pool, table: &str, until: SystemTime) -> Result<bool, DbError> {
+    let c = pool.get().await?;
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE NOT processed AND fire_at <= $1::timestamptz)"
+    );
     let stmt = c.prepare_cached(&sql).await?;
-    Ok(c.query_one(&stmt, &[]).await?.get(0))
+    Ok(c.query_one(&stmt, &[&until]).await?.get(0))
+}
+
+/// Jobs counted by [`waiting`] at most: the count reads at most this many index entries.
+pub const WAITING_COUNTED: u64 = 100_000;
+
+/// What a run waits for: the jobs not processed and due by `until` (all of them: `None`),
+/// read from the database's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The database's clock.
+    pub now: SystemTime,
+    /// Due later than `now`.
+    pub later: u64,
+    /// Due by `now`, yet not claimable: leased (to another instance, or failed here and
+    /// claimed again when the lease runs out).
+    pub leased: u64,
+    /// The earliest fire_at after `now`.
+    pub next: Option<SystemTime>,
+    /// [`WAITING_COUNTED`] were counted: there may be more.
+    pub more: bool,
+}
+
+/// What is left to wait for, counted up to [`WAITING_COUNTED`] jobs in firing order (the
+/// progress line's figures; asked at most once a second).
+pub async fn waiting(
+    pool: &Pool,
+    table: &str,
+    until: Option<SystemTime>,
+) -> Result<Waiting, DbError> {
+    let c = pool.get().await?;
+    let sql = format!(
+        "SELECT now(), count(*) FILTER (WHERE fire_at > now()),
+                count(*) FILTER (WHERE fire_at <= now()),
+                min(fire_at) FILTER (WHERE fire_at > now()), count(*)
+           FROM (SELECT fire_at FROM {table}
+                  WHERE NOT processed
+                    AND fire_at <= coalesce($1::timestamptz, 'infinity'::timestamptz)
+                  ORDER BY fire_at LIMIT $2) s"
+    );
+    let stmt = c.prepare_cached(&sql).await?;
+    let row = c
+        .query_one(&stmt, &[&until, &(WAITING_COUNTED as i64)])
+        .await?;
+    let count = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    Ok(Waiting {
+        now: row.get(0),
+        later: count(1),
+        leased: count(2),
+        next: row.get(3),
+        more: count(4) >= WAITING_COUNTED,
+    })
+}
+
+/// Jobs not processed and due after `after`: what a run bounded by a horizon left.
+pub async fn left_after(pool: &Pool, table: &str, after: SystemTime) -> Result<u64, DbError> {
+    let c = pool.get().await?;
+    let sql =
+        format!("SELECT count(*) FROM {table} WHERE NOT processed AND fire_at > $1::timestamptz");
+    let n: i64 = c.query_one(&sql, &[&after]).await?.get(0);
+    Ok(n.max(0) as u64)
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// 2: `jobs_republished` named for what it counts (`jobs_republished_after_lease_expiry`);
 /// `jobs_given_up`, `jobs_unreadable`, `jobs_unrecorded`, `lateness_clamped`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: how the run ended: `stopped_by`, `horizon_end`, `horizon_s`, `horizon_capped`,
+/// `jobs_left_after_horizon`, `duration_s`.
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub fn threshold_fields() -> Fields {
     Fields::default()
@@ -29,6 +31,7 @@ pub fn threshold_fields() -> Fields {
                 "jobs_republished_after_lease_expiry",
                 "jobs_lease_lost",
                 "jobs_unrecorded",
+                "jobs_left_after_horizon",
                 "lateness_clamped",
                 "job_rate",
                 "db_retries",
@@ -116,6 +119,19 @@ pub struct Report {
     /// complete | interrupted | incomplete
     pub outcome: String,
     pub interrupted_by: Option<String>,
+    /// empty (--until-empty: nothing left due within the horizon) | duration | signal | failed
+    pub stopped_by: String,
+    /// --until-empty: the last fire_at the run waited for (the database's clock).
+    pub horizon_end: Option<String>,
+    /// --until-empty: the horizon's end, seconds after the start.
+    pub horizon_s: Option<f64>,
+    /// The horizon was cut to --max-horizon: the table held jobs due later.
+    pub horizon_capped: bool,
+    /// --until-empty: jobs not processed and due after the horizon's end when the run ended
+    /// (left for a later run; 0 without --until-empty).
+    pub jobs_left_after_horizon: u64,
+    /// --duration, seconds.
+    pub duration_s: Option<f64>,
     pub error: Option<String>,
     pub thresholds: Vec<Judged>,
 }
@@ -123,6 +139,40 @@ pub struct Report {
 impl Report {
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
         self.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
+    }
+
+    /// How the run ended, for the summary (a signal or a failure has its own line).
+    fn stop_line(&self) -> Option<String> {
+        let secs = |s: f64| crate::progress::fmt_span(std::time::Duration::from_secs_f64(s));
+        match self.stopped_by.as_str() {
+            "empty" => {
+                let mut l = match self.horizon_s {
+                    Some(h) if h > 0.0 => format!(
+                        "--until-empty: nothing left due within the horizon ({} after the start)",
+                        secs(h)
+                    ),
+                    _ => "--until-empty: nothing left due".to_string(),
+                };
+                if self.horizon_capped {
+                    l.push_str(", capped by --max-horizon");
+                }
+                if self.jobs_left_after_horizon > 0 {
+                    l.push_str(&format!(
+                        "; {} due later left for a later run",
+                        match self.jobs_left_after_horizon {
+                            1 => "1 job".to_string(),
+                            k => format!("{} jobs", fmt_int(k)),
+                        }
+                    ));
+                }
+                Some(l)
+            }
+            "duration" => Some(format!(
+                "--duration {}",
+                secs(self.duration_s.unwrap_or_default())
+            )),
+            _ => None,
+        }
     }
 
     pub fn render_text(&self) -> String {
@@ -224,6 +274,9 @@ impl Report {
                     fmt_int(self.mqtt_reconnects)
                 ),
             );
+        }
+        if let Some(stop) = self.stop_line() {
+            line("stopped by", stop);
         }
         if let Some(sig) = &self.interrupted_by {
             line("interrupted", format!("by {sig}"));

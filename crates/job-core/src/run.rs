@@ -4,7 +4,8 @@
 //! published (past `--max-lateness`, a row that cannot be read, a topic MQTT forbids),
 //! publishes the rest ([`crate::publish`]) and marks each job by its fate. A lost database
 //! is retried with backoff, the claimed jobs kept, for `--db-timeout`. A signal ends the
-//! loop after the batch in flight.
+//! loop after the batch in flight; so do `--until-empty` and `--duration` ([`crate::stop`]),
+//! which bound what is claimed.
 //!
 //! Every job claimed ends in one count: acknowledged, failed, rejected, given up,
 //! unreadable or skipped. Those whose fate could not be written to the database (it was
@@ -23,8 +24,10 @@ use mqtt_tool::Error;
 use crate::args::{DbPlan, JobIdMode, Plan, RunPlan};
 use crate::db::{self, Job};
 use crate::link::Link;
+use crate::progress::Progress;
 use crate::publish::{invalid, publish_batch};
 use crate::report::{HistogramsReport, Report, SCHEMA_VERSION};
+use crate::stop::{Bounds, Stopped};
 
 /// Jobs named on stderr per batch for each reason they are set aside; the rest are counted.
 const NAMED_PER_BATCH: usize = 5;
@@ -190,24 +193,23 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     // Lateness up to a year is exact; later jobs record at the ceiling, counted.
     let mut lateness = Histogram::<u64>::new_with_bounds(1, LATENESS_CEILING.as_micros() as u64, 3)
         .map_err(|e| Error::Other(format!("cannot make the lateness histogram: {e}")))?;
+    // The run's bounds count from here, on the database's clock as on this one's.
+    let (db_now, latest) = db::retry(
+        &p.db,
+        "reading the latest fire_at",
+        p.db_timeout.min(Duration::from_secs(30)),
+        &mut n.db_retries,
+        || db::start_point(&pool, &p.db.table),
+    )
+    .await?;
     let started_wall = SystemTime::now();
     let started = Instant::now();
-    let mut last_progress = started;
-    // On a terminal a live line (indicatif, redrawn in place); else a plain line a second.
-    let bar = (!p.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-        {
-            bar.set_style(style);
-        }
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
-        bar.enable_steady_tick(Duration::from_millis(250));
-        bar
-    });
-    let mut last_acked = 0u64;
+    let bounds = Bounds::new(p, started, db_now, latest);
+    let (claim_bound, wait_until) = (bounds.claim_bound(), bounds.wait_until());
+    let mut progress = Progress::new(p.quiet, started);
     // The failure that ended the run early (the database gone, the broker refusing).
     let mut error: Option<Error> = None;
+    let mut stopped = Stopped::Signal;
     let mut first_ack: Option<Instant> = None;
     let mut last_ack_at: Option<Instant> = None;
 
@@ -215,10 +217,22 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         if shutdown.stop.is_cancelled() {
             break;
         }
+        if bounds.out_of_time(Instant::now()) {
+            stopped = Stopped::Duration;
+            break;
+        }
         // Nothing is held while claiming: a signal during a database outage ends at once.
+        // A claim started before --duration's end is not cut (its jobs, all due by then,
+        // are published), but an outage is not waited out past that end.
+        let give_up = match bounds.deadline {
+            Some(d) => p
+                .db_timeout
+                .min(d.saturating_duration_since(Instant::now())),
+            None => p.db_timeout,
+        };
         let claimed = tokio::select! {
-            r = db::retry(&p.db, "claiming jobs", p.db_timeout, &mut n.db_retries, || {
-                db::claim(&pool, &p.db.table, p.batch, p.lookahead, p.lease, &me, reading)
+            r = db::retry(&p.db, "claiming jobs", give_up, &mut n.db_retries, || {
+                db::claim(&pool, &p.db.table, p.batch, p.lookahead, claim_bound, p.lease, &me, reading)
             }) => r,
             _ = shutdown.stop.cancelled() => break,
         };
@@ -231,26 +245,50 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         };
         n.claims += 1;
         if claimed.is_empty() {
-            if p.until_empty {
+            // Nothing due by the horizon's end is left unprocessed, here or anywhere (a job
+            // another instance holds, or one that failed here and waits for its lease to
+            // run out, is waited for).
+            if let Some(until) = bounds.horizon_end {
                 let left = db::retry(
                     &p.db,
-                    "counting due jobs",
-                    p.db_timeout,
+                    "looking for jobs due",
+                    give_up,
                     &mut n.db_retries,
-                    || db::due_left(&pool, &p.db.table),
+                    || db::any_left(&pool, &p.db.table, until),
                 )
                 .await;
                 match left {
-                    Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(false) => {
+                        stopped = Stopped::Empty;
+                        break;
+                    }
+                    Ok(true) => {}
                     Err(e) => {
                         error = Some(e);
                         break;
                     }
                 }
             }
+            let now = Instant::now();
+            if let Some(pr) = progress.as_mut().filter(|pr| pr.wait_due(now)) {
+                // Only for the line, so a database that does not answer at once is not
+                // waited for here: the next claim retries it.
+                let w = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    db::waiting(&pool, &p.db.table, wait_until),
+                )
+                .await;
+                match w {
+                    Ok(Ok(w)) => pr.waiting(now, &w, wait_until.is_some(), bounds.left(now)),
+                    _ => pr.waiting_unknown(now),
+                }
+            }
+            let nap = match bounds.deadline {
+                Some(d) => p.poll.min(d.saturating_duration_since(Instant::now())),
+                None => p.poll,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(p.poll) => {}
+                _ = tokio::time::sleep(nap) => {}
                 _ = shutdown.stop.cancelled() => break,
             }
             continue;
@@ -355,29 +393,39 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 }
             }
         }
-        if !p.quiet && last_progress.elapsed() >= Duration::from_secs(1) {
-            let dt = last_progress.elapsed().as_secs_f64();
-            let line = format!(
-                "{} jobs acknowledged ({} jobs/s), {} claimed, {} failed, {} late",
-                mqtt_tool::format::fmt_int(n.acked),
-                mqtt_tool::format::fmt_int(((n.acked - last_acked) as f64 / dt) as u64),
-                mqtt_tool::format::fmt_int(n.claimed),
-                mqtt_tool::format::fmt_int(n.failed),
-                mqtt_tool::format::fmt_int(n.late)
-            );
-            match &bar {
-                Some(b) => b.set_message(line),
-                None => mqtt_tool::errln!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64()),
-            }
-            last_progress = Instant::now();
-            last_acked = n.acked;
+        if let Some(pr) = progress.as_mut() {
+            let now = Instant::now();
+            pr.working(now, &n, bounds.left(now));
         }
     }
     link.close().await;
     let signal = shutdown.signal();
-    if let Some(b) = &bar {
-        b.finish_and_clear();
+    if let Some(pr) = &progress {
+        pr.finish();
     }
+    if error.is_some() {
+        stopped = Stopped::Failed;
+    }
+    if signal.is_some() {
+        stopped = Stopped::Signal;
+    }
+    // What the horizon left: jobs due after its end (asked once; a database gone by now
+    // leaves it unknown, said as 0 and in the error already).
+    let left_after_horizon = match bounds.horizon_end {
+        Some(end) if stopped == Stopped::Empty => db::retry(
+            &p.db,
+            "counting the jobs due after the horizon",
+            Duration::from_secs(10),
+            &mut n.db_retries,
+            || db::left_after(&pool, &p.db.table, end),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            error.get_or_insert(e);
+            0
+        }),
+        _ => 0,
+    };
     let elapsed = match (first_ack, last_ack_at) {
         (Some(_), Some(b)) => b.saturating_duration_since(started).as_secs_f64(),
         _ => started.elapsed().as_secs_f64(),
@@ -463,6 +511,18 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         .into(),
         interrupted_by: signal.map(|s| s.name().to_string()),
+        stopped_by: stopped.name().into(),
+        horizon_end: bounds
+            .horizon_end
+            .map(|t| humantime::format_rfc3339_micros(t).to_string()),
+        horizon_s: bounds.horizon_end.map(|t| {
+            mqtt_tool::format::round3(t.duration_since(db_now).unwrap_or_default().as_secs_f64())
+        }),
+        horizon_capped: bounds.horizon_capped,
+        jobs_left_after_horizon: left_after_horizon,
+        duration_s: p
+            .duration
+            .map(|d| mqtt_tool::format::round3(d.as_secs_f64())),
         error: error.as_ref().map(|e| e.to_string()),
         thresholds: Vec::new(),
     };

@@ -14,7 +14,7 @@ use test_support::{
 use super::{job_pub, n, ok, read_report, signal, Collector, BIN};
 
 /// Waits for `child` at most `within`; kills it past that (a loop is a failure, not a hang).
-fn wait_bounded(mut child: Child, within: Duration) -> Output {
+pub(super) fn wait_bounded(mut child: Child, within: Duration) -> Output {
     let end = Instant::now() + within;
     while Instant::now() < end {
         if child.try_wait().unwrap().is_some() {

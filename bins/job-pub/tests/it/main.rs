@@ -11,6 +11,7 @@ use serde_json::Value;
 use test_support::{assert_matches_schema, free_port, Mosquitto, Postgres, TempDir};
 
 mod hostile;
+mod stop;
 
 const BIN: &str = env!("CARGO_BIN_EXE_job-pub");
 
