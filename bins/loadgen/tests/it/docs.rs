@@ -469,7 +469,7 @@ fn is_keyword(word: &str) -> bool {
 /// certificate and key, as the TLS recipe makes them.
 struct SampleFiles {
     dir: TempDir,
-    _tls: TlsFiles,
+    tls: TlsFiles,
 }
 
 impl SampleFiles {
@@ -477,7 +477,7 @@ impl SampleFiles {
         let dir = TempDir::new("docs-samples");
         let tls = TlsFiles::new(&dir);
         std::fs::write(dir.path("password.txt"), "secret\n").expect("sample password file");
-        SampleFiles { dir, _tls: tls }
+        SampleFiles { dir, tls }
     }
 
     /// An argument that names a file of the workspace or a sample file, made absolute:
@@ -654,49 +654,92 @@ fn set_flag(argv: &mut Vec<String>, flag: &str, value: String) {
     }
 }
 
-#[test]
-fn the_readmes_verified_fleet_run_passes_against_mosquitto() {
+/// The `loadgen sub` and `loadgen pub` of a README section whose heading holds `heading`.
+fn readme_pair(heading: &str) -> (Vec<String>, Vec<String>) {
     let (commands, _) = doc_commands();
     let in_section: Vec<&DocCommand> = commands
         .iter()
-        .filter(|c| {
-            c.file == "README.md"
-                && c.section
-                    .to_ascii_lowercase()
-                    .contains("verified fleet run")
-        })
+        .filter(|c| c.file == "README.md" && c.section.to_ascii_lowercase().contains(heading))
         .collect();
     let find = |sub: &str| -> Vec<String> {
         in_section
             .iter()
             .find(|c| c.argv[0] == "loadgen" && c.argv.get(1).is_some_and(|a| a == sub))
             .unwrap_or_else(|| {
-                panic!("the README's verified fleet run has no loadgen {sub}: {in_section:?}")
+                panic!("the README's section \"{heading}\" has no loadgen {sub}: {in_section:?}")
             })
             .argv
             .clone()
     };
-    let (mut sub, mut publ) = (find("sub"), find("pub"));
+    (find("sub"), find("pub"))
+}
 
-    // The same run, short: the duration cut to 2 s and the points expected with it.
-    let long = flag_value(&publ, "--duration")
-        .and_then(parse_secs)
-        .expect("the fleet run's publisher has a --duration");
+/// The same run, short: a `--duration` cut to 2 s or a `--total` to 5,000 points, and the
+/// subscriber's `--expect` with it; both pointed at `broker`.
+fn shortened(
+    mut sub: Vec<String>,
+    mut publ: Vec<String>,
+    broker: &str,
+) -> (Vec<String>, Vec<String>) {
     let expect = flag_value(&sub, "--expect")
         .and_then(parse_count)
-        .expect("the fleet run's subscriber has an --expect");
-    let short = 2.0;
-    let scaled = expect * short / long;
+        .expect("the subscriber has an --expect");
+    let scale = if let Some(long) = flag_value(&publ, "--duration").and_then(parse_secs) {
+        set_flag(&mut publ, "--duration", "2s".into());
+        2.0 / long
+    } else if let Some(total) = flag_value(&publ, "--total").and_then(parse_count) {
+        let short = total.min(5000.0);
+        set_flag(&mut publ, "--total", format!("{short}"));
+        short / total
+    } else {
+        panic!("the publisher has neither --duration nor --total: {publ:?}");
+    };
+    let scaled = expect * scale;
     assert!(
         scaled.fract() == 0.0 && scaled >= 1.0,
-        "--expect {expect} over {long} s does not scale to {short} s"
+        "--expect {expect} does not scale by {scale}"
     );
-    let broker = Mosquitto::start();
-    set_flag(&mut publ, "--duration", format!("{short}s"));
     set_flag(&mut sub, "--expect", format!("{scaled}"));
-    set_flag(&mut publ, "--broker", broker.url());
-    set_flag(&mut sub, "--broker", broker.url());
+    set_flag(&mut publ, "--broker", broker.to_string());
+    set_flag(&mut sub, "--broker", broker.to_string());
+    (sub, publ)
+}
 
+#[test]
+fn the_readmes_verified_fleet_run_passes_against_mosquitto() {
+    let (sub, publ) = readme_pair("verified fleet run");
+    let broker = Mosquitto::start();
+    let (sub, publ) = shortened(sub, publ, &broker.url());
+    run_verified(&sub, &publ, None);
+}
+
+#[test]
+fn the_readmes_tls_recipe_passes_against_a_mosquitto_tls_listener() {
+    let (sub, publ) = readme_pair("tls");
+    // The recipe's ca.crt is the sample CA, which signed the listener's certificate (for
+    // 127.0.0.1, where the test's broker is).
+    let samples = SampleFiles::new();
+    let port = test_support::free_port();
+    let _broker = Mosquitto::start_with(&samples.tls.listener(port, false));
+    assert!(test_support::wait_for_listener(
+        port,
+        Duration::from_secs(5)
+    ));
+    let (sub, publ) = shortened(sub, publ, &format!("mqtts://127.0.0.1:{port}"));
+    run_verified(&sub, &publ, Some(&samples));
+}
+
+/// Runs a subscriber, waits until it says it subscribed (what the README tells the reader to
+/// wait for), runs the publisher to its end, and holds both to exit 0 and the subscriber's
+/// verdict to "every point arrived exactly once". Arguments naming sample files are made
+/// absolute.
+fn run_verified(sub: &[String], publ: &[String], samples: Option<&SampleFiles>) {
+    let resolve = |argv: &[String]| -> Vec<String> {
+        argv.iter()
+            .map(|a| samples.map_or_else(|| a.clone(), |s| s.resolve(a)))
+            .collect()
+    };
+    let (sub, publ) = (resolve(sub), resolve(publ));
     let mut subscriber = Command::new(workspace_bin("loadgen"))
         .args(&sub[1..])
         .stdin(Stdio::null())
@@ -711,7 +754,6 @@ fn the_readmes_verified_fleet_run_passes_against_mosquitto() {
             let _ = tx.send(line);
         }
     });
-    // What the README tells the reader to wait for before starting the publisher.
     let mut seen = Vec::new();
     let end = Instant::now() + Duration::from_secs(10);
     loop {
