@@ -149,8 +149,10 @@ pub fn help_texts() -> Vec<(Vec<String>, String)> {
 /// Parses a command line of any of the workspace's tools without running it: `argv[0]` is
 /// the program (`loadgen`, `frontend1-pub`, `frontend2-pub`, `backend-sub`, `job-pub`).
 /// `Ok` for a command that would run (or print its help); `Err` with the usage error it
-/// would exit 2 with. Reads the environment as the tool would, and may check that files it
-/// names are there: run it where the command's files are.
+/// would exit 2 with. Reads `LOADGEN_` variables as the tool would, but leaves the
+/// environment alone: the other names the jobs tools adopt at start (`DATABASE_URL`,
+/// `JOB_PUB_*`, see [`mqtt_tool::cli::adopt_environment`]) are the caller's to map. May check
+/// that files it names are there: run it where the command's files are.
 pub fn check(argv: Vec<OsString>) -> Result<(), String> {
     let mut it = argv.into_iter();
     let program = it.next().unwrap_or_default();
