@@ -368,9 +368,10 @@ impl Plan {
                     ));
                 }
                 if mqtt_tool::connect::broker_uses_tls(&r.connection.broker) {
-                    return Err(Error::usage(
-                        "job-pub does not speak TLS yet; give an mqtt:// broker",
-                    ));
+                    return Err(Error::usage(format!(
+                        "{} does not speak TLS yet; give an mqtt:// broker",
+                        crate::tool_name()
+                    )));
                 }
                 let mqtt5 = r.connection.mqtt_version == mqtt_tool::args::MqttVersion::V5;
                 let job_id = match (r.job_id, mqtt5) {

@@ -220,7 +220,7 @@ const WANTED: [Wanted; 10] = [
 pub fn judge(table: &str, cols: &[Column]) -> Result<bool, String> {
     if cols.is_empty() {
         return Err(format!(
-            "table {table} does not exist; run job-pub migrate first (it creates the table and what job-pub needs)"
+            "table {table} does not exist; run {tool} migrate first (it creates the table and what {tool} needs)", tool = crate::tool_name()
         ));
     }
     let mut problems = Vec::new();
@@ -228,8 +228,9 @@ pub fn judge(table: &str, cols: &[Column]) -> Result<bool, String> {
         let Some(c) = cols.iter().find(|c| c.name == w.name) else {
             problems.push(if w.migrated {
                 format!(
-                    "table {table} has no column {}; run job-pub migrate first (it adds it)",
-                    w.name
+                    "table {table} has no column {}; run {} migrate first (it adds it)",
+                    w.name,
+                    crate::tool_name()
                 )
             } else {
                 format!(
