@@ -14,7 +14,7 @@
 //! - [`args`]: the subcommands and their flags; [`db`]: connecting, the pool, the SQL.
 //! - [`seed`]: test jobs by COPY; [`run`]: the claim-publish-complete loop; [`publish`]:
 //!   one batch to the broker; [`link`]: the MQTT connection (rumqttc, 3.1.1 or 5);
-//!   [`report`]: what a run did.
+//!   [`report`]: what a run did; [`observe`]: its live metrics (`--metrics-addr`).
 //!
 //! A crash (kill -9) leaves its claimed jobs leased: when the lease runs out another
 //! instance claims them again and republishes them, counted as republished after their
@@ -26,6 +26,7 @@
 pub mod args;
 pub mod db;
 pub mod link;
+pub mod observe;
 pub mod publish;
 pub mod report;
 pub mod run;
