@@ -581,3 +581,29 @@ fn a_push_url_that_is_not_http_is_a_usage_error() {
         assert!(err.contains(says) && err.lines().count() == 1, "{err}");
     }
 }
+
+#[test]
+fn the_dashboard_filters_every_query_by_run_and_instance() {
+    let dashboard =
+        std::fs::read_to_string(test_support::workspace_root().join("deploy/grafana/loadgen.json"))
+            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let vars: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        vars.contains(&"run") && vars.contains(&"instance"),
+        "{vars:?}"
+    );
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard["panels"], &mut exprs);
+    for e in &exprs {
+        for name in metric_names(e) {
+            let filtered = format!("{name}{{run=~\"$run\",instance=~\"$instance\"}}");
+            assert!(e.contains(&filtered), "{name} is not filtered in {e}");
+        }
+    }
+}
