@@ -332,3 +332,56 @@ async fn push_every(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn args(run_id: Option<&str>, push: Option<&str>) -> MetricsArgs {
+        MetricsArgs {
+            metrics_addr: None,
+            metrics_linger: Duration::from_secs(2),
+            metrics_push: push.map(Into::into),
+            run_id: run_id.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn the_run_id_is_the_flag_else_the_start_at_instant_to_the_second() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_796_126_400_250);
+        let p = args(None, None).plan(Some(at), false).unwrap();
+        assert_eq!(p.run_id, "2026-12-01T12:00:00Z");
+        let p = args(Some("nightly-1"), None).plan(Some(at), false).unwrap();
+        assert_eq!(p.run_id, "nightly-1");
+        for bad in ["", "a\nb", &"x".repeat(MAX_RUN_ID + 1)] {
+            let e = args(Some(bad), None).plan(None, false).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--run-id"), "{e}");
+        }
+        let e = args(None, Some("https://gw"))
+            .plan(None, false)
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[tokio::test]
+    async fn run_finished_turns_1_when_the_figures_are_final() {
+        let plan = args(Some("r"), None).plan(None, true).unwrap();
+        let mut m = LiveMetrics::start(
+            plan,
+            Arc::new(|e: &mut Exposition| {
+                e.counter("x_total", "x", 1);
+            }),
+        )
+        .unwrap();
+        assert!(m.render().contains("loadgen_run_finished{run=\"r\"} 0\n"));
+        assert_eq!(m.finish().await, Pushes::default());
+        let text = m.render();
+        assert!(text.contains("x_total{run=\"r\"} 1\n"), "{text}");
+        assert!(
+            text.contains("loadgen_run_finished{run=\"r\"} 1\n"),
+            "{text}"
+        );
+    }
+}

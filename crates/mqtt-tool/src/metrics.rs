@@ -307,6 +307,27 @@ mod tests {
         assert!((sum - 2.00345).abs() < 0.002, "{sum}");
     }
 
+    #[test]
+    fn every_series_carries_the_expositions_labels_escaped() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        h.record(50).unwrap();
+        let text = Exposition::with_labels(&[("run", "a \"b\"\\")])
+            .counter("x_total", "a count", 7)
+            .info("i", "info", &[("tool", "t".into())])
+            .histogram_us("lat_seconds", "latency", &h)
+            .finish();
+        let run = r#"run="a \"b\"\\""#;
+        for want in [
+            format!("x_total{{{run}}} 7\n"),
+            format!("i{{{run},tool=\"t\"}} 1\n"),
+            format!("lat_seconds_bucket{{{run},le=\"0.0001\"}} 1\n"),
+            format!("lat_seconds_bucket{{{run},le=\"+Inf\"}} 1\n"),
+            format!("lat_seconds_count{{{run}}} 1\n"),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+    }
+
     #[tokio::test]
     async fn the_server_answers_metrics_and_nothing_else() {
         let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
