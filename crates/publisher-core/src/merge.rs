@@ -184,6 +184,8 @@ impl Merge {
         for (what, a, b) in [
             ("tool", r.tool.as_str(), f.tool.as_str()),
             ("topic", r.topic.as_str(), f.topic.as_str()),
+            // The shards of a run share their run id (by default their --start-at).
+            ("run_id", r.run_id.as_str(), f.run_id.as_str()),
         ] {
             if a != b {
                 return Err(Error::usage(format!(
@@ -478,6 +480,12 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
 
 /// Adds the counts of `r` into `m`, refusing a sum past 2^64 - 1.
 fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
+    add.count("metrics_pushes", &mut m.metrics_pushes, r.metrics_pushes)?;
+    add.count(
+        "metrics_push_failures",
+        &mut m.metrics_push_failures,
+        r.metrics_push_failures,
+    )?;
     add.count("points_enqueued", &mut m.points_enqueued, r.points_enqueued)?;
     add.count("points_sent", &mut m.points_sent, r.points_sent)?;
     add.opt("points_acked", &mut m.points_acked, r.points_acked)?;
