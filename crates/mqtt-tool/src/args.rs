@@ -134,10 +134,10 @@ pub struct MetricsArgs {
     #[arg(long, value_name = "ADDR", env = "LOADGEN_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// After the run, keep serving the final figures this long so that a scraper sees the
-    /// end (loadgen_run_finished 1, the last acknowledgements): two scrapes at Prometheus'
-    /// 1 s interval of deploy/prometheus; 0 exits at once. A signal ends it early; the report
-    /// and the exit code are settled before
+    /// After the run, keep serving the final figures this long so that Prometheus scrapes
+    /// the end (loadgen_run_finished 1, the last acknowledgements): 2s is two scrapes at the
+    /// 1 s interval of deploy/prometheus; give two of your intervals. 0 exits at once. The
+    /// report and the exit code come first; a signal ends the linger
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub metrics_linger: Duration,
 
@@ -147,8 +147,9 @@ pub struct MetricsArgs {
     #[arg(long, value_name = "URL")]
     pub metrics_push: Option<String>,
 
-    /// The `run` label of every metric and the report's `run_id` [default: the --start-at
-    /// instant, which the shards of a run share; else the run's start, RFC 3339 UTC]
+    /// The `run` label of every metric and the report's `run_id` [default: a publisher's
+    /// --start-at instant, which the shards of a run share; else the run's start, RFC 3339
+    /// UTC]
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
 }
