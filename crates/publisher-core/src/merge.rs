@@ -184,8 +184,6 @@ impl Merge {
         for (what, a, b) in [
             ("tool", r.tool.as_str(), f.tool.as_str()),
             ("topic", r.topic.as_str(), f.topic.as_str()),
-            // The shards of a run share their run id (by default their --start-at).
-            ("run_id", r.run_id.as_str(), f.run_id.as_str()),
         ] {
             if a != b {
                 return Err(Error::usage(format!(
