@@ -407,7 +407,7 @@ fn the_final_figures_are_served_until_the_linger_ends() {
 fn prometheus_reads_the_end_of_a_run_during_the_default_linger() {
     let m = Mosquitto::start();
     let addr = format!("127.0.0.1:{}", free_port());
-    let prom = Prometheus::start(&[addr.clone()]);
+    let prom = Prometheus::start(std::slice::from_ref(&addr));
     let dir = TempDir::new("linger-prom");
     let report = dir.path("report.json");
     let out = Command::new(BIN)
