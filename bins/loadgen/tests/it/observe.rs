@@ -142,18 +142,14 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
         "{sent} points in 6 s at 2,000/s"
     );
 
-    // What Prometheus stored, through its query API. The last scrape was up to a second
-    // before the end; the run sent 2,000 points a second.
+    // What Prometheus stored, through its query API: the final figures, scraped during the
+    // linger after the run.
     let q = |expr: &str| {
         prom.query(expr)
             .unwrap_or_else(|| panic!("no result for {expr}"))
     };
     let scraped = q("max_over_time(loadgen_points_sent_total[5m])");
-    assert!(scraped <= sent as f64, "{scraped} > {sent}");
-    assert!(
-        scraped >= sent as f64 - 4_000.0,
-        "{scraped} of {sent}: scrapes missed"
-    );
+    assert_eq!(scraped, sent as f64, "scrapes missed the end");
     assert_eq!(q("max_over_time(loadgen_connections_up[5m])"), 10.0);
     let acked = q("max_over_time(loadgen_ack_latency_seconds_count[5m])");
     assert!(
@@ -165,9 +161,23 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
     let (code, br) = b.wait();
     assert_eq!(code, 0, "{br:#}");
     let received = q("max_over_time(loadgen_backend_points_received_total[5m])");
-    assert!(
-        received > 0.0 && received <= n(&br, "points_received") as f64,
-        "{received}"
+    assert_eq!(
+        received,
+        n(&br, "points_received") as f64,
+        "the backend's end"
+    );
+    assert_eq!(
+        q(&format!(
+            "max_over_time(loadgen_run_finished{{instance=\"{backend_addr}\"}}[5m])"
+        )),
+        1.0,
+        "the backend's end"
+    );
+    assert_eq!(
+        q(&format!(
+            "max_over_time(loadgen_run_finished{{instance=\"{addr}\"}}[5m])"
+        )),
+        1.0
     );
     assert_eq!(q("max_over_time(loadgen_backend_points_missing[5m])"), 0.0);
     let e2e = q("max_over_time(loadgen_backend_e2e_latency_seconds_count[5m])");
