@@ -384,4 +384,32 @@ mod tests {
             "{text}"
         );
     }
+
+    #[tokio::test]
+    async fn after_a_stopping_signal_the_second_one_ends_the_linger_and_the_exit_code_stands() {
+        let mut plan = args(Some("r"), None).plan(None, true).unwrap();
+        plan.addr = Some("127.0.0.1:0".parse().unwrap());
+        plan.linger = Duration::from_secs(3600);
+        let m = LiveMetrics::start(plan, Arc::new(|_: &mut Exposition| {})).unwrap();
+        let shutdown = Shutdown::new("stopping");
+        shutdown.request(crate::shutdown::Signal::Interrupt);
+        let s = shutdown.clone();
+        let lingering = tokio::spawn(async move {
+            m.linger(Err(Error::Incomplete("lost".into())), &s)
+                .await
+                .map(|c| format!("{c:?}"))
+                .map_err(|e| e.to_string())
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!lingering.is_finished(), "the first signal does not end it");
+        shutdown.request(crate::shutdown::Signal::Interrupt);
+        let code = tokio::time::timeout(Duration::from_secs(5), lingering)
+            .await
+            .expect("the second signal ends the linger")
+            .unwrap();
+        // The run's error was printed before the linger; its exit code stands.
+        assert_eq!(code, Ok(format!("{:?}", ExitCode::from(1))));
+    }
 }
