@@ -250,8 +250,9 @@ pub struct Plan {
     pub exports: mqtt_tool::export::Exports,
     pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
     pub hdr_log: Option<std::path::PathBuf>,
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    /// `--metrics-addr` or `--hdr-log`: the receive loop shares its latency histogram.
+    /// `--metrics-addr`, `--metrics-push`, `--metrics-linger`, `--run-id`.
+    pub metrics: mqtt_tool::live::MetricsPlan,
+    /// `--metrics-addr`, `--metrics-push` or `--hdr-log`: the receive loop shares its latency histogram.
     pub live_histograms: bool,
     pub report_devices: bool,
     pub quiet: bool,
@@ -344,9 +345,11 @@ impl Plan {
             report_json: exports.json.clone(),
             exports,
             thresholds,
-            live_histograms: a.output.hdr_log.is_some() || a.output.metrics_addr.is_some(),
+            live_histograms: a.output.hdr_log.is_some()
+                || a.output.metrics.metrics_addr.is_some()
+                || a.output.metrics.metrics_push.is_some(),
             hdr_log: a.output.hdr_log,
-            metrics_addr: a.output.metrics_addr,
+            metrics: a.output.metrics.plan(None, a.output.quiet)?,
             report_devices: a.verify.report_devices,
             quiet: a.output.quiet,
             sink,
@@ -522,19 +525,25 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
 
 /// Receives, prints the report and returns the exit code.
 pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
-    // Metrics are served from before connecting to the end of the run.
-    let metrics = plan
-        .metrics_addr
-        .map(mqtt_tool::metrics::bind)
-        .transpose()?;
+    // Metrics are served from before connecting to the end of the run, and then for
+    // --metrics-linger, the final figures.
     let live = Arc::new(receive::Live::default());
-    let metrics_stop = CancellationToken::new();
-    let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
-    if let Some(l) = metrics {
+    let families: mqtt_tool::metrics::Families = {
         let live = live.clone();
-        let source: mqtt_tool::metrics::Source = Arc::new(move || observe::exposition(name, &live));
-        tokio::spawn(mqtt_tool::metrics::serve(l, source, metrics_stop.clone()));
-    }
+        Arc::new(move |e| observe::exposition(e, name, &live))
+    };
+    let mut metrics = mqtt_tool::live::LiveMetrics::start(plan.metrics.clone(), families)?;
+    let result = run_observed(name, plan, shutdown, live, &mut metrics).await;
+    metrics.linger(result, shutdown).await
+}
+
+async fn run_observed(
+    name: &'static str,
+    plan: &Plan,
+    shutdown: &Shutdown,
+    live: Arc<receive::Live>,
+    metrics: &mut mqtt_tool::live::LiveMetrics,
+) -> Result<ExitCode, Error> {
     let choice = plan.connect.broker.clone();
     let (max_packet, port) = (plan.connect.max_packet_size, plan.connect.embedded_port);
     let tls = plan.connect.tls.is_some();
@@ -620,6 +629,7 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
         }
     };
     let mut report = Report::build(name, plan, &target.url(), target.embedded, &rx);
+    report.pushed(metrics.finish().await);
     report.judge(&plan.thresholds);
     let text = report.render_text();
     plan.exports.write(&report, &text)?;

@@ -660,6 +660,12 @@ fn check_figures(name: &str, r: &Report) -> Result<Option<Histogram<u64>>, Error
 
 /// Adds the member's totals into `m`'s, refusing a sum past 2^64 - 1.
 fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
+    add.count("metrics_pushes", &mut m.metrics_pushes, r.metrics_pushes)?;
+    add.count(
+        "metrics_push_failures",
+        &mut m.metrics_push_failures,
+        r.metrics_push_failures,
+    )?;
     add.count("points_received", &mut m.points_received, r.points_received)?;
     add.count(
         "points_out_of_order",

@@ -17,8 +17,9 @@ fn empty() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")
 }
 
-/// The metrics of one scrape.
-pub fn exposition(tool: &str, live: &Live) -> String {
+/// The families of one scrape (the run's label and `loadgen_run_finished` come from
+/// [`mqtt_tool::live`]).
+pub fn exposition(e: &mut Exposition, tool: &str, live: &Live) {
     let latency = live
         .latency_us
         .lock()
@@ -26,10 +27,9 @@ pub fn exposition(tool: &str, live: &Live) -> String {
         .and_then(|h| h.clone())
         .unwrap_or_else(empty);
     let c = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
-    Exposition::default()
-        .info(
+    e.info(
             "loadgen_info",
-            "The run: tool, version.",
+            mqtt_tool::live::INFO_HELP,
             &[
                 ("tool", tool.to_string()),
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
@@ -94,8 +94,7 @@ pub fn exposition(tool: &str, live: &Live) -> String {
             "loadgen_backend_e2e_latency_seconds",
             "A point's timestamp to its arrival (publisher and backend share a clock).",
             &latency,
-        )
-        .finish()
+        );
 }
 
 /// Writes `--hdr-log` intervals until `stop`; returns the log for its last interval.

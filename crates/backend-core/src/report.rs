@@ -322,6 +322,15 @@ pub struct Report {
     /// First and last message, RFC 3339 UTC (null: none arrived).
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
+    /// `--run-id`: the `run` label of the live metrics (default: the run's start, RFC 3339
+    /// UTC to the second).
+    #[serde(default)]
+    pub run_id: String,
+    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
+    #[serde(default)]
+    pub metrics_pushes: u64,
+    #[serde(default)]
+    pub metrics_push_failures: u64,
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: how many members' reports this one adds up.
     pub merged_reports: Option<u64>,
@@ -518,12 +527,21 @@ impl Report {
             thresholds: Vec::new(),
             started_at: rx.first_message.map(|t| wall(t.into_std())),
             ended_at: rx.last_message.map(|t| wall(t.into_std())),
+            run_id: plan.metrics.run_id.clone(),
+            metrics_pushes: 0,
+            metrics_push_failures: 0,
             histograms: HistogramsReport {
                 latency_us: mqtt_tool::hist::encode(&rx.latency_us),
             },
             merged_reports: None,
             sink: rx.sink.clone(),
         }
+    }
+
+    /// Records the run's `--metrics-push` pushes.
+    pub fn pushed(&mut self, p: mqtt_tool::live::Pushes) {
+        self.metrics_pushes = p.ok;
+        self.metrics_push_failures = p.failed;
     }
 
     /// Judges `thresholds` on this report and records the outcome in it.
@@ -797,6 +815,11 @@ impl Report {
                     }
                 ),
             );
+        }
+        if let Some(l) =
+            mqtt_tool::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
+        {
+            line("metrics push", l);
         }
         line("stopped by", self.stopped_by.clone());
         line(

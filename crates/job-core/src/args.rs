@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, ExportArgs};
+use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, ExportArgs, MetricsArgs};
 use mqtt_tool::Error;
 
 /// What each exit code of job-pub (`loadgen jobs`) means.
@@ -193,6 +193,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub export: ExportArgs,
 
+    /// `--metrics-addr`, `--metrics-linger`, `--metrics-push`, `--run-id`: as every tool's.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
     /// No progress lines on stderr
     #[arg(long, short)]
     pub quiet: bool,
@@ -284,6 +288,8 @@ pub struct RunPlan {
     pub exports: mqtt_tool::export::Exports,
     pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
     pub quiet: bool,
+    /// `--metrics-addr`, `--metrics-push`, `--metrics-linger`, `--run-id`.
+    pub metrics: mqtt_tool::live::MetricsPlan,
 }
 
 /// Whether `--database-url` came from the `DATABASE_URL` variable (where a password may be).
@@ -418,6 +424,7 @@ impl Plan {
                     exports,
                     thresholds,
                     quiet: r.quiet,
+                    metrics: r.metrics.plan(None, r.quiet)?,
                 })))
             }
         }

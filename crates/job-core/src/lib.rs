@@ -15,7 +15,8 @@
 //! - [`seed`]: test jobs by COPY; [`run`]: the claim-publish-complete loop; [`publish`]:
 //!   one batch to the broker; [`link`]: the MQTT connection (rumqttc, 3.1.1 or 5);
 //!   [`stop`]: when a run ends (`--until-empty`'s horizon, `--duration`); [`progress`]:
-//!   the line on stderr; [`report`]: what a run did.
+//!   the line on stderr; [`report`]: what a run did; [`observe`]: its live metrics
+//!   (`--metrics-addr`).
 //!
 //! A crash (kill -9) leaves its claimed jobs leased: when the lease runs out another
 //! instance claims them again and republishes them, counted as republished after their
@@ -27,6 +28,7 @@
 pub mod args;
 pub mod db;
 pub mod link;
+pub mod observe;
 pub mod progress;
 pub mod publish;
 pub mod report;

@@ -116,6 +116,15 @@ pub struct Report {
     pub histograms: HistogramsReport,
     pub started_at: String,
     pub ended_at: String,
+    /// `--run-id`: the `run` label of the live metrics (default: the run's start, RFC 3339
+    /// UTC to the second).
+    #[serde(default)]
+    pub run_id: String,
+    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
+    #[serde(default)]
+    pub metrics_pushes: u64,
+    #[serde(default)]
+    pub metrics_push_failures: u64,
     /// complete | interrupted | incomplete
     pub outcome: String,
     pub interrupted_by: Option<String>,
@@ -228,6 +237,11 @@ impl Report {
                     fmt_int(self.messages_resent)
                 ),
             );
+        }
+        if let Some(l) =
+            mqtt_tool::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
+        {
+            line("metrics push", l);
         }
         if self.jobs_unrecorded > 0 {
             line(

@@ -153,6 +153,21 @@ async fn mark(
 }
 
 async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let live = std::sync::Arc::new(crate::observe::Live::default());
+    let mut metrics = mqtt_tool::live::LiveMetrics::start(
+        p.metrics.clone(),
+        crate::observe::families(live.clone()),
+    )?;
+    let result = run_observed(p, shutdown, &live, &mut metrics).await;
+    metrics.linger(result, shutdown).await
+}
+
+async fn run_observed(
+    p: &RunPlan,
+    shutdown: &Shutdown,
+    live: &crate::observe::Live,
+    metrics: &mut mqtt_tool::live::LiveMetrics,
+) -> Result<ExitCode, Error> {
     let pool = db::pool(&p.db)?;
     let mut n = Counts::default();
     // The table must be there, migrated, of columns job-pub can read: a clear error now
@@ -214,6 +229,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let mut last_ack_at: Option<Instant> = None;
 
     loop {
+        live.update(&n, &lateness, false);
         if shutdown.stop.is_cancelled() {
             break;
         }
@@ -399,6 +415,7 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
     }
     link.close().await;
+    live.update(&n, &lateness, true);
     let signal = shutdown.signal();
     if let Some(pr) = &progress {
         pr.finish();
@@ -504,6 +521,9 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         },
         started_at: humantime::format_rfc3339_micros(started_wall).to_string(),
         ended_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        run_id: metrics.run_id().to_string(),
+        metrics_pushes: 0,
+        metrics_push_failures: 0,
         outcome: match (signal, &error) {
             (Some(_), _) => "interrupted",
             (None, Some(_)) => "incomplete",
@@ -526,6 +546,8 @@ async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         error: error.as_ref().map(|e| e.to_string()),
         thresholds: Vec::new(),
     };
+    let pushes = metrics.finish().await;
+    (report.metrics_pushes, report.metrics_push_failures) = (pushes.ok, pushes.failed);
     report.judge(&p.thresholds);
     let text = report.render_text();
     p.exports.write(&report, &text)?;

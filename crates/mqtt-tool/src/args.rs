@@ -117,13 +117,41 @@ pub struct OutputArgs {
     #[arg(long, value_name = "PATH", env = "LOADGEN_HDR_LOG")]
     pub hdr_log: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics during the run (e.g. 127.0.0.1:9464)
-    #[arg(long, value_name = "ADDR", env = "LOADGEN_METRICS_ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// No progress lines on stderr
     #[arg(long, short, action = ArgAction::SetTrue, env = "LOADGEN_QUIET")]
     pub quiet: bool,
+}
+
+/// Live metrics: served to Prometheus, pushed to a Pushgateway, labelled with the run. Part
+/// of [`OutputArgs`]; job-pub flattens it on its own.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Metrics")]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics during the run (e.g. 127.0.0.1:9464)
+    #[arg(long, value_name = "ADDR", env = "LOADGEN_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// After the run, keep serving the final figures this long so that Prometheus scrapes
+    /// the end (loadgen_run_finished 1, the last acknowledgements): 2s is two scrapes at the
+    /// 1 s interval of deploy/prometheus; give two of your intervals. 0 exits at once. The
+    /// report and the exit code come first; a signal ends the linger
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub metrics_linger: Duration,
+
+    /// Push the metrics to a Prometheus Pushgateway at this http:// URL: every 5 s during
+    /// the run and the final figures at its end, grouped by job `loadgen`, `run` and
+    /// `instance` (host:pid). A failed push is a warning and is counted in the report
+    #[arg(long, value_name = "URL")]
+    pub metrics_push: Option<String>,
+
+    /// The `run` label of every metric and the report's `run_id` [default: a publisher's
+    /// --start-at instant, which the shards of a run share; else the run's start, RFC 3339
+    /// UTC]
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
 }
 
 /// The report's exports and the thresholds judged on it: every tool's, and `loadgen merge`'s.

@@ -17,6 +17,8 @@
 //! - [`out`]: writing safely; [`format`]: figures as reports show them.
 //! - [`hist`]: histograms in reports; [`merge`]: what both kinds of `loadgen merge` share.
 //! - [`topic`]: the topic names MQTT lets a client publish to.
+//! - [`metrics`]: the Prometheus exposition and its server; [`push`]: the Pushgateway
+//!   client; [`live`]: a run's metrics served, pushed, labelled and kept up after it.
 
 pub mod args;
 pub mod broker;
@@ -27,11 +29,13 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod hist;
+pub mod live;
 pub mod lowat;
 pub mod merge;
 pub mod metrics;
 pub mod mqtt;
 pub mod out;
+pub mod push;
 pub mod run;
 pub mod session;
 pub mod shutdown;

@@ -26,37 +26,65 @@ pub const BUCKETS_S: [f64; 18] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The text of one scrape, family by family.
+/// The text of one scrape, family by family. Every series carries the labels the
+/// exposition was made with (the run's `run`), before its own.
 #[derive(Debug, Default)]
-pub struct Exposition(String);
+pub struct Exposition {
+    text: String,
+    /// `k="v",` for each label every series carries.
+    labels: String,
+}
 
 impl Exposition {
+    /// An exposition whose every series carries `labels`.
+    pub fn with_labels(labels: &[(&str, &str)]) -> Exposition {
+        let mut l = String::new();
+        for (k, v) in labels {
+            let _ = write!(l, "{k}=\"{}\",", escape_label(v));
+        }
+        Exposition {
+            text: String::new(),
+            labels: l,
+        }
+    }
+
     fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// One sample: `name{labels..,own..} value`.
+    fn sample(&mut self, name: &str, own: &str, value: &str) {
+        let labels = format!("{}{own}", self.labels);
+        let labels = labels.trim_end_matches(',');
+        if labels.is_empty() {
+            let _ = writeln!(self.text, "{name} {value}");
+        } else {
+            let _ = writeln!(self.text, "{name}{{{labels}}} {value}");
+        }
     }
 
     /// A counter; `name` ends in `_total`.
     pub fn counter(&mut self, name: &str, help: &str, v: u64) -> &mut Self {
         self.head(name, "counter", help);
-        let _ = writeln!(self.0, "{name} {v}");
+        self.sample(name, "", &v.to_string());
         self
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, v: f64) -> &mut Self {
         self.head(name, "gauge", help);
-        let _ = writeln!(self.0, "{name} {}", fmt_f64(v));
+        self.sample(name, "", &fmt_f64(v));
         self
     }
 
     /// A gauge of 1 whose labels describe the run (`loadgen_info{tool="..."}`).
     pub fn info(&mut self, name: &str, help: &str, labels: &[(&str, String)]) -> &mut Self {
         self.head(name, "gauge", help);
-        let l: Vec<String> = labels
+        let l: String = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .map(|(k, v)| format!("{k}=\"{}\",", escape_label(v)))
             .collect();
-        let _ = writeln!(self.0, "{name}{{{}}} 1", l.join(","));
+        self.sample(name, &l, "1");
         self
     }
 
@@ -77,22 +105,23 @@ impl Exposition {
             }
         }
         let mut cumulative = 0;
+        let bucket = format!("{name}_bucket");
         for (b, n) in BUCKETS_S.iter().zip(counts) {
             cumulative += n;
-            let _ = writeln!(
-                self.0,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                fmt_f64(*b)
+            self.sample(
+                &bucket,
+                &format!("le=\"{}\"", fmt_f64(*b)),
+                &cumulative.to_string(),
             );
         }
-        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
-        let _ = writeln!(self.0, "{name}_sum {}", fmt_f64(sum_us / 1e6));
-        let _ = writeln!(self.0, "{name}_count {}", h.len());
+        self.sample(&bucket, "le=\"+Inf\"", &h.len().to_string());
+        self.sample(&format!("{name}_sum"), "", &fmt_f64(sum_us / 1e6));
+        self.sample(&format!("{name}_count"), "", &h.len().to_string());
         self
     }
 
     pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.0)
+        std::mem::take(&mut self.text)
     }
 }
 
@@ -116,6 +145,10 @@ fn escape_label(v: &str) -> String {
 
 /// What a scrape shows: called for every request.
 pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A tool's families, added to an exposition that carries the run's labels: called for
+/// every scrape and every push ([`crate::live`]).
+pub type Families = Arc<dyn Fn(&mut Exposition) + Send + Sync>;
 
 /// Binds `--metrics-addr` before the run, so a port in use stops it at once.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
@@ -272,6 +305,27 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 2.00345).abs() < 0.002, "{sum}");
+    }
+
+    #[test]
+    fn every_series_carries_the_expositions_labels_escaped() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        h.record(50).unwrap();
+        let text = Exposition::with_labels(&[("run", "a \"b\"\\")])
+            .counter("x_total", "a count", 7)
+            .info("i", "info", &[("tool", "t".into())])
+            .histogram_us("lat_seconds", "latency", &h)
+            .finish();
+        let run = r#"run="a \"b\"\\""#;
+        for want in [
+            format!("x_total{{{run}}} 7\n"),
+            format!("i{{{run},tool=\"t\"}} 1\n"),
+            format!("lat_seconds_bucket{{{run},le=\"0.0001\"}} 1\n"),
+            format!("lat_seconds_bucket{{{run},le=\"+Inf\"}} 1\n"),
+            format!("lat_seconds_count{{{run}}} 1\n"),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
     }
 
     #[tokio::test]

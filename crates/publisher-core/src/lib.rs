@@ -201,25 +201,29 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
 /// time is up or a signal ends it; the report is out before.
 pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     // Metrics are served from before the --start-at wait (zeros until the fleet starts) to
-    // the end of the run, the final figures included.
-    let metrics = plan
-        .metrics_addr
-        .map(mqtt_tool::metrics::bind)
-        .transpose()?;
+    // the end of the run, and then for --metrics-linger, the final figures.
     let live = std::sync::Arc::new(observe::LiveRun::default());
-    let metrics_stop = CancellationToken::new();
-    let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
-    if let Some(l) = metrics {
-        let source = observe::source(preset.name, std::sync::Arc::new(plan.clone()), live.clone());
-        tokio::spawn(mqtt_tool::metrics::serve(l, source, metrics_stop.clone()));
-    }
+    let families = observe::families(preset.name, std::sync::Arc::new(plan.clone()), live.clone());
+    let mut metrics = mqtt_tool::live::LiveMetrics::start(plan.metrics.clone(), families)?;
+    let result = run_observed(preset, plan, shutdown, &live, &mut metrics).await;
+    metrics.linger(result, shutdown).await
+}
+
+async fn run_observed(
+    preset: &Preset,
+    plan: &Plan,
+    shutdown: &Shutdown,
+    live: &observe::LiveRun,
+    metrics: &mut mqtt_tool::live::LiveMetrics,
+) -> Result<ExitCode, Error> {
     if let Some(at) = plan.start_at {
         if let Some(sig) = wait_for_start(at, plan, shutdown).await? {
             return Ok(ExitCode::from(sig.exit_code()));
         }
     }
-    let (mut report, signal, target) = execute(preset, plan, shutdown, &live).await?;
+    let (mut report, signal, target) = execute(preset, plan, shutdown, live).await?;
     live.finished(&report);
+    report.pushed(metrics.finish().await);
     report.judge(&plan.thresholds);
     let text = report.render_text();
     plan.exports.write(&report, &text)?;

@@ -478,6 +478,12 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
 
 /// Adds the counts of `r` into `m`, refusing a sum past 2^64 - 1.
 fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
+    add.count("metrics_pushes", &mut m.metrics_pushes, r.metrics_pushes)?;
+    add.count(
+        "metrics_push_failures",
+        &mut m.metrics_push_failures,
+        r.metrics_push_failures,
+    )?;
     add.count("points_enqueued", &mut m.points_enqueued, r.points_enqueued)?;
     add.count("points_sent", &mut m.points_sent, r.points_sent)?;
     add.opt("points_acked", &mut m.points_acked, r.points_acked)?;

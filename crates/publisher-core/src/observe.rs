@@ -22,29 +22,27 @@ pub struct LiveRun {
     pub fleet: std::sync::OnceLock<FleetHandle>,
     /// Set once the drain has ended (0 before): sent and never acknowledged.
     pub points_failed: AtomicU64,
-    /// The run's report is out: the figures are final.
-    pub done: AtomicU64,
 }
 
 impl LiveRun {
-    /// Records what only the report knows.
+    /// Records what only the report knows (`loadgen_run_finished` follows, from
+    /// [`mqtt_tool::live::LiveMetrics::finish`]).
     pub fn finished(&self, report: &crate::Report) {
         self.points_failed.store(report.points_failed, Relaxed);
-        self.done.store(1, Relaxed);
     }
 }
 
-/// The metrics of one scrape.
-pub fn exposition(tool: &str, plan: &Plan, run: &LiveRun) -> String {
+/// The families of one scrape (the run's label and `loadgen_run_finished` come from
+/// [`mqtt_tool::live`]).
+pub fn exposition(e: &mut Exposition, tool: &str, plan: &Plan, run: &LiveRun) {
     let (t, h) = match run.fleet.get() {
         Some(f) => (f.live(), f.live_histos()),
         None => (Default::default(), Histos::default()),
     };
-    let mut e = Exposition::default();
     let shard = plan.shard.as_ref();
     e.info(
         "loadgen_info",
-        "The run: tool, version, shard.",
+        mqtt_tool::live::INFO_HELP,
         &[
             ("tool", tool.to_string()),
             ("version", env!("CARGO_PKG_VERSION").to_string()),
@@ -114,11 +112,6 @@ pub fn exposition(tool: &str, plan: &Plan, run: &LiveRun) -> String {
         t.inflight as f64,
     )
     .gauge(
-        "loadgen_run_finished",
-        "1 once the run has ended and these figures are final.",
-        run.done.load(Relaxed) as f64,
-    )
-    .gauge(
         "loadgen_target_points_per_second",
         "The target rate of this process (0: as fast as possible).",
         plan.rate.unwrap_or(0.0),
@@ -133,7 +126,6 @@ pub fn exposition(tool: &str, plan: &Plan, run: &LiveRun) -> String {
         "Scheduled send time to written to the socket (paced runs).",
         &h.lag_us,
     );
-    e.finish()
 }
 
 /// `--hdr-log`: one interval a second of each latency histogram (tags `ack`, `lag`), the
@@ -197,11 +189,11 @@ pub async fn watch(
     log
 }
 
-/// The metrics source of a run.
-pub fn source(
+/// The metrics families of a run.
+pub fn families(
     tool: &'static str,
     plan: Arc<Plan>,
     run: Arc<LiveRun>,
-) -> mqtt_tool::metrics::Source {
-    Arc::new(move || exposition(tool, &plan, &run))
+) -> mqtt_tool::metrics::Families {
+    Arc::new(move |e| exposition(e, tool, &plan, &run))
 }

@@ -186,7 +186,8 @@ pub struct Plan {
     pub exports: mqtt_tool::export::Exports,
     pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
     pub hdr_log: Option<PathBuf>,
-    pub metrics_addr: Option<SocketAddr>,
+    /// `--metrics-addr`, `--metrics-push`, `--metrics-linger`, `--run-id`.
+    pub metrics: mqtt_tool::live::MetricsPlan,
     /// `--shards`: this process's slice of the whole fleet.
     pub shard: Option<Shard>,
     /// `--start-at`: the instant to wait for before connecting.
@@ -475,6 +476,8 @@ impl Plan {
             Some(mqtt_tool::args::StartAt(Some(t))) => Some(check_start_at(t)?),
             _ => None,
         };
+        // The shards of a run share --start-at, and so their run id.
+        let metrics = output.metrics.plan(start_at, output.quiet)?;
         Ok(Plan {
             connect,
             fleet: FleetPlan {
@@ -508,7 +511,7 @@ impl Plan {
             exports,
             thresholds,
             hdr_log,
-            metrics_addr: output.metrics_addr,
+            metrics,
             shard,
             start_at,
             quiet: output.quiet,
@@ -596,7 +599,9 @@ impl Plan {
             schedule: self.schedule(),
             start_delay: self.start_delay,
             drain_timeout: self.drain_timeout,
-            live_histograms: self.metrics_addr.is_some() || self.hdr_log.is_some(),
+            live_histograms: self.metrics.addr.is_some()
+                || self.metrics.push.is_some()
+                || self.hdr_log.is_some(),
         }
     }
 }

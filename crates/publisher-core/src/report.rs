@@ -265,6 +265,15 @@ pub struct Report {
     pub ended_at: Option<String>,
     /// `--start-at`: the instant every shard of the run waited for, RFC 3339 UTC.
     pub start_at: Option<String>,
+    /// `--run-id`: the `run` label of the live metrics (default: `--start-at`, else the
+    /// run's start, RFC 3339 UTC to the second).
+    #[serde(default)]
+    pub run_id: String,
+    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
+    #[serde(default)]
+    pub metrics_pushes: u64,
+    #[serde(default)]
+    pub metrics_push_failures: u64,
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: what the report was merged from.
     pub merged: Option<MergedReport>,
@@ -763,6 +772,9 @@ impl Report {
                 .map(|a| rfc3339(result.wall(a))),
             ended_at: finished.map(|f| rfc3339(result.wall(f))),
             start_at: plan.start_at.map(rfc3339),
+            run_id: plan.metrics.run_id.clone(),
+            metrics_pushes: 0,
+            metrics_push_failures: 0,
             histograms: HistogramsReport {
                 ack_us: if qos1 {
                     mqtt_tool::hist::encode(&st.histos.ack_us)
@@ -785,6 +797,12 @@ impl Report {
     /// Judges `thresholds` on this report and records the outcome in it.
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
         self.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
+    }
+
+    /// Records the run's `--metrics-push` pushes.
+    pub fn pushed(&mut self, p: mqtt_tool::live::Pushes) {
+        self.metrics_pushes = p.ok;
+        self.metrics_push_failures = p.failed;
     }
 
     /// Whether this report is of a fleet (its summary has the fleet's lines).
@@ -1054,6 +1072,11 @@ impl Report {
         }
         if let Some(note) = &self.generator.note {
             line("limit", note.clone());
+        }
+        if let Some(l) =
+            mqtt_tool::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
+        {
+            line("metrics push", l);
         }
         if let Some(sig) = &self.interrupted_by {
             line(

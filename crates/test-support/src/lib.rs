@@ -1488,6 +1488,78 @@ impl Drop for Prometheus {
     }
 }
 
+/// A real Prometheus Pushgateway (Debian's `prometheus-pushgateway` package), started on a
+/// free port, keeping what is pushed in memory.
+pub struct Pushgateway {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Pushgateway {
+    pub fn start() -> Pushgateway {
+        let dir = TempDir::new("pushgateway");
+        let port = free_port();
+        let child = Command::new(which("prometheus-pushgateway"))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path("pushgateway.log")).unwrap())
+            .spawn()
+            .expect("start prometheus-pushgateway");
+        let p = Pushgateway {
+            child,
+            port,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if http_get(&p.addr(), "/-/ready").is_ok_and(|(s, _)| s == 200) {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the pushgateway never became ready on port {port}");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// What a Prometheus scraping the gateway would read.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(&self.addr(), "/metrics").expect("scrape the pushgateway");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the first sample of `name` in an exposition whose labels contain every one
+/// of `labels` (`k="v"`), if any.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (ls, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|want| ls.split(',').any(|have| have == *want))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 /// A tool from the OS packages: on PATH or in /usr/bin.
 pub fn which(name: &str) -> PathBuf {
     for dir in std::env::var("PATH")

@@ -746,3 +746,87 @@ fn a_bytea_payload_is_published_as_its_bytes_not_its_hex_text() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(pg.psql("SELECT count(*) FROM bjobs WHERE processed"), "2");
 }
+
+#[test]
+fn job_pub_serves_its_metrics_with_the_run_label_and_lingers_on_the_final_figures() {
+    use std::io::BufRead;
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    seed(&pg, "500", "-1s..0s");
+    let dir = TempDir::new("job-pub-metrics");
+    let report = dir.path("r.json");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = job_pub(
+        &pg,
+        &[
+            "run",
+            "--broker",
+            &m.url(),
+            "--until-empty",
+            "--metrics-addr",
+            &addr,
+            "--metrics-linger",
+            "5m",
+            "--run-id",
+            "jobs-1",
+        ],
+    )
+    .arg("--report-json")
+    .arg(&report)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.starts_with("serving the final metrics") => break,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("job-pub never said it lingers: {seen:#?}"),
+        }
+    }
+    // The report is out, and the metrics are its figures.
+    let r = read_report(&report);
+    assert_matches_schema("schema/job-pub-report.schema.json", &r);
+    assert_eq!(r["run_id"], "jobs-1");
+    assert_eq!(n(&r, "jobs_acked"), 500);
+    let (status, body) = test_support::http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let (passed, said) = test_support::promtool_check_metrics(&body);
+    assert!(passed, "{said}\n{body}");
+    let run = ["run=\"jobs-1\""];
+    for (name, want) in [
+        ("loadgen_jobs_claimed_total", 500.0),
+        ("loadgen_jobs_acked_total", 500.0),
+        ("loadgen_jobs_failed_total", 0.0),
+        ("loadgen_jobs_lateness_seconds_count", 500.0),
+        ("loadgen_run_finished", 1.0),
+    ] {
+        assert_eq!(
+            test_support::sample(&body, name, &run),
+            Some(want),
+            "{name} in\n{body}"
+        );
+    }
+    assert!(child.try_wait().unwrap().is_none(), "it lingers");
+    signal(child.id(), "TERM");
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < end, "the linger outlived a signal");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}

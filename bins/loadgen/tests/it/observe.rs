@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
-use test_support::{free_port, http_get, promtool_check_metrics, Mosquitto, Prometheus, TempDir};
+use test_support::{
+    free_port, http_get, promtool_check_metrics, sample, Mosquitto, Prometheus, Pushgateway,
+    TempDir,
+};
 
 use crate::common::{backend, n, BIN};
 
@@ -65,7 +68,7 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
     let body = loop {
         std::thread::sleep(Duration::from_millis(200));
         if let Ok((200, body)) = http_get(&addr, "/metrics") {
-            if body.contains("loadgen_connections_up 10") {
+            if sample(&body, "loadgen_connections_up", &[]) == Some(10.0) {
                 break body;
             }
         }
@@ -77,8 +80,9 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
     assert_eq!(status, 200);
     let (ok, said) = promtool_check_metrics(&backend_body);
     assert!(ok, "promtool check metrics: {said}\n{backend_body}");
-    assert!(
-        backend_body.contains("loadgen_backend_connected 1"),
+    assert_eq!(
+        sample(&backend_body, "loadgen_backend_connected", &[]),
+        Some(1.0),
         "{backend_body}"
     );
     // The Grafana dashboard asks only for what the tools serve.
@@ -109,11 +113,19 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
         "loadgen_points_dropped_total",
         "loadgen_messages_sent_total",
         "loadgen_messages_inflight",
-        "loadgen_ack_latency_seconds_bucket{le=\"+Inf\"}",
-        "loadgen_info{tool=\"loadgen pub\"",
+        "tool=\"loadgen pub\"",
     ] {
         assert!(body.contains(family), "{family} in\n{body}");
     }
+    assert!(
+        sample(
+            &body,
+            "loadgen_ack_latency_seconds_bucket",
+            &["le=\"+Inf\""]
+        )
+        .is_some(),
+        "{body}"
+    );
 
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -130,18 +142,14 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
         "{sent} points in 6 s at 2,000/s"
     );
 
-    // What Prometheus stored, through its query API. The last scrape was up to a second
-    // before the end; the run sent 2,000 points a second.
+    // What Prometheus stored, through its query API: the final figures, scraped during the
+    // linger after the run.
     let q = |expr: &str| {
         prom.query(expr)
             .unwrap_or_else(|| panic!("no result for {expr}"))
     };
     let scraped = q("max_over_time(loadgen_points_sent_total[5m])");
-    assert!(scraped <= sent as f64, "{scraped} > {sent}");
-    assert!(
-        scraped >= sent as f64 - 4_000.0,
-        "{scraped} of {sent}: scrapes missed"
-    );
+    assert_eq!(scraped, sent as f64, "scrapes missed the end");
     assert_eq!(q("max_over_time(loadgen_connections_up[5m])"), 10.0);
     let acked = q("max_over_time(loadgen_ack_latency_seconds_count[5m])");
     assert!(
@@ -153,9 +161,23 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
     let (code, br) = b.wait();
     assert_eq!(code, 0, "{br:#}");
     let received = q("max_over_time(loadgen_backend_points_received_total[5m])");
-    assert!(
-        received > 0.0 && received <= n(&br, "points_received") as f64,
-        "{received}"
+    assert_eq!(
+        received,
+        n(&br, "points_received") as f64,
+        "the backend's end"
+    );
+    assert_eq!(
+        q(&format!(
+            "max_over_time(loadgen_run_finished{{instance=\"{backend_addr}\"}}[5m])"
+        )),
+        1.0,
+        "the backend's end"
+    );
+    assert_eq!(
+        q(&format!(
+            "max_over_time(loadgen_run_finished{{instance=\"{addr}\"}}[5m])"
+        )),
+        1.0
     );
     assert_eq!(q("max_over_time(loadgen_backend_points_missing[5m])"), 0.0);
     let e2e = q("max_over_time(loadgen_backend_e2e_latency_seconds_count[5m])");
@@ -276,4 +298,322 @@ fn metric_names(expr: &str) -> Vec<String> {
         i = end;
     }
     names
+}
+
+/// A `loadgen pub` whose stderr lines come through a channel.
+struct Running {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .arg("pub")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            stderr: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line that starts with `prefix`.
+    fn wait_for_line(&mut self, prefix: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no line '{prefix}...' on stderr: {:#?}", self.seen);
+    }
+
+    /// The exit code, within `within`.
+    fn exit_within(&mut self, within: Duration) -> Option<i32> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+fn report_at(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("the report is written"))
+        .expect("the report is JSON")
+}
+
+#[test]
+fn the_final_figures_are_served_until_the_linger_ends() {
+    let m = Mosquitto::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dir = TempDir::new("linger");
+    let report = dir.path("report.json");
+    let mut run = Running::start(&[
+        "--broker",
+        &m.url(),
+        "--devices",
+        "4",
+        "--qos",
+        "1",
+        "--rate",
+        "400",
+        "--duration",
+        "1s",
+        "--metrics-addr",
+        &addr,
+        "--metrics-linger",
+        "5m",
+        "--report-json",
+        report.to_str().unwrap(),
+    ]);
+    let said = run.wait_for_line("serving the final metrics", Duration::from_secs(30));
+    assert!(said.contains(&format!("http://{addr}/metrics")), "{said}");
+    // The report is out before the linger, and the metrics are its figures, final.
+    let r = report_at(&report);
+    let run_id = r["run_id"].as_str().expect("run_id").to_string();
+    let (status, body) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let label = format!("run=\"{run_id}\"");
+    assert_eq!(
+        sample(&body, "loadgen_run_finished", &[&label]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "loadgen_points_acked_total", &[&label]),
+        Some(n(&r, "points_acked") as f64),
+        "{body}"
+    );
+    assert!(run.child.try_wait().unwrap().is_none(), "it lingers");
+    // A signal ends the linger at once; the run's exit code stands.
+    let pid = run.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert_eq!(run.exit_within(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn prometheus_reads_the_end_of_a_run_during_the_default_linger() {
+    let m = Mosquitto::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let prom = Prometheus::start(std::slice::from_ref(&addr));
+    let dir = TempDir::new("linger-prom");
+    let report = dir.path("report.json");
+    let out = Command::new(BIN)
+        .args([
+            "pub",
+            "--broker",
+            &m.url(),
+            "--devices",
+            "10",
+            "--qos",
+            "1",
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+            "--quiet",
+            "--run-id",
+            "linger-test",
+            "--metrics-addr",
+            &addr,
+            "--report-json",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report_at(&report);
+    assert_eq!(r["run_id"], "linger-test");
+    let acked = n(&r, "points_acked");
+    assert!(acked >= 5_900, "{acked}");
+    // What Prometheus stored of the run, by its label: the end, and the final count.
+    let q = |expr: &str| prom.query(expr);
+    assert_eq!(
+        q("max_over_time(loadgen_run_finished{run=\"linger-test\"}[5m])"),
+        Some(1.0)
+    );
+    assert_eq!(
+        q("max_over_time(loadgen_points_acked_total{run=\"linger-test\"}[5m])"),
+        Some(acked as f64)
+    );
+}
+
+#[test]
+fn the_final_figures_are_pushed_to_a_pushgateway_under_the_runs_group() {
+    let m = Mosquitto::start();
+    let gw = Pushgateway::start();
+    let dir = TempDir::new("push");
+    let report = dir.path("report.json");
+    let child = Command::new(BIN)
+        .args([
+            "pub",
+            "--broker",
+            &m.url(),
+            "--devices",
+            "4",
+            "--qos",
+            "1",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+            "--quiet",
+            "--run-id",
+            "nightly 7/12",
+            "--metrics-push",
+            &gw.url(),
+            "--report-json",
+        ])
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let r = report_at(&report);
+    assert!(n(&r, "metrics_pushes") >= 1, "{r:#}");
+    assert_eq!(n(&r, "metrics_push_failures"), 0);
+    // Grouped by job, run (a value a path segment would not keep, base64 on the way) and
+    // instance host:pid.
+    let body = gw.metrics();
+    let labels = ["job=\"loadgen\"", "run=\"nightly 7/12\""];
+    assert_eq!(
+        sample(&body, "loadgen_run_finished", &labels),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "loadgen_points_acked_total", &labels),
+        Some(n(&r, "points_acked") as f64),
+        "{body}"
+    );
+    let instance = body
+        .lines()
+        .find(|l| l.starts_with("loadgen_run_finished{"))
+        .and_then(|l| l.split("instance=\"").nth(1))
+        .and_then(|i| i.split('"').next())
+        .unwrap_or_default();
+    assert!(
+        instance.ends_with(&format!(":{pid}")),
+        "{instance} in\n{body}"
+    );
+}
+
+#[test]
+fn a_push_to_a_gateway_that_never_answers_is_a_counted_warning_not_a_hang() {
+    let m = Mosquitto::start();
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let dir = TempDir::new("push-fail");
+    let report = dir.path("report.json");
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "pub",
+            "--broker",
+            &m.url(),
+            "--total",
+            "100",
+            "--quiet",
+            "--metrics-push",
+            &url,
+            "--report-json",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("warning: --metrics-push: the final figures were not pushed: no answer"),
+        "{stderr}"
+    );
+    let r = report_at(&report);
+    assert!(n(&r, "metrics_push_failures") >= 1, "{r:#}");
+    drop(silent);
+}
+
+#[test]
+fn a_push_url_that_is_not_http_is_a_usage_error() {
+    for (url, says) in [
+        ("https://gw:9091", "https is not supported"),
+        ("gw:9091", "is not an http:// URL"),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "pub",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--metrics-push",
+                url,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.lines().count() == 1, "{err}");
+    }
+}
+
+#[test]
+fn the_dashboard_filters_every_query_by_run_and_instance() {
+    let dashboard =
+        std::fs::read_to_string(test_support::workspace_root().join("deploy/grafana/loadgen.json"))
+            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let vars: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        vars.contains(&"run") && vars.contains(&"instance"),
+        "{vars:?}"
+    );
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard["panels"], &mut exprs);
+    for e in &exprs {
+        for name in metric_names(e) {
+            let filtered = format!("{name}{{run=~\"$run\",instance=~\"$instance\"}}");
+            assert!(e.contains(&filtered), "{name} is not filtered in {e}");
+        }
+    }
 }
