@@ -14,7 +14,7 @@
 //! - [`args`]: the subcommands and their flags; [`db`]: connecting, the pool, the SQL.
 //! - [`seed`]: test jobs by COPY; [`run`]: the claim-publish-complete loop; [`publish`]:
 //!   one batch to the broker; [`link`]: the MQTT connection (rumqttc, 3.1.1 or 5);
-//!   [`report`]: what a run did.
+//!   [`report`]: what a run did; [`summary`]: what `--report-md` shows of it.
 //!
 //! A crash (kill -9) leaves its claimed jobs leased: when the lease runs out another
 //! instance claims them again and republishes them, counted as republished after their
@@ -30,6 +30,7 @@ pub mod publish;
 pub mod report;
 pub mod run;
 pub mod seed;
+pub mod summary;
 
 /// The migration `job-pub migrate` applies.
 pub const SCHEMA: &str = include_str!("schema.sql");

@@ -30,12 +30,11 @@ pub fn threshold_fields() -> Fields {
                 "jobs_lease_lost",
                 "jobs_unrecorded",
                 "lateness_clamped",
-                "job_rate",
-                "db_retries",
-                "mqtt_reconnects",
             ],
             Unit::Number,
         )
+        .numbers(&["job_rate"], Unit::Named("jobs/s"))
+        .numbers(&["db_retries", "mqtt_reconnects"], Unit::Number)
         .numbers(&["elapsed_s"], Unit::Seconds)
         .latency("lateness", "/lateness_us")
 }
