@@ -7,4 +7,5 @@ mod fleet;
 mod k8s;
 mod merge;
 mod observe;
+mod reports;
 mod shards;
