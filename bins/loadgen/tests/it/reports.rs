@@ -196,7 +196,18 @@ fn a_duration_run_shows_the_time_it_has_left_in_its_progress() {
     let progress: Vec<&str> = stderr.lines().filter(|l| l.starts_with('[')).collect();
     assert!(!progress.is_empty(), "{stderr}");
     assert!(progress.iter().all(|l| l.ends_with(" s left")), "{stderr}");
-    assert!(progress[0].ends_with("  2 s left"), "{stderr}");
+    // Seconds left, rounded up: at most the duration, never growing.
+    let left: Vec<u64> = progress
+        .iter()
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[words.len() - 3].parse().unwrap()
+        })
+        .collect();
+    assert!(
+        left.iter().all(|s| *s <= 3) && left.windows(2).all(|w| w[1] <= w[0]),
+        "{left:?}"
+    );
 }
 
 #[test]
@@ -245,4 +256,45 @@ fn the_markdown_summary_of_a_merge_with_missing_shards_fails_and_names_them() {
         "{md}"
     );
     assert!(md.contains("| `ack_latency_max` | &lt; 3,600 s | "), "{md}");
+}
+
+#[test]
+fn the_markdown_summary_of_a_merged_share_group_leads_with_its_verification() {
+    let dir = TempDir::new("md-merge-members");
+    let member = dir.path("member.json");
+    std::fs::write(&member, crate::merge::member_report().to_string()).unwrap();
+    let md = dir.path("merged.md");
+    let merged = Command::new(BIN)
+        .args([
+            "merge",
+            "--expect",
+            "300",
+            "--report-md",
+            md.to_str().unwrap(),
+        ])
+        .args(["--threshold", "e2e_latency_p99<1us"])
+        .arg(&member)
+        .env_remove("LOADGEN_THRESHOLD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(merged.status.code(), Some(0));
+    let md = std::fs::read_to_string(&md).unwrap();
+    let first = md.lines().next().unwrap();
+    assert!(
+        first.contains(" — verification failed: expected 300 unique points over the group, 200 arrived"),
+        "{md}"
+    );
+    assert!(
+        first.contains("; threshold `e2e_latency_p99<1us` failed: the run had "),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `e2e_latency_p99` | &lt; 0.001 ms | "),
+        "{md}"
+    );
+    assert!(
+        md.contains("| merged | 1 reports of the share group's members |"),
+        "{md}"
+    );
 }
