@@ -317,9 +317,10 @@ pub fn fmt_secs(s: f64) -> String {
 
 /// A count for people, whole or with three decimals.
 fn fmt_number(v: f64) -> String {
-    if v.fract() == 0.0 && v >= 0.0 && v < 1e15 {
+    let plain = (0.0..1e15).contains(&v);
+    if plain && v.fract() == 0.0 {
         fmt_int(v as u64)
-    } else if v >= 0.0 && v < 1e15 {
+    } else if plain {
         fmt_rate(v)
     } else {
         format!("{v}")
