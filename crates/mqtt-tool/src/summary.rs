@@ -140,7 +140,7 @@ impl Summary {
         o.push_str(&self.verdict_line());
         o.push_str("\n\n");
         if !self.rows.is_empty() {
-            o.push_str("| | |\n|:---|:---|\n");
+            o.push_str("| | this run |\n|:---|:---|\n");
             for (label, value) in &self.rows {
                 o.push_str(&format!("| {} | {} |\n", md_text(label), md_text(value)));
             }
