@@ -282,7 +282,9 @@ fn the_markdown_summary_of_a_merged_share_group_leads_with_its_verification() {
     let md = std::fs::read_to_string(&md).unwrap();
     let first = md.lines().next().unwrap();
     assert!(
-        first.contains(" — verification failed: expected 300 unique points over the group, 200 arrived"),
+        first.contains(
+            " — verification failed: expected 300 unique points over the group, 200 arrived"
+        ),
         "{md}"
     );
     assert!(
