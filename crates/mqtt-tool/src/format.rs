@@ -35,9 +35,10 @@ impl Percentiles {
     }
 }
 
-/// `p50 312 µs  p90 ...` (all percentiles) or `p50 ...  p99 ...  max ...`.
+/// `p50 0.312 ms  p90 ...` (all percentiles) or `p50 ...  p99 ...  max ...`: in ms (s from
+/// a second), as people read latencies.
 pub fn fmt_percentiles(p: &Percentiles, all: bool) -> String {
-    let us = |v: u64| format!("{} µs", fmt_int(v));
+    let us = |v: u64| crate::summary::fmt_ms(v as f64);
     if all {
         format!(
             "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
