@@ -3,7 +3,7 @@
 //! ```text
 //! args + config --> Plan --> broker/mqtt (mqtt-tool) --> receive: subscribe
 //!     --> decode (our encoder's form directly, else simd-json) --> route (device -> frontend)
-//!     --> verify (per-device seq ranges) --> report (text, JSON) --> exit code
+//!     --> verify (per-device seq ranges) --> report (text, JSON; summary: Markdown) --> exit code
 //! ```
 //!
 //! It shares the point definition with the publishers through `point-format`, and the
@@ -17,6 +17,7 @@ pub mod receive;
 pub mod report;
 pub mod route;
 pub mod sink;
+pub mod summary;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ use clap::{Args, Command, FromArgMatches};
 use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
 use mqtt_tool::config::{self, ParseExit};
 use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
-use mqtt_tool::format::fmt_int;
+use mqtt_tool::format::{fmt_int, fmt_time_left};
 use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::{broker, Error};
 use tokio_util::sync::CancellationToken;
@@ -611,6 +612,7 @@ async fn run_observed(
             let progress = tokio::spawn(progress(
                 live.clone(),
                 plan.expect,
+                plan.duration,
                 (!plan.quiet).then_some(Duration::from_secs(1)),
                 shutdown.status.clone(),
                 stop_progress.clone(),
@@ -668,9 +670,21 @@ fn stored(live: &receive::Live) -> String {
     }
 }
 
+/// `, 25 s left` for a `--duration` run: the whole duration until subscribed.
+fn time_left(live: &receive::Live, duration: Option<Duration>) -> String {
+    let Some(d) = duration else {
+        return String::new();
+    };
+    let left = live.ends_at.get().map_or(d, |end| {
+        end.saturating_duration_since(tokio::time::Instant::now())
+    });
+    format!(", {}", fmt_time_left(left))
+}
+
 async fn progress(
     live: Arc<receive::Live>,
     expect: Option<u64>,
+    duration: Option<Duration>,
     every: Option<Duration>,
     status: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
@@ -718,11 +732,12 @@ async fn progress(
         if let Some(b) = &bar {
             b.set_position(live.unique.load(Relaxed));
             b.set_message(format!(
-                "{} received, {} devices ({} with gaps){}",
+                "{} received, {} devices ({} with gaps){}{}",
                 fmt_int(live.points.load(Relaxed)),
                 fmt_int(live.devices.load(Relaxed)),
                 fmt_int(live.gappy.load(Relaxed)),
-                stored(&live)
+                stored(&live),
+                time_left(&live, duration)
             ));
             if !on_demand {
                 continue;
@@ -736,7 +751,7 @@ async fn progress(
         });
         let rate = (points - last) as f64 / (now - last_at).as_secs_f64().max(1e-9);
         let line = format!(
-            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices ({} with gaps){}",
+            "[{:>6.1}s] received {} points, {}{} unique, {} points/s, {} messages, {} devices ({} with gaps){}{}",
             start.elapsed().as_secs_f64(),
             fmt_int(points),
             fmt_int(unique),
@@ -745,7 +760,8 @@ async fn progress(
             fmt_int(live.messages.load(Relaxed)),
             fmt_int(live.devices.load(Relaxed)),
             fmt_int(live.gappy.load(Relaxed)),
-            stored(&live)
+            stored(&live),
+            time_left(&live, duration)
         );
         match &bar {
             Some(b) => b.println(mqtt_tool::out::escape_keeping_lines(&line)),

@@ -41,6 +41,8 @@ pub struct Live {
     pub stored: AtomicU64,
     /// Latencies past the histogram's ceiling, recorded at it.
     pub latency_clamped: AtomicU64,
+    /// When `--duration` ends the run, once subscribed (for the progress line's time left).
+    pub ends_at: std::sync::OnceLock<Instant>,
     /// The end-to-end latency histogram, copied about five times a second when
     /// `--metrics-addr` or `--hdr-log` reads it.
     pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
@@ -412,6 +414,9 @@ pub async fn run(
     }
     let started = Instant::now();
     let end_at = plan.duration.map(|d| started + d);
+    if let Some(e) = end_at {
+        let _ = live.ends_at.set(e);
+    }
     // A broker that never confirms the subscription is a failure of its own, not silence.
     let mut suback_deadline = started + plan.connect.connect_timeout;
     // PUBACKs for the QoS 1 messages of one read, written together.

@@ -109,9 +109,14 @@ pub fn threshold_fields() -> Fields {
                 "malformed_messages",
                 "retained_messages",
                 "bytes_received",
-                "point_rate",
-                "message_rate",
-                "bytes_per_s",
+            ],
+            Unit::Number,
+        )
+        .numbers(&["point_rate"], Unit::Named("points/s"))
+        .numbers(&["message_rate"], Unit::Named("messages/s"))
+        .numbers(&["bytes_per_s"], Unit::Named("bytes/s"))
+        .numbers(
+            &[
                 "connections_lost",
                 "reconnects",
                 "devices_seen",
@@ -124,7 +129,7 @@ pub fn threshold_fields() -> Fields {
         .field("sink_rows_written", "/sink/rows_written", Unit::Number)
         .field("sink_rows_failed", "/sink/rows_failed", Unit::Number)
         .field("sink_rows_rejected", "/sink/rows_rejected", Unit::Number)
-        .field("sink_rows_per_s", "/sink/rows_per_s", Unit::Number)
+        .field("sink_rows_per_s", "/sink/rows_per_s", Unit::Named("rows/s"))
         .latency("e2e_latency", "/latency_us")
 }
 
@@ -544,6 +549,11 @@ impl Report {
         self.metrics_push_failures = p.failed;
     }
 
+    /// Whether any point was routed to a frontend: the routing figures then say something.
+    pub fn routed(&self) -> bool {
+        self.frontends.iter().any(|f| f.points > 0)
+    }
+
     /// Judges `thresholds` on this report and records the outcome in it.
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
         if thresholds.is_empty() {
@@ -586,7 +596,7 @@ impl Report {
         line(
             "points",
             format!(
-                "{} received, {} unique, {}, {} duplicate, {} out of order, {} unrouted{}",
+                "{} received, {} unique, {}, {} duplicate, {} out of order{}",
                 fmt_int(self.points_received),
                 fmt_int(self.points_unique),
                 match (
@@ -609,10 +619,17 @@ impl Report {
                 },
                 fmt_int(self.points_duplicate),
                 fmt_int(self.points_out_of_order),
-                fmt_int(self.points_unrouted),
                 [
                     (self.points_unverifiable, "unverifiable"),
-                    (self.points_untracked, "untracked (beyond --max-devices)")
+                    (self.points_untracked, "untracked (beyond --max-devices)"),
+                    (
+                        if self.routed() {
+                            self.points_unrouted
+                        } else {
+                            0
+                        },
+                        "unrouted (no --route or --route-prefix matched)"
+                    ),
                 ]
                 .iter()
                 .filter(|(n, _)| *n > 0)
@@ -706,7 +723,9 @@ impl Report {
             }
             line("e2e latency", l);
         }
-        for f in &self.frontends {
+        // Routing lines only when routing happened: without routes, or when no device
+        // matched one, they would say nothing about this run.
+        for f in self.frontends.iter().filter(|_| self.routed()) {
             const NAMED: usize = 5;
             let named: Vec<String> = f.devices.iter().take(NAMED).map(|d| esc(d)).collect();
             line(

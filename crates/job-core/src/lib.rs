@@ -15,8 +15,8 @@
 //! - [`seed`]: test jobs by COPY; [`run`]: the claim-publish-complete loop; [`publish`]:
 //!   one batch to the broker; [`link`]: the MQTT connection (rumqttc, 3.1.1 or 5);
 //!   [`stop`]: when a run ends (`--until-empty`'s horizon, `--duration`); [`progress`]:
-//!   the line on stderr; [`report`]: what a run did; [`observe`]: its live metrics
-//!   (`--metrics-addr`).
+//!   the line on stderr; [`report`]: what a run did; [`summary`]: what `--report-md` shows
+//!   of it; [`observe`]: its live metrics (`--metrics-addr`).
 //!
 //! A crash (kill -9) leaves its claimed jobs leased: when the lease runs out another
 //! instance claims them again and republishes them, counted as republished after their
@@ -35,6 +35,7 @@ pub mod report;
 pub mod run;
 pub mod seed;
 pub mod stop;
+pub mod summary;
 
 /// The migration `job-pub migrate` applies.
 pub const SCHEMA: &str = include_str!("schema.sql");

@@ -33,12 +33,11 @@ pub fn threshold_fields() -> Fields {
                 "jobs_unrecorded",
                 "jobs_left_after_horizon",
                 "lateness_clamped",
-                "job_rate",
-                "db_retries",
-                "mqtt_reconnects",
             ],
             Unit::Number,
         )
+        .numbers(&["job_rate"], Unit::Named("jobs/s"))
+        .numbers(&["db_retries", "mqtt_reconnects"], Unit::Number)
         .numbers(&["elapsed_s"], Unit::Seconds)
         .latency("lateness", "/lateness_us")
 }

@@ -167,7 +167,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_CSV")]
     pub report_csv: Option<PathBuf>,
 
-    /// Write the report as a Markdown table to this file (`-` = stdout)
+    /// Write a summary for people as Markdown to this file (`-` = stdout): the verdict, the
+    /// figures that matter, the thresholds in their units; for a CI step summary
     #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_MD")]
     pub report_md: Option<PathBuf>,
 

@@ -3,9 +3,11 @@
 //! (`--report-csv`) and Markdown (`--report-md`), each to a file or `-` for stdout
 //! (hyperfine's convention). When an export takes stdout, the text summary goes to stderr.
 //!
-//! CSV and Markdown show the report's scalar fields, flattened (`latency_us.p99`), and one
-//! `threshold <expr>` row per threshold; lists (devices, workers) and the encoded
-//! histograms stay in the JSON.
+//! CSV shows the report's scalar fields, flattened (`latency_us.p99`), and one
+//! `threshold <expr>` column per threshold; lists (devices, workers) and the encoded
+//! histograms stay in the JSON. Markdown is the summary people read in CI, not a field
+//! dump: the verdict, what matters for the run, the thresholds in their units
+//! ([`crate::summary`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::out;
+use crate::summary::{Summarize, Summary};
 
 /// A report an exporter can render: its text summary, its JSON text, and its JSON tree,
 /// each made only when an exporter asks (the tree of a 100,000-device backend report costs
@@ -23,6 +26,7 @@ pub struct Rendered<'a> {
     pub text: &'a str,
     json_text: &'a dyn Fn() -> Result<String, Error>,
     json_tree: &'a dyn Fn() -> Result<Value, Error>,
+    summary: &'a dyn Fn() -> Summary,
     tree: std::cell::OnceCell<Value>,
 }
 
@@ -31,13 +35,20 @@ impl<'a> Rendered<'a> {
         text: &'a str,
         json_text: &'a dyn Fn() -> Result<String, Error>,
         json_tree: &'a dyn Fn() -> Result<Value, Error>,
+        summary: &'a dyn Fn() -> Summary,
     ) -> Self {
         Rendered {
             text,
             json_text,
             json_tree,
+            summary,
             tree: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The summary people read: verdict, what matters, thresholds in their units.
+    pub fn summary(&self) -> Summary {
+        (self.summary)()
     }
 
     /// The report as a JSON tree.
@@ -103,11 +114,7 @@ impl Exporter for MarkdownExporter {
         "--report-md"
     }
     fn render(&self, r: &Rendered) -> Result<String, Error> {
-        let mut o = String::from("| field | value |\n|:---|---:|\n");
-        for (k, v) in flatten(r.tree()?) {
-            o.push_str(&format!("| {} | {} |\n", md_cell(&k), md_cell(&v)));
-        }
-        Ok(o)
+        Ok(r.summary().markdown())
     }
 }
 
@@ -117,13 +124,6 @@ fn csv_cell(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-fn md_cell(s: &str) -> String {
-    out::escape(s)
-        .replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace('`', "\\`")
 }
 
 /// The report's scalars as `(key, value)` rows, nested keys joined with `.`; thresholds as
@@ -233,11 +233,12 @@ impl Exports {
     }
 
     /// Prints the summary and writes every export of `report`.
-    pub fn write<R: Serialize>(&self, report: &R, text: &str) -> Result<(), Error> {
+    pub fn write<R: Serialize + Summarize>(&self, report: &R, text: &str) -> Result<(), Error> {
         let encode = |e: serde_json::Error| Error::Other(format!("cannot encode the report: {e}"));
         let json_text = || serde_json::to_string_pretty(report).map_err(encode);
         let json_tree = || serde_json::to_value(report).map_err(encode);
-        let r = Rendered::new(text, &json_text, &json_tree);
+        let summary = || report.summary();
+        let r = Rendered::new(text, &json_text, &json_tree, &summary);
         let summary = TextExporter.render(&r)?;
         let _ = if self.takes_stdout() {
             std::io::stderr().write_all(summary.as_bytes())
@@ -290,7 +291,10 @@ mod tests {
     fn csv_has_one_header_and_one_row_of_the_reports_scalars() {
         let r = report();
         let (t, v) = (|| Ok(String::new()), || Ok(r.clone()));
-        let csv = CsvExporter.render(&Rendered::new("", &t, &v)).unwrap();
+        let summary = || Summary::new("loadgen pub");
+        let csv = CsvExporter
+            .render(&Rendered::new("", &t, &v, &summary))
+            .unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].contains("latency_us.p99"), "{csv}");
@@ -302,17 +306,23 @@ mod tests {
     }
 
     #[test]
-    fn markdown_is_a_table_of_fields_with_cells_escaped() {
+    fn markdown_is_the_reports_summary_not_its_fields() {
         let r = report();
         let (t, v) = (|| Ok(String::new()), || Ok(r.clone()));
-        let md = MarkdownExporter.render(&Rendered::new("", &t, &v)).unwrap();
-        assert!(md.starts_with("| field | value |\n|:---|---:|\n"), "{md}");
-        assert!(md.contains("| points_sent | 1000 |"), "{md}");
-        assert!(md.contains("| topic | a,\"b\"\\|c |"), "{md}");
+        let summary = || {
+            let mut s = Summary::new("loadgen pub");
+            s.passed("1,000 points sent").row("points", "1,000 sent");
+            s
+        };
+        let md = MarkdownExporter
+            .render(&Rendered::new("", &t, &v, &summary))
+            .unwrap();
         assert!(
-            md.contains("| threshold points_sent>=1k | pass (1000) |"),
+            md.starts_with("### ✅ PASS: `loadgen pub` — 1,000 points sent\n"),
             "{md}"
         );
+        assert!(md.contains("| points | 1,000 sent |"), "{md}");
+        assert!(!md.contains("points_sent"), "no field dump: {md}");
     }
 
     #[test]

@@ -35,9 +35,10 @@ impl Percentiles {
     }
 }
 
-/// `p50 312 µs  p90 ...` (all percentiles) or `p50 ...  p99 ...  max ...`.
+/// `p50 0.312 ms  p90 ...` (all percentiles) or `p50 ...  p99 ...  max ...`: in ms (s from
+/// a second), as people read latencies.
 pub fn fmt_percentiles(p: &Percentiles, all: bool) -> String {
-    let us = |v: u64| format!("{} µs", fmt_int(v));
+    let us = |v: u64| crate::summary::fmt_ms(v as f64);
     if all {
         format!(
             "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
@@ -70,6 +71,19 @@ pub fn fmt_rate(v: f64) -> String {
     }
 }
 
+/// The time a `--duration` run has left, for progress lines: `42 s left`, `4 min 05 s
+/// left`, `2 h 03 min left` (rounded up, so that it says `1 s left` until the end).
+pub fn fmt_time_left(left: std::time::Duration) -> String {
+    let s = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    if s >= 3600 {
+        format!("{} h {:02} min left", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {:02} s left", s / 60, s % 60)
+    } else {
+        format!("{s} s left")
+    }
+}
+
 /// `1234567` -> `1,234,567`.
 pub fn fmt_int(v: u64) -> String {
     let s = v.to_string();
@@ -85,7 +99,17 @@ pub fn fmt_int(v: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{fmt_int, fmt_rate};
+    use super::{fmt_int, fmt_rate, fmt_time_left};
+    use std::time::Duration;
+
+    #[test]
+    fn time_left_reads_in_seconds_minutes_and_hours_rounded_up() {
+        assert_eq!(fmt_time_left(Duration::from_millis(41_200)), "42 s left");
+        assert_eq!(fmt_time_left(Duration::from_millis(100)), "1 s left");
+        assert_eq!(fmt_time_left(Duration::ZERO), "0 s left");
+        assert_eq!(fmt_time_left(Duration::from_secs(245)), "4 min 05 s left");
+        assert_eq!(fmt_time_left(Duration::from_secs(7_380)), "2 h 03 min left");
+    }
 
     #[test]
     fn slow_rates_do_not_print_as_zero() {

@@ -15,6 +15,9 @@
 //! - [`mqtt`]: connecting with rumqttc and what a lost connection means.
 //! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
 //! - [`out`]: writing safely; [`format`]: figures as reports show them.
+//! - [`export`]: a report's forms (text, JSON, CSV, Markdown); [`summary`]: the verdict and
+//!   the figures that matter, which the Markdown summary shows; [`threshold`]: pass/fail
+//!   checks on a report's fields.
 //! - [`hist`]: histograms in reports; [`merge`]: what both kinds of `loadgen merge` share.
 //! - [`topic`]: the topic names MQTT lets a client publish to.
 //! - [`metrics`]: the Prometheus exposition and its server; [`push`]: the Pushgateway
@@ -39,6 +42,7 @@ pub mod push;
 pub mod run;
 pub mod session;
 pub mod shutdown;
+pub mod summary;
 pub mod threshold;
 pub mod tls;
 pub mod topic;

@@ -17,8 +17,11 @@ pub enum Unit {
     Micros,
     /// A time in the report in seconds; limits take a time unit (`30s`, `1m`).
     Seconds,
-    /// A count or a rate; limits take `k`, `M`, `G` (`9.9k`).
+    /// A count; limits take `k`, `M`, `G` (`9.9k`).
     Number,
+    /// A number in a named unit (`points/s`, `MB`), shown with it; limits take `k`, `M`,
+    /// `G` like a count.
+    Named(&'static str),
     /// A percentage; limits may end in `%`.
     Percent,
 }
@@ -73,6 +76,11 @@ impl Fields {
     /// The field named `name`.
     pub fn get(&self, name: &str) -> Option<&Field> {
         self.0.iter().find(|f| f.name == name)
+    }
+
+    /// The unit of field `name`, if the table has it.
+    pub fn unit_of(&self, name: &str) -> Option<Unit> {
+        self.get(name).map(|f| f.unit)
     }
 
     /// The field names for an error message, latencies folded (`ack_latency_{p50,..}`).
@@ -244,7 +252,7 @@ fn parse_limit(v: &str, unit: Unit) -> Result<f64, String> {
             };
             Ok(if unit == Unit::Seconds { us / 1e6 } else { us })
         }
-        Unit::Number => match suffix {
+        Unit::Number | Unit::Named(_) => match suffix {
             "" => Ok(n),
             "k" | "K" => Ok(n * 1e3),
             "M" => Ok(n * 1e6),
@@ -330,9 +338,11 @@ pub fn failures(judged: &[Judged]) -> Option<String> {
 
 /// A value as the summary shows it: latencies in a readable unit.
 pub fn fmt_value(field: &str, v: f64) -> String {
-    let latency = PERCENTILES
-        .iter()
-        .any(|p| field.ends_with(&format!("latency_{p}")) || field.ends_with(&format!("lag_{p}")));
+    let latency = PERCENTILES.iter().any(|p| {
+        ["latency", "lag", "lateness"]
+            .iter()
+            .any(|kind| field.ends_with(&format!("{kind}_{p}")))
+    });
     if latency {
         if v >= 1e6 {
             format!("{:.3}s", v / 1e6)

@@ -13,7 +13,8 @@
 //! - [`args`]: every flag, defined once; [`plan`]: the validated, typed plan, from which the
 //!   engine gets its own settings; bad input stops there with a usage error.
 //! - [`produce`]: what goes into each device's messages; [`source`]: readings.
-//! - [`progress`]: the progress line; [`report`]: the summary and the JSON report.
+//! - [`progress`]: the progress line; [`report`]: the text summary and the JSON report;
+//!   [`summary`]: what `--report-md` shows.
 //!
 //! A binary is a [`Preset`] and a call to [`main`].
 
@@ -25,6 +26,7 @@ pub mod produce;
 pub mod progress;
 pub mod report;
 pub mod source;
+pub mod summary;
 
 // The shared layer, under the names this crate's modules use.
 pub(crate) use mqtt_tool::{broker, config, error, format, mqtt, out, shutdown};
@@ -348,9 +350,12 @@ pub async fn execute(
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(progress::run(
         handle.clone(),
-        plan.total,
-        plan.qos == args::Qos::AtLeastOnce,
-        plan.fleet.connections,
+        progress::Shape {
+            total: plan.total,
+            duration: plan.duration,
+            qos1: plan.qos == args::Qos::AtLeastOnce,
+            connections: plan.fleet.connections,
+        },
         !plan.quiet,
         shutdown.status.clone(),
         progress_stop.clone(),
@@ -429,7 +434,7 @@ pub async fn execute(
         peak_rss_bytes: mqtt_engine::sys::peak_rss_bytes(),
         ..Default::default()
     };
-    if let (Some((t0, p0)), Some(end)) = (samples.at_settle, result.stats.generation_end) {
+    if let (Some((t0, p0)), Some(end)) = (samples.at_start, result.stats.generation_end) {
         // The last sample taken before generation ended gives the other end.
         if let Some((t1, p1)) = samples.last.filter(|(t, _)| *t <= end) {
             observed.steady = Some((t0, p0, t1, p1));

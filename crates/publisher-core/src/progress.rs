@@ -1,6 +1,7 @@
 //! Progress on stderr (unless `--quiet`): a live bar when stderr is a terminal, else a plain
 //! line about once a second; a line on SIGUSR1 either way. Read from the fleet's live
-//! figures, which are sampled meanwhile for the report's rate after the ramp.
+//! figures, which are sampled meanwhile for the report's rate after the ramp. A `--duration`
+//! run shows the time it has left.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +34,35 @@ fn bar(total: Option<u64>) -> indicatif::ProgressBar {
     bar
 }
 
-/// What the watcher saw: points sent when the ramp ended, and the latest sample.
+/// What the watcher saw: points sent when generation began (the ramp and `--start-delay`
+/// over), and the latest sample.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Samples {
-    pub at_settle: Option<(std::time::Instant, u64)>,
+    pub at_start: Option<(std::time::Instant, u64)>,
     pub last: Option<(std::time::Instant, u64)>,
+}
+
+/// What the progress line shows of the run's shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// `--total`: points of the whole run.
+    pub total: Option<u64>,
+    /// `--duration`: generation's length, from its start after the ramp and `--start-delay`.
+    pub duration: Option<Duration>,
+    pub qos1: bool,
+    pub connections: u64,
+}
+
+/// `  25 s left` for a `--duration` run: before generation begins, the whole duration.
+fn time_left(duration: Option<Duration>, anchor: Option<std::time::Instant>) -> String {
+    let Some(d) = duration else {
+        return String::new();
+    };
+    let left = match anchor {
+        Some(a) => (a + d).saturating_duration_since(std::time::Instant::now()),
+        None => d,
+    };
+    format!("  {}", crate::format::fmt_time_left(left))
 }
 
 /// How often the live figures are sampled; progress lines come every tenth sample.
@@ -47,13 +72,17 @@ const SAMPLE: Duration = Duration::from_millis(100);
 /// `stop` is cancelled; samples the figures every 100 ms meanwhile.
 pub async fn run(
     fleet: FleetHandle,
-    total: Option<u64>,
-    qos1: bool,
-    connections: u64,
+    shape: Shape,
     print: bool,
     status: Arc<Notify>,
     stop: CancellationToken,
 ) -> Samples {
+    let Shape {
+        total,
+        duration,
+        qos1,
+        connections,
+    } = shape;
     let start = Instant::now();
     let mut tick = tokio::time::interval_at(start + SAMPLE, SAMPLE);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -77,8 +106,11 @@ pub async fn run(
         let now = Instant::now();
         let t = fleet.live();
         samples.last = Some((now.into_std(), t.points_sent));
-        if samples.at_settle.is_none() && fleet.settled_at().is_some() {
-            samples.at_settle = Some((now.into_std(), t.points_sent));
+        // From the anchor, not the end of the ramp: `--start-delay` idles in between, and
+        // the rate after the ramp is the rate of generation.
+        let anchor = fleet.anchor();
+        if samples.at_start.is_none() && anchor.is_some_and(|a| now.into_std() >= a) {
+            samples.at_start = Some((now.into_std(), t.points_sent));
         }
         n += u64::from(!on_demand);
         if let Some(b) = &bar {
@@ -113,6 +145,7 @@ pub async fn run(
                     ));
                 }
             }
+            msg.push_str(&time_left(duration, anchor));
             b.set_message(msg);
         }
         if !(on_demand || (print && bar.is_none() && n % 10 == 0)) {
@@ -149,14 +182,15 @@ pub async fn run(
             String::new()
         };
         let line = format!(
-            "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}{}",
+            "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}{}{}",
             (now - start).as_secs_f64(),
             fmt_int(t.points_sent),
             of_total,
             fmt_int(point_rate.round() as u64),
             fmt_int(msg_rate.round() as u64),
             acked,
-            conns
+            conns,
+            time_left(duration, anchor)
         );
         match &bar {
             Some(b) => b.println(line),

@@ -29,12 +29,12 @@ pub const SCHEMA_VERSION: u32 = 5;
 /// The fields `--threshold` may name, with where each is in the report.
 pub fn threshold_fields() -> Fields {
     Fields::default()
+        .numbers(&["point_rate"], Unit::Named("points/s"))
+        .numbers(&["message_rate"], Unit::Named("messages/s"))
+        .numbers(&["bytes_per_s"], Unit::Named("bytes/s"))
+        .numbers(&["steady_point_rate"], Unit::Named("points/s"))
         .numbers(
             &[
-                "point_rate",
-                "message_rate",
-                "bytes_per_s",
-                "steady_point_rate",
                 "points_sent",
                 "points_acked",
                 "points_failed",
@@ -70,7 +70,7 @@ pub fn threshold_fields() -> Fields {
             Unit::Number,
         )
         .field("ramp_s", "/connections/ramp_s", Unit::Seconds)
-        .field("peak_rss_mb", "/generator/peak_rss_mb", Unit::Number)
+        .field("peak_rss_mb", "/generator/peak_rss_mb", Unit::Named("MB"))
         .field("cpu_s", "/generator/cpu_s", Unit::Seconds)
         .latency("ack_latency", "/latency_us")
         .latency("schedule_lag", "/schedule_lag_us")
@@ -1054,6 +1054,9 @@ impl Report {
                 "ack latency",
                 format!("{}  (from scheduled send)", fmt_percentiles(p, true)),
             );
+            if self.latency_includes_queueing() {
+                line("", crate::summary::UNPACED_LATENCY_NOTE.to_string());
+            }
         }
         if let Some(p) = &self.schedule_lag_us {
             line("schedule lag", fmt_percentiles(p, false));

@@ -8,5 +8,6 @@ mod faults;
 mod frontends;
 mod hostile;
 mod protocol;
+mod reports;
 mod sink;
 mod stops;

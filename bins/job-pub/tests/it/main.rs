@@ -215,6 +215,8 @@ fn overdue_jobs_are_published_and_counted_late_and_max_lateness_skips_older_ones
     ])
     .arg("--report-json")
     .arg(dir.path("r.json"))
+    .arg("--report-md")
+    .arg(dir.path("summary.md"))
     .output()
     .unwrap();
     let r: Value =
@@ -224,6 +226,26 @@ fn overdue_jobs_are_published_and_counted_late_and_max_lateness_skips_older_ones
         Some(99),
         "lateness_p90<1s fails: half the jobs were a minute late\n{r:#}"
     );
+    // The Markdown summary leads with the failed threshold, in its unit.
+    let md = std::fs::read_to_string(dir.path("summary.md")).unwrap();
+    let first = md.lines().next().unwrap();
+    assert!(
+        first.starts_with("### ❌ FAIL: `")
+            && first.contains("` — threshold `lateness_p90<1s` failed: the run had 6"),
+        "{md}"
+    );
+    assert!(md.contains("| `lateness_p90` | &lt; 1 s | 6"), "{md}");
+    assert!(
+        md.contains("| `jobs_skipped` | == 100 | 100 | ✅ pass |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "200 acknowledged, 100 skipped (past --max-lateness), 100 late (past --late-after)"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("**Generator:** behind fire\\_at p99 "), "{md}");
     assert_eq!(n(&r, "jobs_claimed"), 300, "{r:#}\n{}", pg.psql("SELECT id, fire_at, now(), processed, claimed_until FROM jobs WHERE id IN (1, 150, 250)"));
     assert_eq!(
         n(&r, "jobs_skipped"),

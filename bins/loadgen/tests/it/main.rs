@@ -9,4 +9,5 @@ mod help;
 mod k8s;
 mod merge;
 mod observe;
+mod reports;
 mod shards;

@@ -520,7 +520,7 @@ fn humantime_fmt(t: std::time::SystemTime) -> String {
 }
 
 /// A member's report of a share group, from a real run: 2 devices, 200 points, QoS 1.
-fn member_report() -> Value {
+pub(crate) fn member_report() -> Value {
     let m = Mosquitto::start();
     let b = backend(&[
         "--broker",

@@ -395,8 +395,18 @@ fn a_failed_threshold_exits_99_after_the_full_report_in_every_format() {
     let col = header.iter().position(|h| *h == "points_acked").unwrap();
     assert_eq!(row[col], "2000");
     let md = std::fs::read_to_string(&md).unwrap();
-    assert!(md.contains("| points_acked | 2000 |"), "{md}");
-    assert!(md.contains("| threshold point_rate>=1G | fail ("), "{md}");
+    assert!(
+        md.starts_with("### ❌ FAIL: `loadgen pub` — threshold `point_rate>=1G` failed"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `point_rate` | &gt;= 1,000,000,000 points/s | "),
+        "{md}"
+    );
+    assert!(
+        md.contains("| points | 2,000 sent, 2,000 acknowledged"),
+        "{md}"
+    );
 }
 
 #[test]
