@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use mqtt_tool::config::ParseExit;
 
 /// `loadgen --help`.
-pub const HELP: &str = "loadgen: an MQTT load generator that counts honestly
+pub fn help() -> String {
+    format!(
+        "loadgen: an MQTT load generator that counts honestly
 
 Usage: loadgen <COMMAND> [OPTIONS]
 
@@ -42,9 +44,10 @@ Environment: every flag can also be set as LOADGEN_<FLAG> (--max-inflight:
 LOADGEN_MAX_INFLIGHT); the command line wins over the environment, the environment over
 --config.
 
-Exit codes: 0 success, 1 incomplete or other failure, 2 usage, 3 broker (or database)
-unreachable, 4 broker (or database) refused the connection, 5 the subscriber's verification
-failed, 99 a --threshold failed, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.";
+{}",
+        mqtt_tool::error::exit_codes_help(&[])
+    )
+}
 
 /// The commands `loadgen` dispatches to.
 pub const COMMANDS: &[&str] = &["pub", "sub", "jobs", "merge"];
@@ -71,7 +74,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         Some("jobs") => job_core::main_with_args(job_core::LOADGEN_JOBS, sub("jobs")),
         Some("merge") => merge::main(sub("merge")),
         Some("help" | "--help" | "-h") => {
-            println!("{HELP}");
+            println!("{}", help());
             ExitCode::SUCCESS
         }
         Some("--version" | "-V") => {
@@ -79,7 +82,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!("{HELP}");
+            eprintln!("{}", help());
             ExitCode::from(2)
         }
         Some(other) => {
@@ -112,7 +115,7 @@ fn nearest_command(typed: &str) -> Option<&'static str> {
 /// The long help of every tool and subcommand, each with the arguments that reach it
 /// (`["job-pub", "run"]`; examples in it start with the first): what the help tests read.
 pub fn help_texts() -> Vec<(Vec<String>, String)> {
-    let mut out = vec![(vec!["loadgen".to_string()], HELP.to_string())];
+    let mut out = vec![(vec!["loadgen".to_string()], help())];
     let mut render = |name: &str, mut cmd: clap::Command| {
         let prefix: Vec<String> = name.split(' ').map(str::to_string).collect();
         out.push((prefix.clone(), cmd.render_long_help().to_string()));

@@ -22,13 +22,7 @@ use serde::de::{self, Deserialize, IgnoredAny, MapAccess, Visitor};
 /// (backend-sub): counts summed, histograms added (exact percentiles), the window from the
 /// earliest start to the latest end; missing shards are named and fail the merge.
 #[derive(Debug, Parser)]
-#[command(
-    name = "loadgen merge",
-    version,
-    after_help = "Exit codes: 0 merged and complete, 1 a shard missing, repeated or interrupted \
-                  (before any threshold) or a run incomplete, 2 usage or a report that cannot be \
-                  merged, 5 the merged backend verification failed, 99 a --threshold failed."
-)]
+#[command(name = "loadgen merge", version)]
 struct MergeArgs {
     /// Report files (--report-json of each shard or member, at most 2 GiB each), or
     /// directories: every *.json in them that is not a merged report

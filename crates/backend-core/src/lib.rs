@@ -460,31 +460,42 @@ pub fn command(preset: &Preset) -> Command {
     } else {
         preset.route_prefixes.join(", ")
     };
-    let cmd = BackendArgs::augment_args(Command::new(preset.name).version(env!("CARGO_PKG_VERSION")))
-        // A clean-session subscriber misses what is published while it is away (the broker
-        // queues nothing for it): it comes back fast, and often, not after 10 s.
-        .mut_arg("reconnect_backoff", |a| {
-            a.default_value(RECONNECT_BACKOFF).help(
-                "The first and the longest wait between reconnect attempts, MIN..MAX; shorter \
+    let cmd =
+        BackendArgs::augment_args(Command::new(preset.name).version(env!("CARGO_PKG_VERSION")))
+            // A clean-session subscriber misses what is published while it is away (the broker
+            // queues nothing for it): it comes back fast, and often, not after 10 s.
+            .mut_arg("reconnect_backoff", |a| {
+                a.default_value(RECONNECT_BACKOFF).help(
+                    "The first and the longest wait between reconnect attempts, MIN..MAX; shorter \
                  than the publishers' 100ms..10s because what is published while a subscriber \
                  is away is missed: it comes back fast",
-            )
-        })
-        .mut_arg("route_prefixes", |a| {
-            a.default_values(preset.route_prefixes.iter().copied())
-                .help(format!(
-                    "Route devices whose id starts with PREFIX: PREFIX=FRONTEND (repeatable) \
+                )
+            })
+            .mut_arg("route_prefixes", |a| {
+                a.default_values(preset.route_prefixes.iter().copied())
+                    .help(format!(
+                        "Route devices whose id starts with PREFIX: PREFIX=FRONTEND (repeatable) \
                      [default: {routes}]"
-                ))
-        })
-        .about(preset.about)
-        .after_help(format!(
-            "{}\n\n{}\n\nExit codes: 0 every point arrived exactly once, 5 verification failed, 1 other failure, 2 usage, \
-             3 broker (or the --sink database) unreachable, 4 broker (or the --sink database) refused the connection, 129 SIGHUP, 130 SIGINT, \
-             143 SIGTERM; SIGUSR1 prints progress.",
-            preset.examples,
-            mqtt_tool::cli::ENV_HELP
-        ));
+                    ))
+            })
+            .about(preset.about)
+            .after_help(format!(
+                "{}\n\n{}\n\n{} SIGUSR1 prints progress.",
+                preset.examples,
+                mqtt_tool::cli::ENV_HELP,
+                mqtt_tool::error::exit_codes_help(&[
+                    ("0", "every point arrived exactly once"),
+                    ("3", "the broker (or the --sink database) cannot be reached"),
+                    (
+                        "4",
+                        "the broker (or the --sink database) refused the connection"
+                    ),
+                    (
+                        "5",
+                        "verification failed: points missing, duplicated or unverifiable"
+                    ),
+                ])
+            ));
     let cmd = mqtt_tool::cli::threshold_help(
         cmd,
         &report::threshold_fields(),

@@ -8,16 +8,22 @@ use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, ExportArgs, M
 use mqtt_tool::Error;
 
 /// What each exit code of job-pub (`loadgen jobs`) means.
-pub const EXIT_CODES: &str =
-    "Exit codes: 0 done, 1 jobs failed, rejected, given up or unreadable, \
-or another failure, 2 usage (a table job-pub cannot use, too), 3 the database or the broker \
-cannot be reached, 4 the broker or the database refused the connection, 99 a --threshold \
-failed, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.";
+pub fn exit_codes() -> String {
+    mqtt_tool::error::exit_codes_help(&[
+        ("0", "done"),
+        (
+            "1",
+            "jobs failed, rejected, given up or unreadable, or another failure",
+        ),
+        ("2", "usage (a table it cannot use, too)"),
+        ("5", ""),
+    ])
+}
 
 /// Scheduled jobs from PostgreSQL to MQTT: any number of instances, no job published twice
 /// while they live, none lost when one dies.
 #[derive(Debug, Parser)]
-#[command(name = "job-pub", version, after_help = EXIT_CODES)]
+#[command(name = "job-pub", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,

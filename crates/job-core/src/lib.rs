@@ -93,13 +93,13 @@ pub fn command(preset: &Preset) -> clap::Command {
             "{}\n\n{}\n\n{}",
             preset.examples,
             mqtt_tool::cli::ENV_HELP,
-            args::EXIT_CODES
+            args::exit_codes()
         ))
         .mut_subcommands(|sub| {
             sub.after_help(format!(
                 "{}\n\n{}",
                 mqtt_tool::cli::ENV_HELP,
-                args::EXIT_CODES
+                args::exit_codes()
             ))
         })
         .mut_subcommand("run", |run| {

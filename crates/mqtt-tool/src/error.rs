@@ -53,6 +53,35 @@ impl Error {
     }
 }
 
+/// What each exit code means, shared by every tool (`--help`, the docs): one table, each
+/// tool saying only what its success, failure and verdict codes mean for it.
+pub const EXIT_CODES: &[(&str, &str)] = &[
+    ("0", "success"),
+    ("1", "incomplete, or another failure"),
+    ("2", "usage: a flag, a variable or a file to change"),
+    ("3", "the broker (or the database) cannot be reached"),
+    ("4", "the broker (or the database) refused the connection"),
+    ("5", "the subscriber's verification failed"),
+    ("99", "a --threshold failed (after the full report)"),
+    ("129/130/143", "stopped by SIGHUP/SIGINT/SIGTERM"),
+];
+
+/// The "Exit codes:" paragraph of a tool's `--help`: [`EXIT_CODES`] with the tool's own
+/// meanings in `own` (an empty meaning leaves a code out: a tool that never exits 5).
+pub fn exit_codes_help(own: &[(&str, &str)]) -> String {
+    let items: Vec<String> = EXIT_CODES
+        .iter()
+        .filter_map(|(code, general)| {
+            let meaning = own
+                .iter()
+                .find(|(c, _)| c == code)
+                .map_or(*general, |(_, m)| *m);
+            (!meaning.is_empty()).then(|| format!("{code} {meaning}"))
+        })
+        .collect();
+    format!("Exit codes: {}.", items.join(", "))
+}
+
 impl From<&Error> for ExitCode {
     fn from(e: &Error) -> Self {
         ExitCode::from(e.exit_code())

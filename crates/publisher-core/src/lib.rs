@@ -124,11 +124,13 @@ pub fn command(preset: &Preset) -> Command {
     let cmd = PublisherArgs::augment_args(cmd)
         .about(preset.about)
         .after_help(format!(
-            "{}\n\n{}\n\nExit codes: 0 delivered, 1 incomplete or other failure, 2 usage, 3 broker unreachable, \
-             4 broker refused the connection, 99 a --threshold failed, 129 SIGHUP, 130 SIGINT, \
-             143 SIGTERM; SIGUSR1 prints progress.",
+            "{}\n\n{}\n\n{} SIGUSR1 prints progress.",
             preset.examples,
-            mqtt_tool::cli::ENV_HELP
+            mqtt_tool::cli::ENV_HELP,
+            mqtt_tool::error::exit_codes_help(&[
+                ("0", "every point sent and, at QoS 1, acknowledged"),
+                ("5", ""),
+            ])
         ))
         .mut_arg("batch", |a| {
             a.default_value(preset.batch).help(format!(
