@@ -266,6 +266,7 @@ pub async fn execute(
         plan.qos == args::Qos::AtLeastOnce,
         plan.fleet.connections,
         !plan.quiet,
+        observe::CollisionNotes::new(plan),
         shutdown.status.clone(),
         progress_stop.clone(),
     ));

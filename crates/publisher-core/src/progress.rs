@@ -44,13 +44,16 @@ pub struct Samples {
 const SAMPLE: Duration = Duration::from_millis(100);
 
 /// Prints progress every second when `print` (and whenever `status` is notified) until
-/// `stop` is cancelled; samples the figures every 100 ms meanwhile.
+/// `stop` is cancelled; samples the figures every 100 ms meanwhile, and prints what
+/// `collisions` names as soon as it happens, `--quiet` or not.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     fleet: FleetHandle,
     total: Option<u64>,
     qos1: bool,
     connections: u64,
     print: bool,
+    mut collisions: crate::observe::CollisionNotes,
     status: Arc<Notify>,
     stop: CancellationToken,
 ) -> Samples {
@@ -76,6 +79,12 @@ pub async fn run(
         };
         let now = Instant::now();
         let t = fleet.live();
+        for line in collisions.news(&fleet, &t) {
+            match &bar {
+                Some(b) => b.println(&line),
+                None => mqtt_tool::errln!("{line}"),
+            }
+        }
         samples.last = Some((now.into_std(), t.points_sent));
         if samples.at_settle.is_none() && fleet.settled_at().is_some() {
             samples.at_settle = Some((now.into_std(), t.points_sent));
