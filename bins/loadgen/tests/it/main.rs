@@ -8,3 +8,4 @@ mod k8s;
 mod merge;
 mod observe;
 mod shards;
+mod takeover;
