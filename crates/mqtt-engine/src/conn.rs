@@ -89,12 +89,8 @@ pub struct Conn {
     pub losses_in_a_row: u32,
     /// What the lost connection had not delivered, written first on the next one.
     pub replay: Option<Replay>,
-    /// Its last loss was a takeover (another client connected with its client id): whether
-    /// that came shortly after its connect (`Some(true)`: the sign of two clients taking
-    /// the id from each other in turn). `None` after any other loss.
-    pub taken_over: Option<bool>,
-    /// Its client id was found in use by another client: the next takeover ends it.
-    pub id_in_use: bool,
+    /// Whether another client keeps taking its client id.
+    pub id_watch: crate::takeover::IdWatch,
 }
 
 /// The messages of a lost connection that go out again on the next: their bytes, and each
@@ -148,8 +144,7 @@ impl Conn {
             acked_since_up: false,
             losses_in_a_row: 0,
             replay: None,
-            taken_over: None,
-            id_in_use: false,
+            id_watch: Default::default(),
         }
     }
 

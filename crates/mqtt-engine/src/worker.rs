@@ -231,10 +231,6 @@ const PASS_STEPS: usize = 16_384;
 /// replayed into the same loss for ever, and a client id taken by another client would
 /// take it back in turn.
 pub const MAX_LOSSES_WITHOUT_PROGRESS: u32 = 3;
-/// A takeover this soon after the connection came up (plus twice the first reconnect
-/// backoff, which paces two copies taking a client id from each other) is "shortly after":
-/// twice in a row, and the client id is in use by another client.
-const TAKEOVER_SOON: Duration = Duration::from_secs(2);
 /// Progress at QoS 0, where nothing is acknowledged: the connection stayed up this long.
 const PROGRESS_UPTIME: Duration = Duration::from_secs(1);
 /// How long a closing connection waits for the broker to close its side.
@@ -761,11 +757,18 @@ impl<P: Producer> Worker<P> {
             st.reconnected += u64::from(!conn.reconnected);
             conn.reconnected = true;
             conn.reconnect_attempt = 0;
-            if conn.taken_over == Some(true) && !conn.id_in_use {
+            let back = conn.id_watch.back();
+            if back.confirmed {
+                // Closed by a broker that took the reconnect at once: it was not going away.
+                st.takeovers += 1;
+                self.shared
+                    .collisions
+                    .taken_over(conn.index, Takeover::Likely);
+            }
+            if back.in_use {
                 // Back after a takeover that came shortly after its connect: this CONNACK
                 // took the client id from the client that took it, which will do the same
                 // again. This one keeps going; a second takeover ends it.
-                conn.id_in_use = true;
                 st.client_id_in_use += 1;
                 st.first_in_use.get_or_insert(conn.index);
                 self.shared.collisions.in_use(conn.index);
@@ -864,6 +867,9 @@ impl<P: Producer> Worker<P> {
         *self.stats.conns.failures.entry(f.clone()).or_default() += 1;
         // Up before: a reconnect, tried until the run ends unless the broker refuses for good.
         let reconnecting = conn.up_at.is_some();
+        if reconnecting {
+            conn.id_watch.failed_attempt();
+        }
         let down_too_long = self.s.reconnect.as_ref().is_some_and(|r| {
             conn.down_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= r.give_up_after)
@@ -1038,11 +1044,13 @@ impl<P: Producer> Worker<P> {
             .is_some_and(|t| now.saturating_duration_since(t) < within);
         // Taken over again shortly after it came back from a takeover: another client keeps
         // taking this client id, and coming back would take it from that client in turn.
-        let in_use = takeover.is_some() && (conn.id_in_use || conn.taken_over.is_some() && soon);
-        let newly_in_use = in_use && !conn.id_in_use;
-        conn.taken_over = takeover.map(|_| soon);
-        conn.id_in_use |= in_use;
-        if let Some(how) = takeover {
+        let (in_use, newly_in_use) = match conn.id_watch.lost(takeover, soon) {
+            crate::takeover::Loss::Reconnect => (false, false),
+            crate::takeover::Loss::InUse { newly } => (true, newly),
+        };
+        // A likely takeover counts once the broker takes the reconnect at once (see
+        // `on_connack`), or now when the pattern names the client id in use.
+        if let Some(how) = takeover.filter(|h| *h == Takeover::Said || in_use) {
             self.stats.conns.takeovers += 1;
             self.shared.collisions.taken_over(conn.index, how);
         }
@@ -1115,32 +1123,29 @@ impl<P: Producer> Worker<P> {
     /// Whether losing a connection this way means another client took its client id.
     fn takeover(&self, kind: &LostKind, was_up: bool) -> Option<Takeover> {
         // Under 3.1.1 a takeover only closes the socket, and so do MQTT 5 brokers that do
-        // not send the DISCONNECT (Mosquitto 2.0). A closed fleet connection is more likely
-        // its broker going away; one connection's client id is the same in every copy of
-        // the run (a preset's `1`, or `loadgen-{i}` with one device).
+        // not send the DISCONNECT (Mosquitto 2.0): an orderly close, after the broker read
+        // all we sent. A broker that refuses a packet (too large) closes in the middle of
+        // it, with our bytes unread: a reset, not taken for a takeover. A closed fleet
+        // connection is more likely its broker going away; one connection's client id is
+        // the same in every copy of the run (a preset's `1`, or `loadgen-{i}` with one
+        // device).
         let one_id = self.s.connections == 1 || !self.s.conn.client_id.has_index();
         match kind {
             LostKind::TakenOver => Some(Takeover::Said),
-            LostKind::Closed
-            | LostKind::Io(
-                io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe,
-                _,
-            ) if was_up && one_id => Some(Takeover::Likely),
+            LostKind::Closed if was_up && one_id => Some(Takeover::Likely),
             _ => None,
         }
     }
 
     /// How soon after its connect a takeover counts as "shortly after" (see
-    /// [`TAKEOVER_SOON`]).
+    /// [`crate::takeover`]).
     fn takeover_soon(&self) -> Duration {
         let backoff = self
             .s
             .reconnect
             .as_ref()
             .map_or(Duration::ZERO, |r| r.backoff_min);
-        TAKEOVER_SOON + backoff.saturating_mul(2)
+        crate::takeover::soon(backoff)
     }
 
     /// Closes a connection that is not up (generation ended during the ramp) or that has

@@ -72,6 +72,10 @@ pub async fn run(
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                 }
+                // What the last turn saw (a copy that gave its connection up ends at once).
+                for line in collisions.news(&fleet, &fleet.live()) {
+                    mqtt_tool::errln!("{line}");
+                }
                 return samples;
             }
             _ = tick.tick() => false,
