@@ -9,6 +9,7 @@ fn round_ms(d: Duration) -> Duration {
 }
 
 pub use mqtt_engine::error::{BrokerLimit, ConnackCode, ConnectFailure, Lost, LostKind, Takeover};
+pub use mqtt_engine::takeover::{soon as takeover_soon, Back, IdWatch, Loss};
 
 /// One line on a lost connection: what happened, and the likely causes where they fit.
 /// `broker_up` says whether the broker accepted a new TCP connection right after the loss

@@ -10,3 +10,4 @@ mod hostile;
 mod protocol;
 mod sink;
 mod stops;
+mod takeover;
