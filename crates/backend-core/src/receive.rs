@@ -672,13 +672,17 @@ pub async fn run(
         let backoff = plan.reconnect.map_or(std::time::Duration::ZERO, |r| r.0);
         let soon = up_at.elapsed() < mqtt_tool::mqtt::takeover_soon(backoff);
         let takeover = closed_by_broker.then_some(mqtt_tool::mqtt::Takeover::Likely);
-        if let mqtt_tool::mqtt::Loss::InUse { .. } = id_watch.lost(takeover, soon) {
-            rx.losses += 1;
+        if let mqtt_tool::mqtt::Loss::InUse { newly } = id_watch.lost(takeover, soon) {
             rx.takeovers += 1;
             let line = mqtt_tool::mqtt::client_id_in_use(&client_id);
+            if !newly {
+                rx.losses += 1;
+                rx.stop = Stop::Failed(line);
+                break 'session;
+            }
+            // Named now; the reconnect below takes the session back once more, so that the
+            // other client sees the same, and then this run stops.
             mqtt_tool::errln!("error: {line}");
-            rx.stop = Stop::Failed(line);
-            break 'session;
         }
         let Some((lo, hi, give_up)) = plan.reconnect else {
             rx.stop = Stop::Failed(format!("connection to the broker lost: {why}"));
@@ -763,13 +767,11 @@ pub async fn run(
                 );
             }
         }
-        if back.in_use {
-            // This reconnect took the session back from the client that had just taken
-            // it, which will do the same: both copies stop, each saying why.
-            let line = mqtt_tool::mqtt::client_id_in_use(&client_id);
-            mqtt_tool::errln!("error: {line}");
+        if id_watch.in_use() {
+            // Back once more after finding the client id in use: the other client has just
+            // seen the same; this run stops.
             rx.disconnected += down.elapsed();
-            rx.stop = Stop::Failed(line);
+            rx.stop = Stop::Failed(mqtt_tool::mqtt::client_id_in_use(&client_id));
             break 'session;
         }
         rx.disconnected += down.elapsed();

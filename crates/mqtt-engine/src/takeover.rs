@@ -6,14 +6,13 @@
 //!
 //! A takeover (the broker said so, or closed a healthy connection whose id is the same in
 //! every copy, and took the reconnect at once: a broker that went away refuses it) starts
-//! the watch. The client id is in use by another client when
-//! - the connection is taken over again shortly after the reconnect that followed, or
-//! - it comes back from a takeover that itself came shortly after its connect: this
-//!   CONNACK took the id from the client that had just taken it.
+//! the watch. The client id is in use by another client when the connection is taken over
+//! again shortly after the reconnect that followed.
 //!
-//! With two copies taking turns, the first copy sees the first rule and the second copy
-//! the second, at the same moment (the second copy's reconnect is the first copy's loss):
-//! both know within two reconnect backoffs.
+//! Of two copies taking turns, the one taken over first sees that first. It reconnects
+//! once more, which takes the id from the other copy shortly after that one's own
+//! reconnect: the other sees it too, and gives up; the first keeps going, and gives up at
+//! a next takeover. Both know within three reconnect backoffs, and both runs fail.
 
 use std::time::Duration;
 
@@ -46,8 +45,8 @@ pub struct IdWatch {
 pub enum Loss {
     /// Not a takeover, or the first: reconnect as usual.
     Reconnect,
-    /// Its client id is in use by another client: do not take it back. `newly`: found now
-    /// (name it), not before.
+    /// Its client id is in use by another client. `newly`: found now: name it, and take the
+    /// id back once more, so that the other client sees the same; else give up.
     InUse { newly: bool },
 }
 
@@ -57,9 +56,6 @@ pub struct Back {
     /// The loss before was likely a takeover, and the broker took this reconnect at once:
     /// count and name it now.
     pub confirmed: bool,
-    /// This CONNACK took the client id back from a client that took it shortly after
-    /// connect: it is in use (found now).
-    pub in_use: bool,
 }
 
 impl IdWatch {
@@ -73,7 +69,8 @@ impl IdWatch {
         };
         let again = self.in_use || self.taken_over.is_some() && soon;
         self.taken_over = Some(soon);
-        self.unconfirmed = how == Takeover::Likely;
+        // In use: the pattern itself confirms it.
+        self.unconfirmed = how == Takeover::Likely && !again;
         if again {
             let newly = !self.in_use;
             self.in_use = true;
@@ -90,13 +87,10 @@ impl IdWatch {
         }
     }
 
-    /// The connection is back after a loss (its CONNACK). The connection keeps going; the
-    /// client it took the id from gives up.
+    /// The connection is back after a loss (its CONNACK).
     pub fn back(&mut self) -> Back {
         let confirmed = std::mem::take(&mut self.unconfirmed) && self.taken_over.is_some();
-        let in_use = self.taken_over == Some(true) && !self.in_use;
-        self.in_use |= in_use;
-        Back { confirmed, in_use }
+        Back { confirmed }
     }
 
     /// Whether its client id was found in use.
@@ -113,20 +107,22 @@ mod tests {
     const LIKELY: Option<Takeover> = Some(Takeover::Likely);
 
     /// Copy A is up; copy B connects (A's first loss, after a long time up); A comes back
-    /// (B's first loss, soon); B comes back (A's second loss, soon): both find the id in use
-    /// at that moment, A lost, B back.
+    /// (B's first loss, soon); B comes back (A's second loss, soon: A finds the id in use);
+    /// A comes back once more (B's second loss, soon: B finds it too, and gives up).
     #[test]
-    fn two_copies_taking_turns_both_find_the_id_in_use_at_the_second_turn() {
+    fn two_copies_taking_turns_both_find_the_id_in_use() {
         for how in [SAID, LIKELY] {
             let (mut a, mut b) = (IdWatch::default(), IdWatch::default());
             assert_eq!(a.lost(how, false), Loss::Reconnect);
-            assert!(!a.back().in_use);
+            a.back();
             assert_eq!(b.lost(how, true), Loss::Reconnect);
-            assert!(b.back().in_use);
+            b.back();
             assert_eq!(a.lost(how, true), Loss::InUse { newly: true });
+            a.back();
+            assert_eq!(b.lost(how, true), Loss::InUse { newly: true });
             assert!(a.in_use() && b.in_use());
-            // B, back and in use, would give up at a next takeover without naming it again.
-            assert_eq!(b.lost(how, true), Loss::InUse { newly: false });
+            // A, back and in use, gives up at a next takeover, without naming it again.
+            assert_eq!(a.lost(how, true), Loss::InUse { newly: false });
         }
     }
 
@@ -134,13 +130,7 @@ mod tests {
     fn a_likely_takeover_is_confirmed_by_a_reconnect_the_broker_takes_at_once() {
         let mut w = IdWatch::default();
         assert_eq!(w.lost(LIKELY, false), Loss::Reconnect);
-        assert_eq!(
-            w.back(),
-            Back {
-                confirmed: true,
-                in_use: false
-            }
-        );
+        assert_eq!(w.back(), Back { confirmed: true });
         // Said by the broker: counted at the loss, nothing to confirm.
         assert_eq!(w.lost(SAID, false), Loss::Reconnect);
         assert_eq!(w.back(), Back::default());
@@ -161,10 +151,15 @@ mod tests {
 
     #[test]
     fn a_single_takeover_or_other_losses_never_find_the_id_in_use() {
+        // One takeover soon after the connect (a cut, or a client that came and went).
         let mut w = IdWatch::default();
+        assert_eq!(w.lost(LIKELY, true), Loss::Reconnect);
+        w.back();
+        assert!(!w.in_use());
         // Taken over once after a long time up, back, and up a long time again.
+        let mut w = IdWatch::default();
         assert_eq!(w.lost(SAID, false), Loss::Reconnect);
-        assert!(!w.back().in_use);
+        w.back();
         assert_eq!(w.lost(SAID, false), Loss::Reconnect);
         // Resets and timeouts between them, however soon.
         for _ in 0..5 {
@@ -174,7 +169,8 @@ mod tests {
         // A takeover soon after connecting, then a loss of another kind: no pattern.
         assert_eq!(w.lost(SAID, true), Loss::Reconnect);
         assert_eq!(w.lost(None, true), Loss::Reconnect);
-        assert!(!w.back().in_use && !w.in_use());
+        w.back();
+        assert!(!w.in_use());
     }
 
     #[test]

@@ -765,14 +765,6 @@ impl<P: Producer> Worker<P> {
                     .collisions
                     .taken_over(conn.index, Takeover::Likely);
             }
-            if back.in_use {
-                // Back after a takeover that came shortly after its connect: this CONNACK
-                // took the client id from the client that took it, which will do the same
-                // again. This one keeps going; a second takeover ends it.
-                st.client_id_in_use += 1;
-                st.first_in_use.get_or_insert(conn.index);
-                self.shared.collisions.in_use(conn.index);
-            }
             if let Some(t) = conn.down_since.take() {
                 st.disconnected += now.saturating_duration_since(t);
             }
@@ -1044,6 +1036,8 @@ impl<P: Producer> Worker<P> {
             .is_some_and(|t| now.saturating_duration_since(t) < within);
         // Taken over again shortly after it came back from a takeover: another client keeps
         // taking this client id, and coming back would take it from that client in turn.
+        // Found now, it takes the id back once more, so that the other client sees the
+        // same (see `crate::takeover`); found before, it gives up.
         let (in_use, newly_in_use) = match conn.id_watch.lost(takeover, soon) {
             crate::takeover::Loss::Reconnect => (false, false),
             crate::takeover::Loss::InUse { newly } => (true, newly),
@@ -1063,7 +1057,7 @@ impl<P: Producer> Worker<P> {
             && was_up
             && needed
             && !flapping
-            && !in_use
+            && !(in_use && !newly_in_use)
             && self.phase != WorkerPhase::Done
             && !self.shared.control.abort.load(Ordering::Relaxed);
         let conn = &mut self.conns[c as usize];
