@@ -9,10 +9,12 @@
 //! the watch. The client id is in use by another client when the connection is taken over
 //! again shortly after the reconnect that followed.
 //!
-//! Of two copies taking turns, the one taken over first sees that first. It reconnects
-//! once more, which takes the id from the other copy shortly after that one's own
-//! reconnect: the other sees it too, and gives up; the first keeps going, and gives up at
-//! a next takeover. Both know within three reconnect backoffs, and both runs fail.
+//! A connection that finds its id in use names it and takes the id back once more, so that
+//! the other client meets the same pattern; the next takeover ends it. Of two copies
+//! taking turns, the one taken over first finds it first and reconnects once more, which
+//! is the other's second takeover soon after its reconnect: it finds it too and reconnects
+//! once more, which ends the first. The other runs on alone. Both know within three or
+//! four reconnect backoffs (a few hundred milliseconds), and both runs fail.
 
 use std::time::Duration;
 
@@ -108,7 +110,8 @@ mod tests {
 
     /// Copy A is up; copy B connects (A's first loss, after a long time up); A comes back
     /// (B's first loss, soon); B comes back (A's second loss, soon: A finds the id in use);
-    /// A comes back once more (B's second loss, soon: B finds it too, and gives up).
+    /// A comes back once more (B's second loss, soon: B finds it too); B comes back once
+    /// more (A's third loss: A gives up).
     #[test]
     fn two_copies_taking_turns_both_find_the_id_in_use() {
         for how in [SAID, LIKELY] {
@@ -121,7 +124,7 @@ mod tests {
             a.back();
             assert_eq!(b.lost(how, true), Loss::InUse { newly: true });
             assert!(a.in_use() && b.in_use());
-            // A, back and in use, gives up at a next takeover, without naming it again.
+            b.back();
             assert_eq!(a.lost(how, true), Loss::InUse { newly: false });
         }
     }

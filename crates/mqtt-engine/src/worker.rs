@@ -1053,11 +1053,12 @@ impl<P: Producer> Worker<P> {
             self.stats.conns.first_in_use.get_or_insert(conn.index);
             self.shared.collisions.in_use(conn.index);
         }
+        let gives_up_the_id = in_use && !newly_in_use;
         let reconnect = self.s.reconnect.is_some()
             && was_up
             && needed
             && !flapping
-            && !(in_use && !newly_in_use)
+            && !gives_up_the_id
             && self.phase != WorkerPhase::Done
             && !self.shared.control.abort.load(Ordering::Relaxed);
         let conn = &mut self.conns[c as usize];
