@@ -272,7 +272,9 @@ impl Plan {
         let explicit_limit = a.connection.max_packet_size.is_some();
         let mut connect = connect_plan(
             a.connection,
-            &format!("backend-sub-{}", std::process::id()),
+            // Unique per instance: containers all run as pid 1, and two backends with one
+            // client id would take the session from each other in turn.
+            &mqtt_tool::connect::instance_client_id("backend-sub"),
             0,
             "--topic",
         )?;

@@ -701,6 +701,7 @@ fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
         r.retained_messages,
     )?;
     add.count("bytes_received", &mut m.bytes_received, r.bytes_received)?;
+    add.count("takeovers", &mut m.takeovers, r.takeovers)?;
     add.count(
         "connections_lost",
         &mut m.connections_lost,

@@ -132,6 +132,9 @@ pub struct Received {
     /// Connections lost, reconnects that came through, and the time spent away.
     pub losses: u64,
     pub reconnects: u64,
+    /// Losses to another client that connected with this client id (see
+    /// [`mqtt_tool::mqtt::IdWatch`]).
+    pub takeovers: u64,
     pub disconnected: std::time::Duration,
     /// Packets begun and never whole: cut off by the end of a connection, or left half
     /// sent by a broker gone silent until the idle stop.
@@ -238,6 +241,7 @@ impl Received {
             refused: false,
             outages: Outages::new(),
             losses: 0,
+            takeovers: 0,
             reconnects: 0,
             disconnected: std::time::Duration::ZERO,
             packets_truncated: 0,
@@ -434,8 +438,15 @@ pub async fn run(
     // When the sink last released PUBACKs: a broker waiting for them is not idle.
     let mut released_at: Option<Instant> = None;
     let mut rng = (std::process::id() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Another client with this client id (a second copy with the same --client-id) takes
+    // the session, and each reconnect takes it back: named at once, and the run fails.
+    let mut id_watch = mqtt_tool::mqtt::IdWatch::default();
+    let mut up_at = Instant::now();
+    let client_id = plan.connect.client_id.clone();
 
     'session: loop {
+        // The broker closed the connection in order (what it does to a session taken over).
+        let mut closed_by_broker = false;
         // Some(why): the connection was lost; None: a stop condition holds (rx.stop).
         let lost: Option<String> = 'receiving: loop {
             loop {
@@ -643,7 +654,10 @@ pub async fn run(
                 }
             };
             match read {
-                Ok(0) => break Some("the broker closed the connection".into()),
+                Ok(0) => {
+                    closed_by_broker = true;
+                    break Some("the broker closed the connection".into());
+                }
                 Ok(_) => (now, arrival_us) = (Instant::now(), wall_us()),
                 Err(e) => break Some(e.to_string()),
             }
@@ -660,6 +674,21 @@ pub async fn run(
             "when the connection ended",
             plan.reconnect.is_some() && !plan.clean_session,
         );
+        let backoff = plan.reconnect.map_or(std::time::Duration::ZERO, |r| r.0);
+        let soon = up_at.elapsed() < mqtt_tool::mqtt::takeover_soon(backoff);
+        let takeover = closed_by_broker.then_some(mqtt_tool::mqtt::Takeover::Likely);
+        if let mqtt_tool::mqtt::Loss::InUse { newly } = id_watch.lost(takeover, soon) {
+            rx.takeovers += 1;
+            let line = mqtt_tool::mqtt::client_id_in_use(&client_id);
+            if !newly {
+                rx.losses += 1;
+                rx.stop = Stop::Failed(line);
+                break 'session;
+            }
+            // Named now; the reconnect below takes the session back once more, so that the
+            // other client sees the same, and then this run stops.
+            mqtt_tool::errln!("error: {line}");
+        }
         let Some((lo, hi, give_up)) = plan.reconnect else {
             rx.stop = Stop::Failed(format!("connection to the broker lost: {why}"));
             break 'session;
@@ -728,10 +757,28 @@ pub async fn run(
                     rx.disconnected += down.elapsed();
                     break 'session;
                 }
-                Err(_) => {}
+                Err(_) => id_watch.failed_attempt(),
             }
         };
         rx.reconnects += 1;
+        up_at = Instant::now();
+        let back = id_watch.back();
+        if back.confirmed {
+            rx.takeovers += 1;
+            if rx.takeovers == 1 {
+                mqtt_tool::errln!(
+                    "warning: {}",
+                    mqtt_tool::mqtt::taken_over(&client_id, mqtt_tool::mqtt::Takeover::Likely)
+                );
+            }
+        }
+        if id_watch.in_use() {
+            // Back once more after finding the client id in use: the other client has just
+            // seen the same; this run stops.
+            rx.disconnected += down.elapsed();
+            rx.stop = Stop::Failed(mqtt_tool::mqtt::client_id_in_use(&client_id));
+            break 'session;
+        }
         rx.disconnected += down.elapsed();
         if !plan.clean_session && plan.qos > 0 && session.session_present() {
             // The broker queued for this session while it was away: nothing is excused.

@@ -257,6 +257,10 @@ pub struct Report {
     /// Connections to the broker lost, reconnects that came through, time spent away.
     pub connections_lost: u64,
     pub reconnects: u64,
+    /// Losses to another client that connected with this client id (a second copy with
+    /// the same --client-id): taken back in turn, it fails the run.
+    #[serde(default)]
+    pub takeovers: u64,
     pub disconnected_s: f64,
     /// `--read-hold`: at high rates reads wait this long for bytes to gather, so end-to-end
     /// latencies may be late by up to this much (0: every byte read as it came).
@@ -475,6 +479,7 @@ impl Report {
             at_least_once: plan.at_least_once,
             connections_lost: rx.losses,
             reconnects: rx.reconnects,
+            takeovers: rx.takeovers,
             disconnected_s: (rx.disconnected.as_secs_f64() * 1e3).round() / 1e3,
             read_hold_us: plan.read_hold.as_micros().min(u64::MAX as u128) as u64,
             points_received: rx.points,

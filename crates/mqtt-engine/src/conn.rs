@@ -89,6 +89,8 @@ pub struct Conn {
     pub losses_in_a_row: u32,
     /// What the lost connection had not delivered, written first on the next one.
     pub replay: Option<Replay>,
+    /// Whether another client keeps taking its client id.
+    pub id_watch: crate::takeover::IdWatch,
 }
 
 /// The messages of a lost connection that go out again on the next: their bytes, and each
@@ -142,6 +144,7 @@ impl Conn {
             acked_since_up: false,
             losses_in_a_row: 0,
             replay: None,
+            id_watch: Default::default(),
         }
     }
 
@@ -233,6 +236,7 @@ impl Conn {
             acked_any: self.acked_any,
             first_write_after: self.first_write.map(|t| t.saturating_duration_since(up)),
             largest_message: self.largest_message,
+            takeover: None,
         }
     }
 

@@ -99,6 +99,9 @@ pub fn reason_name(code: u8) -> &'static str {
     }
 }
 
+/// MQTT 5 reason 0x8E: another client connected with this client id.
+pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+
 /// Whether a DISCONNECT with `reason` refuses the packet that provoked it (too large, a
 /// topic or payload or QoS it does not take), rather than the connection as a whole.
 pub fn refuses_a_packet(reason: u8) -> bool {
@@ -191,6 +194,8 @@ pub struct Lost {
     pub first_write_after: Option<Duration>,
     /// Payload bytes of the largest message written or about to be written.
     pub largest_message: u32,
+    /// Whether another client with the same client id took the connection over.
+    pub takeover: Option<Takeover>,
 }
 
 /// What ended a connection.
@@ -204,8 +209,23 @@ pub enum LostKind {
     KeepAlive,
     /// Writes did not progress within the keep-alive interval: the broker stopped reading.
     WriteStalled,
+    /// MQTT 5: the broker's DISCONNECT 0x8E (session taken over): another client connected
+    /// with this client id.
+    TakenOver,
     /// Anything else: a protocol error, an internal failure.
     Other(String),
+}
+
+/// Why a loss is taken for a takeover: another client connected with the same client id, and
+/// a broker keeps one connection per client id (MQTT 3.1.1 section 3.1.4, MQTT 5 3.1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// MQTT 5: the broker said so (DISCONNECT 0x8E).
+    Said,
+    /// The broker only closed the socket (as MQTT 3.1.1 brokers do, and MQTT 5 brokers that
+    /// skip the DISCONNECT): it closed a connection that was up and well, and its client id
+    /// is the same in every copy of the run (one connection).
+    Likely,
 }
 
 impl LostKind {
@@ -225,6 +245,7 @@ impl Lost {
             acked_any: false,
             first_write_after: None,
             largest_message: 0,
+            takeover: None,
         }
     }
 

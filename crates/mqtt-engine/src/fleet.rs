@@ -76,6 +76,14 @@ impl FleetHandle {
         h
     }
 
+    /// The first connection taken over by another client with its client id, and the
+    /// first whose client id was found in use (see [`crate::stats::Conns::client_id_in_use`]),
+    /// as fleet indexes, once they happened.
+    pub fn collisions(&self) -> (Option<(u64, crate::error::Takeover)>, Option<u64>) {
+        let c = &self.0.collisions;
+        (c.first_takeover(), c.first_in_use())
+    }
+
     /// When every connection was up or given up, once that happened.
     pub fn settled_at(&self) -> Option<Instant> {
         self.0.settled_at()

@@ -14,7 +14,8 @@
 //! - [`schedule`]: when each device's messages are due; [`worker`]: the event loop;
 //!   [`conn`]: a connection's state; [`outbox`]: the hand-over from producer to socket;
 //!   [`inflight`]: the QoS 1 window; [`packets`]: MQTT on the wire (rumqttc's codec).
-//! - [`stats`]: counters and histograms, merged; [`error`]: failures as kinds.
+//! - [`stats`]: counters and histograms, merged; [`error`]: failures as kinds;
+//!   [`takeover`]: two clients with one client id.
 //! - [`sys`]: sockets, timers, limits and clocks of the operating system.
 //!
 //! rumqttc's client was measured for this (10,000 connections publishing once a second on
@@ -33,6 +34,7 @@ pub mod schedule;
 pub mod settings;
 pub mod stats;
 pub mod sys;
+pub mod takeover;
 pub mod template;
 pub mod tls;
 pub mod worker;

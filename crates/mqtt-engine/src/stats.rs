@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::ops::AddAssign;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::error::{ConnectFailure, Lost};
+use crate::error::{ConnectFailure, Lost, Takeover};
 
 /// Counts of points and messages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +155,15 @@ pub struct Conns {
     pub flapping: u64,
     pub refused_on_reconnect: u64,
     pub down_too_long: u64,
+    /// Losses to another client that connected with the same client id: said by the
+    /// broker (MQTT 5 DISCONNECT 0x8E) or likely (MQTT 3.1.1, see [`Takeover`]).
+    pub takeovers: u64,
+    /// Connections whose client id another client kept taking: closed by a takeover again
+    /// shortly after a reconnect that followed one (two copies of a run, each taking the
+    /// id back in turn). The one lost then is given up; the one just back keeps going.
+    pub client_id_in_use: u64,
+    /// The first of those, by connection index.
+    pub first_in_use: Option<u64>,
     /// MQTT 5: the smallest Receive Maximum a CONNACK gave, and the connections whose QoS 1
     /// window it made smaller than `--max-inflight`.
     pub receive_maximum: Option<u16>,
@@ -206,6 +215,12 @@ impl AddAssign<&Conns> for Conns {
         self.flapping += o.flapping;
         self.refused_on_reconnect += o.refused_on_reconnect;
         self.down_too_long += o.down_too_long;
+        self.takeovers += o.takeovers;
+        self.client_id_in_use += o.client_id_in_use;
+        self.first_in_use = match (self.first_in_use, o.first_in_use) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.receive_maximum = match (self.receive_maximum, o.receive_maximum) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -313,6 +328,9 @@ pub struct Live {
     pub points_dropped: AtomicU64,
     pub points_rejected: AtomicU64,
     pub reconnects: AtomicU64,
+    /// As [`Conns::takeovers`] and [`Conns::client_id_in_use`].
+    pub takeovers: AtomicU64,
+    pub client_id_in_use: AtomicU64,
 }
 
 /// A copy of [`Live`], summed over workers.
@@ -332,6 +350,8 @@ pub struct LiveTotals {
     pub points_dropped: u64,
     pub points_rejected: u64,
     pub reconnects: u64,
+    pub takeovers: u64,
+    pub client_id_in_use: u64,
 }
 
 impl Live {
@@ -351,6 +371,8 @@ impl Live {
             points_dropped: self.points_dropped.load(Relaxed),
             points_rejected: self.points_rejected.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            takeovers: self.takeovers.load(Relaxed),
+            client_id_in_use: self.client_id_in_use.load(Relaxed),
         }
     }
 }
@@ -371,6 +393,59 @@ impl AddAssign for LiveTotals {
         self.points_dropped += o.points_dropped;
         self.points_rejected += o.points_rejected;
         self.reconnects += o.reconnects;
+        self.takeovers += o.takeovers;
+        self.client_id_in_use += o.client_id_in_use;
+    }
+}
+
+/// The fleet's first takeover and first client id found in use, as they happen, so that a
+/// tool names them at once (the counts are in [`Live`]). Each holds a connection's fleet
+/// index, encoded so that 0 means none yet.
+#[derive(Debug, Default)]
+pub struct Collisions {
+    /// `(index + 1) * 2`, plus 1 when the broker said so ([`Takeover::Said`]).
+    first_takeover: AtomicU64,
+    /// `index + 1`.
+    first_in_use: AtomicU64,
+}
+
+impl Collisions {
+    /// Connection `index` was taken over; only the first is kept.
+    pub fn taken_over(&self, index: u64, how: Takeover) {
+        let v = index.saturating_add(1).saturating_mul(2) + u64::from(how == Takeover::Said);
+        let _ = self
+            .first_takeover
+            .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Connection `index`'s client id is in use by another client; only the first is kept.
+    pub fn in_use(&self, index: u64) {
+        let _ = self.first_in_use.compare_exchange(
+            0,
+            index.saturating_add(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// The first connection taken over, and how it is known.
+    pub fn first_takeover(&self) -> Option<(u64, Takeover)> {
+        match self.first_takeover.load(Ordering::Acquire) {
+            0 => None,
+            v => {
+                let how = if v % 2 == 1 {
+                    Takeover::Said
+                } else {
+                    Takeover::Likely
+                };
+                Some((v / 2 - 1, how))
+            }
+        }
+    }
+
+    /// The first connection whose client id was found in use.
+    pub fn first_in_use(&self) -> Option<u64> {
+        self.first_in_use.load(Ordering::Acquire).checked_sub(1)
     }
 }
 
@@ -420,5 +495,20 @@ mod tests {
         assert_eq!(a.conns.failures[&ConnectFailure::Timeout], 1);
         assert_eq!(a.first_write, Some(now));
         assert_eq!(a.lag_max_ms, [5, 9, 7]);
+    }
+
+    #[test]
+    fn the_first_takeover_and_the_first_id_in_use_are_kept_with_how_they_are_known() {
+        let c = Collisions::default();
+        assert_eq!((c.first_takeover(), c.first_in_use()), (None, None));
+        c.taken_over(0, Takeover::Likely);
+        c.taken_over(7, Takeover::Said);
+        c.in_use(7);
+        c.in_use(0);
+        assert_eq!(c.first_takeover(), Some((0, Takeover::Likely)));
+        assert_eq!(c.first_in_use(), Some(7));
+        let c = Collisions::default();
+        c.taken_over(41, Takeover::Said);
+        assert_eq!(c.first_takeover(), Some((41, Takeover::Said)));
     }
 }

@@ -27,11 +27,11 @@ use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::{Conn, Phase};
-use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind};
+use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind, Takeover};
 use crate::outbox::{Flushed, MsgMeta};
 use crate::packets::{self, Incoming};
 use crate::settings::{FleetSettings, Qos};
-use crate::stats::{micros, Live, Stats, LAG_SECONDS_KEPT};
+use crate::stats::{micros, Collisions, Live, Stats, LAG_SECONDS_KEPT};
 use crate::sys;
 use crate::tls;
 
@@ -107,6 +107,8 @@ pub struct Shared {
     connecting: AtomicU64,
     pub control: Control,
     pub live: Vec<Live>,
+    /// The first takeover and client id in use, named by the tool as they happen.
+    pub collisions: Collisions,
     /// Each worker's histograms as of its last hand-over (`live_histograms`).
     pub live_histos: Vec<std::sync::Mutex<crate::stats::Histos>>,
 }
@@ -126,6 +128,7 @@ impl Shared {
             connecting: AtomicU64::new(0),
             control: Control::default(),
             live: (0..workers).map(|_| Live::default()).collect(),
+            collisions: Collisions::default(),
             live_histos: (0..workers).map(|_| Default::default()).collect(),
         }
     }
@@ -754,6 +757,14 @@ impl<P: Producer> Worker<P> {
             st.reconnected += u64::from(!conn.reconnected);
             conn.reconnected = true;
             conn.reconnect_attempt = 0;
+            let back = conn.id_watch.back();
+            if back.confirmed {
+                // Closed by a broker that took the reconnect at once: it was not going away.
+                st.takeovers += 1;
+                self.shared
+                    .collisions
+                    .taken_over(conn.index, Takeover::Likely);
+            }
             if let Some(t) = conn.down_since.take() {
                 st.disconnected += now.saturating_duration_since(t);
             }
@@ -848,6 +859,9 @@ impl<P: Producer> Worker<P> {
         *self.stats.conns.failures.entry(f.clone()).or_default() += 1;
         // Up before: a reconnect, tried until the run ends unless the broker refuses for good.
         let reconnecting = conn.up_at.is_some();
+        if reconnecting {
+            conn.id_watch.failed_attempt();
+        }
         let down_too_long = self.s.reconnect.as_ref().is_some_and(|r| {
             conn.down_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= r.give_up_after)
@@ -1014,14 +1028,44 @@ impl<P: Producer> Worker<P> {
             conn.losses_in_a_row + 1
         };
         let flapping = conn.losses_in_a_row >= MAX_LOSSES_WITHOUT_PROGRESS;
+        let takeover = self.takeover(&kind, was_up);
+        let within = self.takeover_soon();
+        let conn = &mut self.conns[c as usize];
+        let soon = conn
+            .up_at
+            .is_some_and(|t| now.saturating_duration_since(t) < within);
+        // Taken over again shortly after it came back from a takeover: another client keeps
+        // taking this client id, and coming back would take it from that client in turn.
+        // Found now, it takes the id back once more, so that the other client sees the
+        // same (see `crate::takeover`); found before, it gives up.
+        let (in_use, newly_in_use) = match conn.id_watch.lost(takeover, soon) {
+            crate::takeover::Loss::Reconnect => (false, false),
+            crate::takeover::Loss::InUse { newly } => (true, newly),
+        };
+        // A likely takeover counts once the broker takes the reconnect at once (see
+        // `on_connack`), or now when the pattern names the client id in use.
+        if let Some(how) = takeover.filter(|h| *h == Takeover::Said || in_use) {
+            self.stats.conns.takeovers += 1;
+            self.shared.collisions.taken_over(conn.index, how);
+        }
+        if newly_in_use {
+            self.stats.conns.client_id_in_use += 1;
+            self.stats.conns.first_in_use.get_or_insert(conn.index);
+            self.shared.collisions.in_use(conn.index);
+        }
+        let gives_up_the_id = in_use && !newly_in_use;
         let reconnect = self.s.reconnect.is_some()
             && was_up
             && needed
             && !flapping
+            && !gives_up_the_id
             && self.phase != WorkerPhase::Done
             && !self.shared.control.abort.load(Ordering::Relaxed);
         let conn = &mut self.conns[c as usize];
-        let lost = conn.lost(kind, now);
+        let lost = crate::error::Lost {
+            takeover,
+            ..conn.lost(kind, now)
+        };
         conn.tls = None;
         conn.close_notify_sent = false;
         if let Some(mut sock) = conn.sock.take() {
@@ -1069,6 +1113,34 @@ impl<P: Producer> Worker<P> {
         let first = !std::mem::replace(&mut conn.lost_before, true);
         self.stats.conns.record_loss(conn.index, lost, first);
         self.devices_gone(c);
+    }
+
+    /// Whether losing a connection this way means another client took its client id.
+    fn takeover(&self, kind: &LostKind, was_up: bool) -> Option<Takeover> {
+        // Under 3.1.1 a takeover only closes the socket, and so do MQTT 5 brokers that do
+        // not send the DISCONNECT (Mosquitto 2.0): an orderly close, after the broker read
+        // all we sent. A broker that refuses a packet (too large) closes in the middle of
+        // it, with our bytes unread: a reset, not taken for a takeover. A closed fleet
+        // connection is more likely its broker going away; one connection's client id is
+        // the same in every copy of the run (a preset's `1`, or `loadgen-{i}` with one
+        // device).
+        let one_id = self.s.connections == 1 || !self.s.conn.client_id.has_index();
+        match kind {
+            LostKind::TakenOver => Some(Takeover::Said),
+            LostKind::Closed if was_up && one_id => Some(Takeover::Likely),
+            _ => None,
+        }
+    }
+
+    /// How soon after its connect a takeover counts as "shortly after" (see
+    /// [`crate::takeover`]).
+    fn takeover_soon(&self) -> Duration {
+        let backoff = self
+            .s
+            .reconnect
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.backoff_min);
+        crate::takeover::soon(backoff)
     }
 
     /// Closes a connection that is not up (generation ended during the ramp) or that has
@@ -1871,14 +1943,15 @@ impl<P: Producer> Worker<P> {
                         (conn.acked_any, conn.acked_since_up) = before;
                     }
                 }
-                self.lose(
-                    c,
+                let kind = if reason == crate::error::SESSION_TAKEN_OVER {
+                    LostKind::TakenOver
+                } else {
                     LostKind::Other(format!(
                         "the broker sent DISCONNECT with reason 0x{reason:02x} ({})",
                         crate::error::reason_name(reason)
-                    )),
-                    now,
-                );
+                    ))
+                };
+                self.lose(c, kind, now);
                 None
             }
             _ => Some(false),
@@ -2093,6 +2166,9 @@ impl<P: Producer> Worker<P> {
             .store(c.points_dropped + c.points_dropped_offline, r);
         l.points_rejected.store(c.points_rejected, r);
         l.reconnects.store(self.stats.conns.reconnects, r);
+        l.takeovers.store(self.stats.conns.takeovers, r);
+        l.client_id_in_use
+            .store(self.stats.conns.client_id_in_use, r);
         l.connected.store(self.stats.conns.connected, r);
         l.failed.store(self.stats.conns.failed, r);
         l.lost.store(self.stats.conns.lost, r);

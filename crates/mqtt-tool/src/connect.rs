@@ -171,6 +171,24 @@ fn read_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Error
     }
 }
 
+/// A client id of its own for this process: `prefix`, the host name, the pid and a part
+/// from the clock, so that instances on one host, or in containers that all run as pid 1,
+/// never share one (a broker keeps one connection per client id).
+pub fn instance_client_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    let host = if host.is_empty() { "host".into() } else { host };
+    format!("{prefix}-{host}-{}-{nanos:x}", std::process::id())
+}
+
 /// Checks an MQTT UTF-8 string field (client id, user name): no NUL, at most 65535 bytes.
 pub fn check_mqtt_string(value: &str, flag: &str) -> Result<(), Error> {
     if value.contains('\0') {

@@ -8,7 +8,8 @@ fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-pub use mqtt_engine::error::{BrokerLimit, ConnackCode, ConnectFailure, Lost, LostKind};
+pub use mqtt_engine::error::{BrokerLimit, ConnackCode, ConnectFailure, Lost, LostKind, Takeover};
+pub use mqtt_engine::takeover::{soon as takeover_soon, Back, IdWatch, Loss};
 
 /// One line on a lost connection: what happened, and the likely causes where they fit.
 /// `broker_up` says whether the broker accepted a new TCP connection right after the loss
@@ -36,8 +37,12 @@ pub fn describe_lost(
                 "the broker stopped reading: writes made no progress for a keep-alive interval, {after} into the run"
             )
         }
+        LostKind::TakenOver => return taken_over(client_id, Takeover::Said),
         LostKind::Other(e) => return format!("connection to the broker failed: {e}"),
     };
+    if lost.takeover == Some(Takeover::Likely) && broker_up != Some(false) && !lost.early() {
+        return format!("{what}; {}", taken_over(client_id, Takeover::Likely));
+    }
     let cause = match broker_up {
         Some(false) => format!(
             "; nothing accepts connections at {broker} any more: the broker stopped or restarted"
@@ -66,6 +71,29 @@ pub fn describe_lost(
         None => String::new(),
     };
     format!("{what}{cause}")
+}
+
+/// The line that names a takeover: another client connected with `client_id`, and the
+/// broker, which keeps one connection per client id, closed ours.
+pub fn taken_over(client_id: &str, how: Takeover) -> String {
+    let id = crate::out::escape(client_id);
+    match how {
+        Takeover::Said => format!(
+            "taken over: another client connected with client id '{id}' (the broker's DISCONNECT 0x8E)"
+        ),
+        Takeover::Likely => format!(
+            "likely taken over: the broker closed a healthy connection of client id '{id}', as \
+             brokers do when another client connects with the same id"
+        ),
+    }
+}
+
+/// The line that names a client id two clients keep taking from each other.
+pub fn client_id_in_use(client_id: &str) -> String {
+    format!(
+        "client id '{}' is in use by another client (two copies running? give each its own --client-id)",
+        crate::out::escape(client_id)
+    )
 }
 
 /// Why a connect attempt failed, as the error line says it.
@@ -252,7 +280,40 @@ mod tests {
             acked_any,
             first_write_after: first.map(Duration::from_millis),
             largest_message: 140_000,
+            takeover: None,
         }
+    }
+
+    #[test]
+    fn a_takeover_is_named_with_the_client_id_and_how_it_is_known() {
+        let url = "mqtt://127.0.0.1:1";
+        let said = describe_lost(
+            &lost(LostKind::TakenOver, 900, true, Some(1)),
+            "1",
+            url,
+            None,
+        );
+        assert_eq!(
+            said,
+            "taken over: another client connected with client id '1' (the broker's DISCONNECT 0x8E)"
+        );
+        let likely = Lost {
+            takeover: Some(Takeover::Likely),
+            ..lost(LostKind::Closed, 4_000, true, Some(1))
+        };
+        let text = describe_lost(&likely, "1", url, None);
+        assert!(
+            text.starts_with("the broker closed the connection after 4.0 s; likely taken over")
+                && text.contains("client id '1'"),
+            "{text}"
+        );
+        // A broker that went away took the connection with it: no takeover.
+        let gone = describe_lost(&likely, "1", url, Some(false));
+        assert!(!gone.contains("taken over"), "{gone}");
+        assert_eq!(
+            client_id_in_use("2"),
+            "client id '2' is in use by another client (two copies running? give each its own --client-id)"
+        );
     }
 
     #[test]

@@ -359,6 +359,7 @@ pub async fn execute(
             connections: plan.fleet.connections,
         },
         !plan.quiet,
+        observe::CollisionNotes::new(plan),
         shutdown.status.clone(),
         progress_stop.clone(),
     ));

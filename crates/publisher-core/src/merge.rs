@@ -556,6 +556,12 @@ fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
         o.sessions_lost,
     )?;
     add.count("connections.down_at_end", &mut c.down_at_end, o.down_at_end)?;
+    add.count("connections.takeovers", &mut c.takeovers, o.takeovers)?;
+    add.count(
+        "connections.client_id_in_use",
+        &mut c.client_id_in_use,
+        o.client_id_in_use,
+    )?;
     add.by_reason(
         "connections.failed_by_reason",
         &mut c.failed_by_reason,

@@ -105,6 +105,16 @@ pub fn exposition(e: &mut Exposition, tool: &str, plan: &Plan, run: &LiveRun) {
         "Reconnects that got their CONNACK.",
         t.reconnects,
     )
+    .counter(
+        "loadgen_takeovers_total",
+        "Losses to another client that connected with the same client id.",
+        t.takeovers,
+    )
+    .counter(
+        "loadgen_client_id_in_use_total",
+        "Connections whose client id another client kept taking (two copies of a run).",
+        t.client_id_in_use,
+    )
     .gauge("loadgen_connections_up", "Connections up now.", t.up as f64)
     .gauge(
         "loadgen_messages_inflight",
@@ -187,6 +197,59 @@ pub async fn watch(
         }
     }
     log
+}
+
+/// Names a takeover and a client id in use on stderr as soon as the fleet sees them (the
+/// report counts them at the end): the first of each, and the count when more follow.
+pub struct CollisionNotes {
+    client_id_of: Box<dyn Fn(u64) -> String + Send>,
+    takeovers: u64,
+    in_use: u64,
+}
+
+impl CollisionNotes {
+    pub fn new(plan: &Plan) -> CollisionNotes {
+        let plan = plan.clone();
+        CollisionNotes {
+            client_id_of: Box::new(move |c| crate::report::client_id_of(&plan, c)),
+            takeovers: 0,
+            in_use: 0,
+        }
+    }
+
+    /// The lines to print since the last call.
+    pub fn news(&mut self, fleet: &FleetHandle, t: &mqtt_engine::stats::LiveTotals) -> Vec<String> {
+        let mut lines = Vec::new();
+        if t.takeovers == self.takeovers && t.client_id_in_use == self.in_use {
+            return lines;
+        }
+        let (takeover, in_use) = fleet.collisions();
+        if self.takeovers == 0 {
+            if let Some((c, how)) = takeover {
+                lines.push(format!(
+                    "warning: {}",
+                    mqtt_tool::mqtt::taken_over(&(self.client_id_of)(c), how)
+                ));
+            }
+        }
+        if self.in_use == 0 {
+            if let Some(c) = in_use {
+                lines.push(format!(
+                    "error: {}",
+                    mqtt_tool::mqtt::client_id_in_use(&(self.client_id_of)(c))
+                ));
+            }
+        }
+        if t.client_id_in_use > self.in_use.max(1) {
+            lines.push(format!(
+                "error: {} connections' client ids are in use by other clients",
+                crate::format::fmt_int(t.client_id_in_use)
+            ));
+        }
+        self.takeovers = t.takeovers;
+        self.in_use = t.client_id_in_use;
+        lines
+    }
 }
 
 /// The metrics families of a run.

@@ -69,11 +69,14 @@ fn time_left(duration: Option<Duration>, anchor: Option<std::time::Instant>) -> 
 const SAMPLE: Duration = Duration::from_millis(100);
 
 /// Prints progress every second when `print` (and whenever `status` is notified) until
-/// `stop` is cancelled; samples the figures every 100 ms meanwhile.
+/// `stop` is cancelled; samples the figures every 100 ms meanwhile, and prints what
+/// `collisions` names as soon as it happens, `--quiet` or not.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     fleet: FleetHandle,
     shape: Shape,
     print: bool,
+    mut collisions: crate::observe::CollisionNotes,
     status: Arc<Notify>,
     stop: CancellationToken,
 ) -> Samples {
@@ -98,6 +101,10 @@ pub async fn run(
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                 }
+                // What the last turn saw (a copy that gave its connection up ends at once).
+                for line in collisions.news(&fleet, &fleet.live()) {
+                    mqtt_tool::errln!("{line}");
+                }
                 return samples;
             }
             _ = tick.tick() => false,
@@ -105,6 +112,12 @@ pub async fn run(
         };
         let now = Instant::now();
         let t = fleet.live();
+        for line in collisions.news(&fleet, &t) {
+            match &bar {
+                Some(b) => b.println(&line),
+                None => mqtt_tool::errln!("{line}"),
+            }
+        }
         samples.last = Some((now.into_std(), t.points_sent));
         // From the anchor, not the end of the ramp: `--start-delay` idles in between, and
         // the rate after the ramp is the rate of generation.

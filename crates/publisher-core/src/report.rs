@@ -69,6 +69,12 @@ pub fn threshold_fields() -> Fields {
             "/connections/down_at_end",
             Unit::Number,
         )
+        .field("takeovers", "/connections/takeovers", Unit::Number)
+        .field(
+            "connections_client_id_in_use",
+            "/connections/client_id_in_use",
+            Unit::Number,
+        )
         .field("ramp_s", "/connections/ramp_s", Unit::Seconds)
         .field("peak_rss_mb", "/generator/peak_rss_mb", Unit::Named("MB"))
         .field("cpu_s", "/generator/cpu_s", Unit::Seconds)
@@ -124,6 +130,15 @@ pub struct ConnectionsReport {
     pub disconnects_by_reason: BTreeMap<String, u64>,
     /// Lost and not back when the run ended (a fatal refusal, or the run ended first).
     pub down_at_end: u64,
+    /// Losses to another client that connected with the same client id: the broker said
+    /// so (MQTT 5 DISCONNECT 0x8E), or it closed a healthy connection of a run with one
+    /// connection (MQTT 3.1.1 brokers only close).
+    #[serde(default)]
+    pub takeovers: u64,
+    /// Connections taken over again shortly after each reconnect: another client (a second
+    /// copy of this run) keeps taking the client id. Fails the run.
+    #[serde(default)]
+    pub client_id_in_use: u64,
     /// Connections given up, by the reason of their last attempt.
     pub failed_by_reason: BTreeMap<String, u64>,
     /// Every failed attempt, by reason.
@@ -449,15 +464,27 @@ impl Report {
                 }
             ));
         }
+        if c.client_id_in_use > 0 {
+            let first = client_id_of(plan, c.first_in_use.unwrap_or(0));
+            problems.push(format!(
+                "{}{}",
+                mqtt_tool::mqtt::client_id_in_use(&first),
+                if c.client_id_in_use > 1 {
+                    format!(
+                        "; {} connections' client ids are in use",
+                        fmt_int(c.client_id_in_use)
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
         let reconnecting = plan.reconnect.is_some();
         // With reconnects, a loss that came back is no problem of its own: what it did not
         // deliver shows in the counts below.
         if c.lost > 0 && (!reconnecting || c.down_at_end > 0) {
             let (index, lost) = &c.first_losses[0];
-            let client = plan.fleet.client_id.render(
-                plan.fleet.device_start + plan_conn_first_device(plan, *index),
-                "",
-            );
+            let client = client_id_of(plan, *index);
             let text = describe_lost(lost, &client, &target.url(), observed.broker_up);
             let refused: Vec<String> = c
                 .gave_up
@@ -494,6 +521,12 @@ impl Report {
                                 "{} given up after {} losses in a row with no progress between them",
                                 fmt_int(c.flapping),
                                 mqtt_engine::MAX_LOSSES_WITHOUT_PROGRESS
+                            ));
+                        }
+                        if c.client_id_in_use > 0 {
+                            why.push(format!(
+                                "{} taken over again shortly after reconnecting: their client id is in use",
+                                fmt_int(c.client_id_in_use)
                             ));
                         }
                         if c.down_too_long > 0 {
@@ -724,6 +757,8 @@ impl Report {
                     })
                     .collect(),
                 down_at_end: c.down_at_end,
+                takeovers: c.takeovers,
+                client_id_in_use: c.client_id_in_use,
                 failed_by_reason: c
                     .gave_up
                     .iter()
@@ -983,6 +1018,23 @@ impl Report {
                 ),
             );
         }
+        if self.connections.takeovers > 0 {
+            line(
+                "takeovers",
+                format!(
+                    "{} losses to another client that connected with the same client id{}",
+                    fmt_int(self.connections.takeovers),
+                    match self.connections.client_id_in_use {
+                        0 => String::new(),
+                        n => format!(
+                            "; {} connections were taken over again shortly after each \
+                             reconnect: their client id is in use by another client",
+                            fmt_int(n)
+                        ),
+                    }
+                ),
+            );
+        }
         if !self.connections.disconnects_by_reason.is_empty() {
             let list: Vec<String> = self
                 .connections
@@ -1131,6 +1183,14 @@ impl Report {
 /// A wall-clock time as the report writes it.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// The client id of connection `index`.
+pub fn client_id_of(plan: &Plan, index: u64) -> String {
+    plan.fleet.client_id.render(
+        plan.fleet.device_start + plan_conn_first_device(plan, index),
+        "",
+    )
 }
 
 /// The first device of connection `index`, within the fleet.

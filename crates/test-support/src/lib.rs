@@ -681,6 +681,11 @@ pub mod fake {
         /// Answers each CONNECT `ms` milliseconds late, then acknowledges like a broker; the
         /// most connections it held waiting at once is [`FakeBroker::most_waiting`].
         SlowConnack { ms: u64 },
+        /// Speaks MQTT 5 and acknowledges like a broker, and `after_ms` into every connection
+        /// sends DISCONNECT 0x8E (session taken over) and closes it, as an MQTT 5 broker
+        /// does when another client connects with the same client id (Mosquitto 2.0 only
+        /// closes).
+        TakenOver { after_ms: u64 },
     }
 
     /// A PUBLISH the fake broker read: on its `conn`th connection (from 1), its first byte
@@ -922,6 +927,15 @@ pub mod fake {
             .unwrap();
         let t0 = std::time::Instant::now();
         let last_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Behaviour::TakenOver { after_ms } = behaviour {
+            let w = sock.try_clone().unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(after_ms));
+                let mut w = w;
+                let _ = w.write_all(&[0xe0, 0x01, 0x8e]);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
         if let Behaviour::Mqtt5 {
             close_silent_ms, ..
         } = behaviour
@@ -960,6 +974,7 @@ pub mod fake {
                     }
                     // Session Present, then a PUBACK for an id never used.
                     Behaviour::StaleSession => vec![0x20, 0x02, 0x01, 0x00, 0x40, 0x02, 0xBE, 0xEF],
+                    Behaviour::TakenOver { .. } => vec![0x20, 0x03, 0x00, 0x00, 0x00],
                     _ => vec![0x20, 0x02, 0x00, 0x00], // CONNECT -> CONNACK, accepted
                 },
                 3 => {

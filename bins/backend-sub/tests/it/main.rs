@@ -11,3 +11,4 @@ mod protocol;
 mod reports;
 mod sink;
 mod stops;
+mod takeover;

@@ -14,4 +14,5 @@ mod protocol;
 mod report;
 mod signals;
 mod stall;
+mod takeover;
 mod tls;

@@ -11,3 +11,4 @@ mod merge;
 mod observe;
 mod reports;
 mod shards;
+mod takeover;
