@@ -480,6 +480,13 @@ pub fn command(preset: &Preset) -> Command {
                      [default: {routes}]"
                     ))
             })
+            .mut_arg("client_id", |a| {
+                a.help(
+                    "MQTT client id [default: backend-sub-<host>-<pid>-<hex>, unique per \
+                     process, so that two subscribers never take each other's session; a fixed \
+                     id that another client takes over is named and fails the run]",
+                )
+            })
             .about(preset.about)
             .after_help(format!(
                 "{}\n\n{}\n\n{} SIGUSR1 prints progress.",

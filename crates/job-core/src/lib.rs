@@ -113,6 +113,12 @@ pub fn command(preset: &Preset) -> clap::Command {
             .mut_arg("cert", |a| a.hide(true))
             .mut_arg("key", |a| a.hide(true))
             .mut_arg("insecure", |a| a.hide(true))
+            .mut_arg("client_id", |a| {
+                a.help(
+                    "MQTT client id [default: job-pub-<host>-<pid>-<hex>, unique per instance, \
+                     also its name in claimed_by]",
+                )
+            })
             .mut_arg("broker", |a| {
                 // `auto` stays the value behind the scenes, refused by the plan with a message
                 // that says why; help shows no default.

@@ -563,25 +563,10 @@ async fn run_observed(
     }
 }
 
-/// This instance's name: host, pid and a random part; its client id and `claimed_by`.
+/// This instance's name: host, pid and a part from the clock; its client id and
+/// `claimed_by`.
 pub fn instance_name() -> String {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let host: String = hostname()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .take(40)
-            .collect();
-        format!("job-pub-{host}-{}-{:x}", std::process::id(), nanos)
-    })
-    .clone()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into())
+    NAME.get_or_init(|| mqtt_tool::connect::instance_client_id("job-pub"))
+        .clone()
 }
