@@ -152,6 +152,20 @@ pub struct Judged {
     pub limit: f64,
     pub value: Option<f64>,
     pub pass: bool,
+    /// The field's unit, for showing the value to people (not in the JSON: a merged
+    /// report's thresholds are judged again on the merged figures).
+    #[serde(skip)]
+    pub unit: Option<Unit>,
+}
+
+impl Judged {
+    /// `v` as people read it: in the field's unit (ms, points/s) when known.
+    pub fn show(&self, v: f64) -> String {
+        match self.unit {
+            Some(u) => crate::summary::fmt_in_unit(v, u),
+            None => fmt_value(&self.field, v),
+        }
+    }
 }
 
 /// Parses `expr` against `fields`; a usage error says what is wrong and names the fields.
@@ -287,6 +301,7 @@ pub fn judge(thresholds: &[Threshold], report: &serde_json::Value) -> Vec<Judged
                 limit: t.limit,
                 value,
                 pass: value.is_some_and(|v| t.op.holds(v, t.limit)),
+                unit: Some(t.field.unit),
             }
         })
         .collect()
@@ -317,7 +332,7 @@ pub fn failures(judged: &[Judged]) -> Option<String> {
         .iter()
         .take(FAILURES_NAMED)
         .map(|j| match j.value {
-            Some(v) => format!("{} (was {})", j.expr, fmt_value(&j.field, v)),
+            Some(v) => format!("{} (was {})", j.expr, j.show(v)),
             None => format!("{} (the run has no {})", j.expr, j.field),
         })
         .collect();
@@ -368,7 +383,7 @@ pub fn summary_lines(judged: &[Judged]) -> Vec<String> {
                 if j.pass { "pass" } else { "FAIL" },
                 j.expr,
                 j.value
-                    .map(|v| fmt_value(&j.field, v))
+                    .map(|v| j.show(v))
                     .unwrap_or_else(|| "no value".into())
             )
         })
@@ -415,11 +430,9 @@ mod tests {
         assert_eq!(pass, [true, true, true, true, false, false]);
         assert_eq!(j[5].value, Some(80000.0));
         let why = failures(&j).unwrap();
-        assert!(why.contains("elapsed_s<10s (was 10.200)"), "{why}");
-        assert!(
-            why.contains("ack_latency_max<=50ms (was 80.000ms)"),
-            "{why}"
-        );
+        // Values in their field's unit, as the summaries show them.
+        assert!(why.contains("elapsed_s<10s (was 10.2 s)"), "{why}");
+        assert!(why.contains("ack_latency_max<=50ms (was 80 ms)"), "{why}");
     }
 
     #[test]
