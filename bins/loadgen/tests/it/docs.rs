@@ -813,3 +813,229 @@ fn run_verified(sub: &[String], publ: &[String], samples: Option<&SampleFiles>) 
         "{stdout}"
     );
 }
+
+/// Pages a link may name before they are in the tree: `docs/client-ids.md` comes with the
+/// client-id takeover work, merged after the README that links to it.
+const PAGES_ON_THEIR_WAY: &[&str] = &["docs/client-ids.md"];
+
+/// A document's lines outside fenced code blocks, as (line number, text): links and
+/// headings are read only there (a `#` in a shell block is a comment, a `](x)` in code is
+/// code).
+fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut fence: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let t = raw.trim_start();
+        if let Some(f) = &fence {
+            if t.trim_end() == f {
+                fence = None;
+            }
+            continue;
+        }
+        if t.starts_with("```") || t.starts_with("~~~") {
+            let mark = if t.starts_with('`') { '`' } else { '~' };
+            fence = Some(t.chars().take_while(|c| *c == mark).collect());
+            continue;
+        }
+        out.push((i + 1, raw));
+    }
+    out
+}
+
+/// A line without its inline code spans (`` `x` ``), which hold no links.
+fn without_code_spans(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(start) = rest.find('`') {
+        out.push_str(&rest[..start]);
+        let ticks = rest[start..].chars().take_while(|c| *c == '`').count();
+        let after = &rest[start + ticks..];
+        match after.find(&"`".repeat(ticks)) {
+            Some(end) => rest = &after[end + ticks..],
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The targets of a document's inline links `[text](target)` and reference definitions
+/// `[name]: target`, as (line number, target).
+fn link_targets(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, raw) in prose_lines(text) {
+        let line = without_code_spans(raw);
+        let mut rest = line.as_str();
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let end = after.find(')').unwrap_or(after.len());
+            let target = after[..end].split_whitespace().next().unwrap_or("");
+            out.push((n, target.trim_matches(['<', '>']).to_string()));
+            rest = &after[end..];
+        }
+        let t = line.trim_start();
+        if let Some((label, target)) = t.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+            if !label.is_empty() && !label.contains('[') {
+                let target = target.split_whitespace().next().unwrap_or("");
+                out.push((n, target.trim_matches(['<', '>']).to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The anchor GitHub gives a heading: its text without markup, lower-cased, every
+/// character but letters, digits, spaces, `-` and `_` dropped, spaces as `-`.
+fn github_slug(heading: &str) -> String {
+    // A link in a heading keeps only its text.
+    let mut text = String::new();
+    let mut rest = heading;
+    while let Some(at) = rest.find("](") {
+        text.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        rest = after.find(')').map_or("", |end| &after[end + 1..]);
+    }
+    text.push_str(rest);
+    text.trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a document's headings, a repeated one numbered as GitHub does
+/// (`x`, `x-1`, `x-2`).
+fn heading_anchors(text: &str) -> Vec<String> {
+    let mut anchors: Vec<String> = Vec::new();
+    for (_, raw) in prose_lines(text) {
+        let t = raw.trim_start();
+        let hashes = t.chars().take_while(|c| *c == '#').count();
+        if !(1..=6).contains(&hashes) || raw.len() - t.len() > 3 {
+            continue;
+        }
+        let Some(heading) = t[hashes..].strip_prefix(' ') else {
+            continue;
+        };
+        let slug = github_slug(heading.trim_end().trim_end_matches('#'));
+        let taken = anchors.iter().filter(|a| **a == slug).count();
+        let mut anchor = slug.clone();
+        let mut k = taken;
+        while anchors.contains(&anchor) {
+            anchor = format!("{slug}-{k}");
+            k += 1;
+        }
+        anchors.push(anchor);
+    }
+    anchors
+}
+
+/// Why a relative link of `file` (a path from the workspace root) does not resolve, if it
+/// does not: a file that is not there, or an anchor no heading of its page has.
+fn dangling(root: &Path, file: &str, target: &str) -> Option<String> {
+    let (path, anchor) = match target.split_once('#') {
+        Some((p, a)) => (p, Some(a)),
+        None => (target, None),
+    };
+    let base = Path::new(file).parent().unwrap_or(Path::new(""));
+    let joined = if path.is_empty() {
+        PathBuf::from(file)
+    } else {
+        base.join(path)
+    };
+    // Lexically: `docs/../README.md` is `README.md`, whether or not `docs/` is there.
+    let mut name = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                if !name.pop() {
+                    return Some(format!("{target}: leaves the repository"));
+                }
+            }
+            std::path::Component::CurDir => {}
+            other => name.push(other),
+        }
+    }
+    let full = root.join(&name);
+    let shown = name.to_string_lossy().into_owned();
+    if !full.exists() {
+        if PAGES_ON_THEIR_WAY.contains(&shown.as_str()) && anchor.is_none() {
+            return None;
+        }
+        return Some(format!("{target}: there is no {shown}"));
+    }
+    let anchor = anchor?;
+    if !shown.ends_with(".md") {
+        return None;
+    }
+    let page = std::fs::read_to_string(&full).ok()?;
+    let anchors = heading_anchors(&page);
+    if anchors.iter().any(|a| a == anchor) {
+        return None;
+    }
+    Some(format!(
+        "{target}: {shown} has no heading with the anchor #{anchor} (it has: {})",
+        anchors.join(", ")
+    ))
+}
+
+#[test]
+fn every_relative_link_in_the_readme_and_docs_names_a_file_and_heading_that_exist() {
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (file, text) in documents() {
+        for (line, target) in link_targets(&text) {
+            let scheme = target
+                .split_once(':')
+                .is_some_and(|(s, _)| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphabetic()));
+            if target.is_empty() || scheme || target.starts_with('/') {
+                continue;
+            }
+            checked += 1;
+            if let Some(why) = dangling(&root, &file, &target) {
+                problems.push(format!("{file}:{line}: {why}"));
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "only {checked} relative links found: the reader misses some"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} dangling links:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_link_reader_follows_githubs_anchors_and_skips_code() {
+    assert_eq!(
+        github_slug("`--until-empty` and its horizon"),
+        "--until-empty-and-its-horizon"
+    );
+    assert_eq!(
+        github_slug("Thresholds (`--threshold`)"),
+        "thresholds---threshold"
+    );
+    assert_eq!(
+        github_slug("`loadgen jobs` (and `job-pub`)"),
+        "loadgen-jobs-and-job-pub"
+    );
+    assert_eq!(github_slug("See [the page](x.md) now"), "see-the-page-now");
+    let page = "# A\n## Limits\n```sh\n# not a heading\nx](nope.md)\n```\n## Limits\n\
+                see [b](b.md#limits-1), `[c](code.md)` and [d] \n\n[d]: d.md\n";
+    assert_eq!(heading_anchors(page), ["a", "limits", "limits-1"]);
+    assert_eq!(
+        link_targets(page),
+        [(8, "b.md#limits-1".to_string()), (10, "d.md".to_string())]
+    );
+}
