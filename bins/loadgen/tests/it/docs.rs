@@ -814,10 +814,6 @@ fn run_verified(sub: &[String], publ: &[String], samples: Option<&SampleFiles>) 
     );
 }
 
-/// Pages a link may name before they are in the tree: `docs/client-ids.md` comes with the
-/// client-id takeover work, merged after the README that links to it.
-const PAGES_ON_THEIR_WAY: &[&str] = &["docs/client-ids.md"];
-
 /// A document's lines outside fenced code blocks, as (line number, text): links and
 /// headings are read only there (a `#` in a shell block is a comment, a `](x)` in code is
 /// code).
@@ -965,9 +961,6 @@ fn dangling(root: &Path, file: &str, target: &str) -> Option<String> {
     let full = root.join(&name);
     let shown = name.to_string_lossy().into_owned();
     if !full.exists() {
-        if PAGES_ON_THEIR_WAY.contains(&shown.as_str()) && anchor.is_none() {
-            return None;
-        }
         return Some(format!("{target}: there is no {shown}"));
     }
     let anchor = anchor?;
