@@ -175,6 +175,14 @@ pub fn waiting_line(w: &Waiting, bounded: bool, left: Option<Left>) -> String {
 /// `t` (`dt` from now) as a reader's clock shows it, in UTC: the time of day, with the date
 /// when it is not within the next 12 hours.
 fn clock(t: SystemTime, dt: Duration) -> String {
+    // humantime's Display fails (a panic in `to_string`) past year 9999: a fire_at of
+    // 'infinity' or the year 20000 is a value a table can hold.
+    const LAST_SHOWN: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
+    if t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(true, |d| d > LAST_SHOWN)
+    {
+        return "after 9999-12-31".to_string();
+    }
     let full = humantime::format_rfc3339_seconds(t).to_string();
     match full.get(11..19) {
         Some(time) if dt < Duration::from_secs(12 * 3600) => format!("{time} UTC"),
@@ -202,6 +210,20 @@ mod tests {
 
     fn at(secs_after: f64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_secs_f64(secs_after)
+    }
+
+    #[test]
+    fn a_next_job_past_the_year_9999_is_shown_not_a_panic() {
+        // fire_at 'infinity' or in the year 20000: values a timestamptz column holds.
+        let w = Waiting {
+            now: at(0.0),
+            later: 1,
+            leased: 0,
+            next: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(600_000_000_000)),
+            more: false,
+        };
+        let line = waiting_line(&w, true, None);
+        assert!(line.contains("after 9999-12-31"), "{line}");
     }
 
     #[test]
