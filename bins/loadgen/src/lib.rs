@@ -1,5 +1,5 @@
 //! loadgen: one command, a subcommand per job. `loadgen pub` is the publisher (devices
-//! `sensor-{i:05}`, client ids `loadgen-{i}`), `loadgen sub` the verifying subscriber,
+//! `sensor-{i:05}`, client ids `loadgen-TOKEN-{i}`), `loadgen sub` the verifying subscriber,
 //! `loadgen jobs` scheduled jobs from PostgreSQL to MQTT, `loadgen merge` adds up the reports
 //! of a sharded run. `frontend1-pub`, `frontend2-pub`, `backend-sub` and `job-pub` are the
 //! same tools under the seed's names and defaults (presets of the same flag definitions).
@@ -73,6 +73,18 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         Some("sub") => backend_core::main_with_args(backend_core::LOADGEN_SUB, sub("sub")),
         Some("jobs") => job_core::main_with_args(job_core::LOADGEN_JOBS, sub("jobs")),
         Some("merge") => merge::main(sub("merge")),
+        // `loadgen help pub` is `loadgen pub --help`.
+        Some("help")
+            if rest
+                .first()
+                .and_then(|c| c.to_str())
+                .is_some_and(|c| COMMANDS.contains(&c)) =>
+        {
+            let mut argv = vec![OsString::from("loadgen")];
+            argv.extend(rest.iter().take(1).cloned());
+            argv.push(OsString::from("--help"));
+            run(argv)
+        }
         Some("help" | "--help" | "-h") => {
             println!("{}", help());
             ExitCode::SUCCESS

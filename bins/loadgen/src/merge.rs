@@ -65,10 +65,19 @@ pub fn command() -> clap::Command {
         &fields,
         &["point_rate>=29000", "points_missing==0"],
     );
-    let exit_codes = cmd
-        .get_after_help()
-        .map(|h| h.to_string())
-        .unwrap_or_default();
+    let env = mqtt_tool::cli::env_help(&cmd);
+    let exit_codes = mqtt_tool::error::exit_codes_help(&[
+        ("0", "merged and complete"),
+        (
+            "1",
+            "a shard missing, repeated or interrupted (before any threshold) or a run incomplete",
+        ),
+        ("2", "usage or a report that cannot be merged"),
+        ("3", ""),
+        ("4", ""),
+        ("5", "the merged backend verification failed"),
+        ("129/130/143", ""),
+    ]);
     mqtt_tool::cli::with_env_scheme(cmd.after_help(format!(
         "Examples:
   # the three shards' reports of one run, judged as one
@@ -80,7 +89,7 @@ pub fn command() -> clap::Command {
 {}
 
 {exit_codes}",
-        mqtt_tool::cli::ENV_HELP
+        env
     )))
 }
 
@@ -92,7 +101,7 @@ pub fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<(), mqtt_tool::config
 pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
     mqtt_tool::run_sync(
         || {
-            mqtt_tool::cli::warn_environment(&command(), &[]);
+            mqtt_tool::cli::warn_environment(&command(), &[], &argv);
             mqtt_tool::config::parse_layered_sourced::<MergeArgs>(command(), argv)
         },
         |(args, sources)| run(args, &sources),

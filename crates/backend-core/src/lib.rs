@@ -462,6 +462,7 @@ pub fn command(preset: &Preset) -> Command {
     } else {
         preset.route_prefixes.join(", ")
     };
+    let env = mqtt_tool::cli::env_help(&BackendArgs::augment_args(Command::new(preset.name)));
     let cmd =
         BackendArgs::augment_args(Command::new(preset.name).version(env!("CARGO_PKG_VERSION")))
             // A clean-session subscriber misses what is published while it is away (the broker
@@ -491,7 +492,7 @@ pub fn command(preset: &Preset) -> Command {
             .after_help(format!(
                 "{}\n\n{}\n\n{} SIGUSR1 prints progress.",
                 preset.examples,
-                mqtt_tool::cli::ENV_HELP,
+                env,
                 mqtt_tool::error::exit_codes_help(&[
                     ("0", "every point arrived exactly once"),
                     ("3", "the broker (or the --sink database) cannot be reached"),
@@ -536,7 +537,7 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
     let name = preset.name;
     mqtt_tool::run_main(
         move || {
-            mqtt_tool::cli::warn_environment(&command(&preset), &[]);
+            mqtt_tool::cli::warn_environment(&command(&preset), &[], &argv);
             parse_plan(&preset, argv)
         },
         "stopping, writing the report",

@@ -162,9 +162,10 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Stop")]
     pub until_empty: bool,
 
-    /// With --until-empty: wait for the jobs due up to this long after the run's start
-    /// (jobs inserted meanwhile too) [default: up to the latest unprocessed fire_at in the
-    /// table at the start]
+    /// With --until-empty: wait for the jobs due up to this long after the run's start; the
+    /// run ends once none is left (a job inserted while it runs and due within the horizon
+    /// is published if the run has not ended yet; run for a fixed time: --duration)
+    /// [default: up to the latest unprocessed fire_at in the table at the start]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Stop")]
     pub horizon: Option<Duration>,
 

@@ -86,21 +86,19 @@ pub const JOB_PUB: Preset = Preset {
 /// `LOADGEN_<FLAG>` variable, and `run --broker` shown as required (jobs published to an
 /// embedded broker reach nobody).
 pub fn command(preset: &Preset) -> clap::Command {
+    let env = mqtt_tool::cli::env_help(&args::Cli::command());
     let cmd = args::Cli::command()
         .name(preset.name)
         .bin_name(preset.name)
         .after_help(format!(
             "{}\n\n{}\n\n{}",
             preset.examples,
-            mqtt_tool::cli::ENV_HELP,
+            env,
             args::exit_codes()
         ))
         .mut_subcommands(|sub| {
-            sub.after_help(format!(
-                "{}\n\n{}",
-                mqtt_tool::cli::ENV_HELP,
-                args::exit_codes()
-            ))
+            let env = mqtt_tool::cli::env_help(&sub);
+            sub.after_help(format!("{}\n\n{}", env, args::exit_codes()))
         })
         .mut_subcommand("run", |run| {
             mqtt_tool::cli::threshold_help(
@@ -113,6 +111,12 @@ pub fn command(preset: &Preset) -> clap::Command {
             .mut_arg("cert", |a| a.hide(true))
             .mut_arg("key", |a| a.hide(true))
             .mut_arg("insecure", |a| a.hide(true))
+            // No embedded broker either (see --broker).
+            .mut_arg("embedded_port", |a| a.hide(true))
+            .mut_arg("embedded_linger", |a| a.hide(true))
+            .mut_arg("max_packet_size", |a| {
+                a.help("Largest MQTT packet sent or accepted (accepts 10k, 4M) [default: 1 MiB]")
+            })
             .mut_arg("client_id", |a| {
                 a.help(
                     "MQTT client id [default: job-pub-<host>-<pid>-<hex>, unique per instance, \
@@ -160,6 +164,7 @@ pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode
             mqtt_tool::cli::warn_environment(
                 &command(&preset),
                 &[mqtt_tool::cli::DATABASE_URL, mqtt_tool::cli::JOB_PUB_NAMES],
+                &argv,
             );
             parse_plan(&preset, argv)
         },

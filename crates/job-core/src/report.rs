@@ -150,7 +150,7 @@ impl Report {
     }
 
     /// How the run ended, for the summary (a signal or a failure has its own line).
-    fn stop_line(&self) -> Option<String> {
+    pub(crate) fn stop_line(&self) -> Option<String> {
         let secs = |s: f64| crate::progress::fmt_span(std::time::Duration::from_secs_f64(s));
         match self.stopped_by.as_str() {
             "empty" => {

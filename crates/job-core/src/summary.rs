@@ -79,6 +79,11 @@ impl Summarize for Report {
             );
         }
 
+        // How the run ended matters to a reader: a capped horizon leaves jobs for later.
+        if let Some(stop) = self.stop_line() {
+            s.row("stopped by", stop);
+        }
+
         s.thresholds(&self.thresholds, &threshold_fields());
 
         let mut health = Vec::new();

@@ -159,7 +159,7 @@ pub struct MetricsArgs {
 #[command(next_help_heading = "Output")]
 pub struct ExportArgs {
     /// Write the final report as JSON to this file (`-` = stdout; the text summary then goes
-    /// to stderr); `{shard}` in the path becomes the shard's index
+    /// to stderr)
     #[arg(long, value_name = "PATH", env = "LOADGEN_REPORT_JSON")]
     pub report_json: Option<PathBuf>,
 

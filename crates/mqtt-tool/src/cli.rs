@@ -26,11 +26,60 @@ pub const NOT_FLAGS: &[(&str, &str)] = &[
 /// the run's own output.
 const MAX_WARNINGS: usize = 10;
 
-/// What every tool's `--help` says about the environment.
-pub const ENV_HELP: &str =
-    "Environment: every flag can also be set as LOADGEN_<FLAG> (--max-inflight: \
-LOADGEN_MAX_INFLIGHT); the command line wins over the environment, the environment over \
---config. The MQTT password comes from LOADGEN_PASSWORD (or --password-file), never a flag.";
+/// What a tool's `--help` says about the environment, true for that tool: an example from
+/// its own flags, the `--config` layer only where it has one, the password only where it
+/// connects with one.
+pub fn env_help(cmd: &Command) -> String {
+    let mut longs = Vec::new();
+    long_names(cmd, &mut longs);
+    let has = |l: &str| longs.iter().any(|x| x == l);
+    let example = ["max-inflight", "expect", "batch", "shards"]
+        .into_iter()
+        .find(|l| has(l))
+        .map(str::to_string)
+        .or_else(|| {
+            longs
+                .iter()
+                .find(|l| l.contains('-') && !matches!(l.as_str(), "help" | "version"))
+                .cloned()
+        })
+        .unwrap_or_else(|| "quiet".into());
+    let mut text = format!(
+        "Environment: every flag can also be set as LOADGEN_<FLAG> (--{example}: {}); the \
+         command line wins over the environment",
+        env_name(&example)
+    );
+    text.push_str(if has("config") {
+        ", the environment over --config."
+    } else {
+        "."
+    });
+    if has("password-file") {
+        text.push_str(
+            " The MQTT password comes from LOADGEN_PASSWORD (or --password-file), never a flag.",
+        );
+    }
+    if has("database-url") {
+        text.push_str(
+            " The database URL also comes from DATABASE_URL, its password from PGPASSWORD, as \
+             libpq users expect.",
+        );
+    }
+    text
+}
+
+fn long_names(cmd: &Command, out: &mut Vec<String>) {
+    for a in cmd.get_arguments() {
+        if let Some(l) = a.get_long() {
+            if !a.is_hide_set() {
+                out.push(l.to_string());
+            }
+        }
+    }
+    for s in cmd.get_subcommands() {
+        long_names(s, out);
+    }
+}
 
 /// `cmd` with the help of `--threshold` naming this tool's own fields, and examples on them
 /// (the shared help once showed publisher fields in tools that reject them).
@@ -50,8 +99,8 @@ pub fn threshold_help(
 }
 
 /// [`adopt_environment`], its warnings printed on stderr.
-pub fn warn_environment(cmd: &Command, aliases: &[Alias]) {
-    for w in adopt_environment(cmd, aliases) {
+pub fn warn_environment(cmd: &Command, aliases: &[Alias], argv: &[OsString]) {
+    for w in adopt_environment(cmd, aliases, argv) {
         crate::errln!("{w}");
     }
 }
@@ -69,8 +118,18 @@ pub fn env_name(long: &str) -> String {
 /// [`Alias`]) keeps it.
 pub fn with_env_scheme(cmd: Command) -> Command {
     cmd.mut_args(|a| {
+        // A switch from the environment reads as people write it: 1/0, yes/no, on/off,
+        // true/false (clap's own reads only true/false from a variable).
+        let a = if matches!(a.get_action(), clap::ArgAction::SetTrue) {
+            a.value_parser(clap::builder::BoolishValueParser::new())
+        } else {
+            a
+        };
         let Some(long) = a.get_long() else { return a };
-        if a.get_env().is_some() || matches!(long, "help" | "version") {
+        // A hidden flag (one a tool does not offer, such as job-pub's TLS files) reads no
+        // variable: a LOADGEN_CA_FILE meant for another tool is then named as not this
+        // tool's, not taken.
+        if a.get_env().is_some() || a.is_hide_set() || matches!(long, "help" | "version") {
             return a;
         }
         let name = env_name(long);
@@ -130,9 +189,10 @@ pub const DATABASE_URL: Alias = Alias {
 /// reads (before any thread starts: call it first thing in `main`), then a warning for each
 /// `LOADGEN_` variable that names no flag of `cmd` and for each deprecated name used.
 /// Returns the warnings, each one line; the caller prints them.
-pub fn adopt_environment(cmd: &Command, aliases: &[Alias]) -> Vec<String> {
+pub fn adopt_environment(cmd: &Command, aliases: &[Alias], argv: &[OsString]) -> Vec<String> {
     let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let (sets, warnings) = plan_environment(cmd, aliases, &vars);
+    let running = running_subcommand(cmd, argv);
+    let (sets, warnings) = plan_environment(cmd, aliases, &vars, running.as_deref());
     for (name, value) in sets {
         // Parsing runs before the runtime and any other thread (see `run::run_main`).
         std::env::set_var(name, value);
@@ -145,27 +205,72 @@ pub fn plan_environment(
     cmd: &Command,
     aliases: &[Alias],
     vars: &[(OsString, OsString)],
+    running: Option<&str>,
 ) -> (Vec<(String, OsString)>, Vec<String>) {
-    let flags = flag_variables(cmd);
-    let known: BTreeSet<&str> = flags.iter().map(|(e, _)| e.as_str()).collect();
-    let is_set = |name: &str| vars.iter().any(|(k, _)| k == name);
-    let tool = cmd.get_name();
-    let mut sets = Vec::new();
-    let mut warnings = Vec::new();
-    for (key, value) in vars {
-        let Some(key) = key.to_str() else { continue };
-        let shown = crate::out::escape(&truncate(key, 64)).into_owned();
-        if let Some(rest) = key.strip_prefix(ENV_PREFIX) {
-            if known.contains(key) || NOT_FLAGS.iter().any(|(n, _)| *n == key) {
-                continue;
-            }
-            warnings.push(format!(
-                "warning: {shown} names no flag of {tool} and is ignored; {}",
-                nearest_hint(rest, &flags, tool)
-            ));
-            continue;
+    // The flags of what runs: the tool's own and, with subcommands, the one given.
+    let mut flags = Vec::new();
+    for a in cmd.get_arguments() {
+        if let (Some(env), Some(long)) = (a.get_env(), a.get_long()) {
+            flags.push((env.to_string_lossy().into_owned(), long.to_string()));
         }
-        for alias in aliases {
+    }
+    let mut elsewhere: Vec<(String, String)> = Vec::new();
+    for sub in cmd.get_subcommands() {
+        let vars = flag_variables(sub);
+        if running.map_or(true, |r| r == sub.get_name()) {
+            flags.extend(vars);
+        } else {
+            elsewhere.extend(
+                vars.into_iter()
+                    .map(|(e, _)| (e, sub.get_name().to_string())),
+            );
+        }
+    }
+    flags.sort();
+    flags.dedup();
+    let known: BTreeSet<&str> = flags.iter().map(|(e, _)| e.as_str()).collect();
+    let tool = match running {
+        Some(r) => format!("{} {r}", cmd.get_name()),
+        None => cmd.get_name().to_string(),
+    };
+    let not_here = |key: &str, shown: &str| -> String {
+        if let Some((_, sub)) = elsewhere.iter().find(|(e, _)| e == key) {
+            return format!(
+                "warning: {shown} is a flag of {} {sub}, not of {tool}, and is ignored",
+                cmd.get_name()
+            );
+        }
+        let rest = key.strip_prefix(ENV_PREFIX).unwrap_or(key);
+        format!(
+            "warning: {shown} names no flag of {tool} and is ignored; {}",
+            nearest_hint(rest, &flags, &tool)
+        )
+    };
+    let mut warnings = Vec::new();
+    for (key, _) in vars {
+        let Some(key) = key.to_str() else {
+            if key.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+                warnings.push(format!(
+                    "warning: a variable whose name is not UTF-8 starts with {ENV_PREFIX} and is ignored"
+                ));
+            }
+            continue;
+        };
+        if key.starts_with(ENV_PREFIX)
+            && !known.contains(key)
+            && !NOT_FLAGS.iter().any(|(n, _)| *n == key)
+        {
+            let shown = crate::out::escape(&truncate(key, 64)).into_owned();
+            warnings.push(not_here(key, &shown));
+        }
+    }
+    // Other names, in the order of `aliases` (the first wins), never over the variable's own
+    // name: LOADGEN_DATABASE_URL over DATABASE_URL over JOB_PUB_DATABASE_URL.
+    let mut sets: Vec<(String, OsString)> = Vec::new();
+    let mut winner: Vec<(String, String)> = Vec::new();
+    for alias in aliases {
+        for (key, value) in vars {
+            let Some(key) = key.to_str() else { continue };
             let target = match alias.from.strip_suffix('_') {
                 Some(_) if alias.to.is_empty() => match key.strip_prefix(alias.from) {
                     Some(rest) if !rest.is_empty() => format!("{ENV_PREFIX}{rest}"),
@@ -174,24 +279,37 @@ pub fn plan_environment(
                 _ if key == alias.from => alias.to.to_string(),
                 _ => continue,
             };
+            let shown = crate::out::escape(&truncate(key, 64)).into_owned();
+            let set_as = vars
+                .iter()
+                .any(|(k, _)| k.to_str() == Some(target.as_str()))
+                .then(|| target.clone())
+                .or_else(|| {
+                    winner
+                        .iter()
+                        .find(|(t, _)| *t == target)
+                        .map(|(_, by)| by.clone())
+                });
             if !known.contains(target.as_str()) {
-                let rest = target.strip_prefix(ENV_PREFIX).unwrap_or(&target);
-                warnings.push(format!(
-                    "warning: {shown} names no flag of {tool} and is ignored; {}",
-                    nearest_hint(rest, &flags, tool)
-                ));
-            } else if is_set(&target) {
-                if alias.deprecated {
-                    warnings.push(format!(
-                        "warning: {shown} is a deprecated name and is ignored: {target} is set too; remove {shown}"
-                    ));
+                if alias.deprecated || elsewhere.iter().any(|(e, _)| *e == target) {
+                    warnings.push(not_here(&target, &shown));
                 }
+            } else if let Some(by) = set_as {
+                warnings.push(format!(
+                    "warning: {shown} is ignored: {by} is set too and wins{}",
+                    if alias.deprecated {
+                        format!("; remove {shown}, a deprecated name")
+                    } else {
+                        String::new()
+                    }
+                ));
             } else {
                 if alias.deprecated {
                     warnings.push(format!(
                         "warning: {shown} is a deprecated name; it is read as {target}: rename it"
                     ));
                 }
+                winner.push((target.clone(), shown.clone()));
                 sets.push((target, value.clone()));
             }
         }
@@ -207,6 +325,16 @@ pub fn plan_environment(
     (sets, warnings)
 }
 
+/// The subcommand `argv` runs (its first word that names one of `cmd`'s), if any.
+pub fn running_subcommand(cmd: &Command, argv: &[OsString]) -> Option<String> {
+    argv.iter().skip(1).find_map(|a| {
+        let a = a.to_str()?;
+        cmd.get_subcommands()
+            .any(|s| s.get_name() == a)
+            .then(|| a.to_string())
+    })
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -220,6 +348,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// "did you mean LOADGEN_EXPECT (--expect)?", or where to look.
 fn nearest_hint(rest: &str, flags: &[(String, String)], tool: &str) -> String {
+    // A typo is short: a long name costs an edit distance of its length for nothing.
+    if rest.len() > 64 {
+        return format!("{tool} --help lists each flag's variable");
+    }
     let wanted = rest.to_ascii_lowercase().replace('_', "-");
     let longs: Vec<&str> = flags.iter().map(|(_, l)| l.as_str()).collect();
     match crate::config::closest(&wanted, &longs) {
@@ -275,6 +407,7 @@ mod tests {
                 ("LOADGEN_PASSWORD", "x"),
                 ("PATH", "/bin"),
             ]),
+            None,
         );
         assert!(sets.is_empty());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -291,6 +424,7 @@ mod tests {
             &tool(),
             &[JOB_PUB_NAMES],
             &vars(&[("JOB_PUB_EXPECT", "7"), ("JOB_PUB_NOPE", "1")]),
+            None,
         );
         assert_eq!(sets, vec![("LOADGEN_EXPECT".into(), OsString::from("7"))]);
         assert!(warnings.iter().any(
@@ -304,6 +438,7 @@ mod tests {
             &tool(),
             &[JOB_PUB_NAMES],
             &vars(&[("JOB_PUB_EXPECT", "7"), ("LOADGEN_EXPECT", "8")]),
+            None,
         );
         assert!(sets.is_empty());
         assert!(
@@ -312,13 +447,61 @@ mod tests {
         );
     }
 
+    fn jobs() -> Command {
+        with_env_scheme(
+            Command::new("job-pub")
+                .subcommand(Command::new("seed").arg(Arg::new("count").long("count")))
+                .subcommand(
+                    Command::new("run")
+                        .arg(Arg::new("database_url").long("database-url"))
+                        .arg(Arg::new("batch").long("batch")),
+                ),
+        )
+    }
+
+    #[test]
+    fn a_variable_of_another_subcommand_is_named_as_such() {
+        let (_, warnings) =
+            plan_environment(&jobs(), &[], &vars(&[("LOADGEN_COUNT", "5")]), Some("run"));
+        assert_eq!(
+            warnings,
+            ["warning: LOADGEN_COUNT is a flag of job-pub seed, not of job-pub run, and is ignored"]
+        );
+        let (_, warnings) =
+            plan_environment(&jobs(), &[], &vars(&[("LOADGEN_COUNT", "5")]), Some("seed"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn other_names_have_a_fixed_precedence_whatever_the_environments_order() {
+        for order in [
+            [("DATABASE_URL", "a"), ("JOB_PUB_DATABASE_URL", "b")],
+            [("JOB_PUB_DATABASE_URL", "b"), ("DATABASE_URL", "a")],
+        ] {
+            let (sets, warnings) = plan_environment(
+                &jobs(),
+                &[DATABASE_URL, JOB_PUB_NAMES],
+                &vars(&order),
+                Some("run"),
+            );
+            assert_eq!(
+                sets,
+                vec![("LOADGEN_DATABASE_URL".into(), OsString::from("a"))]
+            );
+            assert_eq!(
+                warnings,
+                ["warning: JOB_PUB_DATABASE_URL is ignored: DATABASE_URL is set too and wins; remove JOB_PUB_DATABASE_URL, a deprecated name"]
+            );
+        }
+    }
+
     #[test]
     fn a_flood_of_unknown_variables_is_a_bounded_warning() {
         let many: Vec<(String, String)> = (0..500)
             .map(|i| (format!("LOADGEN_{}", "X".repeat(200 + i)), "1".into()))
             .collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (_, warnings) = plan_environment(&tool(), &[], &vars(&many));
+        let (_, warnings) = plan_environment(&tool(), &[], &vars(&many), None);
         assert_eq!(warnings.len(), MAX_WARNINGS + 1);
         assert!(warnings.iter().all(|w| w.len() < 300));
     }

@@ -45,6 +45,16 @@ impl PushUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        // The path goes into the request line as it is: nothing that would end or split it.
+        if path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '%')
+        {
+            return Err(format!(
+                "--metrics-push '{}': the path may hold no spaces, control characters or %; give e.g. http://pushgateway:9091",
+                crate::out::escape(t)
+            ));
+        }
         if authority.contains('@') || path.contains(['?', '#']) {
             return Err(format!(
                 "--metrics-push '{t}': give only http://host:port and an optional path, without credentials, query or fragment"
@@ -209,6 +219,11 @@ mod tests {
             ("http://gw:0", "is not a port"),
             ("http://:9091", "has no host"),
             ("http://user:pw@gw:9091", "without credentials"),
+            ("http://gw:9091/a b", "no spaces, control characters"),
+            (
+                "http://gw:9091/a\r\nX-Evil: 1",
+                "no spaces, control characters",
+            ),
         ] {
             let e = PushUrl::parse(bad).unwrap_err();
             assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");

@@ -120,18 +120,27 @@ pub const FRONTEND2: Preset = Preset {
 
 /// The clap command of a preset: every flag from [`PublisherArgs`], the preset's name.
 pub fn command(preset: &Preset) -> Command {
+    let env = mqtt_tool::cli::env_help(&PublisherArgs::augment_args(Command::new(preset.name)));
     let cmd = Command::new(preset.name).version(env!("CARGO_PKG_VERSION"));
     let cmd = PublisherArgs::augment_args(cmd)
         .about(preset.about)
         .after_help(format!(
             "{}\n\n{}\n\n{} SIGUSR1 prints progress.",
             preset.examples,
-            mqtt_tool::cli::ENV_HELP,
+            env,
             mqtt_tool::error::exit_codes_help(&[
                 ("0", "every point sent and, at QoS 1, acknowledged"),
+                ("3", "the broker cannot be reached"),
+                ("4", "the broker refused the connection"),
                 ("5", ""),
             ])
         ))
+        .mut_arg("report_json", |a| {
+            a.help(
+                "Write the final report as JSON to this file (`-` = stdout; the text summary \
+                 then goes to stderr); `{shard}` in the path becomes the shard's index",
+            )
+        })
         .mut_arg("batch", |a| {
             a.default_value(preset.batch).help(format!(
                 "Points per MQTT message: 1 sends the legacy single JSON object, N > 1 a JSON \
@@ -147,10 +156,24 @@ pub fn command(preset: &Preset) -> Command {
             ))
         })
         .mut_arg("client_id", |a| {
+            let default = if preset.client_id.contains("{i}") {
+                format!(
+                    "{}: TOKEN is this process's, so that two copies never take each other's \
+                     connections; with --clean-session false {}, the same on every start so \
+                     that the sessions resume",
+                    preset.client_id.replacen("{i}", "TOKEN-{i}", 1),
+                    preset.client_id
+                )
+            } else {
+                format!(
+                    "{}, the seed's: a second copy takes it over, which both copies name and \
+                     fail on; give each copy its own",
+                    preset.client_id
+                )
+            };
             a.help(format!(
                 "MQTT client id, a template like --device-id ({{i}}: the index of the \
-                 connection's first device) [default: {}]",
-                preset.client_id
+                 connection's first device) [default: {default}]"
             ))
         });
     let cmd = mqtt_tool::cli::threshold_help(
@@ -192,7 +215,7 @@ pub fn main(preset: Preset) -> ExitCode {
 pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode {
     mqtt_tool::run_main(
         move || {
-            mqtt_tool::cli::warn_environment(&command(&preset), &[]);
+            mqtt_tool::cli::warn_environment(&command(&preset), &[], &argv);
             parse_plan(&preset, argv)
         },
         "stopping generation, flushing what was generated",

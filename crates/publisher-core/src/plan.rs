@@ -279,11 +279,13 @@ impl Plan {
             )));
         }
 
+        let default_client = default_client_id(preset.client_id, reconnect.clean_session);
         let (device_id_template, client_id_template, topic_template) = templates(
             device_id,
             connection.client_id.clone(),
             &topic,
             preset,
+            &default_client,
             devices,
             connections,
         )?;
@@ -358,7 +360,7 @@ impl Plan {
         }
         let mut connect = connect_plan(
             connection,
-            preset.client_id,
+            &default_client,
             packet_needed,
             &format!("--batch {batch}"),
         )?;
@@ -606,6 +608,26 @@ impl Plan {
     }
 }
 
+/// The client id template when `--client-id` is not given. A fleet preset's (`loadgen-{i}`)
+/// gets a token of this process with a clean session (`loadgen-3fa9c1-{i}`): two copies of
+/// one command would otherwise take each other's connections over, connection by connection,
+/// which a fleet cannot tell from a broker closing connections. A persistent session keeps
+/// the same ids on every start, so that a restart resumes its sessions; a single-device
+/// preset keeps the seed's id (`1`), whose takeover is named.
+pub fn default_client_id(preset_client_id: &str, clean_session: bool) -> String {
+    if !clean_session || !preset_client_id.contains("{i}") {
+        return preset_client_id.to_string();
+    }
+    static TOKEN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let token = TOKEN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (std::process::id().wrapping_mul(2_654_435_761) ^ nanos) & 0xff_ffff
+    });
+    preset_client_id.replacen("{i}", &format!("{token:06x}-{{i}}"), 1)
+}
+
 /// The device id, client id and topic templates. A single device keeps its names exactly as
 /// given; in a fleet a name without `{i}` gets `_{i}` so that devices and connections differ.
 fn templates(
@@ -613,6 +635,7 @@ fn templates(
     client_id: Option<String>,
     topic: &str,
     preset: &Preset,
+    default_client: &str,
     devices: u64,
     connections: u64,
 ) -> Result<(Template, Template, Template), Error> {
@@ -631,7 +654,7 @@ fn templates(
     };
     let client = match client_id {
         Some(c) => parse(&c, "--client-id", connections)?,
-        None => parse(preset.client_id, "--client-id", connections)?,
+        None => parse(default_client, "--client-id", connections)?,
     };
     let topic = Template::parse(topic, true, "--topic").map_err(usage)?;
     if devices > 1 && !topic.has_device_id() && !topic.has_index() {

@@ -129,7 +129,7 @@ impl Summarize for Report {
             }
             s.row("connections", conns.join(", "));
         }
-        if self.reconnects + self.connections.losses > 0 {
+        if self.reconnects + self.connections.losses + self.connections.takeovers > 0 {
             let c = &self.connections;
             let mut faults = vec![
                 format!("{} losses", fmt_int(c.losses)),
@@ -143,6 +143,18 @@ impl Summarize for Report {
                 faults.push(format!(
                     "{} sessions lost by the broker",
                     fmt_int(c.sessions_lost)
+                ));
+            }
+            if c.takeovers > 0 {
+                faults.push(format!(
+                    "{} taken over by a client with the same id",
+                    fmt_int(c.takeovers)
+                ));
+            }
+            if c.client_id_in_use > 0 {
+                faults.push(format!(
+                    "{} client ids in use by another client",
+                    fmt_int(c.client_id_in_use)
                 ));
             }
             s.row("faults", faults.join(", "));

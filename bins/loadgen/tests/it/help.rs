@@ -243,3 +243,59 @@ fn loadgen_names_its_commands_and_the_nearest_to_a_typo() {
     assert_eq!(code, Some(2));
     assert!(err.contains("did you mean loadgen sub?"), "{err}");
 }
+
+/// The environment paragraph of each help is true for its tool: its example is one of the
+/// tool's flags, `--config` is named only where there is one, and every help ends with the
+/// tool's exit codes.
+#[test]
+fn each_helps_environment_and_exit_code_paragraphs_are_true_for_its_tool() {
+    for (prefix, help) in loadgen::help_texts() {
+        if prefix.len() == 1 && prefix[0] == "loadgen" {
+            continue;
+        }
+        let env = help
+            .split("Environment:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{prefix:?} has no Environment paragraph"));
+        let example = env
+            .split("(--")
+            .nth(1)
+            .and_then(|e| e.split(':').next())
+            .unwrap_or_else(|| panic!("{prefix:?}: no example in {env}"));
+        // A command of subcommands (job-pub) lists them, not their flags.
+        if !help.contains("\nCommands:") {
+            assert!(
+                help.contains(&format!("--{example} ")),
+                "{prefix:?}: the example --{example} is not a flag of this tool"
+            );
+        }
+        let has_config = help.contains("--config <FILE>");
+        assert_eq!(
+            env.contains("--config"),
+            has_config,
+            "{prefix:?}: --config named in the environment paragraph iff the tool has it"
+        );
+        assert!(help.contains("Exit codes: 0 "), "{prefix:?}: no exit codes");
+    }
+}
+
+#[test]
+fn loadgen_help_names_a_commands_help_and_switches_read_1_and_0() {
+    let (code, out, _) = run("loadgen", &["help", "sub"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("Usage: loadgen sub"), "{out}");
+    // LOADGEN_QUIET=1 is on, as people write it: the run goes on to the broker (exit 3),
+    // not a usage error.
+    let (code, _, err) = run(
+        "loadgen",
+        &[
+            "pub",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--connect-timeout",
+            "100ms",
+        ],
+        &[("LOADGEN_QUIET", "1")],
+    );
+    assert_eq!(code, Some(3), "{err}");
+}

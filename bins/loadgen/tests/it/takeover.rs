@@ -72,3 +72,38 @@ fn a_fleet_with_templated_client_ids_is_not_taken_for_a_takeover() {
         assert!(!out.stderr.contains("in use"), "{}", out.stderr);
     }
 }
+
+/// Two copies of one fleet command on one broker: with default client ids each copy's are
+/// its own (a token of the process), so neither takes the other's connections (with the
+/// seed's `loadgen-{i}` both lost every connection again and again, unnoticed).
+#[test]
+fn two_copies_of_one_fleet_command_keep_their_own_connections() {
+    let m = Mosquitto::start();
+    let sub = Subscriber::start(m.port, "device_data/#");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let args = fleet(&m.url(), "0");
+            std::thread::spawn(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                publish(&a)
+            })
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.join().unwrap();
+        out.assert_code(0);
+        let r = out.report();
+        let c = &r["connections"];
+        assert_eq!(n(r, "points_acked"), 2_000, "copy {i}: {}", out.stdout);
+        assert_eq!(
+            (n(c, "losses"), n(c, "takeovers")),
+            (0, 0),
+            "copy {i}: {c:#}"
+        );
+    }
+    // Both copies' points reached the broker: the same devices, twice.
+    assert!(
+        sub.wait_points(4_000, Duration::from_secs(10)),
+        "4,000 points"
+    );
+}
