@@ -299,3 +299,34 @@ fn loadgen_help_names_a_commands_help_and_switches_read_1_and_0() {
     );
     assert_eq!(code, Some(3), "{err}");
 }
+
+#[test]
+fn a_variable_of_a_flag_jobs_do_not_offer_is_named_not_taken() {
+    // A LOADGEN_CA_FILE shared with a TLS publisher: job-pub speaks no TLS yet.
+    let (code, _, err) = run(
+        "job-pub",
+        &[
+            "run",
+            "--database-url",
+            "postgres://x@127.0.0.1:1/x",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--batch",
+            "0",
+        ],
+        &[
+            ("LOADGEN_CA_FILE", "/nonexistent/ca.pem"),
+            ("LOADGEN_COUNT", "5"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("LOADGEN_CA_FILE names no flag of job-pub run"),
+        "{err}"
+    );
+    assert!(
+        err.contains("LOADGEN_COUNT is a flag of job-pub seed, not of job-pub run"),
+        "{err}"
+    );
+    assert!(err.contains("--batch must be from 1 to 100000"), "{err}");
+}
