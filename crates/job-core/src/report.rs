@@ -192,38 +192,37 @@ impl Report {
             "database",
             format!("{} (table {})", self.database, self.table),
         );
+        // What every run has, then only the fates some job had: a line of zeros says nothing.
         let mut jobs = format!(
-            "{} claimed, {} published, {} acknowledged, {} failed, {} rejected",
+            "{} claimed, {} published, {} acknowledged",
             fmt_int(self.jobs_claimed),
             fmt_int(self.jobs_published),
-            fmt_int(self.jobs_acked),
-            fmt_int(self.jobs_failed),
-            fmt_int(self.jobs_rejected)
+            fmt_int(self.jobs_acked)
         );
-        if self.jobs_given_up > 0 {
-            jobs.push_str(&format!(
-                ", {} given up (the broker closed the connection for each)",
-                fmt_int(self.jobs_given_up)
-            ));
-        }
-        if self.jobs_unreadable > 0 {
-            jobs.push_str(&format!(
-                ", {} unreadable rows",
-                fmt_int(self.jobs_unreadable)
-            ));
-        }
-        jobs.push_str(&format!(
-            ", {} skipped (past --max-lateness)",
-            fmt_int(self.jobs_skipped)
-        ));
-        line("jobs", jobs);
-        line(
-            "late",
-            format!(
-                "{} published more than --late-after after their fire_at",
-                fmt_int(self.jobs_late)
+        for (n, what) in [
+            (self.jobs_failed, "failed"),
+            (self.jobs_rejected, "rejected"),
+            (
+                self.jobs_given_up,
+                "given up (the broker closed the connection for each)",
             ),
-        );
+            (self.jobs_unreadable, "unreadable rows"),
+            (self.jobs_skipped, "skipped (past --max-lateness)"),
+        ] {
+            if n > 0 {
+                jobs.push_str(&format!(", {} {what}", fmt_int(n)));
+            }
+        }
+        line("jobs", jobs);
+        if self.jobs_late > 0 {
+            line(
+                "late",
+                format!(
+                    "{} published more than --late-after after their fire_at",
+                    fmt_int(self.jobs_late)
+                ),
+            );
+        }
         if self.jobs_republished_after_lease_expiry + self.jobs_lease_lost + self.messages_resent
             > 0
         {

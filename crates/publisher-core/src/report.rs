@@ -924,7 +924,10 @@ impl Report {
         line("qos", self.qos.to_string());
         line(
             "batch",
-            format!("{} points per message", fmt_int(self.batch)),
+            match self.batch {
+                1 => "1 point per message (a single JSON object)".to_string(),
+                b => format!("{} points per message", fmt_int(b)),
+            },
         );
         let mut dropped = if self.points_dropped > 0 {
             format!(", {} dropped", fmt_int(self.points_dropped))

@@ -852,3 +852,29 @@ fn job_pub_serves_its_metrics_with_the_run_label_and_lingers_on_the_final_figure
     };
     assert_eq!(code, Some(0));
 }
+
+/// A clean run's summary carries no line or count of zeros: no "0 failed, 0 rejected, 0
+/// skipped", no "late 0".
+#[test]
+fn a_clean_runs_summary_names_no_fate_no_job_had() {
+    let pg = Postgres::start();
+    let m = Mosquitto::start();
+    ok(job_pub(&pg, &["migrate"]).output().unwrap());
+    seed(&pg, "10", "0s..0s");
+    let out = ok(job_pub(
+        &pg,
+        &["run", "--broker", &m.url(), "--until-empty", "--quiet"],
+    )
+    .output()
+    .unwrap());
+    assert!(
+        out.contains("10 claimed, 10 published, 10 acknowledged\n"),
+        "{out}"
+    );
+    for zero in ["failed", "rejected", "skipped", "\nlate "] {
+        assert!(
+            !out.contains(zero),
+            "'{zero}' in a clean run's summary:\n{out}"
+        );
+    }
+}
