@@ -775,18 +775,14 @@ impl Report {
                 .collect();
             line("slowest", format!("{} (highest latency)", named.join(", ")));
         }
-        // Devices with a problem first, at most SHOWN lines. Healthy devices get a line of
-        // their own only in a run of a few (the seed's two frontends): in a fleet, "N seen,
-        // 0 with a problem" says it, and lines of zeros would bury it.
+        // Devices with a problem first, then the rest, at most SHOWN lines in all.
         const SHOWN: usize = 20;
-        const FEW: u64 = 5;
         let failing = |d: &&DeviceReport| d.failing();
-        let few = self.devices_seen <= FEW;
         let shown: Vec<&DeviceReport> = self
             .devices
             .iter()
             .filter(failing)
-            .chain(self.devices.iter().filter(|d| few && !failing(d)))
+            .chain(self.devices.iter().filter(|d| !failing(d)))
             .take(SHOWN)
             .collect();
         for d in &shown {
@@ -825,7 +821,7 @@ impl Report {
                 ),
             );
         }
-        if self.devices_seen > shown.len() as u64 && (few || self.devices_failing > 0) {
+        if self.devices_seen > shown.len() as u64 {
             let failing_total = self.devices_failing as usize;
             let failing_shown = shown.iter().filter(|d| failing(d)).count();
             line(

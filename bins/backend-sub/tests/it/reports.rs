@@ -134,27 +134,3 @@ fn a_duration_run_shows_the_time_it_has_left_in_its_progress() {
         "{left:?}"
     );
 }
-
-/// A fleet that arrived whole is one line, "N seen, 0 with a problem": no line of zeros per
-/// device.
-#[test]
-fn a_healthy_fleet_gets_no_line_per_device() {
-    let m = Mosquitto::start();
-    let backend = start(&["--broker", &m.url(), "--expect", "1000", "--quiet"]);
-    publish(
-        &m.url(),
-        &["--devices", "10", "--total", "1000", "--batch", "10"],
-    );
-    let out = backend.wait();
-    out.assert_code(0);
-    assert!(
-        out.stdout.contains("10 seen, 0 with a problem"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        !out.stdout.lines().any(|l| l.starts_with("device ")),
-        "{}",
-        out.stdout
-    );
-}
