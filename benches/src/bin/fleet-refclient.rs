@@ -38,6 +38,9 @@ use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+#[path = "fleet-refclient/modes.rs"]
+mod modes;
+
 use bytes::BytesMut;
 use point_format::{Encoder, Sample};
 use rumqttc::{Connect, Publish, QoS};
@@ -45,7 +48,8 @@ use rumqttc::{Connect, Publish, QoS};
 const USAGE: &str = "usage: fleet-refclient --port P [--host 127.0.0.1] --connections N \
     [--rate-per-conn R=1] [--duration SECS=10] [--qos 0|1] [--client-prefix ref-] \
     [--topic-prefix device_data/ref-] [--connect-only] [--max-connecting K=1000] \
-    [--source-ip A.B.C.D]...";
+    [--source-ip A.B.C.D]... [--keep-alive SECS=0] \
+    [--subscribe FILTER [--expect-per-conn N] [--idle SECS=2]] [--hold] [--churn R]";
 
 /// The epoll token of the timer; connections use their index.
 const TIMER: u64 = u64::MAX;
@@ -76,6 +80,15 @@ struct Opts {
     connect_only: bool,
     max_connecting: usize,
     source_ips: Vec<Ipv4Addr>,
+    keep_alive: u16,
+    /// Subscriber mode: every connection subscribes to this filter (`{i}`, `{i:05}`: its index).
+    subscribe: Option<String>,
+    expect_per_conn: Option<u64>,
+    idle: f64,
+    /// Idle mode: hold the connections for the duration, PINGREQ as the keep-alive asks.
+    hold: bool,
+    /// Churn mode: R reconnects a second, spread, round robin over the connections.
+    churn: Option<f64>,
 }
 
 fn main() {
@@ -125,6 +138,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
         connect_only: false,
         max_connecting: 1000,
         source_ips: Vec::new(),
+        keep_alive: 0,
+        subscribe: None,
+        expect_per_conn: None,
+        idle: 2.0,
+        hold: false,
+        churn: None,
     };
     let mut it = args;
     while let Some(flag) = it.next() {
@@ -146,6 +165,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
             "--connect-only" => o.connect_only = true,
             "--max-connecting" => o.max_connecting = num(&value(&mut it, &flag)?, &flag)?,
             "--source-ip" => o.source_ips.push(num(&value(&mut it, &flag)?, &flag)?),
+            "--keep-alive" => o.keep_alive = num(&value(&mut it, &flag)?, &flag)?,
+            "--subscribe" => o.subscribe = Some(value(&mut it, &flag)?),
+            "--expect-per-conn" => o.expect_per_conn = Some(num(&value(&mut it, &flag)?, &flag)?),
+            "--idle" => o.idle = num(&value(&mut it, &flag)?, &flag)?,
+            "--hold" => o.hold = true,
+            "--churn" => o.churn = Some(num(&value(&mut it, &flag)?, &flag)?),
             _ => return Err(format!("unknown argument: {flag}; {USAGE}")),
         }
     }
@@ -165,6 +190,24 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
     }
     if o.max_connecting == 0 {
         return Err("--max-connecting must be at least 1".into());
+    }
+    let modes = usize::from(o.subscribe.is_some())
+        + usize::from(o.hold)
+        + usize::from(o.churn.is_some())
+        + usize::from(o.connect_only);
+    if modes > 1 {
+        return Err("--subscribe, --hold, --churn and --connect-only exclude each other".into());
+    }
+    if let Some(r) = o.churn {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(format!("bad --churn: {r} (reconnects a second, positive)"));
+        }
+    }
+    if o.hold && o.keep_alive == 0 {
+        return Err("--hold needs --keep-alive SECS (how often each connection pings)".into());
+    }
+    if !(o.idle.is_finite() && o.idle > 0.0) {
+        return Err(format!("bad --idle: {}", o.idle));
     }
     Ok(o)
 }
@@ -267,11 +310,13 @@ enum State {
     Dead,
 }
 
-/// Skips MQTT packets as they arrive, split anywhere across reads, counting PUBACKs. Only
-/// PUBACKs are expected, but the broker may send anything (a PINGRESP) without breaking the
-/// count.
+/// Skips MQTT packets as they arrive, split anywhere across reads, counting PUBACKs (or the
+/// packet type `want`, PINGRESP in the idle modes). Only those are expected, but the broker
+/// may send anything (a PINGRESP) without breaking the count.
 #[derive(Default)]
 struct Frames {
+    /// The packet type counted, 0 meaning PUBACK (4).
+    want: u8,
     kind: u8,
     /// 0: next byte is a packet type, 1: in the remaining length, 2: in the body.
     stage: u8,
@@ -287,7 +332,7 @@ impl Frames {
             match self.stage {
                 0 => {
                     // The common case, a whole PUBACK: no need to go byte by byte.
-                    if b == 0x40 && rest.len() >= 3 && rest[0] == 2 {
+                    if self.want == 0 && b == 0x40 && rest.len() >= 3 && rest[0] == 2 {
                         acks += 1;
                         data = &rest[3..];
                         continue;
@@ -328,7 +373,8 @@ impl Frames {
 
     fn done(&mut self) -> u64 {
         self.stage = 0;
-        u64::from(self.kind >> 4 == 4)
+        let want = if self.want == 0 { 4 } else { self.want };
+        u64::from(self.kind >> 4 == want)
     }
 }
 
@@ -544,6 +590,7 @@ impl Fleet {
     ) -> Result<(), String> {
         let c = &mut self.conns[i];
         c.t0 = Instant::now();
+        c.got = 0;
         // SAFETY: plain syscalls on a descriptor we own; pointers are to locals of the right size.
         unsafe {
             let fd = libc::socket(
@@ -633,7 +680,7 @@ impl Fleet {
                     // A fresh socket takes a CONNECT of a few dozen bytes whole, or not at all.
                     match send(c.fd, &c.connect) {
                         Io::Done(n) if n == c.connect.len() => {
-                            c.connect = Box::default();
+                            // Kept: churn sends it again on every reconnect.
                             c.state = State::AwaitConnack;
                             return None;
                         }
@@ -764,36 +811,7 @@ impl Fleet {
         let up: Vec<usize> = (0..self.conns.len())
             .filter(|&i| self.conns[i].state == State::Up)
             .collect();
-        // SAFETY: plain syscalls; the itimerspec is a local.
-        let tfd = unsafe {
-            let tfd = libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            );
-            if tfd < 0 {
-                return Err(os_error("timerfd_create"));
-            }
-            let ms = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 1_000_000,
-            };
-            let spec = libc::itimerspec {
-                it_interval: ms,
-                it_value: ms,
-            };
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: TIMER,
-            };
-            if libc::timerfd_settime(tfd, 0, &spec, std::ptr::null_mut()) != 0
-                || libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, tfd, &mut ev) != 0
-            {
-                let e = os_error("timerfd");
-                close(tfd);
-                return Err(e);
-            }
-            tfd
-        };
+        let tfd = modes::timer(self.epfd, Duration::from_millis(1))?;
         let start = Instant::now();
         // The fleet's global message g = k*n + c is due at (g+1) / (n*R): the due count at
         // time t is floor(t*n*R), and a cursor walks connections in that order.
@@ -905,7 +923,7 @@ fn build_conns(o: &Opts) -> Result<Vec<Conn>, String> {
         let id = format!("{}{i:05}", o.client_prefix);
         buf.clear();
         let mut connect = Connect::new(id.as_str());
-        connect.keep_alive = 0;
+        connect.keep_alive = o.keep_alive;
         connect.clean_session = true;
         connect
             .write(&mut buf)
@@ -1009,6 +1027,31 @@ fn run(o: &Opts) -> Result<String, String> {
             "no connection succeeded ({} failed, first: {})",
             fig.failed,
             fig.first_failure.as_deref().unwrap_or("?")
+        ));
+    }
+
+    let mode = if let Some(filter) = &o.subscribe {
+        Some(modes::subscribe(&mut fleet, o, filter)?)
+    } else if o.hold {
+        Some(modes::hold(&mut fleet, o)?)
+    } else if let Some(rate) = o.churn {
+        Some(modes::churn(&mut fleet, o, rate, &dest, &sources)?)
+    } else {
+        None
+    };
+    if let Some(fields) = mode {
+        fleet.close_all();
+        let lat = &fig.latencies_us;
+        return Ok(format!(
+            "{{\"connections\":{},\"connected\":{},\"failed\":{},\"connect_s\":{:.6},\
+             \"connect_p50_us\":{},\"connect_p99_us\":{},\"connect_max_us\":{},{fields}}}",
+            o.connections,
+            fig.connected,
+            fig.failed,
+            fig.seconds,
+            percentile(lat, 50.0),
+            percentile(lat, 99.0),
+            lat.last().copied().unwrap_or(0),
         ));
     }
 
