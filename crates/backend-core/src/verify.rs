@@ -269,6 +269,11 @@ impl Pools {
         self.gapped.len()
     }
 
+    /// Live ranges the gap records hold together (bounded by the budget).
+    pub fn live_ranges(&self) -> usize {
+        self.gapped.iter().map(|g| g.seen.range_count()).sum()
+    }
+
     /// Bytes the gap records hold beside their B-tree ranges.
     pub fn gap_record_bytes(&self) -> usize {
         self.gapped.capacity() * GAP_RECORD_BYTES
