@@ -1141,6 +1141,24 @@ mod tests {
         assert_eq!(whole.points_per_subscriber.max(), Some(16));
     }
 
+    /// The committed schema holds what a run writes: problems, failures, an empty fleet.
+    #[test]
+    fn fleet_stats_match_their_committed_schema() {
+        let devices = names(3);
+        let mut v = fleet(0..30);
+        feed(&mut v, &devices, &[0, 2]);
+        v.malformed(3);
+        let rules = Rules::default();
+        let mut st = v.stats(&rules);
+        st.subscribers_planned = 31;
+        st.subscribers_connected = 30;
+        st.subscribers_failed.insert("connect timeout".into(), 1);
+        for s in [st, FleetStats::default()] {
+            let json = serde_json::to_value(&s).expect("serializes");
+            test_support::assert_matches_schema("schema/fleet-verify.schema.json", &json);
+        }
+    }
+
     #[test]
     fn the_verdict_judges_each_subscriber_and_the_fleet() {
         let devices = names(3);
