@@ -879,6 +879,50 @@ impl FleetStats {
     }
 }
 
+impl FleetStats {
+    /// The text report's part: the summary's rows, every listed subscriber with a problem,
+    /// the slowest, and the verdict.
+    pub fn render_text(&self, rules: &Rules) -> String {
+        let mut o = String::new();
+        let mut line = |k: &str, v: &str| o.push_str(&format!("{k:<20}{v}\n"));
+        for (k, v) in &self.summary("", rules).rows {
+            line(k, v);
+        }
+        for (i, c) in self.subscribers_with_problems.iter().enumerate() {
+            line(if i == 0 { "problems" } else { "" }, &describe(c, rules));
+        }
+        if self.subscribers_with_problems_more > 0 {
+            line(
+                "",
+                &format!(
+                    "and {} more subscribers",
+                    fmt_int(self.subscribers_with_problems_more)
+                ),
+            );
+        }
+        for (i, x) in self.slowest_subscribers.iter().enumerate() {
+            line(
+                if i == 0 { "slowest" } else { "" },
+                &format!(
+                    "#{}: p99 <= {}, max {}, {} points",
+                    x.index,
+                    fmt_ms(x.p99_at_most_us as f64),
+                    fmt_ms(x.max_us as f64),
+                    fmt_int(x.points)
+                ),
+            );
+        }
+        let v = self.verdict(rules);
+        if v.pass {
+            line("verdict", "verified: every subscriber got every point");
+        }
+        for w in &v.why {
+            line("verdict", &format!("FAILED: {}", mqtt_tool::out::escape(w)));
+        }
+        o
+    }
+}
+
 /// One subscriber's problem, as the verdict names it.
 fn describe(c: &SubscriberCounts, rules: &Rules) -> String {
     let mut what = Vec::new();
@@ -1226,6 +1270,22 @@ mod tests {
             md.contains("per subscriber min 9, median 9, max 10"),
             "{md}"
         );
+        let mut st = v.stats(&exact);
+        st.subscribers_planned = 6;
+        st.subscribers_connected = 4;
+        st.subscribers_failed.insert("connection refused".into(), 2);
+        let text = st.render_text(&exact);
+        assert!(
+            text.contains(
+                "problems            #2 (1 duplicate)\n                    #3 (1 duplicate)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("verdict             FAILED: 2 of 6 subscribers failed"),
+            "{text}"
+        );
+        assert!(text.contains("slowest             #3: p99 <="), "{text}");
     }
 
     /// A subscriber that sees a few devices scattered over the worker's numbers keeps a
