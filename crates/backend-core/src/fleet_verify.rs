@@ -8,7 +8,8 @@
 //!     --> DeviceInterner: id -> dense u32, once per device (per subscriber a last-device
 //!         check first: a byte compare, no hash)
 //!     --> subscriber s's PairTable: u32 -> verify::Tracker (16 bytes; a gap record from the
-//!         worker's shared verify::Pools only once the pair has a gap, duplicate or reordering)
+//!         worker's shared verify::Pools only once the pair has a gap, duplicate or reordering;
+//!         with no record left the pair settles, its figures in s's verify::Settled)
 //!     --> s's counters and latency summary; the worker's HdrHistogram over all points
 //! end of run:  FleetVerifier::stats(&Rules) --> FleetStats (per worker)
 //!     --> += across workers, and across shard reports (JSON) --> verdict, Summary (Markdown)
@@ -37,7 +38,7 @@ use mqtt_tool::hist::{record_clamped, MAX_TRACKED_US};
 use mqtt_tool::summary::{fmt_ms, Summary};
 use serde::{Deserialize, Serialize};
 
-use crate::verify::{Arrival, Budget, Pools, Tracker};
+use crate::verify::{Arrival, Budget, Pools, Settled, Tracker};
 
 /// Subscribers with a problem named in a report, the first by index; the rest are counted.
 pub const PROBLEMS_LISTED: usize = 20;
@@ -323,6 +324,8 @@ pub struct Subscriber {
     pub malformed: u64,
     /// Points of devices past the worker's device limit: counted, not verified.
     pub untracked: u64,
+    /// The figures of its pairs that settled (no gap record was left for them).
+    pub settled: Settled,
     pub latency: LatencySummary,
 }
 
@@ -344,7 +347,8 @@ fn latency_histogram() -> Histogram<u64> {
 
 impl FleetVerifier {
     /// A verifier for the subscribers of `indexes` (their slots 0.. in that order), at most
-    /// `max_devices` devices, their gaps drawn from `budget`.
+    /// `max_devices` devices, their gaps drawn from `budget` (a fleet's:
+    /// `Budget::default().with_records(verify::GAP_RECORDS_FLEET)`).
     pub fn new(
         indexes: impl IntoIterator<Item = u32>,
         max_devices: usize,
@@ -365,6 +369,7 @@ impl FleetVerifier {
                     unique: 0,
                     malformed: 0,
                     untracked: 0,
+                    settled: Settled::default(),
                     latency: LatencySummary::default(),
                 })
                 .collect(),
@@ -419,7 +424,10 @@ impl FleetVerifier {
                 }
             },
         };
-        let arrival = sub.pairs.get_mut(dev).record(seq, &mut self.pools);
+        let arrival =
+            sub.pairs
+                .get_mut(dev)
+                .record_settling(seq, &mut self.pools, &mut sub.settled);
         sub.unique += u64::from(matches!(arrival, Arrival::New | Arrival::Late));
         Some(arrival)
     }
@@ -474,6 +482,10 @@ impl FleetVerifier {
                     c.missing = c.missing.saturating_add(m);
                 }
             });
+            let settled = &sub.settled;
+            c.duplicate += settled.duplicates;
+            c.unverifiable += settled.unverifiable;
+            c.missing = c.missing.saturating_add(settled.missing(from_zero));
             if rules.share_group {
                 c.missing = 0;
             }
@@ -1115,6 +1127,26 @@ mod tests {
         );
         // Only the crafted device left its run: one gap record a subscriber.
         assert_eq!(v.pools.gap_records(), 200);
+    }
+
+    /// No gap record left: each subscriber's pair settles, and the crafted stream's gap and
+    /// repeat are still counted (the repeat, past the floor, as unverifiable).
+    #[test]
+    fn with_no_gap_record_left_200_subscribers_still_count_the_crafted_stream() {
+        let mut v = FleetVerifier::new(0..200, 100_000, Budget::default().with_records(0));
+        feed(&mut v, &names(20), &[0, 1, 2, 3]);
+        feed(&mut v, &["crafted".to_string()], &[0, 1, 2, 5, 6, 6]);
+        let st = v.stats(&Rules::default());
+        assert_eq!(v.pools.gap_records(), 0);
+        assert_eq!(
+            (st.points_missing, st.points_unverifiable, st.points_unique),
+            (200 * 2, 200, 200 * (20 * 4 + 5))
+        );
+        assert!(st
+            .subscribers_with_problems
+            .iter()
+            .all(|c| (c.missing, c.unverifiable) == (2, 1)));
+        assert!(!st.verdict(&Rules::default()).pass);
     }
 
     /// Pools far too small for the gaps: ranges stay within them, every count stays exact.

@@ -5,6 +5,7 @@
 //! ```text
 //! seq --> Tracker::record(seq, &mut Pools) --> Arrival (new, late, duplicate, unverifiable)
 //!   Tracker (16 bytes): empty | an in-order run first..=last | a gap record in Pools
+//!                       | settled at a floor (no record left; figures in the owner's Settled)
 //!   Pools: gap records (seq ranges in a B-tree) + Budget (live and listed ranges, all pairs)
 //! ```
 //!
@@ -25,6 +26,13 @@
 //! half of its own (at least one); past the listing pool, retired ranges are counted, not
 //! listed. So a pair with gaps costs a record of [`GAP_RECORD_BYTES`] and gaps, however many
 //! pairs have them, draw on a pool of fixed size.
+//!
+//! The records can be bounded as well ([`Budget::with_records`]; a subscriber fleet's
+//! worker holds [`GAP_RECORDS_FLEET`]). A pair that breaks its run with none left settles:
+//! it keeps only its floor (the highest seq), and its figures go to its owner's [`Settled`],
+//! exactly, as below a retired floor: later seqs above the floor are new (the seqs skipped
+//! missing), seqs at or below it unverifiable. backend-sub's pools have no record limit (its
+//! devices are bounded by `--max-devices`), so each of its devices keeps its own figures.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,11 +48,17 @@ pub const LIVE_RANGES_TOTAL: usize = 2_000_000;
 /// Retired ranges all devices together keep listed (16 bytes each: ~32 MB).
 pub const LISTED_RANGES_TOTAL: usize = 2_000_000;
 
-/// What all devices together may still hold: live ranges and listed retired ranges.
+/// Gap records a subscriber fleet's worker keeps at most (each [`GAP_RECORD_BYTES`] and a
+/// B-tree node, ~270 bytes: ~70 MB); past them a pair settles (see [`Settled`]).
+pub const GAP_RECORDS_FLEET: usize = 262_144;
+
+/// What all pairs together may still hold: gap records, live ranges and listed retired
+/// ranges.
 #[derive(Debug, Clone)]
 pub struct Budget {
     live_left: usize,
     listed_left: usize,
+    records_left: usize,
 }
 
 impl Default for Budget {
@@ -54,11 +68,52 @@ impl Default for Budget {
 }
 
 impl Budget {
+    /// Gap records without a limit: an owner whose pairs are bounded otherwise
+    /// (backend-sub's `--max-devices`) and that reports each pair's own figures.
     pub fn new(live: usize, listed: usize) -> Budget {
         Budget {
             live_left: live,
             listed_left: listed,
+            records_left: usize::MAX,
         }
+    }
+
+    /// At most `records` gap records; pairs that break their run past them settle, their
+    /// figures kept by the caller's [`Settled`].
+    pub fn with_records(self, records: usize) -> Budget {
+        Budget {
+            records_left: records,
+            ..self
+        }
+    }
+}
+
+/// The figures of pairs that broke their run when no gap record was left: kept per owner
+/// (a subscriber), since a settled pair holds only its floor. Exact, like a retired floor's:
+/// everything at or below a pair's floor is settled, so a seq arriving there is
+/// unverifiable (or, inside the run it had, a known duplicate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub pairs: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub duplicates: u64,
+    pub unverifiable: u64,
+    /// Missing between a pair's first seq and its floor.
+    pub missing: u64,
+    /// Missing below the pairs' first seqs (their sum): missing too when counting from 0.
+    pub missing_below_first: u64,
+}
+
+impl Settled {
+    /// Missing seqs (from 0 with `from_zero`).
+    pub fn missing(&self, from_zero: bool) -> u64 {
+        let below = if from_zero {
+            self.missing_below_first
+        } else {
+            0
+        };
+        self.missing.saturating_add(below)
     }
 }
 
@@ -281,10 +336,12 @@ impl Pools {
 }
 
 /// One (subscriber, device) pair's delivery state, 16 bytes: nothing yet, an in-order run
-/// `first..=last`, or the index of its gap record in [`Pools`].
+/// `first..=last`, the index of its gap record in [`Pools`], or (no record left) settled
+/// up to a floor.
 ///
 /// Encoded in two words so that the common case needs no tag of its own: `a <= b` is the
-/// run `a..=b`; `a == u64::MAX > b` is gap record `b`; `(1, 0)` is empty.
+/// run `a..=b`; `a == u64::MAX > b` is gap record `b`; `a == u64::MAX - 1 > b` is settled
+/// up to floor `b`; `(1, 0)` is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tracker {
     a: u64,
@@ -318,7 +375,12 @@ enum State {
     Empty,
     Run(u64, u64),
     Gapped(usize),
+    Settled(u64),
 }
+
+/// The highest floor a settled pair holds (its tag takes the word above); a seq beyond it
+/// arriving at a settled pair is unverifiable.
+const SETTLED_FLOOR_MAX: u64 = u64::MAX - 2;
 
 impl Tracker {
     pub const EMPTY: Tracker = Tracker { a: 1, b: 0 };
@@ -328,8 +390,17 @@ impl Tracker {
             State::Run(self.a, self.b)
         } else if self.a == u64::MAX {
             State::Gapped(self.b as usize)
+        } else if self.a == u64::MAX - 1 {
+            State::Settled(self.b)
         } else {
             State::Empty
+        }
+    }
+
+    fn settled(floor: u64) -> Tracker {
+        Tracker {
+            a: u64::MAX - 1,
+            b: floor,
         }
     }
 
@@ -343,10 +414,35 @@ impl Tracker {
         matches!(self.state(), State::Gapped(_))
     }
 
+    /// Whether the pair broke its run with no gap record left (its figures are its owner's).
+    pub fn is_settled(&self) -> bool {
+        matches!(self.state(), State::Settled(_))
+    }
+
     /// Records one arrival of `seq`; a pair leaving its in-order run takes a gap record
-    /// from `pools` and draws any new range from its budget.
+    /// from `pools` and draws any new range from its budget. For pools without a limit on
+    /// gap records (see [`Budget::with_records`]); else [`Tracker::record_settling`].
     #[inline]
     pub fn record(&mut self, seq: u64, pools: &mut Pools) -> Arrival {
+        let mut settled = Settled::default();
+        let arrival = self.record_settling(seq, pools, &mut settled);
+        debug_assert_eq!(
+            settled,
+            Settled::default(),
+            "a pair settled: use record_settling"
+        );
+        arrival
+    }
+
+    /// [`Tracker::record`], and with no gap record left the pair settles: its figures go to
+    /// `settled` (its owner's), and it keeps only its floor.
+    #[inline]
+    pub fn record_settling(
+        &mut self,
+        seq: u64,
+        pools: &mut Pools,
+        settled: &mut Settled,
+    ) -> Arrival {
         match self.state() {
             State::Run(_, last) if last.checked_add(1) == Some(seq) => {
                 self.b = seq;
@@ -357,7 +453,40 @@ impl Tracker {
                 Arrival::New
             }
             State::Gapped(i) => pools.gapped[i].record(seq, &mut pools.budget),
+            State::Settled(floor) => {
+                settled.received += 1;
+                if seq <= floor || seq > SETTLED_FLOOR_MAX {
+                    settled.unverifiable += 1;
+                    return Arrival::Unverifiable;
+                }
+                settled.unique += 1;
+                settled.missing += seq - floor - 1;
+                *self = Tracker::settled(seq);
+                Arrival::New
+            }
+            State::Run(first, last) if pools.budget.records_left == 0 => {
+                // The run's figures go to the owner; the pair keeps its floor.
+                settled.pairs += 1;
+                settled.received += last - first + 2;
+                settled.unique += last - first + 1;
+                settled.missing_below_first = settled.missing_below_first.saturating_add(first);
+                let (arrival, floor) = if seq > last && seq <= SETTLED_FLOOR_MAX {
+                    settled.unique += 1;
+                    settled.missing += seq - last - 1;
+                    (Arrival::New, seq)
+                } else if (first..=last).contains(&seq) {
+                    settled.duplicates += 1;
+                    (Arrival::Duplicate, last)
+                } else {
+                    // Below the run (or past the highest floor): not told apart any more.
+                    settled.unverifiable += 1;
+                    (Arrival::Unverifiable, last)
+                };
+                *self = Tracker::settled(floor.min(SETTLED_FLOOR_MAX));
+                arrival
+            }
             State::Run(first, last) => {
+                pools.budget.records_left -= 1;
                 let mut g = Gapped::run(first, last, &mut pools.budget);
                 let arrival = g.record(seq, &mut pools.budget);
                 let i = pools.gapped.len();
@@ -384,6 +513,11 @@ impl Tracker {
                 max_seq: Some(last),
                 ..Counts::default()
             },
+            // Its figures are its owner's (see `Settled`): only the floor is its own.
+            State::Settled(floor) => Counts {
+                max_seq: Some(floor),
+                ..Counts::default()
+            },
             State::Gapped(i) => {
                 let g = &pools.gapped[i];
                 Counts {
@@ -405,7 +539,7 @@ impl Tracker {
     pub fn max_seq(&self, pools: &Pools) -> Option<u64> {
         match self.state() {
             State::Empty => None,
-            State::Run(_, last) => Some(last),
+            State::Run(_, last) | State::Settled(last) => Some(last),
             State::Gapped(i) => pools.gapped[i].max_seq(),
         }
     }
@@ -423,7 +557,8 @@ impl Tracker {
                     .collect(),
                 truncated: limit == 0,
             },
-            State::Empty | State::Run(..) => Missing {
+            // A settled pair's missing seqs are counted in its owner's `Settled`.
+            State::Empty | State::Run(..) | State::Settled(_) => Missing {
                 count: 0,
                 ranges: Vec::new(),
                 truncated: false,
@@ -441,6 +576,7 @@ impl Tracker {
     pub fn received_ranges(&self, pools: &Pools, limit: usize) -> (Vec<SeqRange>, bool) {
         match self.state() {
             State::Empty => (Vec::new(), false),
+            State::Settled(_) => (Vec::new(), true),
             State::Run(first, last) if limit.min(LISTED_RANGES) > 0 => {
                 (vec![SeqRange(first, last)], false)
             }
@@ -758,6 +894,59 @@ mod tests {
         assert!(r.contains(7) && !r.contains(8));
         assert!(r.insert(u64::MAX));
         assert_eq!(r.len(), 8);
+    }
+
+    /// No gap record left: a pair that breaks its run settles at a floor, its figures (and
+    /// those of later arrivals) counted exactly in its owner's `Settled`.
+    #[test]
+    fn past_the_last_gap_record_a_pair_settles_and_its_owner_counts_exactly() {
+        let mut p = Pools::new(Budget::default().with_records(1));
+        let (mut a, mut b) = (Tracker::default(), Tracker::default());
+        let mut owner = Settled::default();
+        for s in [3, 4, 5, 8] {
+            a.record_settling(s, &mut p, &mut owner);
+        }
+        assert!(a.is_gapped(), "the one record");
+        use Arrival::*;
+        let arrivals: Vec<Arrival> = [3, 4, 5, 8, 9, 12, 4, 7, 2]
+            .into_iter()
+            .map(|s| b.record_settling(s, &mut p, &mut owner))
+            .collect();
+        assert_eq!(
+            arrivals,
+            [
+                New,
+                New,
+                New,
+                New,
+                New,
+                New,
+                Unverifiable,
+                Unverifiable,
+                Unverifiable
+            ]
+        );
+        assert!(b.is_settled());
+        assert_eq!(p.gap_records(), 1);
+        assert_eq!(
+            owner,
+            Settled {
+                pairs: 1,
+                received: 9,
+                unique: 6,
+                duplicates: 0,
+                unverifiable: 3,
+                missing: 2 + 2,
+                missing_below_first: 3,
+            }
+        );
+        assert_eq!((owner.missing(true), b.max_seq(&p)), (7, Some(12)));
+        // A duplicate inside the run it had is still known as one.
+        let mut c = Tracker::default();
+        c.record_settling(0, &mut p, &mut owner);
+        c.record_settling(1, &mut p, &mut owner);
+        assert_eq!(c.record_settling(0, &mut p, &mut owner), Duplicate);
+        assert_eq!(owner.duplicates, 1);
     }
 
     /// A run that reaches the highest seq cannot grow; what comes next leaves the run.
