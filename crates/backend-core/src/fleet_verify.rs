@@ -122,6 +122,15 @@ impl PairTable {
         }
     }
 
+    fn get(&self, dev: DeviceIx) -> Option<&Tracker> {
+        let i = self.find(dev)?;
+        Some(match self {
+            PairTable::Few(v) => &v[i].1,
+            PairTable::Hashed { pairs, .. } => &pairs[i],
+            PairTable::Dense(v) => &v[i],
+        })
+    }
+
     /// Where `dev`'s tracker is.
     #[inline]
     fn find(&self, dev: DeviceIx) -> Option<usize> {
@@ -432,16 +441,12 @@ impl FleetVerifier {
         Some(arrival)
     }
 
-    /// The tracker of (`slot`, `device`), if that pair has seen a point.
+    /// The figures of (`slot`, `device`), if that pair has seen a point (a settled pair's
+    /// are its subscriber's: see [`Subscriber::settled`]).
     pub fn pair(&self, slot: usize, device: &str) -> Option<crate::verify::Counts> {
         let dev = *self.devices.ids.get(device)?;
-        let mut found = None;
-        self.subscribers[slot].pairs.for_each(|d, t| {
-            if d == dev {
-                found = Some(t.counts(&self.pools));
-            }
-        });
-        found
+        let t = self.subscribers[slot].pairs.get(dev)?;
+        (!t.is_empty()).then(|| t.counts(&self.pools))
     }
 
     /// Bytes the pairs hold: the subscribers' tables, the gap records (not their ranges).
