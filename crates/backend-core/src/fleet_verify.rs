@@ -651,8 +651,11 @@ impl<'de> Deserialize<'de> for Hist {
     }
 }
 
-/// The fleet's figures: per worker, summed with `+=` across workers and shard reports.
+/// The fleet's figures: per worker, summed with `+=` across workers and with
+/// [`FleetStats::merge`] across shard reports. A field a report lacks (an older one) reads
+/// as empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FleetStats {
     /// Subscribers the run planned, those that connected (and subscribed), and those that
     /// failed, by reason.
@@ -970,34 +973,124 @@ pub struct Verdict {
     pub why: Vec<String>,
 }
 
-impl AddAssign<&FleetStats> for FleetStats {
-    fn add_assign(&mut self, o: &FleetStats) {
-        self.subscribers_planned += o.subscribers_planned;
-        self.subscribers_connected += o.subscribers_connected;
+impl FleetStats {
+    /// Adds a shard report's figures (read from a file): a sum that overflows or a
+    /// histogram that does not add is an error naming the field, nothing is half added.
+    pub fn merge(&mut self, o: &FleetStats) -> Result<(), String> {
+        let mut sum = self.clone();
+        sum.add(o, true)?;
+        *self = sum;
+        Ok(())
+    }
+
+    fn add(&mut self, o: &FleetStats, checked: bool) -> Result<(), String> {
+        let add = |field: &str, a: &mut u64, b: u64| -> Result<(), String> {
+            *a = match a.checked_add(b) {
+                Some(v) => v,
+                None if checked => return Err(format!("{field} add up past 2^64")),
+                None => u64::MAX,
+            };
+            Ok(())
+        };
+        add(
+            "subscribers_planned",
+            &mut self.subscribers_planned,
+            o.subscribers_planned,
+        )?;
+        add(
+            "subscribers_connected",
+            &mut self.subscribers_connected,
+            o.subscribers_connected,
+        )?;
         for (r, n) in &o.subscribers_failed {
-            *self.subscribers_failed.entry(r.clone()).or_default() += n;
+            add(
+                "subscribers_failed",
+                self.subscribers_failed.entry(r.clone()).or_default(),
+                *n,
+            )?;
         }
-        self.subscribers_verified += o.subscribers_verified;
-        self.deliveries += o.deliveries;
-        self.points += o.points;
-        self.points_unique += o.points_unique;
+        add(
+            "subscribers_verified",
+            &mut self.subscribers_verified,
+            o.subscribers_verified,
+        )?;
+        add("deliveries", &mut self.deliveries, o.deliveries)?;
+        add("points", &mut self.points, o.points)?;
+        add("points_unique", &mut self.points_unique, o.points_unique)?;
+        // Saturating, as each part's: a hostile seq near 2^64 claims that many missing.
         self.points_missing = self.points_missing.saturating_add(o.points_missing);
-        self.points_duplicate += o.points_duplicate;
-        self.points_out_of_order += o.points_out_of_order;
-        self.points_unverifiable += o.points_unverifiable;
-        self.points_untracked += o.points_untracked;
-        self.malformed_messages += o.malformed_messages;
-        self.deliveries_per_subscriber += &o.deliveries_per_subscriber;
-        self.points_per_subscriber += &o.points_per_subscriber;
+        add(
+            "points_duplicate",
+            &mut self.points_duplicate,
+            o.points_duplicate,
+        )?;
+        add(
+            "points_out_of_order",
+            &mut self.points_out_of_order,
+            o.points_out_of_order,
+        )?;
+        add(
+            "points_unverifiable",
+            &mut self.points_unverifiable,
+            o.points_unverifiable,
+        )?;
+        add(
+            "points_untracked",
+            &mut self.points_untracked,
+            o.points_untracked,
+        )?;
+        add(
+            "malformed_messages",
+            &mut self.malformed_messages,
+            o.malformed_messages,
+        )?;
+        for (mine, theirs, field) in [
+            (
+                &mut self.deliveries_per_subscriber,
+                &o.deliveries_per_subscriber,
+                "deliveries_per_subscriber",
+            ),
+            (
+                &mut self.points_per_subscriber,
+                &o.points_per_subscriber,
+                "points_per_subscriber",
+            ),
+        ] {
+            for (v, n) in &theirs.0 {
+                add(field, mine.0.entry(*v).or_default(), *n)?;
+            }
+        }
         self.subscribers_with_problems
             .extend(o.subscribers_with_problems.iter().cloned());
-        self.subscribers_with_problems_more += o.subscribers_with_problems_more;
+        add(
+            "subscribers_with_problems_more",
+            &mut self.subscribers_with_problems_more,
+            o.subscribers_with_problems_more,
+        )?;
         self.slowest_subscribers
             .extend(o.slowest_subscribers.iter().cloned());
-        self.latency_clamped += o.latency_clamped;
-        // Both histograms share their bounds (an hour, 3 figures): adding cannot fail.
-        let _ = mqtt_tool::hist::add(&mut self.latency_histogram.0, &o.latency_histogram.0);
+        add(
+            "latency_clamped",
+            &mut self.latency_clamped,
+            o.latency_clamped,
+        )?;
+        let added = mqtt_tool::hist::add(&mut self.latency_histogram.0, &o.latency_histogram.0);
+        if checked {
+            added.map_err(|e| format!("latency_histogram: {e}"))?;
+        } else {
+            // Workers' histograms share their bounds (an hour, 3 figures): they always add.
+            debug_assert!(added.is_ok(), "{added:?}");
+        }
         self.refresh();
+        Ok(())
+    }
+}
+
+/// Adds another worker's figures (a run's own: sums saturate; shard reports from files go
+/// through [`FleetStats::merge`]).
+impl AddAssign<&FleetStats> for FleetStats {
+    fn add_assign(&mut self, o: &FleetStats) {
+        let _ = self.add(o, false);
     }
 }
 
@@ -1210,8 +1303,19 @@ mod tests {
         for part in [run(0..37), run(37..100)] {
             let json = serde_json::to_string(&part).expect("serializes");
             let back: FleetStats = serde_json::from_str(&json).expect("reads back");
-            merged += &back;
+            merged.merge(&back).expect("adds up");
         }
+        assert_eq!(merged, whole);
+        // Workers add with +=; a shard whose sums overflow is refused, nothing half added.
+        let mut workers = run(0..37);
+        workers += &run(37..100);
+        assert_eq!(workers, whole);
+        let mut hostile = run(0..1);
+        hostile.points = u64::MAX;
+        assert_eq!(
+            merged.merge(&hostile),
+            Err("points add up past 2^64".to_string())
+        );
         assert_eq!(merged, whole);
         assert_eq!(
             whole.subscribers_with_problems_more,
