@@ -1442,9 +1442,22 @@ mod tests {
             }
         }
         v.point(2, &devices[1999], 0, 1); // subscriber 2: one
+        let allocations = ALLOCATIONS.load(Relaxed);
+        for (i, d) in devices.iter().enumerate() {
+            v.point(0, d, 1, 1);
+            if i % 50 == 0 {
+                v.point(1, d, 1, 1);
+            }
+        }
+        v.point(2, &devices[1999], 1, 1);
+        assert_eq!(
+            ALLOCATIONS.load(Relaxed),
+            allocations,
+            "allocated per point"
+        );
         for (i, d) in devices.iter().enumerate().filter(|(i, _)| i % 50 == 0) {
-            assert_eq!(v.point(1, d, 1, 1), Some(Arrival::New), "device {i}");
-            assert_eq!(v.pair(1, d).expect("seen").unique, 2);
+            assert_eq!(v.point(1, d, 2, 1), Some(Arrival::New), "device {i}");
+            assert_eq!(v.pair(1, d).expect("seen").unique, 3);
         }
         assert!(matches!(v.subscribers[0].pairs, PairTable::Dense(_)));
         assert!(matches!(v.subscribers[1].pairs, PairTable::Hashed { .. }));
