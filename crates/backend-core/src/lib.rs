@@ -10,6 +10,7 @@
 //! connection flags, broker handling and signals through `mqtt-tool`.
 
 pub mod decode;
+pub mod fleet_verify;
 pub mod merge;
 pub mod observe;
 pub mod outage;

@@ -404,9 +404,9 @@ mod tests {
             crate::Plan::from_args(crate::BackendArgs::from_arg_matches(&m).unwrap()).unwrap();
         let router = crate::route::Router::new(&[], &[]);
         let mut rx = crate::receive::Received::new(&router);
-        let mut t = crate::verify::DeviceTracker::default();
+        let mut t = crate::verify::Tracker::EMPTY;
         for s in seqs {
-            t.record(*s, &mut rx.budget);
+            t.record(*s, &mut rx.pools);
         }
         rx.devices.push(crate::receive::Device {
             id: "d".into(),

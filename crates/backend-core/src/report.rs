@@ -358,9 +358,11 @@ impl Report {
             .devices
             .iter()
             .map(|d| {
-                let missing = d.tracker.missing(from_zero, ranges_left);
+                let t = d.tracker.counts(&rx.pools);
+                let missing = d.tracker.missing(&rx.pools, from_zero, ranges_left);
                 ranges_left -= missing.ranges.len().min(ranges_left);
-                let (received, received_truncated) = d.tracker.received_ranges(ranges_left);
+                let (received, received_truncated) =
+                    d.tracker.received_ranges(&rx.pools, ranges_left);
                 ranges_left -= received.len().min(ranges_left);
                 let (missed, missed_ranges) = match &d.outage {
                     Some(o) => (
@@ -373,24 +375,24 @@ impl Report {
                 DeviceReport {
                     device_id: d.id.clone(),
                     frontend: d.frontend.map(|f| rx.frontends[f].name.clone()),
-                    received: d.tracker.received,
-                    unique: d.tracker.unique(),
+                    received: t.received,
+                    unique: t.unique,
                     missing: if shared { 0 } else { missing.count },
-                    duplicate: d.tracker.duplicates,
+                    duplicate: t.duplicates,
                     duplicates_accepted: plan.at_least_once,
-                    out_of_order: d.tracker.out_of_order,
-                    unverifiable: d.tracker.unverifiable,
-                    first_seq: d.tracker.first_seq,
-                    last_seq: d.tracker.last_seq,
-                    min_seq: d.tracker.min_seq(),
-                    max_seq: d.tracker.max_seq(),
+                    out_of_order: t.out_of_order,
+                    unverifiable: t.unverifiable,
+                    first_seq: t.first_seq,
+                    last_seq: t.last_seq,
+                    min_seq: t.min_seq,
+                    max_seq: t.max_seq,
                     missing_ranges: if shared { Vec::new() } else { missing.ranges },
                     missed_disconnected: if shared { 0 } else { missed },
                     missed_disconnected_ranges: missed_ranges,
                     disconnected_accepted: plan.accept_disconnected,
                     received_ranges: received,
                     ranges_truncated: received_truncated || (!shared && missing.truncated),
-                    latency_max_us: (d.tracker.received > 0).then_some(d.latency_max_us),
+                    latency_max_us: (t.received > 0).then_some(d.latency_max_us),
                     first_retained: d.first_retained,
                 }
             })
@@ -450,7 +452,7 @@ impl Report {
         let mut slow: Vec<&crate::receive::Device> = rx
             .devices
             .iter()
-            .filter(|d| d.tracker.received > 0)
+            .filter(|d| !d.tracker.is_empty())
             .collect();
         slow.sort_by(|a, b| {
             b.latency_max_us

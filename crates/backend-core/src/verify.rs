@@ -1,18 +1,38 @@
-//! Per-device proof of delivery: which `seq` values arrived, how often and in what order.
+//! Proof of delivery per (subscriber, device) pair: which `seq` values arrived, how often and
+//! in what order. backend-sub (one subscriber) and a subscriber fleet (`fleet_verify`) both
+//! keep one [`Tracker`] per pair and share one [`Pools`] per worker: one verifier.
 //!
-//! Received seqs are kept as disjoint ranges, so memory grows with the number of gaps, not
-//! with the number of points: an in-order run of any length is one range. The gaps are
-//! bounded too: when a device holds more than [`LIVE_RANGES`] ranges (a long lossy run), the
-//! lower half is retired below a floor. Their counts stay exact and the first
+//! ```text
+//! seq --> Tracker::record(seq, &mut Pools) --> Arrival (new, late, duplicate, unverifiable)
+//!   Tracker (16 bytes): empty | an in-order run first..=last | a gap record in Pools
+//!                       | settled at a floor (no record left; figures in the owner's Settled)
+//!   Pools: gap records (seq ranges in a B-tree) + Budget (live and listed ranges, all pairs)
+//! ```
+//!
+//! A pair whose seqs arrive in order (each the last plus one) is two numbers, the first and
+//! the last seq: 16 bytes however long the run, nothing else allocated. The first seq that
+//! breaks the run (a gap, a duplicate, one out of order) moves the pair into a gap record
+//! drawn from the shared [`Pools`], where its seqs are kept as disjoint ranges, so memory
+//! grows with the number of gaps, not with the number of points.
+//!
+//! The gaps are bounded too: when a pair holds more than [`LIVE_RANGES`] ranges (a long lossy
+//! run), the lower half is retired below a floor. Their counts stay exact and the first
 //! [`LISTED_RANGES`] of them stay listed; a seq that arrives at or below the floor can no
 //! longer be told a duplicate from a late arrival and is counted as unverifiable.
 //!
-//! Memory is bounded across devices too: a [`Budget`] caps the live ranges of all devices
+//! Memory is bounded across pairs too: a [`Budget`] caps the live ranges of all gap records
 //! together ([`LIVE_RANGES_TOTAL`]) and the retired ranges they keep listed
-//! ([`LISTED_RANGES_TOTAL`]). A device that needs a new range when the pool is empty retires
+//! ([`LISTED_RANGES_TOTAL`]). A pair that needs a new range when the pool is empty retires
 //! half of its own (at least one); past the listing pool, retired ranges are counted, not
-//! listed. So a device costs a few hundred bytes of its own, and gaps, however many devices
-//! have them, draw on a pool of fixed size.
+//! listed. So a pair with gaps costs a record of [`GAP_RECORD_BYTES`] and gaps, however many
+//! pairs have them, draw on a pool of fixed size.
+//!
+//! The records can be bounded as well ([`Budget::with_records`]; a subscriber fleet's
+//! worker holds [`GAP_RECORDS_FLEET`]). A pair that breaks its run with none left settles:
+//! it keeps only its floor (the highest seq), and its figures go to its owner's [`Settled`],
+//! exactly, as below a retired floor: later seqs above the floor are new (the seqs skipped
+//! missing), seqs at or below it unverifiable. backend-sub's pools have no record limit (its
+//! devices are bounded by `--max-devices`), so each of its devices keeps its own figures.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,11 +48,17 @@ pub const LIVE_RANGES_TOTAL: usize = 2_000_000;
 /// Retired ranges all devices together keep listed (16 bytes each: ~32 MB).
 pub const LISTED_RANGES_TOTAL: usize = 2_000_000;
 
-/// What all devices together may still hold: live ranges and listed retired ranges.
+/// Gap records a subscriber fleet's worker keeps at most (each [`GAP_RECORD_BYTES`] and a
+/// B-tree node, ~270 bytes: ~70 MB); past them a pair settles (see [`Settled`]).
+pub const GAP_RECORDS_FLEET: usize = 262_144;
+
+/// What all pairs together may still hold: gap records, live ranges and listed retired
+/// ranges.
 #[derive(Debug, Clone)]
 pub struct Budget {
     live_left: usize,
     listed_left: usize,
+    records_left: usize,
 }
 
 impl Default for Budget {
@@ -42,11 +68,52 @@ impl Default for Budget {
 }
 
 impl Budget {
+    /// Gap records without a limit: an owner whose pairs are bounded otherwise
+    /// (backend-sub's `--max-devices`) and that reports each pair's own figures.
     pub fn new(live: usize, listed: usize) -> Budget {
         Budget {
             live_left: live,
             listed_left: listed,
+            records_left: usize::MAX,
         }
+    }
+
+    /// At most `records` gap records; pairs that break their run past them settle, their
+    /// figures kept by the caller's [`Settled`].
+    pub fn with_records(self, records: usize) -> Budget {
+        Budget {
+            records_left: records,
+            ..self
+        }
+    }
+}
+
+/// The figures of pairs that broke their run when no gap record was left: kept per owner
+/// (a subscriber), since a settled pair holds only its floor. Exact, like a retired floor's:
+/// everything at or below a pair's floor is settled, so a seq arriving there is
+/// unverifiable (or, inside the run it had, a known duplicate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub pairs: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub duplicates: u64,
+    pub unverifiable: u64,
+    /// Missing between a pair's first seq and its floor.
+    pub missing: u64,
+    /// Missing below the pairs' first seqs (their sum): missing too when counting from 0.
+    pub missing_below_first: u64,
+}
+
+impl Settled {
+    /// Missing seqs (from 0 with `from_zero`).
+    pub fn missing(&self, from_zero: bool) -> u64 {
+        let below = if from_zero {
+            self.missing_below_first
+        } else {
+            0
+        };
+        self.missing.saturating_add(below)
     }
 }
 
@@ -231,27 +298,329 @@ pub struct Missing {
     pub truncated: bool,
 }
 
-/// Delivery state of one device.
-#[derive(Debug, Default, Clone)]
-pub struct DeviceTracker {
-    /// Live ranges, all above `retired.floor`.
-    seen: RangeSet,
-    retired: Option<Box<Retired>>,
+/// What a pair's gap record costs of its own, beside its ranges (drawn from the pools).
+pub const GAP_RECORD_BYTES: usize = std::mem::size_of::<Gapped>();
+
+/// The state a worker's pairs share: their gap records and the budget of their ranges. One
+/// per backend-sub, one per fleet worker.
+#[derive(Debug, Default)]
+pub struct Pools {
+    /// The ranges all gap records together may still hold.
+    pub budget: Budget,
+    /// Gap records, indexed by [`Tracker`]s that left their in-order run.
+    gapped: Vec<Gapped>,
+}
+
+impl Pools {
+    pub fn new(budget: Budget) -> Pools {
+        Pools {
+            budget,
+            gapped: Vec::new(),
+        }
+    }
+
+    /// Pairs that have left their in-order run.
+    pub fn gap_records(&self) -> usize {
+        self.gapped.len()
+    }
+
+    /// Live ranges the gap records hold together (bounded by the budget).
+    pub fn live_ranges(&self) -> usize {
+        self.gapped.iter().map(|g| g.seen.range_count()).sum()
+    }
+
+    /// Bytes the gap records hold beside their B-tree ranges.
+    pub fn gap_record_bytes(&self) -> usize {
+        self.gapped.capacity() * GAP_RECORD_BYTES
+    }
+}
+
+/// One (subscriber, device) pair's delivery state, 16 bytes: nothing yet, an in-order run
+/// `first..=last`, the index of its gap record in [`Pools`], or (no record left) settled
+/// up to a floor.
+///
+/// Encoded in two words so that the common case needs no tag of its own: `a <= b` is the
+/// run `a..=b`; `a == u64::MAX > b` is gap record `b`; `a == u64::MAX - 1 > b` is settled
+/// up to floor `b`; `(1, 0)` is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracker {
+    a: u64,
+    b: u64,
+}
+
+impl Default for Tracker {
+    fn default() -> Tracker {
+        Tracker::EMPTY
+    }
+}
+
+/// A pair's figures, read from its [`Tracker`] and the [`Pools`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Arrivals, duplicates included.
     pub received: u64,
+    pub unique: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     /// Arrived at or below the retired floor (see the module docs).
     pub unverifiable: u64,
+    /// The first and the last seq to arrive.
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    pub min_seq: Option<u64>,
+    pub max_seq: Option<u64>,
 }
 
-impl DeviceTracker {
+enum State {
+    Empty,
+    Run(u64, u64),
+    Gapped(usize),
+    Settled(u64),
+}
+
+/// The highest floor a settled pair holds (its tag takes the word above); a seq beyond it
+/// arriving at a settled pair is unverifiable.
+const SETTLED_FLOOR_MAX: u64 = u64::MAX - 2;
+
+impl Tracker {
+    pub const EMPTY: Tracker = Tracker { a: 1, b: 0 };
+
+    fn state(&self) -> State {
+        if self.a <= self.b {
+            State::Run(self.a, self.b)
+        } else if self.a == u64::MAX {
+            State::Gapped(self.b as usize)
+        } else if self.a == u64::MAX - 1 {
+            State::Settled(self.b)
+        } else {
+            State::Empty
+        }
+    }
+
+    fn settled(floor: u64) -> Tracker {
+        Tracker {
+            a: u64::MAX - 1,
+            b: floor,
+        }
+    }
+
+    /// Nothing arrived yet.
+    pub fn is_empty(&self) -> bool {
+        *self == Tracker::EMPTY
+    }
+
+    /// Whether the pair has left its in-order run (it has a gap record in the pools).
+    pub fn is_gapped(&self) -> bool {
+        matches!(self.state(), State::Gapped(_))
+    }
+
+    /// Whether the pair broke its run with no gap record left (its figures are its owner's).
+    pub fn is_settled(&self) -> bool {
+        matches!(self.state(), State::Settled(_))
+    }
+
+    /// Records one arrival of `seq`; a pair leaving its in-order run takes a gap record
+    /// from `pools` and draws any new range from its budget. For pools without a limit on
+    /// gap records (see [`Budget::with_records`]); else [`Tracker::record_settling`].
+    #[inline]
+    pub fn record(&mut self, seq: u64, pools: &mut Pools) -> Arrival {
+        let mut settled = Settled::default();
+        let arrival = self.record_settling(seq, pools, &mut settled);
+        debug_assert_eq!(
+            settled,
+            Settled::default(),
+            "a pair settled: use record_settling"
+        );
+        arrival
+    }
+
+    /// [`Tracker::record`], and with no gap record left the pair settles: its figures go to
+    /// `settled` (its owner's), and it keeps only its floor.
+    #[inline]
+    pub fn record_settling(
+        &mut self,
+        seq: u64,
+        pools: &mut Pools,
+        settled: &mut Settled,
+    ) -> Arrival {
+        match self.state() {
+            State::Run(_, last) if last.checked_add(1) == Some(seq) => {
+                self.b = seq;
+                Arrival::New
+            }
+            State::Empty => {
+                *self = Tracker { a: seq, b: seq };
+                Arrival::New
+            }
+            State::Gapped(i) => pools.gapped[i].record(seq, &mut pools.budget),
+            State::Settled(floor) => {
+                settled.received += 1;
+                if seq <= floor || seq > SETTLED_FLOOR_MAX {
+                    settled.unverifiable += 1;
+                    return Arrival::Unverifiable;
+                }
+                settled.unique += 1;
+                settled.missing += seq - floor - 1;
+                *self = Tracker::settled(seq);
+                Arrival::New
+            }
+            State::Run(first, last) if pools.budget.records_left == 0 => {
+                // The run's figures go to the owner; the pair keeps its floor.
+                settled.pairs += 1;
+                settled.received += last - first + 2;
+                settled.unique += last - first + 1;
+                settled.missing_below_first = settled.missing_below_first.saturating_add(first);
+                let (arrival, floor) = if seq > last && seq <= SETTLED_FLOOR_MAX {
+                    settled.unique += 1;
+                    settled.missing += seq - last - 1;
+                    (Arrival::New, seq)
+                } else if (first..=last).contains(&seq) {
+                    settled.duplicates += 1;
+                    (Arrival::Duplicate, last)
+                } else {
+                    // Below the run (or past the highest floor): not told apart any more.
+                    settled.unverifiable += 1;
+                    (Arrival::Unverifiable, last)
+                };
+                *self = Tracker::settled(floor.min(SETTLED_FLOOR_MAX));
+                arrival
+            }
+            State::Run(first, last) => {
+                pools.budget.records_left -= 1;
+                let mut g = Gapped::run(first, last, &mut pools.budget);
+                let arrival = g.record(seq, &mut pools.budget);
+                let i = pools.gapped.len();
+                pools.gapped.push(g);
+                *self = Tracker {
+                    a: u64::MAX,
+                    b: i as u64,
+                };
+                arrival
+            }
+        }
+    }
+
+    /// The pair's figures.
+    pub fn counts(&self, pools: &Pools) -> Counts {
+        match self.state() {
+            State::Empty => Counts::default(),
+            State::Run(first, last) => Counts {
+                received: last - first + 1,
+                unique: last - first + 1,
+                first_seq: Some(first),
+                last_seq: Some(last),
+                min_seq: Some(first),
+                max_seq: Some(last),
+                ..Counts::default()
+            },
+            // Its figures are its owner's (see `Settled`): only the floor is its own.
+            State::Settled(floor) => Counts {
+                max_seq: Some(floor),
+                ..Counts::default()
+            },
+            State::Gapped(i) => {
+                let g = &pools.gapped[i];
+                Counts {
+                    received: g.received,
+                    unique: g.unique(),
+                    duplicates: g.duplicates,
+                    out_of_order: g.out_of_order,
+                    unverifiable: g.unverifiable,
+                    first_seq: Some(g.first_seq),
+                    last_seq: Some(g.last_seq),
+                    min_seq: g.min_seq(),
+                    max_seq: g.max_seq(),
+                }
+            }
+        }
+    }
+
+    /// The highest seq that arrived.
+    pub fn max_seq(&self, pools: &Pools) -> Option<u64> {
+        match self.state() {
+            State::Empty => None,
+            State::Run(_, last) | State::Settled(last) => Some(last),
+            State::Gapped(i) => pools.gapped[i].max_seq(),
+        }
+    }
+
+    /// Missing seqs below the highest seen (from 0 with `from_zero`, else from the lowest
+    /// seen): the exact count and at most `limit` (and [`LISTED_RANGES`]) ranges.
+    pub fn missing(&self, pools: &Pools, from_zero: bool, limit: usize) -> Missing {
+        match self.state() {
+            State::Gapped(i) => pools.gapped[i].missing(from_zero, limit),
+            State::Run(first, _) if from_zero && first > 0 => Missing {
+                count: first,
+                ranges: (limit.min(LISTED_RANGES) > 0)
+                    .then_some(SeqRange(0, first - 1))
+                    .into_iter()
+                    .collect(),
+                truncated: limit == 0,
+            },
+            // A settled pair's missing seqs are counted in its owner's `Settled`.
+            State::Empty | State::Run(..) | State::Settled(_) => Missing {
+                count: 0,
+                ranges: Vec::new(),
+                truncated: false,
+            },
+        }
+    }
+
+    /// Whether seqs are missing below the highest seen (from 0 with `from_zero`).
+    pub fn has_gaps(&self, pools: &Pools, from_zero: bool) -> bool {
+        self.missing(pools, from_zero, 0).count > 0
+    }
+
+    /// What arrived, as ranges: at most `limit` (and [`LISTED_RANGES`]), and whether there
+    /// are more.
+    pub fn received_ranges(&self, pools: &Pools, limit: usize) -> (Vec<SeqRange>, bool) {
+        match self.state() {
+            State::Empty => (Vec::new(), false),
+            State::Settled(_) => (Vec::new(), true),
+            State::Run(first, last) if limit.min(LISTED_RANGES) > 0 => {
+                (vec![SeqRange(first, last)], false)
+            }
+            State::Run(..) => (Vec::new(), true),
+            State::Gapped(i) => pools.gapped[i].received_ranges(limit),
+        }
+    }
+}
+
+/// A pair's gap record: its seqs as live ranges above a floor, retired ones below it.
+#[derive(Debug, Default, Clone)]
+struct Gapped {
+    /// Live ranges, all above `retired.floor`.
+    seen: RangeSet,
+    retired: Option<Box<Retired>>,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    unverifiable: u64,
+    first_seq: u64,
+    last_seq: u64,
+}
+
+impl Gapped {
+    /// The record of an in-order run `first..=last` (its one range drawn from `budget`).
+    fn run(first: u64, last: u64, budget: &mut Budget) -> Gapped {
+        let mut g = Gapped {
+            received: last - first + 1,
+            first_seq: first,
+            last_seq: last,
+            ..Gapped::default()
+        };
+        g.seen.ranges.insert(first, last);
+        if budget.live_left == 0 {
+            g.retire(1, budget);
+        }
+        budget.live_left = budget.live_left.saturating_sub(1);
+        g
+    }
+
     /// Records one arrival of `seq`, drawing any new range from `budget`.
-    pub fn record(&mut self, seq: u64, budget: &mut Budget) -> Arrival {
+    fn record(&mut self, seq: u64, budget: &mut Budget) -> Arrival {
         self.received += 1;
-        self.first_seq.get_or_insert(seq);
-        self.last_seq = Some(seq);
+        self.last_seq = seq;
         if self.retired.as_ref().is_some_and(|r| seq <= r.floor) {
             self.unverifiable += 1;
             return Arrival::Unverifiable;
@@ -326,26 +695,21 @@ impl DeviceTracker {
         }
     }
 
-    /// Whether seqs are missing below the highest seen (from 0 with `from_zero`).
-    pub fn has_gaps(&self, from_zero: bool) -> bool {
-        self.missing(from_zero, 0).count > 0
-    }
-
-    pub fn unique(&self) -> u64 {
+    fn unique(&self) -> u64 {
         self.retired.as_ref().map_or(0, |r| r.unique) + self.seen.len()
     }
 
-    pub fn min_seq(&self) -> Option<u64> {
+    fn min_seq(&self) -> Option<u64> {
         self.retired.as_ref().map(|r| r.min).or(self.seen.min())
     }
 
-    pub fn max_seq(&self) -> Option<u64> {
+    fn max_seq(&self) -> Option<u64> {
         self.seen.max().or(self.retired.as_ref().map(|r| r.floor))
     }
 
     /// What arrived, as ranges: at most `limit` (and [`LISTED_RANGES`]), and whether there
     /// are more.
-    pub fn received_ranges(&self, limit: usize) -> (Vec<SeqRange>, bool) {
+    fn received_ranges(&self, limit: usize) -> (Vec<SeqRange>, bool) {
         let limit = limit.min(LISTED_RANGES);
         let mut out = Vec::new();
         let mut total = self.seen.range_count() as u64;
@@ -360,7 +724,7 @@ impl DeviceTracker {
 
     /// Missing seqs below the highest seen (from 0 with `from_zero`, else from the lowest
     /// seen): the exact count and at most `limit` (and [`LISTED_RANGES`]) ranges.
-    pub fn missing(&self, from_zero: bool, limit: usize) -> Missing {
+    fn missing(&self, from_zero: bool, limit: usize) -> Missing {
         let limit = limit.min(LISTED_RANGES);
         let mut m = Missing {
             count: 0,
@@ -406,46 +770,117 @@ impl DeviceTracker {
 mod tests {
     use super::*;
 
+    /// A pair's gap record (the pair has left its in-order run).
+    fn rec<'p>(t: &Tracker, p: &'p Pools) -> &'p Gapped {
+        match t.state() {
+            State::Gapped(i) => &p.gapped[i],
+            _ => panic!("{t:?} has no gap record"),
+        }
+    }
+
+    fn budget(live: usize, listed: usize) -> Pools {
+        Pools::new(Budget::new(live, listed))
+    }
+
     #[test]
     fn in_order_arrivals_are_one_range() {
-        let mut t = DeviceTracker::default();
-        let mut b = Budget::default();
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
         for s in 0..100_000 {
-            assert_eq!(t.record(s, &mut b), Arrival::New);
+            assert_eq!(t.record(s, &mut p), Arrival::New);
         }
-        assert_eq!(t.seen.ranges().count(), 1);
-        assert_eq!((t.unique(), t.duplicates, t.out_of_order), (100_000, 0, 0));
-        assert_eq!(t.missing(true, LISTED_RANGES).count, 0);
-        assert!(t.missing(true, LISTED_RANGES).ranges.is_empty());
+        assert!(!t.is_gapped());
+        assert_eq!(p.gap_records(), 0);
+        assert_eq!(
+            t.received_ranges(&p, 10),
+            (vec![SeqRange(0, 99_999)], false)
+        );
+        let c = t.counts(&p);
+        assert_eq!((c.unique, c.duplicates, c.out_of_order), (100_000, 0, 0));
+        assert_eq!(t.missing(&p, true, LISTED_RANGES).count, 0);
+        assert!(t.missing(&p, true, LISTED_RANGES).ranges.is_empty());
+    }
+
+    /// The in-order case costs its two words and nothing else, however long the run.
+    #[test]
+    fn a_pair_without_gaps_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Tracker>(), 16);
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
+        for s in 7..1_000_007 {
+            t.record(s, &mut p);
+        }
+        assert_eq!((p.gap_records(), p.gap_record_bytes()), (0, 0));
+        assert_eq!(t.counts(&p).unique, 1_000_000);
+        assert_eq!(t.counts(&p).min_seq, Some(7));
+        // From zero, the seqs before the first are missing, without a record of its own.
+        assert_eq!(
+            t.missing(&p, true, 5),
+            Missing {
+                count: 7,
+                ranges: vec![SeqRange(0, 6)],
+                truncated: false
+            }
+        );
+    }
+
+    /// 0,1,2,5,6,6: the run breaks at 5 (a gap of two) and again at the second 6.
+    #[test]
+    fn a_gap_and_a_duplicate_move_the_pair_into_a_gap_record() {
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
+        let arrivals: Vec<Arrival> = [0, 1, 2, 5, 6, 6]
+            .into_iter()
+            .map(|s| t.record(s, &mut p))
+            .collect();
+        use Arrival::*;
+        assert_eq!(arrivals, [New, New, New, New, New, Duplicate]);
+        assert!(t.is_gapped());
+        let c = t.counts(&p);
+        assert_eq!((c.received, c.unique, c.duplicates), (6, 5, 1));
+        assert_eq!(
+            (c.first_seq, c.last_seq, c.max_seq),
+            (Some(0), Some(6), Some(6))
+        );
+        let m = t.missing(&p, true, 10);
+        assert_eq!((m.count, m.ranges), (2, vec![SeqRange(3, 4)]));
     }
 
     #[test]
     fn gaps_duplicates_and_reordering_are_told_apart() {
-        let mut t = DeviceTracker::default();
-        let mut b = Budget::default();
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
         for s in (0..1200).chain(1300..5000).chain(5001..6000) {
-            t.record(s, &mut b);
+            t.record(s, &mut p);
         }
-        assert_eq!(t.record(10, &mut b), Arrival::Duplicate);
-        assert_eq!(t.record(1250, &mut b), Arrival::Late);
-        let missing = t.missing(true, LISTED_RANGES);
+        assert_eq!(t.record(10, &mut p), Arrival::Duplicate);
+        assert_eq!(t.record(1250, &mut p), Arrival::Late);
+        let missing = t.missing(&p, true, LISTED_RANGES);
         let gaps: Vec<String> = missing.ranges.iter().map(|g| g.to_string()).collect();
         assert_eq!(gaps, ["1200-1249", "1251-1299", "5000"]);
         assert_eq!((missing.count, missing.truncated), (50 + 49 + 1, false));
-        assert_eq!((t.duplicates, t.out_of_order, t.received), (1, 1, 5901));
-        assert_eq!((t.first_seq, t.last_seq), (Some(0), Some(1250)));
+        let c = t.counts(&p);
+        assert_eq!((c.duplicates, c.out_of_order, c.received), (1, 1, 5901));
+        assert_eq!((c.first_seq, c.last_seq), (Some(0), Some(1250)));
     }
 
     #[test]
     fn missing_from_zero_or_from_first_seen() {
-        let mut t = DeviceTracker::default();
-        let mut b = Budget::default();
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
         for s in 10..20 {
-            t.record(s, &mut b);
+            t.record(s, &mut p);
         }
-        assert_eq!(t.missing(true, LISTED_RANGES).ranges, [SeqRange(0, 9)]);
-        assert_eq!(t.missing(true, LISTED_RANGES).count, 10);
-        assert_eq!(t.missing(false, LISTED_RANGES).count, 0);
+        assert_eq!(t.missing(&p, true, LISTED_RANGES).ranges, [SeqRange(0, 9)]);
+        assert_eq!(t.missing(&p, true, LISTED_RANGES).count, 10);
+        assert_eq!(t.missing(&p, false, LISTED_RANGES).count, 0);
+        // The same once the pair has a gap record.
+        t.record(25, &mut p);
+        assert_eq!(
+            t.missing(&p, true, LISTED_RANGES).ranges,
+            [SeqRange(0, 9), SeqRange(20, 24)]
+        );
+        assert_eq!(t.missing(&p, false, LISTED_RANGES).count, 5);
     }
 
     #[test]
@@ -461,103 +896,173 @@ mod tests {
         assert_eq!(r.len(), 8);
     }
 
+    /// No gap record left: a pair that breaks its run settles at a floor, its figures (and
+    /// those of later arrivals) counted exactly in its owner's `Settled`.
+    #[test]
+    fn past_the_last_gap_record_a_pair_settles_and_its_owner_counts_exactly() {
+        let mut p = Pools::new(Budget::default().with_records(1));
+        let (mut a, mut b) = (Tracker::default(), Tracker::default());
+        let mut owner = Settled::default();
+        for s in [3, 4, 5, 8] {
+            a.record_settling(s, &mut p, &mut owner);
+        }
+        assert!(a.is_gapped(), "the one record");
+        use Arrival::*;
+        let arrivals: Vec<Arrival> = [3, 4, 5, 8, 9, 12, 4, 7, 2]
+            .into_iter()
+            .map(|s| b.record_settling(s, &mut p, &mut owner))
+            .collect();
+        assert_eq!(
+            arrivals,
+            [
+                New,
+                New,
+                New,
+                New,
+                New,
+                New,
+                Unverifiable,
+                Unverifiable,
+                Unverifiable
+            ]
+        );
+        assert!(b.is_settled());
+        assert_eq!(p.gap_records(), 1);
+        assert_eq!(
+            owner,
+            Settled {
+                pairs: 1,
+                received: 9,
+                unique: 6,
+                duplicates: 0,
+                unverifiable: 3,
+                missing: 2 + 2,
+                missing_below_first: 3,
+            }
+        );
+        assert_eq!((owner.missing(true), b.max_seq(&p)), (7, Some(12)));
+        // A duplicate inside the run it had is still known as one.
+        let mut c = Tracker::default();
+        c.record_settling(0, &mut p, &mut owner);
+        c.record_settling(1, &mut p, &mut owner);
+        assert_eq!(c.record_settling(0, &mut p, &mut owner), Duplicate);
+        assert_eq!(owner.duplicates, 1);
+    }
+
+    /// A run that reaches the highest seq cannot grow; what comes next leaves the run.
+    #[test]
+    fn a_run_up_to_the_highest_seq_is_still_a_run() {
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
+        assert_eq!(t.record(u64::MAX - 1, &mut p), Arrival::New);
+        assert_eq!(t.record(u64::MAX, &mut p), Arrival::New);
+        assert!(!t.is_gapped() && !t.is_empty());
+        assert_eq!(t.record(u64::MAX, &mut p), Arrival::Duplicate);
+        assert_eq!(t.counts(&p).unique, 2);
+    }
+
     /// A long lossy run: every third seq lost, far more gaps than stay live.
     #[test]
     fn many_gaps_stay_bounded_and_counted_exactly() {
-        let mut t = DeviceTracker::default();
-        let mut b = Budget::default();
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
         let n: u64 = 30 * LIVE_RANGES as u64;
         let kept = |s: u64| s % 3 != 2;
         for s in (0..n).filter(|s| kept(*s)) {
-            assert_ne!(t.record(s, &mut b), Arrival::Unverifiable);
+            assert_ne!(t.record(s, &mut p), Arrival::Unverifiable);
         }
-        assert!(t.seen.range_count() <= LIVE_RANGES);
+        assert!(rec(&t, &p).seen.range_count() <= LIVE_RANGES);
         let expect_unique = (0..n).filter(|s| kept(*s)).count() as u64;
         let expect_missing = n - 1 - expect_unique + 1 - u64::from(!kept(n - 1));
-        assert_eq!(t.unique(), expect_unique);
-        let missing = t.missing(true, LISTED_RANGES);
+        assert_eq!(t.counts(&p).unique, expect_unique);
+        let missing = t.missing(&p, true, LISTED_RANGES);
         assert_eq!(missing.count, expect_missing);
         assert!(missing.truncated);
         assert_eq!(missing.ranges.len(), LISTED_RANGES);
         assert_eq!(&missing.ranges[..2], [SeqRange(2, 2), SeqRange(5, 5)]);
-        assert_eq!((t.min_seq(), t.max_seq()), (Some(0), Some(n - 2)));
-        let (received, truncated) = t.received_ranges(LISTED_RANGES);
+        let c = t.counts(&p);
+        assert_eq!((c.min_seq, c.max_seq), (Some(0), Some(n - 2)));
+        let (received, truncated) = t.received_ranges(&p, LISTED_RANGES);
         assert!(truncated);
         assert_eq!(&received[..2], [SeqRange(0, 1), SeqRange(3, 4)]);
 
         // A late fill-in above the floor is still told apart; one below it is not.
-        let floor = t.retired.as_ref().unwrap().floor;
-        assert_eq!(t.record(n - 3 * 4 + 2, &mut b), Arrival::Late);
-        assert_eq!(t.record(n - 3 * 4 + 2, &mut b), Arrival::Duplicate);
-        assert_eq!(t.record(floor - 1, &mut b), Arrival::Unverifiable);
-        assert_eq!(t.missing(true, LISTED_RANGES).count, expect_missing - 1);
-        assert_eq!(t.unverifiable, 1);
+        let floor = rec(&t, &p).retired.as_ref().unwrap().floor;
+        assert_eq!(t.record(n - 3 * 4 + 2, &mut p), Arrival::Late);
+        assert_eq!(t.record(n - 3 * 4 + 2, &mut p), Arrival::Duplicate);
+        assert_eq!(t.record(floor - 1, &mut p), Arrival::Unverifiable);
+        assert_eq!(t.missing(&p, true, LISTED_RANGES).count, expect_missing - 1);
+        assert_eq!(t.counts(&p).unverifiable, 1);
     }
 
     /// Many lossy devices share one pool: live ranges never exceed it, counts stay exact.
     #[test]
     fn gaps_of_many_devices_share_a_bounded_pool() {
-        let mut b = Budget::new(64, 32);
-        let mut devices: Vec<DeviceTracker> = (0..20).map(|_| DeviceTracker::default()).collect();
+        let mut p = budget(64, 32);
+        let mut devices = [Tracker::default(); 20];
         for s in (0..200).step_by(2) {
             for d in &mut devices {
-                d.record(s, &mut b);
+                d.record(s, &mut p);
             }
-            let live: usize = devices.iter().map(|d| d.seen.range_count()).sum();
+            let live: usize = p.gapped.iter().map(|g| g.seen.range_count()).sum();
             assert!(live <= 64, "{live} live ranges");
         }
         for d in &devices {
-            assert_eq!(d.unique(), 100);
-            let m = d.missing(true, LISTED_RANGES);
+            let c = d.counts(&p);
+            assert_eq!(c.unique, 100);
+            let m = d.missing(&p, true, LISTED_RANGES);
             assert_eq!(m.count, 99);
-            assert_eq!(d.unique() + m.count, d.max_seq().unwrap() + 1);
+            assert_eq!(c.unique + m.count, c.max_seq.unwrap() + 1);
         }
-        let listed: usize = devices
+        let listed: usize = p
+            .gapped
             .iter()
-            .filter_map(|d| d.retired.as_ref())
+            .filter_map(|g| g.retired.as_ref())
             .map(|r| r.received_listed.len() + r.missing_listed.len())
             .sum();
         assert!(listed <= 32, "{listed} listed");
     }
 
-    /// With the pool empty, an in-order device retires as it goes: one listed range, not one
-    /// per seq, and every later seq still counts.
+    /// With the pool empty, an in-order device keeps its run (no range of the pool's), and
+    /// what breaks the run later is judged as if every range had been retired as it came.
     #[test]
     fn an_in_order_device_with_an_empty_pool_lists_one_range() {
-        let mut b = Budget::new(0, 8);
-        let mut t = DeviceTracker::default();
+        let mut p = budget(0, 8);
+        let mut t = Tracker::default();
         for s in 0..1000 {
-            assert_eq!(t.record(s, &mut b), Arrival::New);
+            assert_eq!(t.record(s, &mut p), Arrival::New);
         }
-        assert_eq!(t.unique(), 1000);
-        assert_eq!(t.received_ranges(LISTED_RANGES).0, [SeqRange(0, 999)]);
-        assert_eq!(t.missing(true, LISTED_RANGES).count, 0);
-        assert_eq!(t.record(999, &mut b), Arrival::Unverifiable);
+        assert_eq!(t.counts(&p).unique, 1000);
+        assert_eq!(t.received_ranges(&p, LISTED_RANGES).0, [SeqRange(0, 999)]);
+        assert_eq!(t.missing(&p, true, LISTED_RANGES).count, 0);
+        assert_eq!(t.record(999, &mut p), Arrival::Unverifiable);
+        assert_eq!(t.received_ranges(&p, LISTED_RANGES).0, [SeqRange(0, 999)]);
+        assert_eq!(t.counts(&p).unique, 1000);
     }
 
     /// The seq just above the floor arrives late, then gets retired itself: it joins the
     /// retired ranges without a gap of its own.
     #[test]
     fn a_late_point_just_above_the_floor_retires_cleanly() {
-        let mut t = DeviceTracker::default();
-        let mut b = Budget::default();
+        let mut t = Tracker::default();
+        let mut p = Pools::default();
         // Even seqs only: each is its own range, every odd seq a gap.
         let mut next = 0u64;
-        while t.retired.is_none() {
-            t.record(next, &mut b);
+        while !t.is_gapped() || rec(&t, &p).retired.is_none() {
+            t.record(next, &mut p);
             next += 2;
         }
-        let floor = t.retired.as_ref().unwrap().floor;
-        assert_eq!(t.record(floor + 1, &mut b), Arrival::Late);
-        let before = t.missing(true, LISTED_RANGES).count;
+        let floor = rec(&t, &p).retired.as_ref().unwrap().floor;
+        assert_eq!(t.record(floor + 1, &mut p), Arrival::Late);
+        let before = t.missing(&p, true, LISTED_RANGES).count;
         for _ in 0..LIVE_RANGES {
-            t.record(next, &mut b);
+            t.record(next, &mut p);
             next += 2;
         }
-        assert!(t.retired.as_ref().unwrap().floor > floor + 1);
-        let m = t.missing(true, LISTED_RANGES);
+        assert!(rec(&t, &p).retired.as_ref().unwrap().floor > floor + 1);
+        let m = t.missing(&p, true, LISTED_RANGES);
         assert_eq!(m.count, before + LIVE_RANGES as u64);
         assert!(m.ranges.iter().all(|r| r.0 <= r.1));
-        assert_eq!(t.unique() + m.count, t.max_seq().unwrap() + 1);
+        assert_eq!(t.counts(&p).unique + m.count, t.max_seq(&p).unwrap() + 1);
     }
 }
