@@ -12,7 +12,7 @@ use point_format::Point;
 use tokio::time::Instant;
 
 use mqtt_tool::broker::BrokerTarget;
-use mqtt_tool::session::{Packet, Session};
+use mqtt_tool::session::{Describe, Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
@@ -459,16 +459,18 @@ pub async fn run(
                     }
                 };
                 match packet {
-                    Packet::Publish {
+                    Packet::Publish(mqtt_wire::packets::Publish {
                         qos,
                         retain,
                         pkid,
                         topic,
                         payload,
-                    } => {
-                        if qos > 0 {
-                            acks.extend_from_slice(&[0x40, 0x02]);
-                            acks.extend_from_slice(&pkid.to_be_bytes());
+                        ..
+                    }) => {
+                        // The subscription is at QoS 0 or 1 (--qos): the broker sends no
+                        // QoS 2 here.
+                        if qos.acknowledged() {
+                            acks.extend_from_slice(&mqtt_wire::packets::puback(pkid));
                         }
                         rx.first_message.get_or_insert(now);
                         rx.last_message = Some(now);
@@ -505,7 +507,7 @@ pub async fn run(
                             }
                         }
                     }
-                    Packet::ConnAck { .. } | Packet::PingResp | Packet::Other(_) => {}
+                    _ => {}
                 }
             }
             live.messages.store(rx.messages, Relaxed);

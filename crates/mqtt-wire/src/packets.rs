@@ -1388,4 +1388,36 @@ mod tests {
         assert_eq!(e.to_string(), "a PUBLISH whose QoS bits are 3");
         assert!(std::error::Error::source(&e).is_some());
     }
+
+    #[test]
+    fn publishes_of_every_length_class_decode_as_rumqttc_wrote_them() {
+        for len in [0usize, 1, 100, 127, 128, 16_383, 16_384, 2_097_152] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            for (qos, pkid) in [(0u8, 0u16), (1, 7), (1, 65_535), (2, 9)] {
+                let q = match qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                };
+                let mut p = rumqttc::Publish::new("device_data/x", q, payload.clone());
+                p.pkid = pkid;
+                p.retain = qos == 1;
+                let mut frame = BytesMut::new();
+                p.write(&mut frame).unwrap();
+                let h = frame::frame(&frame, 1 << 28).unwrap().unwrap();
+                // Every prefix of the header is incomplete, never an error.
+                for cut in 0..h.header_len {
+                    assert_eq!(frame::fixed_header(&frame[..cut]), Ok(None));
+                }
+                match one(&frame, false) {
+                    Packet::Publish(p) => {
+                        assert_eq!((p.qos.level(), p.pkid, p.retain), (qos, pkid, qos == 1));
+                        assert_eq!(p.topic, b"device_data/x");
+                        assert_eq!(p.payload, &payload[..]);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
 }
