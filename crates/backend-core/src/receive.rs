@@ -714,12 +714,7 @@ pub async fn run(
         let mut attempt = 0u32;
         session = loop {
             attempt += 1;
-            let exp = lo.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let jitter = 0.5 + (rng >> 11) as f64 / (1u64 << 53) as f64;
-            let delay = std::time::Duration::from_secs_f64(exp.min(hi.as_secs_f64()) * jitter);
+            let delay = mqtt_wire::backoff::delay(lo, hi, attempt, &mut rng);
             let wake = end_at.map_or(Instant::now() + delay, |e| e.min(Instant::now() + delay));
             tokio::select! {
                 _ = shutdown.stop.cancelled() => {
