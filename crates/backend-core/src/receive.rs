@@ -454,7 +454,11 @@ pub async fn run(
                     Ok(Some(p)) => p,
                     Ok(None) => break,
                     Err(e) => {
-                        rx.stop = Stop::Failed(format!("the broker sent {e}"));
+                        let flag = match e {
+                            mqtt_wire::Malformed::TooLarge { .. } => " (--max-packet-size)",
+                            _ => "",
+                        };
+                        rx.stop = Stop::Failed(format!("the broker sent {e}{flag}"));
                         break 'receiving None;
                     }
                 };
