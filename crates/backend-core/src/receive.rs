@@ -12,7 +12,7 @@ use point_format::Point;
 use tokio::time::Instant;
 
 use mqtt_tool::broker::BrokerTarget;
-use mqtt_tool::session::{Packet, Session};
+use mqtt_tool::session::{Describe, Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
 
 use crate::decode::{Decoder, Shape};
@@ -455,21 +455,27 @@ pub async fn run(
                     Ok(Some(p)) => p,
                     Ok(None) => break,
                     Err(e) => {
-                        rx.stop = Stop::Failed(format!("the broker sent {e}"));
+                        let flag = match e {
+                            mqtt_wire::Malformed::TooLarge { .. } => " (--max-packet-size)",
+                            _ => "",
+                        };
+                        rx.stop = Stop::Failed(format!("the broker sent {e}{flag}"));
                         break 'receiving None;
                     }
                 };
                 match packet {
-                    Packet::Publish {
+                    Packet::Publish(mqtt_wire::packets::Publish {
                         qos,
                         retain,
                         pkid,
                         topic,
                         payload,
-                    } => {
-                        if qos > 0 {
-                            acks.extend_from_slice(&[0x40, 0x02]);
-                            acks.extend_from_slice(&pkid.to_be_bytes());
+                        ..
+                    }) => {
+                        // The subscription is at QoS 0 or 1 (--qos): the broker sends no
+                        // QoS 2 here.
+                        if qos.acknowledged() {
+                            acks.extend_from_slice(&mqtt_wire::packets::puback(pkid));
                         }
                         rx.first_message.get_or_insert(now);
                         rx.last_message = Some(now);
@@ -506,7 +512,7 @@ pub async fn run(
                             }
                         }
                     }
-                    Packet::ConnAck { .. } | Packet::PingResp | Packet::Other(_) => {}
+                    _ => {}
                 }
             }
             live.messages.store(rx.messages, Relaxed);
@@ -713,12 +719,7 @@ pub async fn run(
         let mut attempt = 0u32;
         session = loop {
             attempt += 1;
-            let exp = lo.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let jitter = 0.5 + (rng >> 11) as f64 / (1u64 << 53) as f64;
-            let delay = std::time::Duration::from_secs_f64(exp.min(hi.as_secs_f64()) * jitter);
+            let delay = mqtt_wire::backoff::delay(lo, hi, attempt, &mut rng);
             let wake = end_at.map_or(Instant::now() + delay, |e| e.min(Instant::now() + delay));
             tokio::select! {
                 _ = shutdown.stop.cancelled() => {

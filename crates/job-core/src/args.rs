@@ -97,25 +97,8 @@ pub enum JobIdMode {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Qos {
-    #[value(name = "0")]
-    AtMostOnce,
-    #[value(name = "1")]
-    AtLeastOnce,
-    #[value(name = "2")]
-    ExactlyOnce,
-}
-
-impl Qos {
-    pub fn level(self) -> u8 {
-        match self {
-            Qos::AtMostOnce => 0,
-            Qos::AtLeastOnce => 1,
-            Qos::ExactlyOnce => 2,
-        }
-    }
-}
+/// MQTT QoS: the workspace's one type (job-pub runs 0, 1 and 2).
+pub use mqtt_tool::args::Qos;
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -127,7 +110,8 @@ pub struct RunArgs {
 
     /// QoS of every publish: 1 by default (the publishers default to 0): a job is marked
     /// processed only once the broker acknowledged it (receipt, not delivery)
-    #[arg(long, value_enum, default_value = "1", help_heading = "Jobs")]
+    #[arg(long, default_value = "1", help_heading = "Jobs",
+          value_parser = mqtt_tool::args::qos_parser(Qos::ExactlyOnce))]
     pub qos: Qos,
 
     /// Jobs claimed at once (one claim, one publish burst, one completion)

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use mqtt_tool::Error;
+use mqtt_wire::Backoff;
 
 use crate::args::{JobIdMode, RunPlan};
 use crate::db::Job;
@@ -202,7 +203,11 @@ impl Publishing<'_> {
         let deadline = Instant::now() + last_fire + self.p.ack_timeout;
         // Backoff even when the last connection came up at once (a broker that closes every
         // connection must not be hammered); back to the start after progress.
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            u64::from(std::process::id()),
+        );
         loop {
             let mut conn = Conn::default();
             let why = match self.attempt(link, &mut conn, deadline, n, lateness).await {
@@ -211,7 +216,7 @@ impl Publishing<'_> {
             };
             self.after_loss(&conn, &why);
             if conn.progress {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
             if self.fate.iter().all(|f| *f != Fate::Open) {
                 // The job given up was the last: the next batch starts on a new connection.
@@ -288,7 +293,7 @@ impl Publishing<'_> {
         &self,
         target: &mqtt_tool::broker::BrokerTarget,
         deadline: Instant,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<Option<Link>, Error> {
         let inflight = self.p.batch.min(u16::MAX as usize) as u16;
         loop {
@@ -296,8 +301,7 @@ impl Publishing<'_> {
             if left.is_zero() {
                 return Ok(None);
             }
-            tokio::time::sleep((*backoff).min(left)).await;
-            *backoff = (*backoff * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(backoff.next_delay().min(left)).await;
             match Link::connect(&self.p.connect, target, inflight).await {
                 Ok(l) => return Ok(Some(l)),
                 Err(e @ Error::Refused { .. }) => return Err(e),

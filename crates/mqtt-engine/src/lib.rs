@@ -13,7 +13,7 @@
 //! - [`settings`]: the engine's typed settings; [`template`]: names with `{i}` in them.
 //! - [`schedule`]: when each device's messages are due; [`worker`]: the event loop;
 //!   [`conn`]: a connection's state; [`outbox`]: the hand-over from producer to socket;
-//!   [`inflight`]: the QoS 1 window; [`packets`]: MQTT on the wire (rumqttc's codec).
+//!   [`inflight`]: the QoS 1 window; [`packets`]: MQTT on the wire (`mqtt-wire`).
 //! - [`stats`]: counters and histograms, merged; [`error`]: failures as kinds;
 //!   [`takeover`]: two clients with one client id.
 //! - [`sys`]: sockets, timers, limits and clocks of the operating system.
@@ -22,14 +22,14 @@
 //! one process): about 46 KB of memory per connection (a 100-event queue, two 8 KiB buffers,
 //! an 8 KiB QoS 2 bitset, the inflight vector, a task) and one task, channel and timer per
 //! connection. Here a connection is a few hundred bytes and the worker's event loop does the
-//! rest; rumqttc's packet types still encode CONNECT and frame what the broker sends.
+//! rest; `mqtt-wire` encodes the packets (CONNECT with rumqttc's codec) and frames what the
+//! broker sends.
 
 pub mod conn;
 pub mod error;
 pub mod fleet;
 pub mod inflight;
 pub mod outbox;
-pub mod packets;
 pub mod schedule;
 pub mod settings;
 pub mod stats;
@@ -38,6 +38,10 @@ pub mod takeover;
 pub mod template;
 pub mod tls;
 pub mod worker;
+
+/// MQTT on the wire (packets, framing, `Malformed`): `mqtt-wire`'s, under the engine's old
+/// path.
+pub use mqtt_wire::packets;
 
 pub use fleet::{Fleet, FleetHandle, FleetResult};
 pub use settings::{

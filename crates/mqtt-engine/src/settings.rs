@@ -7,21 +7,9 @@ use std::time::Duration;
 use crate::schedule::Schedule;
 use crate::template::Template;
 
-/// The quality of service of every publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Qos {
-    AtMostOnce,
-    AtLeastOnce,
-}
-
-impl Qos {
-    pub fn level(self) -> u8 {
-        match self {
-            Qos::AtMostOnce => 0,
-            Qos::AtLeastOnce => 1,
-        }
-    }
-}
+/// The quality of service of every publish (the workspace's one type; the engine publishes
+/// at 0 and 1: `Fleet::start` refuses 2 until QoS 2 flows are wired in).
+pub use mqtt_wire::Qos;
 
 /// How each connection reaches the broker and introduces itself.
 #[derive(Debug, Clone)]

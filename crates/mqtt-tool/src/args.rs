@@ -8,7 +8,32 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, ValueEnum};
+
+/// The one QoS type (`mqtt-wire`'s), for every tool's `--qos`.
+pub use mqtt_wire::Qos;
+
+/// The value parser of a `--qos` flag, as the one [`Qos`] type: the levels up to `max`, so
+/// that a tool that cannot run QoS 2 lists 0 and 1 only and clap refuses 2 with the
+/// possible values (a parser rather than a `ValueEnum` wrapper: mqtt-wire does not know
+/// clap, and one type needs no conversions).
+pub fn qos_parser(max: Qos) -> impl TypedValueParser<Value = Qos> {
+    const HELP: [&str; 3] = [
+        "At most once: no acknowledgement",
+        "At least once: every message is acknowledged by a PUBACK",
+        "Exactly once: PUBREC, PUBREL and PUBCOMP for every message",
+    ];
+    let levels = ["0", "1", "2"]
+        .into_iter()
+        .zip(HELP)
+        .take(usize::from(max.level()) + 1)
+        .map(|(name, help)| PossibleValue::new(name).help(help));
+    PossibleValuesParser::new(levels).try_map(|s| -> Result<Qos, String> {
+        let level: u8 = s.parse().map_err(|_| format!("'{s}' is not a QoS level"))?;
+        Qos::try_from(level).map_err(|e| e.to_string())
+    })
+}
 
 /// The MQTT protocol version a tool speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -434,9 +459,62 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::{qos_parser, Qos};
+
+    #[test]
+    fn qos_flags_take_the_levels_a_tool_runs_and_refuse_the_rest_as_clap_did() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Pub {
+            #[arg(long, default_value = "0", value_parser = qos_parser(Qos::AtLeastOnce))]
+            qos: Qos,
+        }
+        #[derive(Parser, Debug)]
+        struct Jobs {
+            #[arg(long, default_value = "1", value_parser = qos_parser(Qos::ExactlyOnce))]
+            qos: Qos,
+        }
+        // What the publishers' `ValueEnum` of 0 and 1 was, for the error it gave.
+        #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+        enum Before {
+            #[value(name = "0")]
+            AtMostOnce,
+            #[value(name = "1")]
+            AtLeastOnce,
+        }
+        #[derive(Parser, Debug)]
+        #[command(name = "pub")]
+        struct PubBefore {
+            #[arg(long, value_enum, default_value = "0")]
+            qos: Before,
+        }
+        let parse = |args: &[&str]| Pub::try_parse_from([&["pub"], args].concat()).map(|p| p.qos);
+        assert_eq!(parse(&[]).unwrap(), Qos::AtMostOnce);
+        assert_eq!(parse(&["--qos", "1"]).unwrap(), Qos::AtLeastOnce);
+        for bad in ["2", "3", "x", "01"] {
+            let now = parse(&["--qos", bad]).unwrap_err().to_string();
+            let before = PubBefore::try_parse_from(["pub", "--qos", bad])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(now, before, "--qos {bad}");
+            assert!(now.contains("[possible values: 0, 1]"), "{now}");
+        }
+        assert!(
+            PubBefore::try_parse_from(["pub"]).is_ok_and(|p| matches!(p.qos, Before::AtMostOnce))
+        );
+        let jobs = |q: &str| Jobs::try_parse_from(["jobs", "--qos", q]).map(|j| j.qos);
+        assert_eq!(jobs("2").unwrap(), Qos::ExactlyOnce);
+        assert!(jobs("3")
+            .unwrap_err()
+            .to_string()
+            .contains("[possible values: 0, 1, 2]"));
+        let _ = Before::AtLeastOnce;
+    }
+
     #[test]
     fn start_times_read_rfc_3339_with_offsets_epoch_seconds_and_now() {
         use super::{parse_start_at, StartAt};
+
         let at = |s: &str| parse_start_at(s).unwrap().0.unwrap();
         let epoch = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
         assert_eq!(at("2026-12-01T12:00:00Z"), epoch(1_796_126_400));

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use mqtt_tool::Error;
+use mqtt_wire::Backoff;
 use tokio_postgres::NoTls;
 
 /// A database to connect to, checked.
@@ -306,7 +307,12 @@ where
     Fut: Future<Output = Result<T, DbError>>,
 {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    // Jitter that differs between processes and between calls.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let seed = u64::from(std::process::id()) << 32 ^ nanos;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed);
     let mut said = false;
     loop {
         match op().await {
@@ -346,9 +352,7 @@ where
                     said = true;
                 }
                 *retries += 1;
-                let jitter = 0.5 + (started.elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
-                tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

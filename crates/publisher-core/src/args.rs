@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, ValueEnum};
+use clap::{ArgAction, Args};
 use mqtt_tool::args::{
     parse_count, parse_duration, parse_rate, parse_start_at, ConnectionArgs, OutputArgs, Rate,
     ReconnectArgs,
@@ -102,7 +102,8 @@ pub struct LoadArgs {
     /// MQTT quality of service: 0 by default, the load itself; 1 makes the broker
     /// acknowledge every message (receipt, not delivery) and each loss counted. (`loadgen
     /// sub` subscribes at 1 by default, so that the broker queues for it)
-    #[arg(long, value_enum, default_value = "0", env = "LOADGEN_QOS")]
+    #[arg(long, default_value = "0", env = "LOADGEN_QOS",
+          value_parser = mqtt_tool::args::qos_parser(Qos::AtLeastOnce))]
     pub qos: Qos,
 
     /// QoS 1 window: messages sent and not yet acknowledged (1..=65535) [default: 50000, capped
@@ -203,22 +204,5 @@ pub struct ShardArgs {
     pub start_at: Option<mqtt_tool::args::StartAt>,
 }
 
-/// MQTT QoS levels the publisher supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Qos {
-    /// At most once: no acknowledgement
-    #[value(name = "0")]
-    AtMostOnce,
-    /// At least once: every message is acknowledged by a PUBACK
-    #[value(name = "1")]
-    AtLeastOnce,
-}
-
-impl Qos {
-    pub fn level(self) -> u8 {
-        match self {
-            Qos::AtMostOnce => 0,
-            Qos::AtLeastOnce => 1,
-        }
-    }
-}
+/// MQTT QoS: the workspace's one type (the publishers run 0 and 1; see `qos_parser`).
+pub use mqtt_tool::args::Qos;

@@ -586,10 +586,7 @@ impl Plan {
             },
             reconnect: self.reconnect.clone(),
             publish: PublishSettings {
-                qos: match self.qos {
-                    Qos::AtMostOnce => mqtt_engine::Qos::AtMostOnce,
-                    Qos::AtLeastOnce => mqtt_engine::Qos::AtLeastOnce,
-                },
+                qos: self.qos,
                 max_inflight: self.max_inflight,
                 max_queued: self.max_queued,
                 max_payload: self.max_payload,
