@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use report::Report;
 
-/// Exit code when verification fails.
-pub const EXIT_VERIFY_FAILED: u8 = 5;
+/// Exit code when verification fails (the shared table's).
+pub const EXIT_VERIFY_FAILED: u8 = mqtt_tool::error::code::VERIFY_FAILED;
 
 /// backend-sub's default `--reconnect-backoff`: short and capped (the publishers' is
 /// 100ms..10s), since what is published while it is away is missed.
