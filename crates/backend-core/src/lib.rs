@@ -668,7 +668,7 @@ async fn run_observed(
         }
         return Err(Error::Other(e.clone()));
     }
-    if let Some(failed) = mqtt_tool::threshold::failures(&report.thresholds) {
+    if let Some(failed) = mqtt_tool::threshold::failures(&report.header.thresholds) {
         if let Some(r) = &report.reason {
             mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
         }

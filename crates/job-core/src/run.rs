@@ -475,10 +475,16 @@ async fn run_observed(
         )));
     }
     let mut report = Report {
-        schema_version: SCHEMA_VERSION,
-        tool: "job-pub".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        broker: target.url(),
+        header: mqtt_tool::frame::ReportHeader {
+            started_at: Some(mqtt_tool::frame::rfc3339(started_wall)),
+            ended_at: Some(mqtt_tool::frame::rfc3339(SystemTime::now())),
+            ..mqtt_tool::frame::ReportHeader::new(
+                "job-pub",
+                SCHEMA_VERSION,
+                target.url(),
+                metrics.run_id(),
+            )
+        },
         database: p.db.database.shown.clone(),
         table: p.db.table.clone(),
         instance: me.clone(),
@@ -519,11 +525,6 @@ async fn run_observed(
         histograms: HistogramsReport {
             lateness_us: mqtt_tool::hist::encode(&lateness),
         },
-        started_at: humantime::format_rfc3339_micros(started_wall).to_string(),
-        ended_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        run_id: metrics.run_id().to_string(),
-        metrics_pushes: 0,
-        metrics_push_failures: 0,
         outcome: match (signal, &error) {
             (Some(_), _) => "interrupted",
             (None, Some(_)) => "incomplete",
@@ -544,17 +545,16 @@ async fn run_observed(
             .duration
             .map(|d| mqtt_tool::format::round3(d.as_secs_f64())),
         error: error.as_ref().map(|e| e.to_string()),
-        thresholds: Vec::new(),
     };
     let pushes = metrics.finish().await;
-    (report.metrics_pushes, report.metrics_push_failures) = (pushes.ok, pushes.failed);
+    report.header.pushed(pushes);
     report.judge(&p.thresholds);
     let text = report.render_text();
     p.exports.write(&report, &text)?;
     if let Some(sig) = signal {
         return Ok(ExitCode::from(sig.exit_code()));
     }
-    if let Some(failed) = mqtt_tool::threshold::failures(&report.thresholds) {
+    if let Some(failed) = mqtt_tool::threshold::failures(&report.header.thresholds) {
         return Err(Error::Thresholds(failed));
     }
     match error {

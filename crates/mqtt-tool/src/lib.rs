@@ -31,6 +31,7 @@ pub mod connect;
 pub mod error;
 pub mod export;
 pub mod format;
+pub mod frame;
 pub mod hist;
 pub mod live;
 pub mod lowat;

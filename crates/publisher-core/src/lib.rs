@@ -267,7 +267,7 @@ async fn run_observed(
     if let Some(e) = report.start_failure.take() {
         return Err(e.into_error(target.url(), report.error.unwrap_or_default()));
     }
-    let thresholds = mqtt_tool::threshold::failures(&report.thresholds);
+    let thresholds = mqtt_tool::threshold::failures(&report.header.thresholds);
     match (report.error, thresholds) {
         (Some(reason), _) if report.refused_on_reconnect => Err(Error::Refused {
             broker: target.url(),

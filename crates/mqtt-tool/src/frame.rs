@@ -1,0 +1,205 @@
+//! One run frame and one report header for every tool.
+//!
+//! ```text
+//! RunFrame::open(FramePlan, the tool's metric families)  -- metrics served/pushed from here
+//!   frame.broker(&connect)   -> the broker (given, or the embedded one), its version checked
+//!   ... the tool's engine runs, the tool builds its report (a ReportHeader flattened in) ...
+//!   frame.report(&mut report) -> final metrics pushed and counted, thresholds judged,
+//!                                the summary printed, --report-json/-csv/-md written
+//!   frame.exit(..)            -> the exit code: signal > failure > thresholds > shortfall
+//! RunFrame::close(result)     -- --metrics-linger, then the exit code stands
+//! ```
+//!
+//! [`ReportHeader`] is what every report starts with: tool, version, broker, window, run
+//! id, pushes and thresholds. Each tool's report holds it with `#[serde(flatten)]`, so the
+//! JSON keeps its flat field names; `loadgen merge` checks and adds headers in one place
+//! ([`crate::merge`]).
+
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+
+use crate::threshold::Judged;
+
+/// The fields every tool's report shares, flattened into it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportHeader {
+    /// The tool's report schema (each tool counts its own).
+    pub schema_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub broker: String,
+    /// The run's window, RFC 3339 UTC (null: nothing happened, as each tool says);
+    /// `loadgen merge` takes its window from these.
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// `--run-id`: the `run` label of the live metrics (default: `--start-at`, else the
+    /// run's start, RFC 3339 UTC to the second).
+    #[serde(default)]
+    pub run_id: String,
+    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
+    #[serde(default)]
+    pub metrics_pushes: u64,
+    #[serde(default)]
+    pub metrics_push_failures: u64,
+    /// `--threshold`s, judged on this report.
+    pub thresholds: Vec<Judged>,
+}
+
+impl ReportHeader {
+    /// The header of a report of `tool` (schema `schema_version`) on `broker`, this build's
+    /// version, labelled `run_id`; window, pushes and thresholds come later.
+    pub fn new(tool: &str, schema_version: u32, broker: String, run_id: &str) -> ReportHeader {
+        ReportHeader {
+            schema_version,
+            tool: tool.to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            broker,
+            run_id: run_id.to_string(),
+            ..ReportHeader::default()
+        }
+    }
+
+    /// Records the run's pushes to the Pushgateway.
+    pub fn pushed(&mut self, p: crate::live::Pushes) {
+        self.metrics_pushes = p.ok;
+        self.metrics_push_failures = p.failed;
+    }
+
+    /// The thresholds' failures, one line (`None`: all passed, or none was given).
+    pub fn thresholds_failed(&self) -> Option<String> {
+        crate::threshold::failures(&self.thresholds)
+    }
+
+    /// The summary's line of failed pushes, if any failed.
+    pub fn push_failures_line(&self) -> Option<String> {
+        crate::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
+    }
+}
+
+/// A wall-clock time as every report writes it: RFC 3339 UTC to the microsecond.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// The exit code of a run whose report is written, in the order every tool takes: a signal
+/// that stopped it; a `failure` that kept the run from happening as planned (the broker or
+/// the database unreachable or refusing); a failed threshold; then the tool's own verdict
+/// on what it measured (`shortfall`: incomplete, verification failed, or success).
+pub fn exit(
+    signal: Option<crate::shutdown::Signal>,
+    failure: Option<crate::Error>,
+    header: &ReportHeader,
+    shortfall: Result<ExitCode, crate::Error>,
+) -> Result<ExitCode, crate::Error> {
+    if let Some(sig) = signal {
+        return Ok(ExitCode::from(sig.exit_code()));
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(failed) = header.thresholds_failed() {
+        return Err(crate::Error::Thresholds(failed));
+    }
+    shortfall
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Tool {
+        #[serde(flatten)]
+        header: ReportHeader,
+        points: u64,
+    }
+
+    #[test]
+    fn the_header_flattens_into_a_tools_report_under_its_own_field_names() {
+        let r = Tool {
+            header: ReportHeader {
+                started_at: Some("2026-12-01T12:00:00Z".into()),
+                metrics_pushes: 3,
+                ..ReportHeader::new("loadgen pub", 5, "mqtt://127.0.0.1:1883".into(), "r1")
+            },
+            points: 7,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "schema_version",
+            "tool",
+            "tool_version",
+            "broker",
+            "started_at",
+            "ended_at",
+            "run_id",
+            "metrics_pushes",
+            "metrics_push_failures",
+            "thresholds",
+            "points",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(!keys.contains(&"header"), "{keys:?}");
+        assert_eq!(v["tool_version"], env!("CARGO_PKG_VERSION"));
+        let back: Tool = serde_json::from_value(v).unwrap();
+        assert_eq!(back.header, r.header);
+    }
+
+    #[test]
+    fn a_report_from_before_run_ids_and_pushes_reads_with_them_zero() {
+        let old = r#"{"schema_version": 4, "tool": "backend-sub", "tool_version": "0.1.0",
+            "broker": "mqtt://b:1883", "started_at": null, "ended_at": null,
+            "thresholds": [], "points": 1}"#;
+        let r: Tool = serde_json::from_str(old).unwrap();
+        assert_eq!(r.header.run_id, "");
+        assert_eq!(
+            (r.header.metrics_pushes, r.header.metrics_push_failures),
+            (0, 0)
+        );
+        assert_eq!(r.points, 1);
+    }
+
+    #[test]
+    fn a_signal_beats_a_failure_which_beats_thresholds_which_beat_the_tools_verdict() {
+        use crate::shutdown::Signal;
+        let failed = |pass| ReportHeader {
+            thresholds: vec![Judged {
+                expr: "x>1".into(),
+                field: "x".into(),
+                op: crate::threshold::Op::Gt,
+                limit: 1.0,
+                value: Some(0.0),
+                pass,
+                unit: None,
+            }],
+            ..ReportHeader::default()
+        };
+        let refused = || {
+            Some(crate::Error::Refused {
+                broker: "b".into(),
+                reason: "r".into(),
+            })
+        };
+        let short = || Err(crate::Error::Incomplete("lost".into()));
+        let code = |r: Result<ExitCode, crate::Error>| match r {
+            Ok(c) => format!("{c:?}"),
+            Err(e) => format!("{:?}", ExitCode::from(e.exit_code())),
+        };
+        let c = |n: u8| format!("{:?}", ExitCode::from(n));
+        let h = failed(false);
+        assert_eq!(
+            code(exit(Some(Signal::Terminate), refused(), &h, short())),
+            c(143)
+        );
+        assert_eq!(code(exit(None, refused(), &h, short())), c(4));
+        assert_eq!(code(exit(None, None, &h, short())), c(99));
+        assert_eq!(code(exit(None, None, &failed(true), short())), c(1));
+        assert_eq!(
+            code(exit(None, None, &failed(true), Ok(ExitCode::SUCCESS))),
+            c(0)
+        );
+    }
+}
