@@ -334,6 +334,18 @@ pub struct Report {
     pub sink: Option<crate::sink::SinkReport>,
 }
 
+impl mqtt_tool::frame::FramedReport for Report {
+    fn header_mut(&mut self) -> &mut ReportHeader {
+        &mut self.header
+    }
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        Report::judge(self, thresholds)
+    }
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
+}
+
 impl Report {
     pub fn build(tool: &str, plan: &Plan, broker: &str, embedded: bool, rx: &Received) -> Report {
         let shared = plan.share_group.is_some();

@@ -132,6 +132,18 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+impl mqtt_tool::frame::FramedReport for Report {
+    fn header_mut(&mut self) -> &mut ReportHeader {
+        &mut self.header
+    }
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        Report::judge(self, thresholds)
+    }
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
+}
+
 impl Report {
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
         self.header.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);

@@ -19,7 +19,107 @@ use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 
-use crate::threshold::Judged;
+use crate::broker::BrokerTarget;
+use crate::connect::ConnectPlan;
+use crate::error::Error;
+use crate::export::Exports;
+use crate::live::{LiveMetrics, MetricsPlan};
+use crate::metrics::Families;
+use crate::shutdown::Shutdown;
+use crate::summary::Summarize;
+use crate::threshold::{Judged, Threshold};
+
+/// What a run frame needs of a tool's report: its header, its judge (a tool may leave
+/// large lists out of what thresholds read) and its text summary.
+pub trait FramedReport: Serialize + Summarize {
+    fn header_mut(&mut self) -> &mut ReportHeader;
+    /// Judges `thresholds` on the report and records them in its header.
+    fn judge(&mut self, thresholds: &[Threshold]);
+    /// The text summary, printed on stdout (stderr when an export takes stdout).
+    fn render_text(&self) -> String;
+}
+
+/// The frame of one run: its live metrics from [`RunFrame::open`] to [`RunFrame::close`],
+/// its broker, its thresholds and exports, its exit code.
+pub struct RunFrame {
+    metrics: LiveMetrics,
+    exports: Exports,
+    thresholds: Vec<Threshold>,
+}
+
+impl RunFrame {
+    /// Opens the frame before anything runs: `--metrics-addr` is bound (a port in use is a
+    /// usage error now) and `families` served and pushed from here on. Needs a runtime.
+    pub fn open(
+        metrics: MetricsPlan,
+        exports: Exports,
+        thresholds: Vec<Threshold>,
+        families: Families,
+    ) -> Result<RunFrame, Error> {
+        Ok(RunFrame {
+            metrics: LiveMetrics::start(metrics, families)?,
+            exports,
+            thresholds,
+        })
+    }
+
+    /// The run id every series and the report carry.
+    pub fn run_id(&self) -> &str {
+        self.metrics.run_id()
+    }
+
+    /// The broker of `connect`: the one given (its name looked up off the runtime) or the
+    /// embedded one started now; refused when the run's MQTT version cannot work with it.
+    pub async fn broker(&self, connect: &ConnectPlan) -> Result<BrokerTarget, Error> {
+        let choice = connect.broker.clone();
+        let tls = connect.tls.is_some();
+        let (max_packet, port) = (connect.max_packet_size, connect.embedded_port);
+        let target = tokio::task::spawn_blocking(move || {
+            crate::broker::resolve(&choice, tls, max_packet, port)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+        crate::broker::check_version(&target, connect.mqtt5)?;
+        Ok(target)
+    }
+
+    /// The report's figures are final: the metrics are finished (`loadgen_run_finished`,
+    /// the final push, counted in the header), the thresholds judged, the text summary
+    /// printed and every export written.
+    pub async fn report<R: FramedReport>(&mut self, report: &mut R) -> Result<(), Error> {
+        report.header_mut().pushed(self.metrics.finish().await);
+        report.judge(&self.thresholds);
+        let text = report.render_text();
+        self.exports.write(report, &text)
+    }
+
+    /// After the report, an embedded broker outlives the run for `connect`'s
+    /// `--embedded-linger` so that subscribers get the last messages; a signal ends it.
+    pub async fn embedded_linger(
+        &self,
+        connect: &ConnectPlan,
+        target: &BrokerTarget,
+        shutdown: &Shutdown,
+    ) {
+        let linger = connect.embedded_linger;
+        if target.embedded && !linger.is_zero() && !shutdown.stop.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = shutdown.stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// Closes the frame with the run's `result`: the final metrics are served for
+    /// `--metrics-linger` (see [`LiveMetrics::linger`]); the result's exit code stands.
+    pub async fn close(
+        self,
+        result: Result<ExitCode, Error>,
+        shutdown: &Shutdown,
+    ) -> Result<ExitCode, Error> {
+        self.metrics.linger(result, shutdown).await
+    }
+}
 
 /// The fields every tool's report shares, flattened into it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,10 +188,10 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 /// on what it measured (`shortfall`: incomplete, verification failed, or success).
 pub fn exit(
     signal: Option<crate::shutdown::Signal>,
-    failure: Option<crate::Error>,
+    failure: Option<Error>,
     header: &ReportHeader,
-    shortfall: Result<ExitCode, crate::Error>,
-) -> Result<ExitCode, crate::Error> {
+    shortfall: Result<ExitCode, Error>,
+) -> Result<ExitCode, Error> {
     if let Some(sig) = signal {
         return Ok(ExitCode::from(sig.exit_code()));
     }
@@ -99,7 +199,7 @@ pub fn exit(
         return Err(e);
     }
     if let Some(failed) = header.thresholds_failed() {
-        return Err(crate::Error::Thresholds(failed));
+        return Err(Error::Thresholds(failed));
     }
     shortfall
 }

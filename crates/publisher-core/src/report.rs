@@ -378,6 +378,18 @@ fn judge(
     (grew, limited, note)
 }
 
+impl mqtt_tool::frame::FramedReport for Report {
+    fn header_mut(&mut self) -> &mut ReportHeader {
+        &mut self.header
+    }
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        Report::judge(self, thresholds)
+    }
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
+}
+
 impl Report {
     pub fn build(
         tool: &str,
