@@ -203,7 +203,7 @@ async fn run_framed(
     let me = instance_name();
     // Lateness up to a year is exact; later jobs record at the ceiling, counted.
     let mut lateness = Histogram::<u64>::new_with_bounds(1, LATENESS_CEILING.as_micros() as u64, 3)
-        .map_err(|e| Error::Other(format!("cannot make the lateness histogram: {e}")))?;
+        .map_err(|e| Error::failed("cannot make the lateness histogram", e))?;
     // The run's bounds count from here, on the database's clock as on this one's.
     let (db_now, latest) = db::retry(
         &p.db,

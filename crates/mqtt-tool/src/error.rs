@@ -34,6 +34,14 @@ pub enum Error {
     /// The run went through, and a `--threshold` failed: exit 99 (k6's code).
     #[error("{0}")]
     Thresholds(String),
+    /// A failure of this machine's resources (a file, a socket, a thread, the runtime), its
+    /// cause kept: the line says `{what}: {cause}`, as it always did.
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -43,13 +51,25 @@ impl Error {
         Error::Usage(msg.into())
     }
 
+    /// `what` failed because of `source`, which stays reachable through
+    /// [`std::error::Error::source`] (an `io::Error` keeps its kind).
+    pub fn failed(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Failed {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => code::USAGE,
             Error::Unreachable { .. } | Error::DatabaseUnreachable { .. } => code::UNREACHABLE,
             Error::Refused { .. } | Error::DatabaseRefused { .. } => code::REFUSED,
             Error::Thresholds(_) => code::THRESHOLDS,
-            Error::Incomplete(_) | Error::Other(_) => code::FAILURE,
+            Error::Incomplete(_) | Error::Failed { .. } | Error::Other(_) => code::FAILURE,
         }
     }
 }
@@ -147,6 +167,19 @@ mod tests {
         .map(|s| s.exit_code().to_string())
         .join("/");
         assert!(table.contains(&signals), "{signals}");
+    }
+
+    #[test]
+    fn a_failure_keeps_its_cause_and_its_one_line_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = Error::failed("cannot write --report-json /r.json", io);
+        assert_eq!(e.to_string(), "cannot write --report-json /r.json: denied");
+        assert_eq!(e.exit_code(), code::FAILURE);
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("as the io::Error it was");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
     }
 
     #[test]

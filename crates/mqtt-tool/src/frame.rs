@@ -78,7 +78,7 @@ impl RunFrame {
             crate::broker::resolve(&choice, tls, max_packet, port)
         })
         .await
-        .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
+        .map_err(|e| Error::failed("broker lookup failed", e))??;
         crate::broker::check_version(&target, connect.mqtt5)?;
         Ok(target)
     }

@@ -54,7 +54,7 @@ where
     };
     let result = runtime.block_on(async {
         let shutdown = Shutdown::from_signals(first_signal)
-            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+            .map_err(|e| Error::failed("cannot install signal handlers", e))?;
         run(plan, shutdown).await
     });
     // Background tasks (progress, signals, the embedded broker) end with the process.

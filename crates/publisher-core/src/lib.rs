@@ -327,7 +327,7 @@ pub async fn execute(
         (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
     })
     .await
-    .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))?
+    .map_err(|e| Error::failed("broker lookup failed", e))?
     .map_err(|e| Error::Unreachable {
         broker: target.url(),
         reason: e.to_string(),
@@ -355,7 +355,7 @@ pub async fn execute(
             sensor_fields,
         )
     })
-    .map_err(|e| Error::Other(format!("cannot start the workers: {e}")))?;
+    .map_err(|e| Error::failed("cannot start the workers", e))?;
     let handle = fleet.handle();
     let started = std::time::Instant::now();
     let hdr_log = match &plan.hdr_log {
@@ -383,7 +383,7 @@ pub async fn execute(
     let mut stopped = false;
     let result = loop {
         tokio::select! {
-            r = &mut joined => break r.map_err(|e| Error::Other(format!("the workers failed: {e}")))?,
+            r = &mut joined => break r.map_err(|e| Error::failed("the workers failed", e))?,
             _ = shutdown.stop.cancelled(), if !stopped => {
                 stopped = true;
                 handle.stop();
