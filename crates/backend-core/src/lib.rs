@@ -30,7 +30,7 @@ use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
 use mqtt_tool::config::{self, ParseExit};
 use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
 use mqtt_tool::format::{fmt_int, fmt_time_left};
-use mqtt_tool::frame::RunFrame;
+use mqtt_tool::frame::{Observer, RunFrame};
 use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::Error;
 use tokio_util::sync::CancellationToken;
@@ -626,22 +626,20 @@ async fn run_framed(
                 )?),
                 None => None,
             };
-            let stop_watch = CancellationToken::new();
-            let watcher = tokio::spawn(observe::watch(live.clone(), log, stop_watch.clone()));
-            let stop_progress = CancellationToken::new();
-            let progress = tokio::spawn(progress(
-                live.clone(),
-                plan.expect,
-                plan.duration,
-                (!plan.quiet).then_some(Duration::from_secs(1)),
-                shutdown.status.clone(),
-                stop_progress.clone(),
-            ));
+            let watcher = Observer::spawn(|stop| observe::watch(live.clone(), log, stop));
+            let progress = Observer::spawn(|stop| {
+                progress(
+                    live.clone(),
+                    plan.expect,
+                    plan.duration,
+                    (!plan.quiet).then_some(Duration::from_secs(1)),
+                    shutdown.status.clone(),
+                    stop,
+                )
+            });
             let rx = receive::run(plan, session, &target, live, shutdown, sink).await;
-            stop_progress.cancel();
-            let _ = progress.await;
-            stop_watch.cancel();
-            if let Ok(Some(mut log)) = watcher.await {
+            progress.stop().await;
+            if let Some(Some(mut log)) = watcher.stop().await {
                 if let Err(e) = log.interval(&[("e2e", &rx.latency_us)], std::time::Instant::now())
                 {
                     mqtt_tool::errln!("warning: --hdr-log: {e}");

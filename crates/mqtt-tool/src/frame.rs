@@ -1,8 +1,9 @@
 //! One run frame and one report header for every tool.
 //!
 //! ```text
-//! RunFrame::open(FramePlan, the tool's metric families)  -- metrics served/pushed from here
+//! RunFrame::open(metrics, exports, thresholds, the tool's metric families)
 //!   frame.broker(&connect)   -> the broker (given, or the embedded one), its version checked
+//!   Observer::spawn(..)      -> progress, hdr log: stopped once the engine is done
 //!   ... the tool's engine runs, the tool builds its report (a ReportHeader flattened in) ...
 //!   frame.report(&mut report) -> final metrics pushed and counted, thresholds judged,
 //!                                the summary printed, --report-json/-csv/-md written
@@ -174,6 +175,31 @@ impl ReportHeader {
     /// The summary's line of failed pushes, if any failed.
     pub fn push_failures_line(&self) -> Option<String> {
         crate::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
+    }
+}
+
+/// A task that watches a run while its engine works (the progress line, the hdr log, live
+/// figures): spawned with its own stop token, stopped after the engine, its result kept.
+pub struct Observer<T> {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Observer<T> {
+    /// Spawns `watch(stop)` on the runtime.
+    pub fn spawn<F>(watch: impl FnOnce(tokio_util::sync::CancellationToken) -> F) -> Observer<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(watch(stop.clone()));
+        Observer { stop, task }
+    }
+
+    /// Stops it and waits for its result (`None`: it panicked).
+    pub async fn stop(self) -> Option<T> {
+        self.stop.cancel();
+        self.task.await.ok()
     }
 }
 

@@ -35,7 +35,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Command, FromArgMatches};
-use tokio_util::sync::CancellationToken;
 
 pub use args::PublisherArgs;
 pub use mqtt_tool::Error;
@@ -43,7 +42,7 @@ pub use plan::Plan;
 pub use report::Report;
 
 use config::ParseExit;
-use mqtt_tool::frame::RunFrame;
+use mqtt_tool::frame::{Observer, RunFrame};
 use shutdown::Shutdown;
 
 /// What distinguishes one publisher binary from another: its name and defaults.
@@ -363,22 +362,22 @@ pub async fn execute(
         None => None,
     };
     let _ = live.fleet.set(handle.clone());
-    let watch_stop = CancellationToken::new();
-    let watcher = tokio::spawn(observe::watch(handle.clone(), hdr_log, watch_stop.clone()));
-    let progress_stop = CancellationToken::new();
-    let progress = tokio::spawn(progress::run(
-        handle.clone(),
-        progress::Shape {
-            total: plan.total,
-            duration: plan.duration,
-            qos1: plan.qos == args::Qos::AtLeastOnce,
-            connections: plan.fleet.connections,
-        },
-        !plan.quiet,
-        observe::CollisionNotes::new(plan),
-        shutdown.status.clone(),
-        progress_stop.clone(),
-    ));
+    let watcher = Observer::spawn(|stop| observe::watch(handle.clone(), hdr_log, stop));
+    let progress = Observer::spawn(|stop| {
+        progress::run(
+            handle.clone(),
+            progress::Shape {
+                total: plan.total,
+                duration: plan.duration,
+                qos1: plan.qos == args::Qos::AtLeastOnce,
+                connections: plan.fleet.connections,
+            },
+            !plan.quiet,
+            observe::CollisionNotes::new(plan),
+            shutdown.status.clone(),
+            stop,
+        )
+    });
     let mut joined = tokio::task::spawn_blocking(move || fleet.join());
     let mut stopped = false;
     let result = loop {
@@ -391,10 +390,8 @@ pub async fn execute(
             _ = shutdown.abort.cancelled() => handle.abort(),
         }
     };
-    progress_stop.cancel();
-    let samples = progress.await.unwrap_or_default();
-    watch_stop.cancel();
-    if let Ok(Some(mut log)) = watcher.await {
+    let samples = progress.stop().await.unwrap_or_default();
+    if let Some(Some(mut log)) = watcher.stop().await {
         if let Err(e) = log.interval(&result.stats.histos, std::time::Instant::now()) {
             mqtt_tool::errln!("warning: --hdr-log: {e}");
         }
