@@ -7,7 +7,7 @@
 //!   ... the tool's engine runs, the tool builds its report (a ReportHeader flattened in) ...
 //!   frame.report(&mut report) -> final metrics pushed and counted, thresholds judged,
 //!                                the summary printed, --report-json/-csv/-md written
-//!   frame.exit(..)            -> the exit code: signal > failure > thresholds > shortfall
+//!   frame::exit(..)           -> the exit code: signal > failure > thresholds > shortfall
 //! RunFrame::close(result)     -- --metrics-linger, then the exit code stands
 //! ```
 //!
