@@ -95,7 +95,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         }
         None => {
             eprintln!("{}", help());
-            ExitCode::from(2)
+            ExitCode::from(mqtt_tool::error::code::USAGE)
         }
         Some(other) => {
             let hint = nearest_command(other)
@@ -104,7 +104,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
                 "unknown command '{}'; {hint}the commands are pub, sub, jobs and merge (loadgen help)",
                 mqtt_tool::out::escape(other)
             ));
-            ExitCode::from(2)
+            ExitCode::from(mqtt_tool::error::code::USAGE)
         }
     }
 }

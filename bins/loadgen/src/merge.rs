@@ -398,7 +398,7 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                     )
                 )
             };
-            if let Some(failed) = mqtt_tool::threshold::failures(&m.thresholds) {
+            if let Some(failed) = mqtt_tool::threshold::failures(&m.header.thresholds) {
                 if let Some(r) = &m.reason {
                     verdict(r);
                 }
@@ -422,7 +422,7 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                 m.merged.as_ref().is_some_and(|g| {
                     !g.shards_missing.is_empty() || !g.shards_duplicated.is_empty()
                 }) || m.interrupted_by.is_some();
-            let failed = mqtt_tool::threshold::failures(&m.thresholds);
+            let failed = mqtt_tool::threshold::failures(&m.header.thresholds);
             match (m.error, failed) {
                 (Some(e), _) if partial => Err(Error::Incomplete(e)),
                 (_, Some(failed)) => Err(Error::Thresholds(failed)),

@@ -31,14 +31,15 @@ use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
 use mqtt_tool::config::{self, ParseExit};
 use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
 use mqtt_tool::format::{fmt_int, fmt_time_left};
+use mqtt_tool::frame::{Observer, RunFrame};
 use mqtt_tool::shutdown::Shutdown;
-use mqtt_tool::{broker, Error};
+use mqtt_tool::Error;
 use tokio_util::sync::CancellationToken;
 
 pub use report::Report;
 
-/// Exit code when verification fails.
-pub const EXIT_VERIFY_FAILED: u8 = 5;
+/// Exit code when verification fails (the shared table's).
+pub const EXIT_VERIFY_FAILED: u8 = mqtt_tool::error::code::VERIFY_FAILED;
 
 /// backend-sub's default `--reconnect-backoff`: short and capped (the publishers' is
 /// 100ms..10s), since what is published while it is away is missed.
@@ -555,26 +556,24 @@ pub async fn run(name: &'static str, plan: &Plan, shutdown: &Shutdown) -> Result
         let live = live.clone();
         Arc::new(move |e| observe::exposition(e, name, &live))
     };
-    let mut metrics = mqtt_tool::live::LiveMetrics::start(plan.metrics.clone(), families)?;
-    let result = run_observed(name, plan, shutdown, live, &mut metrics).await;
-    metrics.linger(result, shutdown).await
+    let mut frame = RunFrame::open(
+        plan.metrics.clone(),
+        plan.exports.clone(),
+        plan.thresholds.clone(),
+        families,
+    )?;
+    let result = run_framed(name, plan, shutdown, live, &mut frame).await;
+    frame.close(result, shutdown).await
 }
 
-async fn run_observed(
+async fn run_framed(
     name: &'static str,
     plan: &Plan,
     shutdown: &Shutdown,
     live: Arc<receive::Live>,
-    metrics: &mut mqtt_tool::live::LiveMetrics,
+    frame: &mut RunFrame,
 ) -> Result<ExitCode, Error> {
-    let choice = plan.connect.broker.clone();
-    let (max_packet, port) = (plan.connect.max_packet_size, plan.connect.embedded_port);
-    let tls = plan.connect.tls.is_some();
-    let target =
-        tokio::task::spawn_blocking(move || broker::resolve(&choice, tls, max_packet, port))
-            .await
-            .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    broker::check_version(&target, plan.connect.mqtt5)?;
+    let target = frame.broker(&plan.connect).await?;
     // The database first: a sink that cannot store is an error before anything is received.
     let sink = match &plan.sink {
         Some(p) => {
@@ -628,22 +627,20 @@ async fn run_observed(
                 )?),
                 None => None,
             };
-            let stop_watch = CancellationToken::new();
-            let watcher = tokio::spawn(observe::watch(live.clone(), log, stop_watch.clone()));
-            let stop_progress = CancellationToken::new();
-            let progress = tokio::spawn(progress(
-                live.clone(),
-                plan.expect,
-                plan.duration,
-                (!plan.quiet).then_some(Duration::from_secs(1)),
-                shutdown.status.clone(),
-                stop_progress.clone(),
-            ));
+            let watcher = Observer::spawn(|stop| observe::watch(live.clone(), log, stop));
+            let progress = Observer::spawn(|stop| {
+                progress(
+                    live.clone(),
+                    plan.expect,
+                    plan.duration,
+                    (!plan.quiet).then_some(Duration::from_secs(1)),
+                    shutdown.status.clone(),
+                    stop,
+                )
+            });
             let rx = receive::run(plan, session, &target, live, shutdown, sink).await;
-            stop_progress.cancel();
-            let _ = progress.await;
-            stop_watch.cancel();
-            if let Ok(Some(mut log)) = watcher.await {
+            progress.stop().await;
+            if let Some(Some(mut log)) = watcher.stop().await {
                 if let Err(e) = log.interval(&[("e2e", &rx.latency_us)], std::time::Instant::now())
                 {
                     mqtt_tool::errln!("warning: --hdr-log: {e}");
@@ -653,35 +650,28 @@ async fn run_observed(
         }
     };
     let mut report = Report::build(name, plan, &target.url(), target.embedded, &rx);
-    report.pushed(metrics.finish().await);
-    report.judge(&plan.thresholds);
-    let text = report.render_text();
-    plan.exports.write(&report, &text)?;
-    if let Some(sig) = shutdown.signal() {
-        return Ok(ExitCode::from(sig.exit_code()));
-    }
-    if let receive::Stop::Failed(e) = &rx.stop {
-        if rx.refused {
-            return Err(Error::Refused {
-                broker: target.url(),
-                reason: e.clone(),
-            });
-        }
-        return Err(Error::Other(e.clone()));
-    }
-    if let Some(failed) = mqtt_tool::threshold::failures(&report.thresholds) {
-        if let Some(r) = &report.reason {
-            mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
-        }
-        return Err(Error::Thresholds(failed));
-    }
-    match &report.reason {
+    frame.report(&mut report).await?;
+    let signal = shutdown.signal();
+    // The connection failed for good: the broker's failure, not a verdict.
+    let failure = match &rx.stop {
+        receive::Stop::Failed(e) if rx.refused => Some(Error::Refused {
+            broker: target.url(),
+            reason: e.clone(),
+        }),
+        receive::Stop::Failed(e) => Some(Error::Other(e.clone())),
+        _ => None,
+    };
+    let verdict = match &report.reason {
         None => Ok(ExitCode::SUCCESS),
         Some(r) => {
-            mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
+            // Said before a failed threshold's error as well.
+            if signal.is_none() && failure.is_none() {
+                mqtt_tool::errln!("verification failed: {}", mqtt_tool::out::escape(r));
+            }
             Ok(ExitCode::from(EXIT_VERIFY_FAILED))
         }
-    }
+    };
+    mqtt_tool::frame::exit(signal, failure, &report.header, verdict)
 }
 
 /// ", N stored" once the sink has stored anything.

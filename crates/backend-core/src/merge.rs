@@ -97,12 +97,7 @@ impl Merge {
     pub fn add(&mut self, name: String, r: Report) -> Result<(), Error> {
         self.same_group(&name, &r)?;
         let latency = check_figures(&name, &r)?;
-        let c = Check { report: &name };
-        let start = c.time("started_at", &r.started_at)?;
-        let end = c.time("ended_at", &r.ended_at)?;
-        if let (Some(s), Some(e)) = (start, end) {
-            c.that(s <= e, || "ended_at is before started_at".into())?;
-        }
+        let (start, end) = r.header.window(&Check { report: &name })?;
         self.windows.add(&name, start, end);
         let add = Adding {
             report: &name,
@@ -190,12 +185,7 @@ impl Merge {
     /// Whether `r` is a member this merge can take: mergeable, listing every range, of the
     /// group of the first, and not a copy of a member already added.
     fn same_group(&mut self, name: &str, r: &Report) -> Result<(), Error> {
-        if r.schema_version != SCHEMA_VERSION {
-            return Err(Error::usage(format!(
-                "{name} is a backend report of schema {}; merging needs schema {SCHEMA_VERSION}: rerun it with this version",
-                r.schema_version
-            )));
-        }
+        r.header.check_schema(name, "backend ", SCHEMA_VERSION)?;
         if r.merged_reports.is_some() {
             return Err(Error::usage(format!(
                 "{name} is a merged report already; merge the members' own reports"
@@ -220,8 +210,8 @@ impl Merge {
         }
         // The same member twice (a copy, a second path) would count its points twice.
         let print = (
-            r.started_at.clone(),
-            r.ended_at.clone(),
+            r.header.started_at.clone(),
+            r.header.ended_at.clone(),
             r.messages_received,
             r.bytes_received,
         );
@@ -349,12 +339,7 @@ impl Merge {
         m.histograms.latency_us = self.latency.as_ref().and_then(mqtt_tool::hist::encode);
 
         let w = self.windows.window();
-        m.started_at = w
-            .start
-            .map(|t| humantime::format_rfc3339_micros(t).to_string());
-        m.ended_at = w
-            .end
-            .map(|t| humantime::format_rfc3339_micros(t).to_string());
+        m.header.merged(&w);
         m.elapsed_s = round3(w.elapsed_s());
         m.point_rate = round3(w.per_s(m.points_received));
         m.message_rate = round3(w.per_s(m.messages_received));
@@ -501,7 +486,6 @@ impl Merge {
         m.devices = devices;
         m.reason = (!problems.is_empty()).then(|| problems.join("; "));
         m.verified = m.reason.is_none();
-        m.thresholds = Vec::new();
         m.merged_reports = Some(names.len() as u64);
         Ok(m)
     }
@@ -660,12 +644,7 @@ fn check_figures(name: &str, r: &Report) -> Result<Option<Histogram<u64>>, Error
 
 /// Adds the member's totals into `m`'s, refusing a sum past 2^64 - 1.
 fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
-    add.count("metrics_pushes", &mut m.metrics_pushes, r.metrics_pushes)?;
-    add.count(
-        "metrics_push_failures",
-        &mut m.metrics_push_failures,
-        r.metrics_push_failures,
-    )?;
+    m.header.add(&r.header, add)?;
     add.count("points_received", &mut m.points_received, r.points_received)?;
     add.count(
         "points_out_of_order",

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use mqtt_tool::format::Percentiles;
 use mqtt_tool::format::{fmt_int, fmt_percentiles, round3};
+use mqtt_tool::frame::ReportHeader;
 use mqtt_tool::out::escape;
-use mqtt_tool::threshold::{Fields, Judged, Unit};
+use mqtt_tool::threshold::{Fields, Unit};
 
 /// The wall-clock time of `t`, an instant of this run, as the report writes it.
 fn wall(t: std::time::Instant) -> String {
@@ -243,10 +244,9 @@ pub struct FrontendReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    pub schema_version: u32,
-    pub tool: String,
-    pub tool_version: String,
-    pub broker: String,
+    /// tool, version, broker, window (first and last message), run id, pushes, thresholds: every report's.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub broker_embedded: bool,
     pub topics: Vec<String>,
     pub qos: u8,
@@ -326,26 +326,24 @@ pub struct Report {
     pub verified: bool,
     /// Why verification failed, one line.
     pub reason: Option<String>,
-    /// `--threshold`s, judged on this report.
-    pub thresholds: Vec<Judged>,
-    /// First and last message, RFC 3339 UTC (null: none arrived).
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
-    /// `--run-id`: the `run` label of the live metrics (default: the run's start, RFC 3339
-    /// UTC to the second).
-    #[serde(default)]
-    pub run_id: String,
-    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
-    #[serde(default)]
-    pub metrics_pushes: u64,
-    #[serde(default)]
-    pub metrics_push_failures: u64,
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: how many members' reports this one adds up.
     pub merged_reports: Option<u64>,
     /// `--sink`: rows stored, failed and rejected (absent without a sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<crate::sink::SinkReport>,
+}
+
+impl mqtt_tool::frame::FramedReport for Report {
+    fn header_mut(&mut self) -> &mut ReportHeader {
+        &mut self.header
+    }
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        Report::judge(self, thresholds)
+    }
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
 }
 
 impl Report {
@@ -469,10 +467,16 @@ impl Report {
             })
             .collect();
         Report {
-            schema_version: SCHEMA_VERSION,
-            tool: tool.to_string(),
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            broker: broker.to_string(),
+            header: ReportHeader {
+                started_at: rx.first_message.map(|t| wall(t.into_std())),
+                ended_at: rx.last_message.map(|t| wall(t.into_std())),
+                ..ReportHeader::new(
+                    tool,
+                    SCHEMA_VERSION,
+                    broker.to_string(),
+                    &plan.metrics.run_id,
+                )
+            },
             broker_embedded: embedded,
             topics: plan.filters(),
             qos: plan.qos,
@@ -536,12 +540,6 @@ impl Report {
             .into(),
             verified: reason.is_none(),
             reason,
-            thresholds: Vec::new(),
-            started_at: rx.first_message.map(|t| wall(t.into_std())),
-            ended_at: rx.last_message.map(|t| wall(t.into_std())),
-            run_id: plan.metrics.run_id.clone(),
-            metrics_pushes: 0,
-            metrics_push_failures: 0,
             histograms: HistogramsReport {
                 latency_us: mqtt_tool::hist::encode(&rx.latency_us),
             },
@@ -552,8 +550,7 @@ impl Report {
 
     /// Records the run's `--metrics-push` pushes.
     pub fn pushed(&mut self, p: mqtt_tool::live::Pushes) {
-        self.metrics_pushes = p.ok;
-        self.metrics_push_failures = p.failed;
+        self.header.pushed(p);
     }
 
     /// Whether any point was routed to a frontend: the routing figures then say something.
@@ -572,18 +569,18 @@ impl Report {
         let frontends = std::mem::take(&mut self.frontends);
         let judged = mqtt_tool::threshold::judge_report(&*self, thresholds);
         (self.devices, self.frontends) = (devices, frontends);
-        self.thresholds = judged;
+        self.header.thresholds = judged;
     }
 
     pub fn render_text(&self) -> String {
         let mut o = String::new();
         let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
-        line(&format!("== {} summary", self.tool), String::new());
+        line(&format!("== {} summary", self.header.tool), String::new());
         line(
             "broker",
             format!(
                 "{}{}",
-                self.broker,
+                self.header.broker,
                 if self.broker_embedded {
                     " (embedded rumqttd)"
                 } else {
@@ -842,9 +839,7 @@ impl Report {
                 ),
             );
         }
-        if let Some(l) =
-            mqtt_tool::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
-        {
+        if let Some(l) = self.header.push_failures_line() {
             line("metrics push", l);
         }
         line("stopped by", self.stopped_by.clone());
@@ -870,7 +865,7 @@ impl Report {
                 format!("{n} reports of the share group's members"),
             );
         }
-        for t in mqtt_tool::threshold::summary_lines(&self.thresholds) {
+        for t in mqtt_tool::threshold::summary_lines(&self.header.thresholds) {
             line("threshold", escape(&t).into_owned());
         }
         o

@@ -11,7 +11,7 @@ use crate::report::{threshold_fields, Report};
 
 impl Summarize for Report {
     fn summary(&self) -> Summary {
-        let mut s = Summary::new(&self.tool);
+        let mut s = Summary::new(&self.header.tool);
         match (&self.reason, self.stopped_by.as_str()) {
             (_, "signal") => {
                 s.fail("interrupted by a signal");
@@ -167,7 +167,7 @@ impl Summarize for Report {
             );
         }
 
-        s.thresholds(&self.thresholds, &threshold_fields());
+        s.thresholds(&self.header.thresholds, &threshold_fields());
 
         let mut health = Vec::new();
         if self.read_hold_us > 0 && self.latency_us.is_some() {

@@ -6,7 +6,8 @@
 //! Text summary and JSON (`schema/job-pub-report.schema.json`).
 
 use mqtt_tool::format::{fmt_int, fmt_percentiles, Percentiles};
-use mqtt_tool::threshold::{Fields, Judged, Unit};
+use mqtt_tool::frame::ReportHeader;
+use mqtt_tool::threshold::{Fields, Unit};
 use serde::{Deserialize, Serialize};
 
 /// 2: `jobs_republished` named for what it counts (`jobs_republished_after_lease_expiry`);
@@ -49,10 +50,9 @@ pub struct HistogramsReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    pub schema_version: u32,
-    pub tool: String,
-    pub tool_version: String,
-    pub broker: String,
+    /// tool, version, broker, window (always both ends), run id, pushes, thresholds: every report's.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     /// The database, without its password.
     pub database: String,
     pub table: String,
@@ -113,17 +113,6 @@ pub struct Report {
     /// Jobs later than the lateness histogram's ceiling (366 days), recorded at it.
     pub lateness_clamped: u64,
     pub histograms: HistogramsReport,
-    pub started_at: String,
-    pub ended_at: String,
-    /// `--run-id`: the `run` label of the live metrics (default: the run's start, RFC 3339
-    /// UTC to the second).
-    #[serde(default)]
-    pub run_id: String,
-    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
-    #[serde(default)]
-    pub metrics_pushes: u64,
-    #[serde(default)]
-    pub metrics_push_failures: u64,
     /// complete | interrupted | incomplete
     pub outcome: String,
     pub interrupted_by: Option<String>,
@@ -141,12 +130,23 @@ pub struct Report {
     /// --duration, seconds.
     pub duration_s: Option<f64>,
     pub error: Option<String>,
-    pub thresholds: Vec<Judged>,
+}
+
+impl mqtt_tool::frame::FramedReport for Report {
+    fn header_mut(&mut self) -> &mut ReportHeader {
+        &mut self.header
+    }
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        Report::judge(self, thresholds)
+    }
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
 }
 
 impl Report {
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
-        self.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
+        self.header.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
     }
 
     /// How the run ended, for the summary (a signal or a failure has its own line).
@@ -186,8 +186,8 @@ impl Report {
     pub fn render_text(&self) -> String {
         let mut o = String::new();
         let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
-        line(&format!("== {} summary", self.tool), String::new());
-        line("broker", self.broker.clone());
+        line(&format!("== {} summary", self.header.tool), String::new());
+        line("broker", self.header.broker.clone());
         line(
             "database",
             format!("{} (table {})", self.database, self.table),
@@ -236,9 +236,7 @@ impl Report {
                 ),
             );
         }
-        if let Some(l) =
-            mqtt_tool::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
-        {
+        if let Some(l) = self.header.push_failures_line() {
             line("metrics push", l);
         }
         if self.jobs_unrecorded > 0 {
@@ -296,7 +294,7 @@ impl Report {
         if let Some(e) = &self.error {
             line("problem", mqtt_tool::out::escape(e).into_owned());
         }
-        for t in mqtt_tool::threshold::summary_lines(&self.thresholds) {
+        for t in mqtt_tool::threshold::summary_lines(&self.header.thresholds) {
             line("threshold", t);
         }
         o

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use deadpool_postgres::Pool;
 use hdrhistogram::Histogram;
 use mqtt_tool::format::Percentiles;
+use mqtt_tool::frame::RunFrame;
 use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::Error;
 
@@ -154,19 +155,21 @@ async fn mark(
 
 async fn run(p: &RunPlan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let live = std::sync::Arc::new(crate::observe::Live::default());
-    let mut metrics = mqtt_tool::live::LiveMetrics::start(
+    let mut frame = RunFrame::open(
         p.metrics.clone(),
+        p.exports.clone(),
+        p.thresholds.clone(),
         crate::observe::families(live.clone()),
     )?;
-    let result = run_observed(p, shutdown, &live, &mut metrics).await;
-    metrics.linger(result, shutdown).await
+    let result = run_framed(p, shutdown, &live, &mut frame).await;
+    frame.close(result, shutdown).await
 }
 
-async fn run_observed(
+async fn run_framed(
     p: &RunPlan,
     shutdown: &Shutdown,
     live: &crate::observe::Live,
-    metrics: &mut mqtt_tool::live::LiveMetrics,
+    frame: &mut RunFrame,
 ) -> Result<ExitCode, Error> {
     let pool = db::pool(&p.db)?;
     let mut n = Counts::default();
@@ -194,20 +197,13 @@ async fn run_observed(
         raw_payload,
         sql_ascii,
     };
-    let choice = p.connect.broker.clone();
-    let (max_packet, port) = (p.connect.max_packet_size, p.connect.embedded_port);
-    let target = tokio::task::spawn_blocking(move || {
-        mqtt_tool::broker::resolve(&choice, false, max_packet, port)
-    })
-    .await
-    .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    mqtt_tool::broker::check_version(&target, p.connect.mqtt5)?;
+    let target = frame.broker(&p.connect).await?;
     let inflight = p.batch.min(u16::MAX as usize) as u16;
     let mut link = Link::connect(&p.connect, &target, inflight).await?;
     let me = instance_name();
     // Lateness up to a year is exact; later jobs record at the ceiling, counted.
     let mut lateness = Histogram::<u64>::new_with_bounds(1, LATENESS_CEILING.as_micros() as u64, 3)
-        .map_err(|e| Error::Other(format!("cannot make the lateness histogram: {e}")))?;
+        .map_err(|e| Error::failed("cannot make the lateness histogram", e))?;
     // The run's bounds count from here, on the database's clock as on this one's.
     let (db_now, latest) = db::retry(
         &p.db,
@@ -475,10 +471,16 @@ async fn run_observed(
         )));
     }
     let mut report = Report {
-        schema_version: SCHEMA_VERSION,
-        tool: "job-pub".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        broker: target.url(),
+        header: mqtt_tool::frame::ReportHeader {
+            started_at: Some(mqtt_tool::frame::rfc3339(started_wall)),
+            ended_at: Some(mqtt_tool::frame::rfc3339(SystemTime::now())),
+            ..mqtt_tool::frame::ReportHeader::new(
+                "job-pub",
+                SCHEMA_VERSION,
+                target.url(),
+                frame.run_id(),
+            )
+        },
         database: p.db.database.shown.clone(),
         table: p.db.table.clone(),
         instance: me.clone(),
@@ -519,11 +521,6 @@ async fn run_observed(
         histograms: HistogramsReport {
             lateness_us: mqtt_tool::hist::encode(&lateness),
         },
-        started_at: humantime::format_rfc3339_micros(started_wall).to_string(),
-        ended_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        run_id: metrics.run_id().to_string(),
-        metrics_pushes: 0,
-        metrics_push_failures: 0,
         outcome: match (signal, &error) {
             (Some(_), _) => "interrupted",
             (None, Some(_)) => "incomplete",
@@ -544,23 +541,16 @@ async fn run_observed(
             .duration
             .map(|d| mqtt_tool::format::round3(d.as_secs_f64())),
         error: error.as_ref().map(|e| e.to_string()),
-        thresholds: Vec::new(),
     };
-    let pushes = metrics.finish().await;
-    (report.metrics_pushes, report.metrics_push_failures) = (pushes.ok, pushes.failed);
-    report.judge(&p.thresholds);
-    let text = report.render_text();
-    p.exports.write(&report, &text)?;
-    if let Some(sig) = signal {
-        return Ok(ExitCode::from(sig.exit_code()));
-    }
-    if let Some(failed) = mqtt_tool::threshold::failures(&report.thresholds) {
-        return Err(Error::Thresholds(failed));
-    }
-    match error {
-        Some(e) => Err(e),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    frame.report(&mut report).await?;
+    // What kept the run from going on (the database or the broker gone or refusing) is a
+    // failure before any threshold; jobs not published are the run's shortfall.
+    let (failure, shortfall) = match error {
+        Some(e @ Error::Incomplete(_)) => (None, Err(e)),
+        Some(e) => (Some(e), Ok(ExitCode::SUCCESS)),
+        None => (None, Ok(ExitCode::SUCCESS)),
+    };
+    mqtt_tool::frame::exit(signal, failure, &report.header, shortfall)
 }
 
 /// This instance's name: host, pid and a part from the clock; its client id and

@@ -9,7 +9,7 @@ use crate::report::{threshold_fields, Report};
 
 impl Summarize for Report {
     fn summary(&self) -> Summary {
-        let mut s = Summary::new(&self.tool);
+        let mut s = Summary::new(&self.header.tool);
         if let Some(sig) = &self.interrupted_by {
             s.fail(&format!("interrupted by {sig}"));
         }
@@ -84,7 +84,7 @@ impl Summarize for Report {
             s.row("stopped by", stop);
         }
 
-        s.thresholds(&self.thresholds, &threshold_fields());
+        s.thresholds(&self.header.thresholds, &threshold_fields());
 
         let mut health = Vec::new();
         if let Some(p) = &self.lateness_us {

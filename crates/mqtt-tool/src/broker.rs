@@ -89,11 +89,8 @@ pub fn resolve(
 /// `port` 0 picks a free one.
 pub fn start_embedded(max_packet: usize, port: u16) -> Result<BrokerTarget, Error> {
     let port = match port {
-        0 => free_port().map_err(|e| {
-            Error::Other(format!(
-                "cannot find a free port for the embedded broker: {e}"
-            ))
-        })?,
+        0 => free_port()
+            .map_err(|e| Error::failed("cannot find a free port for the embedded broker", e))?,
         p => {
             TcpListener::bind(("127.0.0.1", p)).map_err(|e| {
                 Error::usage(format!(
@@ -113,7 +110,7 @@ pub fn start_embedded(max_packet: usize, port: u16) -> Result<BrokerTarget, Erro
                 tracing::error!("embedded broker stopped: {e}");
             }
         })
-        .map_err(|e| Error::Other(format!("cannot start the embedded broker: {e}")))?;
+        .map_err(|e| Error::failed("cannot start the embedded broker", e))?;
     // Ready when it accepts connections.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {

@@ -234,7 +234,7 @@ impl Exports {
 
     /// Prints the summary and writes every export of `report`.
     pub fn write<R: Serialize + Summarize>(&self, report: &R, text: &str) -> Result<(), Error> {
-        let encode = |e: serde_json::Error| Error::Other(format!("cannot encode the report: {e}"));
+        let encode = |e: serde_json::Error| Error::failed("cannot encode the report", e);
         let json_text = || serde_json::to_string_pretty(report).map_err(encode);
         let json_tree = || serde_json::to_value(report).map_err(encode);
         let summary = || report.summary();
@@ -265,10 +265,10 @@ fn write_to(flag: &str, p: &Path, body: &str) -> Result<(), Error> {
         let mut o = std::io::stdout().lock();
         o.write_all(body.as_bytes())
             .and_then(|_| o.flush())
-            .map_err(|e| Error::Other(format!("cannot write {flag} to stdout: {e}")))
+            .map_err(|e| Error::failed(format!("cannot write {flag} to stdout"), e))
     } else {
         std::fs::write(p, body)
-            .map_err(|e| Error::Other(format!("cannot write {flag} {}: {e}", p.display())))
+            .map_err(|e| Error::failed(format!("cannot write {flag} {}", p.display()), e))
     }
 }
 

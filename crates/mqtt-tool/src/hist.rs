@@ -252,7 +252,7 @@ impl CumulativeLog {
         comment: &str,
     ) -> Result<CumulativeLog, crate::Error> {
         let fail = |e: std::io::Error| {
-            crate::Error::Other(format!("cannot write --hdr-log {}: {e}", path.display()))
+            crate::Error::failed(format!("cannot write --hdr-log {}", path.display()), e)
         };
         let file = std::fs::File::create(path).map_err(fail)?;
         let wall = SystemTime::now()

@@ -14,6 +14,8 @@
 //! - [`connect`]: the validated connection settings; [`broker`]: the broker to use.
 //! - [`mqtt`]: connecting with rumqttc and what a lost connection means.
 //! - [`shutdown`]: signals; [`run`]: a binary's frame; [`error`]: errors and exit codes.
+//! - [`frame`]: one run's frame (metrics, broker, thresholds, exports, exit code) and the
+//!   header every report starts with.
 //! - [`out`]: writing safely; [`format`]: figures as reports show them.
 //! - [`export`]: a report's forms (text, JSON, CSV, Markdown); [`summary`]: the verdict and
 //!   the figures that matter, which the Markdown summary shows; [`threshold`]: pass/fail
@@ -31,6 +33,7 @@ pub mod connect;
 pub mod error;
 pub mod export;
 pub mod format;
+pub mod frame;
 pub mod hist;
 pub mod live;
 pub mod lowat;

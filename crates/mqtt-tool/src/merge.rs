@@ -6,6 +6,9 @@
 //! (a sum past 2^64 - 1 is a usage error naming the field and the reports), and every rule
 //! a report of our tools keeps (parts add up to totals, a histogram counts what it
 //! describes) is checked with [`Check`] before the report is added.
+//!
+//! Every report's [`ReportHeader`] is merged here: its schema and window checked, its
+//! pushes added, the merged window set and the thresholds left to be judged again.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::format::fmt_int;
+use crate::frame::{rfc3339, ReportHeader};
 use crate::hist::Window;
 
 /// Names of reports an error lists before it says how many more.
@@ -159,6 +163,48 @@ impl Check<'_> {
                 })
             })
             .transpose()
+    }
+}
+
+impl ReportHeader {
+    /// Refuses the report `name` unless it is of schema `expected`: `kind` names the tool's
+    /// reports in the error ("backend " or nothing).
+    pub fn check_schema(&self, name: &str, kind: &str, expected: u32) -> Result<(), Error> {
+        if self.schema_version != expected {
+            return Err(Error::usage(format!(
+                "{name} is a {kind}report of schema {}; merging needs schema {expected}: rerun it with this version",
+                self.schema_version
+            )));
+        }
+        Ok(())
+    }
+
+    /// The report's window, checked: both ends times, the end not before the start.
+    pub fn window(&self, c: &Check) -> Result<(Option<SystemTime>, Option<SystemTime>), Error> {
+        let start = c.time("started_at", &self.started_at)?;
+        let end = c.time("ended_at", &self.ended_at)?;
+        if let (Some(s), Some(e)) = (start, end) {
+            c.that(s <= e, || "ended_at is before started_at".into())?;
+        }
+        Ok((start, end))
+    }
+
+    /// Adds the header of a further report `r` into this one, the first report's.
+    pub fn add(&mut self, r: &ReportHeader, add: &Adding) -> Result<(), Error> {
+        add.count("metrics_pushes", &mut self.metrics_pushes, r.metrics_pushes)?;
+        add.count(
+            "metrics_push_failures",
+            &mut self.metrics_push_failures,
+            r.metrics_push_failures,
+        )
+    }
+
+    /// The merged header: the window of every report, no thresholds (the merge judges its
+    /// own on the merged figures).
+    pub fn merged(&mut self, w: &Window) {
+        self.started_at = w.start.map(rfc3339);
+        self.ended_at = w.end.map(rfc3339);
+        self.thresholds = Vec::new();
     }
 }
 

@@ -158,7 +158,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
         ))
     })?;
     l.set_nonblocking(true)
-        .map_err(|e| Error::Other(format!("--metrics-addr {addr}: {e}")))?;
+        .map_err(|e| Error::failed(format!("--metrics-addr {addr}"), e))?;
     Ok(l)
 }
 

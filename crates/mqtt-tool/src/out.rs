@@ -103,17 +103,13 @@ pub fn summary(text: &str, report_json: Option<&Path>) {
 /// Writes `report` as pretty JSON to `path` (`-` = stdout).
 pub fn write_json<T: serde::Serialize>(report: &T, path: &Path) -> Result<(), Error> {
     let json = serde_json::to_string_pretty(report)
-        .map_err(|e| Error::Other(format!("cannot encode the report: {e}")))?;
+        .map_err(|e| Error::failed("cannot encode the report", e))?;
     if path.as_os_str() == "-" {
         writeln!(std::io::stdout().lock(), "{json}")
-            .map_err(|e| Error::Other(format!("cannot write the report to stdout: {e}")))
+            .map_err(|e| Error::failed("cannot write the report to stdout", e))
     } else {
-        std::fs::write(path, json + "\n").map_err(|e| {
-            Error::Other(format!(
-                "cannot write --report-json {}: {e}",
-                path.display()
-            ))
-        })
+        std::fs::write(path, json + "\n")
+            .map_err(|e| Error::failed(format!("cannot write --report-json {}", path.display()), e))
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::ParseExit;
-use crate::error::Error;
+use crate::error::{code, Error};
 use crate::out;
 use crate::shutdown::Shutdown;
 
@@ -34,7 +34,7 @@ where
         }
         Err(ParseExit::Usage(msg)) => {
             print_error(&msg);
-            return ExitCode::from(2);
+            return ExitCode::from(code::USAGE);
         }
     };
     // One thread: the producer and the connection driver hand messages to each other through
@@ -49,12 +49,12 @@ where
         Ok(rt) => rt,
         Err(e) => {
             print_error(&format!("cannot start the async runtime: {e}"));
-            return ExitCode::from(1);
+            return ExitCode::from(code::FAILURE);
         }
     };
     let result = runtime.block_on(async {
         let shutdown = Shutdown::from_signals(first_signal)
-            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+            .map_err(|e| Error::failed("cannot install signal handlers", e))?;
         run(plan, shutdown).await
     });
     // Background tasks (progress, signals, the embedded broker) end with the process.
@@ -78,7 +78,7 @@ pub fn run_sync<P>(
         }
         Err(ParseExit::Usage(msg)) => {
             print_error(&msg);
-            ExitCode::from(2)
+            ExitCode::from(code::USAGE)
         }
     }
 }

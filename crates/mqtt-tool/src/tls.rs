@@ -86,7 +86,7 @@ pub fn client_config(
 ) -> Result<TlsPlan, Error> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Other(format!("TLS: {e}")))?;
+        .map_err(|e| Error::failed("TLS", e))?;
     let builder = if insecure {
         builder
             .dangerous()

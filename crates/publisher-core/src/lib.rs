@@ -35,7 +35,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Command, FromArgMatches};
-use tokio_util::sync::CancellationToken;
 
 pub use args::PublisherArgs;
 pub use mqtt_tool::Error;
@@ -43,6 +42,7 @@ pub use plan::Plan;
 pub use report::Report;
 
 use config::ParseExit;
+use mqtt_tool::frame::{Observer, RunFrame};
 use shutdown::Shutdown;
 
 /// What distinguishes one publisher binary from another: its name and defaults.
@@ -231,52 +231,53 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
     // the end of the run, and then for --metrics-linger, the final figures.
     let live = std::sync::Arc::new(observe::LiveRun::default());
     let families = observe::families(preset.name, std::sync::Arc::new(plan.clone()), live.clone());
-    let mut metrics = mqtt_tool::live::LiveMetrics::start(plan.metrics.clone(), families)?;
-    let result = run_observed(preset, plan, shutdown, &live, &mut metrics).await;
-    metrics.linger(result, shutdown).await
+    let mut frame = RunFrame::open(
+        plan.metrics.clone(),
+        plan.exports.clone(),
+        plan.thresholds.clone(),
+        families,
+    )?;
+    let result = run_framed(preset, plan, shutdown, &live, &mut frame).await;
+    frame.close(result, shutdown).await
 }
 
-async fn run_observed(
+async fn run_framed(
     preset: &Preset,
     plan: &Plan,
     shutdown: &Shutdown,
     live: &observe::LiveRun,
-    metrics: &mut mqtt_tool::live::LiveMetrics,
+    frame: &mut RunFrame,
 ) -> Result<ExitCode, Error> {
     if let Some(at) = plan.start_at {
         if let Some(sig) = wait_for_start(at, plan, shutdown).await? {
             return Ok(ExitCode::from(sig.exit_code()));
         }
     }
-    let (mut report, signal, target) = execute(preset, plan, shutdown, live).await?;
+    let target = frame.broker(&plan.connect).await?;
+    let (mut report, signal) = execute(preset, plan, &target, shutdown, live).await?;
     live.finished(&report);
-    report.pushed(metrics.finish().await);
-    report.judge(&plan.thresholds);
-    let text = report.render_text();
-    plan.exports.write(&report, &text)?;
-    let linger = plan.connect.embedded_linger;
-    if target.embedded && !linger.is_zero() && !shutdown.stop.is_cancelled() {
-        tokio::select! {
-            _ = tokio::time::sleep(linger) => {}
-            _ = shutdown.stop.cancelled() => {}
-        }
-    }
-    if let Some(sig) = signal {
-        return Ok(ExitCode::from(sig.exit_code()));
-    }
-    if let Some(e) = report.start_failure.take() {
-        return Err(e.into_error(target.url(), report.error.unwrap_or_default()));
-    }
-    let thresholds = mqtt_tool::threshold::failures(&report.thresholds);
-    match (report.error, thresholds) {
-        (Some(reason), _) if report.refused_on_reconnect => Err(Error::Refused {
-            broker: target.url(),
-            reason,
-        }),
-        (_, Some(failed)) => Err(Error::Thresholds(failed)),
-        (Some(e), None) => Err(Error::Incomplete(e)),
-        (None, None) => Ok(ExitCode::SUCCESS),
-    }
+    frame.report(&mut report).await?;
+    frame
+        .embedded_linger(&plan.connect, &target, shutdown)
+        .await;
+    // No connection came up, or a lost one was refused for good on its reconnect: the
+    // broker's failure (exit 3 or 4), not the run's shortfall.
+    let failure = match report.start_failure.take() {
+        Some(e) => Some(e.into_error(target.url(), report.error.clone().unwrap_or_default())),
+        None => report
+            .error
+            .clone()
+            .filter(|_| report.refused_on_reconnect)
+            .map(|reason| Error::Refused {
+                broker: target.url(),
+                reason,
+            }),
+    };
+    let shortfall = match report.error.take() {
+        Some(e) => Err(Error::Incomplete(e)),
+        None => Ok(ExitCode::SUCCESS),
+    };
+    mqtt_tool::frame::exit(signal, failure, &report.header, shortfall)
 }
 
 /// Waits for `--start-at`; a signal meanwhile ends the run before anything was sent.
@@ -309,32 +310,23 @@ async fn wait_for_start(
     }
 }
 
-/// Connects the fleet, publishes and builds the report, without printing it. A signal ends
-/// generation (a connection still connecting is given up), the drain follows within its
-/// deadline, a second signal abandons it.
+/// Connects the fleet to `target`, publishes and builds the report, without printing it. A
+/// signal ends generation (a connection still connecting is given up), the drain follows
+/// within its deadline, a second signal abandons it.
 pub async fn execute(
     preset: &Preset,
     plan: &Plan,
+    target: &broker::BrokerTarget,
     shutdown: &Shutdown,
     live: &observe::LiveRun,
-) -> Result<(Report, Option<shutdown::Signal>, broker::BrokerTarget), Error> {
-    let choice = plan.connect.broker.clone();
-    let tls = plan.connect.tls.is_some();
-    let max_packet = plan.connect.max_packet_size;
-    let embedded_port = plan.connect.embedded_port;
-    let target = tokio::task::spawn_blocking(move || {
-        broker::resolve(&choice, tls, max_packet, embedded_port)
-    })
-    .await
-    .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))??;
-    broker::check_version(&target, plan.connect.mqtt5)?;
+) -> Result<(Report, Option<shutdown::Signal>), Error> {
     let (host, port) = (target.host.clone(), target.port);
     let addrs = tokio::task::spawn_blocking(move || {
         use std::net::ToSocketAddrs;
         (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
     })
     .await
-    .map_err(|e| Error::Other(format!("broker lookup failed: {e}")))?
+    .map_err(|e| Error::failed("broker lookup failed", e))?
     .map_err(|e| Error::Unreachable {
         broker: target.url(),
         reason: e.to_string(),
@@ -362,7 +354,7 @@ pub async fn execute(
             sensor_fields,
         )
     })
-    .map_err(|e| Error::Other(format!("cannot start the workers: {e}")))?;
+    .map_err(|e| Error::failed("cannot start the workers", e))?;
     let handle = fleet.handle();
     let started = std::time::Instant::now();
     let hdr_log = match &plan.hdr_log {
@@ -370,27 +362,27 @@ pub async fn execute(
         None => None,
     };
     let _ = live.fleet.set(handle.clone());
-    let watch_stop = CancellationToken::new();
-    let watcher = tokio::spawn(observe::watch(handle.clone(), hdr_log, watch_stop.clone()));
-    let progress_stop = CancellationToken::new();
-    let progress = tokio::spawn(progress::run(
-        handle.clone(),
-        progress::Shape {
-            total: plan.total,
-            duration: plan.duration,
-            qos1: plan.qos == args::Qos::AtLeastOnce,
-            connections: plan.fleet.connections,
-        },
-        !plan.quiet,
-        observe::CollisionNotes::new(plan),
-        shutdown.status.clone(),
-        progress_stop.clone(),
-    ));
+    let watcher = Observer::spawn(|stop| observe::watch(handle.clone(), hdr_log, stop));
+    let progress = Observer::spawn(|stop| {
+        progress::run(
+            handle.clone(),
+            progress::Shape {
+                total: plan.total,
+                duration: plan.duration,
+                qos1: plan.qos == args::Qos::AtLeastOnce,
+                connections: plan.fleet.connections,
+            },
+            !plan.quiet,
+            observe::CollisionNotes::new(plan),
+            shutdown.status.clone(),
+            stop,
+        )
+    });
     let mut joined = tokio::task::spawn_blocking(move || fleet.join());
     let mut stopped = false;
     let result = loop {
         tokio::select! {
-            r = &mut joined => break r.map_err(|e| Error::Other(format!("the workers failed: {e}")))?,
+            r = &mut joined => break r.map_err(|e| Error::failed("the workers failed", e))?,
             _ = shutdown.stop.cancelled(), if !stopped => {
                 stopped = true;
                 handle.stop();
@@ -398,10 +390,8 @@ pub async fn execute(
             _ = shutdown.abort.cancelled() => handle.abort(),
         }
     };
-    progress_stop.cancel();
-    let samples = progress.await.unwrap_or_default();
-    watch_stop.cancel();
-    if let Ok(Some(mut log)) = watcher.await {
+    let samples = progress.stop().await.unwrap_or_default();
+    if let Some(Some(mut log)) = watcher.stop().await {
         if let Err(e) = log.interval(&result.stats.histos, std::time::Instant::now()) {
             mqtt_tool::errln!("warning: --hdr-log: {e}");
         }
@@ -483,7 +473,7 @@ pub async fn execute(
         .await
         .ok();
     }
-    let mut report = Report::build(preset.name, plan, &target, &result, &observed, signal);
+    let mut report = Report::build(preset.name, plan, target, &result, &observed, signal);
     if let Some(mut e) = not_started {
         // An mqtt:// URL at a TLS port, or mqtts:// at a plain one, fails as a closed
         // connection: one probe with the other scheme says which.
@@ -506,5 +496,5 @@ pub async fn execute(
         }
         report.not_started(e);
     }
-    Ok((report, signal, target))
+    Ok((report, signal))
 }

@@ -19,7 +19,7 @@ use mqtt_tool::merge::{add_histogram, fmt_ranges, missing_of, ranges_of, Adding,
 
 use crate::error::Error;
 use crate::format::{round3, Percentiles};
-use crate::report::{rfc3339, MergedReport, Report, WorkerReport, SCHEMA_VERSION};
+use crate::report::{MergedReport, Report, WorkerReport, SCHEMA_VERSION};
 
 /// The most shards a run may have (`--shards` of `loadgen pub`, of `loadgen merge`, and a
 /// report's own): Kubernetes' limit for an Indexed Job's completions.
@@ -100,12 +100,7 @@ impl Merge {
     pub fn add(&mut self, name: String, r: Report) -> Result<(), Error> {
         self.same_run(&name, &r)?;
         let hists = check_figures(&name, &r)?;
-        let c = Check { report: &name };
-        let start = c.time("started_at", &r.started_at)?;
-        let end = c.time("ended_at", &r.ended_at)?;
-        if let (Some(s), Some(e)) = (start, end) {
-            c.that(s <= e, || "ended_at is before started_at".into())?;
-        }
+        let (start, end) = r.header.window(&Check { report: &name })?;
         self.reports += 1;
         if !self.present.insert(r.shard) {
             self.duplicated.insert(r.shard);
@@ -144,12 +139,7 @@ impl Merge {
 
     /// Whether `r` is a report this merge can take: mergeable, and of the run of the first.
     fn same_run(&mut self, name: &str, r: &Report) -> Result<(), Error> {
-        if r.schema_version != SCHEMA_VERSION {
-            return Err(Error::usage(format!(
-                "{name} is a report of schema {}; merging needs schema {SCHEMA_VERSION}: rerun it with this version",
-                r.schema_version
-            )));
-        }
+        r.header.check_schema(name, "", SCHEMA_VERSION)?;
         if r.merged.is_some() {
             return Err(Error::usage(format!(
                 "{name} is a merged report already; merge the shards' own reports"
@@ -182,7 +172,7 @@ impl Merge {
         }
         let Some(f) = &self.m else { return Ok(()) };
         for (what, a, b) in [
-            ("tool", r.tool.as_str(), f.tool.as_str()),
+            ("tool", r.header.tool.as_str(), f.header.tool.as_str()),
             ("topic", r.topic.as_str(), f.topic.as_str()),
         ] {
             if a != b {
@@ -264,8 +254,7 @@ impl Merge {
 
         // The window: the earliest start to the latest end, and the rates over it.
         let w = self.windows.window();
-        m.started_at = w.start.map(rfc3339);
-        m.ended_at = w.end.map(rfc3339);
+        m.header.merged(&w);
         m.elapsed_s = round3(w.elapsed_s());
         m.point_rate = round3(w.per_s(m.points_sent));
         m.message_rate = round3(w.per_s(m.messages_sent));
@@ -319,7 +308,6 @@ impl Merge {
             "complete"
         }
         .into();
-        m.thresholds = Vec::new();
         m.shard = 0;
         m.shards = expected;
         m.merged = Some(MergedReport {
@@ -478,12 +466,7 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
 
 /// Adds the counts of `r` into `m`, refusing a sum past 2^64 - 1.
 fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
-    add.count("metrics_pushes", &mut m.metrics_pushes, r.metrics_pushes)?;
-    add.count(
-        "metrics_push_failures",
-        &mut m.metrics_push_failures,
-        r.metrics_push_failures,
-    )?;
+    m.header.add(&r.header, add)?;
     add.count("points_enqueued", &mut m.points_enqueued, r.points_enqueued)?;
     add.count("points_sent", &mut m.points_sent, r.points_sent)?;
     add.opt("points_acked", &mut m.points_acked, r.points_acked)?;

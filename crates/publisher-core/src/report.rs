@@ -20,9 +20,10 @@ use crate::error::Error;
 use crate::format::{fmt_int, fmt_percentiles, fmt_rate, round3, Percentiles};
 use crate::plan::Plan;
 use crate::shutdown::Signal;
+use mqtt_tool::frame::ReportHeader;
 use mqtt_tool::merge::{fmt_ranges, IndexRange};
 use mqtt_tool::mqtt::{describe_failure, describe_lost, failure_key};
-use mqtt_tool::threshold::{Fields, Judged, Unit};
+use mqtt_tool::threshold::{Fields, Unit};
 
 pub const SCHEMA_VERSION: u32 = 5;
 
@@ -179,10 +180,9 @@ pub struct WorkerReport {
 /// or — at QoS 0 — simply sent; `points_dropped` were due and never generated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    pub schema_version: u32,
-    pub tool: String,
-    pub tool_version: String,
-    pub broker: String,
+    /// tool, version, broker, window, run id, pushes, thresholds: every report's.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub broker_embedded: bool,
     /// The client id (a fleet: its template).
     pub client_id: String,
@@ -269,26 +269,13 @@ pub struct Report {
     pub interrupted_connecting: bool,
     /// Why the run did not deliver everything, if it did not.
     pub error: Option<String>,
-    /// `--threshold`s, judged on this report.
-    pub thresholds: Vec<Judged>,
     /// `--shards`: this report's shard (0 and 1 when the run was not sharded).
     pub shard: u64,
     pub shards: u64,
-    /// Generation's start (the anchor) and the last write or acknowledgement, RFC 3339 UTC;
-    /// null when nothing was sent. `loadgen merge` takes its window from these.
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
+    // The header's window: generation's start (the anchor) and the last write or
+    // acknowledgement; null when nothing was sent.
     /// `--start-at`: the instant every shard of the run waited for, RFC 3339 UTC.
     pub start_at: Option<String>,
-    /// `--run-id`: the `run` label of the live metrics (default: `--start-at`, else the
-    /// run's start, RFC 3339 UTC to the second).
-    #[serde(default)]
-    pub run_id: String,
-    /// `--metrics-push`: pushes to the Pushgateway that succeeded and that failed.
-    #[serde(default)]
-    pub metrics_pushes: u64,
-    #[serde(default)]
-    pub metrics_push_failures: u64,
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: what the report was merged from.
     pub merged: Option<MergedReport>,
@@ -389,6 +376,18 @@ fn judge(
         None
     };
     (grew, limited, note)
+}
+
+impl mqtt_tool::frame::FramedReport for Report {
+    fn header_mut(&mut self) -> &mut ReportHeader {
+        &mut self.header
+    }
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        Report::judge(self, thresholds)
+    }
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
 }
 
 impl Report {
@@ -672,10 +671,13 @@ impl Report {
             }
         };
         Report {
-            schema_version: SCHEMA_VERSION,
-            tool: tool.to_string(),
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            broker: target.url(),
+            header: ReportHeader {
+                started_at: anchor
+                    .filter(|_| finished.is_some())
+                    .map(|a| rfc3339(result.wall(a))),
+                ended_at: finished.map(|f| rfc3339(result.wall(f))),
+                ..ReportHeader::new(tool, SCHEMA_VERSION, target.url(), &plan.metrics.run_id)
+            },
             broker_embedded: target.embedded,
             client_id: name(&plan.fleet.client_id, &plan.connect.client_id),
             device_id: name(&plan.device_id_template, &plan.device_id),
@@ -799,17 +801,9 @@ impl Report {
             interrupted_by: signal.map(|s| s.name().to_string()),
             interrupted_connecting: signal.is_some() && nothing_up,
             error,
-            thresholds: Vec::new(),
             shard: plan.shard.as_ref().map_or(0, |s| s.index),
             shards: plan.shard.as_ref().map_or(1, |s| s.count),
-            started_at: anchor
-                .filter(|_| finished.is_some())
-                .map(|a| rfc3339(result.wall(a))),
-            ended_at: finished.map(|f| rfc3339(result.wall(f))),
             start_at: plan.start_at.map(rfc3339),
-            run_id: plan.metrics.run_id.clone(),
-            metrics_pushes: 0,
-            metrics_push_failures: 0,
             histograms: HistogramsReport {
                 ack_us: if qos1 {
                     mqtt_tool::hist::encode(&st.histos.ack_us)
@@ -831,13 +825,12 @@ impl Report {
 
     /// Judges `thresholds` on this report and records the outcome in it.
     pub fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
-        self.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
+        self.header.thresholds = mqtt_tool::threshold::judge_report(&*self, thresholds);
     }
 
     /// Records the run's `--metrics-push` pushes.
     pub fn pushed(&mut self, p: mqtt_tool::live::Pushes) {
-        self.metrics_pushes = p.ok;
-        self.metrics_push_failures = p.failed;
+        self.header.pushed(p);
     }
 
     /// Whether this report is of a fleet (its summary has the fleet's lines).
@@ -864,12 +857,12 @@ impl Report {
         let mut o = String::new();
         let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
         let esc = |s: &str| crate::out::escape(s).into_owned();
-        line(&format!("== {} summary", self.tool), String::new());
+        line(&format!("== {} summary", self.header.tool), String::new());
         line(
             "broker",
             format!(
                 "{}{}",
-                self.broker,
+                self.header.broker,
                 if self.broker_embedded {
                     " (embedded rumqttd)"
                 } else {
@@ -1131,9 +1124,7 @@ impl Report {
         if let Some(note) = &self.generator.note {
             line("limit", note.clone());
         }
-        if let Some(l) =
-            mqtt_tool::live::Pushes::failures_line(self.metrics_pushes, self.metrics_push_failures)
-        {
+        if let Some(l) = self.header.push_failures_line() {
             line("metrics push", l);
         }
         if let Some(sig) = &self.interrupted_by {
@@ -1171,7 +1162,7 @@ impl Report {
         } else if self.shards > 1 {
             line("shard", format!("{} of {}", self.shard, self.shards));
         }
-        for t in mqtt_tool::threshold::summary_lines(&self.thresholds) {
+        for t in mqtt_tool::threshold::summary_lines(&self.header.thresholds) {
             line("threshold", crate::out::escape(&t).into_owned());
         }
         o
@@ -1183,10 +1174,7 @@ impl Report {
     }
 }
 
-/// A wall-clock time as the report writes it.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
-}
+pub use mqtt_tool::frame::rfc3339;
 
 /// The client id of connection `index`.
 pub fn client_id_of(plan: &Plan, index: u64) -> String {

@@ -24,7 +24,7 @@ impl Report {
 
 impl Summarize for Report {
     fn summary(&self) -> Summary {
-        let mut s = Summary::new(&self.tool);
+        let mut s = Summary::new(&self.header.tool);
         let qos1 = self.points_acked.is_some();
         let fleet = self.devices > 1 || self.connections.planned > 1;
 
@@ -190,7 +190,7 @@ impl Summarize for Report {
             );
         }
 
-        s.thresholds(&self.thresholds, &threshold_fields());
+        s.thresholds(&self.header.thresholds, &threshold_fields());
 
         let g = &self.generator;
         let mut health = Vec::new();
