@@ -1,0 +1,117 @@
+//! Timers: connect timeouts, keep-alives (PINGREQ and the broker's silence), retries after
+//! a backoff, the close linger; and how a loss is told for a takeover.
+
+use super::*;
+
+impl<P: Producer> Worker<P> {
+    /// The `n`th delay (from 1) of a backoff from `lo`, doubling up to `hi`, jittered over
+    /// [0.5, 1.5) of it so that a fleet refused at once does not come back at once.
+    pub(super) fn backoff(&mut self, lo: Duration, hi: Duration, n: u32) -> Duration {
+        let exp = lo.as_secs_f64() * 2f64.powi(n.saturating_sub(1).min(30) as i32);
+        let capped = exp.min(hi.as_secs_f64());
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter = 0.5 + (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        Duration::from_secs_f64(capped * jitter)
+    }
+
+    /// Whether losing a connection this way means another client took its client id.
+    pub(super) fn takeover(&self, kind: &LostKind, was_up: bool) -> Option<Takeover> {
+        // Under 3.1.1 a takeover only closes the socket, and so do MQTT 5 brokers that do
+        // not send the DISCONNECT (Mosquitto 2.0): an orderly close, after the broker read
+        // all we sent. A broker that refuses a packet (too large) closes in the middle of
+        // it, with our bytes unread: a reset, not taken for a takeover. A closed fleet
+        // connection is more likely its broker going away; one connection's client id is
+        // the same in every copy of the run (a preset's `1`, or `loadgen-{i}` with one
+        // device).
+        let one_id = self.s.connections == 1 || !self.s.conn.client_id.has_index();
+        match kind {
+            LostKind::TakenOver => Some(Takeover::Said),
+            LostKind::Closed if was_up && one_id => Some(Takeover::Likely),
+            _ => None,
+        }
+    }
+
+    /// How soon after its connect a takeover counts as "shortly after" (see
+    /// [`crate::takeover`]).
+    pub(super) fn takeover_soon(&self) -> Duration {
+        let backoff = self
+            .s
+            .reconnect
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.backoff_min);
+        crate::takeover::soon(backoff)
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, kind, c, gen))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let conn = &self.conns[c as usize];
+            if conn.generation != gen {
+                continue;
+            }
+            match kind {
+                TimerKind::ConnectTimeout => {
+                    if matches!(conn.phase, Phase::Connecting | Phase::AwaitConnack) {
+                        self.fail_attempt(c, ConnectFailure::Timeout, now);
+                    }
+                }
+                TimerKind::Retry => {
+                    if conn.phase == Phase::Backoff {
+                        self.conns[c as usize].phase = Phase::Idle;
+                        self.ramp.push_front(c);
+                    }
+                }
+                TimerKind::KeepAlive => self.keep_alive(c, now),
+                TimerKind::CloseLinger => {
+                    if conn.phase == Phase::Closing {
+                        self.close(c);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn keep_alive(&mut self, c: u32, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        let ka = conn.keep_alive;
+        if conn.phase != Phase::Up {
+            return;
+        }
+        let gen = conn.generation;
+        let next = match conn.ping {
+            // Still queued behind our writes: lost only when the writes stopped moving (the
+            // broker stopped reading), not while a busy broker reads them slowly.
+            Some((_, _, false)) if now.saturating_duration_since(conn.last_out) >= ka => {
+                return self.lose(c, LostKind::WriteStalled, now);
+            }
+            Some((_, _, false)) => conn.last_out + ka,
+            // Written an interval ago, and nothing read since: the broker stopped answering.
+            Some((written, _, true)) if now >= written + ka => {
+                if conn.last_in <= written {
+                    return self.lose(c, LostKind::KeepAlive, now);
+                }
+                conn.ping = None; // it answered with something else first
+                now + ka
+            }
+            Some((written, _, true)) => written + ka,
+            // Silent either way for an interval: MQTT wants a packet from us, and we want to
+            // know the broker is there (a stopped broker acknowledges nothing while the
+            // socket still takes our writes).
+            None if now >= conn.last_out.min(conn.last_in) + ka => {
+                conn.out.push_control(&packets::PINGREQ);
+                let end = conn.out.written() + conn.out.bytes() as u64;
+                conn.ping = Some((now, end, false));
+                self.mark_dirty(c);
+                now + ka
+            }
+            None => conn.last_out.min(conn.last_in) + ka,
+        };
+        self.timers
+            .push(Reverse((next, TimerKind::KeepAlive, c, gen)));
+    }
+}
