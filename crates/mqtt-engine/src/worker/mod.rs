@@ -28,9 +28,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -41,17 +41,21 @@ use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind, Takeover}
 use crate::outbox::{Flushed, MsgMeta};
 use crate::packets::{self, Incoming};
 use crate::settings::{FleetSettings, Qos};
-use crate::stats::{micros, Collisions, Live, Stats, LAG_SECONDS_KEPT};
+use crate::stats::{micros, Live, Stats, LAG_SECONDS_KEPT};
 use crate::sys;
 use crate::tls;
+use socket::Got;
 
 mod drain;
 mod live;
 mod pacing;
 mod ramp;
 mod receive;
+mod shared;
 mod socket;
 mod timers;
+
+pub use shared::{Control, Shared};
 
 /// What a tool puts in the messages; the engine decides when they go. One per worker.
 pub trait Producer: Send {
@@ -64,134 +68,6 @@ pub trait Producer: Send {
     /// are never sent.
     fn skip(&mut self, device: u64, points: u64) {
         let _ = (device, points);
-    }
-}
-
-/// Stop and abort requests from outside, and how to wake the workers for them.
-#[derive(Debug, Default)]
-pub struct Control {
-    stop: AtomicBool,
-    abort: AtomicBool,
-    wakers: Mutex<Vec<Arc<Waker>>>,
-}
-
-impl Control {
-    /// Ends generation; the workers drain within the drain timeout.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake_all();
-    }
-
-    /// Gives up whatever is left of the drain.
-    pub fn abort(&self) {
-        self.abort.store(true, Ordering::SeqCst);
-        self.wake_all();
-    }
-
-    fn wake_all(&self) {
-        for w in self
-            .wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = w.wake();
-        }
-    }
-
-    fn add_waker(&self, w: Arc<Waker>) {
-        self.wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(w);
-    }
-}
-
-/// What the workers of one fleet share.
-#[derive(Debug)]
-pub struct Shared {
-    /// The clock's origin for `anchor_ns`, and the wall clock then (µs since the epoch).
-    pub epoch: Instant,
-    pub wall_epoch_us: u64,
-    /// Generation's anchor: nanoseconds after `epoch`, plus one (0: not yet set). Set when the
-    /// connect ramp is over (every connection up or given up), `--start-delay` after it.
-    anchor_ns: AtomicU64,
-    /// Connections up or given up, fleet-wide: the ramp is over when it reaches the plan's.
-    pub settled: AtomicU64,
-    /// When the ramp was over, nanoseconds after `epoch` plus one (0: not yet).
-    pub settled_ns: AtomicU64,
-    /// Connections awaiting their CONNACK, fleet-wide: `--max-connecting` bounds the sum
-    /// over workers, not each worker's share rounded up.
-    connecting: AtomicU64,
-    pub control: Control,
-    pub live: Vec<Live>,
-    /// The first takeover and client id in use, named by the tool as they happen.
-    pub collisions: Collisions,
-    /// Each worker's histograms as of its last hand-over (`live_histograms`).
-    pub live_histos: Vec<std::sync::Mutex<crate::stats::Histos>>,
-}
-
-impl Shared {
-    pub fn new(workers: usize) -> Shared {
-        let wall_epoch_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        Shared {
-            epoch: Instant::now(),
-            wall_epoch_us,
-            anchor_ns: AtomicU64::new(0),
-            settled: AtomicU64::new(0),
-            settled_ns: AtomicU64::new(0),
-            connecting: AtomicU64::new(0),
-            control: Control::default(),
-            live: (0..workers).map(|_| Live::default()).collect(),
-            collisions: Collisions::default(),
-            live_histos: (0..workers).map(|_| Default::default()).collect(),
-        }
-    }
-
-    /// Generation's anchor, once set.
-    pub fn anchor(&self) -> Option<Instant> {
-        match self.anchor_ns.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(self.epoch + Duration::from_nanos(n - 1)),
-        }
-    }
-
-    /// Sets the anchor to `at` unless another worker set it first; returns the anchor.
-    fn set_anchor(&self, at: Instant) -> Instant {
-        let ns = at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
-        match self
-            .anchor_ns
-            .compare_exchange(0, ns, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => at,
-            Err(_) => self.anchor().unwrap_or(at),
-        }
-    }
-
-    /// Takes one of `max` fleet-wide connect slots; false when all are taken.
-    fn take_connect_slot(&self, max: u64) -> bool {
-        self.connecting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn give_connect_slot(&self) {
-        let _ = self
-            .connecting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    }
-
-    /// When the ramp was over, once it is.
-    pub fn settled_at(&self) -> Option<Instant> {
-        match self.settled_ns.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(self.epoch + Duration::from_nanos(n - 1)),
-        }
     }
 }
 
@@ -232,6 +108,23 @@ enum WorkerPhase {
     Generating,
     Draining { deadline: Instant },
     Done,
+}
+
+/// What a stage hands back for the loop to route, instead of calling the next stage itself
+/// (which made writing re-enter generation: flush -> catch up -> fill -> emit -> flush).
+/// Queued with its connection and the connection's generation: work for a connection that
+/// was lost or closed meanwhile is dropped.
+#[derive(Debug)]
+enum Work {
+    /// The connection's outbox emptied after it was full: its devices generate the slots
+    /// they owe.
+    Drained,
+    /// Acknowledgements freed room in its window: its devices catch up.
+    Acked,
+    /// It is back after a loss: what fell due while it was down goes out after the replay.
+    Reconnected,
+    /// Its socket failed.
+    Failed(io::Error),
 }
 
 const WAKER: Token = Token(usize::MAX);
@@ -321,6 +214,11 @@ pub struct Worker<P: Producer> {
     unpaced_idle: bool,
     /// Devices in the state Owing.
     owing: usize,
+    /// What the stages of this turn handed back, routed by [`Worker::dispatch`]:
+    /// (connection, its generation, what happened).
+    work: VecDeque<(u32, u32, Work)>,
+    /// The readiness of the last poll, copied out of `events` (kept for its allocation).
+    ready: Vec<(Token, bool, bool)>,
 }
 
 impl<P: Producer> Worker<P> {
@@ -444,6 +342,8 @@ impl<P: Producer> Worker<P> {
             drain_check: Vec::new(),
             unpaced_idle: false,
             owing: 0,
+            work: VecDeque::new(),
+            ready: Vec::new(),
             s,
         })
     }
@@ -463,6 +363,7 @@ impl<P: Producer> Worker<P> {
             }
             self.start_connects(now);
             self.fire_timers(now);
+            self.dispatch(now);
             let mut more = false;
             let mut next_due = None;
             if self.phase == WorkerPhase::Generating {
@@ -475,6 +376,7 @@ impl<P: Producer> Worker<P> {
                 if self.anchor.is_some() {
                     (more, next_due) = self.generate(now);
                     self.last_pass = now;
+                    self.dispatch(now);
                 }
             }
             self.flush_dirty(now);
@@ -489,6 +391,7 @@ impl<P: Producer> Worker<P> {
                     self.cut_short(now);
                 } else {
                     self.drain_step(now);
+                    self.dispatch(now);
                 }
             }
             self.publish_live(now);
@@ -520,6 +423,190 @@ impl<P: Producer> Worker<P> {
         self.wall_anchor_us =
             self.shared.wall_epoch_us + micros(anchor.saturating_duration_since(self.shared.epoch));
     }
+
+    // ----- routing: what the stages hand back -----------------------------------------
+
+    /// Queues `w` for connection `c` (see [`Work`]).
+    fn report(&mut self, c: u32, w: Work) {
+        let gen = self.conns[c as usize].generation;
+        self.work.push_back((c, gen, w));
+    }
+
+    /// Whether the last work queued is connection `c`'s failure: generation stops filling
+    /// its outbox until the loop has dealt with it.
+    fn failing(&self, c: u32) -> bool {
+        matches!(self.work.back(), Some((wc, _, Work::Failed(_))) if *wc == c)
+    }
+
+    /// Routes what the stages handed back, until nothing is left (catching up may write,
+    /// and a write may fail).
+    fn dispatch(&mut self, now: Instant) {
+        while let Some((c, gen, w)) = self.work.pop_front() {
+            if self.conns[c as usize].generation != gen {
+                continue; // lost or closed since
+            }
+            match w {
+                Work::Drained | Work::Acked | Work::Reconnected => self.catch_up(c),
+                Work::Failed(e) => self.io_error(c, &e, now),
+            }
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self, now: Instant) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &c in &dirty {
+            let conn = &mut self.conns[c as usize];
+            conn.dirty = false;
+            // `blocked` with nobody watching writability: the outbox was full (its devices
+            // wait for room), not the socket. Flushing it is what makes room.
+            if !conn.blocked || !conn.watch_write {
+                self.flush(c, now);
+                self.dispatch(now);
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+
+    /// Connection `c` is readable: reads until the socket is empty, each read framed into
+    /// packets and each packet's event routed in order.
+    fn readable(&mut self, c: u32, now: Instant) {
+        let gen = self.conns[c as usize].generation;
+        loop {
+            let (got, records) = self.read(c);
+            let more = match got {
+                Got::Bytes { n, more } => {
+                    if !self.take_bytes(c, n, now) {
+                        return self.dispatch(now);
+                    }
+                    more
+                }
+                Got::Empty => false,
+                Got::Again => true,
+                Got::Closed => return self.closed(c, now),
+                Got::BadTls(e) => return self.bad_tls(c, &e, now),
+                Got::Failed(e) => return self.io_error(c, &e, now),
+            };
+            // TLS: the handshake's (and alerts') records go out as they come.
+            if records {
+                self.flush(c, now);
+            }
+            self.dispatch(now);
+            if !more || self.conns[c as usize].generation != gen {
+                return;
+            }
+        }
+    }
+
+    /// Handles the `n` bytes just read into `read_buf`: framed into packets, each routed as
+    /// the event it is; false when the connection is over.
+    fn take_bytes(&mut self, c: u32, n: usize, now: Instant) -> bool {
+        self.conns[c as usize].last_in = now;
+        if self.conns[c as usize].phase == Phase::AwaitConnack
+            && self.conns[c as usize].inbuf.is_empty()
+            && self.read_buf[0] != 0x20
+        {
+            // The first packet of a broker is its CONNACK; anything else is not MQTT.
+            self.fail_attempt(c, ConnectFailure::NotMqtt, now);
+            return false;
+        }
+        let framer = receive::Framer {
+            max: self.s.conn.max_packet_size,
+            v5: self.s.conn.mqtt5.is_some(),
+        };
+        let mut pending = std::mem::take(&mut self.conns[c as usize].inbuf);
+        let fresh = std::mem::take(&mut self.read_buf);
+        let mut frames = framer.frames(&mut pending, &fresh[..n]);
+        let mut ok = true;
+        let mut acked = false;
+        let broken = loop {
+            match frames.next_packet() {
+                Ok(Some(p)) => {
+                    let ev = receive::event(self.conns[c as usize].phase, p);
+                    match self.on_event(c, ev, now) {
+                        Some(a) => acked |= a,
+                        None => {
+                            ok = false;
+                            break None;
+                        }
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        let framed = frames.framed();
+        if let Some(e) = broken {
+            self.read_buf = fresh;
+            match self.conns[c as usize].phase {
+                Phase::AwaitConnack => self.fail_attempt(c, ConnectFailure::NotMqtt, now),
+                _ => self.lose(c, LostKind::Other(format!("the broker sent {e}")), now),
+            }
+            return false;
+        }
+        if ok && framed.used < framed.total {
+            // Part of a packet: kept for the next read.
+            self.conns[c as usize].inbuf = framed.leftover(pending, &fresh[..n]);
+        }
+        self.read_buf = fresh;
+        if acked {
+            self.report(c, Work::Acked);
+        }
+        ok
+    }
+
+    /// Routes one packet's event; `Some(acked)` while the connection goes on.
+    fn on_event(&mut self, c: u32, ev: receive::Event, now: Instant) -> Option<bool> {
+        use receive::Event;
+        match ev {
+            Event::ConnAck {
+                code,
+                session_present,
+                limits,
+            } => {
+                if code == 0 {
+                    if let Err(f) = self.accept_limits(c, &limits) {
+                        self.fail_attempt(c, f, now);
+                        return None;
+                    }
+                }
+                self.on_connack(c, code, session_present, now);
+                (self.conns[c as usize].phase == Phase::Up).then_some(false)
+            }
+            Event::NotMqtt => {
+                self.fail_attempt(c, ConnectFailure::NotMqtt, now);
+                None
+            }
+            Event::Acked { id, reason } => {
+                self.on_puback(c, id, reason, now);
+                Some(true)
+            }
+            Event::PingResp => {
+                self.conns[c as usize].ping = None;
+                Some(false)
+            }
+            Event::Goodbye(reason) => {
+                // Our DISCONNECT is out and everything was acknowledged: a broker that says
+                // goodbye first is no loss. (Its reason still counts: at QoS 0 a refusal
+                // of a packet fails the run.)
+                if reason != 0 {
+                    *self.stats.conns.disconnects.entry(reason).or_default() += 1;
+                }
+                self.close(c);
+                None
+            }
+            Event::Disconnect(reason) => {
+                self.on_disconnect(c, reason, now);
+                None
+            }
+            Event::Received | Event::Skipped => Some(false),
+        }
+    }
+
+    // ----- waiting --------------------------------------------------------------------
 
     fn next_wake(&self, now: Instant, next_due: Option<Instant>) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
@@ -579,18 +666,16 @@ impl<P: Producer> Worker<P> {
             Err(e) => return Err(e),
         }
         let now = Instant::now();
-        let events: Vec<(Token, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable() || e.is_error(),
-                )
-            })
-            .collect();
-        for (token, readable, writable) in events {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token(),
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable() || e.is_error(),
+            )
+        }));
+        for &(token, readable, writable) in &ready {
             match token {
                 WAKER => {}
                 TIMER => self.timer.clear(),
@@ -606,19 +691,22 @@ impl<P: Producer> Worker<P> {
                             Phase::AwaitConnack | Phase::Up | Phase::Closing => self.flush(c, now),
                             _ => {}
                         }
+                        self.dispatch(now);
                     }
                     if readable && self.conns[c as usize].sock.is_some() {
                         match self.conns[c as usize].phase {
                             Phase::AwaitConnack | Phase::Up | Phase::Closing => {
-                                self.on_readable(c, now)
+                                self.readable(c, now)
                             }
                             Phase::Connecting => self.on_connected_tcp(c, now),
                             _ => {}
                         }
+                        self.dispatch(now);
                     }
                 }
             }
         }
+        self.ready = ready;
         // A sparse schedule spins the last stretch to its due time.
         if let (true, Some(t)) = (self.precise, wake) {
             while Instant::now() < t && t - Instant::now() <= SPIN_WINDOW {

@@ -154,6 +154,9 @@ impl<P: Producer> Worker<P> {
                     self.owing += 1;
                     self.conns[dev.conn as usize].owing += 1;
                     self.fill(dl, u64::MAX, anchor);
+                    if !self.work.is_empty() {
+                        return (true, None); // a write failed: the loop deals with it first
+                    }
                 } else {
                     self.devices[dl as usize].state = DevState::Done;
                 }
@@ -167,6 +170,9 @@ impl<P: Producer> Worker<P> {
             self.advance(n_dev);
             if dev.state == DevState::Active {
                 self.fill(dl, k, anchor);
+                if !self.work.is_empty() {
+                    return (true, None); // a write failed: the loop deals with it first
+                }
             }
         }
     }
@@ -254,6 +260,9 @@ impl<P: Producer> Worker<P> {
             }
             self.devices[dl as usize].next_slot += 1;
             self.done_if_spent(dl);
+            if self.failing(dev.conn) {
+                return; // its socket failed: nothing more goes in until the loop says how
+            }
         }
     }
 
@@ -290,8 +299,8 @@ impl<P: Producer> Worker<P> {
             self.done_if_spent(dl);
             idle = 0;
             made += 1;
-            if made >= PASS_MESSAGES {
-                return true;
+            if made >= PASS_MESSAGES || !self.work.is_empty() {
+                return true; // events get their turn, a failed write first
             }
         }
         self.unpaced_idle = idle >= n_dev;
@@ -362,6 +371,7 @@ impl<P: Producer> Worker<P> {
             dirty.push(dev.conn);
         }
         if big {
+            // Written mid-pass to bound the outbox; a failure goes to the loop (`failing`).
             let c = dev.conn;
             self.flush(c, Instant::now());
         }
@@ -387,6 +397,9 @@ impl<P: Producer> Worker<P> {
                 }
             } else if self.devices[dl as usize].state == DevState::Owing {
                 self.fill(dl, u64::MAX, anchor);
+            }
+            if self.failing(c) {
+                return;
             }
         }
     }

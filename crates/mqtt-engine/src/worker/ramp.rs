@@ -194,7 +194,7 @@ impl<P: Producer> Worker<P> {
             // dropped), after the replay.
             self.bound_offline(c);
             self.mark_dirty(c);
-            self.catch_up(c);
+            self.report(c, Work::Reconnected);
             if self.phase != WorkerPhase::Generating {
                 self.drain_check.push(c);
             }
@@ -458,5 +458,46 @@ impl<P: Producer> Worker<P> {
         conn.phase = Phase::Done;
         conn.generation += 1;
         self.done_conns += 1;
+    }
+
+    /// A socket error on connection `c`, in whatever phase it is.
+    pub(super) fn io_error(&mut self, c: u32, e: &io::Error, now: Instant) {
+        match self.conns[c as usize].phase {
+            Phase::Connecting | Phase::AwaitConnack => {
+                self.fail_attempt(c, ConnectFailure::of_io(e), now)
+            }
+            Phase::Up => self.lose(c, LostKind::of_io(e), now),
+            Phase::Closing if e.kind() == io::ErrorKind::ConnectionReset => {
+                // A reset after our DISCONNECT: the broker had dropped us before it read
+                // everything we wrote.
+                self.lose(c, LostKind::of_io(e), now)
+            }
+            Phase::Closing => self.close(c),
+            _ => {}
+        }
+    }
+
+    /// The broker closed connection `c`.
+    pub(super) fn closed(&mut self, c: u32, now: Instant) {
+        match self.conns[c as usize].phase {
+            Phase::Connecting | Phase::AwaitConnack => {
+                self.fail_attempt(c, ConnectFailure::ClosedBeforeConnack, now)
+            }
+            Phase::Up => self.lose(c, LostKind::Closed, now),
+            Phase::Closing => self.close(c),
+            _ => {}
+        }
+    }
+
+    /// What the broker sent connection `c` is no valid TLS.
+    pub(super) fn bad_tls(&mut self, c: u32, e: &io::Error, now: Instant) {
+        match self.conns[c as usize].phase {
+            Phase::Connecting | Phase::AwaitConnack => {
+                self.fail_attempt(c, ConnectFailure::Tls(e.to_string()), now)
+            }
+            Phase::Up => self.lose(c, LostKind::Other(format!("TLS: {e}")), now),
+            Phase::Closing => self.close(c),
+            _ => {}
+        }
     }
 }

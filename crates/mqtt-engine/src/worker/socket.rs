@@ -1,7 +1,28 @@
 //! Socket I/O: writing a connection's outbox (plain or through TLS) and counting what went
-//! out, reading what the broker sent, shutting our side after the DISCONNECT.
+//! out, reading what the broker sent, shutting our side after the DISCONNECT. Each says
+//! what happened (a [`Work`] item for the loop, a [`Got`]) and calls no other stage.
 
 use super::*;
+use std::io::Read as _;
+
+/// What one read from a connection brought.
+#[derive(Debug)]
+pub(super) enum Got {
+    /// `n` bytes in `read_buf`; `more`: the socket may hold more (a full read, or TLS).
+    Bytes {
+        n: usize,
+        more: bool,
+    },
+    /// Nothing to read now (or no socket any more).
+    Empty,
+    /// Interrupted: read again.
+    Again,
+    /// The broker closed its side.
+    Closed,
+    /// TLS: what the broker sent is no valid TLS.
+    BadTls(io::Error),
+    Failed(io::Error),
+}
 
 impl<P: Producer> Worker<P> {
     pub(super) fn mark_dirty(&mut self, c: u32) {
@@ -12,32 +33,16 @@ impl<P: Producer> Worker<P> {
         }
     }
 
-    pub(super) fn flush_dirty(&mut self, now: Instant) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &c in &dirty {
-            let conn = &mut self.conns[c as usize];
-            conn.dirty = false;
-            // `blocked` with nobody watching writability: the outbox was full (its devices
-            // wait for room), not the socket. Flushing it is what makes room.
-            if !conn.blocked || !conn.watch_write {
-                self.flush(c, now);
-            }
-        }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty; // keep the allocation
-        }
-    }
-
     /// Writes what connection `c` has waiting; counts every message that went out whole.
+    /// What follows from it goes to the loop: [`Work::Drained`] when an outbox that was
+    /// full emptied (its devices owe slots), [`Work::Failed`] when the socket failed.
     pub(super) fn flush(&mut self, c: u32, now: Instant) {
         let conn = &mut self.conns[c as usize];
         let records = conn.tls.as_ref().is_some_and(|t| t.wants_write());
         if conn.sock.is_some() && conn.out.is_empty() && !records {
             // Nothing to write: a connection that was full has room for what its devices owe.
             if std::mem::replace(&mut conn.blocked, false) {
-                self.catch_up(c);
+                self.report(c, Work::Drained);
             }
             return;
         }
@@ -129,7 +134,7 @@ impl<P: Producer> Worker<P> {
                     conn.watch_write = r.is_err();
                 }
                 if was_blocked {
-                    self.catch_up(c);
+                    self.report(c, Work::Drained);
                 }
                 if self.phase != WorkerPhase::Generating {
                     self.drain_check.push(c);
@@ -146,115 +151,45 @@ impl<P: Producer> Worker<P> {
                     conn.watch_write = r.is_ok();
                 }
             }
-            Err(e) => self.io_error(c, &e, now),
+            Err(e) => self.report(c, Work::Failed(e)),
         }
     }
 
-    /// A socket error on connection `c`, in whatever phase it is.
-    pub(super) fn io_error(&mut self, c: u32, e: &io::Error, now: Instant) {
-        match self.conns[c as usize].phase {
-            Phase::Connecting | Phase::AwaitConnack => {
-                self.fail_attempt(c, ConnectFailure::of_io(e), now)
-            }
-            Phase::Up => self.lose(c, LostKind::of_io(e), now),
-            Phase::Closing if e.kind() == io::ErrorKind::ConnectionReset => {
-                // A reset after our DISCONNECT: the broker had dropped us before it read
-                // everything we wrote.
-                self.lose(c, LostKind::of_io(e), now)
-            }
-            Phase::Closing => self.close(c),
-            _ => {}
-        }
-    }
-
-    pub(super) fn on_readable(&mut self, c: u32, now: Instant) {
-        if self.conns[c as usize].tls.is_some() {
-            return self.on_readable_tls(c, now);
-        }
-        loop {
-            let conn = &mut self.conns[c as usize];
-            let Some(sock) = conn.sock.as_mut() else {
-                return;
+    /// Reads once from connection `c` into `read_buf`, through TLS when it has it; the
+    /// second value says rustls has records to write (handshake, alerts).
+    pub(super) fn read(&mut self, c: u32) -> (Got, bool) {
+        let Worker {
+            conns, read_buf, ..
+        } = self;
+        let conn = &mut conns[c as usize];
+        let Some(sock) = conn.sock.as_mut() else {
+            return (Got::Empty, false);
+        };
+        let Some(t) = conn.tls.as_deref_mut() else {
+            let got = match sock.read(read_buf) {
+                Ok(0) => Got::Closed,
+                // A short read emptied the socket; more data is a new edge.
+                Ok(n) => Got::Bytes {
+                    n,
+                    more: n == read_buf.len(),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Empty,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Got::Again,
+                Err(e) => Got::Failed(e),
             };
-            match sock.read(&mut self.read_buf) {
-                Ok(0) => {
-                    return match conn.phase {
-                        Phase::Connecting | Phase::AwaitConnack => {
-                            self.fail_attempt(c, ConnectFailure::ClosedBeforeConnack, now)
-                        }
-                        Phase::Up => self.lose(c, LostKind::Closed, now),
-                        Phase::Closing => self.close(c),
-                        _ => {}
-                    };
-                }
-                Ok(n) => {
-                    if !self.take_bytes(c, n, now) {
-                        return;
-                    }
-                    if n < self.read_buf.len() {
-                        // A short read emptied the socket; more data is a new edge.
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.io_error(c, &e, now),
-            }
-        }
-    }
-
-    /// [`Worker::on_readable`] through TLS: records in, plaintext to the framing, and the
-    /// handshake's own records out.
-    pub(super) fn on_readable_tls(&mut self, c: u32, now: Instant) {
-        loop {
-            let Worker {
-                conns, read_buf, ..
-            } = self;
-            let conn = &mut conns[c as usize];
-            let (Some(sock), Some(t)) = (conn.sock.as_mut(), conn.tls.as_deref_mut()) else {
-                return;
-            };
-            let got = tls::read(t, sock, read_buf);
-            let records = t.wants_write();
-            match got {
-                Ok(tls::Got::Bytes(0)) => {
-                    if records {
-                        self.flush(c, now);
-                    }
-                    return;
-                }
-                Ok(tls::Got::Bytes(n)) => {
-                    if !self.take_bytes(c, n, now) {
-                        return;
-                    }
-                }
-                Ok(tls::Got::Closed) => {
-                    return match self.conns[c as usize].phase {
-                        Phase::Connecting | Phase::AwaitConnack => {
-                            self.fail_attempt(c, ConnectFailure::ClosedBeforeConnack, now)
-                        }
-                        Phase::Up => self.lose(c, LostKind::Closed, now),
-                        Phase::Closing => self.close(c),
-                        _ => {}
-                    };
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return match self.conns[c as usize].phase {
-                        Phase::Connecting | Phase::AwaitConnack => {
-                            self.fail_attempt(c, ConnectFailure::Tls(e.to_string()), now)
-                        }
-                        Phase::Up => self.lose(c, LostKind::Other(format!("TLS: {e}")), now),
-                        Phase::Closing => self.close(c),
-                        _ => {}
-                    };
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.io_error(c, &e, now),
-            }
-            if records {
-                self.flush(c, now);
-            }
-        }
+            return (got, false);
+        };
+        let got = tls::read(t, sock, read_buf);
+        let records = t.wants_write();
+        let got = match got {
+            Ok(tls::Got::Bytes(0)) => Got::Empty,
+            Ok(tls::Got::Bytes(n)) => Got::Bytes { n, more: true },
+            Ok(tls::Got::Closed) => Got::Closed,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Got::BadTls(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Got::Again,
+            Err(e) => Got::Failed(e),
+        };
+        (got, records)
     }
 
     /// Once the DISCONNECT is written, shuts our side for writing (once): the broker's EOF
