@@ -20,11 +20,19 @@
 //! - `ramp`: connects at `--connect-rate`, CONNECT and CONNACK, failed attempts and
 //!   retries, losses and reconnects, the close;
 //! - `timers`: connect timeouts, keep-alives, retries, the close linger; takeovers told;
-//! - `pacing`: the schedule cursor and the devices' messages encoded into outboxes;
+//! - `pacing`: the schedule cursor ([`crate::pacer`]) and the devices' messages encoded
+//!   into outboxes;
 //! - `socket`: writing outboxes (plain or TLS) and reading what the broker sent;
-//! - `receive`: packets from the broker and what they mean for a connection;
+//! - `receive`: a read framed into packets, each the event it is in its connection's phase;
 //! - `drain`: the end of generation, DISCONNECTs, the deadline;
-//! - `live`: the figures the fleet's watcher reads while the run goes on.
+//! - `live`: the figures the fleet's watcher reads while the run goes on;
+//! - `shared`: what the workers of a fleet share.
+//!
+//! Stages do not call each other back: what a write or a read brings that another stage
+//! must act on (an outbox that drained, a window that opened, a socket that failed) is
+//! handed back as a `Work` item or a receive `Event`, and this module's loop routes it
+//! (`dispatch`, `on_event`). The one call across stages, generation writing an outbox that
+//! grew past 64 KiB mid-pass, returns its outcome through the same queue.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -39,6 +47,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::conn::{Conn, Phase};
 use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind, Takeover};
 use crate::outbox::{Flushed, MsgMeta};
+use crate::pacer::Pacer;
 use crate::packets::{self, Incoming};
 use crate::settings::{FleetSettings, Qos};
 use crate::stats::{micros, Live, Stats, LAG_SECONDS_KEPT};
@@ -173,9 +182,8 @@ pub struct Worker<P: Producer> {
     d0: u64,
     producer: P,
     stats: Stats,
-    // The schedule cursor: slot `cur_k` of device `cur_dl` is the next to come due.
-    cur_k: u64,
-    cur_dl: u32,
+    /// The schedule cursor: which device slot comes due next.
+    pacer: Pacer,
     /// Devices not Done.
     live_devices: u64,
     ramp: VecDeque<u32>,
@@ -183,8 +191,8 @@ pub struct Worker<P: Producer> {
     connecting: usize,
     /// The ramp waits for a slot another worker holds: look again soon.
     slots_full: bool,
-    token_interval: Option<Duration>,
-    next_token: Instant,
+    /// The pace of connects: this worker's share of `--connect-rate`.
+    tokens: ramp::Tokens,
     timers: BinaryHeap<Reverse<(Instant, TimerKind, u32, u32)>>,
     dirty: Vec<u32>,
     read_buf: Vec<u8>,
@@ -303,6 +311,7 @@ impl<P: Producer> Worker<P> {
             },
             ..Default::default()
         };
+        let n_devices = devices.len() as u32;
         Ok(Worker {
             id,
             shared,
@@ -316,12 +325,13 @@ impl<P: Producer> Worker<P> {
             d0,
             producer,
             stats,
-            cur_k: 0,
-            cur_dl: 0,
+            pacer: Pacer::new(d0, n_devices, now),
             connecting: 0,
             slots_full: false,
-            token_interval,
-            next_token: now,
+            tokens: ramp::Tokens {
+                interval: token_interval,
+                next: now,
+            },
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             read_buf: vec![0u8; READ_BUF],
@@ -420,6 +430,7 @@ impl<P: Producer> Worker<P> {
 
     fn set_anchor(&mut self, anchor: Instant) {
         self.anchor = Some(anchor);
+        self.pacer.start(anchor);
         self.wall_anchor_us =
             self.shared.wall_epoch_us + micros(anchor.saturating_duration_since(self.shared.epoch));
     }
@@ -602,6 +613,7 @@ impl<P: Producer> Worker<P> {
                 self.on_disconnect(c, reason, now);
                 None
             }
+            // A delivery: publishers subscribe to nothing. A subscribing role verifies it here.
             Event::Received | Event::Skipped => Some(false),
         }
     }
@@ -624,7 +636,7 @@ impl<P: Producer> Worker<P> {
         }
         if !self.ramp.is_empty() {
             if !self.slots_full {
-                consider(self.next_token.max(now));
+                consider(self.tokens.next.max(now));
             } else if self.connecting == 0 {
                 // Every slot is another worker's: none of ours will wake us when one frees.
                 consider(now + Duration::from_millis(1));

@@ -2,6 +2,7 @@
 //! message into its connection's outbox, or owes it while the connection is full.
 
 use super::*;
+use crate::pacer::Step;
 
 impl<P: Producer> Worker<P> {
     /// Points in `owed` slots of device `dl`, within what is left of its quota.
@@ -17,11 +18,7 @@ impl<P: Producer> Worker<P> {
 
     /// The last slot of device `dl` the cursor has passed.
     pub(super) fn passed_slot(&self, dl: u32) -> Option<u64> {
-        if dl < self.cur_dl {
-            Some(self.cur_k)
-        } else {
-            self.cur_k.checked_sub(1)
-        }
+        self.pacer.passed_slot(dl)
     }
 
     /// After a reconnect: a device owing more points than the offline buffer holds drops
@@ -109,18 +106,10 @@ impl<P: Producer> Worker<P> {
         if !self.paced {
             return (self.generate_unpaced(now), None);
         }
-        let n_dev = self.devices.len() as u32;
         // A cursor rounds behind (a rate beyond what the connections take) jumps to the
         // round now due: the devices keep what they owe, and a pass never walks slot by slot
         // through rounds that are long past.
-        let now_slot = self
-            .s
-            .schedule
-            .first_slot_at(self.d0, now.saturating_duration_since(anchor));
-        if now_slot > self.cur_k + 1 {
-            self.cur_k = now_slot - 1;
-            self.cur_dl = 0;
-        }
+        self.pacer.catch_up(&self.s.schedule, now);
         let mut steps = 0usize;
         loop {
             if self.live_devices == 0 {
@@ -130,48 +119,41 @@ impl<P: Producer> Worker<P> {
             if steps > PASS_STEPS {
                 return (true, None); // events and signals get their turn
             }
-            let dl = self.cur_dl;
-            let d = self.d0 + dl as u64;
+            let dl = self.pacer.device();
             let dev = self.devices[dl as usize];
-            if matches!(dev.state, DevState::Done | DevState::Owing) {
-                self.advance(n_dev);
-                continue;
-            }
-            let points = self.s.schedule.next_points(d, dev.sent);
-            let due = self
-                .s
-                .schedule
-                .due(d, self.cur_k, points)
-                .unwrap_or_default();
-            if self.s.schedule.is_past_end(due) {
-                // Its schedule is over (and every later slot's too). What it still owes was
-                // due before the end: it goes out as its connection drains.
-                self.advance(n_dev);
-                self.live_devices -= 1;
-                if dev.state == DevState::Active {
-                    // Owing until fill finds nothing more before the end.
-                    self.devices[dl as usize].state = DevState::Owing;
-                    self.owing += 1;
-                    self.conns[dev.conn as usize].owing += 1;
-                    self.fill(dl, u64::MAX, anchor);
-                    if !self.work.is_empty() {
-                        return (true, None); // a write failed: the loop deals with it first
-                    }
-                } else {
-                    self.devices[dl as usize].state = DevState::Done;
+            let points = match dev.state {
+                DevState::Done | DevState::Owing => None,
+                DevState::Waiting | DevState::Active => {
+                    Some(self.s.schedule.next_points(self.d0 + dl as u64, dev.sent))
                 }
-                continue;
-            }
-            let at = anchor + due;
-            if at > now {
-                return (false, Some(at));
-            }
-            let k = self.cur_k;
-            self.advance(n_dev);
-            if dev.state == DevState::Active {
-                self.fill(dl, k, anchor);
-                if !self.work.is_empty() {
-                    return (true, None); // a write failed: the loop deals with it first
+            };
+            match self.pacer.step(&self.s.schedule, now, points) {
+                Step::Skipped(_) => {}
+                Step::Wait(at) => return (false, Some(at)),
+                Step::Ended { .. } => {
+                    // Its schedule is over (and every later slot's too). What it still owes
+                    // was due before the end: it goes out as its connection drains.
+                    self.live_devices -= 1;
+                    if dev.state == DevState::Active {
+                        // Owing until fill finds nothing more before the end.
+                        self.devices[dl as usize].state = DevState::Owing;
+                        self.owing += 1;
+                        self.conns[dev.conn as usize].owing += 1;
+                        self.fill(dl, u64::MAX, anchor);
+                        if !self.work.is_empty() {
+                            return (true, None); // a write failed: the loop deals with it first
+                        }
+                    } else {
+                        self.devices[dl as usize].state = DevState::Done;
+                    }
+                }
+                Step::Due { k, .. } => {
+                    if dev.state == DevState::Active {
+                        self.fill(dl, k, anchor);
+                        if !self.work.is_empty() {
+                            return (true, None); // a write failed: the loop deals with it first
+                        }
+                    }
                 }
             }
         }
@@ -214,14 +196,6 @@ impl<P: Producer> Worker<P> {
                 self.stats.counts.points_dropped += self.points_left(dl);
                 self.finish(dl);
             }
-        }
-    }
-
-    pub(super) fn advance(&mut self, n_dev: u32) {
-        self.cur_dl += 1;
-        if self.cur_dl >= n_dev {
-            self.cur_dl = 0;
-            self.cur_k += 1;
         }
     }
 
@@ -275,8 +249,7 @@ impl<P: Producer> Worker<P> {
         let mut idle = 0u32;
         let mut made = 0usize;
         while self.live_devices > 0 && idle < n_dev {
-            let dl = self.cur_dl;
-            self.advance(n_dev);
+            let dl = self.pacer.round_robin();
             let dev = self.devices[dl as usize];
             if dev.state != DevState::Active
                 || !self.conns[dev.conn as usize].has_room(self.s.publish.max_queued, self.qos1)

@@ -4,11 +4,38 @@
 
 use super::*;
 
+/// The pace of the connect ramp: one connect every `interval` (a worker's share of
+/// `--connect-rate`; `None`: as fast as the slots allow), as tokens that do not pile up
+/// while the ramp waits (on `--max-connecting`, or for retries).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tokens {
+    pub interval: Option<Duration>,
+    /// When the next connect may start.
+    pub next: Instant,
+}
+
+impl Tokens {
+    /// Whether a connect may start at `now`.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.interval.is_none() || now >= self.next
+    }
+
+    /// A connect starts at `now`: the next one an interval later, and after a wait no
+    /// earlier than one interval before `now` (one connect's worth banked, no burst).
+    /// `origin`: the clock's origin, which `now - interval` must not pass.
+    pub fn take(&mut self, now: Instant, origin: Instant) {
+        if let Some(iv) = self.interval {
+            let floor = now - iv.min(now.saturating_duration_since(origin));
+            self.next = self.next.max(floor) + iv;
+        }
+    }
+}
+
 impl<P: Producer> Worker<P> {
     pub(super) fn start_connects(&mut self, now: Instant) {
         self.slots_full = false;
         while let Some(&c) = self.ramp.front() {
-            if self.token_interval.is_some() && now < self.next_token {
+            if !self.tokens.ready(now) {
                 break;
             }
             if !self
@@ -18,10 +45,7 @@ impl<P: Producer> Worker<P> {
                 self.slots_full = true;
                 break;
             }
-            if let Some(iv) = self.token_interval {
-                // Tokens do not pile up while the ramp waits on --max-connecting.
-                self.next_token = self.next_token.max(now - iv.min(now - self.shared.epoch)) + iv;
-            }
+            self.tokens.take(now, self.shared.epoch);
             self.ramp.pop_front();
             self.start_connect(c, now);
             if !matches!(
@@ -498,6 +522,71 @@ impl<P: Producer> Worker<P> {
             Phase::Up => self.lose(c, LostKind::Other(format!("TLS: {e}")), now),
             Phase::Closing => self.close(c),
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connects the ramp starts from `from` to `to`, stepping a synthetic clock by 1 ms.
+    fn connects(t: &mut Tokens, origin: Instant, from: Duration, to: Duration) -> u32 {
+        let mut n = 0;
+        let mut at = from;
+        while at < to {
+            let now = origin + at;
+            while t.ready(now) {
+                t.take(now, origin);
+                n += 1;
+                assert!(n < 100_000, "tokens never run out");
+            }
+            at += Duration::from_millis(1);
+        }
+        n
+    }
+
+    #[test]
+    fn the_ramp_starts_connects_at_its_rate_and_banks_no_burst_while_it_waits() {
+        let origin = Instant::now();
+        let mut t = Tokens {
+            interval: Some(Duration::from_millis(10)),
+            next: origin,
+        };
+        // 100 connects a second: 100 in the first second.
+        assert_eq!(
+            connects(&mut t, origin, Duration::ZERO, Duration::from_secs(1)),
+            100
+        );
+        // The ramp then waits 5 s (every slot taken): 500 tokens' worth of time, of which
+        // one connect is banked, not 500 at once.
+        let back = origin + Duration::from_secs(6);
+        let mut burst = 0;
+        while t.ready(back) {
+            t.take(back, origin);
+            burst += 1;
+        }
+        assert_eq!(burst, 2, "the connect due now and one banked");
+        // And the pace goes on: 100 a second.
+        let n = connects(
+            &mut t,
+            origin,
+            Duration::from_secs(6) + Duration::from_millis(1),
+            Duration::from_secs(7) + Duration::from_millis(1),
+        );
+        assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn an_unpaced_ramp_is_always_ready() {
+        let origin = Instant::now();
+        let mut t = Tokens {
+            interval: None,
+            next: origin,
+        };
+        for _ in 0..1000 {
+            assert!(t.ready(origin));
+            t.take(origin, origin);
         }
     }
 }

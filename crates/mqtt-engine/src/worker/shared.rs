@@ -137,3 +137,36 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_slots_bound_the_connects_awaiting_a_connack_over_the_whole_fleet() {
+        let shared = Shared::new(3);
+        // Three workers share --max-connecting 2: the third taker waits, whoever it is.
+        assert!(shared.take_connect_slot(2));
+        assert!(shared.take_connect_slot(2));
+        assert!(!shared.take_connect_slot(2));
+        shared.give_connect_slot();
+        assert!(shared.take_connect_slot(2));
+        assert!(!shared.take_connect_slot(2));
+        // Giving back more than was taken never wraps below zero.
+        for _ in 0..5 {
+            shared.give_connect_slot();
+        }
+        assert_eq!(shared.connecting.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn the_first_worker_to_end_the_ramp_sets_the_anchor_for_all() {
+        let shared = Shared::new(2);
+        assert_eq!(shared.anchor(), None);
+        let a = shared.epoch + Duration::from_millis(5);
+        assert_eq!(shared.set_anchor(a), a);
+        // A later worker gets the anchor already set, not its own.
+        assert_eq!(shared.set_anchor(a + Duration::from_secs(1)), a);
+        assert_eq!(shared.anchor(), Some(a));
+    }
+}
