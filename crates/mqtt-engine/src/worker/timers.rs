@@ -66,7 +66,17 @@ impl<P: Producer> Worker<P> {
                         self.ramp.push_front(c);
                     }
                 }
-                TimerKind::KeepAlive => self.keep_alive(c, now),
+                TimerKind::KeepAlive => match keep_alive(&mut self.conns[c as usize], now) {
+                    KeepAlive::Off => {}
+                    KeepAlive::Next { at, pinged } => {
+                        if pinged {
+                            self.mark_dirty(c);
+                        }
+                        self.timers
+                            .push(Reverse((at, TimerKind::KeepAlive, c, gen)));
+                    }
+                    KeepAlive::Lost(kind) => self.lose(c, kind, now),
+                },
                 TimerKind::CloseLinger => {
                     if conn.phase == Phase::Closing {
                         self.close(c);
@@ -75,43 +85,162 @@ impl<P: Producer> Worker<P> {
             }
         }
     }
+}
 
-    pub(super) fn keep_alive(&mut self, c: u32, now: Instant) {
-        let conn = &mut self.conns[c as usize];
-        let ka = conn.keep_alive;
-        if conn.phase != Phase::Up {
-            return;
+/// What a connection's keep-alive timer finds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum KeepAlive {
+    /// The connection is not up: the timer lapses.
+    Off,
+    /// Look again at `at`; `pinged`: a PINGREQ was queued now (the connection has bytes to
+    /// write).
+    Next { at: Instant, pinged: bool },
+    /// The broker is gone, this way.
+    Lost(LostKind),
+}
+
+/// The keep-alive of `conn` at `now`, from its last write and read and its PINGREQ: queues
+/// a PINGREQ after an interval of silence, and finds the connection lost when the broker
+/// stopped reading or answering.
+pub(super) fn keep_alive(conn: &mut Conn, now: Instant) -> KeepAlive {
+    let ka = conn.keep_alive;
+    if conn.phase != Phase::Up {
+        return KeepAlive::Off;
+    }
+    let mut pinged = false;
+    let at = match conn.ping {
+        // Still queued behind our writes: lost only when the writes stopped moving (the
+        // broker stopped reading), not while a busy broker reads them slowly.
+        Some((_, _, false)) if now.saturating_duration_since(conn.last_out) >= ka => {
+            return KeepAlive::Lost(LostKind::WriteStalled);
         }
-        let gen = conn.generation;
-        let next = match conn.ping {
-            // Still queued behind our writes: lost only when the writes stopped moving (the
-            // broker stopped reading), not while a busy broker reads them slowly.
-            Some((_, _, false)) if now.saturating_duration_since(conn.last_out) >= ka => {
-                return self.lose(c, LostKind::WriteStalled, now);
+        Some((_, _, false)) => conn.last_out + ka,
+        // Written an interval ago, and nothing read since: the broker stopped answering.
+        Some((written, _, true)) if now >= written + ka => {
+            if conn.last_in <= written {
+                return KeepAlive::Lost(LostKind::KeepAlive);
             }
-            Some((_, _, false)) => conn.last_out + ka,
-            // Written an interval ago, and nothing read since: the broker stopped answering.
-            Some((written, _, true)) if now >= written + ka => {
-                if conn.last_in <= written {
-                    return self.lose(c, LostKind::KeepAlive, now);
-                }
-                conn.ping = None; // it answered with something else first
-                now + ka
+            conn.ping = None; // it answered with something else first
+            now + ka
+        }
+        Some((written, _, true)) => written + ka,
+        // Silent either way for an interval: MQTT wants a packet from us, and we want to
+        // know the broker is there (a stopped broker acknowledges nothing while the
+        // socket still takes our writes).
+        None if now >= conn.last_out.min(conn.last_in) + ka => {
+            conn.out.push_control(&packets::PINGREQ);
+            let end = conn.out.written() + conn.out.bytes() as u64;
+            conn.ping = Some((now, end, false));
+            pinged = true;
+            now + ka
+        }
+        None => conn.last_out.min(conn.last_in) + ka,
+    };
+    KeepAlive::Next { at, pinged }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KA: Duration = Duration::from_secs(10);
+
+    fn up(t0: Instant) -> Conn {
+        let mut c = Conn::new(0, 0..1, 10, false, KA, t0);
+        c.phase = Phase::Up;
+        c
+    }
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn an_interval_of_silence_queues_one_pingreq() {
+        let t0 = Instant::now();
+        let mut c = up(t0);
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(5)),
+            KeepAlive::Next {
+                at: t0 + s(10),
+                pinged: false
             }
-            Some((written, _, true)) => written + ka,
-            // Silent either way for an interval: MQTT wants a packet from us, and we want to
-            // know the broker is there (a stopped broker acknowledges nothing while the
-            // socket still takes our writes).
-            None if now >= conn.last_out.min(conn.last_in) + ka => {
-                conn.out.push_control(&packets::PINGREQ);
-                let end = conn.out.written() + conn.out.bytes() as u64;
-                conn.ping = Some((now, end, false));
-                self.mark_dirty(c);
-                now + ka
+        );
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(10)),
+            KeepAlive::Next {
+                at: t0 + s(20),
+                pinged: true
             }
-            None => conn.last_out.min(conn.last_in) + ka,
-        };
-        self.timers
-            .push(Reverse((next, TimerKind::KeepAlive, c, gen)));
+        );
+        assert_eq!(c.out.bytes(), packets::PINGREQ.len());
+        // Traffic either way keeps it quiet: a write at 8 s moves the next look to 18 s.
+        let mut c = up(t0);
+        c.last_out = t0 + s(8);
+        c.last_in = t0 + s(9);
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(10)),
+            KeepAlive::Next {
+                at: t0 + s(18),
+                pinged: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_pingreq_stuck_behind_writes_that_stopped_moving_is_a_write_stall() {
+        let t0 = Instant::now();
+        let mut c = up(t0);
+        keep_alive(&mut c, t0 + s(10));
+        // Writes moved at 15 s: a slow broker, not a stopped one.
+        c.last_out = t0 + s(15);
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(20)),
+            KeepAlive::Next {
+                at: t0 + s(25),
+                pinged: false
+            }
+        );
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(25)),
+            KeepAlive::Lost(LostKind::WriteStalled)
+        );
+    }
+
+    #[test]
+    fn a_pingreq_written_and_unanswered_for_an_interval_loses_the_connection() {
+        let t0 = Instant::now();
+        let mut c = up(t0);
+        c.ping = Some((t0 + s(10), 2, true));
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(19)),
+            KeepAlive::Next {
+                at: t0 + s(20),
+                pinged: false
+            }
+        );
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(20)),
+            KeepAlive::Lost(LostKind::KeepAlive)
+        );
+        // Anything read after the PINGREQ answers it.
+        c.last_in = t0 + s(12);
+        assert_eq!(
+            keep_alive(&mut c, t0 + s(20)),
+            KeepAlive::Next {
+                at: t0 + s(30),
+                pinged: false
+            }
+        );
+        assert_eq!(c.ping, None);
+    }
+
+    #[test]
+    fn a_connection_that_is_not_up_has_no_keep_alive() {
+        let t0 = Instant::now();
+        let mut c = up(t0);
+        c.phase = Phase::Closing;
+        assert_eq!(keep_alive(&mut c, t0 + s(100)), KeepAlive::Off);
+        assert_eq!(c.out.bytes(), 0);
     }
 }
