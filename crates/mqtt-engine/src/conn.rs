@@ -29,10 +29,21 @@ pub enum Phase {
     Done,
 }
 
+/// What a connection is for. Every connection publishes today; subscribing connections
+/// (SUBSCRIBE after the CONNACK, each delivery to a verifier) and held ones (connect, hold
+/// with PINGREQ, churn) are to join as roles of their own on the same workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Its devices publish on the fleet schedule.
+    #[default]
+    Publisher,
+}
+
 #[derive(Debug)]
 pub struct Conn {
     /// Index in the fleet.
     pub index: u64,
+    pub role: Role,
     /// Its devices, as indexes into the worker's devices.
     pub devices: Range<u32>,
     pub phase: Phase,
@@ -113,6 +124,7 @@ impl Conn {
         Conn {
             keep_alive,
             index,
+            role: Role::Publisher,
             devices,
             phase: Phase::Idle,
             sock: None,

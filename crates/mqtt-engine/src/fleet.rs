@@ -1,7 +1,7 @@
 //! Running a fleet: one thread per worker, each owning its share of the connections, their
 //! figures merged with `+=` at the end. [`Fleet::start`] returns at once; the caller watches
-//! [`Fleet::live`] for progress, asks [`Fleet::stop`] / [`Fleet::abort`] on signals, and
-//! [`Fleet::join`]s for the merged result.
+//! [`FleetHandle::live`] for progress, asks [`FleetHandle::stop`] / [`FleetHandle::abort`]
+//! on signals, and [`Fleet::join`]s for the merged result.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! - [`settings`]: the engine's typed settings; [`template`]: names with `{i}` in them.
-//! - [`schedule`]: when each device's messages are due; [`worker`]: the event loop;
+//! - [`schedule`]: when each device's messages are due; [`pacer`]: a worker's cursor over
+//!   it; [`worker`]: the event loop and its stages;
 //!   [`conn`]: a connection's state; [`outbox`]: the hand-over from producer to socket;
 //!   [`inflight`]: the QoS 1 window; [`packets`]: MQTT on the wire (`mqtt-wire`).
 //! - [`stats`]: counters and histograms, merged; [`error`]: failures as kinds;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod fleet;
 pub mod inflight;
 pub mod outbox;
+pub mod pacer;
 pub mod schedule;
 pub mod settings;
 pub mod stats;
