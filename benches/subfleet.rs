@@ -290,7 +290,14 @@ fn main() {
 
     // FS1 and FS2: the same stream to ours and to the reference.
     let secs_s = format!("{secs}s");
-    type Fs12<'a> = (&'a str, &'a str, &'a str, &'a str, u64, Vec<&'a str>);
+    type Fs12<'a> = (
+        &'static str,
+        &'static str,
+        &'a str,
+        &'a str,
+        u64,
+        Vec<&'a str>,
+    );
     let fs12: [Fs12; 2] = [
         (
             "FS1",
