@@ -134,10 +134,11 @@ impl OnePass {
                 } else {
                     let (p, end) = self.point(buf, i, 0)?;
                     // Points are about as long as the first: room for all of them at once,
-                    // with an eighth to spare for shorter ones. Bounded as in the full path,
-                    // since only the first point is known to be one.
+                    // with a quarter to spare for shorter ones (a float's shortest form
+                    // varies by a few digits). Bounded as in the full path, since only the
+                    // first point is known to be one.
                     let more = (buf.len() - i) / (end - i);
-                    out.reserve((more + more / 8 + 1).min(4096));
+                    out.reserve((more + more / 4 + 1).min(4096));
                     out.push(p);
                     i = ws(buf, end);
                     loop {
@@ -305,6 +306,22 @@ fn ws(buf: &[u8], mut i: usize) -> usize {
 /// where the string ends.
 #[inline(always)]
 fn key(buf: &[u8], at: usize) -> Option<(Field, usize)> {
+    // The names we read, with their closing quote, compared as fixed-size words.
+    fn is<const N: usize>(buf: &[u8], at: usize, name: &[u8; N]) -> bool {
+        buf.get(at..at + N) == Some(&name[..])
+    }
+    let known = match buf.get(at) {
+        Some(b'd') if is(buf, at, b"device_id\"") => Some((Field::DeviceId, 10)),
+        Some(b's') if is(buf, at, b"seq\"") => Some((Field::Seq, 4)),
+        Some(b't') if is(buf, at, b"timestamp\"") => Some((Field::Timestamp, 10)),
+        Some(b't') if is(buf, at, b"temperature\"") => Some((Field::Temperature, 12)),
+        Some(b'v') if is(buf, at, b"value\"") => Some((Field::Value, 6)),
+        Some(b'h') if is(buf, at, b"humidity\"") => Some((Field::Humidity, 9)),
+        _ => None,
+    };
+    if let Some((field, len)) = known {
+        return Some((field, at + len));
+    }
     let mut end = at;
     loop {
         match *buf.get(end)? {
@@ -396,6 +413,29 @@ fn string_body(buf: &[u8], at: usize, mut emit: impl FnMut(u8)) -> Option<usize>
     Some(i + 1)
 }
 
+/// Skips the string body at `buf[at..]` (after its opening quote), checking it; returns
+/// where the string ends. A body without escapes or control characters takes one tight loop.
+#[inline]
+fn skip_string(buf: &[u8], at: usize) -> Option<usize> {
+    let mut i = at;
+    let mut ascii = true;
+    loop {
+        let b = *buf.get(i)?;
+        if b == b'"' {
+            break;
+        }
+        if b == b'\\' || b < 0x20 {
+            return string_body(buf, at, |_| {});
+        }
+        ascii &= b.is_ascii();
+        i += 1;
+    }
+    if !ascii && std::str::from_utf8(&buf[at..i]).is_err() {
+        return None;
+    }
+    Some(i + 1)
+}
+
 /// The escape at `buf[i]` (a backslash): the UTF-8 bytes it stands for (`n` of them) and how
 /// many bytes of the payload it takes.
 #[inline]
@@ -464,7 +504,7 @@ fn unescape_in_place(buf: &mut [u8], start: usize, end: usize) -> Option<usize> 
 /// Skips the JSON value at `buf[i..]`, checking it; returns where it ends.
 fn skip_value(buf: &[u8], i: usize, depth: usize) -> Option<usize> {
     match *buf.get(i)? {
-        b'"' => string_body(buf, i + 1, |_| {}),
+        b'"' => skip_string(buf, i + 1),
         b'{' if depth < MAX_DEPTH => {
             let mut j = ws(buf, i + 1);
             if buf.get(j) == Some(&b'}') {
@@ -474,7 +514,7 @@ fn skip_value(buf: &[u8], i: usize, depth: usize) -> Option<usize> {
                 if buf.get(j) != Some(&b'"') {
                     return None;
                 }
-                j = ws(buf, string_body(buf, j + 1, |_| {})?);
+                j = ws(buf, skip_string(buf, j + 1)?);
                 if buf.get(j) != Some(&b':') {
                     return None;
                 }
@@ -531,6 +571,18 @@ fn digit(buf: &[u8], i: usize) -> Option<u64> {
 #[inline(always)]
 fn digits(buf: &[u8], i: &mut usize, n: &mut u64, budget: usize) -> Option<usize> {
     let start = *i;
+    // Eight digits at a time while they last (a timestamp has 16 or 17).
+    while *i - start + 8 <= budget {
+        let Some(eight) = buf.get(*i..*i + 8) else {
+            break;
+        };
+        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        let Some(value) = eight_digits(word) else {
+            break;
+        };
+        *n = *n * 100_000_000 + value;
+        *i += 8;
+    }
     while let Some(d) = digit(buf, *i) {
         if *i - start == budget {
             return None;
@@ -539,6 +591,28 @@ fn digits(buf: &[u8], i: &mut usize, n: &mut u64, budget: usize) -> Option<usize
         *i += 1;
     }
     Some(*i - start)
+}
+
+/// The value of eight ASCII digits read as a little-endian word, or `None` when one of
+/// the bytes is not a digit (fast_float's checks and arithmetic).
+#[inline(always)]
+fn eight_digits(word: u64) -> Option<u64> {
+    let high = 0xF0F0_F0F0_F0F0_F0F0;
+    if (word & high) | ((word.wrapping_add(0x0606_0606_0606_0606) & high) >> 4)
+        != 0x3333_3333_3333_3333
+    {
+        return None;
+    }
+    let mask = 0x0000_00FF_0000_00FF;
+    let mul1 = 100 + (1_000_000 << 32);
+    let mul2 = 1 + (10_000 << 32);
+    let v = word.wrapping_sub(0x3030_3030_3030_3030);
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    let v = (v & mask)
+        .wrapping_mul(mul1)
+        .wrapping_add(((v >> 16) & mask).wrapping_mul(mul2))
+        >> 32;
+    Some(v & 0xFFFF_FFFF)
 }
 
 /// A JSON integer without sign at `*i`, of at most 19 digits (so it fits a u64; longer
@@ -613,16 +687,47 @@ fn number(buf: &[u8], i: &mut usize) -> Option<f64> {
         *i = j;
         return Some(if negative { -f } else { f });
     }
-    if !(-300..=280).contains(&exponent) {
-        return None;
-    }
     // A significand past 2^53 (a 17-digit timestamp: Python's `time.time()` as orjson
     // writes it) or a larger power: simd-json takes its 128-bit multiplication, correctly
-    // rounded (or, when it cannot tell, std's parser); so is std's parser, which is slower
-    // than the exact path but needs no tables here. The result is finite and normal.
-    let f = std::str::from_utf8(&buf[*i..j]).ok()?.parse::<f64>().ok()?;
+    // rounded (or, when it cannot tell, std's parser); so are these.
+    let f = if (0..=19).contains(&exponent) {
+        // Exact in a u128 (below 10^37), then one correctly rounded conversion.
+        (u128::from(m) * 10u128.pow(exponent as u32)) as f64
+    } else if (-19..0).contains(&exponent) && m > MAX_EXACT {
+        div_pow10(m, exponent.unsigned_abs() as u32)
+    } else if (-300..=280).contains(&exponent) {
+        // Rare: std's parser (slower, no tables here). The result is finite and normal.
+        std::str::from_utf8(&buf[*i..j]).ok()?.parse::<f64>().ok()?.abs()
+    } else {
+        return None;
+    };
     *i = j;
-    Some(f)
+    Some(if negative { -f } else { f })
+}
+
+/// `m / 10^q` correctly rounded (to nearest, ties to even), for `m` past 2^53 and `q` at
+/// most 19: the quotient of `m * 2^64` has at least 54 bits, the remainder says whether
+/// anything lies below them.
+#[inline]
+fn div_pow10(m: u64, q: u32) -> f64 {
+    let d = u128::from(10u64.pow(q));
+    let n = u128::from(m) << 64;
+    let quotient = n / d;
+    let inexact = n - quotient * d != 0;
+    let mut shift = 128 - quotient.leading_zeros() - 53;
+    let mut mantissa = (quotient >> shift) as u64;
+    let below = quotient & ((1u128 << shift) - 1);
+    let half = 1u128 << (shift - 1);
+    if below > half || (below == half && (inexact || mantissa & 1 == 1)) {
+        mantissa += 1;
+        if mantissa == 1 << 53 {
+            mantissa >>= 1;
+            shift += 1;
+        }
+    }
+    // mantissa * 2^(shift - 64): a 53-bit integer times an exact power of two.
+    let scale = f64::from_bits(((i64::from(shift) - 64 + 1023) as u64) << 52);
+    mantissa as f64 * scale
 }
 
 #[cfg(test)]
@@ -693,6 +798,53 @@ mod tests {
             "1234567890123456789",
         ] {
             assert_eq!(num(s), None, "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn long_significands_round_as_the_standard_parser_rounds_them() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for k in 0..300_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = 16 + (k % 3) as usize; // 16..18 digits, past 2^53 mostly
+            let m = x % 10u64.pow(digits as u32);
+            let point = 1 + (x >> 40) as usize % (digits - 1);
+            let text = format!("{m:0digits$}");
+            let text = format!("{}.{}", &text[..point], &text[point..]);
+            let text = text.trim_start_matches('0');
+            let text = if text.starts_with('.') {
+                format!("0{text}")
+            } else {
+                text.to_string()
+            };
+            if let Some(f) = num(&text) {
+                assert_eq!(f.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
+            }
+        }
+        // Ties and near-ties at the 53rd bit.
+        for text in [
+            "9007199254.7409925",
+            "9007199254.7409935",
+            "18014398509.481985",
+            "1763798400.1234567",
+            "0.9007199254740993",
+            "999999999999999.999",
+        ] {
+            let f = num(text).unwrap_or_else(|| panic!("{text} handed over"));
+            assert_eq!(f.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
+        }
+    }
+
+    #[test]
+    fn eight_digits_at_once_are_read_or_refused() {
+        let word = |s: &[u8; 8]| u64::from_le_bytes(*s);
+        assert_eq!(eight_digits(word(b"12345678")), Some(12_345_678));
+        assert_eq!(eight_digits(word(b"00000000")), Some(0));
+        assert_eq!(eight_digits(word(b"99999999")), Some(99_999_999));
+        for bad in [b"1234567.", b"/2345678", b"1234567:", b"12 45678", b"\xb12345678"[..8].try_into().unwrap()] {
+            assert_eq!(eight_digits(word(bad)), None, "{bad:?}");
         }
     }
 
