@@ -205,14 +205,70 @@ fn main() {
         gate,
     };
     let scenarios = [
-        sc("D2-S2", "ours, 1000-point batches, live", "ours", 1000, false, GATE_D2_S2),
-        sc("D2-S2b", "ours, 1000-point batches, backlog", "ours", 1000, true, GATE_D2_S2_BACKLOG),
-        sc("D2-S2s", "seed order, 1000-point batches, live", "seed", 1000, false, GATE_D2_S2_SEED),
-        sc("D2-S2sb", "seed order, 1000-point batches, backlog", "seed", 1000, true, GATE_D2_S2_SEED_BACKLOG),
-        sc("D2-S1", "ours, 1 point a message, live", "ours", 1, false, GATE_D2_S1),
-        sc("D2-S1b", "ours, 1 point a message, backlog", "ours", 1, true, GATE_D2_S1_BACKLOG),
-        sc("D2-S1s", "seed order, 1 point a message, live", "seed", 1, false, GATE_D2_S1_SEED),
-        sc("D2-S1sb", "seed order, 1 point a message, backlog", "seed", 1, true, GATE_D2_S1_SEED_BACKLOG),
+        sc(
+            "D2-S2",
+            "ours, 1000-point batches, live",
+            "ours",
+            1000,
+            false,
+            GATE_D2_S2,
+        ),
+        sc(
+            "D2-S2b",
+            "ours, 1000-point batches, backlog",
+            "ours",
+            1000,
+            true,
+            GATE_D2_S2_BACKLOG,
+        ),
+        sc(
+            "D2-S2s",
+            "seed order, 1000-point batches, live",
+            "seed",
+            1000,
+            false,
+            GATE_D2_S2_SEED,
+        ),
+        sc(
+            "D2-S2sb",
+            "seed order, 1000-point batches, backlog",
+            "seed",
+            1000,
+            true,
+            GATE_D2_S2_SEED_BACKLOG,
+        ),
+        sc(
+            "D2-S1",
+            "ours, 1 point a message, live",
+            "ours",
+            1,
+            false,
+            GATE_D2_S1,
+        ),
+        sc(
+            "D2-S1b",
+            "ours, 1 point a message, backlog",
+            "ours",
+            1,
+            true,
+            GATE_D2_S1_BACKLOG,
+        ),
+        sc(
+            "D2-S1s",
+            "seed order, 1 point a message, live",
+            "seed",
+            1,
+            false,
+            GATE_D2_S1_SEED,
+        ),
+        sc(
+            "D2-S1sb",
+            "seed order, 1 point a message, backlog",
+            "seed",
+            1,
+            true,
+            GATE_D2_S1_SEED_BACKLOG,
+        ),
     ];
 
     let mut rows = Vec::new();
@@ -234,7 +290,11 @@ fn main() {
         // from a backlog, points per CPU second of the drain. The ratio is the median of
         // the runs' pairs (ours and the reference run one after the other), so that a
         // moment of a busy machine moves one pair, not the figure.
-        let figure: fn(&Run) -> f64 = if s.backlog { Run::drain_rate } else { Run::rate };
+        let figure: fn(&Run) -> f64 = if s.backlog {
+            Run::drain_rate
+        } else {
+            Run::rate
+        };
         let o = median_by(&ours, figure);
         let r = median_by(&refs, figure);
         let mut ratios: Vec<f64> = ours
@@ -244,7 +304,8 @@ fn main() {
             .collect();
         ratios.sort_by(f64::total_cmp);
         let ratio = ratios[ratios.len() / 2];
-        let wall_ratio = median_by(&ours, Run::rate).rate() / median_by(&refs, Run::rate).rate().max(1e-9);
+        let wall_ratio =
+            median_by(&ours, Run::rate).rate() / median_by(&refs, Run::rate).rate().max(1e-9);
         let cpu_ours = median_by(&ours, Run::cpu_per_m_points).cpu_per_m_points();
         let cpu_ref = median_by(&refs, Run::cpu_per_m_points).cpu_per_m_points();
         let mut pub_rates: Vec<f64> = ours.iter().chain(&refs).map(|r| r.pub_rate).collect();
@@ -255,6 +316,10 @@ fn main() {
         let rss = |runs: &[Run]| runs.iter().map(|r| r.rss_mb).fold(0.0, f64::max);
         let gate_ok = ratio >= s.gate && verified && counted;
         let fig = |r: &Run| figure(r) / 1e6;
+        let target = format!(
+            ">= {TARGET}x ref: {}",
+            if ratio >= TARGET { "yes" } else { "no" }
+        );
         table.push(format!(
             "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2}..{:.2} | {:.2} | {} | >= {}x: {} | {:.3}, {:.3} | {:.0}, {:.0} | {:.0}, {:.0} | {:.1} | {} | {} |",
             s.id,
@@ -266,10 +331,7 @@ fn main() {
             ratios[0],
             ratios[ratios.len() - 1],
             wall_ratio,
-            format!(
-                ">= {TARGET}x ref: {}",
-                if ratio >= TARGET { "yes" } else { "no" }
-            ),
+            target,
             s.gate,
             if ratio >= s.gate { "yes" } else { "NO" },
             cpu_ours,

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use point_format::Encoder;
-use publisher_core::source::PointSource;
 use point_format::Sample;
+use publisher_core::source::PointSource;
 use rumqttc::{Connect, Packet, Publish, QoS, Subscribe};
 
 #[path = "../../shapes.rs"]
@@ -52,12 +52,10 @@ fn main() {
         Some("sub") if args.len() == 3 => subscribe(&args[1..]),
         Some("recv") if args.len() == 6 || args.len() == 7 => receive(&args[1..]),
         Some("rawpub") if args.len() == 7 => raw_publish(&args[1..]),
-        _ => Err(
-            "usage: mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES \
+        _ => Err("usage: mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES \
                   | rawpub PORT TOPIC ours|seed BATCH POINTS DEVICES | sub PORT FILTER \
                   | recv PORT FILTER QOS POINTS IDLE_S [verify]"
-                .into(),
-        ),
+            .into()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -697,7 +697,11 @@ fn number(buf: &[u8], i: &mut usize) -> Option<f64> {
         div_pow10(m, exponent.unsigned_abs() as u32)
     } else if (-300..=280).contains(&exponent) {
         // Rare: std's parser (slower, no tables here). The result is finite and normal.
-        std::str::from_utf8(&buf[*i..j]).ok()?.parse::<f64>().ok()?.abs()
+        std::str::from_utf8(&buf[*i..j])
+            .ok()?
+            .parse::<f64>()
+            .ok()?
+            .abs()
     } else {
         return None;
     };
@@ -820,7 +824,11 @@ mod tests {
                 text.to_string()
             };
             if let Some(f) = num(&text) {
-                assert_eq!(f.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
+                assert_eq!(
+                    f.to_bits(),
+                    text.parse::<f64>().unwrap().to_bits(),
+                    "{text}"
+                );
             }
         }
         // Ties and near-ties at the 53rd bit.
@@ -833,7 +841,11 @@ mod tests {
             "999999999999999.999",
         ] {
             let f = num(text).unwrap_or_else(|| panic!("{text} handed over"));
-            assert_eq!(f.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
+            assert_eq!(
+                f.to_bits(),
+                text.parse::<f64>().unwrap().to_bits(),
+                "{text}"
+            );
         }
     }
 
@@ -843,7 +855,13 @@ mod tests {
         assert_eq!(eight_digits(word(b"12345678")), Some(12_345_678));
         assert_eq!(eight_digits(word(b"00000000")), Some(0));
         assert_eq!(eight_digits(word(b"99999999")), Some(99_999_999));
-        for bad in [b"1234567.", b"/2345678", b"1234567:", b"12 45678", b"\xb12345678"[..8].try_into().unwrap()] {
+        for bad in [
+            b"1234567.",
+            b"/2345678",
+            b"1234567:",
+            b"12 45678",
+            b"\xb12345678"[..8].try_into().unwrap(),
+        ] {
             assert_eq!(eight_digits(word(bad)), None, "{bad:?}");
         }
     }
