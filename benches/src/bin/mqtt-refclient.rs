@@ -1,17 +1,23 @@
 //! The reference client of the throughput and receive benches: the simplest fast thing
 //! against the same broker. `pub` writes pre-encoded PUBLISH packets in large writes over a
 //! raw socket (at QoS 1 with a 65,535-message window, reading PUBACKs on a second thread);
-//! `sub` counts the messages a subscriber receives; `recv` is the raw reference subscriber of
-//! the receive bench (scenario D2): one blocking socket, reads of up to 1 MiB that wait for
-//! 64 KiB (SO_RCVLOWAT), MQTT framing by hand, PUBACKs at QoS 1, and points counted as the
-//! occurrences of `"seq":` in each payload. Each prints one JSON line of figures on
-//! stdout.
+//! `rawpub` publishes exactly N distinct points (seqs 0..N/D-1 of each of D devices) at QoS
+//! 0, in our encoder's shape or the seed publisher's key order, each point pre-encoded as a
+//! prefix and a suffix around its seq so that writing costs copies and a seq's digits;
+//! `sub` counts the messages a subscriber receives; `recv` is the raw reference subscriber
+//! of the receive bench (scenario D2): one blocking socket, reads of up to 1 MiB that wait
+//! for 64 KiB (SO_RCVLOWAT), MQTT framing by hand, PUBACKs at QoS 1, and points counted as
+//! the occurrences of `"seq":` in each payload, or with `verify` parsed (device id, seq,
+//! timestamp and value of every point, by hand, for exactly the flat shapes `rawpub`
+//! writes) and checked against each device's next seq. Each prints one JSON line of
+//! figures on stdout.
 //!
 //! ```text
 //! mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES
+//! mqtt-refclient rawpub PORT TOPIC ours|seed BATCH POINTS DEVICES
 //! mqtt-refclient sub PORT FILTER        (prints "ready", counts until stdin closes and
 //!                                        then nothing more arrived for 1 s)
-//! mqtt-refclient recv PORT FILTER QOS POINTS IDLE_S
+//! mqtt-refclient recv PORT FILTER QOS POINTS IDLE_S [verify]
 //!                                       (prints "ready", counts until POINTS points arrived
 //!                                        or none for IDLE_S seconds)
 //! ```
@@ -24,8 +30,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use point_format::Encoder;
+use point_format::Sample;
 use publisher_core::source::PointSource;
 use rumqttc::{Connect, Packet, Publish, QoS, Subscribe};
+
+#[path = "../../shapes.rs"]
+mod shapes;
 
 const CHUNK: usize = 1 << 20;
 const WINDOW: u64 = 65_535;
@@ -40,12 +50,12 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("pub") if args.len() == 6 => publish(&args[1..]),
         Some("sub") if args.len() == 3 => subscribe(&args[1..]),
-        Some("recv") if args.len() == 6 => receive(&args[1..]),
-        _ => Err(
-            "usage: mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES | sub PORT FILTER \
-                  | recv PORT FILTER QOS POINTS IDLE_S"
-                .into(),
-        ),
+        Some("recv") if args.len() == 6 || args.len() == 7 => receive(&args[1..]),
+        Some("rawpub") if args.len() == 7 => raw_publish(&args[1..]),
+        _ => Err("usage: mqtt-refclient pub PORT TOPIC QOS BATCH MESSAGES \
+                  | rawpub PORT TOPIC ours|seed BATCH POINTS DEVICES | sub PORT FILTER \
+                  | recv PORT FILTER QOS POINTS IDLE_S [verify]"
+            .into()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -171,6 +181,132 @@ fn publish(a: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Distinct point bodies a `rawpub` device cycles through (its seqs never repeat).
+const BODIES: usize = 1000;
+
+/// `rawpub`: exactly `points` points, spread over `devices` devices message by message
+/// (message m is device m % D's), each device's seqs 0, 1, 2... in order, at QoS 0, as fast
+/// as the socket takes them.
+fn raw_publish(a: &[String]) -> Result<(), String> {
+    let port: u16 = arg(&a[0], "port")?;
+    let topic = a[1].as_bytes();
+    let seed_shape = match a[2].as_str() {
+        "ours" => false,
+        "seed" => true,
+        other => return Err(format!("bad shape: {other} (ours or seed)")),
+    };
+    let batch: u64 = arg(&a[3], "batch")?;
+    let points: u64 = arg(&a[4], "points")?;
+    let devices: u64 = arg(&a[5], "devices")?;
+    if batch == 0 || devices == 0 || points % (batch * devices) != 0 {
+        return Err("POINTS must be a multiple of BATCH x DEVICES, both above 0".into());
+    }
+    // Each device's point bodies, as (prefix, suffix) around the seq's digits.
+    let mut bodies: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::new();
+    for d in 0..devices {
+        let id = format!("sensor-{d:05}");
+        let parts = if seed_shape {
+            let shape = shapes::Shape {
+                device_id: Box::leak(id.into_boxed_str()),
+                ..shapes::Shape::SEED
+            };
+            (0..BODIES as u64).map(|k| shape.parts(k)).collect()
+        } else {
+            let enc = Encoder::new(&id);
+            let mut samples = Vec::new();
+            PointSource::new(1 + d, true).fill(BODIES, 1_763_798_400_000_000, &mut samples);
+            samples
+                .iter()
+                .map(|s| {
+                    let mut p = Vec::new();
+                    enc.write_point(&mut p, &Sample { seq: 0, ..*s });
+                    let at = memchr::memmem::find(&p, b"\"seq\":0").expect("a seq") + 6;
+                    (p[..at].to_vec(), p[at + 1..].to_vec())
+                })
+                .collect()
+        };
+        bodies.push(parts);
+    }
+    let (open, sep, close) = if seed_shape {
+        shapes::Shape::SEED.batch_punctuation()
+    } else {
+        ("[", ",", "]")
+    };
+    let mut stream = connect(port, &format!("refclient-rawpub-{}", std::process::id()))?;
+    let mut next = vec![0u64; devices as usize];
+    let mut out: Vec<u8> = Vec::with_capacity(CHUNK * 2);
+    let mut payload: Vec<u8> = Vec::with_capacity(1 << 20);
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    for m in 0..points / batch {
+        let d = (m % devices) as usize;
+        payload.clear();
+        if batch > 1 {
+            payload.extend_from_slice(open.as_bytes());
+        }
+        for k in 0..batch {
+            let seq = next[d] + k;
+            if k > 0 {
+                payload.extend_from_slice(sep.as_bytes());
+            }
+            let (prefix, suffix) = &bodies[d][seq as usize % BODIES];
+            payload.extend_from_slice(prefix);
+            write_u64(&mut payload, seq);
+            payload.extend_from_slice(suffix);
+        }
+        if batch > 1 {
+            payload.extend_from_slice(close.as_bytes());
+        }
+        next[d] += batch;
+        if out.len() + payload.len() + topic.len() + 7 > CHUNK && !out.is_empty() {
+            stream.write_all(&out).map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        // PUBLISH, QoS 0: fixed header, remaining length, topic, payload.
+        out.push(0x30);
+        let mut remaining = 2 + topic.len() + payload.len();
+        loop {
+            let byte = (remaining & 0x7f) as u8;
+            remaining >>= 7;
+            out.push(if remaining > 0 { byte | 0x80 } else { byte });
+            if remaining == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        out.extend_from_slice(topic);
+        out.extend_from_slice(&payload);
+        messages += 1;
+        bytes += payload.len() as u64;
+    }
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = stream.write_all(&[0xE0, 0x00]);
+    // Let the broker read the DISCONNECT before the socket closes.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.read(&mut [0u8; 64]);
+    println!(
+        "{{\"messages\":{messages},\"points\":{points},\"bytes\":{bytes},\"elapsed_s\":{elapsed},\"point_rate\":{}}}",
+        points as f64 / elapsed.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Appends `n` in decimal.
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 fn subscribe(a: &[String]) -> Result<(), String> {
     let port: u16 = arg(&a[0], "port")?;
     let mut stream = connect(port, &format!("refclient-sub-{}", std::process::id()))?;
@@ -256,6 +392,11 @@ fn receive(a: &[String]) -> Result<(), String> {
     };
     let want: u64 = arg(&a[3], "points")?;
     let idle = Duration::from_secs(arg(&a[4], "idle seconds")?);
+    let mut verifier = match a.get(5).map(String::as_str) {
+        None => None,
+        Some("verify") => Some(Verifier::default()),
+        Some(other) => return Err(format!("bad mode: {other} (verify or nothing)")),
+    };
     let mut stream = connect(port, &format!("refclient-recv-{}", std::process::id()))?;
     let mut out = BytesMut::new();
     let mut s = Subscribe::new(a[1].as_str(), qos);
@@ -331,7 +472,10 @@ fn receive(a: &[String]) -> Result<(), String> {
                     }
                     messages += 1;
                     bytes += payload.len() as u64;
-                    points += seq.find_iter(payload).count() as u64;
+                    points += match &mut verifier {
+                        Some(v) => v.payload(payload),
+                        None => seq.find_iter(payload).count() as u64,
+                    };
                 }
                 9 => println!("ready"), // SUBACK
                 _ => {}
@@ -358,11 +502,135 @@ fn receive(a: &[String]) -> Result<(), String> {
     } else {
         0.0
     };
+    let verified = match &verifier {
+        Some(v) => format!(
+            ",\"verified\":{},\"errors\":{},\"devices\":{},\"checksum\":{}",
+            v.errors == 0 && points == want,
+            v.errors,
+            v.devices.len(),
+            v.checksum
+        ),
+        None => String::new(),
+    };
     println!(
-        "{{\"messages\":{messages},\"points\":{points},\"bytes\":{bytes},\"elapsed_s\":{elapsed},\"point_rate\":{rate},\"cpu_s\":{}}}",
+        "{{\"messages\":{messages},\"points\":{points},\"bytes\":{bytes},\"elapsed_s\":{elapsed},\"point_rate\":{rate},\"cpu_s\":{}{verified}}}",
         cpu_seconds()
     );
     Ok(())
+}
+
+/// `recv verify`: every point of the flat shapes `rawpub` writes (our encoder's and the
+/// seed's key order, no whitespace, no escapes, `device_id` first) parsed by hand: its
+/// device id, seq, timestamp and value; the seq checked against its device's next.
+struct Verifier {
+    /// Each device's id and next seq; the last one used is looked at first.
+    devices: Vec<(Vec<u8>, u64)>,
+    last: usize,
+    /// Points whose seq was not their device's next, or that did not parse.
+    errors: u64,
+    /// The sum of the timestamps and values read, printed so that reading them is not
+    /// optimized away.
+    checksum: f64,
+    id_key: memchr::memmem::Finder<'static>,
+    seq_key: memchr::memmem::Finder<'static>,
+    timestamp_key: memchr::memmem::Finder<'static>,
+    value_key: memchr::memmem::Finder<'static>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            devices: Vec::new(),
+            last: 0,
+            errors: 0,
+            checksum: 0.0,
+            id_key: memchr::memmem::Finder::new(b"\"device_id\":\""),
+            seq_key: memchr::memmem::Finder::new(b"\"seq\":"),
+            timestamp_key: memchr::memmem::Finder::new(b"\"timestamp\":"),
+            value_key: memchr::memmem::Finder::new(b"\"value\":"),
+        }
+    }
+}
+
+impl Verifier {
+    /// Reads and checks the points of one payload; returns how many there were.
+    fn payload(&mut self, p: &[u8]) -> u64 {
+        let mut n = 0;
+        let mut at = 0;
+        while let Some(off) = self.id_key.find(&p[at..]) {
+            let id_start = at + off + 13;
+            let Some(id_len) = memchr::memchr(b'"', &p[id_start..]) else {
+                self.errors += 1;
+                break;
+            };
+            let rest = id_start + id_len;
+            let Some(end) = memchr::memchr(b'}', &p[rest..]).map(|e| rest + e) else {
+                self.errors += 1;
+                break;
+            };
+            let body = &p[rest..end];
+            let number = |finder: &memchr::memmem::Finder, len: usize| {
+                finder.find(body).map(|k| decimal(&body[k + len..]))
+            };
+            match (
+                number(&self.seq_key, 6),
+                number(&self.timestamp_key, 12),
+                number(&self.value_key, 8),
+            ) {
+                (Some((seq, 0)), Some((ts, ts_frac)), Some((v, v_frac))) => {
+                    self.checksum += ts as f64 / POW10[ts_frac] + v as f64 / POW10[v_frac];
+                    self.check(&p[id_start..rest], seq);
+                }
+                _ => self.errors += 1,
+            }
+            n += 1;
+            at = end + 1;
+        }
+        n
+    }
+
+    fn check(&mut self, id: &[u8], seq: u64) {
+        let i = match self.devices.get(self.last) {
+            Some((d, _)) if d == id => self.last,
+            _ => match self.devices.iter().position(|(d, _)| d == id) {
+                Some(i) => i,
+                None => {
+                    self.devices.push((id.to_vec(), 0));
+                    self.devices.len() - 1
+                }
+            },
+        };
+        self.last = i;
+        let next = &mut self.devices[i].1;
+        if seq != *next {
+            self.errors += 1;
+        }
+        *next = seq + 1;
+    }
+}
+
+const POW10: [f64; 20] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19,
+];
+
+/// The decimal at the head of `b` (`-?digits[.digits]`) as its digits and how many of them
+/// follow the point (a minus sign is read and dropped: the checksum need not know).
+fn decimal(b: &[u8]) -> (u64, usize) {
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let (mut n, mut frac, mut after_point) = (0u64, 0usize, false);
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'0'..=b'9' => {
+                n = n.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+                frac += usize::from(after_point);
+            }
+            b'.' if !after_point => after_point = true,
+            _ => break,
+        }
+        i += 1;
+    }
+    (n, frac.min(POW10.len() - 1))
 }
 
 /// The packet at the head of `b` as (fixed header length, packet length), or `None` while it

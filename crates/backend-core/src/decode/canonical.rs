@@ -12,8 +12,9 @@
 //! canonical payload is one such point or a JSON array of them, and nothing after it.
 //!
 //! Anything else, even valid JSON, is not for this path: [`Canonical::scan`] answers `None`
-//! and the decoder hands the payload to simd-json. So this path only ever accepts, never
-//! refuses, and what it accepts simd-json accepts too, with the same points:
+//! and the decoder hands the payload to the one-pass path (`onepass.rs`), then simd-json.
+//! So this path only ever accepts, never refuses, and what it accepts simd-json accepts
+//! too, with the same points:
 //! - a number is converted the way simd-json converts it (`f64_from_parts`): with at most
 //!   18 digits simd-json takes its exact conversion too, which for a significand below 2^53
 //!   is one correctly rounded division by an exact power of ten; anything else is handed
