@@ -396,6 +396,91 @@ fn a_database_restart_mid_run_is_retried_and_every_point_is_stored() {
     assert_eq!(count(&pg, "SELECT count(*) FROM points"), total);
 }
 
+/// The server ends the connection while it commits a batch (a deferred constraint trigger
+/// that terminates its own session, once: what a fast shutdown or a crash does at the wrong
+/// moment). The COPY had already answered "COPY n", but its transaction never committed:
+/// the batch is written again, and the report counts only what the table holds.
+#[test]
+fn a_connection_lost_in_the_commit_is_not_counted_as_written_and_the_batch_is_stored() {
+    let m = Mosquitto::start();
+    let pg = Postgres::start();
+    pg.psql(
+        "CREATE TABLE points (device_id text NOT NULL, seq bigint NOT NULL, \
+                ts timestamptz NOT NULL, value double precision NOT NULL, \
+                temperature double precision, humidity double precision, \
+                received_at timestamptz NOT NULL); \
+         CREATE SEQUENCE commits_seen; \
+         CREATE FUNCTION end_the_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             IF nextval('commits_seen') = 1 THEN \
+                 PERFORM pg_terminate_backend(pg_backend_pid()); \
+             END IF; \
+             RETURN NULL; \
+         END $$; \
+         CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON points \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION end_the_first_commit();",
+    );
+    let url = m.url();
+    let sink = pg.url();
+    let total: u64 = 20_000;
+    let backend = start_env(
+        &[
+            "--broker",
+            &url,
+            "--sink",
+            &sink,
+            "--sink-batch",
+            "2000",
+            "--expect",
+            &total.to_string(),
+            "--idle-timeout",
+            "20s",
+        ],
+        &[("PGPASSWORD", pg.password())],
+    );
+    let mut p = publisher(
+        "frontend1-pub",
+        &url,
+        &[
+            "--total",
+            &total.to_string(),
+            "--batch",
+            "100",
+            "--rate",
+            "0",
+        ],
+    );
+    assert!(p.wait().unwrap().success());
+    let out = backend.wait();
+    out.assert_code(0);
+    let r = &out.report;
+    validate(r);
+    let k = &r["sink"];
+    // The trigger did end a session in a commit.
+    assert!(count(&pg, "SELECT last_value FROM commits_seen") >= 1);
+    assert_eq!(
+        n(k, "rows_written"),
+        count(&pg, "SELECT count(*) FROM points"),
+        "the report counts rows the table does not hold: {k:#}"
+    );
+    assert_eq!(
+        (n(k, "rows_written"), n(k, "rows_failed")),
+        (total, 0),
+        "{k:#}"
+    );
+    assert!(
+        n(k, "retries") >= 1,
+        "the lost commit was not retried: {k:#}"
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM points) d"
+        ),
+        total
+    );
+}
+
 #[test]
 fn bad_sinks_are_usage_errors_and_an_unreachable_database_exits_3() {
     let (code, _, err) = run_to_end(&["--broker", "embedded", "--sink", "mysql://x@y/z"]);
