@@ -801,10 +801,12 @@ async fn copy_batch(
                     u.xid
                 )))
             }
-            other => return Err(pg_tool::DbError::Fatal(format!(
+            other => {
+                return Err(pg_tool::DbError::Fatal(format!(
                 "the server cannot tell whether the batch's transaction {} committed ({other:?})",
                 u.xid
-            ))),
+            )))
+            }
         }
     }
     let tx = c.transaction().await?;

@@ -391,8 +391,8 @@ fn a_database_restart_mid_run_is_retried_and_every_point_is_stored() {
         "{k:#}"
     );
     assert!(n(k, "retries") >= 1, "the restart was not noticed: {k:#}");
-    // A COPY that broke mid-commit may have been stored, then retried: the table has each
-    // point at least once and, here, exactly once.
+    // Exactly once: a batch counts when its COMMIT is answered, and a COMMIT whose answer
+    // the restart took is looked up before the batch is sent again.
     assert_eq!(count(&pg, "SELECT count(*) FROM points"), total);
 }
 
@@ -472,6 +472,129 @@ fn a_connection_lost_in_the_commit_is_not_counted_as_written_and_the_batch_is_st
         n(k, "retries") >= 1,
         "the lost commit was not retried: {k:#}"
     );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM points) d"
+        ),
+        total
+    );
+}
+
+/// A proxy to PostgreSQL that ends every connection when the server first answers a
+/// COMMIT, before the answer reaches the client: the transaction committed, and the sink
+/// cannot know it from the connection.
+struct CommitEater {
+    port: u16,
+    eaten: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitEater {
+    fn start(upstream: u16) -> CommitEater {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let eaten = Arc::new(AtomicBool::new(false));
+        let flag = eaten.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &c2, &mut &s2);
+                    let _ = s2.shutdown(Shutdown::Both);
+                });
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    // CommandComplete 'C', length 11, "COMMIT\0".
+                    const COMMIT: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
+                    let (mut from, mut to) = (&server, &client);
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let answer = buf[..n].windows(COMMIT.len()).any(|w| w == COMMIT);
+                        if answer && !flag.swap(true, Ordering::SeqCst) {
+                            break;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CommitEater { port, eaten }
+    }
+}
+
+/// The first COMMIT's answer is lost on its way (the server committed): the sink asks the
+/// server what became of that transaction instead of copying the batch again, so the table
+/// holds each point once and the report counts the batch once.
+#[test]
+fn a_commit_whose_answer_is_lost_is_looked_up_and_not_stored_twice() {
+    let m = Mosquitto::start();
+    let pg = Postgres::start();
+    let proxy = CommitEater::start(pg.port);
+    let url = m.url();
+    let sink = format!("postgres://loadgen@127.0.0.1:{}/postgres", proxy.port);
+    let total: u64 = 20_000;
+    let backend = start_env(
+        &[
+            "--broker",
+            &url,
+            "--sink",
+            &sink,
+            "--sink-batch",
+            "2000",
+            "--expect",
+            &total.to_string(),
+            "--idle-timeout",
+            "20s",
+        ],
+        &[("PGPASSWORD", pg.password())],
+    );
+    let mut p = publisher(
+        "frontend1-pub",
+        &url,
+        &[
+            "--total",
+            &total.to_string(),
+            "--batch",
+            "100",
+            "--rate",
+            "0",
+        ],
+    );
+    assert!(p.wait().unwrap().success());
+    let out = backend.wait();
+    out.assert_code(0);
+    let r = &out.report;
+    validate(r);
+    let k = &r["sink"];
+    assert!(
+        proxy.eaten.load(std::sync::atomic::Ordering::SeqCst),
+        "no COMMIT was answered: {k:#}"
+    );
+    assert!(
+        n(k, "retries") >= 1,
+        "the lost answer was not noticed: {k:#}"
+    );
+    assert_eq!(
+        (n(k, "rows_written"), n(k, "rows_failed")),
+        (total, 0),
+        "{k:#}"
+    );
+    assert_eq!(count(&pg, "SELECT count(*) FROM points"), total);
     assert_eq!(
         count(
             &pg,
