@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! receive loop --push(point)--> the open batch: binary COPY rows, and the PUBACKs of its messages
-//!     --seal--> queue --> writers (one per pooled connection): COPY .. FROM STDIN BINARY,
-//!                         retried through a lost database (pg-tool)
+//!     --seal--> queue --> writers (one per pooled connection): BEGIN, COPY .. FROM STDIN
+//!                         BINARY, COMMIT, retried through a lost database (pg-tool)
 //!     <--done(batch)-- : the batch's PUBACKs are written, in the order the messages came
 //! ```
 //!
+//! - A batch's rows are written when its COMMIT is answered, not its COPY (whose "COPY n"
+//!   comes before the commit). A COMMIT whose answer was lost is looked up by its
+//!   transaction id before the batch is sent again: a batch is neither lost nor stored
+//!   twice, and `rows_written` is what the table holds.
 //! - A point is stored once: the first time the verifier sees its seq (a redelivery is a
 //!   duplicate, counted, not stored again).
 //! - A message is acknowledged only once its points are stored (or have failed for good), so
@@ -755,17 +759,94 @@ async fn copy_rolled_back(
     }
 }
 
-/// One COPY of a whole batch (header, rows, trailer), committed on its own.
+/// A batch whose COMMIT was sent and never answered: its transaction, and the rows its
+/// COPY took.
+#[derive(Debug, Clone, Copy)]
+struct Unanswered {
+    xid: i64,
+    rows: u64,
+}
+
+/// One COPY of a whole batch (header, rows, trailer) in a transaction of its own; its rows
+/// count once the COMMIT is answered, not when the COPY is.
+///
+/// A COPY's "COPY n" is no commit: tokio-postgres's `finish` returns at it, while the
+/// implicit transaction of the extended protocol commits only at the Sync after it, so a
+/// session ended in between (a fast shutdown, a crash, a deferred trigger's error) answers
+/// "COPY n" and stores nothing. Hence BEGIN, COPY, COMMIT. And a COMMIT whose answer was
+/// lost may have committed or not: `unanswered` keeps its transaction id, and the next
+/// attempt asks the server (`txid_status`) before it copies the batch again, so that a
+/// batch is neither lost nor stored twice.
 async fn copy_batch(
     pool: &deadpool_postgres::Pool,
     sql: &str,
     data: Bytes,
+    unanswered: &std::sync::Mutex<Option<Unanswered>>,
 ) -> Result<u64, pg_tool::DbError> {
-    let c = pool.get().await?;
-    let sink = c.copy_in::<_, Bytes>(sql).await?;
+    let mut c = pool.get().await?;
+    let earlier = *unanswered.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(u) = earlier {
+        match xact_status(&c, u.xid).await?.as_deref() {
+            Some("committed") => {
+                *unanswered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return Ok(u.rows);
+            }
+            Some("aborted") => {
+                *unanswered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            // Its session has not ended yet (a network cut, not a restart): asked again.
+            Some("in progress") => {
+                return Err(pg_tool::DbError::Transient(format!(
+                    "the batch's earlier transaction {} has not ended yet",
+                    u.xid
+                )))
+            }
+            other => {
+                return Err(pg_tool::DbError::Fatal(format!(
+                "the server cannot tell whether the batch's transaction {} committed ({other:?})",
+                u.xid
+            )))
+            }
+        }
+    }
+    let tx = c.transaction().await?;
+    let xid = first_int(&tx.simple_query("SELECT txid_current()").await?)
+        .ok_or_else(|| pg_tool::DbError::Fatal("txid_current() gave no number".into()))?;
+    let sink = tx.copy_in::<_, Bytes>(sql).await?;
     let mut sink = std::pin::pin!(sink);
     sink.send(data).await?;
-    Ok(sink.as_mut().finish().await?)
+    let rows = sink.as_mut().finish().await?;
+    // From here the COMMIT may take effect without its answer reaching us.
+    *unanswered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Unanswered { xid, rows });
+    tx.commit().await?;
+    *unanswered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    Ok(rows)
+}
+
+/// `txid_status(xid)`: committed, aborted, in progress, or `None` when too old to tell.
+async fn xact_status(
+    c: &deadpool_postgres::Client,
+    xid: i64,
+) -> Result<Option<String>, pg_tool::DbError> {
+    let rows = c
+        .simple_query(&format!("SELECT txid_status({xid})"))
+        .await?;
+    Ok(rows.iter().find_map(|m| match m {
+        deadpool_postgres::tokio_postgres::SimpleQueryMessage::Row(r) => {
+            r.get(0).map(str::to_string)
+        }
+        _ => None,
+    }))
+}
+
+/// The first column of the first row of a simple query, as an integer.
+fn first_int(msgs: &[deadpool_postgres::tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
+    msgs.iter().find_map(|m| match m {
+        deadpool_postgres::tokio_postgres::SimpleQueryMessage::Row(r) => {
+            r.get(0).and_then(|v| v.parse().ok())
+        }
+        _ => None,
+    })
 }
 
 async fn writer(
@@ -780,8 +861,9 @@ async fn writer(
         let next = queue.lock().await.recv().await;
         let Some(batch) = next else { return };
         let mut retries = 0;
+        let unanswered = std::sync::Mutex::new(None);
         let r = pg_tool::retry(&database, "storing points", timeout, &mut retries, || {
-            copy_batch(&pool, &sql, batch.data.clone())
+            copy_batch(&pool, &sql, batch.data.clone(), &unanswered)
         })
         .await;
         let o = match r {

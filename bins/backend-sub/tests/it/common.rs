@@ -137,7 +137,16 @@ impl Backend {
     /// `points` points, for up to `within`: what a test waits for before a signal, rather
     /// than a guessed sleep.
     pub fn wait_received(&mut self, points: u64, within: Duration) -> bool {
-        let want = format!("received {points} points");
+        // The status line groups digits: "received 1,000 points".
+        let digits = points.to_string();
+        let mut grouped = String::new();
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(ch);
+        }
+        let want = format!("received {grouped} points");
         let end = std::time::Instant::now() + within;
         while std::time::Instant::now() < end {
             self.signal("USR1");
