@@ -102,6 +102,14 @@ pub struct Conn {
     pub replay: Option<Replay>,
     /// Whether another client keeps taking its client id.
     pub id_watch: crate::takeover::IdWatch,
+    /// The phases of the current attempt: TCP connected, and CONNECT on its way (under TLS:
+    /// the handshake done); `None` until then.
+    pub tcp_at: Option<Instant>,
+    pub connect_at: Option<Instant>,
+    /// Disconnected by the churn: its reconnect is a churn's, not a loss's.
+    pub churned: bool,
+    /// Down after a loss or a storm: part of the worker's open outage.
+    pub in_outage: bool,
 }
 
 /// The messages of a lost connection that go out again on the next: their bytes, and each
@@ -157,6 +165,10 @@ impl Conn {
             losses_in_a_row: 0,
             replay: None,
             id_watch: Default::default(),
+            tcp_at: None,
+            connect_at: None,
+            churned: false,
+            in_outage: false,
         }
     }
 

@@ -601,6 +601,7 @@ impl Plan {
             live_histograms: self.metrics.addr.is_some()
                 || self.metrics.push.is_some()
                 || self.hdr_log.is_some(),
+            hold: None,
         }
     }
 }

@@ -14,6 +14,9 @@ impl<P: Producer> Worker<P> {
         if self.anchor.is_none() {
             return false;
         }
+        if let (Some(a), Some(h)) = (self.anchor, self.s.hold.as_ref()) {
+            return now >= a + h.duration; // held connections: the hold ends it
+        }
         if self.live_devices == 0 {
             return true;
         }
@@ -28,6 +31,10 @@ impl<P: Producer> Worker<P> {
     /// given up, and the drain starts.
     pub(super) fn end_generation(&mut self, now: Instant) {
         self.stats.generation_end = Some(now);
+        if self.s.hold.is_some() {
+            self.stats.conns.up_at_end =
+                self.conns.iter().filter(|c| c.phase == Phase::Up).count() as u64;
+        }
         for dl in 0..self.devices.len() {
             let dev = self.devices[dl];
             if dev.state == DevState::Active && self.paced {

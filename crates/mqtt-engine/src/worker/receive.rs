@@ -387,7 +387,10 @@ mod tests {
             v5: false,
         }
         .frames(&mut pending, &too_large);
-        assert!(matches!(frames.next_packet(), Err(Malformed::TooLarge { .. })));
+        assert!(matches!(
+            frames.next_packet(),
+            Err(Malformed::TooLarge { .. })
+        ));
     }
 
     #[test]
