@@ -204,8 +204,9 @@ pub struct Conns {
     pub churn_reconnects: u64,
     pub churn_missed: u64,
     pub storm_drops: u64,
-    /// Connections up when the hold ended.
+    /// Connections up when the hold ended, and those on their way back from a churn then.
     pub up_at_end: u64,
+    pub churning_at_end: u64,
     /// Outages: from a loss (or a storm) while every connection was back, until every
     /// lost one is up again; in order.
     pub outages: Vec<Outage>,
@@ -318,6 +319,7 @@ impl AddAssign<&Conns> for Conns {
         self.churn_missed += o.churn_missed;
         self.storm_drops += o.storm_drops;
         self.up_at_end += o.up_at_end;
+        self.churning_at_end += o.churning_at_end;
         merge_outages(&mut self.outages, &o.outages);
     }
 }

@@ -32,8 +32,10 @@ impl<P: Producer> Worker<P> {
     pub(super) fn end_generation(&mut self, now: Instant) {
         self.stats.generation_end = Some(now);
         if self.s.hold.is_some() {
-            self.stats.conns.up_at_end =
-                self.conns.iter().filter(|c| c.phase == Phase::Up).count() as u64;
+            let up = |c: &&Conn| c.phase == Phase::Up;
+            self.stats.conns.up_at_end = self.conns.iter().filter(up).count() as u64;
+            self.stats.conns.churning_at_end =
+                self.conns.iter().filter(|c| !up(c) && c.churned).count() as u64;
         }
         for dl in 0..self.devices.len() {
             let dev = self.devices[dl];
