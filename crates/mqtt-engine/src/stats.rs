@@ -216,6 +216,9 @@ pub struct Conns {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outage {
     pub started: Instant,
+    /// When the first lost connection was up again: with `recovered`, how far the backoff
+    /// spread them.
+    pub first_back: Option<Instant>,
     /// When the last lost connection was up again (`None`: not all came back).
     pub recovered: Option<Instant>,
     /// Losses during the outage.
@@ -240,6 +243,7 @@ pub fn merge_outages(into: &mut Vec<Outage>, more: &[Outage]) {
             // Overlaps the last one (started before it ended, or it never ended).
             Some(m) if m.recovered.map_or(true, |r| o.started <= r) => {
                 m.dropped += o.dropped;
+                m.first_back = earlier(m.first_back, o.first_back);
                 m.recovered = match (m.recovered, o.recovered) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     _ => None,

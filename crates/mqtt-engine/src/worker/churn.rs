@@ -287,6 +287,7 @@ impl<P: Producer> Worker<P> {
             }
             _ => outages.push(crate::stats::Outage {
                 started: now,
+                first_back: None,
                 recovered: None,
                 dropped: 1,
             }),
@@ -300,8 +301,9 @@ impl<P: Producer> Worker<P> {
             return;
         }
         self.down_in_outage = self.down_in_outage.saturating_sub(1);
-        if self.down_in_outage == 0 {
-            if let Some(o) = self.stats.conns.outages.last_mut() {
+        if let Some(o) = self.stats.conns.outages.last_mut() {
+            o.first_back.get_or_insert(now);
+            if self.down_in_outage == 0 {
                 o.recovered.get_or_insert(now);
             }
         }
@@ -414,15 +416,16 @@ mod tests {
         let s = Duration::from_secs(1);
         let o = |a: u32, b: Option<u32>, n| Outage {
             started: t0 + s * a,
+            first_back: b.map(|b| t0 + s * b),
             recovered: b.map(|b| t0 + s * b),
             dropped: n,
         };
         let mut a = vec![o(10, Some(13), 5), o(30, Some(31), 1)];
         merge_outages(&mut a, &[o(11, Some(14), 7), o(40, None, 2)]);
-        assert_eq!(
-            a,
-            vec![o(10, Some(14), 12), o(30, Some(31), 1), o(40, None, 2)]
-        );
+        // The first back is the earliest worker's, the recovery the latest's.
+        let mut first = o(10, Some(14), 12);
+        first.first_back = Some(t0 + s * 13);
+        assert_eq!(a, vec![first, o(30, Some(31), 1), o(40, None, 2)]);
         assert_eq!(a[0].took(), Some(s * 4));
     }
 }

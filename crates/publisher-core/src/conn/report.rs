@@ -58,6 +58,9 @@ pub struct OutageReport {
     pub at_s: f64,
     /// Losses in it.
     pub dropped: u64,
+    /// From the first loss to the first connection up again (with `recovered_after_s`: how
+    /// far the backoff spread them); null: none came back.
+    pub first_back_after_s: Option<f64>,
     /// From the first loss to the last connection up again; null: not all came back.
     pub recovered_after_s: Option<f64>,
 }
@@ -160,6 +163,9 @@ impl ConnReport {
             .map(|o| OutageReport {
                 at_s: anchor.map_or(0.0, |a| secs(o.started.saturating_duration_since(a))),
                 dropped: o.dropped,
+                first_back_after_s: o
+                    .first_back
+                    .map(|t| secs(t.saturating_duration_since(o.started))),
                 recovered_after_s: o.took().map(secs),
             })
             .collect();
@@ -218,8 +224,12 @@ impl ConnReport {
             (None, Some(_)) => "incomplete",
             (None, None) => "complete",
         };
-        let mut header =
-            ReportHeader::new(super::LOADGEN_CONN.name, SCHEMA_VERSION, target.url(), "");
+        let mut header = ReportHeader::new(
+            super::LOADGEN_CONN.name,
+            SCHEMA_VERSION,
+            target.url(),
+            &p.metrics.run_id,
+        );
         header.started_at = Some(rfc3339(result.wall(result.started)));
         header.ended_at = Some(rfc3339(
             result.wall(result.started + st.wall.max(Duration::from_micros(1))),
