@@ -211,3 +211,32 @@ fn a_broker_restarted_under_2000_connections_is_an_outage_they_come_back_from() 
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("outage 1"), "{text}");
 }
+
+#[test]
+fn a_tls_run_reports_each_connect_phase_tcp_tls_and_connack() {
+    let dir = TempDir::new("conn-tls");
+    let tls = test_support::TlsFiles::new(&dir);
+    let port = free_port();
+    let _m = Mosquitto::start_with(&tls.listener(port, false));
+    let out = conn(&[
+        "--broker",
+        &format!("mqtts://127.0.0.1:{port}"),
+        "--ca-file",
+        tls.ca.to_str().expect("a UTF-8 path"),
+        "--connections",
+        "5",
+        "--hold",
+        "1s",
+    ]);
+    out.assert_code(0);
+    let r = out.report();
+    assert_matches_schema(SCHEMA, r);
+    let phases = &r["connect_phases_us"];
+    for phase in ["tcp_connect_us", "tls_handshake_us", "connack_us"] {
+        assert_eq!(n(&phases[phase], "count"), 5, "{phase}: {r:#}");
+    }
+    for h in ["tcp_us", "tls_us", "connack_us"] {
+        assert!(r["histograms"][h].is_string(), "{h}: {r:#}");
+    }
+    assert!(out.stdout.contains("tls handshake"), "{}", out.stdout);
+}
