@@ -374,6 +374,7 @@ pub async fn execute(
                 duration: plan.duration,
                 qos1: plan.qos == args::Qos::AtLeastOnce,
                 connections: plan.fleet.connections,
+                held: false,
             },
             !plan.quiet,
             observe::CollisionNotes::new(plan),

@@ -183,13 +183,16 @@ impl ConnPlan {
             output,
         };
         let plan = Plan::from_args(args, &LOADGEN_CONN)?;
+        // Storms strictly inside the hold: one at its very end would leave no time to
+        // come back.
         let storms = hold.storm.map_or(0, |every| {
-            let fit = (hold.hold.as_secs_f64() / every.as_secs_f64()).floor() as u64;
+            let fit =
+                ((hold.hold.as_secs_f64() / every.as_secs_f64()).ceil() as u64).saturating_sub(1);
             hold.storms.unwrap_or(fit).min(fit).min(u32::MAX as u64) as u32
         });
         if hold.storm.is_some() && storms == 0 {
             return Err(Error::usage(
-                "--storm is longer than --hold: no storm would come; lengthen --hold",
+                "--storm is not shorter than --hold: no storm would come before the hold ends; lengthen --hold",
             ));
         }
         Ok(ConnPlan {
@@ -361,6 +364,7 @@ pub async fn execute(
                 duration: Some(plan.hold.duration),
                 qos1: false,
                 connections: p.fleet.connections,
+                held: true,
             },
             !p.quiet,
             crate::observe::CollisionNotes::new(p),
