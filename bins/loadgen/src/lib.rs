@@ -24,6 +24,7 @@ Usage: loadgen <COMMAND> [OPTIONS]
 Commands:
   pub    Publish the data points of a fleet of simulated devices at an exact rate
   sub    Subscribe and prove that every point arrived, once, per device
+  conn   Hold, churn or storm N connections: connect and keep-alive latency, recovery
   jobs   Scheduled jobs from PostgreSQL to MQTT (loadgen jobs migrate|seed|run)
   merge  Add up the reports of a sharded run or of a share group
   help   Print this help (loadgen <COMMAND> --help: the command's flags)
@@ -50,7 +51,7 @@ LOADGEN_MAX_INFLIGHT); the command line wins over the environment, the environme
 }
 
 /// The commands `loadgen` dispatches to.
-pub const COMMANDS: &[&str] = &["pub", "sub", "jobs", "merge"];
+pub const COMMANDS: &[&str] = &["pub", "sub", "conn", "jobs", "merge"];
 
 /// The whole `loadgen` program.
 pub fn main() -> ExitCode {
@@ -71,6 +72,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
     match command.as_ref().and_then(|c| c.to_str()) {
         Some("pub") => publisher_core::main_with_args(publisher_core::LOADGEN_PUB, sub("pub")),
         Some("sub") => backend_core::main_with_args(backend_core::LOADGEN_SUB, sub("sub")),
+        Some("conn") => publisher_core::conn::main_with_args(sub("conn")),
         Some("jobs") => job_core::main_with_args(job_core::LOADGEN_JOBS, sub("jobs")),
         Some("merge") => merge::main(sub("merge")),
         // `loadgen help pub` is `loadgen pub --help`.
@@ -101,7 +103,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             let hint = nearest_command(other)
                 .map_or(String::new(), |c| format!("did you mean loadgen {c}? "));
             mqtt_tool::run::print_error(&format!(
-                "unknown command '{}'; {hint}the commands are pub, sub, jobs and merge (loadgen help)",
+                "unknown command '{}'; {hint}the commands are pub, sub, conn, jobs and merge (loadgen help)",
                 mqtt_tool::out::escape(other)
             ));
             ExitCode::from(mqtt_tool::error::code::USAGE)
@@ -157,6 +159,7 @@ pub fn help_texts() -> Vec<(Vec<String>, String)> {
     for p in [job_core::LOADGEN_JOBS, job_core::JOB_PUB] {
         render(p.name, job_core::command(&p));
     }
+    render("loadgen conn", publisher_core::conn::command());
     render("loadgen merge", merge::command());
     out
 }
@@ -204,6 +207,7 @@ pub fn check(argv: Vec<OsString>) -> Result<(), String> {
                     backend_core::parse_plan(&backend_core::LOADGEN_SUB, with(&name, args))
                         .map(drop)
                 }
+                Some("conn") => publisher_core::conn::parse_plan(with(&name, args)).map(drop),
                 Some("jobs") => {
                     job_core::parse_plan(&job_core::LOADGEN_JOBS, with(&name, args)).map(drop)
                 }

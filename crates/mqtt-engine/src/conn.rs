@@ -29,9 +29,10 @@ pub enum Phase {
     Done,
 }
 
-/// What a connection is for. Every connection publishes today; subscribing connections
-/// (SUBSCRIBE after the CONNACK, each delivery to a verifier) and held ones (connect, hold
-/// with PINGREQ, churn) are to join as roles of their own on the same workers.
+/// What a connection is for. Every connection publishes today (held ones are publishers of
+/// a fleet with no devices, see [`crate::settings::HoldSettings`]); subscribing connections
+/// (SUBSCRIBE after the CONNACK, each delivery to a verifier) are to join as a role of
+/// their own on the same workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
     /// Its devices publish on the fleet schedule.
@@ -102,6 +103,14 @@ pub struct Conn {
     pub replay: Option<Replay>,
     /// Whether another client keeps taking its client id.
     pub id_watch: crate::takeover::IdWatch,
+    /// The phases of the current attempt: TCP connected, and CONNECT on its way (under TLS:
+    /// the handshake done); `None` until then.
+    pub tcp_at: Option<Instant>,
+    pub connect_at: Option<Instant>,
+    /// Disconnected by the churn: its reconnect is a churn's, not a loss's.
+    pub churned: bool,
+    /// Down after a loss or a storm: part of the worker's open outage.
+    pub in_outage: bool,
 }
 
 /// The messages of a lost connection that go out again on the next: their bytes, and each
@@ -157,6 +166,10 @@ impl Conn {
             losses_in_a_row: 0,
             replay: None,
             id_watch: Default::default(),
+            tcp_at: None,
+            connect_at: None,
+            churned: false,
+            in_outage: false,
         }
     }
 

@@ -215,6 +215,7 @@ mod tests {
             start_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(1),
             live_histograms: false,
+            hold: None,
         };
         let e = Fleet::start(settings, |_, _| Nothing)
             .err()

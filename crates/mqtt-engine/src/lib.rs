@@ -10,6 +10,9 @@
 //! Fleet::join --> FleetResult (stats merged with +=)
 //! ```
 //!
+//! A fleet with no devices and [`settings::HoldSettings`] holds its connections instead
+//! (`loadgen conn`): held with PINGREQ, churned or stormed by the worker's `churn` stage.
+//!
 //! - [`settings`]: the engine's typed settings; [`template`]: names with `{i}` in them.
 //! - [`schedule`]: when each device's messages are due; [`pacer`]: a worker's cursor over
 //!   it; [`worker`]: the event loop and its stages;

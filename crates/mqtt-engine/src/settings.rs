@@ -116,6 +116,23 @@ pub struct FleetSettings {
     /// Hand each worker's histograms to [`crate::FleetHandle::live_histos`] about five times
     /// a second (for Prometheus and interval logs); off, the workers keep them to the end.
     pub live_histograms: bool,
+    /// Held connections (`loadgen conn`): no devices; the connections are held, churned or
+    /// stormed for a while after the ramp. `None`: a publishing fleet.
+    pub hold: Option<HoldSettings>,
+}
+
+/// What a fleet of held connections does once every connection is up or given up.
+#[derive(Debug, Clone)]
+pub struct HoldSettings {
+    /// How long the connections are held (PINGREQ as the keep-alive asks).
+    pub duration: Duration,
+    /// Disconnects (each followed by a reconnect) a second over the fleet, spread evenly,
+    /// round robin over the connections.
+    pub churn: Option<f64>,
+    /// Every connection dropped at once, every this long...
+    pub storm_every: Option<Duration>,
+    /// ...at most this many times.
+    pub storms: u32,
 }
 
 impl FleetSettings {
@@ -125,9 +142,13 @@ impl FleetSettings {
     }
 
     /// The `{i}` of connection `c`'s client id: with one device per connection its device's
-    /// index, in a gateway the index of its first device; so fleets of disjoint
-    /// `--device-start` ranges never share a client id.
+    /// index, in a gateway the index of its first device, with no devices its own index; so
+    /// fleets of disjoint `--device-start` ranges never share a client id.
     pub fn client_index(&self, c: u64) -> u64 {
+        if self.devices == 0 {
+            // Held connections have no devices: their own index.
+            return self.device_start + c;
+        }
         self.device_start + self.conn_devices(c).start
     }
 

@@ -91,8 +91,18 @@ pub struct Histos {
     pub ack_us: Histogram<u64>,
     /// Scheduled send time -> written to the socket.
     pub lag_us: Histogram<u64>,
-    /// Connect started (socket) -> CONNACK.
+    /// Connect started (socket) -> CONNACK, first connects.
     pub connect_us: Histogram<u64>,
+    /// The phases of every attempt that got through them (reconnects included): socket ->
+    /// writable (TCP connect), TCP connected -> TLS handshake done, CONNECT on its way ->
+    /// CONNACK (after the handshake under TLS).
+    pub tcp_us: Histogram<u64>,
+    pub tls_us: Histogram<u64>,
+    pub connack_us: Histogram<u64>,
+    /// Connect started -> CONNACK of reconnects (after a loss, a churn or a storm).
+    pub reconnect_us: Histogram<u64>,
+    /// PINGREQ written -> PINGRESP.
+    pub pingresp_us: Histogram<u64>,
 }
 
 impl Default for Histos {
@@ -101,6 +111,11 @@ impl Default for Histos {
             ack_us: histogram(),
             lag_us: histogram(),
             connect_us: histogram(),
+            tcp_us: histogram(),
+            tls_us: histogram(),
+            connack_us: histogram(),
+            reconnect_us: histogram(),
+            pingresp_us: histogram(),
         }
     }
 }
@@ -111,6 +126,11 @@ impl AddAssign<&Histos> for Histos {
         let _ = self.ack_us.add(&o.ack_us);
         let _ = self.lag_us.add(&o.lag_us);
         let _ = self.connect_us.add(&o.connect_us);
+        let _ = self.tcp_us.add(&o.tcp_us);
+        let _ = self.tls_us.add(&o.tls_us);
+        let _ = self.connack_us.add(&o.connack_us);
+        let _ = self.reconnect_us.add(&o.reconnect_us);
+        let _ = self.pingresp_us.add(&o.pingresp_us);
     }
 }
 
@@ -178,7 +198,65 @@ pub struct Conns {
     pub settled_at: Option<Instant>,
     /// When the first connect attempt started.
     pub first_attempt: Option<Instant>,
+    /// Held connections (`loadgen conn`): disconnects by `--churn` and their reconnects;
+    /// churn slots that found no connection up; connections dropped by `--storm`.
+    pub churned: u64,
+    pub churn_reconnects: u64,
+    pub churn_missed: u64,
+    pub storm_drops: u64,
+    /// Connections up when the hold ended, and those on their way back from a churn then.
+    pub up_at_end: u64,
+    pub churning_at_end: u64,
+    /// Outages: from a loss (or a storm) while every connection was back, until every
+    /// lost one is up again; in order.
+    pub outages: Vec<Outage>,
 }
+
+/// Connections lost together and how long until all were back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub started: Instant,
+    /// When the first lost connection was up again: with `recovered`, how far the backoff
+    /// spread them.
+    pub first_back: Option<Instant>,
+    /// When the last lost connection was up again (`None`: not all came back).
+    pub recovered: Option<Instant>,
+    /// Losses during the outage.
+    pub dropped: u64,
+}
+
+impl Outage {
+    /// How long the connections took to come back.
+    pub fn took(&self) -> Option<Duration> {
+        self.recovered
+            .map(|r| r.saturating_duration_since(self.started))
+    }
+}
+
+/// Outages of several workers as the fleet's: the ones that overlap in time are one.
+pub fn merge_outages(into: &mut Vec<Outage>, more: &[Outage]) {
+    into.extend_from_slice(more);
+    into.sort_by_key(|o| o.started);
+    let mut merged: Vec<Outage> = Vec::with_capacity(into.len());
+    for o in into.drain(..) {
+        match merged.last_mut() {
+            // Overlaps the last one (started before it ended, or it never ended).
+            Some(m) if m.recovered.map_or(true, |r| o.started <= r) => {
+                m.dropped += o.dropped;
+                m.first_back = earlier(m.first_back, o.first_back);
+                m.recovered = match (m.recovered, o.recovered) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            _ => merged.push(o),
+        }
+    }
+    *into = merged;
+}
+
+/// Outages kept per worker; later ones are counted into the last.
+pub const OUTAGES_KEPT: usize = 1000;
 
 /// Losses kept in detail; the rest are counted.
 const LOSSES_KEPT: usize = 10;
@@ -240,6 +318,13 @@ impl AddAssign<&Conns> for Conns {
         self.first_losses.sort_by_key(|(c, _)| *c);
         self.settled_at = later(self.settled_at, o.settled_at);
         self.first_attempt = earlier(self.first_attempt, o.first_attempt);
+        self.churned += o.churned;
+        self.churn_reconnects += o.churn_reconnects;
+        self.churn_missed += o.churn_missed;
+        self.storm_drops += o.storm_drops;
+        self.up_at_end += o.up_at_end;
+        self.churning_at_end += o.churning_at_end;
+        merge_outages(&mut self.outages, &o.outages);
     }
 }
 

@@ -20,7 +20,8 @@
 //! - [`export`]: a report's forms (text, JSON, CSV, Markdown); [`summary`]: the verdict and
 //!   the figures that matter, which the Markdown summary shows; [`threshold`]: pass/fail
 //!   checks on a report's fields.
-//! - [`hist`]: histograms in reports; [`merge`]: what both kinds of `loadgen merge` share.
+//! - [`hist`]: histograms in reports; [`phases`]: the phases of a connect (TCP, TLS,
+//!   CONNACK) in reports; [`merge`]: what both kinds of `loadgen merge` share.
 //! - [`topic`]: the topic names MQTT lets a client publish to.
 //! - [`metrics`]: the Prometheus exposition and its server; [`push`]: the Pushgateway
 //!   client; [`live`]: a run's metrics served, pushed, labelled and kept up after it.
@@ -41,6 +42,7 @@ pub mod merge;
 pub mod metrics;
 pub mod mqtt;
 pub mod out;
+pub mod phases;
 pub mod push;
 pub mod run;
 pub mod session;

@@ -13,12 +13,15 @@
 //! - [`args`]: every flag, defined once; [`plan`]: the validated, typed plan, from which the
 //!   engine gets its own settings; bad input stops there with a usage error.
 //! - [`produce`]: what goes into each device's messages; [`source`]: readings.
+//! - [`conn`]: `loadgen conn`, connections held, churned or stormed, on the same plan and
+//!   engine.
 //! - [`progress`]: the progress line; [`report`]: the text summary and the JSON report;
 //!   [`summary`]: what `--report-md` shows.
 //!
 //! A binary is a [`Preset`] and a call to [`main`].
 
 pub mod args;
+pub mod conn;
 pub mod merge;
 pub mod observe;
 pub mod plan;
@@ -371,6 +374,7 @@ pub async fn execute(
                 duration: plan.duration,
                 qos1: plan.qos == args::Qos::AtLeastOnce,
                 connections: plan.fleet.connections,
+                held: false,
             },
             !plan.quiet,
             observe::CollisionNotes::new(plan),

@@ -50,6 +50,7 @@ pub struct Merge {
     ack: Option<Histogram<u64>>,
     lag: Option<Histogram<u64>>,
     connect: Option<Histogram<u64>>,
+    phases: mqtt_tool::phases::PhaseMerge,
     windows: Windows,
     problems: Vec<String>,
     problems_more: u64,
@@ -86,6 +87,7 @@ impl Merge {
             ack: None,
             lag: None,
             connect: None,
+            phases: Default::default(),
             windows: Windows::default(),
             problems: Vec::new(),
             problems_more: 0,
@@ -123,6 +125,8 @@ impl Merge {
         add_histogram(&mut self.ack, hists.ack)?;
         add_histogram(&mut self.lag, hists.lag)?;
         add_histogram(&mut self.connect, hists.connect)?;
+        self.phases
+            .add(&Check { report: &name }, &r.histograms.phases)?;
         match &mut self.m {
             None => self.m = Some(r),
             Some(m) => {
@@ -250,6 +254,7 @@ impl Merge {
         m.histograms.ack_us = self.ack.as_ref().and_then(mqtt_tool::hist::encode);
         m.histograms.lag_us = self.lag.as_ref().and_then(mqtt_tool::hist::encode);
         m.histograms.connect_us = self.connect.as_ref().and_then(mqtt_tool::hist::encode);
+        (m.connect_phases_us, m.histograms.phases) = self.phases.finish();
         m.connections.ramp_s = self.ramp_s.flatten();
 
         // The window: the earliest start to the latest end, and the rates over it.

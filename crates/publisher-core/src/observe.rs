@@ -136,6 +136,7 @@ pub fn exposition(e: &mut Exposition, tool: &str, plan: &Plan, run: &LiveRun) {
         "Scheduled send time to written to the socket (paced runs).",
         &h.lag_us,
     );
+    mqtt_tool::phases::expose(e, &h.tcp_us, &h.tls_us, &h.connack_us);
 }
 
 /// `--hdr-log`: one interval a second of each latency histogram (tags `ack`, `lag`), the

@@ -51,6 +51,9 @@ pub struct Shape {
     pub duration: Option<Duration>,
     pub qos1: bool,
     pub connections: u64,
+    /// `loadgen conn`: connections held, no points; the line says connections and
+    /// reconnects.
+    pub held: bool,
 }
 
 /// `  25 s left` for a `--duration` run: before generation begins, the whole duration.
@@ -85,6 +88,7 @@ pub async fn run(
         duration,
         qos1,
         connections,
+        held,
     } = shape;
     let start = Instant::now();
     let mut tick = tokio::time::interval_at(start + SAMPLE, SAMPLE);
@@ -194,17 +198,30 @@ pub async fn run(
         } else {
             String::new()
         };
-        let line = format!(
-            "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}{}{}",
-            (now - start).as_secs_f64(),
-            fmt_int(t.points_sent),
-            of_total,
-            fmt_int(point_rate.round() as u64),
-            fmt_int(msg_rate.round() as u64),
-            acked,
-            conns,
-            time_left(duration, anchor)
-        );
+        let line = if held {
+            format!(
+                "[{:>6.1}s] conns {}/{} up  {} failed  {} lost  {} reconnects{}",
+                (now - start).as_secs_f64(),
+                fmt_int(t.up),
+                fmt_int(connections),
+                fmt_int(t.failed),
+                fmt_int(t.lost),
+                fmt_int(t.reconnects),
+                time_left(duration, anchor)
+            )
+        } else {
+            format!(
+                "[{:>6.1}s] sent {}{} points  {} points/s  {} msg/s{}{}{}",
+                (now - start).as_secs_f64(),
+                fmt_int(t.points_sent),
+                of_total,
+                fmt_int(point_rate.round() as u64),
+                fmt_int(msg_rate.round() as u64),
+                acked,
+                conns,
+                time_left(duration, anchor)
+            )
+        };
         match &bar {
             Some(b) => b.println(line),
             None => mqtt_tool::errln!("{line}"),

@@ -91,6 +91,9 @@ pub struct HistogramsReport {
     pub ack_us: Option<String>,
     pub lag_us: Option<String>,
     pub connect_us: Option<String>,
+    /// The connect phases' (`tcp_us`, `tls_us`, `connack_us`; absent in older reports).
+    #[serde(flatten)]
+    pub phases: mqtt_tool::phases::PhaseHistograms,
 }
 
 /// A merged report's sources: how many reports, which shards, which are missing; shards as
@@ -259,6 +262,10 @@ pub struct Report {
     pub connections: ConnectionsReport,
     /// Connect started -> CONNACK, microseconds.
     pub connect_latency_us: Option<Percentiles>,
+    /// The phases of every connect (reconnects included): TCP, TLS, CONNECT -> CONNACK.
+    /// Older reports have none: null.
+    #[serde(default)]
+    pub connect_phases_us: mqtt_tool::phases::Phases,
     pub generator: GeneratorReport,
     pub per_worker: Vec<WorkerReport>,
     /// "complete", "interrupted" or "incomplete".
@@ -657,6 +664,11 @@ impl Report {
             .iter()
             .map(|w| pct(w.cpu, w.wall))
             .fold(0.0, f64::max);
+        let (phases, phase_histograms) = mqtt_tool::phases::Phases::of(
+            &st.histos.tcp_us,
+            &st.histos.tls_us,
+            &st.histos.connack_us,
+        );
         let lag_p99_ms = st.histos.lag_us.value_at_quantile(0.99) / 1000;
         let (grew, limited, note) = judge(plan.rate.is_some(), busiest, &st.lag_max_ms, lag_p99_ms);
         let steady_point_rate = observed.steady.and_then(|(t0, p0, t1, p1)| {
@@ -777,6 +789,7 @@ impl Report {
                 }),
             },
             connect_latency_us: Percentiles::of(&st.histos.connect_us),
+            connect_phases_us: phases,
             generator: GeneratorReport {
                 workers: result.per_worker.len(),
                 cpu_s: round3(st.cpu.as_secs_f64()),
@@ -816,6 +829,7 @@ impl Report {
                     None
                 },
                 connect_us: mqtt_tool::hist::encode(&st.histos.connect_us),
+                phases: phase_histograms,
             },
             merged: None,
             refused_on_reconnect: c.refused_on_reconnect > 0,
@@ -912,6 +926,9 @@ impl Report {
             line("connections", conns);
             if let Some(p) = &self.connect_latency_us {
                 line("connect latency", fmt_percentiles(p, false));
+            }
+            for (k, v) in self.connect_phases_us.lines() {
+                line(k, v);
             }
         }
         line("qos", self.qos.to_string());

@@ -2,6 +2,7 @@
 //! verifying backend (backend-sub) started on the same broker.
 
 mod common;
+mod conn;
 mod docs;
 mod faults;
 mod fleet;

@@ -616,3 +616,39 @@ fn merge_refuses_member_reports_whose_figures_do_not_add_up() {
     bad["histograms"]["latency_us"] = base64_encode(&v2_header(0xffff_fff0)).into();
     refused(&bad, &["histogram"]);
 }
+
+#[test]
+fn merge_adds_up_the_connect_phases_and_reads_a_shard_from_before_them() {
+    let dir = TempDir::new("merge-phases");
+    let shards = shard_reports(&dir, 2);
+    for r in &shards {
+        let p = &r["connect_phases_us"];
+        assert_eq!(n(&p["tcp_connect_us"], "count"), 2, "{r:#}");
+        assert_eq!(n(&p["connack_us"], "count"), 2, "{r:#}");
+        assert!(p["tls_handshake_us"].is_null());
+        test_support::assert_matches_schema("schema/publisher-report.schema.json", r);
+    }
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let (p0, p1) = (dir.path("shard-0.json"), dir.path("shard-1.json"));
+    let merged = dir.path("merged.json");
+    let out = merge(&["--report-json", s(&merged), s(&p0), s(&p1)]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let m = read(&merged);
+    test_support::assert_matches_schema("schema/publisher-report.schema.json", &m);
+    assert_eq!(n(&m["connect_phases_us"]["tcp_connect_us"], "count"), 4);
+    assert_eq!(n(&m["connect_phases_us"]["connack_us"], "count"), 4);
+
+    // A shard written before the phases were measured: no such fields at all.
+    let mut old = shards[1].clone();
+    old.as_object_mut().unwrap().remove("connect_phases_us");
+    for h in ["tcp_us", "tls_us", "connack_us"] {
+        old["histograms"].as_object_mut().unwrap().remove(h);
+    }
+    let old = write(&dir, "old.json", &old);
+    let out = merge(&["--report-json", s(&merged), s(&p0), s(&old)]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let m = read(&merged);
+    test_support::assert_matches_schema("schema/publisher-report.schema.json", &m);
+    assert_eq!(n(&m["connect_phases_us"]["tcp_connect_us"], "count"), 2);
+}

@@ -14,6 +14,9 @@ impl<P: Producer> Worker<P> {
         if self.anchor.is_none() {
             return false;
         }
+        if let (Some(a), Some(h)) = (self.anchor, self.s.hold.as_ref()) {
+            return now >= a + h.duration; // held connections: the hold ends it
+        }
         if self.live_devices == 0 {
             return true;
         }
@@ -28,6 +31,12 @@ impl<P: Producer> Worker<P> {
     /// given up, and the drain starts.
     pub(super) fn end_generation(&mut self, now: Instant) {
         self.stats.generation_end = Some(now);
+        if self.s.hold.is_some() {
+            let up = |c: &&Conn| c.phase == Phase::Up;
+            self.stats.conns.up_at_end = self.conns.iter().filter(up).count() as u64;
+            self.stats.conns.churning_at_end =
+                self.conns.iter().filter(|c| !up(c) && c.churned).count() as u64;
+        }
         for dl in 0..self.devices.len() {
             let dev = self.devices[dl];
             if dev.state == DevState::Active && self.paced {

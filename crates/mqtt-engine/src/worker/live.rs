@@ -13,6 +13,11 @@ impl<P: Producer> Worker<P> {
             h.ack_us.clone_from(&self.stats.histos.ack_us);
             h.lag_us.clone_from(&self.stats.histos.lag_us);
             h.connect_us.clone_from(&self.stats.histos.connect_us);
+            h.tcp_us.clone_from(&self.stats.histos.tcp_us);
+            h.tls_us.clone_from(&self.stats.histos.tls_us);
+            h.connack_us.clone_from(&self.stats.histos.connack_us);
+            h.reconnect_us.clone_from(&self.stats.histos.reconnect_us);
+            h.pingresp_us.clone_from(&self.stats.histos.pingresp_us);
         }
     }
 

@@ -24,6 +24,7 @@
 //!   into outboxes;
 //! - `socket`: writing outboxes (plain or TLS) and reading what the broker sent;
 //! - `receive`: a read framed into packets, each the event it is in its connection's phase;
+//! - `churn`: held connections (`loadgen conn`): the churn and storm clocks, the outages;
 //! - `drain`: the end of generation, DISCONNECTs, the deadline;
 //! - `live`: the figures the fleet's watcher reads while the run goes on;
 //! - `shared`: what the workers of a fleet share.
@@ -55,6 +56,7 @@ use crate::sys;
 use crate::tls;
 use socket::Got;
 
+mod churn;
 mod drain;
 mod live;
 mod pacing;
@@ -110,6 +112,10 @@ enum TimerKind {
     KeepAlive,
     Retry,
     CloseLinger,
+    /// Held connections: the worker's churn and storm clocks (connection 0, generation 0:
+    /// they belong to no connection).
+    Churn,
+    Storm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +233,11 @@ pub struct Worker<P: Producer> {
     work: VecDeque<(u32, u32, Work)>,
     /// The readiness of the last poll, copied out of `events` (kept for its allocation).
     ready: Vec<(Token, bool, bool)>,
+    /// Held connections: the churn's and the storms' clocks, once generation is anchored.
+    churn: Option<churn::ChurnCursor>,
+    storm: Option<churn::StormClock>,
+    /// Connections down in the open outage.
+    down_in_outage: u64,
 }
 
 impl<P: Producer> Worker<P> {
@@ -354,6 +365,9 @@ impl<P: Producer> Worker<P> {
             owing: 0,
             work: VecDeque::new(),
             ready: Vec::new(),
+            churn: None,
+            storm: None,
+            down_in_outage: 0,
             s,
         })
     }
@@ -431,6 +445,7 @@ impl<P: Producer> Worker<P> {
     fn set_anchor(&mut self, anchor: Instant) {
         self.anchor = Some(anchor);
         self.pacer.start(anchor);
+        self.start_hold(anchor);
         self.wall_anchor_us =
             self.shared.wall_epoch_us + micros(anchor.saturating_duration_since(self.shared.epoch));
     }
@@ -488,6 +503,7 @@ impl<P: Producer> Worker<P> {
         let gen = self.conns[c as usize].generation;
         loop {
             let (got, records) = self.read(c);
+            self.handshake_done(c, now);
             let more = match got {
                 Got::Bytes { n, more } => {
                     if !self.take_bytes(c, n, now) {
@@ -596,6 +612,10 @@ impl<P: Producer> Worker<P> {
                 Some(true)
             }
             Event::PingResp => {
+                if let Some((written, _, true)) = self.conns[c as usize].ping {
+                    let us = micros(now.saturating_duration_since(written)).max(1);
+                    self.stats.histos.pingresp_us.saturating_record(us);
+                }
                 self.conns[c as usize].ping = None;
                 Some(false)
             }
@@ -644,6 +664,11 @@ impl<P: Producer> Worker<P> {
         }
         if let WorkerPhase::Draining { deadline } = self.phase {
             consider(deadline);
+        }
+        if let (WorkerPhase::Generating, Some(a), Some(h)) =
+            (self.phase, self.anchor, self.s.hold.as_ref())
+        {
+            consider(a + h.duration); // the hold ends by the clock
         }
         if let (WorkerPhase::Generating, false, Some(a), Some(d)) = (
             self.phase,

@@ -69,6 +69,8 @@ impl<P: Producer> Worker<P> {
         conn.attempt += 1;
         conn.generation += 1;
         conn.attempt_started = now;
+        conn.tcp_at = None;
+        conn.connect_at = None;
         self.stats.conns.attempts += 1;
         self.stats.conns.first_attempt.get_or_insert(now);
         let addr = s.addrs[(conn.attempt as usize - 1) % s.addrs.len().max(1)];
@@ -114,6 +116,9 @@ impl<P: Producer> Worker<P> {
             Ok(Some(e)) | Err(e) => return self.fail_attempt(c, ConnectFailure::of_io(&e), now),
             Ok(None) => {}
         }
+        conn.tcp_at = Some(now);
+        let tcp_us = micros(now.saturating_duration_since(conn.attempt_started)).max(1);
+        self.stats.histos.tcp_us.saturating_record(tcp_us);
         if self
             .poll
             .registry()
@@ -148,6 +153,9 @@ impl<P: Producer> Worker<P> {
         };
         conn.out.push_control(&packet);
         conn.phase = Phase::AwaitConnack;
+        if conn.tls.is_none() {
+            conn.connect_at = Some(now);
+        }
         self.flush(c, now);
     }
 
@@ -162,6 +170,10 @@ impl<P: Producer> Worker<P> {
         }
         self.connect_ended();
         let conn = &mut self.conns[c as usize];
+        if let Some(t) = conn.connect_at {
+            let us = micros(now.saturating_duration_since(t)).max(1);
+            self.stats.histos.connack_us.saturating_record(us);
+        }
         // Up before: this is a reconnect after a loss.
         let reconnect = conn.up_at.is_some();
         conn.phase = Phase::Up;
@@ -177,6 +189,9 @@ impl<P: Producer> Worker<P> {
             let st = &mut self.stats.conns;
             st.reconnects += 1;
             st.reconnected += u64::from(!conn.reconnected);
+            st.churn_reconnects += u64::from(std::mem::replace(&mut conn.churned, false));
+            let us = micros(now.saturating_duration_since(conn.attempt_started)).max(1);
+            self.stats.histos.reconnect_us.saturating_record(us);
             conn.reconnected = true;
             conn.reconnect_attempt = 0;
             let back = conn.id_watch.back();
@@ -193,6 +208,8 @@ impl<P: Producer> Worker<P> {
             if !self.s.conn.clean_session && !session_present {
                 st.sessions_lost += 1;
             }
+            self.outage_back(c, now);
+            let conn = &mut self.conns[c as usize];
             // DUP only within the session that may hold them: in a new one (the broker
             // lost it, or a clean session) they are new messages.
             conn.put_replay(!self.s.conn.clean_session && session_present);
@@ -339,6 +356,9 @@ impl<P: Producer> Worker<P> {
     /// deliver, else it is done.
     pub(super) fn lose(&mut self, c: u32, kind: LostKind, now: Instant) {
         let was_up = self.conns[c as usize].phase == Phase::Up;
+        if was_up {
+            self.outage_loss(c, now);
+        }
         // A reset after our DISCONNECT: the broker dropped us before it read all we wrote.
         let reset_closing = self.conns[c as usize].phase == Phase::Closing;
         let needed = {
@@ -346,6 +366,7 @@ impl<P: Producer> Worker<P> {
             !conn.inflight.is_empty()
                 || conn.unflushed()
                 || conn.owing > 0
+                || (self.phase == WorkerPhase::Generating && self.s.hold.is_some())
                 || (self.phase == WorkerPhase::Generating
                     && conn
                         .devices

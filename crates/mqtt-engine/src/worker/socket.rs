@@ -192,6 +192,22 @@ impl<P: Producer> Worker<P> {
         (got, records)
     }
 
+    /// TLS: when a read finished the handshake of connection `c`'s attempt, records how long
+    /// it took from the TCP connect; the CONNECT rustls held goes out from here.
+    pub(super) fn handshake_done(&mut self, c: u32, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        if conn.connect_at.is_some() || conn.phase != Phase::AwaitConnack {
+            return;
+        }
+        if let (Some(t), Some(tcp)) = (conn.tls.as_deref(), conn.tcp_at) {
+            if !t.is_handshaking() {
+                conn.connect_at = Some(now);
+                let us = micros(now.saturating_duration_since(tcp)).max(1);
+                self.stats.histos.tls_us.saturating_record(us);
+            }
+        }
+    }
+
     /// Once the DISCONNECT is written, shuts our side for writing (once): the broker's EOF
     /// then says it read everything, and a reset says it did not.
     pub(super) fn shut_write(&mut self, c: u32) {

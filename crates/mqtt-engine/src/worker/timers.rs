@@ -44,6 +44,17 @@ impl<P: Producer> Worker<P> {
                 break;
             }
             self.timers.pop();
+            match kind {
+                TimerKind::Churn => {
+                    self.on_churn_timer(now);
+                    continue;
+                }
+                TimerKind::Storm => {
+                    self.on_storm_timer(now);
+                    continue;
+                }
+                _ => {}
+            }
             let conn = &self.conns[c as usize];
             if conn.generation != gen {
                 continue;
@@ -76,6 +87,7 @@ impl<P: Producer> Worker<P> {
                         self.close(c);
                     }
                 }
+                TimerKind::Churn | TimerKind::Storm => {} // routed above
             }
         }
     }
