@@ -442,8 +442,8 @@ fn main() {
             &bins,
             &["--connections", &n, "--churn", &c, "--duration", &s],
         );
-        o.rate = o.json["churn"]["achieved_per_s"].as_f64().unwrap_or(0.0);
-        o.connect_p99_us = o.json["churn"]["connect_latency_us"]["p99"].as_u64();
+        o.rate = o.json["churn_achieved_per_s"].as_f64().unwrap_or(0.0);
+        o.connect_p99_us = o.json["reconnect_latency_us"]["p99"].as_u64();
         r.rate = r.json["churn_achieved"].as_f64().unwrap_or(0.0);
         r.connect_p99_us = r.json["churn_connect_p99_us"].as_u64();
         let ratio = o.rate / r.rate.max(1e-9);
