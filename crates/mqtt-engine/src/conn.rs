@@ -29,14 +29,16 @@ pub enum Phase {
     Done,
 }
 
-/// What a connection is for. Every connection publishes today; subscribing connections
-/// (SUBSCRIBE after the CONNACK, each delivery to a verifier) and held ones (connect, hold
-/// with PINGREQ, churn) are to join as roles of their own on the same workers.
+/// What a connection is for. Held connections (connect, hold with PINGREQ, churn) are to
+/// join as a role of their own on the same workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
     /// Its devices publish on the fleet schedule.
     #[default]
     Publisher,
+    /// It subscribes after its CONNACK and hands what it receives to a consumer
+    /// (`worker::subscribe`); it has no devices.
+    Subscriber,
 }
 
 #[derive(Debug)]

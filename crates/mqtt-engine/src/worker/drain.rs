@@ -14,7 +14,8 @@ impl<P: Producer> Worker<P> {
         if self.anchor.is_none() {
             return false;
         }
-        if self.live_devices == 0 {
+        // A subscriber fleet has no devices: it receives until it is stopped.
+        if self.live_devices == 0 && self.sub.is_none() {
             return true;
         }
         // Unpaced, --duration ends generation by the clock; paced, each device's schedule ends.

@@ -24,6 +24,8 @@
 //!   into outboxes;
 //! - `socket`: writing outboxes (plain or TLS) and reading what the broker sent;
 //! - `receive`: a read framed into packets, each the event it is in its connection's phase;
+//! - `subscribe`: the subscriber role: SUBSCRIBE after the CONNACK, SUBACK, deliveries to
+//!   the [`Consumer`] with PUBACK or the QoS 2 receiver's answers;
 //! - `drain`: the end of generation, DISCONNECTs, the deadline;
 //! - `live`: the figures the fleet's watcher reads while the run goes on;
 //! - `shared`: what the workers of a fleet share.
@@ -44,7 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Phase, Role};
 use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind, Takeover};
 use crate::outbox::{Flushed, MsgMeta};
 use crate::pacer::Pacer;
@@ -62,9 +64,11 @@ mod ramp;
 mod receive;
 mod shared;
 mod socket;
+mod subscribe;
 mod timers;
 
 pub use shared::{Control, Shared};
+pub use subscribe::{Consumer, SubStats};
 
 /// What a tool puts in the messages; the engine decides when they go. One per worker.
 pub trait Producer: Send {
@@ -227,6 +231,8 @@ pub struct Worker<P: Producer> {
     work: VecDeque<(u32, u32, Work)>,
     /// The readiness of the last poll, copied out of `events` (kept for its allocation).
     ready: Vec<(Token, bool, bool)>,
+    /// A subscriber fleet's side: its settings, consumer and connections' state.
+    sub: Option<subscribe::Subscribing>,
 }
 
 impl<P: Producer> Worker<P> {
@@ -354,6 +360,7 @@ impl<P: Producer> Worker<P> {
             owing: 0,
             work: VecDeque::new(),
             ready: Vec::new(),
+            sub: None,
             s,
         })
     }
@@ -537,6 +544,15 @@ impl<P: Producer> Worker<P> {
             match frames.next_packet() {
                 Ok(Some(p)) => {
                     let ev = receive::event(self.conns[c as usize].phase, p);
+                    if matches!(ev, receive::Event::Received | receive::Event::Skipped)
+                        && self.conns[c as usize].role == Role::Subscriber
+                    {
+                        if !self.sub_frame(c, frames.last_frame(), now) {
+                            ok = false;
+                            break None;
+                        }
+                        continue;
+                    }
                     match self.on_event(c, ev, now) {
                         Some(a) => acked |= a,
                         None => {
@@ -585,6 +601,10 @@ impl<P: Producer> Worker<P> {
                     }
                 }
                 self.on_connack(c, code, session_present, now);
+                let up = self.conns[c as usize].phase == Phase::Up;
+                if up && self.conns[c as usize].role == Role::Subscriber {
+                    self.sub_up(c, session_present, now);
+                }
                 (self.conns[c as usize].phase == Phase::Up).then_some(false)
             }
             Event::NotMqtt => {
@@ -613,7 +633,7 @@ impl<P: Producer> Worker<P> {
                 self.on_disconnect(c, reason, now);
                 None
             }
-            // A delivery: publishers subscribe to nothing. A subscribing role verifies it here.
+            // A delivery: publishers subscribe to nothing (subscribers' go to `sub_frame`).
             Event::Received | Event::Skipped => Some(false),
         }
     }
