@@ -18,6 +18,7 @@ pub mod receive;
 pub mod report;
 pub mod route;
 pub mod sink;
+pub mod subfleet;
 pub mod summary;
 pub mod verify;
 
