@@ -8,6 +8,7 @@
 //! example in every `--help`, the README and `docs/` to it.
 
 pub mod merge;
+pub mod subfleet;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
     };
     match command.as_ref().and_then(|c| c.to_str()) {
         Some("pub") => publisher_core::main_with_args(publisher_core::LOADGEN_PUB, sub("pub")),
+        // `--clients N`: a subscriber fleet on the engine; else backend-sub's one session.
+        Some("sub") if subfleet::wants_fleet(&rest) => subfleet::main_with_args(sub("sub")),
         Some("sub") => backend_core::main_with_args(backend_core::LOADGEN_SUB, sub("sub")),
         Some("jobs") => job_core::main_with_args(job_core::LOADGEN_JOBS, sub("jobs")),
         Some("merge") => merge::main(sub("merge")),

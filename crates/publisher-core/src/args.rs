@@ -152,6 +152,15 @@ pub struct FleetArgs {
     #[arg(long, value_name = "M", value_parser = parse_count, env = "LOADGEN_CONNECTIONS")]
     pub connections: Option<u64>,
 
+    #[command(flatten)]
+    pub ramp: RampArgs,
+}
+
+/// How a fleet's connections come up: workers, the connect ramp, retries, source addresses.
+/// The publisher's and the subscriber fleet's (`loadgen sub --clients`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Fleet")]
+pub struct RampArgs {
     /// Worker threads, each owning its share of the connections [default: the cores this
     /// process may use, at most one per connection]
     #[arg(long, value_name = "W", value_parser = parse_count, env = "LOADGEN_WORKERS")]

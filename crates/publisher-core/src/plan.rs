@@ -13,7 +13,7 @@ use mqtt_engine::template::Template;
 use mqtt_engine::{ConnSettings, FleetSettings, PublishSettings, RampSettings};
 use point_format::Encoder;
 
-use crate::args::{FleetArgs, LoadArgs, PublisherArgs, Qos};
+use crate::args::{FleetArgs, LoadArgs, PublisherArgs, Qos, RampArgs};
 use crate::error::Error;
 use crate::Preset;
 use mqtt_tool::args::Rate;
@@ -252,11 +252,14 @@ impl Plan {
             devices,
             mut device_start,
             connections,
-            workers,
-            connect_rate,
-            max_connecting,
-            connect_retries,
-            source_ips,
+            ramp:
+                RampArgs {
+                    workers,
+                    connect_rate,
+                    max_connecting,
+                    connect_retries,
+                    source_ips,
+                },
         } = fleet;
 
         if devices == 0 {
