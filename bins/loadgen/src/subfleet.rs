@@ -470,7 +470,13 @@ async fn run_framed(
             _ = tick.tick(), if !stopped => {
                 let now = Instant::now();
                 let subscribed = handle.subscribed();
-                if all_subscribed.is_none() && (subscribed >= plan.clients || handle.settled_at().is_some()) {
+                // Every subscriber granted, refused or given up (the ramp settled and the
+                // failed ones counted).
+                let answered = subscribed + handle.refused() + handle.live().failed;
+                if all_subscribed.is_none()
+                    && (subscribed >= plan.clients
+                        || (handle.settled_at().is_some() && answered >= plan.clients))
+                {
                     all_subscribed = Some(now);
                     // The line a bench or a test waits for before it starts publishing.
                     mqtt_tool::errln!("subscribed: {subscribed} of {} subscribers", plan.clients);

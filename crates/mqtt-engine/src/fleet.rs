@@ -98,6 +98,11 @@ impl FleetHandle {
     pub fn subscribed(&self) -> u64 {
         self.0.subscribed.load(std::sync::atomic::Ordering::Acquire)
     }
+
+    /// Subscribers whose subscription was refused (a subscriber fleet).
+    pub fn refused(&self) -> u64 {
+        self.0.refused.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// A subscriber fleet publishes nothing.

@@ -11,4 +11,5 @@ mod merge;
 mod observe;
 mod reports;
 mod shards;
+mod subfleet;
 mod takeover;

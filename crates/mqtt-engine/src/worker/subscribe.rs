@@ -354,6 +354,7 @@ impl<P: Producer> Worker<P> {
                         if codes.is_empty() {
                             *self.stats.sub.refused.entry(0x80).or_default() += 1;
                         }
+                        self.shared.refused.fetch_add(1, Ordering::AcqRel);
                         // A subscriber refused its subscription has nothing to do: it
                         // fails, counted by reason, and is not retried.
                         self.close_refused(c, now);
