@@ -330,6 +330,9 @@ pub struct Report {
     pub fleet: FleetStats,
     /// Why the verdict failed (none: passed).
     pub failure: Option<String>,
+    /// `loadgen merge`: how many reports this one adds up (none: one run's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_reports: Option<u64>,
 }
 
 impl Report {
@@ -560,6 +563,7 @@ async fn run_framed(
         suback_latency_us: Percentiles::of(&st.sub.suback_us),
         fleet,
         failure: None,
+        merged_reports: None,
     };
     report.judge_verdict();
     frame.report(&mut report).await?;
@@ -573,4 +577,76 @@ async fn run_framed(
         }
     };
     mqtt_tool::frame::exit(signal, None, &report.header, verdict)
+}
+
+/// `loadgen merge` of subscriber-fleet reports (processes of one share group, or fleets
+/// split over machines): every count added exactly, the proof with [`FleetStats::merge`],
+/// the verdict judged again on the sum (`expect`: the total a share group must get).
+pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Report, Error> {
+    let mut it = reports.into_iter();
+    let Some((first_name, mut sum)) = it.next() else {
+        return Err(Error::usage("no subscriber-fleet report to merge"));
+    };
+    let mut merged = 1u64;
+    for (name, r) in it {
+        if (&r.topics, r.qos, &r.share_group) != (&sum.topics, sum.qos, &sum.share_group) {
+            return Err(Error::usage(format!(
+                "{name} subscribed to other topics, QoS or share group than {first_name}: merge one run's reports"
+            )));
+        }
+        let overflow = |f: &str| Error::usage(format!("{name}: {f} add up past 2^64"));
+        let add = |a: &mut u64, b: u64, f: &str| -> Result<(), Error> {
+            *a = a.checked_add(b).ok_or_else(|| overflow(f))?;
+            Ok(())
+        };
+        add(&mut sum.clients, r.clients, "clients")?;
+        let (c, o) = (&mut sum.connections, &r.connections);
+        add(&mut c.planned, o.planned, "connections.planned")?;
+        add(&mut c.connected, o.connected, "connections.connected")?;
+        add(&mut c.subscribed, o.subscribed, "connections.subscribed")?;
+        add(&mut c.lost, o.lost, "connections.lost")?;
+        add(&mut c.reconnects, o.reconnects, "connections.reconnects")?;
+        add(
+            &mut c.sessions_resumed,
+            o.sessions_resumed,
+            "connections.sessions_resumed",
+        )?;
+        add(
+            &mut c.queued_deliveries,
+            o.queued_deliveries,
+            "connections.queued_deliveries",
+        )?;
+        add(
+            &mut c.qos2_repeats,
+            o.qos2_repeats,
+            "connections.qos2_repeats",
+        )?;
+        for (why, n) in &o.failed {
+            add(
+                c.failed.entry(why.clone()).or_default(),
+                *n,
+                "connections.failed",
+            )?;
+        }
+        sum.fleet
+            .merge(&r.fleet)
+            .map_err(|e| Error::usage(format!("{name}: {e}")))?;
+        // The SUBACK percentiles of two runs do not add: the merged report keeps none.
+        sum.suback_latency_us = None;
+        sum.duration_s = sum.duration_s.max(r.duration_s);
+        let (h, o) = (&mut sum.header, &r.header);
+        h.started_at = h
+            .started_at
+            .take()
+            .min(o.started_at.clone())
+            .or(o.started_at.clone());
+        h.ended_at = h.ended_at.take().max(o.ended_at.clone());
+        merged += 1;
+    }
+    if expect.is_some() {
+        sum.expect = expect;
+    }
+    sum.merged_reports = Some(merged);
+    sum.judge_verdict();
+    Ok(sum)
 }

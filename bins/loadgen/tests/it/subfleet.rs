@@ -297,3 +297,54 @@ fn qos2_subscriptions_deliver_exactly_once() {
     assert_eq!(f["points_per_subscriber"], serde_json::json!({"50": 20}));
     assert_eq!(n(f, "points_duplicate"), 0);
 }
+
+#[test]
+fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let args = [
+        "--broker",
+        &url,
+        "--clients",
+        "5",
+        "--share-group",
+        "g2",
+        "--idle-timeout",
+        "2s",
+        "--quiet",
+    ];
+    let a = Fleet::start(&args);
+    let b = Fleet::start(&args);
+    publish_fleet(&url, "20", "300", "1");
+    let (ra, rb) = (a.wait(), b.wait());
+    assert_eq!((ra.0, rb.0), (0, 0), "{:#}\n{:#}", ra.1, rb.1);
+    let dir = TempDir::new("subfleet-merge");
+    let (pa, pb, pm) = (dir.path("a.json"), dir.path("b.json"), dir.path("m.json"));
+    std::fs::write(&pa, ra.1.to_string()).expect("write a");
+    std::fs::write(&pb, rb.1.to_string()).expect("write b");
+    let merge = |expect: &str| {
+        Command::new(BIN)
+            .arg("merge")
+            .args([&pa, &pb])
+            .args(["--expect", expect, "--report-json"])
+            .arg(&pm)
+            .output()
+            .expect("run loadgen merge")
+    };
+    let out = merge("300");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
+        .expect("merged report is JSON");
+    assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &m);
+    assert_eq!(n(&m, "merged_reports"), 2);
+    assert_eq!(n(&m, "clients"), 10);
+    assert_eq!(n(&m["fleet"], "points_unique"), 300, "{m:#}");
+    assert_eq!(n(&m["fleet"], "points_duplicate"), 0);
+    // The same reports against a total they did not get: the merged verdict fails.
+    assert_eq!(merge("301").status.code(), Some(5));
+}
