@@ -203,6 +203,9 @@ pub fn check(argv: Vec<OsString>) -> Result<(), String> {
                     publisher_core::parse_plan(&publisher_core::LOADGEN_PUB, with(&name, args))
                         .map(drop)
                 }
+                Some("sub") if subfleet::wants_fleet(args) => {
+                    subfleet::parse_plan(with(&name, args)).map(drop)
+                }
                 Some("sub") => {
                     backend_core::parse_plan(&backend_core::LOADGEN_SUB, with(&name, args))
                         .map(drop)

@@ -276,14 +276,16 @@ pub fn wants_fleet(argv: &[OsString]) -> bool {
     })
 }
 
+/// Parses `argv` (the program's name first) into a plan.
+pub fn parse_plan(argv: Vec<OsString>) -> Result<Plan, mqtt_tool::config::ParseExit> {
+    let (Parsed(a), sources) = mqtt_tool::config::parse_layered_sourced::<Parsed>(command(), argv)?;
+    Plan::from_args(a)
+        .map_err(|e| mqtt_tool::config::ParseExit::Usage(sources.annotate(&e.to_string())))
+}
+
 pub fn main_with_args(argv: Vec<OsString>) -> ExitCode {
     mqtt_tool::run_main(
-        move || {
-            let (Parsed(a), sources) =
-                mqtt_tool::config::parse_layered_sourced::<Parsed>(command(), argv)?;
-            Plan::from_args(a)
-                .map_err(|e| mqtt_tool::config::ParseExit::Usage(sources.annotate(&e.to_string())))
-        },
+        move || parse_plan(argv),
         "stopping, writing the report",
         |plan, shutdown| async move { run(&plan, &shutdown).await },
     )
