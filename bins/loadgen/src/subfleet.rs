@@ -84,6 +84,11 @@ pub struct FleetSubArgs {
           help_heading = "Verification")]
     pub idle_timeout: Duration,
 
+    /// Stop when no message at all arrived this long after every subscriber subscribed
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration,
+          help_heading = "Verification")]
+    pub first_message_timeout: Duration,
+
     /// Stop after this long (counted from when every subscriber is subscribed)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Verification")]
     pub duration: Option<Duration>,
@@ -112,6 +117,7 @@ pub struct Plan {
     pub topics: Vec<String>,
     pub rules: Rules,
     pub idle_timeout: Duration,
+    pub first_message_timeout: Duration,
     pub duration: Option<Duration>,
     pub max_devices: usize,
     /// `--max-packet-size` not given: take whatever a publisher may send.
@@ -161,6 +167,20 @@ impl Plan {
         if a.share_group.is_some() && a.expect_per_client.is_some() {
             return Err(Error::usage(
                 "a share group divides the points between its members: give --expect (the total), not --expect-per-client",
+            ));
+        }
+        let o = &a.output;
+        if o.hdr_log.is_some()
+            || o.metrics.metrics_addr.is_some()
+            || o.metrics.metrics_push.is_some()
+        {
+            return Err(Error::usage(
+                "--hdr-log, --metrics-addr and --metrics-push are not supported with --clients yet; the JSON report has the figures",
+            ));
+        }
+        if a.first_message_timeout.is_zero() {
+            return Err(Error::usage(
+                "--first-message-timeout must be longer than 0s",
             ));
         }
         if a.idle_timeout.is_zero() {
@@ -230,6 +250,7 @@ impl Plan {
             topics: a.topics,
             rules,
             idle_timeout: a.idle_timeout,
+            first_message_timeout: a.first_message_timeout,
             duration: a.duration,
             max_devices: usize::try_from(a.max_devices).unwrap_or(usize::MAX),
             any_packet,
@@ -498,11 +519,21 @@ async fn run_framed(
                     let last = clock.epoch + Duration::from_micros(last_us - 1);
                     now.saturating_duration_since(last) >= plan.idle_timeout
                 };
-                let over = plan.duration.is_some_and(|d| now.saturating_duration_since(since) >= d);
+                let waited = now.saturating_duration_since(since);
+                let silent = last_us == 0 && waited >= plan.first_message_timeout;
+                let over = plan.duration.is_some_and(|d| waited >= d);
                 let enough = expected_points.is_some_and(|n| points >= n);
-                if idle || over || enough {
+                if idle || over || enough || silent {
                     if !quiet {
-                        let why = if enough { "the expected points arrived" } else if over { "--duration is over" } else { "--idle-timeout: nothing arrived" };
+                        let why = if enough {
+                            "the expected points arrived"
+                        } else if over {
+                            "--duration is over"
+                        } else if silent {
+                            "--first-message-timeout: no message arrived"
+                        } else {
+                            "--idle-timeout: nothing more arrived"
+                        };
                         mqtt_tool::errln!("stopping: {why}");
                     }
                     stopped = true;

@@ -348,3 +348,24 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     // The same reports against a total they did not get: the merged verdict fails.
     assert_eq!(merge("301").status.code(), Some(5));
 }
+
+#[test]
+fn subscribers_that_never_get_a_message_stop_at_the_first_message_timeout_and_fail() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "3",
+        "--expect-per-client",
+        "10",
+        "--first-message-timeout",
+        "1s",
+        "--quiet",
+    ]);
+    let (code, r) = fleet.wait();
+    assert_eq!(code, 5, "{r:#}");
+    assert_eq!(n(&r["fleet"], "points"), 0);
+    assert!(r["failure"].as_str().is_some(), "{r:#}");
+}
