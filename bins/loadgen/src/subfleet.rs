@@ -668,11 +668,11 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         sum.suback_latency_us = None;
         sum.duration_s = sum.duration_s.max(r.duration_s);
         let (h, o) = (&mut sum.header, &r.header);
-        h.started_at = h
-            .started_at
-            .take()
-            .min(o.started_at.clone())
-            .or(o.started_at.clone());
+        // RFC 3339 UTC to the microsecond: the text orders as the time does.
+        h.started_at = match (h.started_at.take(), o.started_at.clone()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         h.ended_at = h.ended_at.take().max(o.ended_at.clone());
         merged += 1;
     }

@@ -369,3 +369,42 @@ fn subscribers_that_never_get_a_message_stop_at_the_first_message_timeout_and_fa
     assert_eq!(n(&r["fleet"], "points"), 0);
     assert!(r["failure"].as_str().is_some(), "{r:#}");
 }
+
+#[test]
+fn persistent_subscribers_cut_off_reconnect_resume_their_sessions_and_get_what_was_queued() {
+    let broker = Mosquitto::start();
+    let proxy = test_support::proxy::Proxy::start(broker.port);
+    let fleet = Fleet::start(&[
+        "--broker",
+        &proxy.url(),
+        "--clients",
+        "5",
+        "--clean-session",
+        "false",
+        "--qos",
+        "1",
+        "--reconnect-backoff",
+        "50ms..200ms",
+        "--expect-per-client",
+        "30",
+        "--quiet",
+    ]);
+    // Every subscriber is cut off and cannot come back while the points are published.
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    publish_fleet(&broker.url(), "3", "30", "1");
+    proxy.set_accepting(true);
+    let (code, r) = fleet.wait();
+    let c = &r["connections"];
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(
+        r["fleet"]["points_per_subscriber"],
+        serde_json::json!({"30": 5})
+    );
+    assert_eq!(n(c, "lost"), 5, "{c:#}");
+    assert_eq!(
+        n(c, "sessions_resumed"),
+        5,
+        "resumed, not subscribed again: {c:#}"
+    );
+}
