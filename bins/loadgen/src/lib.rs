@@ -8,6 +8,7 @@
 //! example in every `--help`, the README and `docs/` to it.
 
 pub mod merge;
+pub mod subfleet;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -71,6 +72,8 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
     };
     match command.as_ref().and_then(|c| c.to_str()) {
         Some("pub") => publisher_core::main_with_args(publisher_core::LOADGEN_PUB, sub("pub")),
+        // `--clients N`: a subscriber fleet on the engine; else backend-sub's one session.
+        Some("sub") if subfleet::wants_fleet(&rest) => subfleet::main_with_args(sub("sub")),
         Some("sub") => backend_core::main_with_args(backend_core::LOADGEN_SUB, sub("sub")),
         Some("conn") => publisher_core::conn::main_with_args(sub("conn")),
         Some("jobs") => job_core::main_with_args(job_core::LOADGEN_JOBS, sub("jobs")),
@@ -202,6 +205,9 @@ pub fn check(argv: Vec<OsString>) -> Result<(), String> {
                 Some("pub") => {
                     publisher_core::parse_plan(&publisher_core::LOADGEN_PUB, with(&name, args))
                         .map(drop)
+                }
+                Some("sub") if subfleet::wants_fleet(args) => {
+                    subfleet::parse_plan(with(&name, args)).map(drop)
                 }
                 Some("sub") => {
                     backend_core::parse_plan(&backend_core::LOADGEN_SUB, with(&name, args))

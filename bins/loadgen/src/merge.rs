@@ -113,6 +113,8 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
 enum Kind {
     Publisher,
     Backend,
+    /// `loadgen sub --clients`.
+    SubFleet,
 }
 
 impl Kind {
@@ -120,6 +122,7 @@ impl Kind {
         match self {
             Kind::Publisher => "publisher (loadgen pub)",
             Kind::Backend => "backend-sub",
+            Kind::SubFleet => "subscriber fleet (loadgen sub --clients)",
         }
     }
 }
@@ -269,6 +272,9 @@ impl Probe {
 
     /// The kind of report, or why it is none that merge adds up.
     fn kind(&self, name: &str) -> Result<Kind, Error> {
+        if self.tool.as_deref() == Some(crate::subfleet::TOOL) {
+            return Ok(Kind::SubFleet);
+        }
         match (self.points_sent, self.points_received) {
             (true, false) => Ok(Kind::Publisher),
             (false, true) => Ok(Kind::Backend),
@@ -306,6 +312,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 enum Merging {
     Publisher(Box<publisher_core::merge::Merge>),
     Backend(Box<backend_core::merge::Merge>),
+    SubFleet(Vec<(String, crate::subfleet::Report)>),
 }
 
 fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
@@ -366,6 +373,14 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                         backend_core::report::threshold_fields(),
                     )
                 }
+                Kind::SubFleet => {
+                    if a.shards.is_some() || !a.export.thresholds.is_empty() {
+                        return Err(Error::usage(
+                            "--shards and --threshold are not for subscriber-fleet reports",
+                        ));
+                    }
+                    (Merging::SubFleet(Vec::new()), Default::default())
+                }
             };
             thresholds =
                 mqtt_tool::threshold::parse_all(&a.export.thresholds, &fields).map_err(named)?;
@@ -377,6 +392,9 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
             }
             Some((_, _, Merging::Backend(m))) => {
                 m.add(name.clone(), parse(&path, &name, &probe, kind)?)?
+            }
+            Some((_, _, Merging::SubFleet(v))) => {
+                v.push((name.clone(), parse(&path, &name, &probe, kind)?))
             }
             None => {}
         }
@@ -408,6 +426,23 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                 None => ExitCode::SUCCESS,
                 Some(r) => {
                     verdict(r);
+                    ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
+                }
+            })
+        }
+        Some((_, _, Merging::SubFleet(v))) => {
+            let m = crate::subfleet::merge(v, a.expect)?;
+            exports.write(&m, &mqtt_tool::frame::FramedReport::render_text(&m))?;
+            Ok(match &m.failure {
+                None => ExitCode::SUCCESS,
+                Some(r) => {
+                    errln!(
+                        "{}",
+                        mqtt_tool::run::bounded(
+                            format!("verification failed: {}", escape(r)),
+                            mqtt_tool::run::MAX_ERROR_LINE
+                        )
+                    );
                     ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
                 }
             })

@@ -18,6 +18,7 @@ pub mod receive;
 pub mod report;
 pub mod route;
 pub mod sink;
+pub mod subfleet;
 pub mod summary;
 pub mod verify;
 
@@ -442,7 +443,10 @@ pub const LOADGEN_SUB: Preset = Preset {
       --threshold 'points_missing==0' --threshold 'e2e_latency_p99<100ms' --report-md sub.md
   # store every unique point in PostgreSQL (the password from PGPASSWORD)
   loadgen sub --broker mqtt://127.0.0.1:1883 --expect 100k \\
-      --sink postgres://loadgen@127.0.0.1:5432/loadgen",
+      --sink postgres://loadgen@127.0.0.1:5432/loadgen
+  # a subscriber fleet on the engine's workers, each subscriber proving every point of 1,000
+  # devices (its own flags: loadgen sub --clients 1 --help)
+  loadgen sub --broker mqtt://127.0.0.1:1883 --clients 1000 --expect-per-client 600k",
 };
 
 /// `backend-sub`: `loadgen sub` with the seed's routes (devices starting with `frontend1`

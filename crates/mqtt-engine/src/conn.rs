@@ -29,15 +29,17 @@ pub enum Phase {
     Done,
 }
 
-/// What a connection is for. Every connection publishes today (held ones are publishers of
-/// a fleet with no devices, see [`crate::settings::HoldSettings`]); subscribing connections
-/// (SUBSCRIBE after the CONNACK, each delivery to a verifier) are to join as a role of
-/// their own on the same workers.
+/// What a connection is for: publishing (held connections, `loadgen conn`, are publishers
+/// of a fleet with no devices, see [`crate::settings::HoldSettings`]) or subscribing
+/// (SUBSCRIBE after the CONNACK, each delivery to the worker's consumer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
     /// Its devices publish on the fleet schedule.
     #[default]
     Publisher,
+    /// It subscribes after its CONNACK and hands what it receives to a consumer
+    /// (`worker::subscribe`); it has no devices.
+    Subscriber,
 }
 
 #[derive(Debug)]

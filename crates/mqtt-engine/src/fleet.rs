@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::settings::FleetSettings;
+use crate::settings::{FleetSettings, SubscribeSettings};
 use crate::stats::{LiveTotals, Stats};
-use crate::worker::{Producer, Shared, Worker};
+use crate::worker::{Consumer, Producer, Shared, Worker};
 
 /// A running fleet.
 pub struct Fleet {
@@ -93,6 +93,24 @@ impl FleetHandle {
     pub fn anchor(&self) -> Option<Instant> {
         self.0.anchor()
     }
+
+    /// Subscribers whose subscription was granted at least once (a subscriber fleet).
+    pub fn subscribed(&self) -> u64 {
+        self.0.subscribed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Subscribers whose subscription was refused (a subscriber fleet).
+    pub fn refused(&self) -> u64 {
+        self.0.refused.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A subscriber fleet publishes nothing.
+struct NoDevices;
+
+impl Producer for NoDevices {
+    fn topic(&mut self, _: u64, _: &mut Vec<u8>) {}
+    fn payload(&mut self, _: u64, _: u64, _: u32, _: u64, _: &mut bytes::BytesMut) {}
 }
 
 impl Fleet {
@@ -127,6 +145,49 @@ impl Fleet {
                 s.conn_devices(conns.start).start..s.conn_devices(conns.end - 1).end
             };
             let worker = Worker::new(w, s.clone(), shared.clone(), make_producer(w, devices))?;
+            let t = std::thread::Builder::new()
+                .name(format!("worker-{w}"))
+                .spawn(move || worker.run())?;
+            threads.push(t);
+        }
+        Ok(Fleet { shared, threads })
+    }
+
+    /// Starts a subscriber fleet: `settings.connections` connections (its devices are not
+    /// used: set none), each subscribing as `sub` says once its CONNACK accepts it;
+    /// `make_consumer(worker, subscribers)` gives each worker the consumer of its
+    /// subscribers (their indexes, `sub.first_index` on). It receives until
+    /// [`FleetHandle::stop`], then says DISCONNECT.
+    pub fn start_subscribers<C, F>(
+        settings: FleetSettings,
+        sub: SubscribeSettings,
+        make_consumer: F,
+    ) -> std::io::Result<Fleet>
+    where
+        C: Consumer + 'static,
+        F: Fn(usize, std::ops::Range<u64>) -> C,
+    {
+        if sub.filters.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a subscriber fleet needs at least one topic filter (--topic)",
+            ));
+        }
+        let settings = FleetSettings {
+            devices: 0,
+            ..settings
+        };
+        let workers = settings.workers.max(1);
+        let s = Arc::new(settings);
+        let sub = Arc::new(sub);
+        let shared = Arc::new(Shared::new(workers));
+        let mut threads = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let conns = s.worker_conns(w);
+            let subs = sub.first_index + conns.start..sub.first_index + conns.end;
+            let consumer: Box<dyn Consumer> = Box::new(make_consumer(w, subs));
+            let worker = Worker::new(w, s.clone(), shared.clone(), NoDevices)?
+                .subscribing(sub.clone(), consumer);
             let t = std::thread::Builder::new()
                 .name(format!("worker-{w}"))
                 .spawn(move || worker.run())?;

@@ -7,6 +7,8 @@
 //!   schedule (the fleet's absolute grid) --> Producer (a tool's payloads and topics)
 //!     --> outbox (encoded in place; counted as sent when written) --> socket (mio, epoll)
 //!   socket --> packets (CONNACK, PUBACK, PINGRESP) --> inflight (QoS 1) --> stats
+//! subscriber fleets (Fleet::start_subscribers): SUBSCRIBE after the CONNACK, then
+//!   socket --> PUBLISH --> Consumer (a tool's verifier), PUBACK / PUBREC / PUBCOMP back
 //! Fleet::join --> FleetResult (stats merged with +=)
 //! ```
 //!
@@ -51,5 +53,6 @@ pub use mqtt_wire::packets;
 pub use fleet::{Fleet, FleetHandle, FleetResult};
 pub use settings::{
     ConnSettings, FleetSettings, PublishSettings, Qos, RampSettings, ReconnectSettings,
+    SubscribeSettings,
 };
-pub use worker::{Producer, MAX_LOSSES_WITHOUT_PROGRESS};
+pub use worker::{Consumer, Producer, SubStats, MAX_LOSSES_WITHOUT_PROGRESS};

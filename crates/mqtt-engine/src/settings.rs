@@ -95,6 +95,22 @@ pub struct PublishSettings {
     pub max_topic: usize,
 }
 
+/// What every connection of a subscriber fleet subscribes to (see
+/// [`crate::Fleet::start_subscribers`]).
+#[derive(Debug, Clone)]
+pub struct SubscribeSettings {
+    /// Topic filters, each a template: `{i}` is the subscriber's index.
+    pub filters: Vec<Template>,
+    /// The subscription's options: QoS, and MQTT 5's No Local, Retain As Published, Retain
+    /// Handling.
+    pub options: mqtt_wire::packets::SubOptions,
+    /// `$share/{group}/` before every filter.
+    pub share_group: Option<String>,
+    /// The index of the fleet's first subscriber: subscriber `c` is `first_index + c` in
+    /// its client id and filters.
+    pub first_index: u64,
+}
+
 /// The whole fleet.
 #[derive(Debug, Clone)]
 pub struct FleetSettings {

@@ -80,7 +80,7 @@ pub fn record_clamped(h: &mut Histogram<u64>, us: u64, clamped: &mut u64) {
     h.saturating_record(us);
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
 }
 
@@ -349,6 +349,8 @@ pub struct Stats {
     pub lag_max_ms: Vec<u32>,
     /// MQTT 5: rejected messages by their PUBACK's reason code.
     pub rejected_by_reason: BTreeMap<u8, u64>,
+    /// What the subscribing connections did (a subscriber fleet).
+    pub sub: crate::worker::SubStats,
 }
 
 fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -386,6 +388,7 @@ impl AddAssign<&Stats> for Stats {
         for (k, v) in &o.rejected_by_reason {
             *self.rejected_by_reason.entry(*k).or_default() += v;
         }
+        self.sub += &o.sub;
     }
 }
 

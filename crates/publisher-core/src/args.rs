@@ -156,8 +156,8 @@ pub struct FleetArgs {
     pub ramp: RampArgs,
 }
 
-/// How a fleet's connections connect: its workers, the ramp and its retries, the local
-/// addresses. Shared by `loadgen pub` and `loadgen conn`.
+/// How a fleet's connections come up: workers, the connect ramp, retries, source addresses.
+/// Shared by `loadgen pub`, `loadgen conn` and the subscriber fleet (`loadgen sub --clients`).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Fleet")]
 pub struct RampArgs {

@@ -582,14 +582,23 @@ pub fn payload(device: &str, seqs: &[u64]) -> Vec<u8> {
 
 /// Publishes `payloads` in order to `topic` at QoS 1 and waits for every PUBACK.
 pub fn publish_payloads(port: u16, topic: &str, payloads: &[Vec<u8>]) {
+    publish_payloads_at(port, topic, payloads, 1)
+}
+
+/// Publishes `payloads` in order to `topic` at `qos` (1 or 2) and waits for every PUBACK
+/// (QoS 1) or PUBCOMP (QoS 2).
+pub fn publish_payloads_at(port: u16, topic: &str, payloads: &[Vec<u8>], qos: u8) {
+    let qos = if qos == 2 {
+        QoS::ExactlyOnce
+    } else {
+        QoS::AtLeastOnce
+    };
     let id = format!("test-pub-{}-{}", std::process::id(), free_port());
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_max_packet_size(256 << 20, 256 << 20);
     let (client, mut conn) = Client::new(opts, payloads.len().max(1) + 1);
     for p in payloads {
-        client
-            .publish(topic, QoS::AtLeastOnce, false, p.clone())
-            .unwrap();
+        client.publish(topic, qos, false, p.clone()).unwrap();
     }
     let mut acked = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -600,7 +609,8 @@ pub fn publish_payloads(port: u16, topic: &str, payloads: &[Vec<u8>]) {
             payloads.len()
         );
         match conn.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) if qos == QoS::AtLeastOnce => acked += 1,
+            Ok(Ok(Event::Incoming(Packet::PubComp(_)))) if qos == QoS::ExactlyOnce => acked += 1,
             Ok(Err(e)) => panic!("test publisher lost its connection: {e}"),
             _ => {}
         }

@@ -12,4 +12,5 @@ mod merge;
 mod observe;
 mod reports;
 mod shards;
+mod subfleet;
 mod takeover;

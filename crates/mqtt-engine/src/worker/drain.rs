@@ -17,7 +17,8 @@ impl<P: Producer> Worker<P> {
         if let (Some(a), Some(h)) = (self.anchor, self.s.hold.as_ref()) {
             return now >= a + h.duration; // held connections: the hold ends it
         }
-        if self.live_devices == 0 {
+        // A subscriber fleet has no devices: it receives until it is stopped.
+        if self.live_devices == 0 && self.sub.is_none() {
             return true;
         }
         // Unpaced, --duration ends generation by the clock; paced, each device's schedule ends.

@@ -25,6 +25,8 @@
 //! - `socket`: writing outboxes (plain or TLS) and reading what the broker sent;
 //! - `receive`: a read framed into packets, each the event it is in its connection's phase;
 //! - `churn`: held connections (`loadgen conn`): the churn and storm clocks, the outages;
+//! - `subscribe`: the subscriber role: SUBSCRIBE after the CONNACK, SUBACK, deliveries to
+//!   the [`Consumer`] with PUBACK or the QoS 2 receiver's answers;
 //! - `drain`: the end of generation, DISCONNECTs, the deadline;
 //! - `live`: the figures the fleet's watcher reads while the run goes on;
 //! - `shared`: what the workers of a fleet share.
@@ -45,7 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Phase, Role};
 use crate::error::{BrokerLimit, ConnackCode, ConnectFailure, LostKind, Takeover};
 use crate::outbox::{Flushed, MsgMeta};
 use crate::pacer::Pacer;
@@ -64,9 +66,11 @@ mod ramp;
 mod receive;
 mod shared;
 mod socket;
+mod subscribe;
 mod timers;
 
 pub use shared::{Control, Shared};
+pub use subscribe::{Consumer, SubStats};
 
 /// What a tool puts in the messages; the engine decides when they go. One per worker.
 pub trait Producer: Send {
@@ -238,6 +242,8 @@ pub struct Worker<P: Producer> {
     storm: Option<churn::StormClock>,
     /// Connections down in the open outage.
     down_in_outage: u64,
+    /// A subscriber fleet's side: its settings, consumer and connections' state.
+    sub: Option<subscribe::Subscribing>,
 }
 
 impl<P: Producer> Worker<P> {
@@ -368,6 +374,7 @@ impl<P: Producer> Worker<P> {
             churn: None,
             storm: None,
             down_in_outage: 0,
+            sub: None,
             s,
         })
     }
@@ -553,6 +560,15 @@ impl<P: Producer> Worker<P> {
             match frames.next_packet() {
                 Ok(Some(p)) => {
                     let ev = receive::event(self.conns[c as usize].phase, p);
+                    if matches!(ev, receive::Event::Received | receive::Event::Skipped)
+                        && self.conns[c as usize].role == Role::Subscriber
+                    {
+                        if !self.sub_frame(c, frames.last_frame(), now) {
+                            ok = false;
+                            break None;
+                        }
+                        continue;
+                    }
                     match self.on_event(c, ev, now) {
                         Some(a) => acked |= a,
                         None => {
@@ -601,6 +617,10 @@ impl<P: Producer> Worker<P> {
                     }
                 }
                 self.on_connack(c, code, session_present, now);
+                let up = self.conns[c as usize].phase == Phase::Up;
+                if up && self.conns[c as usize].role == Role::Subscriber {
+                    self.sub_up(c, session_present, now);
+                }
                 (self.conns[c as usize].phase == Phase::Up).then_some(false)
             }
             Event::NotMqtt => {
@@ -633,7 +653,7 @@ impl<P: Producer> Worker<P> {
                 self.on_disconnect(c, reason, now);
                 None
             }
-            // A delivery: publishers subscribe to nothing. A subscribing role verifies it here.
+            // A delivery: publishers subscribe to nothing (subscribers' go to `sub_frame`).
             Event::Received | Event::Skipped => Some(false),
         }
     }

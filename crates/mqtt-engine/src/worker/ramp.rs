@@ -134,11 +134,14 @@ impl<P: Producer> Worker<P> {
                 Err(e) => return self.fail_attempt(c, ConnectFailure::Tls(e), now),
             }
         }
+        let fleet_ix = self.conns[c as usize].index;
+        let index = self
+            .sub_index(fleet_ix)
+            .unwrap_or_else(|| self.s.client_index(fleet_ix));
         let conn = &mut self.conns[c as usize];
         let s = &self.s.conn;
         let mut id = Vec::with_capacity(32);
-        s.client_id
-            .render_into(self.s.client_index(conn.index), b"", &mut id);
+        s.client_id.render_into(index, b"", &mut id);
         let id = String::from_utf8_lossy(&id);
         let keep_alive = s.keep_alive.as_secs().min(u16::MAX as u64) as u16;
         let credentials = s
@@ -367,6 +370,8 @@ impl<P: Producer> Worker<P> {
                 || conn.unflushed()
                 || conn.owing > 0
                 || (self.phase == WorkerPhase::Generating && self.s.hold.is_some())
+                // A subscriber is needed until generation ends: it is there to receive.
+                || (self.phase == WorkerPhase::Generating && conn.role == Role::Subscriber)
                 || (self.phase == WorkerPhase::Generating
                     && conn
                         .devices
@@ -420,6 +425,7 @@ impl<P: Producer> Worker<P> {
             && !gives_up_the_id
             && self.phase != WorkerPhase::Done
             && !self.shared.control.abort.load(Ordering::Relaxed);
+        self.sub_lost(c);
         let conn = &mut self.conns[c as usize];
         let lost = crate::error::Lost {
             takeover,

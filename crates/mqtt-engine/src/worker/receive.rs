@@ -84,6 +84,8 @@ pub(super) struct Frames<'a> {
     bytes: &'a [u8],
     joined: bool,
     at: usize,
+    /// Where the last packet handed out starts.
+    last: usize,
 }
 
 /// Where framing a read stopped.
@@ -129,6 +131,7 @@ impl Framer {
             bytes,
             joined,
             at: 0,
+            last: 0,
         }
     }
 }
@@ -142,11 +145,17 @@ impl Frames<'_> {
         let f = self.framer;
         match packets::next_packet(&self.bytes[self.at..], f.max, f.v5)? {
             Some((p, len)) => {
+                self.last = self.at;
                 self.at += len;
                 Ok(Some(p))
             }
             None => Ok(None),
         }
+    }
+
+    /// The whole frame (fixed header included) of the packet last handed out.
+    pub(super) fn last_frame(&self) -> &[u8] {
+        &self.bytes[self.last..self.at]
     }
 
     /// How far framing got.

@@ -70,6 +70,10 @@ pub struct Shared {
     pub live: Vec<Live>,
     /// The first takeover and client id in use, named by the tool as they happen.
     pub collisions: Collisions,
+    /// Subscribers whose subscription was granted at least once, fleet-wide, and those
+    /// refused theirs.
+    pub subscribed: AtomicU64,
+    pub refused: AtomicU64,
     /// Each worker's histograms as of its last hand-over (`live_histograms`).
     pub live_histos: Vec<std::sync::Mutex<crate::stats::Histos>>,
 }
@@ -90,6 +94,8 @@ impl Shared {
             control: Control::default(),
             live: (0..workers).map(|_| Live::default()).collect(),
             collisions: Collisions::default(),
+            subscribed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             live_histos: (0..workers).map(|_| Default::default()).collect(),
         }
     }

@@ -1,0 +1,410 @@
+//! `loadgen sub --clients N` against a real Mosquitto: subscriber fleets on the engine's
+//! workers, every subscriber proving what it got (fan-out, one-to-one, a share group,
+//! persistent sessions, QoS 2), the report checked against its committed schema.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::{assert_matches_schema, payload, publish_payloads_at, Mosquitto, TempDir};
+
+use crate::common::{n, publish, BIN};
+
+/// A `loadgen sub --clients` process, every subscriber subscribed.
+struct Fleet {
+    child: Child,
+    dir: TempDir,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Fleet {
+    /// Starts `loadgen sub ARGS` and waits for its "subscribed: N of N" line.
+    fn start(args: &[&str]) -> Fleet {
+        let dir = TempDir::new("subfleet");
+        let mut child = Command::new(BIN)
+            .arg("sub")
+            .args(args)
+            .arg("--report-json")
+            .arg(dir.path("report.json"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn loadgen sub");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let clients = args
+            .iter()
+            .position(|a| *a == "--clients")
+            .map(|i| args[i + 1])
+            .expect("--clients");
+        let want = format!("subscribed: {clients} of {clients} subscribers");
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line == want => break,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "the subscribers never all subscribed; stderr:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+        Fleet {
+            child,
+            dir,
+            stderr: rx,
+        }
+    }
+
+    /// Waits for the verdict: (exit code, report), the report checked against its schema.
+    fn wait(self) -> (i32, Value) {
+        let Fleet {
+            mut child,
+            dir,
+            stderr,
+        } = self;
+        let status = child.wait().expect("wait loadgen sub");
+        let rest: Vec<String> = stderr.try_iter().collect();
+        let text = std::fs::read_to_string(dir.path("report.json"))
+            .unwrap_or_else(|_| panic!("no report; stderr:\n{}", rest.join("\n")));
+        let report: Value = serde_json::from_str(&text).expect("report is JSON");
+        assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+        assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &report);
+        assert_matches_schema("schema/fleet-verify.schema.json", &report["fleet"]);
+        (status.code().unwrap_or(-1), report)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish_fleet(broker: &str, devices: &str, total: &str, qos: &str) {
+    let out = publish(&[
+        "--broker",
+        broker,
+        "--devices",
+        devices,
+        "--total",
+        total,
+        "--rate",
+        "2000",
+        "--qos",
+        qos,
+        "--quiet",
+    ]);
+    out.assert_code(0);
+}
+
+#[test]
+fn fan_out_200_subscribers_each_prove_every_point_of_20_devices() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "200",
+        "--topic",
+        "device_data/#",
+        "--expect-per-client",
+        "200",
+        "--idle-timeout",
+        "3s",
+        "--quiet",
+    ]);
+    publish_fleet(&url, "20", "200", "1");
+    let (code, r) = fleet.wait();
+    let f = &r["fleet"];
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(n(&r["connections"], "subscribed"), 200);
+    assert_eq!(n(f, "subscribers_verified"), 200);
+    assert_eq!(n(f, "points_unique"), 200 * 200);
+    assert_eq!(n(f, "points_missing"), 0);
+    assert_eq!(n(f, "points_duplicate"), 0);
+    assert_eq!(f["points_per_subscriber"], serde_json::json!({"200": 200}));
+    assert!(
+        r["suback_latency_us"]["count"].as_u64() == Some(200),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn a_crafted_stream_with_a_gap_and_a_duplicate_fails_every_one_of_200_subscribers() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "200",
+        "--idle-timeout",
+        "2s",
+        "--quiet",
+    ]);
+    let payloads: Vec<Vec<u8>> = [0, 1, 2, 5, 6, 6]
+        .iter()
+        .map(|s| payload("crafted-1", &[*s]))
+        .collect();
+    publish_payloads_at(broker.port, "device_data/crafted-1", &payloads, 1);
+    let (code, r) = fleet.wait();
+    let f = &r["fleet"];
+    assert_eq!(code, 5, "{r:#}");
+    // Each of the 200 misses 3 and 4 and gets 6 twice: summed, and each listed one alike.
+    assert_eq!(n(f, "points_missing"), 2 * 200);
+    assert_eq!(n(f, "points_duplicate"), 200);
+    let listed = f["subscribers_with_problems"].as_array().expect("listed");
+    assert_eq!(listed.len(), 20);
+    assert_eq!(n(f, "subscribers_with_problems_more"), 180);
+    for s in listed {
+        assert_eq!((n(s, "missing"), n(s, "duplicate")), (2, 1), "{s:#}");
+    }
+    assert!(
+        r["failure"]
+            .as_str()
+            .is_some_and(|w| w.contains("200 subscribers")),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn one_to_one_templates_give_each_subscriber_its_own_device() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "10",
+        "--topic",
+        "device_data/sensor-{i:05}",
+        "--expect-per-client",
+        "15",
+        "--idle-timeout",
+        "3s",
+        "--quiet",
+    ]);
+    publish_fleet(&url, "10", "150", "1");
+    let (code, r) = fleet.wait();
+    let f = &r["fleet"];
+    assert_eq!(code, 0, "{r:#}");
+    // Every subscriber got its own device's 15 points and nothing of the other nine.
+    assert_eq!(f["points_per_subscriber"], serde_json::json!({"15": 10}));
+    assert_eq!(n(f, "points_unique"), 150);
+}
+
+#[test]
+fn a_share_group_of_10_in_one_process_proves_the_total_exactly_once() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "10",
+        "--share-group",
+        "g1",
+        "--expect",
+        "300",
+        "--idle-timeout",
+        "3s",
+        "--quiet",
+    ]);
+    publish_fleet(&url, "20", "300", "1");
+    let (code, r) = fleet.wait();
+    let f = &r["fleet"];
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(
+        n(f, "points_unique"),
+        300,
+        "the members together, once each"
+    );
+    assert_eq!(n(f, "points_duplicate"), 0);
+    // The broker divided them: no member got them all.
+    let most = f["points_per_subscriber"]
+        .as_object()
+        .expect("spread")
+        .keys()
+        .filter_map(|k| k.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(most < 300, "{f:#}");
+}
+
+#[test]
+fn persistent_subscribers_killed_and_restarted_get_what_was_queued() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let args = [
+        "--broker",
+        &url,
+        "--clients",
+        "5",
+        "--clean-session",
+        "false",
+        "--qos",
+        "1",
+        "--expect-per-client",
+        "30",
+        "--idle-timeout",
+        "3s",
+        "--quiet",
+    ];
+    // The sessions exist and subscribed; then the process dies without a word.
+    Fleet::start(&args).kill();
+    publish_fleet(&url, "3", "30", "1");
+    // Back with the same client ids: the broker kept the sessions and what was published.
+    let (code, r) = Fleet::start(&args).wait();
+    let f = &r["fleet"];
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(f["points_per_subscriber"], serde_json::json!({"30": 5}));
+    assert_eq!(n(&r["connections"], "sessions_resumed"), 5);
+    assert_eq!(n(&r["connections"], "queued_deliveries"), 5 * 30);
+}
+
+#[test]
+fn qos2_subscriptions_deliver_exactly_once() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "20",
+        "--qos",
+        "2",
+        "--expect-per-client",
+        "50",
+        "--idle-timeout",
+        "2s",
+        "--quiet",
+    ]);
+    let payloads: Vec<Vec<u8>> = (0..50).map(|s| payload("q2-dev", &[s])).collect();
+    publish_payloads_at(broker.port, "device_data/q2-dev", &payloads, 2);
+    let (code, r) = fleet.wait();
+    let f = &r["fleet"];
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["qos"], 2);
+    assert_eq!(f["points_per_subscriber"], serde_json::json!({"50": 20}));
+    assert_eq!(n(f, "points_duplicate"), 0);
+}
+
+#[test]
+fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let args = [
+        "--broker",
+        &url,
+        "--clients",
+        "5",
+        "--share-group",
+        "g2",
+        "--idle-timeout",
+        "2s",
+        "--quiet",
+    ];
+    let a = Fleet::start(&args);
+    let b = Fleet::start(&args);
+    publish_fleet(&url, "20", "300", "1");
+    let (ra, rb) = (a.wait(), b.wait());
+    assert_eq!((ra.0, rb.0), (0, 0), "{:#}\n{:#}", ra.1, rb.1);
+    let dir = TempDir::new("subfleet-merge");
+    let (pa, pb, pm) = (dir.path("a.json"), dir.path("b.json"), dir.path("m.json"));
+    std::fs::write(&pa, ra.1.to_string()).expect("write a");
+    std::fs::write(&pb, rb.1.to_string()).expect("write b");
+    let merge = |expect: &str| {
+        Command::new(BIN)
+            .arg("merge")
+            .args([&pa, &pb])
+            .args(["--expect", expect, "--report-json"])
+            .arg(&pm)
+            .output()
+            .expect("run loadgen merge")
+    };
+    let out = merge("300");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
+        .expect("merged report is JSON");
+    assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &m);
+    assert_eq!(n(&m, "merged_reports"), 2);
+    assert_eq!(n(&m, "clients"), 10);
+    assert_eq!(n(&m["fleet"], "points_unique"), 300, "{m:#}");
+    assert_eq!(n(&m["fleet"], "points_duplicate"), 0);
+    // The same reports against a total they did not get: the merged verdict fails.
+    assert_eq!(merge("301").status.code(), Some(5));
+}
+
+#[test]
+fn subscribers_that_never_get_a_message_stop_at_the_first_message_timeout_and_fail() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "3",
+        "--expect-per-client",
+        "10",
+        "--first-message-timeout",
+        "1s",
+        "--quiet",
+    ]);
+    let (code, r) = fleet.wait();
+    assert_eq!(code, 5, "{r:#}");
+    assert_eq!(n(&r["fleet"], "points"), 0);
+    assert!(r["failure"].as_str().is_some(), "{r:#}");
+}
+
+#[test]
+fn persistent_subscribers_cut_off_reconnect_resume_their_sessions_and_get_what_was_queued() {
+    let broker = Mosquitto::start();
+    let proxy = test_support::proxy::Proxy::start(broker.port);
+    let fleet = Fleet::start(&[
+        "--broker",
+        &proxy.url(),
+        "--clients",
+        "5",
+        "--clean-session",
+        "false",
+        "--qos",
+        "1",
+        "--reconnect-backoff",
+        "50ms..200ms",
+        "--expect-per-client",
+        "30",
+        "--quiet",
+    ]);
+    // Every subscriber is cut off and cannot come back while the points are published.
+    proxy.set_accepting(false);
+    proxy.cut_all();
+    publish_fleet(&broker.url(), "3", "30", "1");
+    proxy.set_accepting(true);
+    let (code, r) = fleet.wait();
+    let c = &r["connections"];
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(
+        r["fleet"]["points_per_subscriber"],
+        serde_json::json!({"30": 5})
+    );
+    assert_eq!(n(c, "lost"), 5, "{c:#}");
+    assert_eq!(
+        n(c, "sessions_resumed"),
+        5,
+        "resumed, not subscribed again: {c:#}"
+    );
+}
