@@ -38,6 +38,9 @@ impl Summarize for Report {
         if let Some(e) = &self.error {
             s.fail(&format!("incomplete: {e}"));
         }
+        if let Some(d) = &self.delivery {
+            d.summary_rows(&mut s);
+        }
         s.passed(&match self.points_acked {
             Some(acked) => format!(
                 "{} points sent, {} acknowledged",
