@@ -323,12 +323,17 @@ pub fn compare(filter: &str, rx: &Received, expected: &Expected, stopped: &str) 
             name(p, &mut d);
         }
     }
-    // Devices the fleet never had, on its filter: unexpected, named.
+    // Devices the fleet never had, on its filter: unexpected, named (a shard's: the other
+    // shards', not judged here).
     for (i, dev) in rx.devices.iter().enumerate() {
         if known[i] {
             continue;
         }
         let c = dev.tracker.counts(&rx.pools);
+        if expected.others_expected {
+            d.other_devices_points += c.received;
+            continue;
+        }
         d.delivered += c.received;
         d.unexpected += c.received;
         name(

@@ -64,6 +64,9 @@ pub struct Expected {
     /// Points generated but never written to a socket (a drain cut short): not attributable
     /// to a device, so the expectation is then an upper bound by this many.
     pub unwritten: u64,
+    /// A shard of a fleet: other devices on the filter are the other shards', counted as
+    /// `other_devices_points`, not judged.
+    pub others_expected: bool,
 }
 
 /// A verifier, started before the first publish.
@@ -117,6 +120,9 @@ pub struct Delivery {
     /// Seqs (or devices) the fleet never wrote that arrived on the filter.
     pub unexpected: u64,
     pub malformed: u64,
+    /// A shard's run: points of the other shards' devices, received and not judged here.
+    #[serde(default)]
+    pub other_devices_points: u64,
     /// Points generated and never written (a drain cut short): the expectation may be
     /// higher than what was written by at most this.
     pub unwritten: u64,
@@ -200,6 +206,11 @@ impl Delivery {
         add(&mut self.out_of_order, o.out_of_order, "out_of_order")?;
         add(&mut self.unexpected, o.unexpected, "unexpected")?;
         add(&mut self.malformed, o.malformed, "malformed")?;
+        add(
+            &mut self.other_devices_points,
+            o.other_devices_points,
+            "other_devices_points",
+        )?;
         add(&mut self.unwritten, o.unwritten, "unwritten")?;
         add(&mut self.devices, o.devices, "devices")?;
         add(

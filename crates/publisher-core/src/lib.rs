@@ -335,6 +335,7 @@ fn expected(
     mqtt_tool::delivery::Expected {
         devices,
         unwritten: counts.points_enqueued.saturating_sub(counts.points_sent),
+        others_expected: plan.shard.as_ref().is_some_and(|s| s.count > 1),
     }
 }
 
@@ -408,7 +409,11 @@ pub async fn execute(
             let dp = DeliveryPlan {
                 connect: plan.connect.clone(),
                 filter: plan.verify_filter.clone(),
-                devices: plan.fleet.devices,
+                // A shard's verifier sees the whole fleet's devices on the filter.
+                devices: plan
+                    .fleet
+                    .devices
+                    .saturating_mul(plan.shard.as_ref().map_or(1, |s| s.count)),
                 timeout,
                 stop: shutdown.stop.clone(),
             };
