@@ -173,7 +173,10 @@ impl Delivery {
             line.push_str(&format!(
                 " (devices: {}{})",
                 named.join(", "),
-                match self.devices_with_problems.saturating_sub(named.len() as u64) {
+                match self
+                    .devices_with_problems
+                    .saturating_sub(named.len() as u64)
+                {
                     0 => String::new(),
                     n => format!(" and {} more", crate::format::fmt_int(n)),
                 }
@@ -291,7 +294,10 @@ impl Delivery {
             .devices_with_problems
             .saturating_sub(self.problem_devices.len() as u64);
         if rest > 0 {
-            s.push_str(&format!("  and {} more devices with problems\n", fmt_int(rest)));
+            s.push_str(&format!(
+                "  and {} more devices with problems\n",
+                fmt_int(rest)
+            ));
         }
         s.push_str(&match self.failure() {
             None => format!(
@@ -358,7 +364,10 @@ mod tests {
 
     #[test]
     fn a_level_with_a_placeholder_becomes_a_single_level_wildcard() {
-        assert_eq!(filter_of_template("device_data/{device_id}"), "device_data/+");
+        assert_eq!(
+            filter_of_template("device_data/{device_id}"),
+            "device_data/+"
+        );
         assert_eq!(filter_of_template("a/{i}/b/x{i:03}"), "a/+/b/+");
         assert_eq!(filter_of_template("fixed/topic"), "fixed/topic");
     }

@@ -76,6 +76,9 @@ pub const LOADGEN_PUB: Preset = Preset {
   # 1,000 devices, 10 points/s each, for a minute, at QoS 1; a verdict on the acknowledgements
   loadgen pub --broker mqtt://127.0.0.1:1883 --devices 1000 --rate-per-device 10 \\
       --duration 60s --qos 1
+  # one command, one verdict: subscribe first, publish, prove every point arrived once
+  loadgen pub --broker mqtt://127.0.0.1:1883 --devices 100 --rate 10k --duration 30s \\
+      --qos 1 --verify --threshold 'e2e_latency_p99<50ms'
   # a CI gate: thresholds, a Markdown summary and a JSON report
   loadgen pub --devices 100 --rate 10k --duration 30s --qos 1 \\
       --threshold 'ack_latency_p99<50ms' --threshold 'point_rate>=9900' \\
@@ -133,7 +136,10 @@ pub fn command(preset: &Preset) -> Command {
                 ("0", "every point sent and, at QoS 1, acknowledged"),
                 ("3", "the broker cannot be reached"),
                 ("4", "the broker refused the connection"),
-                ("5", ""),
+                (
+                    "5",
+                    "with --verify: a point missing, duplicated, unexpected or malformed"
+                ),
             ])
         ))
         .mut_arg("report_json", |a| {
@@ -184,6 +190,8 @@ pub fn command(preset: &Preset) -> Command {
             "ack_latency_p99<50ms",
             "point_rate>=9900",
             "points_failed==0",
+            "delivery_missing==0",
+            "e2e_latency_p99<50ms",
         ],
     );
     mqtt_tool::cli::with_env_scheme(cmd)
@@ -421,7 +429,10 @@ pub async fn execute(
             let v = tokio::task::spawn_blocking(move || check.subscribe(&dp, &t))
                 .await
                 .map_err(|e| Error::failed("the verifier failed", e))??;
-            Some((v, std::sync::Arc::new(produce::SentLog::new(plan.fleet.devices))))
+            Some((
+                v,
+                std::sync::Arc::new(produce::SentLog::new(plan.fleet.devices)),
+            ))
         }
         _ => None,
     };

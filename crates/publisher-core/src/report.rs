@@ -88,7 +88,11 @@ pub fn threshold_fields() -> Fields {
         .field("delivery_unique", "/delivery/unique", Unit::Number)
         .field("delivery_missing", "/delivery/missing", Unit::Number)
         .field("delivery_duplicate", "/delivery/duplicate", Unit::Number)
-        .field("delivery_out_of_order", "/delivery/out_of_order", Unit::Number)
+        .field(
+            "delivery_out_of_order",
+            "/delivery/out_of_order",
+            Unit::Number,
+        )
         .field("delivery_unexpected", "/delivery/unexpected", Unit::Number)
         .field("delivery_malformed", "/delivery/malformed", Unit::Number)
         .field(

@@ -12,3 +12,4 @@ mod observe;
 mod reports;
 mod shards;
 mod takeover;
+mod verify;
