@@ -34,6 +34,9 @@ pub struct DeliveryPlan {
     pub filter: String,
     /// Devices the fleet has (the verifier tracks a few more, to name strangers).
     pub devices: u64,
+    /// This process's devices, by id: the e2e latency is theirs alone (a shard's verifier
+    /// also receives the other shards' points, whose latency their own reports hold).
+    pub device_ids: std::sync::Arc<Vec<String>>,
     /// After the fleet ends: the stream quiet this long ends the wait (see docs/verify.md).
     pub timeout: Duration,
     /// Cancelled on a signal: the verifier stops where it is.

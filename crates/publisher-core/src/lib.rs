@@ -320,24 +320,34 @@ async fn run_framed(
     mqtt_tool::frame::exit(signal, failure, &report.header, shortfall)
 }
 
-/// What the fleet wrote, device by device, for the verifier: each device's seqs from its
-/// log; what was generated and never written is said as a total.
-fn expected(
-    plan: &Plan,
-    log: &produce::SentLog,
-    counts: &mqtt_engine::stats::Counts,
-) -> mqtt_tool::delivery::Expected {
+/// The ids of this process's devices, in fleet order (rendered as the producers do).
+fn device_ids(plan: &Plan) -> Vec<String> {
     let mut id = Vec::new();
-    let devices = (0..plan.fleet.devices)
+    (0..plan.fleet.devices)
         .map(|d| {
             id.clear();
             plan.device_id_template
                 .render_into(d + plan.fleet.device_start, b"", &mut id);
-            mqtt_tool::delivery::ExpectedDevice {
-                id: String::from_utf8_lossy(&id).into_owned(),
-                sent: log.next(d),
-                skipped: log.skipped(d),
-            }
+            String::from_utf8_lossy(&id).into_owned()
+        })
+        .collect()
+}
+
+/// What the fleet wrote, device by device, for the verifier: each device's seqs from its
+/// log; what was generated and never written is said as a total.
+fn expected(
+    plan: &Plan,
+    ids: &[String],
+    log: &produce::SentLog,
+    counts: &mqtt_engine::stats::Counts,
+) -> mqtt_tool::delivery::Expected {
+    let devices = ids
+        .iter()
+        .enumerate()
+        .map(|(d, id)| mqtt_tool::delivery::ExpectedDevice {
+            id: id.clone(),
+            sent: log.next(d as u64),
+            skipped: log.skipped(d as u64),
         })
         .collect();
     mqtt_tool::delivery::Expected {
@@ -414,7 +424,9 @@ pub async fn execute(
     // point is published before it can be received.
     let verifier = match (plan.verify, check) {
         (Some(timeout), Some(check)) => {
+            let ids = std::sync::Arc::new(device_ids(plan));
             let dp = DeliveryPlan {
+                device_ids: ids.clone(),
                 connect: plan.connect.clone(),
                 filter: plan.verify_filter.clone(),
                 // A shard's verifier sees the whole fleet's devices on the filter.
@@ -429,14 +441,12 @@ pub async fn execute(
             let v = tokio::task::spawn_blocking(move || check.subscribe(&dp, &t))
                 .await
                 .map_err(|e| Error::failed("the verifier failed", e))??;
-            Some((
-                v,
-                std::sync::Arc::new(produce::SentLog::new(plan.fleet.devices)),
-            ))
+            let log = std::sync::Arc::new(produce::SentLog::new(plan.fleet.devices));
+            Some((v, log, ids))
         }
         _ => None,
     };
-    let sent_log = verifier.as_ref().map(|(_, log)| log.clone());
+    let sent_log = verifier.as_ref().map(|(_, log, _)| log.clone());
     let (device_id, topic) = (plan.device_id_template.clone(), plan.topic_template.clone());
     let (seed, sensor_fields, offset) = (plan.seed, plan.sensor_fields, plan.fleet.device_start);
     let fleet = mqtt_engine::Fleet::start(settings, move |_, devices| {
@@ -570,8 +580,8 @@ pub async fn execute(
         .ok();
     }
     let mut report = Report::build(preset.name, plan, target, &result, &observed, signal);
-    if let Some((v, log)) = verifier {
-        let expected = expected(plan, &log, &result.stats.counts);
+    if let Some((v, log, ids)) = verifier {
+        let expected = expected(plan, &ids, &log, &result.stats.counts);
         let delivery = tokio::task::spawn_blocking(move || v.finish(expected))
             .await
             .map_err(|e| Error::failed("the verifier failed", e))?;

@@ -38,9 +38,6 @@ impl Summarize for Report {
         if let Some(e) = &self.error {
             s.fail(&format!("incomplete: {e}"));
         }
-        if let Some(d) = &self.delivery {
-            d.summary_rows(&mut s);
-        }
         s.passed(&match self.points_acked {
             Some(acked) => format!(
                 "{} points sent, {} acknowledged",
@@ -223,6 +220,10 @@ impl Summarize for Report {
             line.push_str(&format!(". {note}"));
         }
         s.health("Generator", line);
+        // --verify: what the in-process subscriber got, and its verdict.
+        if let Some(d) = &self.delivery {
+            d.summary_rows(&mut s);
+        }
         if self.latency_includes_queueing() && qos1 {
             s.note(UNPACED_LATENCY_NOTE);
         }

@@ -20,6 +20,8 @@ fn delivery(r: &serde_json::Value) -> &serde_json::Value {
 #[test]
 fn a_verified_fleet_run_exits_0_with_every_point_delivered_once() {
     let m = Mosquitto::start();
+    let dir = TempDir::new("verify-md");
+    let md = dir.path("summary.md");
     let out = publish(&[
         "--broker",
         &m.url(),
@@ -34,9 +36,16 @@ fn a_verified_fleet_run_exits_0_with_every_point_delivered_once() {
         "delivery_missing==0",
         "--threshold",
         "e2e_latency_p99<60s",
+        "--report-md",
+        md.to_str().unwrap(),
         "--quiet",
     ]);
     out.assert_code(0);
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.contains("Subscribed to") && md.contains("device\\_data/+"),
+        "{md}"
+    );
     let r = out.report();
     assert_matches_schema("schema/publisher-report.schema.json", r);
     let d = delivery(r);
@@ -181,4 +190,72 @@ fn verify_timeout_must_be_longer_than_0s() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--verify-timeout"));
+}
+
+/// Two shards of one fleet run at once, each verifying its own devices (the other's seen,
+/// not judged); `loadgen merge` adds their delivery sections into the fleet's.
+#[test]
+fn verified_shards_merge_into_one_delivery_section() {
+    let m = Mosquitto::start();
+    let dir = TempDir::new("verify-shards");
+    let report = dir.path("shard-{shard}.json");
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new(BIN)
+                .args([
+                    "pub",
+                    "--broker",
+                    &m.url(),
+                    "--devices",
+                    "6",
+                    "--rate",
+                    "3k",
+                ])
+                .args([
+                    "--total",
+                    "3000",
+                    "--shards",
+                    "2",
+                    "--shard",
+                    &i.to_string(),
+                ])
+                .args(["--verify", "--quiet", "--report-json"])
+                .arg(&report)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn a shard")
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+    let merged = dir.path("merged.json");
+    let out = Command::new(BIN)
+        .args([
+            "merge",
+            "--threshold",
+            "delivery_missing==0",
+            "--report-json",
+        ])
+        .arg(&merged)
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+    assert_matches_schema("schema/publisher-report.schema.json", &r);
+    let d = delivery(&r);
+    assert_eq!(
+        (n(d, "expected"), n(d, "unique"), n(d, "missing")),
+        (3000, 3000, 0),
+        "{d}"
+    );
+    assert_eq!((n(d, "devices"), n(d, "merged_from")), (6, 2), "{d}");
+    assert_eq!(n(&d["e2e_latency_us"], "count"), 3000, "{d}");
 }
