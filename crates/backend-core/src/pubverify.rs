@@ -362,3 +362,82 @@ pub fn compare(filter: &str, rx: &Received, expected: &Expected, stopped: &str) 
     }
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::Device;
+    use crate::route::Router;
+    use crate::verify::Tracker;
+    use mqtt_tool::delivery::ExpectedDevice;
+
+    fn received(devices: &[(&str, &[u64])]) -> Received {
+        let mut rx = Received::new(&Router::default());
+        for (id, seqs) in devices {
+            let mut tracker = Tracker::default();
+            for s in *seqs {
+                tracker.record(*s, &mut rx.pools);
+            }
+            rx.devices.push(Device {
+                id: id.to_string(),
+                frontend: None,
+                tracker,
+                latency_max_us: 0,
+                first_retained: false,
+                frontier_ts: 0.0,
+                outage: None,
+            });
+        }
+        rx
+    }
+
+    fn expect(id: &str, sent: u64, skipped: &[(u64, u64)]) -> ExpectedDevice {
+        ExpectedDevice {
+            id: id.into(),
+            sent,
+            skipped: skipped.to_vec(),
+        }
+    }
+
+    #[test]
+    fn seqs_skipped_offline_are_not_expected_and_arriving_they_are_unexpected() {
+        let rx = received(&[("a", &[0, 1, 4, 5]), ("b", &[0, 1, 2, 2, 9])]);
+        let e = Expected {
+            devices: vec![expect("a", 6, &[(2, 3)]), expect("b", 4, &[])],
+            ..Expected::default()
+        };
+        let d = compare("device_data/+", &rx, &e, "drained");
+        // a: 0..6 less 2..=3 all arrived; b: 3 missing, 2 twice, 9 never written.
+        assert_eq!(d.expected, 8);
+        assert_eq!(
+            (d.unique, d.missing, d.duplicate, d.unexpected),
+            (7, 1, 1, 1)
+        );
+        assert_eq!(d.devices_with_problems, 1);
+        let b = &d.problem_devices[0];
+        assert_eq!(b.device, "b");
+        assert_eq!(b.missing_ranges, vec![(3, 3)]);
+        assert!(d.failure().unwrap().contains("b"));
+    }
+
+    #[test]
+    fn a_device_that_never_arrived_misses_everything_and_a_stranger_is_unexpected() {
+        let rx = received(&[("stranger", &[0, 1])]);
+        let e = Expected {
+            devices: vec![expect("a", 3, &[])],
+            ..Expected::default()
+        };
+        let d = compare("t/+", &rx, &e, "quiet");
+        assert_eq!(
+            (d.missing, d.unexpected, d.devices_with_problems),
+            (3, 2, 2)
+        );
+        // A shard's verifier: the stranger is another shard's device, not judged.
+        let shard = Expected {
+            others_expected: true,
+            ..e
+        };
+        let d = compare("t/+", &rx, &shard, "quiet");
+        assert_eq!((d.missing, d.unexpected, d.other_devices_points), (3, 0, 2));
+    }
+}

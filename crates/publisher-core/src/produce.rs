@@ -192,4 +192,20 @@ mod tests {
         let pt: Point = serde_json::from_slice(&buf).unwrap();
         assert_eq!(pt.seq, 2);
     }
+
+    #[test]
+    fn the_sent_log_holds_each_devices_next_seq_and_its_skipped_ranges() {
+        let dev = Template::parse("sensor-{i:03}", false, "--device-id").unwrap();
+        let topic = Template::parse("device_data/{device_id}", true, "--topic").unwrap();
+        let log = std::sync::Arc::new(SentLog::new(3));
+        let mut p = Points::new(1..3, 0, dev, topic, 1, false).logging(Some(log.clone()));
+        let mut buf = BytesMut::new();
+        p.payload(2, 0, 2, 1_000_000, &mut buf);
+        p.skip(2, 3);
+        p.payload(2, 5, 1, 1_000_000, &mut buf);
+        p.payload(1, 0, 1, 1_000_000, &mut buf);
+        assert_eq!((log.next(0), log.next(1), log.next(2)), (0, 1, 6));
+        assert_eq!(log.skipped(2), vec![(2, 4)]);
+        assert!(log.skipped(1).is_empty());
+    }
 }
