@@ -244,6 +244,9 @@ async fn verify(
         Some(rx) => rx,
         None => run.await,
     };
+    if rx.stop == Stop::Signal {
+        stopped = "signal";
+    }
     Some(compare(&plan.filter, &rx, &expected, stopped))
 }
 
