@@ -2,5 +2,10 @@
 //! batch of 1,000 points a message), see [`publisher_core::FRONTEND1`].
 
 fn main() -> std::process::ExitCode {
-    publisher_core::main(publisher_core::FRONTEND1)
+    // With backend-core's verifier, so that `--verify` works here as in `loadgen pub`.
+    publisher_core::main_with(
+        publisher_core::FRONTEND1,
+        std::env::args_os().collect(),
+        Some(&backend_core::pubverify::PubVerifier),
+    )
 }

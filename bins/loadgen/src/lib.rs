@@ -33,10 +33,9 @@ Commands:
 Examples:
   # with no broker around: an embedded one, 100,000 points, a verdict
   loadgen pub
-  # a verified fleet run: the subscriber first, then the publisher
-  loadgen sub --broker mqtt://127.0.0.1:1883 --expect 600k
+  # a verified fleet run, one command, one verdict (docs/verify.md)
   loadgen pub --broker mqtt://127.0.0.1:1883 --devices 1000 --rate-per-device 10 \\
-      --duration 60s --qos 1
+      --duration 60s --qos 1 --verify
 
 The seed's tools are presets of these: frontend1-pub and frontend2-pub (loadgen pub with one
 device, 1,000 points a message, client ids 1 and 2), backend-sub (loadgen sub routing
@@ -71,7 +70,11 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             .collect()
     };
     match command.as_ref().and_then(|c| c.to_str()) {
-        Some("pub") => publisher_core::main_with_args(publisher_core::LOADGEN_PUB, sub("pub")),
+        Some("pub") => publisher_core::main_with(
+            publisher_core::LOADGEN_PUB,
+            sub("pub"),
+            Some(&backend_core::pubverify::PubVerifier),
+        ),
         // `--clients N`: a subscriber fleet on the engine; else backend-sub's one session.
         Some("sub") if subfleet::wants_fleet(&rest) => subfleet::main_with_args(sub("sub")),
         Some("sub") => backend_core::main_with_args(backend_core::LOADGEN_SUB, sub("sub")),

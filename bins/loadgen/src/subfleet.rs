@@ -226,6 +226,11 @@ impl Plan {
                 shard: None,
                 start_at: None,
             },
+            // A subscriber fleet verifies what it receives itself.
+            verify: publisher_core::args::VerifyArgs {
+                verify: false,
+                verify_timeout: Duration::from_secs(10),
+            },
             reconnect: a.reconnect,
             offline_buffer: 0,
             user_properties: Vec::new(),

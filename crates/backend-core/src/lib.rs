@@ -6,6 +6,8 @@
 //!     --> verify (per-device seq ranges) --> report (text, JSON; summary: Markdown) --> exit code
 //! ```
 //!
+//! [`pubverify`] runs the same receive path inside `loadgen pub --verify`.
+//!
 //! It shares the point definition with the publishers through `point-format`, and the
 //! connection flags, broker handling and signals through `mqtt-tool`.
 
@@ -14,6 +16,7 @@ pub mod fleet_verify;
 pub mod merge;
 pub mod observe;
 pub mod outage;
+pub mod pubverify;
 pub mod receive;
 pub mod report;
 pub mod route;

@@ -20,6 +20,7 @@
 //! - [`export`]: a report's forms (text, JSON, CSV, Markdown); [`summary`]: the verdict and
 //!   the figures that matter, which the Markdown summary shows; [`threshold`]: pass/fail
 //!   checks on a report's fields.
+//! - [`delivery`]: the seam between a publisher and its in-process verifier (`--verify`).
 //! - [`hist`]: histograms in reports; [`phases`]: the phases of a connect (TCP, TLS,
 //!   CONNACK) in reports; [`merge`]: what both kinds of `loadgen merge` share.
 //! - [`topic`]: the topic names MQTT lets a client publish to.
@@ -31,6 +32,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod delivery;
 pub mod error;
 pub mod export;
 pub mod format;

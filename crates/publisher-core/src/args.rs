@@ -31,6 +31,9 @@ pub struct PublisherArgs {
     pub shards: ShardArgs,
 
     #[command(flatten)]
+    pub verify: VerifyArgs,
+
+    #[command(flatten)]
     pub reconnect: ReconnectArgs,
 
     /// Points each device keeps while its connection is down (the schedule keeps running);
@@ -211,6 +214,27 @@ pub struct ShardArgs {
     /// together: RFC 3339 in UTC (2026-12-01T12:00:00Z), seconds since the epoch, or `now`
     #[arg(long, value_name = "TIME", value_parser = parse_start_at, env = "LOADGEN_START_AT")]
     pub start_at: Option<mqtt_tool::args::StartAt>,
+}
+
+/// `--verify`: prove delivery in the same process.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Verification")]
+pub struct VerifyArgs {
+    /// Prove delivery too: before the first publish, subscribe in this process to what the
+    /// fleet publishes (the topic template with `+` for each level holding a placeholder:
+    /// device_data/+), verify every point as `loadgen sub` does, and compare with the seqs
+    /// each device wrote. The report gains a `delivery` section and one verdict; exit 5
+    /// when a point is missing, duplicated, unexpected or malformed. At QoS 1 the
+    /// acknowledgement proves the broker's receipt, this proves delivery. (docs/verify.md)
+    #[arg(long, env = "LOADGEN_VERIFY")]
+    pub verify: bool,
+
+    /// With --verify, after the fleet ends: stop once every expected point arrived and the
+    /// stream is quiet for 100ms, or the stream is quiet this long (at the latest after 10
+    /// times this, for a stream that never pauses)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,
+          env = "LOADGEN_VERIFY_TIMEOUT")]
+    pub verify_timeout: Duration,
 }
 
 /// MQTT QoS: the workspace's one type (the publishers run 0 and 1; see `qos_parser`).

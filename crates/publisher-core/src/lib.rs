@@ -45,6 +45,7 @@ pub use plan::Plan;
 pub use report::Report;
 
 use config::ParseExit;
+use mqtt_tool::delivery::{DeliveryCheck, DeliveryPlan};
 use mqtt_tool::frame::{Observer, RunFrame};
 use shutdown::Shutdown;
 
@@ -78,6 +79,9 @@ pub const LOADGEN_PUB: Preset = Preset {
   # 1,000 devices, 10 points/s each, for a minute, at QoS 1; a verdict on the acknowledgements
   loadgen pub --broker mqtt://127.0.0.1:1883 --devices 1000 --rate-per-device 10 \\
       --duration 60s --qos 1
+  # one command, one verdict: subscribe first, publish, prove every point arrived once
+  loadgen pub --broker mqtt://127.0.0.1:1883 --devices 100 --rate 10k --duration 30s \\
+      --qos 1 --verify --threshold 'e2e_latency_p99<50ms'
   # a CI gate: thresholds, a Markdown summary and a JSON report
   loadgen pub --devices 100 --rate 10k --duration 30s --qos 1 \\
       --threshold 'ack_latency_p99<50ms' --threshold 'point_rate>=9900' \\
@@ -135,7 +139,10 @@ pub fn command(preset: &Preset) -> Command {
                 ("0", "every point sent and, at QoS 1, acknowledged"),
                 ("3", "the broker cannot be reached"),
                 ("4", "the broker refused the connection"),
-                ("5", ""),
+                (
+                    "5",
+                    "with --verify: a point missing, duplicated, unexpected or malformed"
+                ),
             ])
         ))
         .mut_arg("report_json", |a| {
@@ -186,6 +193,8 @@ pub fn command(preset: &Preset) -> Command {
             "ack_latency_p99<50ms",
             "point_rate>=9900",
             "points_failed==0",
+            "delivery_missing==0",
+            "e2e_latency_p99<50ms",
         ],
     );
     mqtt_tool::cli::with_env_scheme(cmd)
@@ -213,23 +222,45 @@ pub fn main(preset: Preset) -> ExitCode {
     main_with_args(preset, std::env::args_os().collect())
 }
 
-/// [`main`] with the arguments given (the program name first): `loadgen pub` passes its
-/// subcommand's.
+/// [`main`] with the arguments given (the program name first), without a verifier.
 pub fn main_with_args(preset: Preset, argv: Vec<std::ffi::OsString>) -> ExitCode {
+    main_with(preset, argv, None)
+}
+
+/// [`main`] with the arguments given (the program name first: `loadgen pub` passes its
+/// subcommand's) and `check`, the verifier `--verify` runs (backend-core's, injected by the
+/// binary so that this crate does not depend on it); without one `--verify` is refused.
+pub fn main_with(
+    preset: Preset,
+    argv: Vec<std::ffi::OsString>,
+    check: Option<&'static dyn DeliveryCheck>,
+) -> ExitCode {
     mqtt_tool::run_main(
         move || {
             mqtt_tool::cli::warn_environment(&command(&preset), &[], &argv);
-            parse_plan(&preset, argv)
+            let plan = parse_plan(&preset, argv)?;
+            if plan.verify.is_some() && check.is_none() {
+                return Err(ParseExit::Usage(format!(
+                    "--verify is not available in {}; use loadgen pub --verify",
+                    preset.name
+                )));
+            }
+            Ok(plan)
         },
         "stopping generation, flushing what was generated",
-        |plan, shutdown| async move { run(&preset, &plan, &shutdown).await },
+        move |plan, shutdown| async move { run(&preset, &plan, &shutdown, check).await },
     )
 }
 
 /// Runs `plan` and prints its report; the exit code says how it ended. An embedded broker
 /// then lingers (`--embedded-linger`) so that subscribers get the last messages, until the
 /// time is up or a signal ends it; the report is out before.
-pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+pub async fn run(
+    preset: &Preset,
+    plan: &Plan,
+    shutdown: &Shutdown,
+    check: Option<&'static dyn DeliveryCheck>,
+) -> Result<ExitCode, Error> {
     // Metrics are served from before the --start-at wait (zeros until the fleet starts) to
     // the end of the run, and then for --metrics-linger, the final figures.
     let live = std::sync::Arc::new(observe::LiveRun::default());
@@ -240,7 +271,7 @@ pub async fn run(preset: &Preset, plan: &Plan, shutdown: &Shutdown) -> Result<Ex
         plan.thresholds.clone(),
         families,
     )?;
-    let result = run_framed(preset, plan, shutdown, &live, &mut frame).await;
+    let result = run_framed(preset, plan, shutdown, &live, &mut frame, check).await;
     frame.close(result, shutdown).await
 }
 
@@ -250,6 +281,7 @@ async fn run_framed(
     shutdown: &Shutdown,
     live: &observe::LiveRun,
     frame: &mut RunFrame,
+    check: Option<&'static dyn DeliveryCheck>,
 ) -> Result<ExitCode, Error> {
     if let Some(at) = plan.start_at {
         if let Some(sig) = wait_for_start(at, plan, shutdown).await? {
@@ -257,7 +289,7 @@ async fn run_framed(
         }
     }
     let target = frame.broker(&plan.connect).await?;
-    let (mut report, signal) = execute(preset, plan, &target, shutdown, live).await?;
+    let (mut report, signal) = execute(preset, plan, &target, shutdown, live, check).await?;
     live.finished(&report);
     frame.report(&mut report).await?;
     frame
@@ -276,11 +308,56 @@ async fn run_framed(
                 reason,
             }),
     };
-    let shortfall = match report.error.take() {
-        Some(e) => Err(Error::Incomplete(e)),
-        None => Ok(ExitCode::SUCCESS),
+    let delivery_failed = report.delivery.as_ref().and_then(|d| d.failure());
+    let shortfall = match (report.error.take(), delivery_failed) {
+        (Some(e), _) => Err(Error::Incomplete(e)),
+        (None, Some(why)) => {
+            // Said before a failed threshold's error as well, as `loadgen sub` does.
+            if signal.is_none() && failure.is_none() {
+                mqtt_tool::errln!("{why}");
+            }
+            Ok(ExitCode::from(mqtt_tool::error::code::VERIFY_FAILED))
+        }
+        (None, None) => Ok(ExitCode::SUCCESS),
     };
     mqtt_tool::frame::exit(signal, failure, &report.header, shortfall)
+}
+
+/// The ids of this process's devices, in fleet order (rendered as the producers do).
+fn device_ids(plan: &Plan) -> Vec<String> {
+    let mut id = Vec::new();
+    (0..plan.fleet.devices)
+        .map(|d| {
+            id.clear();
+            plan.device_id_template
+                .render_into(d + plan.fleet.device_start, b"", &mut id);
+            String::from_utf8_lossy(&id).into_owned()
+        })
+        .collect()
+}
+
+/// What the fleet wrote, device by device, for the verifier: each device's seqs from its
+/// log; what was generated and never written is said as a total.
+fn expected(
+    plan: &Plan,
+    ids: &[String],
+    log: &produce::SentLog,
+    counts: &mqtt_engine::stats::Counts,
+) -> mqtt_tool::delivery::Expected {
+    let devices = ids
+        .iter()
+        .enumerate()
+        .map(|(d, id)| mqtt_tool::delivery::ExpectedDevice {
+            id: id.clone(),
+            sent: log.next(d as u64),
+            skipped: log.skipped(d as u64),
+        })
+        .collect();
+    mqtt_tool::delivery::Expected {
+        devices,
+        unwritten: counts.points_enqueued.saturating_sub(counts.points_sent),
+        others_expected: plan.shard.as_ref().is_some_and(|s| s.count > 1),
+    }
 }
 
 /// Waits for `--start-at`; a signal meanwhile ends the run before anything was sent.
@@ -322,6 +399,7 @@ pub async fn execute(
     target: &broker::BrokerTarget,
     shutdown: &Shutdown,
     live: &observe::LiveRun,
+    check: Option<&'static dyn DeliveryCheck>,
 ) -> Result<(Report, Option<shutdown::Signal>), Error> {
     let (host, port) = (target.host.clone(), target.port);
     let addrs = tokio::task::spawn_blocking(move || {
@@ -345,6 +423,33 @@ pub async fn execute(
     // to its IPv4 addresses only, and the other way round.
     let addrs = plan::reachable_from(&plan.fleet.source_ips, addrs);
     let settings = plan.fleet_settings(addrs);
+    // --verify: the verifier is subscribed (its SUBACK in) before the fleet starts, so no
+    // point is published before it can be received.
+    let verifier = match (plan.verify, check) {
+        (Some(timeout), Some(check)) => {
+            let ids = std::sync::Arc::new(device_ids(plan));
+            let dp = DeliveryPlan {
+                device_ids: ids.clone(),
+                connect: plan.connect.clone(),
+                filter: plan.verify_filter.clone(),
+                // A shard's verifier sees the whole fleet's devices on the filter.
+                devices: plan
+                    .fleet
+                    .devices
+                    .saturating_mul(plan.shard.as_ref().map_or(1, |s| s.count)),
+                timeout,
+                stop: shutdown.stop.clone(),
+            };
+            let t = target.clone();
+            let v = tokio::task::spawn_blocking(move || check.subscribe(&dp, &t))
+                .await
+                .map_err(|e| Error::failed("the verifier failed", e))??;
+            let log = std::sync::Arc::new(produce::SentLog::new(plan.fleet.devices));
+            Some((v, log, ids))
+        }
+        _ => None,
+    };
+    let sent_log = verifier.as_ref().map(|(_, log, _)| log.clone());
     let (device_id, topic) = (plan.device_id_template.clone(), plan.topic_template.clone());
     let (seed, sensor_fields, offset) = (plan.seed, plan.sensor_fields, plan.fleet.device_start);
     let fleet = mqtt_engine::Fleet::start(settings, move |_, devices| {
@@ -356,6 +461,7 @@ pub async fn execute(
             seed,
             sensor_fields,
         )
+        .logging(sent_log.clone())
     })
     .map_err(|e| Error::failed("cannot start the workers", e))?;
     let handle = fleet.handle();
@@ -478,6 +584,13 @@ pub async fn execute(
         .ok();
     }
     let mut report = Report::build(preset.name, plan, target, &result, &observed, signal);
+    if let Some((v, log, ids)) = verifier {
+        let expected = expected(plan, &ids, &log, &result.stats.counts);
+        let delivery = tokio::task::spawn_blocking(move || v.finish(expected))
+            .await
+            .map_err(|e| Error::failed("the verifier failed", e))?;
+        report.delivery = Some(delivery);
+    }
     if let Some(mut e) = not_started {
         // An mqtt:// URL at a TLS port, or mqtts:// at a plain one, fails as a closed
         // connection: one probe with the other scheme says which.

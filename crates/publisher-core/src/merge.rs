@@ -472,6 +472,23 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
 /// Adds the counts of `r` into `m`, refusing a sum past 2^64 - 1.
 fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
     m.header.add(&r.header, add)?;
+    // --verify: each shard verified its own devices (disjoint), so the sections add up.
+    // A shard without one leaves the sum short of its devices, and says so.
+    match (&mut m.delivery, &r.delivery) {
+        (Some(d), Some(o)) => {
+            d.merged_from = d.merged_from.max(1);
+            d.merge(o)
+                .map_err(|e| Error::usage(format!("{}: {e}", add.report)))?;
+        }
+        (None, None) => {}
+        (mine, theirs) => {
+            let d = mine.get_or_insert_with(|| theirs.clone().unwrap_or_default());
+            let why = "some shards ran without --verify: delivery covers only the others";
+            if d.error.as_deref() != Some(why) {
+                d.error = Some(why.into());
+            }
+        }
+    }
     add.count("points_enqueued", &mut m.points_enqueued, r.points_enqueued)?;
     add.count("points_sent", &mut m.points_sent, r.points_sent)?;
     add.opt("points_acked", &mut m.points_acked, r.points_acked)?;

@@ -177,6 +177,10 @@ pub struct Plan {
     pub max_queued: usize,
     pub drain_timeout: Duration,
     pub start_delay: Duration,
+    /// `--verify`: the drain's timeout after the fleet ends (`None`: no verification).
+    pub verify: Option<Duration>,
+    /// `--verify`: the filter of `--topic` (a level with a placeholder becomes `+`).
+    pub verify_filter: String,
     pub sensor_fields: bool,
     pub seed: u64,
     /// Upper bound of one message's payload.
@@ -224,6 +228,7 @@ impl Plan {
             offline_buffer,
             user_properties,
             shards,
+            verify,
             ..
         } = args;
         let mqtt5 = connection.mqtt_version == mqtt_tool::args::MqttVersion::V5;
@@ -282,6 +287,10 @@ impl Plan {
             )));
         }
 
+        if verify.verify && verify.verify_timeout.is_zero() {
+            return Err(Error::usage("--verify-timeout must be longer than 0s"));
+        }
+        let verify_filter = mqtt_tool::delivery::filter_of_template(&topic);
         let default_client = default_client_id(preset.client_id, reconnect.clean_session);
         let (device_id_template, client_id_template, topic_template) = templates(
             device_id,
@@ -509,6 +518,8 @@ impl Plan {
             max_queued,
             drain_timeout,
             start_delay,
+            verify: verify.verify.then_some(verify.verify_timeout),
+            verify_filter,
             sensor_fields,
             seed,
             max_payload,

@@ -82,6 +82,25 @@ pub fn threshold_fields() -> Fields {
         .latency("ack_latency", "/latency_us")
         .latency("schedule_lag", "/schedule_lag_us")
         .latency("connect_latency", "/connect_latency_us")
+        // --verify's delivery section.
+        .field("delivery_expected", "/delivery/expected", Unit::Number)
+        .field("delivery_delivered", "/delivery/delivered", Unit::Number)
+        .field("delivery_unique", "/delivery/unique", Unit::Number)
+        .field("delivery_missing", "/delivery/missing", Unit::Number)
+        .field("delivery_duplicate", "/delivery/duplicate", Unit::Number)
+        .field(
+            "delivery_out_of_order",
+            "/delivery/out_of_order",
+            Unit::Number,
+        )
+        .field("delivery_unexpected", "/delivery/unexpected", Unit::Number)
+        .field("delivery_malformed", "/delivery/malformed", Unit::Number)
+        .field(
+            "delivery_devices_with_problems",
+            "/delivery/devices_with_problems",
+            Unit::Number,
+        )
+        .latency("e2e_latency", "/delivery/e2e_latency_us")
 }
 
 /// The run's histograms, HdrHistogram V2 + DEFLATE in base64 ([`mqtt_tool::hist`]): what
@@ -286,6 +305,9 @@ pub struct Report {
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: what the report was merged from.
     pub merged: Option<MergedReport>,
+    /// `--verify`: what the in-process subscriber received of the fleet (null without it).
+    #[serde(default)]
+    pub delivery: Option<mqtt_tool::delivery::Delivery>,
     /// A lost connection's reconnect was refused for good (credentials, authorization): the
     /// run exits 4.
     #[serde(skip)]
@@ -393,7 +415,11 @@ impl mqtt_tool::frame::FramedReport for Report {
         Report::judge(self, thresholds)
     }
     fn render_text(&self) -> String {
-        Report::render_text(self)
+        let mut text = Report::render_text(self);
+        if let Some(d) = &self.delivery {
+            text.push_str(&d.render_text());
+        }
+        text
     }
 }
 
@@ -832,6 +858,7 @@ impl Report {
                 phases: phase_histograms,
             },
             merged: None,
+            delivery: None,
             refused_on_reconnect: c.refused_on_reconnect > 0,
             start_failure: None,
         }

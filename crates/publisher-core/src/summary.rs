@@ -220,6 +220,10 @@ impl Summarize for Report {
             line.push_str(&format!(". {note}"));
         }
         s.health("Generator", line);
+        // --verify: what the in-process subscriber got, and its verdict.
+        if let Some(d) = &self.delivery {
+            d.summary_rows(&mut s);
+        }
         if self.latency_includes_queueing() && qos1 {
             s.note(UNPACED_LATENCY_NOTE);
         }

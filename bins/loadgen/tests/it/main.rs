@@ -14,3 +14,4 @@ mod reports;
 mod shards;
 mod subfleet;
 mod takeover;
+mod verify;

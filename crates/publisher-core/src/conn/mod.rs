@@ -177,6 +177,11 @@ impl ConnPlan {
                 shard: None,
                 start_at: None,
             },
+            // Held connections publish nothing: nothing to verify.
+            verify: crate::args::VerifyArgs {
+                verify: false,
+                verify_timeout: std::time::Duration::from_secs(10),
+            },
             reconnect,
             offline_buffer: 0,
             user_properties: Vec::new(),
