@@ -528,4 +528,26 @@ mod tests {
         // A second CONNACK on a connection that is up means nothing.
         assert_eq!(event(Phase::Up, connack), Event::Skipped);
     }
+
+    #[test]
+    fn pubrec_and_pubcomp_are_qos_2_events_once_the_connection_is_up() {
+        for phase in [Phase::Up, Phase::Closing] {
+            assert_eq!(
+                event(phase, Incoming::PubRec(9, 0x97)),
+                Event::Received2 {
+                    id: 9,
+                    reason: 0x97
+                }
+            );
+            assert_eq!(
+                event(phase, Incoming::PubComp(9, 0)),
+                Event::Completed { id: 9, reason: 0 }
+            );
+        }
+        // Before the CONNACK they mean the peer is not an MQTT broker.
+        assert_eq!(
+            event(Phase::AwaitConnack, Incoming::PubRec(9, 0)),
+            Event::NotMqtt
+        );
+    }
 }
