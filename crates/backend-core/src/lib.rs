@@ -162,8 +162,9 @@ pub struct SubscribeArgs {
     pub topics: Vec<String>,
 
     /// QoS of the subscription: 1 by default (the publishers default to 0) so that the broker
-    /// queues for this subscriber and acknowledges each message it hands over
-    #[arg(long, value_name = "QOS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// queues for this subscriber and acknowledges each message it hands over; 2 has each
+    /// delivered exactly once (PUBREC, PUBREL, PUBCOMP), a resend before PUBREL not twice
+    #[arg(long, value_name = "QOS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
 
     /// Subscribe as `$share/NAME/<filter>` so several backends split the load; missing points

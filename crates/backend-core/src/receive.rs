@@ -1,5 +1,11 @@
 //! The receiving loop: subscribe, then for every PUBLISH decode, route and verify, until a
 //! stop condition holds.
+//!
+//! Acknowledgements are gathered per read and written together (held by `--sink` until
+//! the rows are stored): PUBACK for a QoS 1 PUBLISH; at QoS 2 PUBREC for a PUBLISH and
+//! PUBCOMP for a PUBREL, with mqtt-wire's [`Receiver`] so that a PUBLISH the broker sends
+//! again before its PUBREL (our PUBREC lost with a connection) is not delivered twice. The
+//! receiver's ids live as long as the session: cleared when a reconnect finds it gone.
 
 use mqtt_tool::hist::record_clamped;
 use std::collections::HashMap;
@@ -14,6 +20,9 @@ use tokio::time::Instant;
 use mqtt_tool::broker::BrokerTarget;
 use mqtt_tool::session::{Describe, Packet, Session};
 use mqtt_tool::shutdown::Shutdown;
+use mqtt_wire::packets::{ack, AckKind};
+use mqtt_wire::qos2::{Delivery, Receiver};
+use mqtt_wire::Qos;
 
 use crate::decode::{Decoder, Shape};
 use crate::outage::{DeviceOutage, Outages};
@@ -424,8 +433,12 @@ pub async fn run(
     }
     // A broker that never confirms the subscription is a failure of its own, not silence.
     let mut suback_deadline = started + plan.connect.connect_timeout;
-    // PUBACKs for the QoS 1 messages of one read, written together.
+    // PUBACKs (QoS 1), PUBRECs and PUBCOMPs (QoS 2) for the packets of one read, written
+    // together.
     let mut acks: Vec<u8> = Vec::new();
+    // QoS 2: the ids delivered and awaiting their PUBREL, for this session's life.
+    let mut qos2 = Receiver::default();
+    let v5 = session.v5();
     // Arrival: when the read that brought the bytes returned.
     let (mut now, mut arrival_us) = (Instant::now(), wall_us());
     // Devices with gaps, for the progress line: a walk over all devices about once a second.
@@ -472,10 +485,18 @@ pub async fn run(
                         payload,
                         ..
                     }) => {
-                        // The subscription is at QoS 0 or 1 (--qos): the broker sends no
-                        // QoS 2 here.
-                        if qos.acknowledged() {
-                            acks.extend_from_slice(&mqtt_wire::packets::puback(pkid));
+                        match qos {
+                            Qos::AtMostOnce => {}
+                            Qos::AtLeastOnce => {
+                                acks.extend_from_slice(&mqtt_wire::packets::puback(pkid))
+                            }
+                            Qos::ExactlyOnce => {
+                                acks.extend_from_slice(&ack(AckKind::PubRec, pkid, 0, v5));
+                                if qos2.on_publish(pkid) == Delivery::Duplicate {
+                                    // Delivered already, its PUBREL not yet here.
+                                    continue;
+                                }
+                            }
                         }
                         rx.first_message.get_or_insert(now);
                         rx.last_message = Some(now);
@@ -487,6 +508,10 @@ pub async fn run(
                             rx.stop = Stop::Expected;
                             break 'receiving None;
                         }
+                    }
+                    Packet::PubRel(a) => {
+                        let reason = qos2.on_pubrel(a.pkid);
+                        acks.extend_from_slice(&ack(AckKind::PubComp, a.pkid, reason, v5));
                     }
                     Packet::SubAck { codes, .. } => {
                         // A SUBACK holds a code per filter; a broker that sends more codes than
@@ -785,6 +810,10 @@ pub async fn run(
         if !plan.clean_session && plan.qos > 0 && session.session_present() {
             // The broker queued for this session while it was away: nothing is excused.
             rx.outages.session_kept();
+        }
+        if !session.session_present() {
+            // A new session: the broker will send no PUBREL for the ids of the old one.
+            qos2.clear();
         }
         session.set_read_hold(plan.read_hold);
         if let Err(e) = session.subscribe(&filters, plan.qos).await {

@@ -1,6 +1,11 @@
-//! One connection's state: its phase, its socket, its outbox and QoS 1 window, and what it
-//! knows for the report when it is lost. A few hundred bytes of its own (buffers are taken
-//! only while bytes wait); the worker drives it.
+//! One connection's state: its phase, its socket, its outbox and QoS 1/2 window, and what
+//! it knows for the report when it is lost. A few hundred bytes of its own (buffers are
+//! taken only while bytes wait); the worker drives it.
+//!
+//! A lost connection's messages in flight go out again on the next one ([`Conn::take_replay`],
+//! [`Conn::put_replay`]): within a resumed session a PUBLISH with DUP, or at QoS 2 the PUBREL
+//! of a message whose PUBREC came (MQTT 3.1.1 and 5, section 4.4); in a new session every
+//! one as a new message.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -10,6 +15,9 @@ use mio::net::TcpStream;
 use crate::error::{Lost, LostKind};
 use crate::inflight::Inflight;
 use crate::outbox::{MsgMeta, Outbox};
+use crate::packets::{self, AckKind};
+use crate::settings::Qos;
+use mqtt_wire::qos2::Sent;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +95,8 @@ pub struct Conn {
     pub acked_any: bool,
     pub first_write: Option<Instant>,
     pub largest_message: u32,
-    /// QoS 1 with reconnects: written messages stay in the outbox until acknowledged.
+    /// QoS 1 or 2 with reconnects: written messages stay in the outbox until acknowledged
+    /// (at QoS 2 until PUBCOMP: a new session sends the PUBLISH again).
     pub retaining: bool,
     /// Lost and not back yet: since when.
     pub down_since: Option<Instant>,
@@ -121,6 +130,19 @@ pub struct Conn {
 pub struct Replay {
     pub bytes: Vec<u8>,
     pub frames: Vec<(usize, usize, MsgMeta)>,
+    /// QoS 2: the frames (by index) whose PUBREC came: in a resumed session their PUBREL
+    /// goes again, not their PUBLISH. Empty at QoS 0 and 1.
+    pub released: Vec<usize>,
+}
+
+/// What [`Conn::put_replay`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// QoS 2: PUBRELs written again (their PUBREC had come).
+    pub pubrels: u64,
+    /// QoS 2: messages that left the window unacknowledged: released, their PUBLISH's bytes
+    /// gone with an earlier replay (as PUBREL), and the new session forgot them.
+    pub gone: u64,
 }
 
 impl Conn {
@@ -184,10 +206,11 @@ impl Conn {
     }
 
     /// The connection is lost: what it had not delivered is taken out of its outbox (at
-    /// QoS 1 every message in flight, written or not; at QoS 0 the messages not completely
-    /// written), and the outbox starts afresh for the next connection. A message in flight
-    /// whose bytes are gone (never, while retaining) leaves the window: sent, unacknowledged.
-    pub fn take_replay(&mut self, qos1: bool) {
+    /// QoS 1 and 2 every message in flight, written or not; at QoS 0 the messages not
+    /// completely written), and the outbox starts afresh for the next connection. A message
+    /// in flight whose bytes are gone (never, while retaining) leaves the window: sent,
+    /// unacknowledged; at QoS 2 one whose PUBREC came stays (its PUBREL needs no bytes).
+    pub fn take_replay(&mut self, qos: Qos) {
         let mut r = self.replay.take().unwrap_or_default();
         let written = self.out.written();
         let mut gone = Vec::new();
@@ -196,7 +219,7 @@ impl Conn {
             r.bytes.extend_from_slice(frame);
             r.frames.push((at, r.bytes.len(), meta));
         };
-        if qos1 {
+        if qos.acknowledged() {
             for a in self.inflight.iter() {
                 let meta = MsgMeta {
                     scheduled: a.scheduled,
@@ -205,9 +228,17 @@ impl Conn {
                     pkid: a.pkid,
                     resend: a.written_before || a.end <= written,
                 };
+                let released = qos == Qos::ExactlyOnce && a.state == Sent::AwaitPubcomp;
                 match self.out.frame(a.start, a.end) {
                     Some(f) => push(&mut r, f, meta),
-                    None => gone.push(a.pkid),
+                    None if released => push(&mut r, &[], meta),
+                    None => {
+                        gone.push(a.pkid);
+                        continue;
+                    }
+                }
+                if released {
+                    r.released.push(r.frames.len() - 1);
                 }
             }
         } else {
@@ -226,13 +257,34 @@ impl Conn {
 
     /// On the next connection: the replay goes first, resends with DUP set when the session
     /// is persistent (`dup`; in a clean session they are new messages), and the window's
-    /// messages learn where their bytes are now.
-    pub fn put_replay(&mut self, dup: bool) {
+    /// messages learn where their bytes are now. At QoS 2, within the session, a message
+    /// whose PUBREC came has its PUBREL written (`v5`: MQTT 5's form) instead of its
+    /// PUBLISH; in a new session it is a new message, waiting for its PUBREC again.
+    pub fn put_replay(&mut self, dup: bool, v5: bool) -> Replayed {
+        let mut done = Replayed::default();
         let Some(r) = self.replay.take() else {
-            return;
+            return done;
         };
         let mut spans = Vec::with_capacity(r.frames.len());
-        for (s, e, meta) in r.frames {
+        let mut released = r.released.iter().copied().peekable();
+        let mut gone = Vec::new();
+        for (i, (s, e, meta)) in r.frames.into_iter().enumerate() {
+            let rel = released.next_if_eq(&i).is_some();
+            if rel && dup {
+                self.out
+                    .push_control(&packets::ack(AckKind::PubRel, meta.pkid, 0, v5));
+                let at = self.out.end();
+                spans.push(((at, at), true, Sent::AwaitPubcomp));
+                done.pubrels += 1;
+                continue;
+            }
+            if s == e {
+                // Released, its PUBLISH gone with an earlier replay, and the session too.
+                gone.push(meta.pkid);
+                let at = self.out.end();
+                spans.push(((at, at), true, Sent::AwaitPubrec));
+                continue;
+            }
             let buf = self.out.buffer(e - s);
             let at = buf.len();
             buf.extend_from_slice(&r.bytes[s..e]);
@@ -241,12 +293,19 @@ impl Conn {
             } else {
                 buf[at] &= !0x08; // a new message, though it went out before with DUP
             }
-            spans.push((self.out.seal(meta), meta.resend));
+            spans.push((self.out.seal(meta), meta.resend, Sent::AwaitPubrec));
         }
-        for (a, (span, resend)) in self.inflight.iter_mut().zip(spans) {
+        for (a, (span, resend, state)) in self.inflight.iter_mut().zip(spans) {
             (a.start, a.end) = span;
             a.written_before = resend;
+            a.state = state;
         }
+        self.inflight.recount();
+        for id in gone {
+            self.inflight.ack(id);
+            done.gone += 1;
+        }
+        done
     }
 
     /// Bytes still to go to the socket: the outbox's, or TLS records rustls holds.
@@ -268,10 +327,148 @@ impl Conn {
     }
 
     /// Whether its devices may put another message in: up, room in the outbox, and at QoS 1
-    /// room in the window.
-    pub fn has_room(&self, max_queued: usize, qos1: bool) -> bool {
+    /// or 2 room in the window.
+    pub fn has_room(&self, max_queued: usize, qos: Qos) -> bool {
         self.phase == Phase::Up
             && self.out.queued() < max_queued
-            && !(qos1 && self.inflight.is_full())
+            && !(qos.acknowledged() && self.inflight.is_full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inflight::Pubrec;
+    use crate::packets::PublishFlags;
+
+    /// A QoS 2 connection (retaining, as with reconnects) with messages 1..=n written.
+    fn published(n: u16) -> Conn {
+        let now = Instant::now();
+        let mut c = Conn::new(0, 0..1, 8, true, Duration::ZERO, now);
+        for _ in 0..n {
+            let pkid = c.inflight.issue(now, 1).expect("room");
+            let flags = PublishFlags {
+                qos: Qos::ExactlyOnce,
+                ..Default::default()
+            };
+            let buf = c.out.buffer(64);
+            let bytes = packets::append_publish_with(buf, flags, b"t", Some(pkid), &[], 8, |b| {
+                b.extend_from_slice(&[pkid as u8; 4])
+            });
+            let meta = MsgMeta {
+                scheduled: now,
+                points: 1,
+                bytes: bytes as u32,
+                pkid,
+                resend: false,
+            };
+            let span = c.out.seal(meta);
+            c.inflight.place_last(span, bytes as u32);
+        }
+        c.out
+            .flush(&mut Vec::new(), |_| {})
+            .expect("a Vec takes all");
+        c
+    }
+
+    /// What the outbox writes now, as (first byte, packet id) per packet.
+    fn written(c: &mut Conn) -> Vec<(u8, u16)> {
+        let mut out = Vec::new();
+        c.out.flush(&mut out, |_| {}).expect("a Vec takes all");
+        let mut at = 0;
+        let mut packets = Vec::new();
+        while at < out.len() {
+            let (first, len) = (out[at], out[at + 1] as usize);
+            let body = &out[at + 2..at + 2 + len];
+            let id_at = if first >> 4 == 3 { 3 } else { 0 }; // PUBLISH: after topic "t"
+            packets.push((first, u16::from_be_bytes([body[id_at], body[id_at + 1]])));
+            at += 2 + len;
+        }
+        packets
+    }
+
+    const PUBREL: u8 = 0x62;
+    const PUBLISH_QOS2: u8 = 0x34;
+    const PUBLISH_QOS2_DUP: u8 = 0x3c;
+
+    #[test]
+    fn a_resumed_session_gets_pubrel_for_received_messages_and_dup_publish_for_the_rest() {
+        let mut c = published(3);
+        assert_eq!(c.inflight.pubrec(1, 0), Pubrec::Release);
+        c.take_replay(Qos::ExactlyOnce);
+        let done = c.put_replay(true, false);
+        assert_eq!(
+            done,
+            Replayed {
+                pubrels: 1,
+                gone: 0
+            }
+        );
+        assert_eq!(
+            written(&mut c),
+            [(PUBREL, 1), (PUBLISH_QOS2_DUP, 2), (PUBLISH_QOS2_DUP, 3)]
+        );
+        let states: Vec<_> = c.inflight.iter().map(|a| (a.pkid, a.state)).collect();
+        assert_eq!(
+            states,
+            [
+                (1, Sent::AwaitPubcomp),
+                (2, Sent::AwaitPubrec),
+                (3, Sent::AwaitPubrec)
+            ]
+        );
+        // The exchange goes on where it stood: PUBCOMP for 1, PUBREC for 2.
+        assert!(matches!(
+            c.inflight.pubcomp(1, 0),
+            crate::inflight::Pubcomp::Complete(_)
+        ));
+        assert_eq!(c.inflight.pubrec(2, 0), Pubrec::Release);
+    }
+
+    #[test]
+    fn a_new_session_gets_every_message_again_as_a_new_one() {
+        let mut c = published(2);
+        assert_eq!(c.inflight.pubrec(1, 0), Pubrec::Release);
+        c.take_replay(Qos::ExactlyOnce);
+        let done = c.put_replay(false, false);
+        assert_eq!(done, Replayed::default());
+        assert_eq!(written(&mut c), [(PUBLISH_QOS2, 1), (PUBLISH_QOS2, 2)]);
+        assert!(c.inflight.iter().all(|a| a.state == Sent::AwaitPubrec));
+        // Message 1 awaits its PUBREC again: a PUBCOMP now is early.
+        assert_eq!(c.inflight.pubcomp(1, 0), crate::inflight::Pubcomp::Early);
+        assert_eq!(c.inflight.pubrec(1, 0), Pubrec::Release);
+    }
+
+    #[test]
+    fn a_pubrel_resent_then_a_lost_session_leaves_that_message_unacknowledged() {
+        let mut c = published(2);
+        assert_eq!(c.inflight.pubrec(1, 0), Pubrec::Release);
+        c.take_replay(Qos::ExactlyOnce);
+        c.put_replay(true, false);
+        written(&mut c);
+        // Lost again; its PUBLISH went with the first replay (PUBREL in its place): within
+        // the session the PUBREL goes again, in a new one it cannot be sent.
+        c.take_replay(Qos::ExactlyOnce);
+        let done = c.put_replay(false, false);
+        assert_eq!(
+            done,
+            Replayed {
+                pubrels: 0,
+                gone: 1
+            }
+        );
+        assert_eq!(written(&mut c), [(PUBLISH_QOS2, 2)]);
+        assert_eq!(c.inflight.iter().map(|a| a.pkid).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn a_pubrel_goes_again_after_a_second_loss_within_the_session() {
+        let mut c = published(2);
+        assert_eq!(c.inflight.pubrec(2, 0), Pubrec::Release);
+        for _ in 0..2 {
+            c.take_replay(Qos::ExactlyOnce);
+            assert_eq!(c.put_replay(true, true).pubrels, 1);
+            assert_eq!(written(&mut c), [(PUBLISH_QOS2_DUP, 1), (PUBREL, 2)]);
+        }
     }
 }

@@ -134,8 +134,10 @@ pub enum ConnectFailure {
 /// What an MQTT 5 broker's CONNACK rules out for this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BrokerLimit {
-    /// Maximum QoS 0, and the run publishes at QoS 1.
+    /// Maximum QoS 0, and the run publishes at QoS 1 or 2.
     QosZeroOnly,
+    /// Maximum QoS 1, and the run publishes at QoS 2.
+    QosOneMax,
     /// Maximum Packet Size `limit`, and the run's largest PUBLISH takes `largest` bytes.
     PacketSize { limit: u32, largest: u64 },
 }

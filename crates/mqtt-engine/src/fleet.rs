@@ -125,14 +125,6 @@ impl Fleet {
         P: Producer + 'static,
         F: Fn(usize, std::ops::Range<u64>) -> P,
     {
-        if settings.publish.qos == crate::Qos::ExactlyOnce {
-            // The workers' window and acknowledgements are QoS 1's: QoS 2 would be counted
-            // as QoS 0, silently.
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "publishing at QoS 2 is not supported yet (--qos 0 or 1)",
-            ));
-        }
         let workers = settings.workers.max(1);
         let s = Arc::new(settings);
         let shared = Arc::new(Shared::new(workers));
@@ -221,67 +213,5 @@ impl Fleet {
             started: self.shared.epoch,
             wall_started_us: self.shared.wall_epoch_us,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::settings::{ConnSettings, PublishSettings, RampSettings};
-    use crate::{schedule::Schedule, template::Template, Qos};
-    use std::time::Duration;
-
-    struct Nothing;
-    impl Producer for Nothing {
-        fn topic(&mut self, _: u64, _: &mut Vec<u8>) {}
-        fn payload(&mut self, _: u64, _: u64, _: u32, _: u64, _: &mut bytes::BytesMut) {}
-    }
-
-    #[test]
-    fn a_qos_2_fleet_is_refused_not_run_as_qos_0() {
-        let settings = FleetSettings {
-            devices: 1,
-            device_start: 0,
-            connections: 1,
-            workers: 1,
-            conn: ConnSettings {
-                addrs: vec![],
-                source_ips: vec![],
-                tcp_nodelay: true,
-                keep_alive: Duration::ZERO,
-                connect_timeout: Duration::from_secs(1),
-                clean_session: true,
-                credentials: None,
-                client_id: Template::literal("c"),
-                max_packet_size: 1 << 20,
-                mqtt5: None,
-                tls: None,
-            },
-            ramp: RampSettings {
-                connect_rate: None,
-                max_connecting: 1,
-                connect_retries: 0,
-                backoff_base: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(1),
-            },
-            reconnect: None,
-            publish: PublishSettings {
-                qos: Qos::ExactlyOnce,
-                max_inflight: 1,
-                max_queued: 1,
-                max_payload: 64,
-                max_topic: 8,
-            },
-            schedule: Schedule::new(1, None, 1, Some(1), None),
-            start_delay: Duration::ZERO,
-            drain_timeout: Duration::from_secs(1),
-            live_histograms: false,
-            hold: None,
-        };
-        let e = Fleet::start(settings, |_, _| Nothing)
-            .err()
-            .expect("refused");
-        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
-        assert!(e.to_string().contains("QoS 2"), "{e}");
     }
 }

@@ -6,7 +6,8 @@
 //!                                    connections and their devices:
 //!   schedule (the fleet's absolute grid) --> Producer (a tool's payloads and topics)
 //!     --> outbox (encoded in place; counted as sent when written) --> socket (mio, epoll)
-//!   socket --> packets (CONNACK, PUBACK, PINGRESP) --> inflight (QoS 1) --> stats
+//!   socket --> packets (CONNACK, PUBACK, PUBREC, PUBCOMP, PINGRESP) --> inflight (QoS 1, 2)
+//!          --> stats
 //! subscriber fleets (Fleet::start_subscribers): SUBSCRIBE after the CONNACK, then
 //!   socket --> PUBLISH --> Consumer (a tool's verifier), PUBACK / PUBREC / PUBCOMP back
 //! Fleet::join --> FleetResult (stats merged with +=)
@@ -19,7 +20,7 @@
 //! - [`schedule`]: when each device's messages are due; [`pacer`]: a worker's cursor over
 //!   it; [`worker`]: the event loop and its stages;
 //!   [`conn`]: a connection's state; [`outbox`]: the hand-over from producer to socket;
-//!   [`inflight`]: the QoS 1 window; [`packets`]: MQTT on the wire (`mqtt-wire`).
+//!   [`inflight`]: the QoS 1 and 2 window; [`packets`]: MQTT on the wire (`mqtt-wire`).
 //! - [`stats`]: counters and histograms, merged; [`error`]: failures as kinds;
 //!   [`takeover`]: two clients with one client id.
 //! - [`sys`]: sockets, timers, limits and clocks of the operating system.

@@ -7,8 +7,7 @@ use std::time::Duration;
 use crate::schedule::Schedule;
 use crate::template::Template;
 
-/// The quality of service of every publish (the workspace's one type; the engine publishes
-/// at 0 and 1: `Fleet::start` refuses 2 until QoS 2 flows are wired in).
+/// The quality of service of every publish (the workspace's one type; 0, 1 and 2).
 pub use mqtt_wire::Qos;
 
 /// How each connection reaches the broker and introduces itself.
@@ -85,7 +84,8 @@ pub struct ReconnectSettings {
 #[derive(Debug, Clone)]
 pub struct PublishSettings {
     pub qos: Qos,
-    /// QoS 1 window of each connection.
+    /// The window of each connection at QoS 1 and 2 (a QoS 2 message holds its place
+    /// until its PUBCOMP).
     pub max_inflight: u16,
     /// Messages a connection may have queued and unwritten before its devices wait.
     pub max_queued: usize,

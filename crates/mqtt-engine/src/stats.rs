@@ -1,8 +1,8 @@
 //! What a worker counts, merged with `+=` for progress and for the report (one worker's
 //! figures never wait on another's), and the live atomics the progress line reads.
 //!
-//! Every point generated ends in exactly one of: acknowledged (QoS 1), sent (QoS 0, or
-//! QoS 1 with no PUBACK yet), failed (sent, never acknowledged), unsent (generated, never
+//! Every point generated ends in exactly one of: acknowledged (QoS 1 at its PUBACK, QoS 2
+//! at its PUBCOMP), sent (QoS 0, or QoS 1 and 2 with no acknowledgement yet), failed (sent, never acknowledged), unsent (generated, never
 //! completely written). `points_dropped` are points that were due and never generated: the
 //! quota of a device whose connection failed or was lost, and the slots a device still owed
 //! when the run ended because its connection could not take them.
@@ -36,6 +36,9 @@ pub struct Counts {
     pub points_dropped: u64,
     /// Messages written again on a new connection after theirs was lost unacknowledged.
     pub messages_resent: u64,
+    /// QoS 2: PUBRELs written again on a new connection, within the resumed session, for
+    /// messages whose PUBREC had come and whose PUBCOMP had not (the PUBLISH is not resent).
+    pub pubrels_resent: u64,
     /// Points that fell due while their connection was down, beyond the offline buffer.
     pub points_dropped_offline: u64,
     /// MQTT 5: a PUBACK with a reason code of 0x80 or more refused them.
@@ -60,6 +63,7 @@ impl AddAssign for Counts {
         self.acks_unknown_id += o.acks_unknown_id;
         self.points_dropped += o.points_dropped;
         self.messages_resent += o.messages_resent;
+        self.pubrels_resent += o.pubrels_resent;
         self.points_dropped_offline += o.points_dropped_offline;
         self.points_rejected += o.points_rejected;
         self.messages_rejected += o.messages_rejected;

@@ -120,6 +120,9 @@ pub fn describe_failure(f: &ConnectFailure, connect_timeout: Duration) -> String
         ConnectFailure::Limit(BrokerLimit::QosZeroOnly) => {
             "the broker takes QoS 0 only (MQTT 5 Maximum QoS 0); use --qos 0".into()
         }
+        ConnectFailure::Limit(BrokerLimit::QosOneMax) => {
+            "the broker takes QoS 0 and 1 only (MQTT 5 Maximum QoS 1); use --qos 1".into()
+        }
         ConnectFailure::Limit(BrokerLimit::PacketSize { limit, largest }) => format!(
             "the broker takes packets of at most {} bytes (MQTT 5 Maximum Packet Size) and a \
              message of this run takes up to {}; lower --batch",
@@ -141,6 +144,7 @@ pub fn failure_key(f: &ConnectFailure) -> String {
         ConnectFailure::Tls(_) => "TLS".into(),
         ConnectFailure::BrokerProtocol(_) => "CONNACK: protocol error".into(),
         ConnectFailure::Limit(BrokerLimit::QosZeroOnly) => "broker limit: QoS 0 only".into(),
+        ConnectFailure::Limit(BrokerLimit::QosOneMax) => "broker limit: QoS 1 at most".into(),
         ConnectFailure::Limit(BrokerLimit::PacketSize { .. }) => {
             "broker limit: maximum packet size".into()
         }

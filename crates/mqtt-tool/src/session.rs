@@ -362,6 +362,11 @@ impl Session {
         self.session_present
     }
 
+    /// Whether the session speaks MQTT 5 (its acknowledgements may carry reason codes).
+    pub fn v5(&self) -> bool {
+        self.v5
+    }
+
     /// Sends SUBSCRIBE (packet id 1) for `filters`, each at `qos`.
     pub async fn subscribe(&mut self, filters: &[String], qos: u8) -> io::Result<()> {
         let invalid =

@@ -103,13 +103,14 @@ pub struct LoadArgs {
     pub duration: Option<Duration>,
 
     /// MQTT quality of service: 0 by default, the load itself; 1 makes the broker
-    /// acknowledge every message (receipt, not delivery) and each loss counted. (`loadgen
+    /// acknowledge every message (receipt, not delivery) and each loss counted; 2 adds
+    /// exactly-once hand-over (PUBREC, PUBREL, PUBCOMP: acknowledged at PUBCOMP). (`loadgen
     /// sub` subscribes at 1 by default, so that the broker queues for it)
     #[arg(long, default_value = "0", env = "LOADGEN_QOS",
-          value_parser = mqtt_tool::args::qos_parser(Qos::AtLeastOnce))]
+          value_parser = mqtt_tool::args::qos_parser(Qos::ExactlyOnce))]
     pub qos: Qos,
 
-    /// QoS 1 window: messages sent and not yet acknowledged (1..=65535) [default: 50000, capped
+    /// QoS 1 and 2 window: messages sent and not yet acknowledged (QoS 2: until PUBCOMP) (1..=65535) [default: 50000, capped
     /// so the window's payloads fit in 32 MiB]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), env = "LOADGEN_MAX_INFLIGHT")]
     pub max_inflight: Option<u16>,
@@ -237,5 +238,5 @@ pub struct VerifyArgs {
     pub verify_timeout: Duration,
 }
 
-/// MQTT QoS: the workspace's one type (the publishers run 0 and 1; see `qos_parser`).
+/// MQTT QoS: the workspace's one type (the publishers run 0, 1 and 2).
 pub use mqtt_tool::args::Qos;

@@ -478,7 +478,7 @@ pub async fn execute(
             progress::Shape {
                 total: plan.total,
                 duration: plan.duration,
-                qos1: plan.qos == args::Qos::AtLeastOnce,
+                qos: plan.qos,
                 connections: plan.fleet.connections,
                 held: false,
             },

@@ -332,14 +332,15 @@ impl Merge {
 /// the counts allow.
 fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
     let c = Check { report: name };
-    let qos1 = r.qos == 1;
-    c.that(r.qos <= 1, || format!("qos {} is not 0 or 1", r.qos))?;
+    // QoS 1 and 2 count acknowledgements (PUBACK, PUBCOMP); QoS 0 none.
+    let acknowledged = r.qos >= 1;
+    c.that(r.qos <= 2, || format!("qos {} is not 0, 1 or 2", r.qos))?;
     c.that(
-        r.points_acked.is_some() == qos1 && r.messages_acked.is_some() == qos1,
+        r.points_acked.is_some() == acknowledged && r.messages_acked.is_some() == acknowledged,
         || {
             format!(
                 "points_acked and messages_acked are {} at QoS {}",
-                if qos1 { "missing" } else { "set" },
+                if acknowledged { "missing" } else { "set" },
                 r.qos
             )
         },
@@ -356,7 +357,11 @@ fn check_figures(name: &str, r: &Report) -> Result<Hists, Error> {
             fmt_int(r.points_sent)
         )));
     };
-    let failed = if qos1 { r.points_sent - answered } else { 0 };
+    let failed = if acknowledged {
+        r.points_sent - answered
+    } else {
+        0
+    };
     c.that(r.points_failed == failed, || {
         format!(
             "points_failed is {} but what points_acked and points_rejected leave of points_sent is {}",
@@ -503,6 +508,7 @@ fn add_counts(m: &mut Report, r: &Report, add: &Adding) -> Result<(), Error> {
     )?;
     add.count("messages_sent", &mut m.messages_sent, r.messages_sent)?;
     add.count("messages_resent", &mut m.messages_resent, r.messages_resent)?;
+    add.count("pubrels_resent", &mut m.pubrels_resent, r.pubrels_resent)?;
     add.opt("messages_acked", &mut m.messages_acked, r.messages_acked)?;
     add.count("reconnects", &mut m.reconnects, r.reconnects)?;
     add.count("duplicate_acks", &mut m.duplicate_acks, r.duplicate_acks)?;

@@ -144,19 +144,19 @@ pub fn exposition(e: &mut Exposition, tool: &str, plan: &Plan, run: &LiveRun) {
 /// histograms, so the intervals add up to the report's exactly.
 pub struct HdrLog {
     log: CumulativeLog,
-    qos1: bool,
+    qos: crate::args::Qos,
     paced: bool,
 }
 
 impl HdrLog {
     pub fn create(path: &Path, tool: &str, plan: &Plan, started: Instant) -> Result<Self, Error> {
         let comment = format!(
-            "{tool} {}: latencies in microseconds; tags: ack (scheduled send to PUBACK), lag (scheduled send to written)",
+            "{tool} {}: latencies in microseconds; tags: ack (scheduled send to PUBACK, or PUBCOMP at QoS 2), lag (scheduled send to written)",
             env!("CARGO_PKG_VERSION")
         );
         Ok(HdrLog {
             log: CumulativeLog::create(path, started, &comment)?,
-            qos1: plan.qos == crate::args::Qos::AtLeastOnce,
+            qos: plan.qos,
             paced: plan.rate.is_some(),
         })
     }
@@ -164,7 +164,7 @@ impl HdrLog {
     /// Writes the interval up to `at`, from `now_histos` (cumulative).
     pub fn interval(&mut self, now_histos: &Histos, at: Instant) -> std::io::Result<()> {
         let mut tags: Vec<(&str, &Histogram<u64>)> = Vec::new();
-        if self.qos1 {
+        if self.qos.acknowledged() {
             tags.push(("ack", &now_histos.ack_us));
         }
         if self.paced {

@@ -49,7 +49,7 @@ pub struct Shape {
     pub total: Option<u64>,
     /// `--duration`: generation's length, from its start after the ramp and `--start-delay`.
     pub duration: Option<Duration>,
-    pub qos1: bool,
+    pub qos: mqtt_tool::args::Qos,
     pub connections: u64,
     /// `loadgen conn`: connections held, no points; the line says connections and
     /// reconnects.
@@ -86,10 +86,11 @@ pub async fn run(
     let Shape {
         total,
         duration,
-        qos1,
+        qos,
         connections,
         held,
     } = shape;
+    let acknowledged = qos.acknowledged();
     let start = Instant::now();
     let mut tick = tokio::time::interval_at(start + SAMPLE, SAMPLE);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -145,7 +146,7 @@ pub async fn run(
                 0.0
             };
             let mut msg = format!("{} points/s", fmt_int(rate.round() as u64));
-            if qos1 {
+            if acknowledged {
                 msg.push_str(&format!("  acked {}", fmt_int(t.points_acked)));
             }
             if connections > 1 {
@@ -179,7 +180,7 @@ pub async fn run(
             ),
             None => String::new(),
         };
-        let acked = if qos1 {
+        let acked = if acknowledged {
             format!("  acked {}", fmt_int(t.points_acked))
         } else {
             String::new()

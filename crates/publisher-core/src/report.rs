@@ -14,7 +14,6 @@ use mqtt_engine::stats::Stats;
 use mqtt_engine::FleetResult;
 use serde::{Deserialize, Serialize};
 
-use crate::args::Qos;
 use crate::broker::BrokerTarget;
 use crate::error::Error;
 use crate::format::{fmt_int, fmt_percentiles, fmt_rate, round3, Percentiles};
@@ -46,6 +45,7 @@ pub fn threshold_fields() -> Fields {
                 "messages_sent",
                 "messages_acked",
                 "messages_resent",
+                "pubrels_resent",
                 "duplicate_acks",
                 "acks_unknown_id",
                 "latency_clamped",
@@ -245,9 +245,13 @@ pub struct Report {
     /// were skipped.
     pub points_dropped_offline: u64,
     pub messages_sent: u64,
-    /// Written again on a new connection after theirs was lost unacknowledged (QoS 1);
-    /// counted once in `messages_sent`.
+    /// Written again on a new connection after theirs was lost unacknowledged (QoS 1 and
+    /// 2; at QoS 2 the PUBLISHes whose PUBREC had not come); counted once in `messages_sent`.
     pub messages_resent: u64,
+    /// QoS 2: PUBRELs written again within a resumed session for messages whose PUBREC had
+    /// come and whose PUBCOMP had not (their PUBLISH is not resent). Absent in older reports.
+    #[serde(default)]
+    pub pubrels_resent: u64,
     /// Reconnects that got their CONNACK, over all connections.
     pub reconnects: u64,
     /// Time connections spent down after a loss, summed over connections.
@@ -434,12 +438,13 @@ impl Report {
     ) -> Report {
         let st: &Stats = &result.stats;
         let t = st.counts;
-        let qos1 = plan.qos == Qos::AtLeastOnce;
+        // QoS 1 and 2: every message answered (PUBACK, PUBCOMP) or counted as not.
+        let acknowledged = plan.qos.acknowledged();
         let anchor = result.anchor;
         let finished = match (st.last_write, st.last_ack) {
-            (Some(a), Some(b)) if qos1 => Some(a.max(b)),
+            (Some(a), Some(b)) if acknowledged => Some(a.max(b)),
             (w, a) => {
-                if qos1 {
+                if acknowledged {
                     a.or(w)
                 } else {
                     w
@@ -458,7 +463,7 @@ impl Report {
             }
         };
         let point_rate = per_s(t.points_sent);
-        let points_failed = if qos1 {
+        let points_failed = if acknowledged {
             t.points_sent
                 .saturating_sub(t.points_acked)
                 .saturating_sub(t.points_rejected)
@@ -631,7 +636,7 @@ impl Report {
         let refusals: Vec<String> = c
             .disconnects
             .iter()
-            .filter(|(code, _)| !qos1 && mqtt_engine::error::refuses_a_packet(**code))
+            .filter(|(code, _)| !acknowledged && mqtt_engine::error::refuses_a_packet(**code))
             .map(|(code, n)| {
                 format!(
                     "0x{code:02x} {} ({})",
@@ -731,7 +736,7 @@ impl Report {
             max_queued: plan.max_queued as u64,
             points_enqueued: t.points_enqueued,
             points_sent: t.points_sent,
-            points_acked: qos1.then_some(t.points_acked),
+            points_acked: acknowledged.then_some(t.points_acked),
             points_failed,
             points_rejected: t.points_rejected,
             rejected_by_reason: st
@@ -749,9 +754,10 @@ impl Report {
             points_dropped_offline: t.points_dropped_offline,
             messages_sent: t.messages_sent,
             messages_resent: t.messages_resent,
+            pubrels_resent: t.pubrels_resent,
             reconnects: c.reconnects,
             disconnected_s: round3(c.disconnected.as_secs_f64()),
-            messages_acked: qos1.then_some(t.messages_acked),
+            messages_acked: acknowledged.then_some(t.messages_acked),
             duplicate_acks: t.duplicate_acks,
             acks_unknown_id: t.acks_unknown_id,
             latency_clamped: t.latency_clamped,
@@ -763,7 +769,7 @@ impl Report {
             bytes_per_s: round3(per_s(t.bytes_sent)),
             target_pct: plan.rate.map(|r| round3(100.0 * point_rate / r)),
             steady_point_rate,
-            latency_us: if qos1 {
+            latency_us: if acknowledged {
                 Percentiles::of(&st.histos.ack_us)
             } else {
                 None
@@ -844,7 +850,7 @@ impl Report {
             shards: plan.shard.as_ref().map_or(1, |s| s.count),
             start_at: plan.start_at.map(rfc3339),
             histograms: HistogramsReport {
-                ack_us: if qos1 {
+                ack_us: if acknowledged {
                     mqtt_tool::hist::encode(&st.histos.ack_us)
                 } else {
                     None
@@ -1015,12 +1021,17 @@ impl Report {
             line(
                 "faults",
                 format!(
-                    "{} lost, {} reconnects ({} connections), {:.3} s disconnected, {} messages resent{}",
+                    "{} lost, {} reconnects ({} connections), {:.3} s disconnected, {} messages resent{}{}",
                     fmt_int(self.connections.lost),
                     fmt_int(self.reconnects),
                     fmt_int(self.connections.reconnected),
                     self.disconnected_s,
                     fmt_int(self.messages_resent),
+                    if self.pubrels_resent > 0 {
+                        format!(", {} PUBRELs resent", fmt_int(self.pubrels_resent))
+                    } else {
+                        String::new()
+                    },
                     if self.connections.sessions_lost > 0 {
                         format!(
                             ", {} sessions lost by the broker",

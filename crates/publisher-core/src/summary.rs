@@ -139,6 +139,9 @@ impl Summarize for Report {
             if self.messages_resent > 0 {
                 faults.push(format!("{} messages resent", fmt_int(self.messages_resent)));
             }
+            if self.pubrels_resent > 0 {
+                faults.push(format!("{} PUBRELs resent", fmt_int(self.pubrels_resent)));
+            }
             if c.sessions_lost > 0 {
                 faults.push(format!(
                     "{} sessions lost by the broker",

@@ -202,6 +202,24 @@ impl Mosquitto {
         let _ = self.child.wait();
     }
 
+    /// Stops the broker as an operator does (SIGTERM) and waits for it to exit: with
+    /// `persistence true` it writes its database first, so that [`Mosquitto::restart`]
+    /// brings back its sessions, their queues and their QoS 1 and 2 state.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "mosquitto did not stop within 10 s of SIGTERM: {}",
+            self.log()
+        );
+    }
+
     /// Starts the broker again, after [`Mosquitto::kill`], on the same port with the same
     /// config; returns once it listens.
     pub fn restart(&mut self) {

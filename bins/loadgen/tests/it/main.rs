@@ -10,6 +10,7 @@ mod help;
 mod k8s;
 mod merge;
 mod observe;
+mod qos2;
 mod reports;
 mod shards;
 mod subfleet;

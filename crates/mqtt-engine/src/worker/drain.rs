@@ -69,7 +69,7 @@ impl<P: Producer> Worker<P> {
                     if !holds {
                         // Nothing of its own is lost: at QoS 1 every point it sent was
                         // acknowledged. (At QoS 0, what it wrote last may not have been read.)
-                        if self.qos1 {
+                        if self.qos.acknowledged() {
                             if let Some(t) = self.conns[c].down_since.take() {
                                 self.stats.conns.disconnected += now.saturating_duration_since(t);
                             }

@@ -48,7 +48,7 @@ impl<P: Producer> Worker<P> {
         l.failed.store(self.stats.conns.failed, r);
         l.lost.store(self.stats.conns.lost, r);
         l.up.store(self.up, r);
-        if self.qos1 {
+        if self.qos.acknowledged() {
             l.inflight.store(
                 c.messages_enqueued
                     .saturating_sub(c.messages_acked)

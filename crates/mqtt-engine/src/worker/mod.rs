@@ -210,7 +210,7 @@ pub struct Worker<P: Producer> {
     phase: WorkerPhase,
     anchor: Option<Instant>,
     wall_anchor_us: u64,
-    qos1: bool,
+    qos: Qos,
     paced: bool,
     /// Sparse schedule: wake on the timerfd and spin the last stretch.
     precise: bool,
@@ -281,7 +281,7 @@ impl<P: Producer> Worker<P> {
                     state: DevState::Waiting,
                 });
             }
-            let retaining = s.publish.qos == Qos::AtLeastOnce && s.reconnect.is_some();
+            let retaining = s.publish.qos.acknowledged() && s.reconnect.is_some();
             conns.push(Conn::new(
                 c,
                 first..last,
@@ -356,7 +356,7 @@ impl<P: Producer> Worker<P> {
             phase: WorkerPhase::Generating,
             anchor: None,
             wall_anchor_us: 0,
-            qos1: s.publish.qos == Qos::AtLeastOnce,
+            qos: s.publish.qos,
             paced,
             precise,
             tick,
@@ -631,6 +631,8 @@ impl<P: Producer> Worker<P> {
                 self.on_puback(c, id, reason, now);
                 Some(true)
             }
+            Event::Received2 { id, reason } => Some(self.on_pubrec(c, id, reason, now)),
+            Event::Completed { id, reason } => Some(self.on_pubcomp(c, id, reason, now)),
             Event::PingResp => {
                 if let Some((written, _, true)) = self.conns[c as usize].ping {
                     let us = micros(now.saturating_duration_since(written)).max(1);

@@ -225,7 +225,7 @@ impl<P: Producer> Worker<P> {
                 return; // an Active one: the cursor ends it
             }
             let c = dev.conn as usize;
-            if !self.conns[c].has_room(self.s.publish.max_queued, self.qos1) {
+            if !self.conns[c].has_room(self.s.publish.max_queued, self.qos) {
                 self.conns[c].blocked |= self.conns[c].out.queued() > 0;
                 return; // owed until the connection drains
             }
@@ -252,7 +252,7 @@ impl<P: Producer> Worker<P> {
             let dl = self.pacer.round_robin();
             let dev = self.devices[dl as usize];
             if dev.state != DevState::Active
-                || !self.conns[dev.conn as usize].has_room(self.s.publish.max_queued, self.qos1)
+                || !self.conns[dev.conn as usize].has_room(self.s.publish.max_queued, self.qos)
             {
                 idle += 1;
                 continue;
@@ -301,7 +301,7 @@ impl<P: Producer> Worker<P> {
         let dev = &mut devices[dl as usize];
         let conn = &mut conns[dev.conn as usize];
         let points = points.min(u32::MAX as u64) as u32;
-        let pkid = if self.qos1 {
+        let pkid = if self.qos.acknowledged() {
             match conn.inflight.issue(scheduled, points) {
                 Some(id) => Some(id),
                 None => return false,
@@ -318,9 +318,14 @@ impl<P: Producer> Worker<P> {
         let buf = conn
             .out
             .buffer(packets::publish_overhead(topic.len(), props.len()) + max_payload);
-        let bytes = packets::append_publish(buf, topic, pkid, props, max_payload, |b| {
-            producer.payload(d, first_seq, points, ts_us, b)
-        });
+        let flags = packets::PublishFlags {
+            qos: self.qos,
+            ..Default::default()
+        };
+        let bytes =
+            packets::append_publish_with(buf, flags, topic, pkid, props, max_payload, |b| {
+                producer.payload(d, first_seq, points, ts_us, b)
+            });
         let bytes = bytes.min(u32::MAX as usize) as u32;
         let span = conn.out.seal(MsgMeta {
             scheduled,

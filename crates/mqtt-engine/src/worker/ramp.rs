@@ -215,7 +215,11 @@ impl<P: Producer> Worker<P> {
             let conn = &mut self.conns[c as usize];
             // DUP only within the session that may hold them: in a new one (the broker
             // lost it, or a clean session) they are new messages.
-            conn.put_replay(!self.s.conn.clean_session && session_present);
+            let replayed = conn.put_replay(
+                !self.s.conn.clean_session && session_present,
+                self.s.conn.mqtt5.is_some(),
+            );
+            self.stats.counts.pubrels_resent += replayed.pubrels;
         } else {
             self.stats.conns.connected += 1;
             if !self.s.conn.clean_session && session_present {
@@ -384,8 +388,8 @@ impl<P: Producer> Worker<P> {
         let up_a_while = conn
             .up_at
             .is_some_and(|t| now.saturating_duration_since(t) >= PROGRESS_UPTIME);
-        let progress =
-            conn.acked_since_up || (up_a_while && (!self.qos1 || conn.inflight.is_empty()));
+        let progress = conn.acked_since_up
+            || (up_a_while && (!self.qos.acknowledged() || conn.inflight.is_empty()));
         conn.losses_in_a_row = if progress {
             1
         } else {
@@ -437,7 +441,7 @@ impl<P: Producer> Worker<P> {
             let _ = self.poll.registry().deregister(&mut sock);
         }
         if reconnect {
-            conn.take_replay(self.qos1);
+            conn.take_replay(self.qos);
             conn.inbuf.clear();
             conn.ping = None;
             conn.blocked = false;
@@ -459,7 +463,9 @@ impl<P: Producer> Worker<P> {
                 .push(Reverse((now + delay, TimerKind::Retry, c, gen)));
             return;
         }
-        if self.s.reconnect.is_some() && (was_up && (needed || !self.qos1) || reset_closing) {
+        if self.s.reconnect.is_some()
+            && (was_up && (needed || !self.qos.acknowledged()) || reset_closing)
+        {
             // Given up: its devices' points stay unsent, failed or dropped. At QoS 0 a
             // connection that ends lost is as bad with nothing left to send: what it wrote
             // last may never have been read.

@@ -1,16 +1,24 @@
 //! Receiving: the bytes of a read framed into packets ([`Framer`], carrying a packet that
 //! arrived in part over to the next read), each packet turned into the [`Event`] it is in
-//! the connection's phase ([`event`]), and what a PUBACK and an accepting CONNACK mean for
-//! the connection's window and the run's figures. Both functions are pure: the loop owns
+//! the connection's phase ([`event`]), and what a PUBACK, a PUBREC, a PUBCOMP and an
+//! accepting CONNACK mean for the connection's window and the run's figures. Both functions are pure: the loop owns
 //! the connection and routes the events (`Worker::take_bytes`, `Worker::on_event`).
 //!
 //! ```text
 //! read_buf --> Framer (+ the partial packet of the last read) --> Incoming
-//!          --> event(phase, packet) --> Event --> the loop: CONNACK, PUBACK, loss, close
+//!          --> event(phase, packet) --> Event --> the loop: CONNACK, PUBACK, PUBREC,
+//!                                                      PUBCOMP, loss, close
 //! ```
+//!
+//! QoS 2 (MQTT 3.1.1 and 5, section 4.3.3): a PUBREC has the PUBREL written (or, with a
+//! refusing reason, ends the message: rejected, counted by reason, not resent); the PUBCOMP
+//! acknowledges the message and frees its place in the window. Ack latency runs from the
+//! scheduled send time to the PUBCOMP.
 
 use super::*;
+use crate::inflight::{Awaiting, Pubcomp, Pubrec};
 use crate::packets::Malformed;
+use mqtt_wire::qos2::Sent;
 
 /// What a packet from the broker is, in the phase its connection is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +33,10 @@ pub(super) enum Event {
     NotMqtt,
     /// A PUBACK for packet id `id`, with its reason (MQTT 5; 0 under 3.1.1).
     Acked { id: u16, reason: u8 },
+    /// QoS 2: a PUBREC for packet id `id`, with its reason.
+    Received2 { id: u16, reason: u8 },
+    /// QoS 2: a PUBCOMP for packet id `id`, with its reason.
+    Completed { id: u16, reason: u8 },
     /// The answer to our PINGREQ.
     PingResp,
     /// MQTT 5: the broker's DISCONNECT after ours (a goodbye), with its reason.
@@ -55,6 +67,12 @@ pub(super) fn event(phase: Phase, p: Incoming) -> Event {
         },
         (Phase::AwaitConnack, _) => Event::NotMqtt,
         (Phase::Up | Phase::Closing, Incoming::PubAck(id, reason)) => Event::Acked { id, reason },
+        (Phase::Up | Phase::Closing, Incoming::PubRec(id, reason)) => {
+            Event::Received2 { id, reason }
+        }
+        (Phase::Up | Phase::Closing, Incoming::PubComp(id, reason)) => {
+            Event::Completed { id, reason }
+        }
         (_, Incoming::PingResp) => Event::PingResp,
         (Phase::Closing, Incoming::Disconnect(reason)) => Event::Goodbye(reason),
         (Phase::Up, Incoming::Disconnect(reason)) => Event::Disconnect(reason),
@@ -173,18 +191,21 @@ impl<P: Producer> Worker<P> {
     /// close follows.
     pub(super) fn on_disconnect(&mut self, c: u32, reason: u8, now: Instant) {
         *self.stats.conns.disconnects.entry(reason).or_default() += 1;
-        if self.qos1 && crate::error::refuses_a_packet(reason) {
+        if self.qos.acknowledged() && crate::error::refuses_a_packet(reason) {
             // The broker reads in order and acknowledged all it took before: the oldest
-            // message in flight is the one it refused. Rejected, not resent.
+            // message in flight it had not answered is the one it refused. Rejected, not
+            // resent.
             let oldest = self.conns[c as usize]
                 .inflight
                 .iter()
-                .next()
+                .find(|a| a.state == Sent::AwaitPubrec)
                 .map(|a| a.pkid);
             if let Some(id) = oldest {
                 let conn = &self.conns[c as usize];
                 let before = (conn.acked_any, conn.acked_since_up);
-                self.on_puback(c, id, reason, now);
+                if let Some(a) = self.conns[c as usize].inflight.ack(id) {
+                    self.answered(c, a, reason, now);
+                }
                 // No PUBACK came, and no progress: a loss per refused message ends in the
                 // give-up.
                 let conn = &mut self.conns[c as usize];
@@ -221,7 +242,7 @@ impl<P: Producer> Worker<P> {
             *r = Some(r.map_or(rm, |x| x.min(rm)));
         }
         // MQTT 5: never more unacknowledged than the broker takes.
-        if self.qos1
+        if self.qos.acknowledged()
             && self.conns[c as usize]
                 .inflight
                 .limit(limits.receive_maximum)
@@ -235,41 +256,100 @@ impl<P: Producer> Worker<P> {
     pub(super) fn on_puback(&mut self, c: u32, id: u16, reason: u8, now: Instant) {
         let conn = &mut self.conns[c as usize];
         match conn.inflight.ack(id) {
-            Some(a) => {
-                conn.acked_any = true;
-                conn.acked_since_up = true;
-                if reason >= 0x80 {
-                    // MQTT 5: the broker answered, and refused (not authorized, too
-                    // large, quota): rejected, not acknowledged, not failed.
-                    self.stats.counts.points_rejected += a.points as u64;
-                    self.stats.counts.messages_rejected += 1;
-                    *self.stats.rejected_by_reason.entry(reason).or_default() += 1;
-                } else {
-                    self.stats.counts.points_acked += a.points as u64;
-                    self.stats.counts.messages_acked += 1;
-                    crate::stats::record_clamped(
-                        &mut self.stats.histos.ack_us,
-                        micros(now.saturating_duration_since(a.scheduled)),
-                        &mut self.stats.counts.latency_clamped,
-                    );
-                }
-                self.stats.last_ack = Some(now);
-                if conn.retaining {
-                    let upto = conn.inflight.first_start().unwrap_or(conn.out.end());
-                    conn.out.release(upto);
-                }
-                if conn.inflight.is_empty() {
-                    conn.inflight.trim();
-                    conn.out.trim(self.keep_buffer);
-                    if self.phase != WorkerPhase::Generating {
-                        self.drain_check.push(c);
-                    }
-                }
-                self.unpaced_idle = false;
-            }
+            Some(a) => self.answered(c, a, reason, now),
             None if conn.inflight.was_issued(id) => self.stats.counts.duplicate_acks += 1,
             None => self.stats.counts.acks_unknown_id += 1,
         }
+    }
+
+    /// QoS 2: a PUBREC for `id` with `reason`: the PUBREL goes out, or (a refusing reason)
+    /// the message is rejected. Returns whether the window opened.
+    pub(super) fn on_pubrec(&mut self, c: u32, id: u16, reason: u8, now: Instant) -> bool {
+        let v5 = self.s.conn.mqtt5.is_some();
+        let conn = &mut self.conns[c as usize];
+        match conn.inflight.pubrec(id, reason) {
+            Pubrec::Release => {
+                conn.acked_any = true;
+                conn.acked_since_up = true;
+                conn.out
+                    .push_control(&packets::ack(packets::AckKind::PubRel, id, 0, v5));
+                self.mark_dirty(c);
+                false
+            }
+            Pubrec::Refused(a) => {
+                self.answered(c, a, reason, now);
+                true
+            }
+            Pubrec::NotInFlight if conn.inflight.was_issued(id) => {
+                self.stats.counts.duplicate_acks += 1;
+                false
+            }
+            Pubrec::NotInFlight => {
+                self.stats.counts.acks_unknown_id += 1;
+                false
+            }
+        }
+    }
+
+    /// QoS 2: a PUBCOMP for `id`: the message is acknowledged (0x92 too: the broker had
+    /// released it and forgotten the id). Returns whether the window opened.
+    pub(super) fn on_pubcomp(&mut self, c: u32, id: u16, reason: u8, now: Instant) -> bool {
+        let conn = &mut self.conns[c as usize];
+        match conn.inflight.pubcomp(id, reason) {
+            Pubcomp::Complete(a) => {
+                self.answered(c, a, 0, now);
+                true
+            }
+            // Before its PUBREC: it answers nothing we sent (its PUBREL never went).
+            Pubcomp::Early => {
+                self.stats.counts.acks_unknown_id += 1;
+                false
+            }
+            Pubcomp::NotInFlight if conn.inflight.was_issued(id) => {
+                self.stats.counts.duplicate_acks += 1;
+                false
+            }
+            Pubcomp::NotInFlight => {
+                self.stats.counts.acks_unknown_id += 1;
+                false
+            }
+        }
+    }
+
+    /// Message `a` left the window answered: acknowledged, or (`reason` 0x80 or more)
+    /// refused by the broker.
+    fn answered(&mut self, c: u32, a: Awaiting, reason: u8, now: Instant) {
+        let conn = &mut self.conns[c as usize];
+        conn.acked_any = true;
+        conn.acked_since_up = true;
+        if reason >= 0x80 {
+            // MQTT 5: the broker answered, and refused (not authorized, too
+            // large, quota): rejected, not acknowledged, not failed.
+            self.stats.counts.points_rejected += a.points as u64;
+            self.stats.counts.messages_rejected += 1;
+            *self.stats.rejected_by_reason.entry(reason).or_default() += 1;
+        } else {
+            self.stats.counts.points_acked += a.points as u64;
+            self.stats.counts.messages_acked += 1;
+            crate::stats::record_clamped(
+                &mut self.stats.histos.ack_us,
+                micros(now.saturating_duration_since(a.scheduled)),
+                &mut self.stats.counts.latency_clamped,
+            );
+        }
+        self.stats.last_ack = Some(now);
+        if conn.retaining {
+            let upto = conn.inflight.first_start().unwrap_or(conn.out.end());
+            conn.out.release(upto);
+        }
+        if conn.inflight.is_empty() {
+            conn.inflight.trim();
+            conn.out.trim(self.keep_buffer);
+            if self.phase != WorkerPhase::Generating {
+                self.drain_check.push(c);
+            }
+        }
+        self.unpaced_idle = false;
     }
 
     /// What in an accepting MQTT 5 CONNACK rules this run out: a protocol error, QoS 0
@@ -279,8 +359,14 @@ impl<P: Producer> Worker<P> {
         if let Some(what) = limits.violation() {
             return Some(ConnectFailure::BrokerProtocol(what));
         }
-        if self.qos1 && limits.maximum_qos == Some(0) {
-            return Some(ConnectFailure::Limit(BrokerLimit::QosZeroOnly));
+        match limits.maximum_qos {
+            Some(0) if self.qos.acknowledged() => {
+                return Some(ConnectFailure::Limit(BrokerLimit::QosZeroOnly));
+            }
+            Some(1) if self.qos == Qos::ExactlyOnce => {
+                return Some(ConnectFailure::Limit(BrokerLimit::QosOneMax));
+            }
+            _ => {}
         }
         let limit = limits.maximum_packet_size?;
         let props = self
@@ -450,5 +536,27 @@ mod tests {
         assert_eq!(event(Phase::Up, Incoming::Other(9)), Event::Skipped);
         // A second CONNACK on a connection that is up means nothing.
         assert_eq!(event(Phase::Up, connack), Event::Skipped);
+    }
+
+    #[test]
+    fn pubrec_and_pubcomp_are_qos_2_events_once_the_connection_is_up() {
+        for phase in [Phase::Up, Phase::Closing] {
+            assert_eq!(
+                event(phase, Incoming::PubRec(9, 0x97)),
+                Event::Received2 {
+                    id: 9,
+                    reason: 0x97
+                }
+            );
+            assert_eq!(
+                event(phase, Incoming::PubComp(9, 0)),
+                Event::Completed { id: 9, reason: 0 }
+            );
+        }
+        // Before the CONNACK they mean the peer is not an MQTT broker.
+        assert_eq!(
+            event(Phase::AwaitConnack, Incoming::PubRec(9, 0)),
+            Event::NotMqtt
+        );
     }
 }

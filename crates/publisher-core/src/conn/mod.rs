@@ -367,7 +367,7 @@ pub async fn execute(
             crate::progress::Shape {
                 total: None,
                 duration: Some(plan.hold.duration),
-                qos1: false,
+                qos: mqtt_tool::args::Qos::AtMostOnce,
                 connections: p.fleet.connections,
                 held: true,
             },
