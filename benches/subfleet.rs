@@ -442,7 +442,10 @@ fn main() {
             &bins,
             &["--connections", &n, "--churn", &c, "--duration", &s],
         );
-        o.rate = o.json["churn_achieved_per_s"].as_f64().unwrap_or(0.0);
+        // Completed reconnects a second on both sides (the reference counts reconnects
+        // done; ours' churn_achieved_per_s counts disconnects started).
+        let held = o.json["held_s"].as_f64().unwrap_or(0.0);
+        o.rate = o.json["reconnects_churned"].as_f64().unwrap_or(0.0) / held.max(1e-9);
         o.connect_p99_us = o.json["reconnect_latency_us"]["p99"].as_u64();
         r.rate = r.json["churn_achieved"].as_f64().unwrap_or(0.0);
         r.connect_p99_us = r.json["churn_connect_p99_us"].as_u64();

@@ -279,8 +279,8 @@ pub fn command() -> Command {
         .about("A subscriber fleet: N subscribers on the engine's workers, each proving every point it gets")
         .after_help(format!(
             "Examples:
-  # fan-out: 1,000 subscribers of every device, each must get 600 points of each
-  loadgen sub --clients 1000 --topic 'device_data/#' --expect-per-client 600000 --report-json subs.json
+  # fan-out: 1,000 subscribers of every device; each must get 6,000 points (say 10 devices x 600)
+  loadgen sub --clients 1000 --topic 'device_data/#' --expect-per-client 6000 --report-json subs.json
   # one-to-one: subscriber i takes device sensor-{{i:05}}
   loadgen sub --clients 1000 --topic 'device_data/sensor-{{i:05}}' --qos 1
 
@@ -614,7 +614,18 @@ async fn run_framed(
             Ok(ExitCode::from(mqtt_tool::error::code::VERIFY_FAILED))
         }
     };
-    mqtt_tool::frame::exit(signal, None, &report.header, verdict)
+    // No subscriber connected at all: the broker's failure (exit 3 or 4), as for `pub`.
+    let not_started = signal
+        .is_none()
+        .then(|| {
+            publisher_core::none_connected(
+                &result.stats.conns,
+                p.connect.connect_timeout,
+                &target.url(),
+            )
+        })
+        .flatten();
+    mqtt_tool::frame::exit(signal, not_started, &report.header, verdict)
 }
 
 /// `loadgen merge` of subscriber-fleet reports (processes of one share group, or fleets

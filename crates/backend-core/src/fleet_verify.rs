@@ -778,6 +778,22 @@ impl FleetStats {
             }
             why.push(line);
         }
+        // Without an expectation the run still has to show delivery: a run where nothing
+        // arrived, or a subscriber that got nothing while it was subscribed, proves nothing
+        // (backend-sub fails "no message arrived" the same way). In a share group a member
+        // may get none of a short stream, so only the group's total is judged.
+        if self.subscribers_verified > 0 && self.points == 0 {
+            why.push("no point arrived at any subscriber".into());
+        } else if !rules.share_group {
+            let empty = self.points_per_subscriber.0.get(&0).copied().unwrap_or(0);
+            if empty > 0 {
+                why.push(format!(
+                    "{} of {} subscribers got no point",
+                    fmt_int(empty),
+                    fmt_int(self.points_per_subscriber.subscribers())
+                ));
+            }
+        }
         if let Some(n) = rules.expect.filter(|n| *n != self.points_unique) {
             why.push(format!(
                 "{} unique points of {} expected",
@@ -1396,6 +1412,26 @@ mod tests {
             v.stats(&short).verdict(&short).why,
             ["36 unique points of 40 expected"]
         );
+        // Without any expectation a run must still show delivery.
+        let none = Rules::default();
+        assert!(v.stats(&relaxed).verdict(&relaxed).pass);
+        let silent = fleet(0..3);
+        assert_eq!(
+            silent.stats(&none).verdict(&none).why,
+            ["no point arrived at any subscriber"]
+        );
+        let mut partly = fleet(0..3);
+        partly.delivery(0);
+        partly.point(0, &devices[0], 0, 5);
+        assert_eq!(
+            partly.stats(&none).verdict(&none).why,
+            ["2 of 3 subscribers got no point"]
+        );
+        let members = Rules {
+            share_group: true,
+            ..Rules::default()
+        };
+        assert!(partly.stats(&members).verdict(&members).pass);
         // Subscribers that never connected fail the run, by reason.
         let mut st = v.stats(&relaxed);
         st.subscribers_planned = 6;

@@ -510,52 +510,10 @@ pub async fn execute(
     let c = &result.stats.conns;
     // No connection came up: the run is the connection's failure (exit 3 or 4), and the
     // report says so too.
-    let mut not_started = None;
-    if c.connected == 0 && signal.is_none() && plan.fleet.connections == 1 {
-        if let Some((failure, _)) = c.gave_up.iter().next() {
-            let reason = mqtt_tool::mqtt::describe_failure(failure, plan.connect.connect_timeout);
-            not_started = Some(if failure.is_refusal() {
-                Error::Refused {
-                    broker: target.url(),
-                    reason,
-                }
-            } else {
-                Error::Unreachable {
-                    broker: target.url(),
-                    reason,
-                }
-            });
-        }
-    }
-    if c.connected == 0 && signal.is_none() && c.failed == c.planned && c.planned > 1 {
-        let fatal = c.gave_up.keys().find(|f| f.is_refusal());
-        let reasons: Vec<String> = c
-            .gave_up
-            .iter()
-            .map(|(f, n)| {
-                format!(
-                    "{} ({})",
-                    mqtt_tool::mqtt::describe_failure(f, plan.connect.connect_timeout),
-                    format::fmt_int(*n)
-                )
-            })
-            .collect();
-        let reason = format!(
-            "all {} connections failed: {}",
-            format::fmt_int(c.planned),
-            reasons.join("; ")
-        );
-        not_started = Some(match fatal {
-            Some(_) => Error::Refused {
-                broker: target.url(),
-                reason,
-            },
-            None => Error::Unreachable {
-                broker: target.url(),
-                reason,
-            },
-        });
-    }
+    let not_started = signal
+        .is_none()
+        .then(|| none_connected(c, plan.connect.connect_timeout, &target.url()))
+        .flatten();
     let mut observed = report::Observed {
         peak_rss_bytes: mqtt_engine::sys::peak_rss_bytes(),
         ..Default::default()
@@ -614,4 +572,46 @@ pub async fn execute(
         report.not_started(e);
     }
     Ok((report, signal))
+}
+
+/// The failure of a fleet none of whose connections came up (every one gave up): refused
+/// (exit 4) when a refusal was among the reasons, else unreachable (exit 3). One connection
+/// is named by its own reason; more by "all N connections failed" and each reason's count.
+/// `None` while any connected. Shared by the fleets of `pub`, `conn` and `sub --clients`.
+pub fn none_connected(
+    c: &mqtt_engine::stats::Conns,
+    connect_timeout: Duration,
+    broker: &str,
+) -> Option<Error> {
+    if c.connected > 0 || c.planned == 0 || c.failed < c.planned {
+        return None;
+    }
+    let refused = c.gave_up.keys().any(|f| f.is_refusal());
+    let reason = if c.planned == 1 {
+        let (failure, _) = c.gave_up.iter().next()?;
+        mqtt_tool::mqtt::describe_failure(failure, connect_timeout)
+    } else {
+        let reasons: Vec<String> = c
+            .gave_up
+            .iter()
+            .map(|(f, n)| {
+                format!(
+                    "{} ({})",
+                    mqtt_tool::mqtt::describe_failure(f, connect_timeout),
+                    format::fmt_int(*n)
+                )
+            })
+            .collect();
+        format!(
+            "all {} connections failed: {}",
+            format::fmt_int(c.planned),
+            reasons.join("; ")
+        )
+    };
+    let broker = broker.to_string();
+    Some(if refused {
+        Error::Refused { broker, reason }
+    } else {
+        Error::Unreachable { broker, reason }
+    })
 }

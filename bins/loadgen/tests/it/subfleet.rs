@@ -371,6 +371,39 @@ fn subscribers_that_never_get_a_message_stop_at_the_first_message_timeout_and_fa
 }
 
 #[test]
+fn without_an_expectation_a_run_where_nothing_arrives_still_fails() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "3",
+        "--first-message-timeout",
+        "1s",
+        "--quiet",
+    ]);
+    let (code, r) = fleet.wait();
+    assert_eq!(code, 5, "{r:#}");
+    let failure = r["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains("no point arrived"), "{r:#}");
+}
+
+#[test]
+fn a_broker_that_is_not_there_is_unreachable_not_a_failed_verdict() {
+    let port = test_support::free_port();
+    let out = Command::new(BIN)
+        .args(["sub", "--clients", "3", "--quiet", "--connect-retries", "0"])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loadgen sub");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("all 3 connections failed"), "{stderr}");
+}
+
+#[test]
 fn persistent_subscribers_cut_off_reconnect_resume_their_sessions_and_get_what_was_queued() {
     let broker = Mosquitto::start();
     let proxy = test_support::proxy::Proxy::start(broker.port);

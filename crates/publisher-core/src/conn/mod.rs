@@ -234,7 +234,7 @@ pub fn command() -> Command {
                 ("0", "every connection came up and was held (and came back after each churn or storm)"),
                 ("3", "the broker cannot be reached"),
                 ("4", "the broker refused the connection"),
-                ("5", "some connections failed, or were down at the end"),
+                ("1", "some connections failed, or were down at the end"),
             ])
         ))
         .mut_arg("client_id", |a| {
