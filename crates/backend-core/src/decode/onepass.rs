@@ -419,6 +419,27 @@ fn string_body(buf: &[u8], at: usize, mut emit: impl FnMut(u8)) -> Option<usize>
 fn skip_string(buf: &[u8], at: usize) -> Option<usize> {
     let mut i = at;
     let mut ascii = true;
+    // Eight bytes at a time while none is a quote, a backslash, a control character or
+    // non-ASCII (SWAR: a byte's high bit is set in `special` exactly when it is one of
+    // those); the first such byte is then looked at below, one at a time.
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let special = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH);
+        if special == 0 {
+            i += 8;
+            continue;
+        }
+        // Bytes below the first special one are plain ASCII (the borrows of the
+        // subtractions above run only upward from a special byte).
+        i += (special.trailing_zeros() / 8) as usize;
+        break;
+    }
     loop {
         let b = *buf.get(i)?;
         if b == b'"' {
@@ -846,6 +867,23 @@ mod tests {
                 text.parse::<f64>().unwrap().to_bits(),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn skipped_strings_stop_at_the_first_quote_escape_control_or_non_ascii_byte_in_any_lane() {
+        // Every special byte at every offset across two eight-byte words: the word-at-a-time
+        // skip must find the same end (or refusal) as reading byte by byte.
+        for len in 0..20 {
+            for at in 0..len {
+                for special in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xc3, 0xff] {
+                    let mut body = vec![b'a'; len];
+                    body[at] = special;
+                    body.extend_from_slice(b"\"tail\"");
+                    let by_bytes = string_body(&body, 0, |_| {});
+                    assert_eq!(skip_string(&body, 0), by_bytes, "{len} {at} {special:#x}");
+                }
+            }
         }
     }
 
