@@ -564,13 +564,31 @@ fn skip_value(buf: &[u8], i: usize, depth: usize) -> Option<usize> {
         b't' => literal(buf, i, b"true"),
         b'f' => literal(buf, i, b"false"),
         b'n' => literal(buf, i, b"null"),
-        b'-' | b'0'..=b'9' => {
-            let mut j = i;
-            number(buf, &mut j)?;
-            Some(j)
-        }
+        b'-' | b'0'..=b'9' => skip_number(buf, i),
         _ => None,
     }
+}
+
+/// Skips the number at `buf[i..]` as [`number`] checks it, without converting it: a short
+/// integer (what skipped members mostly hold) by its digits alone, anything else by
+/// [`number`].
+#[inline]
+fn skip_number(buf: &[u8], i: usize) -> Option<usize> {
+    let start = i + usize::from(buf[i] == b'-');
+    let mut j = start;
+    while let Some(b'0'..=b'9') = buf.get(j) {
+        j += 1;
+    }
+    let int = j - start;
+    let plain = (1..=18).contains(&int)
+        && (int == 1 || buf[start] != b'0')
+        && !matches!(buf.get(j), Some(b'.' | b'e' | b'E'));
+    if plain {
+        return Some(j);
+    }
+    let mut j = i;
+    number(buf, &mut j)?;
+    Some(j)
 }
 
 /// Where `lit` ends when `buf[at..]` starts with it.
@@ -884,6 +902,32 @@ mod tests {
                     assert_eq!(skip_string(&body, 0), by_bytes, "{len} {at} {special:#x}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn skipped_numbers_end_where_reading_them_ends_or_are_handed_over_alike() {
+        for n in [
+            "0",
+            "-0",
+            "7",
+            "-67",
+            "2",
+            "00",
+            "-",
+            "01",
+            "123456789012345678",
+            "1234567890123456789",
+            "1.5",
+            "1e3",
+            "-1.25e-2",
+            "1.",
+            "-x",
+            "0x1",
+        ] {
+            let mut end = 0;
+            let read = number(n.as_bytes(), &mut end).map(|_| end);
+            assert_eq!(skip_number(n.as_bytes(), 0), read, "{n}");
         }
     }
 
