@@ -419,6 +419,27 @@ fn string_body(buf: &[u8], at: usize, mut emit: impl FnMut(u8)) -> Option<usize>
 fn skip_string(buf: &[u8], at: usize) -> Option<usize> {
     let mut i = at;
     let mut ascii = true;
+    // Eight bytes at a time while none is a quote, a backslash, a control character or
+    // non-ASCII (SWAR: a byte's high bit is set in `special` exactly when it is one of
+    // those); the first such byte is then looked at below, one at a time.
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let special = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH);
+        if special == 0 {
+            i += 8;
+            continue;
+        }
+        // Bytes below the first special one are plain ASCII (the borrows of the
+        // subtractions above run only upward from a special byte).
+        i += (special.trailing_zeros() / 8) as usize;
+        break;
+    }
     loop {
         let b = *buf.get(i)?;
         if b == b'"' {
@@ -543,13 +564,31 @@ fn skip_value(buf: &[u8], i: usize, depth: usize) -> Option<usize> {
         b't' => literal(buf, i, b"true"),
         b'f' => literal(buf, i, b"false"),
         b'n' => literal(buf, i, b"null"),
-        b'-' | b'0'..=b'9' => {
-            let mut j = i;
-            number(buf, &mut j)?;
-            Some(j)
-        }
+        b'-' | b'0'..=b'9' => skip_number(buf, i),
         _ => None,
     }
+}
+
+/// Skips the number at `buf[i..]` as [`number`] checks it, without converting it: a short
+/// integer (what skipped members mostly hold) by its digits alone, anything else by
+/// [`number`].
+#[inline]
+fn skip_number(buf: &[u8], i: usize) -> Option<usize> {
+    let start = i + usize::from(buf[i] == b'-');
+    let mut j = start;
+    while let Some(b'0'..=b'9') = buf.get(j) {
+        j += 1;
+    }
+    let int = j - start;
+    let plain = (1..=18).contains(&int)
+        && (int == 1 || buf[start] != b'0')
+        && !matches!(buf.get(j), Some(b'.' | b'e' | b'E'));
+    if plain {
+        return Some(j);
+    }
+    let mut j = i;
+    number(buf, &mut j)?;
+    Some(j)
 }
 
 /// Where `lit` ends when `buf[at..]` starts with it.
@@ -846,6 +885,49 @@ mod tests {
                 text.parse::<f64>().unwrap().to_bits(),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn skipped_strings_stop_at_the_first_quote_escape_control_or_non_ascii_byte_in_any_lane() {
+        // Every special byte at every offset across two eight-byte words: the word-at-a-time
+        // skip must find the same end (or refusal) as reading byte by byte.
+        for len in 0..20 {
+            for at in 0..len {
+                for special in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xc3, 0xff] {
+                    let mut body = vec![b'a'; len];
+                    body[at] = special;
+                    body.extend_from_slice(b"\"tail\"");
+                    let by_bytes = string_body(&body, 0, |_| {});
+                    assert_eq!(skip_string(&body, 0), by_bytes, "{len} {at} {special:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn skipped_numbers_end_where_reading_them_ends_or_are_handed_over_alike() {
+        for n in [
+            "0",
+            "-0",
+            "7",
+            "-67",
+            "2",
+            "00",
+            "-",
+            "01",
+            "123456789012345678",
+            "1234567890123456789",
+            "1.5",
+            "1e3",
+            "-1.25e-2",
+            "1.",
+            "-x",
+            "0x1",
+        ] {
+            let mut end = 0;
+            let read = number(n.as_bytes(), &mut end).map(|_| end);
+            assert_eq!(skip_number(n.as_bytes(), 0), read, "{n}");
         }
     }
 
