@@ -90,14 +90,21 @@ const TARGET: f64 = 0.9;
 // rates with `frontend1-pub` publishing: D2-S2 0.74, D2-S2b 0.31 (its ratio swung 0.27-0.49
 // across quiet runs because the reference's own drain swung 11M-29M points/s), D2-S1 0.88,
 // D2-S1b 0.49; the CPU figure of D2-S2b stayed within 0.49-0.68 over 20 pairs here.
+// Re-measured quietly by the lead at merge (nothing else running; `.ci/run`'s gate run, then
+// `--quick --only` twice each): D2-S1b 0.44 0.41 0.51 (median 0.44), D2-S1sb 0.47 0.41 0.40
+// (median 0.41). A quiet machine speeds the single-threaded reference more than
+// backend-sub, so these sit below the loaded runs above, and the gates of 0.41 and 0.46 set
+// from those failed quiet runs (0.40, 0.41). By the rule above: D2-S1b 0.37 (0.85 x 0.44),
+// D2-S1sb 0.34 (0.85 x 0.41). The other six held with room in the gate run (0.95, 1.07,
+// 1.04, 0.95, 0.89, 1.17).
 const GATE_D2_S2: f64 = 0.60;
 const GATE_D2_S2_BACKLOG: f64 = 0.48;
 const GATE_D2_S1: f64 = 0.88;
-const GATE_D2_S1_BACKLOG: f64 = 0.41;
+const GATE_D2_S1_BACKLOG: f64 = 0.37;
 const GATE_D2_S2_SEED: f64 = 0.81;
 const GATE_D2_S2_SEED_BACKLOG: f64 = 0.68;
 const GATE_D2_S1_SEED: f64 = 0.76;
-const GATE_D2_S1_SEED_BACKLOG: f64 = 0.46;
+const GATE_D2_S1_SEED_BACKLOG: f64 = 0.34;
 /// The reference subscriber stops when nothing arrived for this long (seconds): longer than
 /// a backlog's publishing takes on a busy machine.
 const REF_IDLE_S: &str = "30";
