@@ -445,25 +445,7 @@ async fn run_framed(
 ) -> Result<ExitCode, Error> {
     let p = &plan.conn;
     let target = frame.broker(&p.connect).await?;
-    let (host, port) = (target.host.clone(), target.port);
-    let addrs = tokio::task::spawn_blocking(move || {
-        use std::net::ToSocketAddrs;
-        (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
-    })
-    .await
-    .map_err(|e| Error::failed("broker lookup failed", e))?
-    .map_err(|e| Error::Unreachable {
-        broker: target.url(),
-        reason: e.to_string(),
-    })?;
-    if addrs.is_empty() {
-        return Err(Error::Unreachable {
-            broker: target.url(),
-            reason: "the name has no address".into(),
-        });
-    }
-    publisher_core::plan::check_source_families(&p.fleet.source_ips, &addrs, &target.url())?;
-    let addrs = publisher_core::plan::reachable_from(&p.fleet.source_ips, addrs);
+    let addrs = publisher_core::fleet_addrs(&target, &p.fleet.source_ips).await?;
     let mut settings = p.fleet_settings(addrs);
     if plan.any_packet {
         settings.conn.max_packet_size = mqtt_tool::connect::MQTT_MAX_PACKET as usize;

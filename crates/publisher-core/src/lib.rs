@@ -401,27 +401,7 @@ pub async fn execute(
     live: &observe::LiveRun,
     check: Option<&'static dyn DeliveryCheck>,
 ) -> Result<(Report, Option<shutdown::Signal>), Error> {
-    let (host, port) = (target.host.clone(), target.port);
-    let addrs = tokio::task::spawn_blocking(move || {
-        use std::net::ToSocketAddrs;
-        (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
-    })
-    .await
-    .map_err(|e| Error::failed("broker lookup failed", e))?
-    .map_err(|e| Error::Unreachable {
-        broker: target.url(),
-        reason: e.to_string(),
-    })?;
-    if addrs.is_empty() {
-        return Err(Error::Unreachable {
-            broker: target.url(),
-            reason: "the name has no address".into(),
-        });
-    }
-    plan::check_source_families(&plan.fleet.source_ips, &addrs, &target.url())?;
-    // A name with addresses of both families (localhost): connections from IPv4 sources go
-    // to its IPv4 addresses only, and the other way round.
-    let addrs = plan::reachable_from(&plan.fleet.source_ips, addrs);
+    let addrs = fleet_addrs(target, &plan.fleet.source_ips).await?;
     let settings = plan.fleet_settings(addrs);
     // --verify: the verifier is subscribed (its SUBACK in) before the fleet starts, so no
     // point is published before it can be received.
@@ -614,4 +594,33 @@ pub fn none_connected(
     } else {
         Error::Unreachable { broker, reason }
     })
+}
+
+/// The broker's addresses a fleet connects to: the name resolved (unreachable when it has
+/// none), the source addresses checked against its families, and of a name with both
+/// families (localhost) only those the sources can reach. Shared by the fleets of `pub`,
+/// `conn` and `sub --clients`.
+pub async fn fleet_addrs(
+    target: &broker::BrokerTarget,
+    source_ips: &[std::net::IpAddr],
+) -> Result<Vec<std::net::SocketAddr>, Error> {
+    let (host, port) = (target.host.clone(), target.port);
+    let addrs = tokio::task::spawn_blocking(move || {
+        use std::net::ToSocketAddrs;
+        (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
+    })
+    .await
+    .map_err(|e| Error::failed("broker lookup failed", e))?
+    .map_err(|e| Error::Unreachable {
+        broker: target.url(),
+        reason: e.to_string(),
+    })?;
+    if addrs.is_empty() {
+        return Err(Error::Unreachable {
+            broker: target.url(),
+            reason: "the name has no address".into(),
+        });
+    }
+    plan::check_source_families(source_ips, &addrs, &target.url())?;
+    Ok(plan::reachable_from(source_ips, addrs))
 }

@@ -334,26 +334,8 @@ pub async fn execute(
     shutdown: &Shutdown,
     live: &crate::observe::LiveRun,
 ) -> Result<(ConnReport, Option<crate::shutdown::Signal>), Error> {
-    let (host, port) = (target.host.clone(), target.port);
-    let addrs = tokio::task::spawn_blocking(move || {
-        use std::net::ToSocketAddrs;
-        (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
-    })
-    .await
-    .map_err(|e| Error::failed("broker lookup failed", e))?
-    .map_err(|e| Error::Unreachable {
-        broker: target.url(),
-        reason: e.to_string(),
-    })?;
-    if addrs.is_empty() {
-        return Err(Error::Unreachable {
-            broker: target.url(),
-            reason: "the name has no address".into(),
-        });
-    }
     let p = &plan.plan;
-    crate::plan::check_source_families(&p.fleet.source_ips, &addrs, &target.url())?;
-    let addrs = crate::plan::reachable_from(&p.fleet.source_ips, addrs);
+    let addrs = crate::fleet_addrs(target, &p.fleet.source_ips).await?;
     let mut settings = p.fleet_settings(addrs);
     settings.devices = 0;
     settings.hold = Some(plan.hold.clone());
