@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use mqtt_wire::packets::SubOptions;
 use mqtt_wire::{Framer, Qos};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use crate::broker::BrokerTarget;
 use crate::connect::ConnectPlan;
 use crate::error::Error;
-use crate::lowat::Lowat;
+use crate::gather::Gather;
 use crate::mqtt::{describe_failure, ConnackCode, ConnectFailure};
 
 /// Bytes read in one go: a thousand 1000-point batches' worth of headers, or a few of them.
@@ -78,6 +79,37 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
         }
     }
+}
+
+/// Sets `SO_RCVLOWAT` on `fd`.
+fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt reads an int of ours for a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the socket holds now, without waiting and whatever the low-water mark: tokio's own
+/// `try_read` would not ask the kernel, as the mark kept the socket from being reported
+/// readable. `Ok(0)` is a closed connection; WouldBlock, nothing there.
+fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 impl tokio::io::AsyncRead for Stream {
@@ -136,44 +168,15 @@ pub struct Session {
     last_write: Instant,
     /// When the PINGREQ with nothing read since went out.
     ping_sent: Option<Instant>,
-    /// How many bytes a read waits for.
-    lowat: Lowat,
+    /// How long reads let bytes gather.
+    gather: Gather,
+    /// The next read waits until then (bytes gathering at a high rate).
+    read_after: Option<Instant>,
     /// The packet id of the SUBSCRIBE not yet acknowledged: a SUBACK for any other is a
     /// protocol error.
     awaiting_suback: Option<u16>,
     /// The CONNACK said the broker kept this client's session.
     session_present: bool,
-}
-
-/// Sets `SO_RCVLOWAT` on `fd`.
-fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt reads an int of ours for a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// What the socket holds now, without waiting and whatever the low-water mark: tokio's own
-/// `try_read` would not ask the kernel, as the mark kept the socket from being reported
-/// readable. `Ok(0)` is a closed connection; WouldBlock, nothing there.
-fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 fn io_failure(e: &io::Error) -> ConnectFailure {
@@ -272,7 +275,8 @@ impl Session {
                 v5: cp.mqtt5,
                 last_write: Instant::now(),
                 ping_sent: None,
-                lowat: Lowat::new(Duration::ZERO, Instant::now()),
+                gather: Gather::new(Duration::ZERO, Instant::now()),
+                read_after: None,
                 awaiting_suback: None,
                 session_present: false,
             };
@@ -393,7 +397,7 @@ impl Session {
     }
 
     /// Lets reads wait for bytes to gather, so that no byte waits longer than about `hold`
-    /// at a steady rate (zero: every byte wakes the reader); see [`crate::lowat`].
+    /// at a steady rate (zero: every byte wakes the reader); see [`crate::gather`].
     pub fn set_read_hold(&mut self, hold: Duration) {
         // Through TLS the kernel's bytes are records for rustls: no reading around it.
         let hold = if matches!(self.stream, Stream::Tls(_)) {
@@ -401,7 +405,8 @@ impl Session {
         } else {
             hold
         };
-        self.lowat = Lowat::new(hold, Instant::now());
+        self.gather = Gather::new(hold, Instant::now());
+        self.read_after = None;
     }
 
     /// When a PINGREQ is due (the broker closes a client silent for 1.5 keep-alives).
@@ -429,16 +434,19 @@ impl Session {
         self.ping_sent.map(|t| t + self.keep_alive)
     }
 
-    /// Reads what the socket has (at least one byte, or 0 when the broker closed).
+    /// Reads what the socket has (at least one byte, or 0 when the broker closed), letting
+    /// bytes gather first at a high rate ([`crate::gather`]); cancelled, it loses nothing.
     pub async fn read_more(&mut self) -> io::Result<usize> {
+        if let Some(at) = self.read_after {
+            tokio::time::sleep_until(at).await;
+            self.read_after = None;
+        }
         let fd = self.stream.fd();
-        let n = if self.lowat.mark > 1 {
-            let fallback = self.lowat.fallback();
-            let room = self.framer.room();
+        let n = if self.gather.mark > 1 {
             let waited = tokio::select! {
                 biased;
-                r = self.stream.read(room) => Some(r?),
-                _ = tokio::time::sleep(fallback) => None,
+                r = self.stream.read(self.framer.room()) => Some(r?),
+                _ = tokio::time::sleep(self.gather.fallback()) => None,
             };
             match waited {
                 Some(n) => n,
@@ -449,16 +457,14 @@ impl Session {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                         Err(e) => return Err(e),
                     };
-                    let mark = self.lowat.timed_out(got, Instant::now());
-                    if let Some(mark) = mark {
+                    if let Some(mark) = self.gather.timed_out(got, Instant::now()) {
                         set_rcvlowat(fd, mark)?;
                     }
                     if got > 0 {
-                        self.framer.filled(got);
-                        self.ping_sent = None;
-                        return Ok(got);
+                        got
+                    } else {
+                        self.stream.read(self.framer.room()).await?
                     }
-                    self.stream.read(self.framer.room()).await?
                 }
             }
         } else {
@@ -468,9 +474,11 @@ impl Session {
         if n > 0 {
             self.ping_sent = None;
         }
-        if let Some(mark) = self.lowat.read(n, Instant::now()) {
+        let next = self.gather.read(n, Instant::now());
+        if let Some(mark) = next.mark {
             set_rcvlowat(fd, mark)?;
         }
+        self.read_after = next.pause_until;
         Ok(n)
     }
 
@@ -538,7 +546,8 @@ mod tests {
             v5: false,
             last_write: Instant::now(),
             ping_sent: None,
-            lowat: Lowat::new(Duration::ZERO, Instant::now()),
+            gather: Gather::new(Duration::ZERO, Instant::now()),
+            read_after: None,
             awaiting_suback: Some(1),
             session_present: false,
         }
