@@ -53,9 +53,13 @@ const REPORT_LIMIT: u64 = 2 << 30;
 
 /// `loadgen merge`'s command: its flags with their `LOADGEN_<FLAG>` variables, examples.
 pub fn command() -> clap::Command {
-    // The merged report is a publisher's or a backend's: either's fields.
+    // The merged report is a publisher's, a backend's or a subscriber fleet's: their fields.
     let mut fields = publisher_core::report::threshold_fields();
-    for f in backend_core::report::threshold_fields().0 {
+    let more = backend_core::report::threshold_fields()
+        .0
+        .into_iter()
+        .chain(crate::subfleet::threshold_fields().0);
+    for f in more {
         if fields.get(&f.name).is_none() {
             fields.0.push(f);
         }
@@ -374,12 +378,15 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                     )
                 }
                 Kind::SubFleet => {
-                    if a.shards.is_some() || !a.export.thresholds.is_empty() {
+                    if a.shards.is_some() {
                         return Err(Error::usage(
-                            "--shards and --threshold are not for subscriber-fleet reports",
+                            "--shards is not for subscriber-fleet reports; give every shard's report",
                         ));
                     }
-                    (Merging::SubFleet(Vec::new()), Default::default())
+                    (
+                        Merging::SubFleet(Vec::new()),
+                        crate::subfleet::threshold_fields(),
+                    )
                 }
             };
             thresholds =
@@ -431,18 +438,28 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
             })
         }
         Some((_, _, Merging::SubFleet(v))) => {
-            let m = crate::subfleet::merge(v, a.expect)?;
+            let mut m = crate::subfleet::merge(v, a.expect)?;
+            mqtt_tool::frame::FramedReport::judge(&mut m, &thresholds);
             exports.write(&m, &mqtt_tool::frame::FramedReport::render_text(&m))?;
+            let verdict = |r: &str| {
+                errln!(
+                    "{}",
+                    mqtt_tool::run::bounded(
+                        format!("verification failed: {}", escape(r)),
+                        mqtt_tool::run::MAX_ERROR_LINE
+                    )
+                )
+            };
+            if let Some(failed) = mqtt_tool::threshold::failures(&m.header.thresholds) {
+                if let Some(r) = &m.failure {
+                    verdict(r);
+                }
+                return Err(Error::Thresholds(failed));
+            }
             Ok(match &m.failure {
                 None => ExitCode::SUCCESS,
                 Some(r) => {
-                    errln!(
-                        "{}",
-                        mqtt_tool::run::bounded(
-                            format!("verification failed: {}", escape(r)),
-                            mqtt_tool::run::MAX_ERROR_LINE
-                        )
-                    );
+                    verdict(r);
                     ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
                 }
             })

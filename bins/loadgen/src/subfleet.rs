@@ -31,6 +31,7 @@ use mqtt_tool::format::Percentiles;
 use mqtt_tool::frame::{FramedReport, ReportHeader, RunFrame};
 use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::summary::{Summarize, Summary};
+use mqtt_tool::threshold::{Fields, Unit};
 use mqtt_tool::Error;
 use publisher_core::args::{FleetArgs, LoadArgs, PublisherArgs, RampArgs, ShardArgs};
 use serde::{Deserialize, Serialize};
@@ -122,7 +123,55 @@ pub struct Plan {
     pub max_devices: usize,
     /// `--max-packet-size` not given: take whatever a publisher may send.
     pub any_packet: bool,
+    pub thresholds: Vec<mqtt_tool::threshold::Threshold>,
 }
+
+/// The fields `--threshold` may name: the proof's sums, the connections, the latencies, and
+/// the per-subscriber spreads' ends (`points_per_subscriber_min>=1000`).
+pub fn threshold_fields() -> Fields {
+    let mut f = Fields::default();
+    for n in [
+        "deliveries",
+        "points",
+        "points_unique",
+        "points_missing",
+        "points_duplicate",
+        "points_out_of_order",
+        "points_unverifiable",
+        "points_untracked",
+        "malformed_messages",
+        "latency_clamped",
+        "subscribers_verified",
+    ] {
+        f = f.field(n, &format!("/fleet/{n}"), Unit::Number);
+    }
+    for (name, key) in [
+        ("connections_connected", "connected"),
+        ("subscribers_subscribed", "subscribed"),
+        ("connections_lost", "lost"),
+        ("reconnects", "reconnects"),
+    ] {
+        f = f.field(name, &format!("/connections/{key}"), Unit::Number);
+    }
+    for n in DERIVED {
+        f = f.field(n, &format!("/{n}"), Unit::Number);
+    }
+    f.numbers(&["duration_s"], Unit::Seconds)
+        .latency("e2e_latency", "/fleet/latency_us")
+        .latency("suback_latency", "/suback_latency_us")
+}
+
+/// Figures thresholds may name that the report holds only in other forms (the spreads as
+/// value -> subscribers, the failing subscribers as a list and a count of the rest).
+const DERIVED: [&str; 7] = [
+    "points_per_subscriber_min",
+    "points_per_subscriber_median",
+    "points_per_subscriber_max",
+    "deliveries_per_subscriber_min",
+    "deliveries_per_subscriber_median",
+    "deliveries_per_subscriber_max",
+    "subscribers_with_problems",
+];
 
 /// The preset the connections are planned with: client ids `loadgen-sub-{i}` (with a
 /// process token under a clean session, as `loadgen pub`'s).
@@ -144,11 +193,12 @@ impl Plan {
         if a.clients > u32::MAX as u64 {
             return Err(Error::usage("--clients must be at most 4294967295"));
         }
-        if !a.output.export.thresholds.is_empty() {
-            return Err(Error::usage(
-                "--threshold is not supported with --clients yet; judge the JSON report",
-            ));
-        }
+        // Thresholds name this report's fields, not the publisher's.
+        let mut a = a;
+        let thresholds = mqtt_tool::threshold::parse_all(
+            &std::mem::take(&mut a.output.export.thresholds),
+            &threshold_fields(),
+        )?;
         let mut filters = Vec::with_capacity(a.topics.len());
         for t in &a.topics {
             let tpl = mqtt_engine::template::Template::parse(t, false, "--topic")
@@ -259,6 +309,7 @@ impl Plan {
             duration: a.duration,
             max_devices: usize::try_from(a.max_devices).unwrap_or(usize::MAX),
             any_packet,
+            thresholds,
         })
     }
 }
@@ -275,7 +326,7 @@ impl FromArgMatches for Parsed {
 }
 
 pub fn command() -> Command {
-    FleetSubArgs::augment_args(Command::new("loadgen sub").version(env!("CARGO_PKG_VERSION")))
+    let cmd = FleetSubArgs::augment_args(Command::new("loadgen sub").version(env!("CARGO_PKG_VERSION")))
         .about("A subscriber fleet: N subscribers on the engine's workers, each proving every point it gets")
         .after_help(format!(
             "Examples:
@@ -291,7 +342,12 @@ pub fn command() -> Command {
                 ("4", "the broker refused the connections"),
                 ("5", "verification failed: a subscriber missed, duplicated or failed"),
             ])
-        ))
+        ));
+    mqtt_tool::cli::threshold_help(
+        cmd,
+        &threshold_fields(),
+        &["points_per_subscriber_min>=6000", "e2e_latency_p99<50ms"],
+    )
 }
 
 /// Whether `loadgen sub`'s arguments ask for a subscriber fleet.
@@ -335,6 +391,9 @@ pub struct Connections {
     pub queued_deliveries: u64,
     /// QoS 2 PUBLISHes repeated before their PUBREL: answered, not delivered twice.
     pub qos2_repeats: u64,
+    /// Subscribers by the lowest QoS their SUBACK granted ("0", "1", "2"): below `qos`, the
+    /// broker capped it (Mosquitto's `max_qos`, a broker's maximum QoS).
+    pub granted_qos: BTreeMap<String, u64>,
 }
 
 /// The report of a subscriber fleet.
@@ -373,6 +432,25 @@ impl Report {
         }
     }
 
+    /// Subscribers granted less than the asked QoS, as a line (none: every one got it).
+    pub fn downgraded(&self) -> Option<String> {
+        let below: Vec<String> = self
+            .connections
+            .granted_qos
+            .iter()
+            .filter(|(q, _)| q.parse::<u8>().is_ok_and(|q| q < self.qos))
+            .map(|(q, n)| format!("{n} at QoS {q}"))
+            .collect();
+        (!below.is_empty()).then(|| {
+            format!(
+                "{} of {} subscribers (asked {}): the broker caps the QoS it grants",
+                below.join(", "),
+                self.connections.subscribed,
+                self.qos
+            )
+        })
+    }
+
     /// Judges the proof and the connections: the failure line, if any.
     pub fn judge_verdict(&mut self) {
         let v = self.fleet.verdict(&self.rules());
@@ -393,6 +471,10 @@ impl Summarize for Report {
         if let Some(p) = &self.suback_latency_us {
             s.row("SUBACK latency", mqtt_tool::summary::fmt_percentiles_ms(p));
         }
+        if let Some(line) = self.downgraded() {
+            s.row("granted QoS", line);
+        }
+        s.thresholds(&self.header.thresholds, &threshold_fields());
         s
     }
 }
@@ -401,7 +483,24 @@ impl FramedReport for Report {
     fn header_mut(&mut self) -> &mut ReportHeader {
         &mut self.header
     }
-    fn judge(&mut self, _thresholds: &[mqtt_tool::threshold::Threshold]) {}
+    fn judge(&mut self, thresholds: &[mqtt_tool::threshold::Threshold]) {
+        if thresholds.is_empty() {
+            return;
+        }
+        let mut v = serde_json::to_value(&*self).unwrap_or_default();
+        let f = &self.fleet;
+        let ends = |sp: &backend_core::fleet_verify::Spread| [sp.min(), sp.median(), sp.max()];
+        let [pmin, pmed, pmax] = ends(&f.points_per_subscriber);
+        let [dmin, dmed, dmax] = ends(&f.deliveries_per_subscriber);
+        let failing = f.subscribers_with_problems.len() as u64 + f.subscribers_with_problems_more;
+        let values = [pmin, pmed, pmax, dmin, dmed, dmax, Some(failing)];
+        if let Some(o) = v.as_object_mut() {
+            for (name, value) in DERIVED.iter().zip(values) {
+                o.insert(name.to_string(), serde_json::json!(value));
+            }
+        }
+        self.header.thresholds = mqtt_tool::threshold::judge(thresholds, &v);
+    }
     fn render_text(&self) -> String {
         let mut o = format!("== {} summary\n", self.header.tool);
         let c = &self.connections;
@@ -412,6 +511,9 @@ impl FramedReport for Report {
         ));
         for (why, n) in &c.failed {
             o.push_str(&format!("  failed            {n} {why}\n"));
+        }
+        if let Some(line) = self.downgraded() {
+            o.push_str(&format!("granted QoS         {line}\n"));
         }
         if c.sessions_resumed > 0 {
             o.push_str(&format!(
@@ -433,9 +535,57 @@ impl FramedReport for Report {
 async fn run(plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let p = &plan.conn;
     let families: mqtt_tool::metrics::Families = Arc::new(|_| {});
-    let mut frame = RunFrame::open(p.metrics.clone(), p.exports.clone(), Vec::new(), families)?;
+    let mut frame = RunFrame::open(
+        p.metrics.clone(),
+        p.exports.clone(),
+        plan.thresholds.clone(),
+        families,
+    )?;
     let result = run_framed(plan, shutdown, &mut frame).await;
     frame.close(result, shutdown).await
+}
+
+/// How often `sub --clients` prints its progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The progress line's state: when the next is due, and the deliveries at the last.
+struct Progress {
+    next: Instant,
+    deliveries: u64,
+    at: Instant,
+}
+
+impl Progress {
+    /// The line at `now`, and the next one due a second later.
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &mut self,
+        now: Instant,
+        deliveries: u64,
+        points: u64,
+        expected: Option<u64>,
+        clients: u64,
+        subscribed: u64,
+        up: u64,
+    ) -> String {
+        use mqtt_tool::format::{fmt_int, fmt_rate};
+        let secs = now
+            .saturating_duration_since(self.at)
+            .as_secs_f64()
+            .max(1e-3);
+        let rate = deliveries.saturating_sub(self.deliveries) as f64 / secs;
+        (self.next, self.deliveries, self.at) = (now + PROGRESS_EVERY, deliveries, now);
+        let of = expected.map_or(String::new(), |n| format!(" of {}", fmt_int(n)));
+        format!(
+            "subscribers {} of {} subscribed, {} up | {} deliveries ({}/s) | {} points{of}",
+            fmt_int(subscribed),
+            fmt_int(clients),
+            fmt_int(up),
+            fmt_int(deliveries),
+            fmt_rate(rate),
+            fmt_int(points),
+        )
+    }
 }
 
 async fn run_framed(
@@ -472,6 +622,12 @@ async fn run_framed(
         .map(|n| n.saturating_mul(plan.clients))
         .or(plan.rules.expect);
     let quiet = p.quiet;
+    // A progress line a second (not with --quiet): subscribers, deliveries and their rate.
+    let mut progress = Progress {
+        next: Instant::now() + PROGRESS_EVERY,
+        deliveries: 0,
+        at: Instant::now(),
+    };
     let result = loop {
         tokio::select! {
             r = &mut joined => break r.map_err(|e| Error::failed("the workers failed", e))?,
@@ -499,8 +655,15 @@ async fn run_framed(
                         continue;
                     }
                 }
-                let Some(since) = all_subscribed else { continue };
                 let points: u64 = lives.iter().map(|l| l.points.load(Relaxed)).sum();
+                if !quiet && now >= progress.next {
+                    let deliveries = lives.iter().map(|l| l.deliveries.load(Relaxed)).sum();
+                    mqtt_tool::errln!(
+                        "{}",
+                        progress.line(now, deliveries, points, expected_points, plan.clients, subscribed, handle.live().up)
+                    );
+                }
+                let Some(since) = all_subscribed else { continue };
                 let last_us = lives.iter().map(|l| l.last_us.load(Relaxed)).max().unwrap_or(0);
                 let idle = last_us > 0 && {
                     let last = clock.epoch + Duration::from_micros(last_us - 1);
@@ -579,6 +742,12 @@ async fn run_framed(
             sessions_resumed: st.sub.resumed,
             queued_deliveries: st.sub.queued_deliveries,
             qos2_repeats: st.sub.qos2_repeats,
+            granted_qos: st
+                .sub
+                .granted_qos
+                .iter()
+                .map(|(q, n)| (q.to_string(), *n))
+                .collect(),
         },
         suback_latency_us: Percentiles::of(&st.sub.suback_us),
         fleet,
@@ -657,6 +826,13 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
                 c.failed.entry(why.clone()).or_default(),
                 *n,
                 "connections.failed",
+            )?;
+        }
+        for (q, n) in &o.granted_qos {
+            add(
+                c.granted_qos.entry(q.clone()).or_default(),
+                *n,
+                "connections.granted_qos",
             )?;
         }
         sum.fleet

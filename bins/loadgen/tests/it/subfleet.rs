@@ -66,6 +66,12 @@ impl Fleet {
 
     /// Waits for the verdict: (exit code, report), the report checked against its schema.
     fn wait(self) -> (i32, Value) {
+        let (code, report, _) = self.wait_with_stderr();
+        (code, report)
+    }
+
+    /// [`Fleet::wait`], with the stderr lines after "subscribed".
+    fn wait_with_stderr(self) -> (i32, Value, Vec<String>) {
         let Fleet {
             mut child,
             dir,
@@ -79,7 +85,7 @@ impl Fleet {
         assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
         assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &report);
         assert_matches_schema("schema/fleet-verify.schema.json", &report["fleet"]);
-        (status.code().unwrap_or(-1), report)
+        (status.code().unwrap_or(-1), report, rest)
     }
 
     fn kill(mut self) {
@@ -299,6 +305,111 @@ fn qos2_subscriptions_deliver_exactly_once() {
 }
 
 #[test]
+fn thresholds_judge_the_fleet_report_and_a_failed_one_exits_99() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "3",
+        "--expect-per-client",
+        "100",
+        "--idle-timeout",
+        "2s",
+        "--threshold",
+        "points_per_subscriber_min>=100",
+        "--threshold",
+        "subscribers_with_problems==0",
+        "--threshold",
+        "suback_latency_p99<10s",
+        // Not even loopback delivers in a microsecond: this one fails.
+        "--threshold",
+        "e2e_latency_min<1us",
+        "--quiet",
+    ]);
+    publish_fleet(&url, "10", "100", "1");
+    let (code, r) = fleet.wait();
+    assert_eq!(code, 99, "{r:#}");
+    // The proof itself held: only the threshold failed.
+    assert_eq!(r["failure"], Value::Null, "{r:#}");
+    let judged: Vec<(String, bool)> = r["thresholds"]
+        .as_array()
+        .expect("thresholds")
+        .iter()
+        .map(|t| {
+            (
+                t["field"].as_str().unwrap_or("").to_string(),
+                t["pass"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("points_per_subscriber_min".to_string(), true),
+            ("subscribers_with_problems".to_string(), true),
+            ("suback_latency_p99".to_string(), true),
+            ("e2e_latency_min".to_string(), false),
+        ],
+        "{r:#}"
+    );
+    assert_eq!(r["thresholds"][0]["value"], 100.0, "{r:#}");
+}
+
+#[test]
+fn a_broker_that_grants_less_qos_than_asked_is_named_in_the_report() {
+    // Mosquitto's max_qos caps what its SUBACKs grant.
+    let broker = Mosquitto::start_with(&["max_qos 1".into()]);
+    let url = broker.url();
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "3",
+        "--qos",
+        "2",
+        // No expectation: the run lasts until 2 s of silence, time for progress lines.
+        "--idle-timeout",
+        "2s",
+    ]);
+    publish_fleet(&url, "5", "50", "1");
+    let (code, r, stderr) = fleet.wait_with_stderr();
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(n(&r["fleet"], "points_unique"), 150, "{r:#}");
+    assert_eq!(
+        r["connections"]["granted_qos"],
+        serde_json::json!({"1": 3}),
+        "{r:#}"
+    );
+    // Without --quiet: a progress line a second.
+    assert!(
+        stderr.iter().any(|l| l
+            .starts_with("subscribers 3 of 3 subscribed, 3 up | 150 deliveries (")
+            && l.ends_with("| 150 points")),
+        "{stderr:#?}"
+    );
+}
+
+#[test]
+fn a_threshold_on_a_field_the_fleet_report_lacks_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args([
+            "sub",
+            "--clients",
+            "2",
+            "--threshold",
+            "ack_latency_p99<5ms",
+        ])
+        .output()
+        .expect("run loadgen sub");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ack_latency_p99"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
 fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     let broker = Mosquitto::start();
     let url = broker.url();
@@ -347,6 +458,20 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     assert_eq!(n(&m["fleet"], "points_duplicate"), 0);
     // The same reports against a total they did not get: the merged verdict fails.
     assert_eq!(merge("301").status.code(), Some(5));
+    // Thresholds judge the merged report.
+    let judged = |t: &str| {
+        Command::new(BIN)
+            .arg("merge")
+            .args([&pa, &pb])
+            .args(["--expect", "300", "--threshold", t, "--report-json"])
+            .arg(&pm)
+            .output()
+            .expect("run loadgen merge")
+            .status
+            .code()
+    };
+    assert_eq!(judged("points_unique==300"), Some(0));
+    assert_eq!(judged("points_unique>300"), Some(99));
 }
 
 #[test]

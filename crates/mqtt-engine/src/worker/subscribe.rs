@@ -78,8 +78,10 @@ pub enum OnUp {
 /// What a SUBACK said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Suback {
-    /// Every filter granted; `first`: the first time this connection is subscribed.
-    Granted { first: bool },
+    /// Every filter granted; `first`: the first time this connection is subscribed;
+    /// `qos`: the lowest QoS granted (a broker may grant less than asked, e.g. Mosquitto's
+    /// `max_qos`).
+    Granted { first: bool, qos: u8 },
     /// Some filters refused, with their return codes (0x80 and above).
     Refused(Vec<u8>),
     /// Not the id of our SUBSCRIBE, or none outstanding.
@@ -126,7 +128,8 @@ impl SubConn {
             return (Suback::Refused(refused), Some(took));
         }
         let first = !std::mem::replace(&mut self.subscribed_once, true);
-        (Suback::Granted { first }, Some(took))
+        let qos = codes.iter().copied().min().unwrap_or(0);
+        (Suback::Granted { first, qos }, Some(took))
     }
 
     /// A PUBLISH at `qos` with `pkid`: whether to hand it over, and what to answer.
@@ -165,6 +168,8 @@ pub struct SubStats {
     pub subscribes: u64,
     /// Filters refused in a SUBACK, by return code.
     pub refused: BTreeMap<u8, u64>,
+    /// Subscribers by the lowest QoS their first SUBACK granted.
+    pub granted_qos: BTreeMap<u8, u64>,
     /// Connections up with their session kept by the broker (a reconnect, or a restarted
     /// subscriber with the same client id).
     pub resumed: u64,
@@ -185,6 +190,7 @@ impl Default for SubStats {
             subscribed: 0,
             subscribes: 0,
             refused: BTreeMap::new(),
+            granted_qos: BTreeMap::new(),
             resumed: 0,
             deliveries: 0,
             queued_deliveries: 0,
@@ -200,6 +206,9 @@ impl AddAssign<&SubStats> for SubStats {
         self.subscribes += o.subscribes;
         for (k, v) in &o.refused {
             *self.refused.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.granted_qos {
+            *self.granted_qos.entry(*k).or_default() += v;
         }
         self.resumed += o.resumed;
         self.deliveries += o.deliveries;
@@ -341,8 +350,9 @@ impl<P: Producer> Worker<P> {
                     );
                 }
                 match outcome {
-                    Suback::Granted { first } => {
+                    Suback::Granted { first, qos } => {
                         if first {
+                            *self.stats.sub.granted_qos.entry(qos).or_default() += 1;
                             self.stats.sub.subscribed += 1;
                             self.shared.subscribed.fetch_add(1, Ordering::AcqRel);
                         }
@@ -476,14 +486,20 @@ mod tests {
         assert_eq!(st.on_up(true, false, now), OnUp::Subscribe);
         assert_eq!(
             st.on_suback(SUBSCRIBE_PKID, &[1], now).0,
-            Suback::Granted { first: true }
+            Suback::Granted {
+                first: true,
+                qos: 1
+            }
         );
         assert_eq!(st.on_up(true, false, now), OnUp::Resume);
         // The broker lost the session: subscribe again (not a first subscription).
         assert_eq!(st.on_up(false, false, now), OnUp::Subscribe);
         assert_eq!(
-            st.on_suback(SUBSCRIBE_PKID, &[1], now).0,
-            Suback::Granted { first: false }
+            st.on_suback(SUBSCRIBE_PKID, &[2, 0], now).0,
+            Suback::Granted {
+                first: false,
+                qos: 0
+            }
         );
         // A clean session always subscribes.
         assert_eq!(st.on_up(true, true, now), OnUp::Subscribe);
