@@ -414,55 +414,13 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
             let mut m = m.finish()?;
             m.judge(&thresholds);
             exports.write(&m, &m.render_text())?;
-            let verdict = |r: &str| {
-                errln!(
-                    "{}",
-                    mqtt_tool::run::bounded(
-                        format!("verification failed: {}", escape(r)),
-                        mqtt_tool::run::MAX_ERROR_LINE
-                    )
-                )
-            };
-            if let Some(failed) = mqtt_tool::threshold::failures(&m.header.thresholds) {
-                if let Some(r) = &m.reason {
-                    verdict(r);
-                }
-                return Err(Error::Thresholds(failed));
-            }
-            Ok(match &m.reason {
-                None => ExitCode::SUCCESS,
-                Some(r) => {
-                    verdict(r);
-                    ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
-                }
-            })
+            verified_exit(&m.header.thresholds, m.reason.as_deref())
         }
         Some((_, _, Merging::SubFleet(v))) => {
             let mut m = crate::subfleet::merge(v, a.expect)?;
             mqtt_tool::frame::FramedReport::judge(&mut m, &thresholds);
             exports.write(&m, &mqtt_tool::frame::FramedReport::render_text(&m))?;
-            let verdict = |r: &str| {
-                errln!(
-                    "{}",
-                    mqtt_tool::run::bounded(
-                        format!("verification failed: {}", escape(r)),
-                        mqtt_tool::run::MAX_ERROR_LINE
-                    )
-                )
-            };
-            if let Some(failed) = mqtt_tool::threshold::failures(&m.header.thresholds) {
-                if let Some(r) = &m.failure {
-                    verdict(r);
-                }
-                return Err(Error::Thresholds(failed));
-            }
-            Ok(match &m.failure {
-                None => ExitCode::SUCCESS,
-                Some(r) => {
-                    verdict(r);
-                    ExitCode::from(backend_core::EXIT_VERIFY_FAILED)
-                }
-            })
+            verified_exit(&m.header.thresholds, m.failure.as_deref())
         }
         Some((_, _, Merging::Publisher(m))) => {
             let mut m = m.finish()?;
@@ -509,4 +467,28 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>, Error> {
         }
     }
     Ok(out)
+}
+
+/// The exit of a merged verifying report (a backend's or a subscriber fleet's): a failed
+/// threshold (99) before the verdict (5), whose line is printed either way.
+fn verified_exit(
+    judged: &[mqtt_tool::threshold::Judged],
+    failure: Option<&str>,
+) -> Result<ExitCode, Error> {
+    if let Some(r) = failure {
+        errln!(
+            "{}",
+            mqtt_tool::run::bounded(
+                format!("verification failed: {}", escape(r)),
+                mqtt_tool::run::MAX_ERROR_LINE
+            )
+        );
+    }
+    if let Some(failed) = mqtt_tool::threshold::failures(judged) {
+        return Err(Error::Thresholds(failed));
+    }
+    Ok(match failure {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::from(backend_core::EXIT_VERIFY_FAILED),
+    })
 }
