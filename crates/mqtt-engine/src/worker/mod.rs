@@ -60,6 +60,7 @@ use socket::Got;
 
 mod churn;
 mod drain;
+mod gather;
 mod live;
 mod pacing;
 mod ramp;
@@ -244,6 +245,8 @@ pub struct Worker<P: Producer> {
     down_in_outage: u64,
     /// A subscriber fleet's side: its settings, consumer and connections' state.
     sub: Option<subscribe::Subscribing>,
+    /// A subscriber worker's wakeups, gathered at high rates.
+    wake_gather: gather::WakeGather,
 }
 
 impl<P: Producer> Worker<P> {
@@ -375,6 +378,7 @@ impl<P: Producer> Worker<P> {
             storm: None,
             down_in_outage: 0,
             sub: None,
+            wake_gather: gather::WakeGather::new(Instant::now()),
             s,
         })
     }
@@ -724,6 +728,17 @@ impl<P: Producer> Worker<P> {
                 }
             }
             Some(t) => Some(t - now),
+        };
+        // A subscriber worker woken per delivery lets a hold's deliveries gather first
+        // (see gather.rs); pending work (a zero timeout) and a spun due time never wait.
+        let timeout = if self.sub.is_some() && !spin {
+            let hold = self.wake_gather.before_poll(now, timeout);
+            if !hold.is_zero() {
+                std::thread::sleep(hold);
+            }
+            timeout.map(|t| t.saturating_sub(hold))
+        } else {
+            timeout
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
