@@ -47,7 +47,11 @@ impl WakeGather {
             let per_s = self.wakes as f64 / span.as_secs_f64();
             // Gathering caps the polls at one a hold (1,000/s): it stops only when polls come
             // at a quarter of the rate that started it, the stream having slowed.
-            let from = if self.gathering { MIN_RATE / 4 } else { MIN_RATE };
+            let from = if self.gathering {
+                MIN_RATE / 4
+            } else {
+                MIN_RATE
+            };
             self.gathering = per_s >= from as f64;
             self.window_start = now;
             self.wakes = 0;
