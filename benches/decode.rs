@@ -71,7 +71,7 @@ const MAX_ALLOCATIONS_PER_MESSAGE: f64 = 1.01;
 // seed order, 1000:  2.13 2.59 2.33 2.46 2.83 2.39 (median 2.43, 0.95 x 2.13): gate 2.0
 // spacing, 1000:     -    2.56 -    2.09 2.65 2.27 (median 2.42, 0.95 x 2.09): gate 1.9 (kept)
 // pretty, 1000:      1.83 2.21 1.93 2.14 2.31 2.25 (median 2.18, 0.95 x 1.83): gate 1.7
-// extra and nested:  -    2.27 -    2.02 2.22 2.36 (median 2.25, 0.85 x): gate 1.9
+// extra and nested:  -    2.27 -    2.02 2.22 2.36 (median 2.25, 0.85 x 2.25 = 1.91): gate 1.9
 // escaped id, 1000:  -    2.80 -    3.38 3.26 3.13 (median 3.20, 0.95 x 2.80): gate 2.6
 // seed order, 1:     -    1.12 -    1.10 1.18 1.17 (median 1.15): gate 0.9 (kept)
 // The shapes' gates above them came from loaded runs, which favoured ours over serde_json.

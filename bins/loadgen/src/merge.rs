@@ -383,10 +383,11 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                             "--shards is not for subscriber-fleet reports; give every shard's report",
                         ));
                     }
-                    (
-                        Merging::SubFleet(Vec::new()),
-                        crate::subfleet::threshold_fields(),
-                    )
+                    // SUBACK percentiles of several runs do not add: the merged report
+                    // has none, so a threshold on them is refused, not failed.
+                    let mut fields = crate::subfleet::threshold_fields();
+                    fields.0.retain(|f| !f.name.starts_with("suback_latency"));
+                    (Merging::SubFleet(Vec::new()), fields)
                 }
             };
             thresholds =

@@ -854,6 +854,8 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         sum.expect = expect;
     }
     sum.merged_reports = Some(merged);
+    // The shards' own thresholds judged their own figures: the merge judges anew.
+    sum.header.thresholds.clear();
     sum.judge_verdict();
     Ok(sum)
 }

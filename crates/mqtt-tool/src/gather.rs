@@ -11,7 +11,11 @@
 //!   millisecond's messages are read in one go;
 //! - a flood (a backlog) waits for [`MAX_GATHER`] bytes at a time with `SO_RCVLOWAT`, as the
 //!   reference subscriber does; when the rate drops, the read gives up waiting after
-//!   [`FALLBACK_HOLDS`] holds and takes what is there.
+//!   [`FALLBACK_HOLDS`] holds and takes what is there, and the mark halves (to what arrived)
+//!   until the next window measures the rate. Those halved marks can stall as described
+//!   below, each wait bounded by the fallback, for at most a window; setting the mark to 1
+//!   instead drained a backlog of single-point messages at 0.33-0.37 s of CPU per million
+//!   against 0.17-0.23 s (per-segment wakeups until the window).
 //!
 //! End-to-end latencies are thus late by at most about `HOLD` (plus the timer's tick) at
 //! high rates and by nothing at low ones.

@@ -472,6 +472,17 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     };
     assert_eq!(judged("points_unique==300"), Some(0));
     assert_eq!(judged("points_unique>300"), Some(99));
+    // SUBACK percentiles do not add over runs: a threshold on them is refused on a merge.
+    assert_eq!(judged("suback_latency_p99<1s"), Some(2));
+    // A shard's own failed threshold judged its own figures, not the merged ones.
+    let mut failed = ra.1.clone();
+    failed["thresholds"] = serde_json::json!([{"expr": "points<0", "field": "points",
+        "op": "<", "limit": 0.0, "value": 150.0, "pass": false}]);
+    std::fs::write(&pa, failed.to_string()).expect("write a");
+    assert_eq!(merge("300").status.code(), Some(0));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
+        .expect("merged report is JSON");
+    assert_eq!(m["thresholds"], serde_json::json!([]), "{m:#}");
 }
 
 #[test]
