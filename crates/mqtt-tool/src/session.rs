@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use mqtt_wire::packets::SubOptions;
 use mqtt_wire::{Framer, Qos};
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -79,37 +78,6 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
         }
     }
-}
-
-/// Sets `SO_RCVLOWAT` on `fd`.
-fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt reads an int of ours for a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// What the socket holds now, without waiting and whatever the low-water mark: tokio's own
-/// `try_read` would not ask the kernel, as the mark kept the socket from being reported
-/// readable. `Ok(0)` is a closed connection; WouldBlock, nothing there.
-fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 impl tokio::io::AsyncRead for Stream {
@@ -177,6 +145,37 @@ pub struct Session {
     awaiting_suback: Option<u16>,
     /// The CONNACK said the broker kept this client's session.
     session_present: bool,
+}
+
+/// Sets `SO_RCVLOWAT` on `fd`.
+fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt reads an int of ours for a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the socket holds now, without waiting and whatever the low-water mark: tokio's own
+/// `try_read` would not ask the kernel, as the mark kept the socket from being reported
+/// readable. `Ok(0)` is a closed connection; WouldBlock, nothing there.
+fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn io_failure(e: &io::Error) -> ConnectFailure {
