@@ -7,7 +7,8 @@
 //! FS1  fan-out: 1 device at 100 points/s (batch 1, QoS 0) to 1,000 subscribers of
 //!      device_data/#: 100,000 deliveries/s; every subscriber verifies every point
 //! FS2  one-to-one: 1,000 devices at 1 point/s (QoS 1), subscriber i on device i's topic
-//! FS3  idle: 10,000 connections held with a 30 s keep-alive (PINGREQ)
+//! FS3  idle: 10,000 connections held with a 30 s keep-alive (PINGREQ), both sides
+//!      connecting at 1,000 a second
 //! FS4  churn: 500 reconnects a second over 5,000 connections
 //! ```
 //!
@@ -41,6 +42,11 @@ const FS_CPU_PER_DELIVERY: f64 = 1.5;
 const FS_RSS_MB: f64 = 64.0;
 const FS3_CPU: f64 = 1.2;
 const FS3_RSS_MB: f64 = 32.0;
+/// FS3's pairs (ours, then the reference), the median's ratio taken.
+const FS3_PAIRS: usize = 3;
+/// FS3's connect ramp on both sides (`loadgen conn`'s default): the same work, where a
+/// reference that connected as fast as it could would do less of it.
+const FS3_CONNECT_RATE: &str = "1000";
 const FS4_CHURN: f64 = 0.9;
 // CI gates (`--quick --gate`), regression ceilings above the targets, which are not met
 // yet: 1.15 x the median of the quiet `--quick` runs, or 1.05 x the highest when higher,
@@ -403,45 +409,62 @@ fn main() {
     }
 
     if wanted("FS3") {
+        // A held fleet's CPU is small and swings from run to run on both sides (the
+        // broker's wake-ups are charged to whoever's write woke it): pairs, run in turn,
+        // and the median pair's ratio.
         let (n, s, ka) = (n3.to_string(), secs3.to_string(), ka3.to_string());
-        eprintln!("FS3: ours");
-        let mut o = ours_conn(
-            &bins,
-            &[
-                "--connections",
-                &n,
-                "--hold",
-                &format!("{s}s"),
-                "--keep-alive",
-                &format!("{ka}s"),
-            ],
-        );
-        eprintln!("FS3: the reference");
-        let mut r = reference_conn(
-            &bins,
-            &[
-                "--connections",
-                &n,
-                "--hold",
-                "--keep-alive",
-                &ka,
-                "--duration",
-                &s,
-            ],
-        );
-        o.count = 1;
-        r.count = 1;
-        let ratio = o.cpu_s / r.cpu_s.max(1e-9);
+        let mut pairs = Vec::new();
+        for p in 1..=FS3_PAIRS {
+            eprintln!("FS3: ours ({p}/{FS3_PAIRS})");
+            let mut o = ours_conn(
+                &bins,
+                &[
+                    "--connections",
+                    &n,
+                    "--hold",
+                    &format!("{s}s"),
+                    "--keep-alive",
+                    &format!("{ka}s"),
+                    "--connect-rate",
+                    FS3_CONNECT_RATE,
+                ],
+            );
+            eprintln!("FS3: the reference ({p}/{FS3_PAIRS})");
+            let mut r = reference_conn(
+                &bins,
+                &[
+                    "--connections",
+                    &n,
+                    "--hold",
+                    "--keep-alive",
+                    &ka,
+                    "--duration",
+                    &s,
+                    "--connect-rate",
+                    FS3_CONNECT_RATE,
+                ],
+            );
+            o.count = 1;
+            r.count = 1;
+            pairs.push((o.cpu_s / r.cpu_s.max(1e-9), o, r));
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let ratios: Vec<String> = pairs.iter().map(|p| format!("{:.2}", p.0)).collect();
+        let rss = pairs.iter().map(|p| p.1.rss_mb).fold(0.0, f64::max);
+        let (ratio, o, r) = pairs.swap_remove(pairs.len() / 2);
         rows.push(Row {
             id: "FS3",
-            what: format!("idle: {n3} connections held {secs3} s, keep-alive {ka3} s"),
-            figure: format!("{:.2} CPU s, {:.0} MB", o.cpu_s, o.rss_mb),
+            what: format!(
+                "idle: {n3} connections held {secs3} s, keep-alive {ka3} s (median of {FS3_PAIRS} pairs: {})",
+                ratios.join(", ")
+            ),
+            figure: format!("{:.2} CPU s, {:.0} MB", o.cpu_s, rss),
             reference: format!("{:.2} CPU s, {:.0} MB", r.cpu_s, r.rss_mb),
             ratio,
             target: format!("CPU <= {FS3_CPU}x, RSS <= {FS3_RSS_MB} MB"),
-            pass: ratio <= FS3_CPU && o.rss_mb <= FS3_RSS_MB,
-            gate_ok: ratio <= GATE_FS3_QUICK && o.rss_mb <= FS3_RSS_MB,
-            json: json!({"ours": side_json(&o), "reference": side_json(&r)}),
+            pass: ratio <= FS3_CPU && rss <= FS3_RSS_MB,
+            gate_ok: ratio <= GATE_FS3_QUICK && rss <= FS3_RSS_MB,
+            json: json!({"ours": side_json(&o), "reference": side_json(&r), "ratios": ratios}),
         });
     }
 

@@ -48,7 +48,7 @@ use rumqttc::{Connect, Publish, QoS};
 const USAGE: &str = "usage: fleet-refclient --port P [--host 127.0.0.1] --connections N \
     [--rate-per-conn R=1] [--duration SECS=10] [--qos 0|1] [--client-prefix ref-] \
     [--topic-prefix device_data/ref-] [--connect-only] [--max-connecting K=1000] \
-    [--source-ip A.B.C.D]... [--keep-alive SECS=0] \
+    [--connect-rate R] [--source-ip A.B.C.D]... [--keep-alive SECS=0] \
     [--subscribe FILTER [--expect-per-conn N] [--idle SECS=2]] [--hold] [--churn R]";
 
 /// The epoll token of the timer; connections use their index.
@@ -79,6 +79,8 @@ struct Opts {
     topic_prefix: String,
     connect_only: bool,
     max_connecting: usize,
+    /// Connects a second, started on a 10 ms tick (None: as fast as the window allows).
+    connect_rate: Option<f64>,
     source_ips: Vec<Ipv4Addr>,
     keep_alive: u16,
     /// Subscriber mode: every connection subscribes to this filter (`{i}`, `{i:05}`: its index).
@@ -137,6 +139,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
         topic_prefix: "device_data/ref-".into(),
         connect_only: false,
         max_connecting: 1000,
+        connect_rate: None,
         source_ips: Vec::new(),
         keep_alive: 0,
         subscribe: None,
@@ -164,6 +167,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
             "--topic-prefix" => o.topic_prefix = value(&mut it, &flag)?,
             "--connect-only" => o.connect_only = true,
             "--max-connecting" => o.max_connecting = num(&value(&mut it, &flag)?, &flag)?,
+            "--connect-rate" => o.connect_rate = Some(num(&value(&mut it, &flag)?, &flag)?),
             "--source-ip" => o.source_ips.push(num(&value(&mut it, &flag)?, &flag)?),
             "--keep-alive" => o.keep_alive = num(&value(&mut it, &flag)?, &flag)?,
             "--subscribe" => o.subscribe = Some(value(&mut it, &flag)?),
@@ -190,6 +194,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
     }
     if o.max_connecting == 0 {
         return Err("--max-connecting must be at least 1".into());
+    }
+    if o.connect_rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("bad --connect-rate (a positive number)".into());
     }
     let modes = usize::from(o.subscribe.is_some())
         + usize::from(o.hold)
@@ -726,10 +733,12 @@ impl Fleet {
         Err(e)
     }
 
-    /// Phase 1: every connection, at most `window` awaiting CONNACK at once.
+    /// Phase 1: every connection, at most `window` awaiting CONNACK at once, and with a
+    /// `rate`, the connects due by then started every 10 ms.
     fn connect_all(
         &mut self,
         window: usize,
+        rate: Option<f64>,
         dest: &libc::sockaddr_in,
         sources: &[libc::sockaddr_in],
     ) -> Result<ConnectFigures, String> {
@@ -755,8 +764,14 @@ impl Fleet {
         let mut first_socket = None;
         let mut last_connack = None;
         let mut last_scan = Instant::now();
+        let start = Instant::now();
+        let due = |now: Instant| match rate {
+            Some(r) => ((now - start).as_secs_f64() * r) as usize + 1,
+            None => n,
+        };
         while fig.connected + fig.failed < n {
-            while next < n && awaiting < window {
+            let due_now = due(Instant::now());
+            while next < n && awaiting < window && next < due_now {
                 let r = self.open(next, dest, sources);
                 first_socket.get_or_insert(self.conns[next].t0);
                 match r {
@@ -768,10 +783,11 @@ impl Fleet {
                 }
                 next += 1;
             }
-            if awaiting == 0 {
+            let paced = next < n && next >= due_now;
+            if awaiting == 0 && !paced {
                 continue;
             }
-            let ready = self.wait(100)?;
+            let ready = self.wait(if paced { 10 } else { 100 })?;
             for j in 0..ready {
                 let ev = self.events[j];
                 let (bits, i) = (ev.events, ev.u64 as usize);
@@ -1021,7 +1037,7 @@ fn run(o: &Opts) -> Result<String, String> {
         events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
     };
 
-    let fig = fleet.connect_all(o.max_connecting, &dest, &sources)?;
+    let fig = fleet.connect_all(o.max_connecting, o.connect_rate, &dest, &sources)?;
     if fig.connected == 0 {
         return Err(format!(
             "no connection succeeded ({} failed, first: {})",

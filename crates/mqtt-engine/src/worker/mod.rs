@@ -178,6 +178,10 @@ const WRITES_PER_S: f64 = 5_000.0;
 /// How often a worker hands its histograms over when `live_histograms` is on: a copy of
 /// three histograms (~0.5 MB), cheap at this pace.
 const HISTOS_EVERY: Duration = Duration::from_millis(200);
+/// Keep-alive timers fall on a 10 ms grid: a fleet's pings go out (and their PINGRESPs come
+/// back) in batches, a wake-up each, rather than a wake-up per connection. At most 10 ms
+/// late on a keep-alive of at least a second (brokers allow 1.5 intervals).
+const KEEP_ALIVE_GRID: Duration = Duration::from_millis(10);
 
 /// One worker's loop and everything it owns.
 pub struct Worker<P: Producer> {
@@ -220,6 +224,8 @@ pub struct Worker<P: Producer> {
     last_pass: Instant,
     /// When the histograms were last handed to `shared.live_histos`.
     histos_shared: Instant,
+    /// The origin of the keep-alive grid.
+    grid_base: Instant,
     /// Outbox capacity a connection keeps after a complete flush.
     keep_buffer: usize,
     rng: u64,
@@ -365,6 +371,7 @@ impl<P: Producer> Worker<P> {
             tick,
             last_pass: now,
             histos_shared: now,
+            grid_base: now,
             keep_buffer,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
             up: 0,
@@ -686,7 +693,7 @@ impl<P: Producer> Worker<P> {
         }
         if !self.ramp.is_empty() {
             if !self.slots_full {
-                consider(self.tokens.next.max(now));
+                consider(self.tokens.wake(self.grid_base).max(now));
             } else if self.connecting == 0 {
                 // Every slot is another worker's: none of ours will wake us when one frees.
                 consider(now + Duration::from_millis(1));

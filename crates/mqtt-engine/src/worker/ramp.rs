@@ -6,7 +6,9 @@ use super::*;
 
 /// The pace of the connect ramp: one connect every `interval` (a worker's share of
 /// `--connect-rate`; `None`: as fast as the slots allow), as tokens that do not pile up
-/// while the ramp waits (on `--max-connecting`, or for retries).
+/// while the ramp waits (on `--max-connecting`, or for retries). A dense ramp (an interval
+/// under [`RAMP_GATHER`]) starts its connects in groups on a 10 ms grid, a wake-up each,
+/// not a wake-up per connect: the rate is the same, and no connect starts early.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tokens {
     pub interval: Option<Duration>,
@@ -14,18 +16,32 @@ pub(super) struct Tokens {
     pub next: Instant,
 }
 
+/// The grid a dense ramp's connects gather on.
+pub(super) const RAMP_GATHER: Duration = Duration::from_millis(10);
+
 impl Tokens {
     /// Whether a connect may start at `now`.
     pub fn ready(&self, now: Instant) -> bool {
         self.interval.is_none() || now >= self.next
     }
 
+    /// When the ramp wakes for its next connect: the token's time, on a dense ramp rounded
+    /// up to the grid from `base`.
+    pub fn wake(&self, base: Instant) -> Instant {
+        match self.interval {
+            Some(iv) if iv < RAMP_GATHER => timers::on_grid(base, self.next, RAMP_GATHER),
+            _ => self.next,
+        }
+    }
+
     /// A connect starts at `now`: the next one an interval later, and after a wait no
-    /// earlier than one interval before `now` (one connect's worth banked, no burst).
+    /// earlier than one interval before `now` (one connect's worth banked, no burst; a
+    /// dense ramp banks a grid step's worth, what its wake-up gathered).
     /// `origin`: the clock's origin, which `now - interval` must not pass.
     pub fn take(&mut self, now: Instant, origin: Instant) {
         if let Some(iv) = self.interval {
-            let floor = now - iv.min(now.saturating_duration_since(origin));
+            let bank = iv.max(RAMP_GATHER.min(iv * 16));
+            let floor = now - bank.min(now.saturating_duration_since(origin));
             self.next = self.next.max(floor) + iv;
         }
     }
@@ -234,8 +250,7 @@ impl<P: Producer> Worker<P> {
         }
         let keep_alive = self.conns[c as usize].keep_alive;
         if !keep_alive.is_zero() {
-            self.timers
-                .push(Reverse((now + keep_alive, TimerKind::KeepAlive, c, gen)));
+            self.keep_alive_timer(now + keep_alive, c, gen);
         }
         if reconnect {
             // What fell due while it was down goes out now (beyond the offline buffer:
@@ -608,6 +623,37 @@ mod tests {
             Duration::from_secs(7) + Duration::from_millis(1),
         );
         assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn a_dense_ramp_gathers_its_connects_on_the_grid_at_the_same_rate() {
+        let origin = Instant::now();
+        let mut t = Tokens {
+            interval: Some(Duration::from_millis(2)),
+            next: origin,
+        };
+        // 500 a second, woken only when the grid says: 5 connects a wake-up, 500 a second
+        // (the tokens of 0 to 1 s inclusive: 501).
+        let (mut n, mut wakes) = (0, 0);
+        let mut now = origin;
+        while now <= origin + Duration::from_secs(1) {
+            wakes += 1;
+            while t.ready(now) {
+                t.take(now, origin);
+                n += 1;
+            }
+            let w = t.wake(origin);
+            assert!(w >= t.next, "never before the token");
+            now = w;
+        }
+        assert_eq!(n, 501, "connects");
+        assert_eq!(wakes, 101, "wake-ups");
+        // A sparse ramp wakes on its token's time.
+        let t = Tokens {
+            interval: Some(Duration::from_millis(20)),
+            next: origin + Duration::from_millis(3),
+        };
+        assert_eq!(t.wake(origin), origin + Duration::from_millis(3));
     }
 
     #[test]

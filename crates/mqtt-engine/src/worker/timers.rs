@@ -38,6 +38,13 @@ impl<P: Producer> Worker<P> {
         crate::takeover::soon(backoff)
     }
 
+    /// Sets connection `c`'s keep-alive timer to look at `at`, rounded up to the grid.
+    pub(super) fn keep_alive_timer(&mut self, at: Instant, c: u32, gen: u32) {
+        let at = on_grid(self.grid_base, at, KEEP_ALIVE_GRID);
+        self.timers
+            .push(Reverse((at, TimerKind::KeepAlive, c, gen)));
+    }
+
     pub(super) fn fire_timers(&mut self, now: Instant) {
         while let Some(Reverse((at, kind, c, gen))) = self.timers.peek().copied() {
             if at > now {
@@ -77,8 +84,7 @@ impl<P: Producer> Worker<P> {
                         if pinged {
                             self.mark_dirty(c);
                         }
-                        self.timers
-                            .push(Reverse((at, TimerKind::KeepAlive, c, gen)));
+                        self.keep_alive_timer(at, c, gen);
                     }
                     KeepAlive::Lost(kind) => self.lose(c, kind, now),
                 },
@@ -91,6 +97,14 @@ impl<P: Producer> Worker<P> {
             }
         }
     }
+}
+
+/// `at` rounded up to the next multiple of `grid` from `base`.
+pub(super) fn on_grid(base: Instant, at: Instant, grid: Duration) -> Instant {
+    let since = at.saturating_duration_since(base).as_nanos();
+    let g = grid.as_nanos().max(1);
+    let up = since.div_ceil(g) * g;
+    base + Duration::from_nanos(u64::try_from(up).unwrap_or(u64::MAX))
 }
 
 /// What a connection's keep-alive timer finds.
@@ -239,6 +253,26 @@ mod tests {
             }
         );
         assert_eq!(c.ping, None);
+    }
+
+    #[test]
+    fn keep_alive_times_round_up_to_the_grid() {
+        let t0 = Instant::now();
+        let g = Duration::from_millis(10);
+        let ms = Duration::from_millis;
+        assert_eq!(on_grid(t0, t0, g), t0);
+        assert_eq!(on_grid(t0, t0 + ms(1), g), t0 + ms(10));
+        assert_eq!(on_grid(t0, t0 + ms(10), g), t0 + ms(10));
+        assert_eq!(
+            on_grid(t0, t0 + Duration::from_nanos(10_000_001), g),
+            t0 + ms(20)
+        );
+        // Never earlier than asked, at most a grid later.
+        for us in [0u64, 1, 9_999, 123_456, 5_000_003] {
+            let at = t0 + Duration::from_micros(us);
+            let r = on_grid(t0, at, g);
+            assert!(r >= at && r - at < g, "{us}");
+        }
     }
 
     #[test]
