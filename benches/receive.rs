@@ -105,14 +105,26 @@ const TARGET: f64 = 0.9;
 // here): backend-sub's SO_RCVLOWAT mark flapped between 16 KiB and 1 and stalled 5 ms at a
 // time (see mqtt_tool::gather). Reading in pauses at such rates: 1.03, 1.00, 1.04 in three
 // whole runs, 0.47-0.51 CPU s per million points; its gate stays 0.88.
-const GATE_D2_S2: f64 = 0.60;
-const GATE_D2_S2_BACKLOG: f64 = 0.48;
+// Re-measured on 2026-12-07 (later), quiet, after a flood kept its 64 KiB mark through the
+// broker's stalls (mqtt_tool::gather): three whole runs (`--only` each row, then two whole
+// `--quick` runs). The backlog rows changed; the live rows take every quiet run so far
+// (the three above, CI at 67f0582, a44af38, f8d6f73, 8492c92, and these three):
+//   D2-S2   1.02 0.90 1.06 (+ 0.90 1.01 1.08 0.83 1.06 0.95 1.06): 0.78 (0.95 x 0.83)
+//   D2-S2b  0.86 0.82 0.89: 0.73        D2-S2sb 0.94 0.94 0.99: 0.79
+//   D2-S2s  0.97 0.91 1.07 (+ 0.96 0.80 0.80 1.23 0.96 0.98 0.86): 0.76 (0.95 x 0.80)
+//   D2-S1   1.00 1.08 1.11 (+ 1.03 1.00 1.04 1.09 1.10 1.05 1.13): the rule's 0.90; kept at
+//           0.88, where this row failed CI before the read change (0.86), 17% under its median
+//   D2-S1b  0.65 0.67 0.57: 0.54 (0.95 x 0.57)
+//   D2-S1s  1.12 1.07 1.17 (+ 1.13 0.98 1.01 1.01 1.14 1.39 1.50): 0.93 (0.95 x 0.98)
+//   D2-S1sb 0.55 0.50 0.61: 0.46
+const GATE_D2_S2: f64 = 0.78;
+const GATE_D2_S2_BACKLOG: f64 = 0.73;
 const GATE_D2_S1: f64 = 0.88;
-const GATE_D2_S1_BACKLOG: f64 = 0.37;
-const GATE_D2_S2_SEED: f64 = 0.70;
-const GATE_D2_S2_SEED_BACKLOG: f64 = 0.68;
-const GATE_D2_S1_SEED: f64 = 0.76;
-const GATE_D2_S1_SEED_BACKLOG: f64 = 0.34;
+const GATE_D2_S1_BACKLOG: f64 = 0.54;
+const GATE_D2_S2_SEED: f64 = 0.76;
+const GATE_D2_S2_SEED_BACKLOG: f64 = 0.79;
+const GATE_D2_S1_SEED: f64 = 0.93;
+const GATE_D2_S1_SEED_BACKLOG: f64 = 0.46;
 /// The reference subscriber stops when nothing arrived for this long (seconds): longer than
 /// a backlog's publishing takes on a busy machine.
 const REF_IDLE_S: &str = "30";

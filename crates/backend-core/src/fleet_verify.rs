@@ -920,8 +920,16 @@ impl FleetStats {
     /// the slowest, and the verdict.
     pub fn render_text(&self, rules: &Rules) -> String {
         let mut o = String::new();
-        let mut line = |k: &str, v: &str| o.push_str(&format!("{k:<20}{v}\n"));
-        for (k, v) in &self.summary("", rules).rows {
+        let rows = self.summary("", rules).rows;
+        // A column as wide as the longest label and a space ("summed over subscribers").
+        let w = rows
+            .iter()
+            .map(|(k, _)| k.chars().count() + 1)
+            .max()
+            .unwrap_or(0)
+            .max(20);
+        let mut line = |k: &str, v: &str| o.push_str(&format!("{k:<w$}{v}\n"));
+        for (k, v) in &rows {
             line(k, v);
         }
         for (i, c) in self.subscribers_with_problems.iter().enumerate() {
@@ -1452,17 +1460,22 @@ mod tests {
         st.subscribers_connected = 4;
         st.subscribers_failed.insert("connection refused".into(), 2);
         let text = st.render_text(&exact);
+        // The column is as wide as the longest label ("summed over subscribers") and a space.
+        assert!(text.contains("summed over subscribers 0 missing"), "{text}");
         assert!(
             text.contains(
-                "problems            #2 (1 duplicate)\n                    #3 (1 duplicate)\n"
+                "problems                #2 (1 duplicate)\n                        #3 (1 duplicate)\n"
             ),
             "{text}"
         );
         assert!(
-            text.contains("verdict             FAILED: 2 of 6 subscribers failed"),
+            text.contains("verdict                 FAILED: 2 of 6 subscribers failed"),
             "{text}"
         );
-        assert!(text.contains("slowest             #3: p99 <="), "{text}");
+        assert!(
+            text.contains("slowest                 #3: p99 <="),
+            "{text}"
+        );
     }
 
     /// A subscriber that sees a few devices scattered over the worker's numbers keeps a
