@@ -123,13 +123,14 @@ impl Gather {
     /// mark; a stream that stopped (almost nothing there) wakes at every byte again until
     /// the next window measures the rate anew.
     pub fn timed_out(&mut self, got: usize, now: Instant) -> Option<usize> {
+        if got >= MIN_GATHER {
+            // The window goes on: the reads that time out count in it, so a stream that is
+            // no flood (under a quarter of the mark a hold) is measured as one and leaves.
+            return None;
+        }
         self.window_start = now;
         self.window_bytes = 0;
-        if got < MIN_GATHER {
-            self.set(1)
-        } else {
-            None
-        }
+        self.set(1)
     }
 
     /// How long a read waits for the mark before it takes what there is.
@@ -228,6 +229,24 @@ mod tests {
         t += WINDOW;
         assert_eq!(g.read(200 << 10, t).mark, None);
         assert_eq!(g.mark, 1);
+    }
+
+    #[test]
+    fn a_stream_whose_waits_all_time_out_leaves_the_flood() {
+        let mut t = Instant::now();
+        let mut g = Gather::new(HOLD, t);
+        steady(&mut g, &mut t, 1e9, 100);
+        assert_eq!(g.mark, MAX_GATHER);
+        // Then 10 MB/s: every wait for the mark times out with 40 KB there, and the reads
+        // that follow come sooner than a window; the window still fills and measures it.
+        let mut marks = Vec::new();
+        for _ in 0..10 {
+            t += g.fallback();
+            let got = 40_000;
+            assert_eq!(g.timed_out(got, t), None);
+            marks.extend(g.read(got, t).mark);
+        }
+        assert_eq!(marks, [1], "read in pauses again within a window or so");
     }
 
     #[test]

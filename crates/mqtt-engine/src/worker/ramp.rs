@@ -40,7 +40,7 @@ impl Tokens {
     /// `origin`: the clock's origin, which `now - interval` must not pass.
     pub fn take(&mut self, now: Instant, origin: Instant) {
         if let Some(iv) = self.interval {
-            let bank = iv.max(RAMP_GATHER.min(iv * 16));
+            let bank = iv.max(RAMP_GATHER);
             let floor = now - bank.min(now.saturating_duration_since(origin));
             self.next = self.next.max(floor) + iv;
         }
@@ -648,6 +648,20 @@ mod tests {
         }
         assert_eq!(n, 501, "connects");
         assert_eq!(wakes, 101, "wake-ups");
+        // 2,000 a second (a 500 µs interval): 20 a wake-up, the whole rate.
+        let mut t = Tokens {
+            interval: Some(Duration::from_micros(500)),
+            next: origin,
+        };
+        let (mut n, mut now) = (0, origin);
+        while now <= origin + Duration::from_secs(1) {
+            while t.ready(now) {
+                t.take(now, origin);
+                n += 1;
+            }
+            now = t.wake(origin);
+        }
+        assert_eq!(n, 2001, "connects");
         // A sparse ramp wakes on its token's time.
         let t = Tokens {
             interval: Some(Duration::from_millis(20)),
