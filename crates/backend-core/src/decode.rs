@@ -32,6 +32,7 @@ use canonical::Canonical;
 use onepass::OnePass;
 
 mod canonical;
+mod digits;
 mod onepass;
 
 /// Which of the two formats a payload used.

@@ -36,6 +36,7 @@ use std::borrow::Cow;
 
 use point_format::{Point, MAX_DEVICE_ID};
 
+use super::digits::{digits, literal, uint, MAX_EXACT, POW10};
 use super::{DecodeError, Shape};
 
 /// Nesting of skipped values that the fast path follows; deeper goes to simd-json.
@@ -84,16 +85,6 @@ enum Field {
     Humidity,
     Other,
 }
-
-/// Exact powers of ten (every one up to 10^22 is an f64), as simd-json multiplies and
-/// divides by them.
-const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-];
-
-/// Significands up to this are exact in an f64 (simd-json's bound for its exact conversion).
-const MAX_EXACT: u64 = (1 << 53) - 1;
 
 impl OnePass {
     /// Appends the points of `buf` with empty device ids and returns its shape when the
@@ -591,81 +582,6 @@ fn skip_number(buf: &[u8], i: usize) -> Option<usize> {
     Some(j)
 }
 
-/// Where `lit` ends when `buf[at..]` starts with it.
-#[inline(always)]
-fn literal(buf: &[u8], at: usize, lit: &[u8]) -> Option<usize> {
-    let end = at + lit.len();
-    (buf.get(at..end)? == lit).then_some(end)
-}
-
-/// The digit at `buf[i]`, if there is one.
-#[inline(always)]
-fn digit(buf: &[u8], i: usize) -> Option<u64> {
-    let d = buf.get(i)?.wrapping_sub(b'0');
-    (d <= 9).then_some(u64::from(d))
-}
-
-/// Reads digits at `*i` into `*n` (`n = 10 n + d`), at most `budget` of them; returns how
-/// many, or `None` when more digits follow.
-#[inline(always)]
-fn digits(buf: &[u8], i: &mut usize, n: &mut u64, budget: usize) -> Option<usize> {
-    let start = *i;
-    // Eight digits at a time while they last (a timestamp has 16 or 17).
-    while *i - start + 8 <= budget {
-        let Some(eight) = buf.get(*i..*i + 8) else {
-            break;
-        };
-        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
-        let Some(value) = eight_digits(word) else {
-            break;
-        };
-        *n = *n * 100_000_000 + value;
-        *i += 8;
-    }
-    while let Some(d) = digit(buf, *i) {
-        if *i - start == budget {
-            return None;
-        }
-        *n = *n * 10 + d;
-        *i += 1;
-    }
-    Some(*i - start)
-}
-
-/// The value of eight ASCII digits read as a little-endian word, or `None` when one of
-/// the bytes is not a digit (fast_float's checks and arithmetic).
-#[inline(always)]
-fn eight_digits(word: u64) -> Option<u64> {
-    let high = 0xF0F0_F0F0_F0F0_F0F0;
-    if (word & high) | ((word.wrapping_add(0x0606_0606_0606_0606) & high) >> 4)
-        != 0x3333_3333_3333_3333
-    {
-        return None;
-    }
-    let mask = 0x0000_00FF_0000_00FF;
-    let mul1 = 100 + (1_000_000 << 32);
-    let mul2 = 1 + (10_000 << 32);
-    let v = word.wrapping_sub(0x3030_3030_3030_3030);
-    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
-    let v = (v & mask)
-        .wrapping_mul(mul1)
-        .wrapping_add(((v >> 16) & mask).wrapping_mul(mul2))
-        >> 32;
-    Some(v & 0xFFFF_FFFF)
-}
-
-/// A JSON integer without sign at `*i`, of at most 19 digits (so it fits a u64; longer
-/// ones are left to simd-json, which knows which of them overflow). What follows it is the
-/// caller's to check: a fraction or exponent makes it no integer.
-#[inline]
-fn uint(buf: &[u8], i: &mut usize) -> Option<u64> {
-    let start = *i;
-    let mut n = 0;
-    let len = digits(buf, i, &mut n, 19)?;
-    // JSON has no leading zeros.
-    (len == 1 || (len > 1 && buf[start] != b'0')).then_some(n)
-}
-
 /// A JSON number at `*i` as simd-json gives it to a float field, or `None` when it is not a
 /// JSON number or not one whose conversion is proven the same here (see the module doc).
 #[inline]
@@ -928,44 +844,6 @@ mod tests {
             let mut end = 0;
             let read = number(n.as_bytes(), &mut end).map(|_| end);
             assert_eq!(skip_number(n.as_bytes(), 0), read, "{n}");
-        }
-    }
-
-    #[test]
-    fn eight_digits_at_once_are_read_or_refused() {
-        let word = |s: &[u8; 8]| u64::from_le_bytes(*s);
-        assert_eq!(eight_digits(word(b"12345678")), Some(12_345_678));
-        assert_eq!(eight_digits(word(b"00000000")), Some(0));
-        assert_eq!(eight_digits(word(b"99999999")), Some(99_999_999));
-        for bad in [
-            b"1234567.",
-            b"/2345678",
-            b"1234567:",
-            b"12 45678",
-            b"\xb12345678"[..8].try_into().unwrap(),
-        ] {
-            assert_eq!(eight_digits(word(bad)), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn integers_fit_a_u64_and_have_no_leading_zeros() {
-        let read = |s: &str| {
-            let mut i = 0;
-            uint(s.as_bytes(), &mut i).filter(|_| i == s.len())
-        };
-        assert_eq!(read("0"), Some(0));
-        assert_eq!(read("1234567890123456789"), Some(1_234_567_890_123_456_789));
-        assert_eq!(read("9999999999999999999"), Some(9_999_999_999_999_999_999));
-        for s in [
-            "",
-            "00",
-            "01",
-            "-1",
-            "18446744073709551615",
-            "12345678901234567890",
-        ] {
-            assert_eq!(read(s), None, "{s} accepted");
         }
     }
 

@@ -1,0 +1,211 @@
+//! Reading JSON digits and literals, shared by the canonical and the one-pass paths.
+//!
+//! Digits are read eight bytes at a time: one little-endian load says how many of the
+//! eight are digits (SWAR: no branch per digit, none on where a run of digits ends) and
+//! converts just those. A run of digits ends at a byte the branch predictor cannot know
+//! (a timestamp's six fraction digits, a value's two), and reading byte by byte cost a
+//! misprediction per number: in a drain of one point a message, number parsing took a
+//! fifth of backend-sub's CPU. Within eight bytes of the payload's end it reads byte by
+//! byte.
+
+/// Exact powers of ten (every one up to 10^22 is an f64), as simd-json divides by them.
+pub(super) const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Significands up to this are exact in an f64 (simd-json's bound for its exact conversion).
+pub(super) const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// 10^k for the digit counts of one word.
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// Where `lit` ends when `buf[at..]` starts with it.
+#[inline(always)]
+pub(super) fn literal(buf: &[u8], at: usize, lit: &[u8]) -> Option<usize> {
+    let end = at + lit.len();
+    (buf.get(at..end)? == lit).then_some(end)
+}
+
+/// The digit at `buf[i]`, if there is one.
+#[inline(always)]
+fn digit(buf: &[u8], i: usize) -> Option<u64> {
+    let d = buf.get(i)?.wrapping_sub(b'0');
+    (d <= 9).then_some(u64::from(d))
+}
+
+/// Reads the digits at `*i` into `*n` (`n = 10 n + d` for each), at most `budget` of them
+/// (at most 19, so that `n` fits a u64 when it starts at 0); returns how many, or `None`
+/// when more than `budget` follow. `*i` and `*n` are left as they were on `None`.
+#[inline(always)]
+pub(super) fn digits(buf: &[u8], i: &mut usize, n: &mut u64, budget: usize) -> Option<usize> {
+    let start = *i;
+    let mut j = start;
+    let mut m = *n;
+    while let Some(eight) = buf.get(j..j + 8) {
+        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        let (count, value) = leading_digits(word);
+        if j - start + count > budget {
+            return None;
+        }
+        m = m * POW10_U64[count] + value;
+        j += count;
+        if count < 8 {
+            *i = j;
+            *n = m;
+            return Some(j - start);
+        }
+    }
+    while let Some(d) = digit(buf, j) {
+        if j - start == budget {
+            return None;
+        }
+        m = m * 10 + d;
+        j += 1;
+    }
+    *i = j;
+    *n = m;
+    Some(j - start)
+}
+
+/// How many of the eight bytes of `word` (read little-endian: the first byte is the lowest)
+/// are digits before the first that is not, and their value.
+#[inline(always)]
+fn leading_digits(word: u64) -> (usize, u64) {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A digit byte becomes 0..=9; a byte's high bit ends up set exactly when it was not a
+    // digit: it is 10 or more in its low seven bits (adding 0x76 reaches 0x80, and cannot
+    // carry into the next byte), or its high bit was set.
+    let t = word ^ 0x3030_3030_3030_3030;
+    let not_digit = (((t & LOW7) + 0x7676_7676_7676_7676) | t) & HIGH;
+    let count = (not_digit.trailing_zeros() / 8) as usize;
+    if count == 0 {
+        return (0, 0);
+    }
+    // The digits to the top of the word: the bytes below become leading zeros.
+    let v = t << (64 - 8 * count as u32);
+    // fast_float's conversion of eight digit values: pairs, then fours, then eight.
+    let mask = 0x0000_00FF_0000_00FF;
+    let mul1 = 100 + (1_000_000 << 32);
+    let mul2 = 1 + (10_000 << 32);
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    let v = (v & mask)
+        .wrapping_mul(mul1)
+        .wrapping_add(((v >> 16) & mask).wrapping_mul(mul2))
+        >> 32;
+    (count, v & 0xFFFF_FFFF)
+}
+
+/// A JSON integer without sign at `*i`, of at most 19 digits (so it fits a u64; longer
+/// ones are left to simd-json, which knows which of them overflow). What follows it is the
+/// caller's to check: a fraction or exponent makes it no integer.
+#[inline(always)]
+pub(super) fn uint(buf: &[u8], i: &mut usize) -> Option<u64> {
+    let start = *i;
+    let mut n = 0;
+    let len = digits(buf, i, &mut n, 19)?;
+    // JSON has no leading zeros.
+    (len == 1 || (len > 1 && buf[start] != b'0')).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-by-byte reading the word-wise one must equal.
+    fn bytewise(buf: &[u8], at: usize, budget: usize) -> Option<(usize, u64)> {
+        let mut j = at;
+        let mut m = 0u64;
+        while let Some(d) = digit(buf, j) {
+            if j - at == budget {
+                return None;
+            }
+            m = m * 10 + d;
+            j += 1;
+        }
+        Some((j - at, m))
+    }
+
+    #[test]
+    fn every_run_length_at_every_offset_reads_as_byte_by_byte() {
+        // Each run of 0..=20 digits, followed by each kind of byte that ends one (and by
+        // nothing), at offsets that put the word boundary everywhere, under budgets
+        // around the run's length.
+        let enders: [&[u8]; 9] = [b"", b".", b",", b"}", b"e", b"/", b":", b"\xB5", b"\x00"];
+        for len in 0..=20usize {
+            let run: Vec<u8> = (0..len).map(|k| b"9817263540"[k % 10]).collect();
+            for ender in enders {
+                for pad in 0..9 {
+                    let mut buf = vec![b'x'; pad];
+                    buf.extend_from_slice(&run);
+                    buf.extend_from_slice(ender);
+                    buf.extend_from_slice(&b"12345678"[..pad.min(8)]);
+                    // What follows the ender must not be read as digits.
+                    buf.truncate(pad + len + ender.len() + if ender.is_empty() { 0 } else { pad });
+                    for budget in [len.saturating_sub(1), len, len + 1, 19] {
+                        let budget = budget.min(19);
+                        let mut i = pad;
+                        let mut n = 0;
+                        let got = digits(&buf, &mut i, &mut n, budget).map(|c| (c, n));
+                        let want = bytewise(&buf, pad, budget);
+                        assert_eq!(
+                            got, want,
+                            "{len} digits, ender {ender:?}, pad {pad}, budget {budget}"
+                        );
+                        match want {
+                            Some((c, _)) => assert_eq!(i, pad + c),
+                            None => assert_eq!((i, n), (pad, 0), "left as it was"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_value_ends_a_run_exactly_when_it_is_no_digit() {
+        for b in 0..=255u8 {
+            let mut word = *b"12345678";
+            word[3] = b;
+            let (count, value) = leading_digits(u64::from_le_bytes(word));
+            if b.is_ascii_digit() {
+                let want: u64 = std::str::from_utf8(&word).unwrap().parse().unwrap();
+                assert_eq!((count, value), (8, want), "byte {b:#x}");
+            } else {
+                assert_eq!((count, value), (3, 123), "byte {b:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn integers_fit_a_u64_and_have_no_leading_zeros() {
+        let read = |s: &str| {
+            let mut i = 0;
+            uint(s.as_bytes(), &mut i).filter(|_| i == s.len())
+        };
+        assert_eq!(read("0"), Some(0));
+        assert_eq!(read("1234567890123456789"), Some(1_234_567_890_123_456_789));
+        assert_eq!(read("9999999999999999999"), Some(9_999_999_999_999_999_999));
+        for s in [
+            "",
+            "00",
+            "01",
+            "-1",
+            "18446744073709551615",
+            "12345678901234567890",
+        ] {
+            assert_eq!(read(s), None, "{s} accepted");
+        }
+    }
+}
