@@ -383,10 +383,8 @@ fn run(a: MergeArgs, sources: &Sources) -> Result<ExitCode, Error> {
                             "--shards is not for subscriber-fleet reports; give every shard's report",
                         ));
                     }
-                    // SUBACK percentiles of several runs do not add: the merged report
-                    // has none, so a threshold on them is refused, not failed.
-                    let mut fields = crate::subfleet::threshold_fields();
-                    fields.0.retain(|f| !f.name.starts_with("suback_latency"));
+                    // The SUBACK latencies add up from each report's histogram.
+                    let fields = crate::subfleet::threshold_fields();
                     (Merging::SubFleet(Vec::new()), fields)
                 }
             };

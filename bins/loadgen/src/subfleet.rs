@@ -29,6 +29,8 @@ use clap::{Args, Command, FromArgMatches};
 use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs, ReconnectArgs};
 use mqtt_tool::format::Percentiles;
 use mqtt_tool::frame::{FramedReport, ReportHeader, RunFrame};
+use mqtt_tool::merge::{add_histogram, Check};
+use mqtt_tool::phases::{PhaseHistograms, PhaseMerge, Phases};
 use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::summary::{Summarize, Summary};
 use mqtt_tool::threshold::{Fields, Unit};
@@ -413,6 +415,11 @@ pub struct Report {
     pub connections: Connections,
     /// SUBSCRIBE -> SUBACK, µs.
     pub suback_latency_us: Option<Percentiles>,
+    /// The phases of every connect that got through them (reconnects included): TCP
+    /// connect, TLS handshake, CONNECT -> CONNACK, µs.
+    pub connect_phases_us: Phases,
+    /// The histograms behind the latencies above, which `loadgen merge` adds up exactly.
+    pub histograms: SubHistograms,
     /// The proof: per subscriber, summed (see fleet-verify.schema.json).
     pub fleet: FleetStats,
     /// Why the verdict failed (none: passed).
@@ -420,6 +427,16 @@ pub struct Report {
     /// `loadgen merge`: how many reports this one adds up (none: one run's own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merged_reports: Option<u64>,
+}
+
+/// The connect phases' and the SUBACK latency's histograms, encoded as
+/// [`mqtt_tool::hist::encode`] does (null: none measured, or a report from before them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubHistograms {
+    #[serde(flatten)]
+    pub phases: PhaseHistograms,
+    pub suback_us: Option<String>,
 }
 
 impl Report {
@@ -470,6 +487,9 @@ impl Summarize for Report {
         );
         if let Some(p) = &self.suback_latency_us {
             s.row("SUBACK latency", mqtt_tool::summary::fmt_percentiles_ms(p));
+        }
+        for (label, line) in self.connect_phases_us.lines() {
+            s.row(label, line);
         }
         if let Some(line) = self.downgraded() {
             s.row("granted QoS", line);
@@ -526,6 +546,9 @@ impl FramedReport for Report {
                 "SUBACK latency      {}\n",
                 mqtt_tool::summary::fmt_percentiles_ms(p)
             ));
+        }
+        for (label, line) in self.connect_phases_us.lines() {
+            o.push_str(&format!("{label:<20}{line}\n"));
         }
         o.push_str(&self.fleet.render_text(&self.rules()));
         o
@@ -715,6 +738,8 @@ async fn run_framed(
     if c.down_at_end > 0 {
         *failed.entry("lost and not back".into()).or_default() += c.down_at_end;
     }
+    let (phases, phase_histograms) =
+        Phases::of(&st.histos.tcp_us, &st.histos.tls_us, &st.histos.connack_us);
     let mut fleet = finished.stats(&plan.rules);
     fleet.subscribers_planned = plan.clients;
     fleet.subscribers_connected = st.sub.subscribed;
@@ -750,6 +775,11 @@ async fn run_framed(
                 .collect(),
         },
         suback_latency_us: Percentiles::of(&st.sub.suback_us),
+        connect_phases_us: phases,
+        histograms: SubHistograms {
+            phases: phase_histograms,
+            suback_us: mqtt_tool::hist::encode(&st.sub.suback_us),
+        },
         fleet,
         failure: None,
         merged_reports: None,
@@ -788,6 +818,20 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         return Err(Error::usage("no subscriber-fleet report to merge"));
     };
     let mut merged = 1u64;
+    // The latencies add up exactly from each report's histograms (a report from before
+    // they were kept adds nothing to them).
+    let mut phases = PhaseMerge::default();
+    let mut suback = None;
+    {
+        let c = Check {
+            report: &first_name,
+        };
+        phases.add(&c, &sum.histograms.phases)?;
+        add_histogram(
+            &mut suback,
+            c.histogram("suback", &sum.histograms.suback_us)?,
+        )?;
+    }
     for (name, r) in it {
         if (&r.topics, r.qos, &r.share_group) != (&sum.topics, sum.qos, &sum.share_group) {
             return Err(Error::usage(format!(
@@ -838,8 +882,9 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         sum.fleet
             .merge(&r.fleet)
             .map_err(|e| Error::usage(format!("{name}: {e}")))?;
-        // The SUBACK percentiles of two runs do not add: the merged report keeps none.
-        sum.suback_latency_us = None;
+        let c = Check { report: &name };
+        phases.add(&c, &r.histograms.phases)?;
+        add_histogram(&mut suback, c.histogram("suback", &r.histograms.suback_us)?)?;
         sum.duration_s = sum.duration_s.max(r.duration_s);
         let (h, o) = (&mut sum.header, &r.header);
         // RFC 3339 UTC to the microsecond: the text orders as the time does.
@@ -854,6 +899,9 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         sum.expect = expect;
     }
     sum.merged_reports = Some(merged);
+    (sum.connect_phases_us, sum.histograms.phases) = phases.finish();
+    sum.suback_latency_us = suback.as_ref().and_then(Percentiles::of);
+    sum.histograms.suback_us = suback.as_ref().and_then(mqtt_tool::hist::encode);
     // The shards' own thresholds judged their own figures: the merge judges anew.
     sum.header.thresholds.clear();
     sum.judge_verdict();

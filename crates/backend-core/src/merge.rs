@@ -57,6 +57,8 @@ pub struct Merge {
     by_device: BTreeMap<String, Acc>,
     frontends: BTreeMap<String, u64>,
     latency: Option<Histogram<u64>>,
+    phases: mqtt_tool::phases::PhaseMerge,
+    suback: Option<Histogram<u64>>,
     windows: Windows,
     sink: Option<crate::sink::SinkReport>,
     problems: Vec<String>,
@@ -82,6 +84,8 @@ impl Merge {
             by_device: BTreeMap::new(),
             frontends: BTreeMap::new(),
             latency: None,
+            phases: Default::default(),
+            suback: None,
             windows: Windows::default(),
             sink: None,
             problems: Vec::new(),
@@ -152,6 +156,12 @@ impl Merge {
             add_sink(&mut self.sink, k, &add)?;
         }
         add_histogram(&mut self.latency, latency)?;
+        let c = Check { report: &name };
+        self.phases.add(&c, &r.histograms.phases)?;
+        add_histogram(
+            &mut self.suback,
+            c.histogram("suback", &r.histograms.suback_us)?,
+        )?;
         if r.stopped_by == "failed" || r.stopped_by == "signal" {
             if self.problems.len() < PROBLEMS_NAMED {
                 self.problems.push(format!(
@@ -337,6 +347,9 @@ impl Merge {
 
         m.latency_us = self.latency.as_ref().and_then(Percentiles::of);
         m.histograms.latency_us = self.latency.as_ref().and_then(mqtt_tool::hist::encode);
+        (m.connect_phases_us, m.histograms.phases) = self.phases.finish();
+        m.suback_latency_us = self.suback.as_ref().and_then(Percentiles::of);
+        m.histograms.suback_us = self.suback.as_ref().and_then(mqtt_tool::hist::encode);
 
         let w = self.windows.window();
         m.header.merged(&w);

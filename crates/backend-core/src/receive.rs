@@ -55,6 +55,16 @@ pub struct Live {
     /// The end-to-end latency histogram, copied about five times a second when
     /// `--metrics-addr` or `--hdr-log` reads it.
     pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
+    /// The connect phases and SUBACK latencies, copied at each connect and SUBACK.
+    pub phases: std::sync::Mutex<Option<mqtt_tool::phases::Recorder>>,
+}
+
+impl Live {
+    fn set_phases(&self, phases: &mqtt_tool::phases::Recorder) {
+        if let Ok(mut p) = self.phases.lock() {
+            *p = Some(phases.clone());
+        }
+    }
 }
 
 /// How often the latency histogram is copied for `Live::latency_us`.
@@ -157,6 +167,8 @@ pub struct Received {
     pub stop: Stop,
     /// What `--sink` stored.
     pub sink: Option<crate::sink::SinkReport>,
+    /// Every connect's phases and SUBSCRIBE -> SUBACK.
+    pub phases: mqtt_tool::phases::Recorder,
 }
 
 /// The latency histograms' ceiling (an hour), the publishers' too.
@@ -258,6 +270,7 @@ impl Received {
             truncated_unrecovered: 0,
             truncated_first: None,
             stop: Stop::Idle,
+            phases: Default::default(),
             sink: None,
         }
     }
@@ -418,6 +431,7 @@ pub async fn run(
         sink,
     };
     session.set_read_hold(plan.read_hold);
+    rx.phases.connect(&session.connect_phases());
     let filters = plan.filters();
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
@@ -539,6 +553,10 @@ pub async fn run(
                     }
                     _ => {}
                 }
+            }
+            if let Some(took) = session.take_suback_took() {
+                rx.phases.suback(took);
+                live.set_phases(&rx.phases);
             }
             live.messages.store(rx.messages, Relaxed);
             live.points.store(rx.points, Relaxed);
@@ -788,6 +806,8 @@ pub async fn run(
             }
         };
         rx.reconnects += 1;
+        rx.phases.connect(&session.connect_phases());
+        live.set_phases(&rx.phases);
         up_at = Instant::now();
         let back = id_watch.back();
         if back.confirmed {

@@ -139,6 +139,12 @@ pub fn threshold_fields() -> Fields {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistogramsReport {
     pub latency_us: Option<String>,
+    /// The connect phases' (`tcp_us`, `tls_us`, `connack_us`) and SUBSCRIBE -> SUBACK
+    /// (absent in older reports).
+    #[serde(default, flatten)]
+    pub phases: mqtt_tool::phases::PhaseHistograms,
+    #[serde(default)]
+    pub suback_us: Option<String>,
 }
 
 /// A fleet up to this size is listed whole; a larger one, without --report-devices, lists
@@ -326,6 +332,13 @@ pub struct Report {
     pub verified: bool,
     /// Why verification failed, one line.
     pub reason: Option<String>,
+    /// The phases of every connect that came through (the first and each reconnect), µs:
+    /// TCP connect, TLS handshake, CONNECT -> CONNACK (absent in older reports).
+    #[serde(default)]
+    pub connect_phases_us: mqtt_tool::phases::Phases,
+    /// SUBSCRIBE -> SUBACK, every subscription (reconnects included), µs.
+    #[serde(default)]
+    pub suback_latency_us: Option<Percentiles>,
     pub histograms: HistogramsReport,
     /// Set by `loadgen merge`: how many members' reports this one adds up.
     pub merged_reports: Option<u64>,
@@ -349,6 +362,8 @@ impl mqtt_tool::frame::FramedReport for Report {
 impl Report {
     pub fn build(tool: &str, plan: &Plan, broker: &str, embedded: bool, rx: &Received) -> Report {
         let shared = plan.share_group.is_some();
+        let (connect_phases_us, phase_histograms, suback_latency_us, suback_us) =
+            rx.phases.report();
         let list_all = plan.report_devices || rx.devices.len() <= LISTED_DEVICES;
         let from_zero = plan.expect.is_some();
         let mut ranges_left = REPORT_RANGES_TOTAL;
@@ -540,8 +555,12 @@ impl Report {
             .into(),
             verified: reason.is_none(),
             reason,
+            connect_phases_us,
+            suback_latency_us,
             histograms: HistogramsReport {
                 latency_us: mqtt_tool::hist::encode(&rx.latency_us),
+                phases: phase_histograms,
+                suback_us,
             },
             merged_reports: None,
             sink: rx.sink.clone(),
@@ -726,6 +745,12 @@ impl Report {
                 ));
             }
             line("e2e latency", l);
+        }
+        for (label, l) in self.connect_phases_us.lines() {
+            line(label, l);
+        }
+        if let Some(p) = &self.suback_latency_us {
+            line("subscribe->suback", fmt_percentiles(p, false));
         }
         // Routing lines only when routing happened: without routes, or when no device
         // matched one, they would say nothing about this run.

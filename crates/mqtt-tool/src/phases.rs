@@ -76,6 +76,61 @@ impl Phases {
     }
 }
 
+/// The phase histograms of a tool connecting through [`crate::session::Session`]: every
+/// connect's phases (reconnects included) and every SUBSCRIBE -> SUBACK, in µs.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub tcp_us: Histogram<u64>,
+    pub tls_us: Histogram<u64>,
+    pub connack_us: Histogram<u64>,
+    pub suback_us: Histogram<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        let h = || {
+            Histogram::new_with_bounds(1, crate::hist::MAX_TRACKED_US, 3)
+                .expect("static histogram bounds are valid")
+        };
+        Recorder {
+            tcp_us: h(),
+            tls_us: h(),
+            connack_us: h(),
+            suback_us: h(),
+        }
+    }
+}
+
+impl Recorder {
+    /// Records one connect's phases.
+    pub fn connect(&mut self, p: &crate::session::ConnectPhases) {
+        let us = |d: std::time::Duration| (d.as_micros() as u64).max(1);
+        self.tcp_us.saturating_record(us(p.tcp));
+        if let Some(tls) = p.tls {
+            self.tls_us.saturating_record(us(tls));
+        }
+        self.connack_us.saturating_record(us(p.connack));
+    }
+
+    /// Records one SUBSCRIBE -> SUBACK.
+    pub fn suback(&mut self, took: std::time::Duration) {
+        self.suback_us
+            .saturating_record((took.as_micros() as u64).max(1));
+    }
+
+    /// The report's parts: the connect phases and their histograms, the SUBACK latency and
+    /// its histogram.
+    pub fn report(&self) -> (Phases, PhaseHistograms, Option<Percentiles>, Option<String>) {
+        let (phases, histograms) = Phases::of(&self.tcp_us, &self.tls_us, &self.connack_us);
+        (
+            phases,
+            histograms,
+            Percentiles::of(&self.suback_us),
+            crate::hist::encode(&self.suback_us),
+        )
+    }
+}
+
 /// The phases of many reports added up.
 #[derive(Debug, Default)]
 pub struct PhaseMerge {

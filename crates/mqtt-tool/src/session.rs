@@ -145,6 +145,20 @@ pub struct Session {
     awaiting_suback: Option<u16>,
     /// The CONNACK said the broker kept this client's session.
     session_present: bool,
+    /// How long this connection's connect took, phase by phase.
+    phases: ConnectPhases,
+    /// When the SUBSCRIBE awaiting its SUBACK went out, and how long the last SUBACK took.
+    subscribed_at: Option<Instant>,
+    suback_took: Option<Duration>,
+}
+
+/// The phases of one connect: socket to TCP connected, TCP connected to TLS handshake done
+/// (none without TLS), CONNECT on its way to CONNACK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectPhases {
+    pub tcp: Duration,
+    pub tls: Option<Duration>,
+    pub connack: Duration,
 }
 
 /// Sets `SO_RCVLOWAT` on `fd`.
@@ -251,9 +265,15 @@ impl Session {
             },
         };
         let attempt = async {
+            let started = Instant::now();
             let stream = TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| (io_failure(&e), Some(e)))?;
+            let tcp_done = Instant::now();
+            let mut phases = ConnectPhases {
+                tcp: tcp_done - started,
+                ..ConnectPhases::default()
+            };
             let _ = stream.set_nodelay(cp.tcp_nodelay);
             let stream = match &cp.tls {
                 None => Stream::Plain(stream),
@@ -264,6 +284,7 @@ impl Session {
                         .connect(name, stream)
                         .await
                         .map_err(|e| (tls_failure(&e), None))?;
+                    phases.tls = Some(tcp_done.elapsed());
                     Stream::Tls(Box::new(tls))
                 }
             };
@@ -278,6 +299,9 @@ impl Session {
                 read_after: None,
                 awaiting_suback: None,
                 session_present: false,
+                phases,
+                subscribed_at: None,
+                suback_took: None,
             };
             let credentials = cp
                 .credentials
@@ -303,6 +327,7 @@ impl Session {
             } else {
                 mqtt_wire::packets::connect(&cp.client_id, keep_alive, clean_session, credentials)
             };
+            let connect_sent = Instant::now();
             s.write(&connect)
                 .await
                 .map_err(|e| (io_failure(&e), Some(e)))?;
@@ -314,6 +339,7 @@ impl Session {
                         ..
                     })) => {
                         s.session_present = session_present;
+                        s.phases.connack = connect_sent.elapsed();
                         break code;
                     }
                     Ok(Some(_)) | Err(_) => return Err((ConnectFailure::NotMqtt, None)),
@@ -365,6 +391,17 @@ impl Session {
         self.session_present
     }
 
+    /// How long this connection's connect took, phase by phase.
+    pub fn connect_phases(&self) -> ConnectPhases {
+        self.phases
+    }
+
+    /// SUBSCRIBE -> SUBACK of a subscription acknowledged since the last call (none: no
+    /// SUBACK came since).
+    pub fn take_suback_took(&mut self) -> Option<Duration> {
+        self.suback_took.take()
+    }
+
     /// Whether the session speaks MQTT 5 (its acknowledgements may carry reason codes).
     pub fn v5(&self) -> bool {
         self.v5
@@ -383,6 +420,7 @@ impl Session {
         mqtt_wire::packets::subscribe(&mut b, 1, &filters, None, self.v5)
             .map_err(|e| invalid(&e))?;
         self.awaiting_suback = Some(1);
+        self.subscribed_at = Some(Instant::now());
         self.write(&b).await
     }
 
@@ -494,6 +532,7 @@ impl Session {
                 )));
             }
             self.awaiting_suback = None;
+            self.suback_took = self.subscribed_at.take().map(|t| t.elapsed());
         }
         Ok(Some(p))
     }
@@ -547,6 +586,9 @@ mod tests {
             ping_sent: None,
             gather: Gather::new(Duration::ZERO, Instant::now()),
             read_after: None,
+            phases: ConnectPhases::default(),
+            subscribed_at: None,
+            suback_took: None,
             awaiting_suback: Some(1),
             session_present: false,
         }

@@ -73,6 +73,16 @@ fn a_backend_cut_off_for_a_while_reconnects_to_its_session_and_misses_nothing() 
         "{r:#}"
     );
     assert_eq!(n(r, "points_missed_disconnected"), 0);
+    // Every connect that got through (the first and each reconnect) in the connect
+    // phases, every subscription in the SUBACK latency; a plain connection has no TLS.
+    let connects = 1 + n(r, "reconnects");
+    let phases = &r["connect_phases_us"];
+    assert_eq!(n(&phases["tcp_connect_us"], "count"), connects, "{r:#}");
+    assert_eq!(n(&phases["connack_us"], "count"), connects);
+    assert!(phases["tls_handshake_us"].is_null());
+    assert_eq!(n(&r["suback_latency_us"], "count"), connects);
+    assert!(out.stdout.contains("connect->connack"), "{}", out.stdout);
+    assert!(out.stdout.contains("subscribe->suback"), "{}", out.stdout);
 }
 
 /// Fault 1 with both sides reconnecting: the broker is killed and started again; the

@@ -557,9 +557,30 @@ fn merge_refuses_member_reports_whose_figures_do_not_add_up() {
     let dir = TempDir::new("merge-members");
     let r = member_report();
     assert_eq!(n(&r, "points_unique"), 200);
+    // Its one connect and subscription, phase by phase.
+    assert_eq!(
+        n(&r["connect_phases_us"]["tcp_connect_us"], "count"),
+        1,
+        "{r:#}"
+    );
+    assert_eq!(n(&r["connect_phases_us"]["connack_us"], "count"), 1);
+    assert_eq!(n(&r["suback_latency_us"], "count"), 1);
     let good = write(&dir, "member.json", &r);
     let out = merge(&["--expect", "200", s(&good)]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // The merged report rebuilds the phases from the members' histograms (adding two
+    // real members' is the share-group test's, in subfleet.rs for the fleet's report).
+    let merged = dir.path("merged.json");
+    let out = merge(&["--expect", "200", "--report-json", s(&merged), s(&good)]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+    test_support::assert_matches_schema("schema/backend-report.schema.json", &m);
+    assert_eq!(
+        n(&m["connect_phases_us"]["connack_us"], "count"),
+        1,
+        "{m:#}"
+    );
+    assert_eq!(n(&m["suback_latency_us"], "count"), 1);
     let refused = |r: &Value, wants: &[&str]| {
         let p = write(&dir, "bad.json", r);
         merge(&[s(&p)]).assert_usage_error(&[&["bad.json"], wants].concat());

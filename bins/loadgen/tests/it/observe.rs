@@ -182,6 +182,20 @@ fn prometheus_scrapes_a_running_publisher_and_backend_and_reads_back_their_count
     assert_eq!(q("max_over_time(loadgen_backend_points_missing[5m])"), 0.0);
     let e2e = q("max_over_time(loadgen_backend_e2e_latency_seconds_count[5m])");
     assert!(e2e > 0.0 && e2e <= sent as f64, "{e2e}");
+    // The backend's one connect and one subscription, phase by phase.
+    for family in [
+        "loadgen_tcp_connect_seconds",
+        "loadgen_connack_seconds",
+        "loadgen_suback_seconds",
+    ] {
+        assert_eq!(
+            q(&format!(
+                "max_over_time({family}_count{{instance=\"{backend_addr}\"}}[5m])"
+            )),
+            1.0,
+            "{family}"
+        );
+    }
     let scrapes = q("count_over_time(loadgen_points_sent_total[5m])");
     assert!(
         scrapes >= 4.0,

@@ -142,6 +142,14 @@ fn fan_out_200_subscribers_each_prove_every_point_of_20_devices() {
         r["suback_latency_us"]["count"].as_u64() == Some(200),
         "{r:#}"
     );
+    // Every connect's phases, TLS none on a plain connection.
+    let phases = &r["connect_phases_us"];
+    assert_eq!(n(&phases["tcp_connect_us"], "count"), 200, "{r:#}");
+    assert_eq!(n(&phases["connack_us"], "count"), 200);
+    assert!(phases["tls_handshake_us"].is_null());
+    for h in ["tcp_us", "connack_us", "suback_us"] {
+        assert!(r["histograms"][h].is_string(), "{h}: {r:#}");
+    }
 }
 
 #[test]
@@ -472,8 +480,13 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     };
     assert_eq!(judged("points_unique==300"), Some(0));
     assert_eq!(judged("points_unique>300"), Some(99));
-    // SUBACK percentiles do not add over runs: a threshold on them is refused on a merge.
-    assert_eq!(judged("suback_latency_p99<1s"), Some(2));
+    // The latencies add up from each report's histograms: every subscriber's SUBACK and
+    // connect phases, and thresholds judge them on the merge.
+    assert_eq!(n(&m["suback_latency_us"], "count"), 10, "{m:#}");
+    assert_eq!(n(&m["connect_phases_us"]["tcp_connect_us"], "count"), 10);
+    assert_eq!(n(&m["connect_phases_us"]["connack_us"], "count"), 10);
+    assert_eq!(judged("suback_latency_p99<1h"), Some(0));
+    assert_eq!(judged("suback_latency_p99<1us"), Some(99));
     // A shard's own failed threshold judged its own figures, not the merged ones.
     let mut failed = ra.1.clone();
     failed["thresholds"] = serde_json::json!([{"expr": "points<0", "field": "points",
