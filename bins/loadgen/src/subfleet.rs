@@ -221,13 +221,9 @@ impl Plan {
                 "a share group divides the points between its members: give --expect (the total), not --expect-per-client",
             ));
         }
-        let o = &a.output;
-        if o.hdr_log.is_some()
-            || o.metrics.metrics_addr.is_some()
-            || o.metrics.metrics_push.is_some()
-        {
+        if a.output.hdr_log.is_some() {
             return Err(Error::usage(
-                "--hdr-log, --metrics-addr and --metrics-push are not supported with --clients yet; the JSON report has the figures",
+                "--hdr-log is not supported with --clients yet; the JSON report has the latencies, --metrics-addr the counts live",
             ));
         }
         if a.first_message_timeout.is_zero() {
@@ -555,16 +551,49 @@ impl FramedReport for Report {
     }
 }
 
+/// What `--metrics-addr` and `--metrics-push` read while the fleet runs: the engine's
+/// connection figures and connect phases (as `loadgen conn` serves them), and the
+/// subscribers' deliveries and points.
+#[derive(Debug, Default)]
+struct LiveSub {
+    engine: Arc<publisher_core::observe::LiveRun>,
+    counts: std::sync::OnceLock<Vec<Arc<LiveCounts>>>,
+}
+
+fn exposition(e: &mut mqtt_tool::metrics::Exposition, live: &LiveSub) {
+    let (mut deliveries, mut points) = (0u64, 0u64);
+    for c in live.counts.get().into_iter().flatten() {
+        deliveries += c.deliveries.load(Relaxed);
+        points += c.points.load(Relaxed);
+    }
+    e.counter(
+        "loadgen_sub_deliveries_total",
+        "Messages delivered to the subscribers, summed over them.",
+        deliveries,
+    )
+    .counter(
+        "loadgen_sub_points_total",
+        "Points in those messages, summed over the subscribers.",
+        points,
+    );
+}
+
 async fn run(plan: &Plan, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let p = &plan.conn;
-    let families: mqtt_tool::metrics::Families = Arc::new(|_| {});
+    let live = Arc::new(LiveSub::default());
+    let engine = publisher_core::observe::families(TOOL, Arc::new(p.clone()), live.engine.clone());
+    let sub = live.clone();
+    let families: mqtt_tool::metrics::Families = Arc::new(move |e| {
+        engine(e);
+        exposition(e, &sub);
+    });
     let mut frame = RunFrame::open(
         p.metrics.clone(),
         p.exports.clone(),
         plan.thresholds.clone(),
         families,
     )?;
-    let result = run_framed(plan, shutdown, &mut frame).await;
+    let result = run_framed(plan, shutdown, &mut frame, &live).await;
     frame.close(result, shutdown).await
 }
 
@@ -615,6 +644,7 @@ async fn run_framed(
     plan: &Plan,
     shutdown: &Shutdown,
     frame: &mut RunFrame,
+    live: &LiveSub,
 ) -> Result<ExitCode, Error> {
     let p = &plan.conn;
     let target = frame.broker(&p.connect).await?;
@@ -625,6 +655,7 @@ async fn run_framed(
     }
     let workers = settings.workers.max(1);
     let lives: Vec<Arc<LiveCounts>> = (0..workers).map(|_| Arc::default()).collect();
+    let _ = live.counts.set(lives.clone());
     let finished = Arc::new(Finished::default());
     let clock = Clock::now();
     let started_wall = std::time::SystemTime::now();
@@ -635,6 +666,7 @@ async fn run_framed(
         })
         .map_err(|e| Error::failed("cannot start the workers", e))?;
     let handle = fleet.handle();
+    let _ = live.engine.fleet.set(fleet.handle());
     let mut joined = tokio::task::spawn_blocking(move || fleet.join());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut stopped = false;

@@ -8,7 +8,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use test_support::{assert_matches_schema, payload, publish_payloads_at, Mosquitto, TempDir};
+use test_support::{
+    assert_matches_schema, free_port, http_get, payload, publish_payloads_at, sample, Mosquitto,
+    TempDir,
+};
 
 use crate::common::{n, publish, BIN};
 
@@ -589,4 +592,57 @@ fn persistent_subscribers_cut_off_reconnect_resume_their_sessions_and_get_what_w
         5,
         "resumed, not subscribed again: {c:#}"
     );
+}
+
+/// `--metrics-addr` serves the fleet's connections and connect phases as `loadgen conn`
+/// serves them, and the subscribers' deliveries and points as they come.
+#[test]
+fn metrics_serve_the_fleets_connections_and_deliveries_while_it_runs() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let fleet = Fleet::start(&[
+        "--broker",
+        &url,
+        "--clients",
+        "20",
+        "--topic",
+        "device_data/#",
+        "--idle-timeout",
+        "4s",
+        "--metrics-addr",
+        &addr,
+        "--quiet",
+    ]);
+    // Polls the scrape until `done` holds of it (the workers hand their histograms over
+    // about five times a second).
+    let scrape_until = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((200, body)) = http_get(&addr, "/metrics") {
+                if done(&body) {
+                    return body;
+                }
+                assert!(std::time::Instant::now() < end, "{what}:\n{body}");
+            }
+            assert!(std::time::Instant::now() < end, "{what}: no scrape");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let body = scrape_until("20 up, 20 CONNACKs", &|b| {
+        sample(b, "loadgen_connections_up", &[]) == Some(20.0)
+            && sample(b, "loadgen_connack_seconds_count", &[]) == Some(20.0)
+    });
+    assert_eq!(
+        sample(&body, "loadgen_tcp_connect_seconds_count", &[]),
+        Some(20.0)
+    );
+    publish_fleet(&url, "2", "100", "1");
+    scrape_until("every subscriber's 100 points", &|b| {
+        sample(b, "loadgen_sub_points_total", &[]) == Some(2_000.0)
+            && sample(b, "loadgen_sub_deliveries_total", &[]).is_some_and(|d| d >= 20.0)
+    });
+    let (code, r) = fleet.wait();
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(n(&r["fleet"], "points_unique"), 2_000);
 }
