@@ -851,9 +851,12 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     };
     let mut merged = 1u64;
     // The latencies add up exactly from each report's histograms (a report from before
-    // they were kept adds nothing to them).
+    // they were kept adds nothing to the phases; its SUBACK percentiles, which cannot be
+    // added, leave the merged report with none rather than part of them).
     let mut phases = PhaseMerge::default();
     let mut suback = None;
+    let old = |r: &Report| r.suback_latency_us.is_some() && r.histograms.suback_us.is_none();
+    let mut suback_partial = old(&sum);
     {
         let c = Check {
             report: &first_name,
@@ -917,6 +920,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         let c = Check { report: &name };
         phases.add(&c, &r.histograms.phases)?;
         add_histogram(&mut suback, c.histogram("suback", &r.histograms.suback_us)?)?;
+        suback_partial |= old(&r);
         sum.duration_s = sum.duration_s.max(r.duration_s);
         let (h, o) = (&mut sum.header, &r.header);
         // RFC 3339 UTC to the microsecond: the text orders as the time does.
@@ -932,6 +936,9 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
     }
     sum.merged_reports = Some(merged);
     (sum.connect_phases_us, sum.histograms.phases) = phases.finish();
+    if suback_partial {
+        suback = None;
+    }
     sum.suback_latency_us = suback.as_ref().and_then(Percentiles::of);
     sum.histograms.suback_us = suback.as_ref().and_then(mqtt_tool::hist::encode);
     // The shards' own thresholds judged their own figures: the merge judges anew.

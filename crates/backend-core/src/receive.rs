@@ -432,6 +432,7 @@ pub async fn run(
     };
     session.set_read_hold(plan.read_hold);
     rx.phases.connect(&session.connect_phases());
+    live.set_phases(&rx.phases);
     let filters = plan.filters();
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
@@ -530,7 +531,13 @@ pub async fn run(
                     Packet::SubAck { codes, .. } => {
                         // A SUBACK holds a code per filter; a broker that sends more codes than
                         // filters (or fewer) is answered by what we can tell, never an index panic.
-                        if let Some(i) = codes.iter().position(|c| *c >= 0x80) {
+                        let refused = codes.iter().position(|c| *c >= 0x80);
+                        // Timed here, before any stop below ends the read's loop.
+                        if let Some(took) = session.take_suback_took() {
+                            rx.phases.suback(took);
+                            live.set_phases(&rx.phases);
+                        }
+                        if let Some(i) = refused {
                             rx.stop = Stop::Failed(format!(
                                 "the broker refused the subscription to '{}'",
                                 filters.get(i).map_or("?", String::as_str)
@@ -553,10 +560,6 @@ pub async fn run(
                     }
                     _ => {}
                 }
-            }
-            if let Some(took) = session.take_suback_took() {
-                rx.phases.suback(took);
-                live.set_phases(&rx.phases);
             }
             live.messages.store(rx.messages, Relaxed);
             live.points.store(rx.points, Relaxed);

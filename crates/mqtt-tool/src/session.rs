@@ -150,6 +150,9 @@ pub struct Session {
     /// When the SUBSCRIBE awaiting its SUBACK went out, and how long the last SUBACK took.
     subscribed_at: Option<Instant>,
     suback_took: Option<Duration>,
+    /// When the last read returned bytes: a SUBACK's arrival (not when it was parsed,
+    /// after the PUBLISHes before it in the same read).
+    read_at: Instant,
 }
 
 /// The phases of one connect: socket to TCP connected, TCP connected to TLS handshake done
@@ -265,8 +268,15 @@ impl Session {
             },
         };
         let attempt = async {
+            // The name looked up first: the TCP phase is the connect alone, as the engine
+            // measures it (its fleets look their addresses up once, before the ramp).
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| (io_failure(&e), Some(e)))?
+                    .collect();
             let started = Instant::now();
-            let stream = TcpStream::connect((target.host.as_str(), target.port))
+            let stream = TcpStream::connect(&addrs[..])
                 .await
                 .map_err(|e| (io_failure(&e), Some(e)))?;
             let tcp_done = Instant::now();
@@ -302,6 +312,7 @@ impl Session {
                 phases,
                 subscribed_at: None,
                 suback_took: None,
+                read_at: Instant::now(),
             };
             let credentials = cp
                 .credentials
@@ -510,6 +521,7 @@ impl Session {
         self.framer.filled(n);
         if n > 0 {
             self.ping_sent = None;
+            self.read_at = Instant::now();
         }
         let next = self.gather.read(n, Instant::now());
         if let Some(mark) = next.mark {
@@ -532,7 +544,10 @@ impl Session {
                 )));
             }
             self.awaiting_suback = None;
-            self.suback_took = self.subscribed_at.take().map(|t| t.elapsed());
+            self.suback_took = self
+                .subscribed_at
+                .take()
+                .map(|t| self.read_at.saturating_duration_since(t));
         }
         Ok(Some(p))
     }
@@ -589,6 +604,7 @@ mod tests {
             phases: ConnectPhases::default(),
             subscribed_at: None,
             suback_took: None,
+            read_at: Instant::now(),
             awaiting_suback: Some(1),
             session_present: false,
         }

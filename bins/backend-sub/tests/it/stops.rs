@@ -59,6 +59,12 @@ fn expect_zero_says_that_nothing_was_checked() {
     let out = start(&["--broker", &m.url(), "--expect", "0"]).wait();
     out.assert_code(0);
     assert!(out.stdout.contains("nothing was checked"), "{}", out.stdout);
+    // The run ends at its SUBACK, which is still timed.
+    assert_eq!(
+        out.report["suback_latency_us"]["count"], 1,
+        "{:#}",
+        out.report
+    );
     assert!(
         !out.stdout.contains("every point arrived"),
         "{}",

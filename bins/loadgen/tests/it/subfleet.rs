@@ -490,6 +490,31 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     assert_eq!(n(&m["connect_phases_us"]["connack_us"], "count"), 10);
     assert_eq!(judged("suback_latency_p99<1h"), Some(0));
     assert_eq!(judged("suback_latency_p99<1us"), Some(99));
+    // A report from before the histograms were kept: its phases add nothing, and its
+    // SUBACK percentiles, which cannot be added, leave the merge with none, not part.
+    let mut old = rb.1.clone();
+    old.as_object_mut().unwrap().remove("histograms");
+    old.as_object_mut().unwrap().remove("connect_phases_us");
+    let po = dir.path("old.json");
+    std::fs::write(&po, old.to_string()).expect("write old");
+    let out = Command::new(BIN)
+        .arg("merge")
+        .args([&pa, &po])
+        .args(["--expect", "300", "--report-json"])
+        .arg(&pm)
+        .output()
+        .expect("run loadgen merge");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
+        .expect("merged report is JSON");
+    assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &m);
+    assert!(m["suback_latency_us"].is_null(), "{m:#}");
+    assert_eq!(n(&m["connect_phases_us"]["connack_us"], "count"), 5);
     // A shard's own failed threshold judged its own figures, not the merged ones.
     let mut failed = ra.1.clone();
     failed["thresholds"] = serde_json::json!([{"expr": "points<0", "field": "points",
