@@ -32,7 +32,7 @@ use std::borrow::Cow;
 
 use point_format::{Point, MAX_DEVICE_ID};
 
-use super::digits::{digits, literal, uint, MAX_EXACT, POW10};
+use super::digits::{digits_bytewise as digits, literal, uint_bytewise as uint, MAX_EXACT, POW10};
 use super::{DecodeError, Shape};
 
 /// The fast path's scratch, reused between messages.
