@@ -444,25 +444,28 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     let (pa, pb, pm) = (dir.path("a.json"), dir.path("b.json"), dir.path("m.json"));
     std::fs::write(&pa, ra.1.to_string()).expect("write a");
     std::fs::write(&pb, rb.1.to_string()).expect("write b");
-    let merge = |expect: &str| {
+    // `loadgen merge a.json OTHER --expect N --report-json m.json`.
+    let merge_with = |other: &std::path::Path, expect: &str| {
         Command::new(BIN)
             .arg("merge")
-            .args([&pa, &pb])
+            .arg(&pa)
+            .arg(other)
             .args(["--expect", expect, "--report-json"])
             .arg(&pm)
             .output()
             .expect("run loadgen merge")
     };
-    let out = merge("300");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
-        .expect("merged report is JSON");
-    assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &m);
+    let merge = |expect: &str| merge_with(&pb, expect);
+    // A merge that passed: its report, checked against the schema.
+    let merged = |out: std::process::Output| -> Value {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
+            .expect("merged report is JSON");
+        assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &m);
+        m
+    };
+    let m = merged(merge("300"));
     assert_eq!(n(&m, "merged_reports"), 2);
     assert_eq!(n(&m, "clients"), 10);
     assert_eq!(n(&m["fleet"], "points_unique"), 300, "{m:#}");
@@ -497,22 +500,7 @@ fn a_share_group_of_10_over_two_processes_merges_into_one_exact_proof() {
     old.as_object_mut().unwrap().remove("connect_phases_us");
     let po = dir.path("old.json");
     std::fs::write(&po, old.to_string()).expect("write old");
-    let out = Command::new(BIN)
-        .arg("merge")
-        .args([&pa, &po])
-        .args(["--expect", "300", "--report-json"])
-        .arg(&pm)
-        .output()
-        .expect("run loadgen merge");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&pm).expect("merged"))
-        .expect("merged report is JSON");
-    assert_matches_schema("schema/loadgen-sub-fleet.schema.json", &m);
+    let m = merged(merge_with(&po, "300"));
     assert!(m["suback_latency_us"].is_null(), "{m:#}");
     assert_eq!(n(&m["connect_phases_us"]["connack_us"], "count"), 5);
     // A shard's own failed threshold judged its own figures, not the merged ones.

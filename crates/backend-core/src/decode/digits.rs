@@ -67,13 +67,9 @@ pub(super) fn digits(buf: &[u8], i: &mut usize, n: &mut u64, budget: usize) -> O
             return Some(j - start);
         }
     }
-    while let Some(d) = digit(buf, j) {
-        if j - start == budget {
-            return None;
-        }
-        m = m * 10 + d;
-        j += 1;
-    }
+    // Within eight bytes of the end: the rest byte by byte, under what is left of the budget.
+    let left = budget - (j - start);
+    digits_bytewise(buf, &mut j, &mut m, left)?;
     *i = j;
     *n = m;
     Some(j - start)
