@@ -117,12 +117,16 @@ const TARGET: f64 = 0.9;
 //   D2-S1b  0.65 0.67 0.57: 0.54 (0.95 x 0.57)
 //   D2-S1s  1.12 1.07 1.17 (+ 1.13 0.98 1.01 1.01 1.14 1.39 1.50): 0.93 (0.95 x 0.98)
 //   D2-S1sb 0.55 0.50 0.61: 0.46
+// The next two `.ci/run`'s (a0d82ed, f40f0f2, a busier host: bench D's own form 10-21M
+// points/s across the day) measured D2-S2sb 0.85 0.79 and D2-S1b 0.56 0.63, at and just
+// above those gates; by the rule with them: D2-S2sb 0.75 (0.95 x 0.79; median 0.94),
+// D2-S1b 0.53 (0.95 x 0.56; median 0.63). D2-S1sb measured 0.65 0.59 (0.46 kept).
 const GATE_D2_S2: f64 = 0.78;
 const GATE_D2_S2_BACKLOG: f64 = 0.73;
 const GATE_D2_S1: f64 = 0.88;
-const GATE_D2_S1_BACKLOG: f64 = 0.54;
+const GATE_D2_S1_BACKLOG: f64 = 0.53;
 const GATE_D2_S2_SEED: f64 = 0.76;
-const GATE_D2_S2_SEED_BACKLOG: f64 = 0.79;
+const GATE_D2_S2_SEED_BACKLOG: f64 = 0.75;
 const GATE_D2_S1_SEED: f64 = 0.93;
 const GATE_D2_S1_SEED_BACKLOG: f64 = 0.46;
 /// The reference subscriber stops when nothing arrived for this long (seconds): longer than
