@@ -844,29 +844,44 @@ async fn run_framed(
 /// `loadgen merge` of subscriber-fleet reports (processes of one share group, or fleets
 /// split over machines): every count added exactly, the proof with [`FleetStats::merge`],
 /// the verdict judged again on the sum (`expect`: the total a share group must get).
+/// The latencies of the reports being merged, added up exactly from their histograms. A
+/// report from before they were kept adds nothing to the phases; its SUBACK percentiles,
+/// which cannot be added, leave the merged report with none rather than part of them.
+#[derive(Default)]
+struct Latencies {
+    phases: PhaseMerge,
+    suback: Option<hdrhistogram::Histogram<u64>>,
+    suback_partial: bool,
+}
+
+impl Latencies {
+    fn add(&mut self, name: &str, r: &Report) -> Result<(), Error> {
+        let c = Check { report: name };
+        self.phases.add(&c, &r.histograms.phases)?;
+        add_histogram(
+            &mut self.suback,
+            c.histogram("suback", &r.histograms.suback_us)?,
+        )?;
+        self.suback_partial |= r.suback_latency_us.is_some() && r.histograms.suback_us.is_none();
+        Ok(())
+    }
+
+    fn finish(self, sum: &mut Report) {
+        (sum.connect_phases_us, sum.histograms.phases) = self.phases.finish();
+        let suback = self.suback.filter(|_| !self.suback_partial);
+        sum.suback_latency_us = suback.as_ref().and_then(Percentiles::of);
+        sum.histograms.suback_us = suback.as_ref().and_then(mqtt_tool::hist::encode);
+    }
+}
+
 pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Report, Error> {
     let mut it = reports.into_iter();
     let Some((first_name, mut sum)) = it.next() else {
         return Err(Error::usage("no subscriber-fleet report to merge"));
     };
     let mut merged = 1u64;
-    // The latencies add up exactly from each report's histograms (a report from before
-    // they were kept adds nothing to the phases; its SUBACK percentiles, which cannot be
-    // added, leave the merged report with none rather than part of them).
-    let mut phases = PhaseMerge::default();
-    let mut suback = None;
-    let old = |r: &Report| r.suback_latency_us.is_some() && r.histograms.suback_us.is_none();
-    let mut suback_partial = old(&sum);
-    {
-        let c = Check {
-            report: &first_name,
-        };
-        phases.add(&c, &sum.histograms.phases)?;
-        add_histogram(
-            &mut suback,
-            c.histogram("suback", &sum.histograms.suback_us)?,
-        )?;
-    }
+    let mut latencies = Latencies::default();
+    latencies.add(&first_name, &sum)?;
     for (name, r) in it {
         if (&r.topics, r.qos, &r.share_group) != (&sum.topics, sum.qos, &sum.share_group) {
             return Err(Error::usage(format!(
@@ -917,10 +932,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         sum.fleet
             .merge(&r.fleet)
             .map_err(|e| Error::usage(format!("{name}: {e}")))?;
-        let c = Check { report: &name };
-        phases.add(&c, &r.histograms.phases)?;
-        add_histogram(&mut suback, c.histogram("suback", &r.histograms.suback_us)?)?;
-        suback_partial |= old(&r);
+        latencies.add(&name, &r)?;
         sum.duration_s = sum.duration_s.max(r.duration_s);
         let (h, o) = (&mut sum.header, &r.header);
         // RFC 3339 UTC to the microsecond: the text orders as the time does.
@@ -935,12 +947,7 @@ pub fn merge(reports: Vec<(String, Report)>, expect: Option<u64>) -> Result<Repo
         sum.expect = expect;
     }
     sum.merged_reports = Some(merged);
-    (sum.connect_phases_us, sum.histograms.phases) = phases.finish();
-    if suback_partial {
-        suback = None;
-    }
-    sum.suback_latency_us = suback.as_ref().and_then(Percentiles::of);
-    sum.histograms.suback_us = suback.as_ref().and_then(mqtt_tool::hist::encode);
+    latencies.finish(&mut sum);
     // The shards' own thresholds judged their own figures: the merge judges anew.
     sum.header.thresholds.clear();
     sum.judge_verdict();
