@@ -10,14 +10,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use mqtt_tool::broker::BrokerTarget;
 use mqtt_tool::connect::ConnectPlan;
+use mqtt_tool::phases::Recorder;
+use mqtt_tool::session::ConnectPhases;
 use mqtt_tool::Error;
 use tokio::sync::mpsc;
 
 /// What the connection did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ev {
-    /// The CONNACK arrived.
-    Up,
+    /// The CONNACK arrived, after a connect of these phases (`None`: not measured).
+    Up(Option<ConnectPhases>),
     /// A PUBLISH was written to the socket (packet id, 0 at QoS 0), in publish order.
     Written(u16),
     /// QoS 1: PUBACK; QoS 2: PUBCOMP. `Err` carries an MQTT 5 reason code of 0x80 or more.
@@ -43,11 +45,13 @@ pub struct Link {
 const QUEUE: usize = 10_000;
 
 impl Link {
-    /// Connects and waits for the CONNACK (at most `--connect-timeout`).
+    /// Connects and waits for the CONNACK (at most `--connect-timeout`); a connect that
+    /// gets it has its phases recorded in `recorder`.
     pub async fn connect(
         c: &ConnectPlan,
         target: &BrokerTarget,
         inflight: u16,
+        recorder: &mut Recorder,
     ) -> Result<Link, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let client_id = c.client_id.clone();
@@ -71,7 +75,9 @@ impl Link {
                 use rumqttc::v5::Event;
                 loop {
                     let ev = match el.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(a))) => connack_v5(a.code),
+                        Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                            connack_v5(a.code, phases(el.connect_times))
+                        }
                         Ok(Event::Incoming(Packet::PubAck(a))) => {
                             let code = puback_code(&a.reason);
                             Ev::Acked(a.pkid, if code >= 0x80 { Err(code) } else { Ok(()) })
@@ -88,7 +94,7 @@ impl Link {
                         Ok(Event::Outgoing(rumqttc::Outgoing::Publish(p))) => Ev::Written(p),
                         Ok(_) => continue,
                         Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
-                            connack_v5(code)
+                            connack_v5(code, None)
                         }
                         Err(e) => Ev::Down(e.to_string()),
                     };
@@ -119,7 +125,9 @@ impl Link {
                 loop {
                     let ev = match el.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(a))) => match a.code {
-                            rumqttc::ConnectReturnCode::Success => Ev::Up,
+                            rumqttc::ConnectReturnCode::Success => {
+                                Ev::Up(phases(el.connect_times))
+                            }
                             rumqttc::ConnectReturnCode::ServiceUnavailable => Ev::Down(
                                 "the broker turned the connection away for now (server unavailable)"
                                     .into(),
@@ -153,7 +161,12 @@ impl Link {
         };
         let first = tokio::time::timeout(c.connect_timeout, link.events.recv()).await;
         match first {
-            Ok(Some(Ev::Up)) => Ok(link),
+            Ok(Some(Ev::Up(p))) => {
+                if let Some(p) = p {
+                    recorder.connect(&p);
+                }
+                Ok(link)
+            }
             Ok(Some(Ev::Refused(why))) => Err(Error::Refused {
                 broker: target.url(),
                 reason: why,
@@ -246,10 +259,24 @@ impl Drop for Link {
 /// A CONNACK of MQTT 5: up, turned away for now (server unavailable or busy, quota,
 /// connection rate), or refused for good. By variant: rumqttc's reason enums carry no wire
 /// values (`as u8` gives the variant's position, not its code).
-fn connack_v5(code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> Ev {
+/// rumqttc's timing of the connect that got its CONNACK (patched in: vendor/rumqttc), as
+/// the other tools report it. rumqttc speaks plain TCP here, so there is no TLS phase.
+fn phases(t: Option<rumqttc::ConnectTimes>) -> Option<ConnectPhases> {
+    let t = t?;
+    Some(ConnectPhases {
+        tcp: t.tcp?,
+        tls: None,
+        connack: t.connack,
+    })
+}
+
+fn connack_v5(
+    code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode,
+    phases: Option<ConnectPhases>,
+) -> Ev {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
     match code {
-        C::Success => Ev::Up,
+        C::Success => Ev::Up(phases),
         C::ServiceUnavailable
         | C::ServerUnavailable
         | C::ServerBusy
@@ -303,13 +330,16 @@ mod tests {
         assert_eq!(puback_code(&PubAckReason::NotAuthorized), 0x87);
         assert_eq!(puback_code(&PubAckReason::QuotaExceeded), 0x97);
         assert_eq!(puback_code(&PubAckReason::NoMatchingSubscribers), 0x10);
-        assert!(matches!(connack_v5(ConnectReturnCode::Success), Ev::Up));
         assert!(matches!(
-            connack_v5(ConnectReturnCode::ServerBusy),
+            connack_v5(ConnectReturnCode::Success, None),
+            Ev::Up(None)
+        ));
+        assert!(matches!(
+            connack_v5(ConnectReturnCode::ServerBusy, None),
             Ev::Down(_)
         ));
         assert!(matches!(
-            connack_v5(ConnectReturnCode::NotAuthorized),
+            connack_v5(ConnectReturnCode::NotAuthorized, None),
             Ev::Refused(_)
         ));
     }

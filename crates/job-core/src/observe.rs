@@ -32,11 +32,22 @@ pub struct Live {
     mqtt_reconnects: AtomicU64,
     /// The lateness histogram as last copied, and when.
     lateness: Mutex<Option<(Histogram<u64>, Instant)>>,
+    /// The connect phases as last copied (at each new connect), and how many connects.
+    phases: Mutex<Option<mqtt_tool::phases::Recorder>>,
+    phases_copied: AtomicU64,
 }
 
 impl Live {
-    /// Copies the loop's counts; the histogram too when a second has passed or `last`.
+    /// Copies the loop's counts; the lateness histogram too when a second has passed or
+    /// `last`, the connect phases when a connect was added.
     pub fn update(&self, n: &Counts, lateness: &Histogram<u64>, last: bool) {
+        let connects = n.phases.connack_us.len();
+        if connects != self.phases_copied.load(Relaxed) {
+            if let Ok(mut p) = self.phases.lock() {
+                *p = Some(n.phases.clone());
+                self.phases_copied.store(connects, Relaxed);
+            }
+        }
         for (a, v) in [
             (&self.claimed, n.claimed),
             (&self.published, n.published),
@@ -154,6 +165,13 @@ pub fn exposition(e: &mut Exposition, live: &Live) {
             );
         }
     }
+    let phases = live
+        .phases
+        .lock()
+        .ok()
+        .and_then(|p| p.clone())
+        .unwrap_or_default();
+    mqtt_tool::phases::expose(e, &phases.tcp_us, &phases.tls_us, &phases.connack_us);
 }
 
 /// The metrics families of a run.
@@ -166,14 +184,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_metrics_show_the_loops_counts_and_its_lateness() {
+    fn the_metrics_show_the_loops_counts_its_lateness_and_connect_phases() {
         let live = Live::default();
-        let n = Counts {
+        let mut n = Counts {
             claimed: 10,
             acked: 7,
             failed: 3,
             ..Default::default()
         };
+        n.phases.connect(&mqtt_tool::session::ConnectPhases {
+            tcp: Duration::from_micros(300),
+            tls: None,
+            connack: Duration::from_micros(900),
+        });
         let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
         h.record(2_000).unwrap();
         live.update(&n, &h, false);
@@ -185,6 +208,9 @@ mod tests {
             "loadgen_jobs_acked_total{run=\"r1\"} 7\n",
             "loadgen_jobs_failed_total{run=\"r1\"} 3\n",
             "loadgen_jobs_lateness_seconds_count{run=\"r1\"} 1\n",
+            "loadgen_tcp_connect_seconds_count{run=\"r1\"} 1\n",
+            "loadgen_connack_seconds_count{run=\"r1\"} 1\n",
+            "loadgen_tls_handshake_seconds_count{run=\"r1\"} 0\n",
             "loadgen_info{run=\"r1\",tool=\"job-pub\",",
         ] {
             assert!(text.contains(want), "{want} in\n{text}");

@@ -220,7 +220,10 @@ impl Publishing<'_> {
             }
             if self.fate.iter().all(|f| *f != Fate::Open) {
                 // The job given up was the last: the next batch starts on a new connection.
-                match self.reconnect(target, deadline, &mut backoff).await {
+                match self
+                    .reconnect(target, deadline, &mut backoff, &mut n.phases)
+                    .await
+                {
                     Ok(Some(l)) => {
                         *link = l;
                         n.mqtt_reconnects += 1;
@@ -234,7 +237,7 @@ impl Publishing<'_> {
                 "connection to the broker lost: {}; reconnecting",
                 mqtt_tool::out::escape(&why)
             );
-            match self.reconnect(target, deadline, &mut backoff).await {
+            match self.reconnect(target, deadline, &mut backoff, &mut n.phases).await {
                 Ok(Some(l)) => {
                     *link = l;
                     n.mqtt_reconnects += 1;
@@ -294,6 +297,7 @@ impl Publishing<'_> {
         target: &mqtt_tool::broker::BrokerTarget,
         deadline: Instant,
         backoff: &mut Backoff,
+        phases: &mut mqtt_tool::phases::Recorder,
     ) -> Result<Option<Link>, Error> {
         let inflight = self.p.batch.min(u16::MAX as usize) as u16;
         loop {
@@ -302,7 +306,7 @@ impl Publishing<'_> {
                 return Ok(None);
             }
             tokio::time::sleep(backoff.next_delay().min(left)).await;
-            match Link::connect(&self.p.connect, target, inflight).await {
+            match Link::connect(&self.p.connect, target, inflight, phases).await {
                 Ok(l) => return Ok(Some(l)),
                 Err(e @ Error::Refused { .. }) => return Err(e),
                 Err(_) => {}
@@ -459,7 +463,7 @@ impl Publishing<'_> {
                 }
                 None
             }
-            Ev::Up => None,
+            Ev::Up(_) => None,
             Ev::Down(why) | Ev::Refused(why) => Some(why),
         }
     }

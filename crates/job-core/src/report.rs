@@ -46,6 +46,9 @@ pub fn threshold_fields() -> Fields {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistogramsReport {
     pub lateness_us: Option<String>,
+    /// The connect phases' (`tcp_us`, `tls_us`, `connack_us`; absent in older reports).
+    #[serde(flatten)]
+    pub phases: mqtt_tool::phases::PhaseHistograms,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +115,11 @@ pub struct Report {
     pub lateness_us: Option<Percentiles>,
     /// Jobs later than the lateness histogram's ceiling (366 days), recorded at it.
     pub lateness_clamped: u64,
+    /// The phases of every MQTT connect that got its CONNACK (the first and each new
+    /// connection): TCP connect (after the name lookup), CONNECT -> CONNACK; no TLS (job-pub
+    /// speaks plain TCP). Older reports have none: null.
+    #[serde(default)]
+    pub connect_phases_us: mqtt_tool::phases::Phases,
     pub histograms: HistogramsReport,
     /// complete | interrupted | incomplete
     pub outcome: String,
@@ -261,6 +269,9 @@ impl Report {
         );
         if let Some(p) = &self.lateness_us {
             line("lateness", fmt_percentiles(p, true));
+        }
+        for (k, v) in self.connect_phases_us.lines() {
+            line(k, v);
         }
         if self.lateness_clamped > 0 {
             line(

@@ -97,6 +97,8 @@ pub struct Counts {
     pub db_retries: u64,
     pub mqtt_reconnects: u64,
     pub lateness_clamped: u64,
+    /// Every connect's phases (the first and each new connection).
+    pub phases: mqtt_tool::phases::Recorder,
 }
 
 /// Names up to [`NAMED_PER_BATCH`] of `jobs` (id, why) on stderr, then how many more.
@@ -199,7 +201,7 @@ async fn run_framed(
     };
     let target = frame.broker(&p.connect).await?;
     let inflight = p.batch.min(u16::MAX as usize) as u16;
-    let mut link = Link::connect(&p.connect, &target, inflight).await?;
+    let mut link = Link::connect(&p.connect, &target, inflight, &mut n.phases).await?;
     let me = instance_name();
     // Lateness up to a year is exact; later jobs record at the ceiling, counted.
     let mut lateness = Histogram::<u64>::new_with_bounds(1, LATENESS_CEILING.as_micros() as u64, 3)
@@ -394,7 +396,7 @@ async fn run_framed(
         if unacked > 0 {
             // Acknowledgements still owed would be matched to the next batch's messages:
             // start it on a new connection.
-            match Link::connect(&p.connect, &target, inflight).await {
+            match Link::connect(&p.connect, &target, inflight, &mut n.phases).await {
                 Ok(l) => {
                     std::mem::replace(&mut link, l).close().await;
                     n.mqtt_reconnects += 1;
@@ -470,6 +472,7 @@ async fn run_framed(
             why.join(", ")
         )));
     }
+    let (connect_phases_us, phase_histograms, _, _) = n.phases.report();
     let mut report = Report {
         header: mqtt_tool::frame::ReportHeader {
             started_at: Some(mqtt_tool::frame::rfc3339(started_wall)),
@@ -518,8 +521,10 @@ async fn run_framed(
         }),
         lateness_us: Percentiles::of(&lateness),
         lateness_clamped: n.lateness_clamped,
+        connect_phases_us,
         histograms: HistogramsReport {
             lateness_us: mqtt_tool::hist::encode(&lateness),
+            phases: phase_histograms,
         },
         outcome: match (signal, &error) {
             (Some(_), _) => "interrupted",

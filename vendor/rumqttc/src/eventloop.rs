@@ -88,6 +88,19 @@ pub struct EventLoop {
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
     pub network_options: NetworkOptions,
+    /// How the last connect that got its CONNACK went, phase by phase (mqtt-loadgen patch).
+    pub connect_times: Option<ConnectTimes>,
+}
+
+/// The phases of one connect (mqtt-loadgen patch): what a load tool reports as connect
+/// latency, split where a slow connect can be slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectTimes {
+    /// Socket to TCP connected, after the broker's name was looked up (every address tried
+    /// counts); `None` when not measured (a proxy, a Unix socket).
+    pub tcp: Option<Duration>,
+    /// Network connected (TLS handshake done) to the CONNACK read.
+    pub connack: Duration,
 }
 
 /// Events which can be yielded by the event loop
@@ -117,6 +130,7 @@ impl EventLoop {
             network: None,
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
+            connect_times: None,
         }
     }
 
@@ -151,7 +165,7 @@ impl EventLoop {
     /// **NOTE** Don't block this while iterating
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {
         if self.network.is_none() {
-            let (network, connack) = match time::timeout(
+            let (network, connack, times) = match time::timeout(
                 Duration::from_secs(self.network_options.connection_timeout()),
                 connect(&self.mqtt_options, self.network_options.clone()),
             )
@@ -160,6 +174,7 @@ impl EventLoop {
                 Ok(inner) => inner?,
                 Err(_) => return Err(ConnectionError::NetworkTimeout),
             };
+            self.connect_times = Some(times);
             // Last session might contain packets which aren't acked. If it's a new session, clear the pending packets.
             if !connack.session_present {
                 self.pending.clear();
@@ -344,21 +359,41 @@ async fn write_request(
 async fn connect(
     mqtt_options: &MqttOptions,
     network_options: NetworkOptions,
-) -> Result<(Network, ConnAck), ConnectionError> {
-    // connect to the broker
-    let mut network = network_connect(mqtt_options, network_options).await?;
+) -> Result<(Network, ConnAck, ConnectTimes), ConnectionError> {
+    // connect to the broker (mqtt-loadgen patch: timing the TCP connect)
+    let mut tcp = None;
+    let mut network = network_connect(mqtt_options, network_options, &mut tcp).await?;
 
     // make MQTT connection request (which internally awaits for ack)
+    let sent = Instant::now();
     let connack = mqtt_connect(mqtt_options, &mut network).await?;
+    let times = ConnectTimes {
+        tcp,
+        connack: sent.elapsed(),
+    };
 
-    Ok((network, connack))
+    Ok((network, connack, times))
 }
 
+// mqtt-loadgen patch: only the proxy still connects without the timing.
+#[cfg(feature = "proxy")]
 pub(crate) async fn socket_connect(
     host: String,
     network_options: NetworkOptions,
 ) -> io::Result<TcpStream> {
+    socket_connect_timed(host, network_options)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// [`socket_connect`], and how long the connect took after the name lookup (mqtt-loadgen
+/// patch).
+pub(crate) async fn socket_connect_timed(
+    host: String,
+    network_options: NetworkOptions,
+) -> io::Result<(TcpStream, Duration)> {
     let addrs = lookup_host(host).await?;
+    let started = Instant::now();
     let mut last_err = None;
 
     for addr in addrs {
@@ -387,7 +422,7 @@ pub(crate) async fn socket_connect(
         }
 
         match socket.connect(addr).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, started.elapsed())),
             Err(e) => {
                 last_err = Some(e);
             }
@@ -405,6 +440,7 @@ pub(crate) async fn socket_connect(
 async fn network_connect(
     options: &MqttOptions,
     network_options: NetworkOptions,
+    tcp: &mut Option<Duration>,
 ) -> Result<Network, ConnectionError> {
     // Process Unix files early, as proxy is not supported for them.
     #[cfg(unix)]
@@ -434,15 +470,17 @@ async fn network_connect(
             Some(proxy) => proxy.connect(&domain, port, network_options).await?,
             None => {
                 let addr = format!("{domain}:{port}");
-                let tcp = socket_connect(addr, network_options).await?;
-                Box::new(tcp)
+                let (stream, took) = socket_connect_timed(addr, network_options).await?;
+                *tcp = Some(took);
+                Box::new(stream)
             }
         }
         #[cfg(not(feature = "proxy"))]
         {
             let addr = format!("{domain}:{port}");
-            let tcp = socket_connect(addr, network_options).await?;
-            Box::new(tcp)
+            let (stream, took) = socket_connect_timed(addr, network_options).await?;
+            *tcp = Some(took);
+            Box::new(stream)
         }
     };
 

@@ -139,7 +139,7 @@ mod proxy;
 pub use client::{
     AsyncClient, Client, ClientError, Connection, Iter, RecvError, RecvTimeoutError, TryRecvError,
 };
-pub use eventloop::{ConnectionError, Event, EventLoop};
+pub use eventloop::{ConnectTimes, ConnectionError, Event, EventLoop};
 pub use mqttbytes::v4::*;
 pub use mqttbytes::*;
 #[cfg(feature = "use-rustls-no-provider")]

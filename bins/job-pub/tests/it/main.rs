@@ -638,6 +638,15 @@ fn a_broker_restart_mid_run_is_reconnected_to_and_a_bad_job_is_refused_not_retri
     assert_eq!(a.wait().unwrap().code(), Some(143));
     let r = read_report(&dir.path("a.json"));
     assert!(n(&r, "mqtt_reconnects") >= 1, "{r:#}");
+    // Every connect that got its CONNACK has its phases: the first and each new connection.
+    let connects = 1 + n(&r, "mqtt_reconnects");
+    let phases = &r["connect_phases_us"];
+    assert_eq!(phases["tcp_connect_us"]["count"], connects, "{r:#}");
+    assert_eq!(phases["connack_us"]["count"], connects, "{r:#}");
+    assert!(phases["tls_handshake_us"].is_null(), "{r:#}");
+    for h in ["tcp_us", "connack_us"] {
+        assert!(r["histograms"][h].is_string(), "{h}: {r:#}");
+    }
     assert_eq!(n(&r, "jobs_rejected"), 1, "the wildcard topic: {r:#}");
     assert_eq!(n(&r, "jobs_acked") + n(&r, "jobs_rejected"), 4000, "{r:#}");
     assert_eq!(pg.psql("SELECT skipped FROM jobs WHERE id = 7"), "t");

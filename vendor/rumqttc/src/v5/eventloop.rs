@@ -1,7 +1,7 @@
 use super::framed::Network;
 use super::mqttbytes::v5::*;
 use super::{Incoming, MqttOptions, MqttState, Outgoing, Request, StateError, Transport};
-use crate::eventloop::socket_connect;
+use crate::eventloop::{socket_connect_timed, ConnectTimes};
 use crate::framed::AsyncReadWrite;
 
 use flume::{bounded, Receiver, Sender};
@@ -82,6 +82,8 @@ pub struct EventLoop {
     network: Option<Network>,
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
+    /// How the last connect that got its CONNACK went, phase by phase (mqtt-loadgen patch).
+    pub connect_times: Option<ConnectTimes>,
 }
 
 /// Events which can be yielded by the event loop
@@ -110,6 +112,7 @@ impl EventLoop {
             pending,
             network: None,
             keepalive_timeout: None,
+            connect_times: None,
         }
     }
 
@@ -144,11 +147,12 @@ impl EventLoop {
     /// **NOTE** Don't block this while iterating
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {
         if self.network.is_none() {
-            let (network, connack) = time::timeout(
+            let (network, connack, times) = time::timeout(
                 Duration::from_secs(self.options.connection_timeout()),
                 connect(&mut self.options),
             )
             .await??;
+            self.connect_times = Some(times);
             // Last session might contain packets which aren't acked. If it's a new session, clear the pending packets.
             if !connack.session_present {
                 self.pending.clear();
@@ -278,17 +282,28 @@ impl EventLoop {
 /// the stream.
 /// This function (for convenience) includes internal delays for users to perform internal sleeps
 /// between re-connections so that cancel semantics can be used during this sleep
-async fn connect(options: &mut MqttOptions) -> Result<(Network, ConnAck), ConnectionError> {
-    // connect to the broker
-    let mut network = network_connect(options).await?;
+async fn connect(
+    options: &mut MqttOptions,
+) -> Result<(Network, ConnAck, ConnectTimes), ConnectionError> {
+    // connect to the broker (mqtt-loadgen patch: timing the TCP connect)
+    let mut tcp = None;
+    let mut network = network_connect(options, &mut tcp).await?;
 
     // make MQTT connection request (which internally awaits for ack)
+    let sent = Instant::now();
     let connack = mqtt_connect(options, &mut network).await?;
+    let times = ConnectTimes {
+        tcp,
+        connack: sent.elapsed(),
+    };
 
-    Ok((network, connack))
+    Ok((network, connack, times))
 }
 
-async fn network_connect(options: &MqttOptions) -> Result<Network, ConnectionError> {
+async fn network_connect(
+    options: &MqttOptions,
+    tcp: &mut Option<Duration>,
+) -> Result<Network, ConnectionError> {
     let mut max_incoming_pkt_size = Some(options.default_max_incoming_size);
 
     // Override default value if max_packet_size is set on `connect_properties`
@@ -326,15 +341,18 @@ async fn network_connect(options: &MqttOptions) -> Result<Network, ConnectionErr
             }
             None => {
                 let addr = format!("{domain}:{port}");
-                let tcp = socket_connect(addr, options.network_options()).await?;
-                Box::new(tcp)
+                let (stream, took) =
+                    socket_connect_timed(addr, options.network_options()).await?;
+                *tcp = Some(took);
+                Box::new(stream)
             }
         }
         #[cfg(not(feature = "proxy"))]
         {
             let addr = format!("{domain}:{port}");
-            let tcp = socket_connect(addr, options.network_options()).await?;
-            Box::new(tcp)
+            let (stream, took) = socket_connect_timed(addr, options.network_options()).await?;
+            *tcp = Some(took);
+            Box::new(stream)
         }
     };
 
