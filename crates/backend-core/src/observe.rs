@@ -95,12 +95,7 @@ pub fn exposition(e: &mut Exposition, tool: &str, live: &Live) {
             "A point's timestamp to its arrival (publisher and backend share a clock).",
             &latency,
         );
-    let phases = live
-        .phases
-        .lock()
-        .ok()
-        .and_then(|p| p.clone())
-        .unwrap_or_default();
+    let phases = live.phases.get();
     mqtt_tool::phases::expose(e, &phases.tcp_us, &phases.tls_us, &phases.connack_us);
     e.histogram_us(
         "loadgen_suback_seconds",

@@ -56,15 +56,7 @@ pub struct Live {
     /// `--metrics-addr` or `--hdr-log` reads it.
     pub latency_us: std::sync::Mutex<Option<Histogram<u64>>>,
     /// The connect phases and SUBACK latencies, copied at each connect and SUBACK.
-    pub phases: std::sync::Mutex<Option<mqtt_tool::phases::Recorder>>,
-}
-
-impl Live {
-    fn set_phases(&self, phases: &mqtt_tool::phases::Recorder) {
-        if let Ok(mut p) = self.phases.lock() {
-            *p = Some(phases.clone());
-        }
-    }
+    pub phases: mqtt_tool::phases::Shared,
 }
 
 /// How often the latency histogram is copied for `Live::latency_us`.
@@ -432,7 +424,7 @@ pub async fn run(
     };
     session.set_read_hold(plan.read_hold);
     rx.phases.connect(&session.connect_phases());
-    live.set_phases(&rx.phases);
+    live.phases.set(&rx.phases);
     let filters = plan.filters();
     if let Err(e) = session.subscribe(&filters, plan.qos).await {
         rx.stop = Stop::Failed(format!("cannot subscribe: {e}"));
@@ -535,7 +527,7 @@ pub async fn run(
                         // Timed here, before any stop below ends the read's loop.
                         if let Some(took) = session.take_suback_took() {
                             rx.phases.suback(took);
-                            live.set_phases(&rx.phases);
+                            live.phases.set(&rx.phases);
                         }
                         if let Some(i) = refused {
                             rx.stop = Stop::Failed(format!(
@@ -810,7 +802,7 @@ pub async fn run(
         };
         rx.reconnects += 1;
         rx.phases.connect(&session.connect_phases());
-        live.set_phases(&rx.phases);
+        live.phases.set(&rx.phases);
         up_at = Instant::now();
         let back = id_watch.back();
         if back.confirmed {

@@ -33,7 +33,7 @@ pub struct Live {
     /// The lateness histogram as last copied, and when.
     lateness: Mutex<Option<(Histogram<u64>, Instant)>>,
     /// The connect phases as last copied (at each new connect), and how many connects.
-    phases: Mutex<Option<mqtt_tool::phases::Recorder>>,
+    phases: mqtt_tool::phases::Shared,
     phases_copied: AtomicU64,
 }
 
@@ -42,11 +42,8 @@ impl Live {
     /// `last`, the connect phases when a connect was added.
     pub fn update(&self, n: &Counts, lateness: &Histogram<u64>, last: bool) {
         let connects = n.phases.connack_us.len();
-        if connects != self.phases_copied.load(Relaxed) {
-            if let Ok(mut p) = self.phases.lock() {
-                *p = Some(n.phases.clone());
-                self.phases_copied.store(connects, Relaxed);
-            }
+        if connects != self.phases_copied.swap(connects, Relaxed) {
+            self.phases.set(&n.phases);
         }
         for (a, v) in [
             (&self.claimed, n.claimed),
@@ -165,12 +162,7 @@ pub fn exposition(e: &mut Exposition, live: &Live) {
             );
         }
     }
-    let phases = live
-        .phases
-        .lock()
-        .ok()
-        .and_then(|p| p.clone())
-        .unwrap_or_default();
+    let phases = live.phases.get();
     mqtt_tool::phases::expose(e, &phases.tcp_us, &phases.tls_us, &phases.connack_us);
 }
 

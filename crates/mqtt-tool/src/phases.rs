@@ -131,6 +131,28 @@ impl Recorder {
     }
 }
 
+/// A [`Recorder`] copied for `/metrics` (at each connect and SUBACK, not per message), so a
+/// scrape never waits for the run loop.
+#[derive(Debug, Default)]
+pub struct Shared(std::sync::Mutex<Option<Recorder>>);
+
+impl Shared {
+    pub fn set(&self, r: &Recorder) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Some(r.clone());
+        }
+    }
+
+    /// The last copy (empty histograms before the first connect).
+    pub fn get(&self) -> Recorder {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The phases of many reports added up.
 #[derive(Debug, Default)]
 pub struct PhaseMerge {
