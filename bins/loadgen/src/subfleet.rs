@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use backend_core::fleet_verify::{FleetStats, Rules};
 use backend_core::subfleet::{Clock, Finished, FleetConsumer, LiveCounts};
-use clap::{Args, Command, FromArgMatches};
+use clap::{Args, Command};
 use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs, ReconnectArgs};
 use mqtt_tool::format::Percentiles;
 use mqtt_tool::frame::{FramedReport, ReportHeader, RunFrame};
@@ -35,7 +35,7 @@ use mqtt_tool::shutdown::Shutdown;
 use mqtt_tool::summary::{Summarize, Summary};
 use mqtt_tool::threshold::{Fields, Unit};
 use mqtt_tool::Error;
-use publisher_core::args::{FleetArgs, LoadArgs, PublisherArgs, RampArgs, ShardArgs};
+use publisher_core::args::{LoadArgs, PublisherArgs, RampArgs};
 use serde::{Deserialize, Serialize};
 
 /// The report's schema version (schema/loadgen-sub-fleet.schema.json).
@@ -244,46 +244,31 @@ impl Plan {
         let qos = a.qos;
         // The connections as the publisher plans its fleet's: one "device" a connection,
         // sending nothing.
-        let pargs = PublisherArgs {
-            config: None,
-            connection: a.connection,
-            load: LoadArgs {
-                device_id: None,
-                topic: "device_data/{device_id}".into(),
-                rate: mqtt_tool::args::Rate::Unlimited,
-                rate_per_device: None,
-                batch: 1,
-                total: Some(a.clients),
-                duration: None,
-                qos: mqtt_tool::args::Qos::AtMostOnce,
-                max_inflight: Some(1),
-                max_queued: Some(64),
-                drain_timeout: Duration::from_secs(5),
-                start_delay: Duration::ZERO,
-                sensor_fields: false,
-                seed: 1,
-            },
-            fleet: FleetArgs {
-                devices: a.clients,
-                device_start: 0,
-                connections: Some(a.clients),
-                ramp: a.ramp,
-            },
-            shards: ShardArgs {
-                shards: None,
-                shard: None,
-                start_at: None,
-            },
-            // A subscriber fleet verifies what it receives itself.
-            verify: publisher_core::args::VerifyArgs {
-                verify: false,
-                verify_timeout: Duration::from_secs(10),
-            },
-            reconnect: a.reconnect,
-            offline_buffer: 0,
-            user_properties: Vec::new(),
-            output: a.output,
+        // A subscriber fleet verifies what it receives itself.
+        let load = LoadArgs {
+            device_id: None,
+            topic: "device_data/{device_id}".into(),
+            rate: mqtt_tool::args::Rate::Unlimited,
+            rate_per_device: None,
+            batch: 1,
+            total: Some(a.clients),
+            duration: None,
+            qos: mqtt_tool::args::Qos::AtMostOnce,
+            max_inflight: Some(1),
+            max_queued: Some(64),
+            drain_timeout: Duration::from_secs(5),
+            start_delay: Duration::ZERO,
+            sensor_fields: false,
+            seed: 1,
         };
+        let pargs = PublisherArgs::connections_only(
+            a.connection,
+            load,
+            a.clients,
+            a.ramp,
+            a.reconnect,
+            a.output,
+        );
         let conn = publisher_core::plan::Plan::from_args(pargs, &CONN_PRESET)?;
         let rules = Rules {
             expect_per_client: a.expect_per_client,
@@ -309,17 +294,6 @@ impl Plan {
             any_packet,
             thresholds,
         })
-    }
-}
-
-struct Parsed(FleetSubArgs);
-
-impl FromArgMatches for Parsed {
-    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        FleetSubArgs::from_arg_matches(m).map(Parsed)
-    }
-    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-        self.0.update_from_arg_matches(m)
     }
 }
 
@@ -358,7 +332,7 @@ pub fn wants_fleet(argv: &[OsString]) -> bool {
 
 /// Parses `argv` (the program's name first) into a plan.
 pub fn parse_plan(argv: Vec<OsString>) -> Result<Plan, mqtt_tool::config::ParseExit> {
-    let (Parsed(a), sources) = mqtt_tool::config::parse_layered_sourced::<Parsed>(command(), argv)?;
+    let (a, sources) = mqtt_tool::config::parse_layered_sourced::<FleetSubArgs>(command(), argv)?;
     Plan::from_args(a)
         .map_err(|e| mqtt_tool::config::ParseExit::Usage(sources.annotate(&e.to_string())))
 }

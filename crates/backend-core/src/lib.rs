@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Command, FromArgMatches};
+use clap::{Args, Command};
 use mqtt_tool::args::{parse_count, parse_duration, ConnectionArgs, OutputArgs};
 use mqtt_tool::config::{self, ParseExit};
 use mqtt_tool::connect::{connect_plan, ConnectPlan, MQTT_MAX_PACKET};
@@ -411,17 +411,6 @@ pub fn check_filter(t: &str) -> Result<(), Error> {
     Ok(())
 }
 
-struct Parsed(BackendArgs);
-
-impl FromArgMatches for Parsed {
-    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        BackendArgs::from_arg_matches(m).map(Parsed)
-    }
-    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-        self.0.update_from_arg_matches(m)
-    }
-}
-
 /// What distinguishes `loadgen sub` from `backend-sub`: the name and the seed's routes.
 #[derive(Debug, Clone, Copy)]
 pub struct Preset {
@@ -530,7 +519,7 @@ pub fn command(preset: &Preset) -> Command {
 
 /// Parses `argv` (the program's name first) for `preset` into a plan.
 pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan, ParseExit> {
-    let (Parsed(a), sources) = config::parse_layered_sourced::<Parsed>(command(preset), argv)?;
+    let (a, sources) = config::parse_layered_sourced::<BackendArgs>(command(preset), argv)?;
     let sink_from_env = sources.off_command_line("sink");
     Plan::from_args_env(a, sink_from_env)
         .map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))

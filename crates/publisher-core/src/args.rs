@@ -53,6 +53,46 @@ pub struct PublisherArgs {
     pub output: OutputArgs,
 }
 
+impl PublisherArgs {
+    /// A fleet of `connections` connections, one "device" each, that publishes nothing of
+    /// its own (no shards, no verifier, no offline buffer): the connections `loadgen conn`
+    /// holds and `loadgen sub --clients` subscribes on, planned as the publisher plans its
+    /// fleet's (TLS, MQTT 5, ramp, client ids, reconnects).
+    pub fn connections_only(
+        connection: ConnectionArgs,
+        load: LoadArgs,
+        connections: u64,
+        ramp: RampArgs,
+        reconnect: ReconnectArgs,
+        output: OutputArgs,
+    ) -> PublisherArgs {
+        PublisherArgs {
+            config: None,
+            connection,
+            load,
+            fleet: FleetArgs {
+                devices: connections,
+                device_start: 0,
+                connections: Some(connections),
+                ramp,
+            },
+            shards: ShardArgs {
+                shards: None,
+                shard: None,
+                start_at: None,
+            },
+            verify: VerifyArgs {
+                verify: false,
+                verify_timeout: Duration::from_secs(10),
+            },
+            reconnect,
+            offline_buffer: 0,
+            user_properties: Vec::new(),
+            output,
+        }
+    }
+}
+
 fn parse_property(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

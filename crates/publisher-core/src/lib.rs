@@ -37,7 +37,7 @@ pub(crate) use mqtt_tool::{broker, config, error, format, mqtt, out, shutdown};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Command, FromArgMatches};
+use clap::{Args, Command};
 
 pub use args::PublisherArgs;
 pub use mqtt_tool::Error;
@@ -200,20 +200,9 @@ pub fn command(preset: &Preset) -> Command {
     mqtt_tool::cli::with_env_scheme(cmd)
 }
 
-struct Parsed(PublisherArgs);
-
-impl FromArgMatches for Parsed {
-    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        PublisherArgs::from_arg_matches(m).map(Parsed)
-    }
-    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-        self.0.update_from_arg_matches(m)
-    }
-}
-
 /// Parses the process's arguments for `preset` into a plan.
 pub fn parse_plan(preset: &Preset, argv: Vec<std::ffi::OsString>) -> Result<Plan, ParseExit> {
-    let (Parsed(args), sources) = config::parse_layered_sourced(command(preset), argv)?;
+    let (args, sources) = config::parse_layered_sourced::<PublisherArgs>(command(preset), argv)?;
     Plan::from_args(args, preset).map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
 }
 

@@ -21,7 +21,7 @@ use mqtt_tool::args::ReconnectArgs;
 use mqtt_tool::args::{parse_count, parse_duration, parse_rate, ConnectionArgs, OutputArgs, Rate};
 use mqtt_tool::frame::{Observer, RunFrame};
 
-use crate::args::{FleetArgs, LoadArgs, PublisherArgs, RampArgs, ShardArgs};
+use crate::args::{LoadArgs, PublisherArgs, RampArgs};
 use crate::config::ParseExit;
 use crate::shutdown::Shutdown;
 use crate::{broker, Error, Plan, Preset};
@@ -161,32 +161,15 @@ impl ConnPlan {
             &std::mem::take(&mut output.export.thresholds),
             &report::threshold_fields(),
         )?;
-        let load = default_load();
-        let args = PublisherArgs {
-            config: None,
+        // Held connections publish nothing: nothing to verify.
+        let args = PublisherArgs::connections_only(
             connection,
-            load,
-            fleet: FleetArgs {
-                devices: hold.connections,
-                device_start: 0,
-                connections: Some(hold.connections),
-                ramp,
-            },
-            shards: ShardArgs {
-                shards: None,
-                shard: None,
-                start_at: None,
-            },
-            // Held connections publish nothing: nothing to verify.
-            verify: crate::args::VerifyArgs {
-                verify: false,
-                verify_timeout: std::time::Duration::from_secs(10),
-            },
+            default_load(),
+            hold.connections,
+            ramp,
             reconnect,
-            offline_buffer: 0,
-            user_properties: Vec::new(),
             output,
-        };
+        );
         let plan = Plan::from_args(args, &LOADGEN_CONN)?;
         // Storms strictly inside the hold: one at its very end would leave no time to
         // come back.
@@ -252,20 +235,9 @@ pub fn command() -> Command {
     mqtt_tool::cli::with_env_scheme(cmd)
 }
 
-struct Parsed(ConnArgs);
-
-impl FromArgMatches for Parsed {
-    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        ConnArgs::from_arg_matches(m).map(Parsed)
-    }
-    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-        self.0.update_from_arg_matches(m)
-    }
-}
-
 /// Parses `loadgen conn`'s arguments (the program name first) into a plan.
 pub fn parse_plan(argv: Vec<std::ffi::OsString>) -> Result<ConnPlan, ParseExit> {
-    let (Parsed(args), sources) = crate::config::parse_layered_sourced(command(), argv)?;
+    let (args, sources) = crate::config::parse_layered_sourced::<ConnArgs>(command(), argv)?;
     ConnPlan::from_args(args).map_err(|e| ParseExit::Usage(sources.annotate(&e.to_string())))
 }
 
