@@ -244,7 +244,8 @@ impl Plan {
         let qos = a.qos;
         // The connections as the publisher plans its fleet's: one "device" a connection,
         // sending nothing.
-        // A subscriber fleet verifies what it receives itself.
+        // The connections as the publisher's fleet would send: nothing is sent, and a
+        // subscriber fleet verifies what it receives itself.
         let load = LoadArgs {
             device_id: None,
             topic: "device_data/{device_id}".into(),

@@ -256,9 +256,6 @@ impl Drop for Link {
     }
 }
 
-/// A CONNACK of MQTT 5: up, turned away for now (server unavailable or busy, quota,
-/// connection rate), or refused for good. By variant: rumqttc's reason enums carry no wire
-/// values (`as u8` gives the variant's position, not its code).
 /// rumqttc's timing of the connect that got its CONNACK (patched in: vendor/rumqttc), as
 /// the other tools report it. rumqttc speaks plain TCP here, so there is no TLS phase.
 fn phases(t: Option<rumqttc::ConnectTimes>) -> Option<ConnectPhases> {
@@ -270,6 +267,9 @@ fn phases(t: Option<rumqttc::ConnectTimes>) -> Option<ConnectPhases> {
     })
 }
 
+/// A CONNACK of MQTT 5: up (with the connect's phases), turned away for now (server
+/// unavailable or busy, quota, connection rate), or refused for good. By variant: rumqttc's
+/// reason enums carry no wire values (`as u8` gives the variant's position, not its code).
 fn connack_v5(
     code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode,
     phases: Option<ConnectPhases>,

@@ -117,7 +117,7 @@ pub struct Report {
     pub lateness_clamped: u64,
     /// The phases of every MQTT connect that got its CONNACK (the first and each new
     /// connection): TCP connect (after the name lookup), CONNECT -> CONNACK; no TLS (job-pub
-    /// speaks plain TCP). Older reports have none: null.
+    /// speaks plain TCP). Older reports lack it and read as all null.
     #[serde(default)]
     pub connect_phases_us: mqtt_tool::phases::Phases,
     pub histograms: HistogramsReport,
@@ -270,9 +270,6 @@ impl Report {
         if let Some(p) = &self.lateness_us {
             line("lateness", fmt_percentiles(p, true));
         }
-        for (k, v) in self.connect_phases_us.lines() {
-            line(k, v);
-        }
         if self.lateness_clamped > 0 {
             line(
                 "clamped",
@@ -284,6 +281,9 @@ impl Report {
                     }
                 ),
             );
+        }
+        for (k, v) in self.connect_phases_us.lines() {
+            line(k, v);
         }
         if self.db_retries + self.mqtt_reconnects > 0 || self.db_connections_opened > 1 {
             line(

@@ -76,8 +76,9 @@ impl Phases {
     }
 }
 
-/// The phase histograms of a tool connecting through [`crate::session::Session`]: every
-/// connect's phases (reconnects included) and every SUBSCRIBE -> SUBACK, in µs.
+/// The phase histograms of a tool that times its own connects ([`crate::session::Session`]'s
+/// subscribers, job-pub through rumqttc): every connect's phases (reconnects included) and
+/// every SUBSCRIBE -> SUBACK, in µs.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     pub tcp_us: Histogram<u64>,
@@ -138,8 +139,10 @@ pub struct Shared(std::sync::Mutex<Option<Recorder>>);
 
 impl Shared {
     pub fn set(&self, r: &Recorder) {
+        // Cloned before the lock: a scrape waits for a pointer swap, not for the copy.
+        let copy = Some(r.clone());
         if let Ok(mut p) = self.0.lock() {
-            *p = Some(r.clone());
+            *p = copy;
         }
     }
 

@@ -386,8 +386,8 @@ pub(crate) async fn socket_connect(
         .map(|(s, _)| s)
 }
 
-/// [`socket_connect`], and how long the connect took after the name lookup (mqtt-loadgen
-/// patch).
+/// Connects to `host` (every address it resolves to, in turn) and says how long the connect
+/// took after the name lookup (mqtt-loadgen patch).
 pub(crate) async fn socket_connect_timed(
     host: String,
     network_options: NetworkOptions,

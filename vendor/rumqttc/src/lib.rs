@@ -139,6 +139,7 @@ mod proxy;
 pub use client::{
     AsyncClient, Client, ClientError, Connection, Iter, RecvError, RecvTimeoutError, TryRecvError,
 };
+// mqtt-loadgen patch: ConnectTimes.
 pub use eventloop::{ConnectTimes, ConnectionError, Event, EventLoop};
 pub use mqttbytes::v4::*;
 pub use mqttbytes::*;

@@ -168,6 +168,11 @@ fn three_instances_drain_50000_due_jobs_and_a_subscriber_gets_each_exactly_once(
             (0, 0)
         );
         assert!(n(r, "jobs_acked") > 0, "every instance took a share: {r:#}");
+        // MQTT 5's connects are timed as 3.1.1's: one sample a connection.
+        let connects = 1 + n(r, "mqtt_reconnects");
+        for phase in ["tcp_connect_us", "connack_us"] {
+            assert_eq!(r["connect_phases_us"][phase]["count"], connects, "{r:#}");
+        }
     }
     assert_eq!(
         pg.psql("SELECT count(*) FROM jobs WHERE NOT processed"),

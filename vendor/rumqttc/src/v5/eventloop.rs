@@ -1,6 +1,7 @@
 use super::framed::Network;
 use super::mqttbytes::v5::*;
 use super::{Incoming, MqttOptions, MqttState, Outgoing, Request, StateError, Transport};
+// mqtt-loadgen patch: the timed connect.
 use crate::eventloop::{socket_connect_timed, ConnectTimes};
 use crate::framed::AsyncReadWrite;
 
