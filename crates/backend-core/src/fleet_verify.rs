@@ -34,7 +34,7 @@ use std::ops::AddAssign;
 
 use hdrhistogram::Histogram;
 use mqtt_tool::format::{fmt_int, Percentiles};
-use mqtt_tool::hist::{record_clamped, MAX_TRACKED_US};
+use mqtt_tool::hist::{histogram as latency_histogram, record_clamped};
 use mqtt_tool::summary::{fmt_ms, Summary};
 use serde::{Deserialize, Serialize};
 
@@ -348,10 +348,6 @@ pub struct FleetVerifier {
     /// End-to-end latency of every point delivered, µs.
     latency_us: Histogram<u64>,
     latency_clamped: u64,
-}
-
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
 }
 
 impl FleetVerifier {

@@ -168,11 +168,6 @@ pub use mqtt_tool::hist::MAX_TRACKED_US;
 const MALFORMED_LOGGED: usize = 5;
 const DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn histogram(sigfig: u8) -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_TRACKED_US, sigfig)
-        .expect("static histogram bounds are valid")
-}
-
 impl Received {
     /// Counts the packet `session` holds half of as the connection ends (`how`: why);
     /// `resent`: the broker sends an unacknowledged QoS 1 PUBLISH again (a persistent
@@ -240,12 +235,12 @@ impl Received {
                     name: name.clone(),
                     points: 0,
                     devices: Vec::new(),
-                    latency_us: histogram(3),
+                    latency_us: mqtt_tool::hist::histogram(),
                     latency_clamped: 0,
                 })
                 .collect(),
             pools: Pools::default(),
-            latency_us: histogram(3),
+            latency_us: mqtt_tool::hist::histogram(),
             latency_clamped: 0,
             malformed_samples: Vec::new(),
             first_message: None,

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, SystemTime};
 
-pub use mqtt_engine::stats::{record_clamped, MAX_TRACKED_US};
+pub use mqtt_engine::stats::{histogram, record_clamped, MAX_TRACKED_US};
 
 use base64::Engine;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};

@@ -89,10 +89,7 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        let h = || {
-            Histogram::new_with_bounds(1, crate::hist::MAX_TRACKED_US, 3)
-                .expect("static histogram bounds are valid")
-        };
+        let h = crate::hist::histogram;
         Recorder {
             tcp_us: h(),
             tls_us: h(),
