@@ -255,10 +255,5 @@ fn backend_points(addr: &str) -> Option<u64> {
     if status != 200 {
         return None;
     }
-    body.lines()
-        .find(|l| l.starts_with("loadgen_backend_points_received_total"))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+    test_support::sample(&body, "loadgen_backend_points_received_total", &[]).map(|v| v as u64)
 }
