@@ -18,8 +18,8 @@
 //! needed. Each subscriber process is measured (CPU user+sys from `wait4`, peak RSS) from
 //! its start to its exit, its connects included, the same work on both sides.
 //!
-//! `--quick` shortens every scenario (FS1/FS2 10 s, FS3 5,000 connections for 20 s with a
-//! 5 s keep-alive, FS4 10 s); `--gate` fails below a `GATE_FS*` ceiling (the table shows
+//! `--quick` shortens every scenario (FS1/FS2 10 s, FS3 5,000 connections for 12 s with a
+//! 4 s keep-alive, FS4 10 s); `--gate` fails below a `GATE_FS*` ceiling (the table shows
 //! the target beside it, met or not). JSON goes to
 //! `target/bench/subfleet.json` (`--json PATH` puts it beside PATH).
 
@@ -64,6 +64,9 @@ const FS4_CHURN: f64 = 0.9;
 //       1.42; the full form, 10,000 held 60 s with a 30 s keep-alive: 1.10, pairs
 //       0.85-1.15): 1.9 (1.05 x 1.80). The quick form's connect ramp is a quarter of it,
 //       and ours swung 0.91-1.49 CPU s against the reference's 0.61-0.83.
+//   FS3 in its shorter quick form (12 s held, 4 s keep-alive, from 20 s and 5 s, for CI's
+//       time): medians 1.37 1.45 1.53 1.29 (pairs 1.27-1.60), within what the longer form
+//       gave, so the gate stays.
 // Before: FS1 2.3, FS2 1.9, FS3 3.3 (FS3 2.17-3.10 when its timers woke per connection).
 const GATE_FS1_QUICK: f64 = 1.3;
 const GATE_FS2_QUICK: f64 = 1.6;
@@ -311,7 +314,7 @@ fn main() {
     let wanted = |id: &str| only.as_deref().map_or(true, |o| o == id);
     let secs: u64 = if quick { 10 } else { 30 };
     let (n3, secs3, ka3) = if quick {
-        (5_000u64, 20u64, 5u64)
+        (5_000u64, 12u64, 4u64)
     } else {
         (10_000, 60, 30)
     };

@@ -59,7 +59,15 @@ pub fn main() -> ExitCode {
 }
 
 /// `loadgen` with the arguments given (the program's name first).
+///
+/// Started under a seed tool's name (a link named `backend-sub`, `frontend1-pub`,
+/// `frontend2-pub` or `job-pub` to this binary), it runs that tool, as its own binary would:
+/// one binary for an image that needs several tools, and what the benches run (one release
+/// binary to link instead of five).
 pub fn run(argv: Vec<OsString>) -> ExitCode {
+    if let Some(code) = run_as_seed_tool(&argv) {
+        return code;
+    }
     let mut args = argv.into_iter();
     let _program = args.next();
     let command = args.next();
@@ -115,6 +123,22 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             ExitCode::from(mqtt_tool::error::code::USAGE)
         }
     }
+}
+
+/// The seed tool `argv[0]` names, run with `argv` as its own binary runs it; `None` for any
+/// other name.
+fn run_as_seed_tool(argv: &[OsString]) -> Option<ExitCode> {
+    let program = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
+    let argv = argv.to_vec();
+    let verifier: Option<&'static dyn mqtt_tool::delivery::DeliveryCheck> =
+        Some(&backend_core::pubverify::PubVerifier);
+    Some(match program {
+        "frontend1-pub" => publisher_core::main_with(publisher_core::FRONTEND1, argv, verifier),
+        "frontend2-pub" => publisher_core::main_with(publisher_core::FRONTEND2, argv, verifier),
+        "backend-sub" => backend_core::main_with_args(backend_core::BACKEND_SUB, argv),
+        "job-pub" => job_core::main_with_args(job_core::JOB_PUB, argv),
+        _ => return None,
+    })
 }
 
 /// The command a mistyped one most likely meant (`publish` -> `pub`, `subscribe` -> `sub`).

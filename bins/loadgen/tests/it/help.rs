@@ -330,3 +330,32 @@ fn a_variable_of_a_flag_jobs_do_not_offer_is_named_not_taken() {
     );
     assert!(err.contains("--batch must be from 1 to 100000"), "{err}");
 }
+
+/// `loadgen` started under a seed tool's name (a link, as the benches run it) is that tool:
+/// the same help, the same version line and the same usage error as the tool's own binary.
+#[test]
+fn loadgen_under_a_seed_tools_name_is_that_tool() {
+    let dir = test_support::TempDir::new("seed-link");
+    for tool in ["frontend1-pub", "frontend2-pub", "backend-sub", "job-pub"] {
+        let link = dir.path(tool);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_loadgen"), &link).unwrap();
+        for args in [&["--help"][..], &["--version"], &["--no-such-flag"]] {
+            let own = Command::new(workspace_bin(tool))
+                .args(args)
+                .output()
+                .unwrap();
+            let linked = Command::new(&link).args(args).output().unwrap();
+            assert_eq!(linked.status.code(), own.status.code(), "{tool} {args:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&linked.stdout),
+                String::from_utf8_lossy(&own.stdout),
+                "{tool} {args:?}"
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&linked.stderr),
+                String::from_utf8_lossy(&own.stderr),
+                "{tool} {args:?}"
+            );
+        }
+    }
+}
