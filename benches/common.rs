@@ -1,4 +1,4 @@
-//! What the throughput, fleet and receive benches share: building the release binaries they
+//! What the network benches (throughput, fleet, receive, subfleet, postgres, soak) share: building the release binaries they
 //! run, and measuring a child process's CPU (from `wait4`) and peak memory (its VmHWM)
 //! beside the broker's.
 
@@ -17,9 +17,10 @@ use test_support::Mosquitto;
 /// packages compiled the shared dependencies once per distinct set (minutes in CI); one set
 /// builds once, and the later benches find it done.
 ///
-/// The seed's tools (backend-sub, frontend1-pub, job-pub) run as `loadgen` under their names
-/// ([`SEED_TOOLS`]): the function their own binaries call, with one release binary to link
-/// instead of four (each thin-LTO link took 90-145 s of CI's two cores).
+/// The seed's tools ([`SEED_TOOLS`]; the benches run backend-sub, frontend1-pub and job-pub)
+/// run as `loadgen` under their names: the function their own binaries call, with one
+/// release binary to link instead of four (each thin-LTO link took 86-145 s of CI's two
+/// cores).
 const PACKAGES: &[&str] = &["loadgen", "loadgen-benches"];
 const BINS: &[&str] = &["loadgen", "mqtt-refclient", "fleet-refclient"];
 /// The names under which `loadgen` runs a seed tool (see `loadgen::run`).
@@ -69,8 +70,8 @@ pub fn build_release() -> PathBuf {
     let release = std::env::var_os("CARGO_TARGET_DIR")
         .map_or(root.join("target"), PathBuf::from)
         .join("release");
-    // A directory of links, every binary under the name the benches run: the built ones, and
-    // `loadgen` under each seed tool's name. Not the release directory itself, where a later
+    // A directory of links (absolute, to the binaries in `release`), every binary under the
+    // name the benches run: the built ones, and `loadgen` under each seed tool's name. Not the release directory itself, where a later
     // `cargo build` of a seed tool writes its own binary.
     let dir = release.join("bench-bin");
     std::fs::create_dir_all(&dir).expect("create target/release/bench-bin");

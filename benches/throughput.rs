@@ -33,7 +33,7 @@ const PACING_GATE: f64 = 0.005;
 // S2+sub, five more quiet runs the same evening (a gate run that failed it at 0.83, pairs
 // 0.82-1.03; then four runs, the publisher as its own binary and as `loadgen` under its
 // name, in turn: 0.95 0.88 and 1.00 0.94): with all eleven (0.83-1.20, median 0.95) the
-// rule gives 0.79 (0.95 x 0.83).
+// rule gives 0.78 (0.95 x 0.83 = 0.789, rounded down).
 // CI gate of S1: ours may spend at most this many times the reference's CPU per message
 // (the median of each side's runs). `--quick` on a quiet machine, 1M messages, two runs a
 // side: 3.81 4.30 4.39 4.07 (with 200,000 messages: 4.22 4.01 5.03); three runs a side
@@ -174,7 +174,7 @@ fn main() {
             batch: 1000,
             points: 8_000_000 * k,
             subscriber: true,
-            gate: 0.79,
+            gate: 0.78,
             cpu_gate: None,
         },
         Scenario {

@@ -63,7 +63,7 @@ pub fn main() -> ExitCode {
 /// Started under a seed tool's name (a link named `backend-sub`, `frontend1-pub`,
 /// `frontend2-pub` or `job-pub` to this binary), it runs that tool, as its own binary would:
 /// one binary for an image that needs several tools, and what the benches run (one release
-/// binary to link instead of five).
+/// binary to link instead of four).
 pub fn run(argv: Vec<OsString>) -> ExitCode {
     if let Some(code) = run_as_seed_tool(&argv) {
         return code;
