@@ -25,7 +25,9 @@ const DEVICE: &str = "frontend1_ultra_high_perf_device";
 const ROUNDS: usize = 5;
 const POINTS_PER_ROUND: usize = 2_000_000;
 const TIMESTAMP_US: u64 = 1_763_798_400_123_456;
-// CI gates, ours / serde_json in points/s (the median of the rounds), within ~15% of what
+// CI gates, ours / serde_json in points/s (the median of the rounds' own ratios since
+// 2026-12-07 evening; the figures below are the ratio of the two sides' medians, measured
+// before), within ~15% of what
 // `--quick` measured on a quiet machine: 0.85 x the median of 6 runs, or 0.95 x the lowest
 // run when that is lower, rounded down.
 // batch 1000: 6.20 6.24 6.08 6.80 6.29 6.04 (median 6.22): gate 5.2
@@ -103,7 +105,7 @@ fn main() {
     let rounds = ROUNDS;
     let _ = (ours(1000), reference(1000)); // warm-up
     println!(
-        "| scenario | ours (M points/s) | serde_json reference (M points/s) | ratio | spread | gate | allocations per point (target 0) | pass |"
+        "| scenario | ours (M points/s) | serde_json reference (M points/s) | ratio (median of the rounds' own) | spread | gate | allocations per point (target 0) | pass |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let (mut rows, mut failures) = (Vec::new(), Vec::new());
@@ -115,8 +117,14 @@ fn main() {
             allocs = allocs.max(per_point);
             b.push(reference(batch));
         }
+        // The median of the rounds' own ratios (ours, then the reference, moments apart), as in
+        // bench D: a burst of host noise slows one pair, where the ratio of the two sides'
+        // medians took them from different moments (a gate run: 5.26x against 5.2x, ours'
+        // rounds spread 44%; 6.4-7.4x in the runs around it).
+        let mut ratios: Vec<f64> = a.iter().zip(&b).map(|(o, r)| o / r).collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios[ratios.len() / 2];
         let ((oa, sa), (ob, _)) = (median(a), median(b));
-        let ratio = oa / ob;
         let id = format!("E encode, batch {batch}");
         if ratio < gate_ratio {
             failures.push(format!(
