@@ -2,11 +2,12 @@
 //!
 //! A payload is either one point object (legacy) or an array of them (batched). The
 //! [`Decoder`] tries three paths, and nothing is allocated per point on any:
-//! - the canonical path (`canonical`) reads exactly the form our publishers write
-//!   (`point_format::Encoder`: its key order, no whitespace, no escapes) with literal
-//!   compares; anything else it hands over at its first point, a few bytes in. Our own
-//!   form is the common stream, and this path reads it about 1.5x as fast as the general
-//!   one (bench D: 20.2M against 13.5M points/s measured side by side);
+//! - the canonical path (`canonical`) reads compact point objects: the point's members
+//!   only, each once, in any key order, no whitespace, no escapes (what our encoder and the
+//!   seed's orjson publishers write), with literal compares; anything else it hands over at
+//!   its first point, a few bytes in. These are the common streams, and this path reads
+//!   them about 1.5x as fast as the general one (bench D: 20.2M against 13.5M points/s
+//!   measured side by side, for our form);
 //! - the one-pass path (`onepass`) reads any payload it can prove valid: members in any
 //!   order, whitespace, unknown members (nested too) skipped, escapes in keys and strings,
 //!   numbers in every JSON form whose conversion it proves the same as simd-json's. Device
@@ -90,12 +91,9 @@ impl Decoder {
         if let Some(shape) = self.canonical.scan(buf, out) {
             // Canonical: no handing over from here, so the buffer can be borrowed for 'a.
             let buf: &'a [u8] = buf;
-            let attached = self.canonical.attach(buf, &mut out[before..]);
-            if attached.is_err() {
-                out.truncate(before);
-            }
+            self.canonical.attach(buf, &mut out[before..]);
             self.fast_payloads += 1;
-            return attached.map(|()| shape);
+            return Ok(shape);
         }
         if let Some(shape) = self.fast.scan(buf, out) {
             // Proven: no handing over from here, so escaped ids can be rewritten in place

@@ -532,6 +532,7 @@ impl Session {
     }
 
     /// The next whole packet in the buffer, or `None` when more must be read.
+    #[inline]
     pub fn next_packet(&mut self) -> Result<Option<Packet<'_>>, Malformed> {
         let Some((h, body)) = self.framer.next_frame()? else {
             return Ok(None);

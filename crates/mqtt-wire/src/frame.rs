@@ -33,6 +33,7 @@ impl FixedHeader {
     }
 
     /// The whole packet's length, its fixed header included.
+    #[inline]
     pub fn frame_len(&self) -> usize {
         self.header_len + self.remaining
     }
@@ -40,6 +41,7 @@ impl FixedHeader {
 
 /// Reads a fixed header at the start of `b`, or `None` when the bytes end inside it; only
 /// a remaining length that does not end within 4 bytes is an error here.
+#[inline]
 pub fn fixed_header(b: &[u8]) -> Result<Option<FixedHeader>, Malformed> {
     let Some(&first) = b.first() else {
         return Ok(None);
@@ -86,6 +88,7 @@ pub fn type_name(t: u8) -> &'static str {
 /// Checks a fixed header's first byte: type 0 is reserved; PUBREL, SUBSCRIBE and
 /// UNSUBSCRIBE carry flags 0010, a PUBLISH any but QoS 3, every other type 0000. (Type 15
 /// is AUTH in MQTT 5 and reserved in 3.1.1: the decoder, which knows the version, says.)
+#[inline]
 pub fn check_first(first: u8) -> Result<(), Malformed> {
     let (t, flags) = (first >> 4, first & 0x0F);
     let want = match t {
@@ -108,6 +111,7 @@ pub fn check_first(first: u8) -> Result<(), Malformed> {
 /// may not be whole yet: compare `frame_len()` with what you have), `None` before. Type and
 /// flags are checked from the first byte, the size limit `max` (the whole packet's bytes)
 /// from the header.
+#[inline]
 pub fn frame(b: &[u8], max: usize) -> Result<Option<FixedHeader>, Malformed> {
     let Some(&first) = b.first() else {
         return Ok(None);
@@ -245,6 +249,7 @@ impl Framer {
     /// The next whole frame: its header and its body (after the fixed header), mutable in
     /// place; `None` when more must be read. After an error the framer is not to be used
     /// again (the stream has lost its frame boundaries).
+    #[inline]
     pub fn next_frame(&mut self) -> Result<Option<(FixedHeader, &mut [u8])>, Malformed> {
         let unread = &self.buf[self.start..self.end];
         let Some(h) = frame(unread, self.max_packet)? else {

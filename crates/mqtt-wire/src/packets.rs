@@ -632,6 +632,7 @@ fn parse_ack(body: &[u8], v5: bool, what: &'static str) -> Result<Ack, Malformed
     Ok(Ack { pkid, reason })
 }
 
+#[inline]
 fn parse(first: u8, body: &[u8], v5: bool) -> Result<Parsed, Malformed> {
     frame::check_first(first)?;
     Ok(match first >> 4 {
@@ -745,6 +746,7 @@ fn parse(first: u8, body: &[u8], v5: bool) -> Result<Parsed, Malformed> {
 
 impl Parsed {
     /// Where the payload begins (the end of the body for every packet but PUBLISH).
+    #[inline]
     fn payload_at(&self, body_len: usize) -> usize {
         match self {
             Parsed::Publish { payload_at, .. } => *payload_at,
@@ -752,6 +754,7 @@ impl Parsed {
         }
     }
 
+    #[inline]
     fn assemble<P>(self, head: &[u8], payload: P) -> Packet<'_, P> {
         match self {
             Parsed::Publish {
@@ -798,6 +801,7 @@ impl Parsed {
 
 /// Decodes a whole frame: `first` its fixed header's first byte, `body` what follows the
 /// fixed header (see [`crate::frame`]). `v5`: the connection speaks MQTT 5.
+#[inline]
 pub fn decode(first: u8, body: &[u8], v5: bool) -> Result<Packet<'_>, Malformed> {
     let parsed = parse(first, body, v5)?;
     let (head, payload) = body.split_at(parsed.payload_at(body.len()));
@@ -806,6 +810,7 @@ pub fn decode(first: u8, body: &[u8], v5: bool) -> Result<Packet<'_>, Malformed>
 
 /// [`decode`], with a PUBLISH's payload mutable in place (for a decoder that unescapes in
 /// the read buffer).
+#[inline]
 pub fn decode_mut(
     first: u8,
     body: &mut [u8],

@@ -38,6 +38,46 @@ pub(super) fn literal(buf: &[u8], at: usize, lit: &[u8]) -> Option<usize> {
     (buf.get(at..end)? == lit).then_some(end)
 }
 
+/// Where the string body at `buf[at..]` (after its opening quote) ends, at its closing
+/// quote, and whether it is all ASCII; `None` when it holds a backslash or a raw control
+/// character before that quote (an escape or not JSON: for the caller's slower path), or
+/// has no closing quote. Bytes that are not ASCII are the caller's to check as UTF-8.
+///
+/// Eight bytes at a time while none is a quote, a backslash, a control character or
+/// non-ASCII (SWAR: a byte's high bit is set in `special` exactly when it is one of those),
+/// then byte by byte from the first such byte.
+#[inline(always)]
+pub(super) fn plain_string(buf: &[u8], at: usize) -> Option<(usize, bool)> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = at;
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let special = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH);
+        if special == 0 {
+            i += 8;
+            continue;
+        }
+        // Bytes below the first special one are plain ASCII (the borrows of the
+        // subtractions above run only upward from a special byte).
+        i += (special.trailing_zeros() / 8) as usize;
+        break;
+    }
+    let mut ascii = true;
+    loop {
+        match *buf.get(i)? {
+            b'"' => return Some((i, ascii)),
+            b'\\' | 0x00..=0x1f => return None,
+            b => ascii &= b.is_ascii(),
+        }
+        i += 1;
+    }
+}
+
 /// The digit at `buf[i]`, if there is one.
 #[inline(always)]
 fn digit(buf: &[u8], i: usize) -> Option<u64> {

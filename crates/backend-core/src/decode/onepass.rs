@@ -36,7 +36,7 @@ use std::borrow::Cow;
 
 use point_format::{Point, MAX_DEVICE_ID};
 
-use super::digits::{digits, literal, uint, MAX_EXACT, POW10};
+use super::digits::{digits, literal, plain_string, uint, MAX_EXACT, POW10};
 use super::{DecodeError, Shape};
 
 /// Nesting of skipped values that the fast path follows; deeper goes to simd-json.
@@ -227,17 +227,9 @@ impl OnePass {
                 return Some((Id::Last, stop + 1));
             }
         }
-        let mut ascii = true;
-        let mut end = body;
-        loop {
-            match *buf.get(end)? {
-                b'"' => break,
-                b'\\' => return escaped_id(buf, body),
-                0x00..=0x1f => return None,
-                b => ascii &= b.is_ascii(),
-            }
-            end += 1;
-        }
+        let Some((end, ascii)) = plain_string(buf, body) else {
+            return escaped_id(buf, body);
+        };
         if end - body > MAX_DEVICE_ID || (!ascii && std::str::from_utf8(&buf[body..end]).is_err()) {
             return None;
         }
@@ -405,47 +397,17 @@ fn string_body(buf: &[u8], at: usize, mut emit: impl FnMut(u8)) -> Option<usize>
 }
 
 /// Skips the string body at `buf[at..]` (after its opening quote), checking it; returns
-/// where the string ends. A body without escapes or control characters takes one tight loop.
+/// where the string ends. A body without escapes or control characters takes one tight
+/// loop, eight bytes at a time.
 #[inline]
 fn skip_string(buf: &[u8], at: usize) -> Option<usize> {
-    let mut i = at;
-    let mut ascii = true;
-    // Eight bytes at a time while none is a quote, a backslash, a control character or
-    // non-ASCII (SWAR: a byte's high bit is set in `special` exactly when it is one of
-    // those); the first such byte is then looked at below, one at a time.
-    while let Some(chunk) = buf.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().ok()?);
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        let special = zero(w ^ (ONES * u64::from(b'"')))
-            | zero(w ^ (ONES * u64::from(b'\\')))
-            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
-            | (w & HIGH);
-        if special == 0 {
-            i += 8;
-            continue;
-        }
-        // Bytes below the first special one are plain ASCII (the borrows of the
-        // subtractions above run only upward from a special byte).
-        i += (special.trailing_zeros() / 8) as usize;
-        break;
-    }
-    loop {
-        let b = *buf.get(i)?;
-        if b == b'"' {
-            break;
-        }
-        if b == b'\\' || b < 0x20 {
-            return string_body(buf, at, |_| {});
-        }
-        ascii &= b.is_ascii();
-        i += 1;
-    }
-    if !ascii && std::str::from_utf8(&buf[at..i]).is_err() {
+    let Some((end, ascii)) = plain_string(buf, at) else {
+        return string_body(buf, at, |_| {});
+    };
+    if !ascii && std::str::from_utf8(&buf[at..end]).is_err() {
         return None;
     }
-    Some(i + 1)
+    Some(end + 1)
 }
 
 /// The escape at `buf[i]` (a backslash): the UTF-8 bytes it stands for (`n` of them) and how
