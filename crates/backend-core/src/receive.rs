@@ -503,8 +503,10 @@ pub async fn run(
                         rx.first_message.get_or_insert(now);
                         rx.last_message = Some(now);
                         // Delivering again (a persistent session's queue may come before
-                        // the SUBACK).
-                        rx.outages.back(arrival_us / 1e6);
+                        // the SUBACK). Looked at first: the division cost 2% of a drain.
+                        if rx.outages.open() {
+                            rx.outages.back(arrival_us / 1e6);
+                        }
                         pipe.message(&mut rx, topic, payload, retain, arrival_us);
                         if plan.expect.is_some_and(|n| rx.unique >= n) {
                             rx.stop = Stop::Expected;
