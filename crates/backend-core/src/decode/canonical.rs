@@ -242,7 +242,7 @@ impl Canonical {
 /// A number with a fraction and no exponent at `*i` (`-?int.frac`), converted exactly as
 /// simd-json converts it, or `None` when it is not of that form or not exactly convertible.
 #[inline(always)]
-fn decimal(buf: &[u8], i: &mut usize) -> Option<f64> {
+pub(super) fn decimal(buf: &[u8], i: &mut usize) -> Option<f64> {
     let negative = buf.get(*i) == Some(&b'-');
     let mut j = *i + usize::from(negative);
     let start = j;

@@ -305,15 +305,12 @@ fn key(buf: &[u8], at: usize) -> Option<(Field, usize)> {
     if let Some((field, len)) = known {
         return Some((field, at + len));
     }
-    let mut end = at;
-    loop {
-        match *buf.get(end)? {
-            b'"' => break,
-            b'\\' | 0x00..=0x1f | 0x80..=0xff => return key_unescaped(buf, at),
-            _ => end += 1,
-        }
+    // A plain ASCII key that is none of the names above (each was compared with its
+    // closing quote) is no member we read; one with escapes or other bytes may still be.
+    match plain_string(buf, at) {
+        Some((end, true)) => Some((Field::Other, end + 1)),
+        _ => key_unescaped(buf, at),
     }
-    Some((field(&buf[at..end]), end + 1))
 }
 
 #[inline(always)]
@@ -548,6 +545,12 @@ fn skip_number(buf: &[u8], i: usize) -> Option<usize> {
 /// JSON number or not one whose conversion is proven the same here (see the module doc).
 #[inline]
 fn number(buf: &[u8], i: &mut usize) -> Option<f64> {
+    // The common form first, `-?int.frac` of at most 18 digits, read as the canonical path
+    // reads it (byte by byte: faster than words for the short numbers points carry);
+    // anything else (an integer, an exponent, more digits) below.
+    if let Some(f) = super::canonical::decimal(buf, i) {
+        return Some(f);
+    }
     let negative = buf.get(*i) == Some(&b'-');
     let mut j = *i + usize::from(negative);
     let start = j;
