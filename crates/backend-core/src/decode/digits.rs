@@ -54,7 +54,8 @@ pub(super) fn plain_string(buf: &[u8], at: usize) -> Option<(usize, bool)> {
     while let Some(chunk) = buf.get(i..i + 8) {
         let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
         let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        let special = zero(w ^ (ONES * u64::from(b'"')))
+        let quote = zero(w ^ (ONES * u64::from(b'"')));
+        let special = quote
             | zero(w ^ (ONES * u64::from(b'\\')))
             | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
             | (w & HIGH);
@@ -63,8 +64,13 @@ pub(super) fn plain_string(buf: &[u8], at: usize) -> Option<(usize, bool)> {
             continue;
         }
         // Bytes below the first special one are plain ASCII (the borrows of the
-        // subtractions above run only upward from a special byte).
+        // subtractions above run only upward from a special byte, so the lowest bit of
+        // each mask is exact).
         i += (special.trailing_zeros() / 8) as usize;
+        if special & special.wrapping_neg() & quote != 0 {
+            // It is the closing quote: done, without reading the byte again.
+            return Some((i, true));
+        }
         break;
     }
     let mut ascii = true;
