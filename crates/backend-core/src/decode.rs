@@ -91,7 +91,8 @@ impl Decoder {
         if let Some(shape) = self.canonical.scan(buf, out) {
             // Canonical: no handing over from here, so the buffer can be borrowed for 'a.
             let buf: &'a [u8] = buf;
-            self.canonical.attach(buf, &mut out[before..]);
+            // SAFETY: `buf` is what the scan just read, not written since.
+            unsafe { self.canonical.attach(buf, &mut out[before..]) };
             self.fast_payloads += 1;
             return Ok(shape);
         }

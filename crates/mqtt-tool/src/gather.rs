@@ -4,7 +4,8 @@
 //! Mosquitto sends every message in a segment of its own (`set_tcp_nodelay`), and a reader
 //! that takes each one as it comes wakes once per message: on the S1 stream (one point per
 //! message) that cost the backend 4.5 s of CPU per million points, taken from a broker on the
-//! same two cores. So the reader gathers, in one of three ways by the rate it measures:
+//! same two cores. So the reader gathers, in one of three ways by the rate it measures (and
+//! by a first read's size):
 //! - a trickle (under [`MIN_GATHER`] bytes a hold) is read at its first byte;
 //! - a stream of up to [`MAX_GATHER`] bytes a hold is read in pauses: a read that caught up
 //!   (found less than a hold's worth) makes the next wait until [`HOLD`] after it, so that a
@@ -13,11 +14,10 @@
 //!   reference subscriber does, and stays a flood while it brings a quarter of that a hold;
 //!   a wait that times out (after [`FALLBACK_HOLDS`] holds) takes what is there and keeps
 //!   the mark, unless almost nothing came (under [`MIN_GATHER`]: the stream stopped, and
-//!   every byte wakes again).
-//! - a single read that brings a mark's worth (a backlog: the process was paused, or a
-//!   session's queue arrives after a reconnect) sets the mark at once rather than after a
-//!   window of reads at every segment; provisionally: the window that follows must measure
-//!   a full flood to keep it.
+//!   every byte wakes again); a single read that brings a mark's worth before any stream
+//!   was measured (a backlog: the process was paused, or a session's queue arrives after a
+//!   reconnect) sets the mark at once rather than after a window of reads at every
+//!   segment, provisionally: the window that follows must measure a full flood to keep it.
 //!
 //! A drain stalls now and then: the receiving socket drops a segment and the broker waits to
 //! send it again, for milliseconds. Marks that halved on such a timeout, and windows that
@@ -117,13 +117,14 @@ impl Gather {
                 || (self.mark > 1 && !self.provisional && self.per_hold >= MAX_GATHER / 4);
             self.provisional = false;
             mark = self.set(if flood { MAX_GATHER } else { 1 });
-        } else if n >= MAX_GATHER && self.mark == 1 {
-            // One read brought a mark's worth: a backlog (the process was paused, or a
-            // session's queue came after a reconnect), a flood from the next read on rather
-            // than after a window of reads at every segment. D2's drains of 100,000
-            // one-point messages took 18-54 ms of CPU that way (the reference: 17-20 ms).
-            // Provisional: the window measures the rate from here, and only a full flood
-            // keeps the mark at its end (a stream read late once leaves again).
+        } else if n >= MAX_GATHER && self.mark == 1 && self.per_hold == 0 {
+            // One read brought a mark's worth where no stream was measured: a backlog (the
+            // process was paused, or a session's queue came after a reconnect), a flood
+            // from the next read on rather than after a window of reads at every segment.
+            // D2's drains of 100,000 one-point messages took 18-54 ms of CPU that way (the
+            // reference: 17-20 ms). Not for a stream read in pauses (its rate is known, and
+            // one late read of it is no flood). Provisional: the window measures the rate
+            // from here, and only a full flood keeps the mark at its end.
             self.window_start = now;
             self.window_bytes = 0;
             self.provisional = true;
@@ -149,6 +150,7 @@ impl Gather {
         }
         self.window_start = now;
         self.window_bytes = 0;
+        self.provisional = false;
         self.set(1)
     }
 
@@ -228,6 +230,19 @@ mod tests {
         // Then a stream of 1,000 messages a second: the window's rate takes the mark away.
         t += WINDOW;
         g.read(150, t);
+        assert_eq!(g.mark, 1);
+        // A provisional mark is kept only by a full flood: 20 KiB a hold (which keeps a
+        // measured flood through a stall) does not keep it.
+        let mut g = Gather::new(HOLD, t);
+        g.read(MAX_GATHER * 2, t);
+        assert_eq!(g.mark, MAX_GATHER);
+        t += WINDOW;
+        assert_eq!(g.read(200 << 10, t).mark, Some(1));
+        // A stream read in pauses (its rate measured) is not taken for a flood by one late
+        // read of a mark's worth.
+        steady(&mut g, &mut t, 18e6, 30);
+        assert_eq!(g.mark, 1);
+        assert_eq!(g.read(MAX_GATHER * 2, t).mark, None);
         assert_eq!(g.mark, 1);
     }
 

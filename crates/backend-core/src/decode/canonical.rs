@@ -22,8 +22,9 @@
 //! too, with the same points:
 //! - a number is converted the way simd-json converts it (`f64_from_parts`): with at most
 //!   18 digits simd-json takes its exact conversion too, which for a significand below 2^53
-//!   is one correctly rounded division by an exact power of ten; anything else is handed
-//!   over;
+//!   is one correctly rounded division by an exact power of ten, and past it (a 17-digit
+//!   timestamp) a correctly rounded 128-bit quotient (`div_pow10`, which the one-pass
+//!   path's differential test holds bit for bit); anything else is handed over;
 //! - a device id is the bytes between the quotes, which are the unescaped id when there is
 //!   no backslash; its length is checked against `MAX_DEVICE_ID` and it must be UTF-8;
 //! - a payload without a backslash has no `\u` escape for `check_unicode_escapes` to refuse;
@@ -40,7 +41,8 @@ use std::borrow::Cow;
 use point_format::{Point, MAX_DEVICE_ID};
 
 use super::digits::{
-    digits_bytewise as digits, literal, plain_string, uint_bytewise as uint, MAX_EXACT, POW10,
+    digits_bytewise as digits, div_pow10, literal, plain_string, uint_bytewise as uint, MAX_EXACT,
+    POW10,
 };
 use super::Shape;
 
@@ -49,6 +51,8 @@ use super::Shape;
 pub(super) struct Canonical {
     /// One entry per run of consecutive points with the same device id.
     runs: Vec<Run>,
+    /// The buffer (address, length) of the last scan that answered `Some`, for a check.
+    scanned: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +84,7 @@ impl Canonical {
         if shape.is_none() {
             out.truncate(before);
         }
+        self.scanned = shape.map(|_| (buf.as_ptr() as usize, buf.len()));
         shape
     }
 
@@ -222,14 +227,19 @@ impl Canonical {
 
     /// Gives the points that [`Self::scan`] appended (`points`) their device ids, borrowed
     /// from the same `buf`.
-    pub(super) fn attach<'a>(&self, buf: &'a [u8], points: &mut [Point<'a>]) {
+    ///
+    /// # Safety
+    ///
+    /// `buf` must hold the bytes of the last scan that answered `Some`, unmodified: the
+    /// scan checked each run's bytes to be UTF-8, and they are not checked again here
+    /// (that cost 6% of a drain of one point a message: 121 instructions of 2,090).
+    pub(super) unsafe fn attach<'a>(&self, buf: &'a [u8], points: &mut [Point<'a>]) {
+        debug_assert_eq!(self.scanned, Some((buf.as_ptr() as usize, buf.len())));
         for (k, run) in self.runs.iter().enumerate() {
             let bytes = &buf[run.start..run.end];
             debug_assert!(std::str::from_utf8(bytes).is_ok());
             // SAFETY: the scan checked these bytes to be UTF-8 (all ASCII, or
-            // `str::from_utf8`), and they are the same bytes: `buf` is the payload the scan
-            // read, not written since (the decoder holds it from the scan to here). Checking
-            // again cost 6% of a drain of one point a message (121 instructions of 2,090).
+            // `str::from_utf8`), and the caller passes them unmodified.
             let id = unsafe { std::str::from_utf8_unchecked(bytes) };
             let end = self.runs.get(k + 1).map_or(points.len(), |r| r.first);
             for p in &mut points[run.first..end] {
@@ -254,7 +264,7 @@ pub(super) fn decimal(buf: &[u8], i: &mut usize) -> Option<f64> {
     }
     j += 1;
     let frac = digits(buf, &mut j, &mut m, 18 - int)?;
-    if frac == 0 || frac >= POW10.len() || m > MAX_EXACT {
+    if frac == 0 {
         return None;
     }
     // An exponent would change the value: leave it to simd-json.
@@ -262,8 +272,15 @@ pub(super) fn decimal(buf: &[u8], i: &mut usize) -> Option<f64> {
         return None;
     }
     *i = j;
-    // Below 2^53, so the signed conversion is exact and one instruction.
-    let f = m as i64 as f64 / POW10[frac];
+    let f = if m <= MAX_EXACT {
+        // Below 2^53, so the signed conversion is exact and one instruction, and the
+        // division rounds once, as simd-json's.
+        m as i64 as f64 / POW10[frac]
+    } else {
+        // A 17- or 18-digit significand (Python's `time.time()` needs 17 digits three times
+        // in four): simd-json's 128-bit product, correctly rounded, as `div_pow10` is.
+        div_pow10(m, frac as u32)
+    };
     Some(if negative { -f } else { f })
 }
 
@@ -275,6 +292,66 @@ mod tests {
         let mut i = 0;
         let f = decimal(s.as_bytes(), &mut i)?;
         (i == s.len()).then_some(f)
+    }
+
+    #[test]
+    fn compact_points_in_any_key_order_are_read_and_the_rest_handed_over() {
+        let scan = |s: &str| {
+            let mut c = Canonical::default();
+            let mut out = Vec::new();
+            let shape = c.scan(s.as_bytes(), &mut out)?;
+            // SAFETY: the bytes the scan just read.
+            unsafe { c.attach(s.as_bytes(), &mut out) };
+            let p = out.first()?.clone();
+            Some((
+                shape,
+                p.device_id.into_owned(),
+                p.seq,
+                p.timestamp,
+                p.value,
+                p.temperature,
+                p.humidity,
+            ))
+        };
+        let seed =
+            r#"{"device_id":"sensor-00001","timestamp":1763798401.6924994,"value":-20.0,"seq":7}"#;
+        assert_eq!(
+            scan(seed),
+            Some((
+                Shape::Legacy,
+                "sensor-00001".into(),
+                7,
+                1763798401.6924994,
+                -20.0,
+                None,
+                None
+            ))
+        );
+        let ours = r#"[{"device_id":"d","seq":1,"timestamp":1.5,"value":2.25,"temperature":-3.5,"humidity":45.2},{"humidity":1.0,"seq":2,"value":0.5,"timestamp":2.5,"device_id":"d"}]"#;
+        let got = scan(ours).unwrap();
+        assert_eq!(
+            got,
+            (
+                Shape::Batch,
+                "d".into(),
+                1,
+                1.5,
+                2.25,
+                Some(-3.5),
+                Some(45.2)
+            )
+        );
+        for handed_over in [
+            // a member twice, one missing, one unknown, whitespace, an escape
+            r#"{"device_id":"d","seq":1,"seq":2,"timestamp":1.5,"value":2.5}"#,
+            r#"{"device_id":"d","seq":1,"timestamp":1.5}"#,
+            r#"{"device_id":"d","seq":1,"timestamp":1.5,"value":2.5,"unit":"C"}"#,
+            r#"{"device_id":"d", "seq":1,"timestamp":1.5,"value":2.5}"#,
+            r#"{"device_id":"d\u0041","seq":1,"timestamp":1.5,"value":2.5}"#,
+            r#"{"device_id":"d","seq":1,"timestamp":1.5,"value":2.5,}"#,
+        ] {
+            assert_eq!(scan(handed_over), None, "{handed_over}");
+        }
     }
 
     #[test]
@@ -291,6 +368,13 @@ mod tests {
             "9007199254.740991",
             "0.1",
             "0.00000000000000001",
+            // past 2^53: 17 and 18 digits, the 128-bit quotient
+            "9007199254.740992",
+            "1763798401.6924994",
+            "-1763798401.6924994",
+            "176379840.123456789",
+            "99999999.9999999999",
+            "0.99999999999999999",
         ] {
             let f = dec(s).unwrap_or_else(|| panic!("{s} handed over"));
             assert_eq!(f.to_bits(), s.parse::<f64>().unwrap().to_bits(), "{s}");
@@ -306,8 +390,7 @@ mod tests {
             "1.5e3",
             "1.5E3",
             "+1.5",
-            // past 2^53, or 19 digits: not exactly convertible here
-            "9007199254.740992",
+            // 19 digits or more: past simd-json's exact conversion, handed over
             "1234567890.123456789",
             "18446744073709.551615",
             "0.000000000000000001",

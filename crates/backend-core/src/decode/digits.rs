@@ -1,13 +1,16 @@
-//! Reading JSON digits and literals, shared by the canonical and the one-pass paths.
+//! Reading JSON digits, strings and literals, shared by the canonical and the one-pass
+//! paths.
 //!
-//! Digits are read eight bytes at a time: one little-endian load says how many of the
-//! eight are digits (SWAR: no branch per digit, none on where a run of digits ends) and
-//! converts just those. A run of digits ends at a byte the branch predictor cannot know
-//! (a timestamp's six fraction digits, a value's two), and reading byte by byte cost a
-//! misprediction per number: in a drain of one point a message, number parsing took a
-//! fifth of backend-sub's CPU. Within eight bytes of the payload's end it reads byte by
-//! byte. The canonical path reads byte by byte ([`digits_bytewise`]): our encoder's
-//! numbers are short and regular, and there the word-wise reading cost 11% in bench D.
+//! Decimals (`-?int.frac`, what points carry) are read byte by byte ([`digits_bytewise`],
+//! by the canonical path's reader, which the one-pass path tries first too): measured in
+//! bench D and in a loop decoding D2's one-point messages, that was faster than every
+//! word-wise reading tried (the general one below, a u128 window, a one-word short form:
+//! 68.5 against 62.1 ns a message for the last), though two of those ran fewer
+//! instructions. Integers in skipped members and the numbers the decimal reader hands over
+//! (exponents, integers in float members, long fractions) are read eight bytes at a time
+//! ([`digits`]: one little-endian load says how many of the eight are digits, no branch
+//! per digit); within eight bytes of the payload's end byte by byte. String bodies are
+//! scanned eight bytes at a time ([`plain_string`]).
 
 /// Exact powers of ten (every one up to 10^22 is an f64), as simd-json divides by them.
 pub(super) const POW10: [f64; 23] = [
@@ -44,8 +47,9 @@ pub(super) fn literal(buf: &[u8], at: usize, lit: &[u8]) -> Option<usize> {
 /// has no closing quote. Bytes that are not ASCII are the caller's to check as UTF-8.
 ///
 /// Eight bytes at a time while none is a quote, a backslash, a control character or
-/// non-ASCII (SWAR: a byte's high bit is set in `special` exactly when it is one of those),
-/// then byte by byte from the first such byte.
+/// non-ASCII (SWAR: the lowest bit set in `special` is the high bit of the first such byte;
+/// bits above it may be false), then byte by byte from the first such byte unless it is the
+/// closing quote.
 #[inline(always)]
 pub(super) fn plain_string(buf: &[u8], at: usize) -> Option<(usize, bool)> {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -172,6 +176,31 @@ fn leading_digits(word: u64) -> (usize, u64) {
         .wrapping_add(((v >> 16) & mask).wrapping_mul(mul2))
         >> 32;
     (count, v & 0xFFFF_FFFF)
+}
+
+/// `m / 10^q` correctly rounded (to nearest, ties to even), for `m` past 2^53 and `q` at
+/// most 19: the quotient of `m * 2^64` has at least 54 bits, the remainder says whether
+/// anything lies below them.
+#[inline]
+pub(super) fn div_pow10(m: u64, q: u32) -> f64 {
+    let d = u128::from(10u64.pow(q));
+    let n = u128::from(m) << 64;
+    let quotient = n / d;
+    let inexact = n - quotient * d != 0;
+    let mut shift = 128 - quotient.leading_zeros() - 53;
+    let mut mantissa = (quotient >> shift) as u64;
+    let below = quotient & ((1u128 << shift) - 1);
+    let half = 1u128 << (shift - 1);
+    if below > half || (below == half && (inexact || mantissa & 1 == 1)) {
+        mantissa += 1;
+        if mantissa == 1 << 53 {
+            mantissa >>= 1;
+            shift += 1;
+        }
+    }
+    // mantissa * 2^(shift - 64): a 53-bit integer times an exact power of two.
+    let scale = f64::from_bits(((i64::from(shift) - 64 + 1023) as u64) << 52);
+    mantissa as f64 * scale
 }
 
 /// A JSON integer without sign at `*i`, of at most 19 digits (so it fits a u64; longer

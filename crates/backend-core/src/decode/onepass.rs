@@ -36,7 +36,7 @@ use std::borrow::Cow;
 
 use point_format::{Point, MAX_DEVICE_ID};
 
-use super::digits::{digits, literal, plain_string, uint, MAX_EXACT, POW10};
+use super::digits::{digits, div_pow10, literal, plain_string, uint, MAX_EXACT, POW10};
 use super::{DecodeError, Shape};
 
 /// Nesting of skipped values that the fast path follows; deeper goes to simd-json.
@@ -627,31 +627,6 @@ fn number(buf: &[u8], i: &mut usize) -> Option<f64> {
     };
     *i = j;
     Some(if negative { -f } else { f })
-}
-
-/// `m / 10^q` correctly rounded (to nearest, ties to even), for `m` past 2^53 and `q` at
-/// most 19: the quotient of `m * 2^64` has at least 54 bits, the remainder says whether
-/// anything lies below them.
-#[inline]
-fn div_pow10(m: u64, q: u32) -> f64 {
-    let d = u128::from(10u64.pow(q));
-    let n = u128::from(m) << 64;
-    let quotient = n / d;
-    let inexact = n - quotient * d != 0;
-    let mut shift = 128 - quotient.leading_zeros() - 53;
-    let mut mantissa = (quotient >> shift) as u64;
-    let below = quotient & ((1u128 << shift) - 1);
-    let half = 1u128 << (shift - 1);
-    if below > half || (below == half && (inexact || mantissa & 1 == 1)) {
-        mantissa += 1;
-        if mantissa == 1 << 53 {
-            mantissa >>= 1;
-            shift += 1;
-        }
-    }
-    // mantissa * 2^(shift - 64): a 53-bit integer times an exact power of two.
-    let scale = f64::from_bits(((i64::from(shift) - 64 + 1023) as u64) << 52);
-    mantissa as f64 * scale
 }
 
 #[cfg(test)]
